@@ -1,0 +1,22 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""replica-ha: userspace DRBD-style replication over NBD, plus a Heartbeat-compatible daemon."""
+from setuptools import find_packages, setup
+
+setup(
+    name="replica-ha",
+    version="0.1.0",
+    description="High availability for ordinary Linux servers: replicated disks over NBD and heartbeat failover",
+    packages=find_packages(include=["replica", "replica.*", "hbd", "hbd.*"]),
+    python_requires=">=3.11",
+    setup_requires=["cffi>=1.15"],
+    cffi_modules=["csrc/build_mirror.py:ffibuilder"],
+    install_requires=["cffi>=1.15", "cryptography", "pyroute2", "rich"],
+    entry_points={
+        "console_scripts": [
+            "replicad=replica.daemon:main",
+            "replicactl=replica.cli:main",
+            "hbd=hbd.daemon:main",
+            "hbctl=hbd.ctl:main",
+        ],
+    },
+)
