@@ -1,0 +1,664 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Resource-group ownership: who should hold which haresources group, and when.
+
+This module is the pure decision half of hbd's resource manager (Heartbeat R1's
+``hb_resource.c`` + ``ResourceManager``), written sans-I/O: inputs are method
+calls with ``now`` (monotonic seconds) passed in, outputs are actions pulled with
+``next_action()``.  It never runs a script, sends a packet or reads a clock.
+
+Inputs (the daemon calls these)::
+
+    node_up(node)  node_dead(node)  node_shutdown(node)      <- membership / shutdone
+    receive_message(node, msg_type, fields)                   <- starting, resource,
+                                                                  ask_resources, hb_takeover,
+                                                                  ip-request, ip-request-resp
+    request_standby(which)  request_takeover(which)           <- hbctl
+    group_started(key, ok)  group_stopped(key, ok)            <- resource runner
+    fence_done(node, ok)    shutdown()    handle_timer(now)
+
+Outputs (``next_action()``): StartGroup, StopGroup, SendMessage, FenceNode,
+GroupChanged, Notice, ShutdownComplete.  The daemon runs StartGroup/StopGroup
+one after the other in the order given and reports each result back.
+
+Lifecycle of the local node::
+
+    INIT --(peer's resource report | initdead expired)--> STABLE --shutdown()--> SHUTTING_DOWN --> DOWN
+
+Rules (Heartbeat 3.0 semantics, heartbeat-reference.md 1.2, 1.6, 1.7):
+
+* A group's preferred node is the first field of its haresources line.  Groups
+  start left to right and stop right to left (the runner does that).
+* On start-up a node announces ``starting``; the peer answers ``resource
+  rsc_hold=...``.  A node acquires its local groups the peer does not hold.
+* ``auto_failback on``: the holder of foreign groups hands them back with the
+  standby protocol once their preferred node is up and stable.  ``off``: they
+  stay.  ``legacy``: the returning node asks for each group with ``ip-request``
+  and the holder gives it up and answers ``ip-request-resp``.
+* Peer death: fence first when STONITH is configured (retry every
+  ``FENCE_RETRY_S`` until it succeeds; never take over unfenced), then start
+  every group not running here, then report ``resource ... info=mach_down``.
+  ``shutdone`` from the peer means it released everything: take over at once,
+  without fencing.
+* Standby is Heartbeat's three-phase ``ask_resources`` exchange (me / other /
+  done): the requester stops first, then the peer starts, so the outage is one
+  stop plus one start.  ``hb_takeover`` asks the peer to run standby for the
+  complementary set.
+* Partition heal: when both nodes report holding a group, the node that is not
+  the group's preferred node stops it (both apply the same rule, so exactly
+  one side gives way).
+* Two nodes only (Heartbeat R1 haresources mode); more nodes are refused.
+"""
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from replica.errors import ConfigError, StateChangeRefused
+
+FENCE_RETRY_S = 5.0          # hb_resource.c: failed reset retried every 5 s
+STANDBY_INIT_TIMEOUT_S = 10.0   # STANDBY_INIT_TO_MS
+STANDBY_TOTAL_TIMEOUT_S = 3600.0  # HB_STANDBY_RSC_TO_MS
+FAILBACK_RETRY_S = 1.0       # auto_failback: retried every 1 s until both sides are stable
+
+
+class GroupState(enum.Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    STARTED = "started"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+class Phase(enum.Enum):
+    INIT = "init"
+    STABLE = "stable"
+    SHUTTING_DOWN = "shutting_down"
+    DOWN = "down"
+
+
+HOLD_VALUES = ("none", "local", "foreign", "all")
+COMPLEMENT = {"local": "foreign", "foreign": "local", "all": "all"}
+
+
+# --- actions -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class StartGroup:
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopGroup:
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendMessage:
+    msg_type: str
+    fields: dict
+
+
+@dataclass(frozen=True, slots=True)
+class FenceNode:
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupChanged:
+    key: str
+    old: GroupState
+    new: GroupState
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A line worth logging that is not a group transition (level: info|warn|crit)."""
+    level: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownComplete:
+    clean: bool
+
+
+Action = StartGroup | StopGroup | SendMessage | FenceNode | GroupChanged | Notice | ShutdownComplete
+
+
+@dataclass(slots=True)
+class _Standby:
+    role: str                  # "me" (we asked) | "other" (peer asked)
+    which: str                 # rsc_hold value as sent on the wire
+    keys: tuple[str, ...]
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Fence:
+    node: str
+    running: bool
+    retry_at: float | None = None
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class _Op:
+    queued: int = 0
+    failed: bool = False
+
+
+class GroupManager:
+    """Two-node haresources ownership machine (see the module docstring)."""
+
+    def __init__(self, node: str, nodes: Iterable[str], groups: Iterable, *, auto_failback: str,
+                 stonith_configured: bool, initdead_s: float, now: float):
+        self.node = node
+        nodes = tuple(dict.fromkeys(nodes))
+        peers = tuple(n for n in nodes if n != node)
+        if node not in nodes:
+            raise ConfigError(f"groups: node {node!r} is not listed in ha.cf: nodes={' '.join(nodes)}")
+        if len(peers) > 1:
+            raise ConfigError(f"groups: haresources mode supports two nodes: nodes={' '.join(nodes)}")
+        if auto_failback not in ("on", "off", "legacy"):
+            raise ConfigError(f"groups: auto_failback must be on, off or legacy: got {auto_failback!r}")
+        self.peer: str | None = peers[0] if peers else None
+        self.groups = tuple(groups)
+        self.by_key = {g.name: g for g in self.groups}
+        self.auto_failback = auto_failback
+        self.stonith_configured = stonith_configured
+        self.phase = Phase.INIT
+        self.state = {g.name: GroupState.STOPPED for g in self.groups}
+        self._ops = {g.name: _Op() for g in self.groups}
+        self.peer_status = "unknown"            # unknown | up | dead
+        self.peer_hold: frozenset[str] | None = None   # keys the peer reported holding
+        self.peer_stable = False
+        self.standby: _Standby | None = None
+        self.fence: _Fence | None = None
+        self._initdead_at = now + initdead_s
+        self._failback_at: float | None = None
+        self._after_ops: list[Callable[[], None]] = []
+        self._actions: deque = deque()
+        self._now = now
+        for g in self.groups:
+            if g.node not in nodes:
+                self._note("warn", f"group {g.name!r}: preferred node {g.node!r} is not in ha.cf; "
+                                   f"it is started only by takeover")
+        if self.peer is None:
+            self._note("info", "no peer in ha.cf: acquiring every group")
+            self._become_stable_after(self._start_keys(self._keys(lambda g: True), "single node"))
+
+    # --- queries --------------------------------------------------------------------------
+
+    def is_local(self, key: str) -> bool:
+        return self.by_key[key].node == self.node
+
+    def held_keys(self) -> tuple[str, ...]:
+        return tuple(k for k, s in self.state.items() if s in (GroupState.STARTED, GroupState.STARTING))
+
+    def rsc_hold(self) -> str:
+        """What we hold, in Heartbeat's words (relative to us): none | local | foreign | all."""
+        held = [k for k, s in self.state.items() if s is GroupState.STARTED]
+        local = any(self.is_local(k) for k in held)
+        foreign = any(not self.is_local(k) for k in held)
+        return {(False, False): "none", (True, False): "local",
+                (False, True): "foreign", (True, True): "all"}[(local, foreign)]
+
+    def rscstatus(self) -> str:
+        """cl_status rscstatus: the hold set, or 'transition' while anything moves."""
+        if self._busy() or self.standby is not None or self.phase is not Phase.STABLE:
+            return "transition"
+        return self.rsc_hold()
+
+    def is_stable(self) -> bool:
+        return self.phase is Phase.STABLE and not self._busy() and self.standby is None
+
+    def next_action(self) -> Action | None:
+        return self._actions.popleft() if self._actions else None
+
+    def get_timer(self) -> float | None:
+        timers = []
+        if self.phase is Phase.INIT and self.peer is not None:
+            timers.append(self._initdead_at)
+        if self.fence is not None and not self.fence.running and self.fence.retry_at is not None:
+            timers.append(self.fence.retry_at)
+        if self.standby is not None:
+            timers.append(self.standby.deadline)
+        if self._failback_at is not None:
+            timers.append(self._failback_at)
+        return min(timers) if timers else None
+
+    def snapshot(self) -> dict:
+        return {
+            "node": self.node, "peer": self.peer, "phase": self.phase.value,
+            "peer_status": self.peer_status, "auto_failback": self.auto_failback,
+            "rscstatus": self.rscstatus(),
+            "peer_hold": sorted(self.peer_hold) if self.peer_hold is not None else None,
+            "standby": None if self.standby is None else
+            {"role": self.standby.role, "which": self.standby.which, "keys": list(self.standby.keys)},
+            "fencing": None if self.fence is None else {"node": self.fence.node, "attempts": self.fence.attempts},
+            "groups": [{"key": g.name, "node": g.node, "state": self.state[g.name].value}
+                       for g in self.groups],
+        }
+
+    # --- inputs: membership ----------------------------------------------------------------
+
+    def node_up(self, node: str, now: float) -> None:
+        self._now = now
+        if node != self.peer or self.phase in (Phase.SHUTTING_DOWN, Phase.DOWN):
+            return
+        was = self.peer_status
+        self.peer_status = "up"
+        self.peer_hold = None
+        self.peer_stable = False
+        if self.fence is not None:
+            self._note("warn", f"node {node!r} came back before it was fenced: takeover cancelled")
+            self.fence = None
+        if was == "dead":
+            self._note("info", f"node {node!r} returned: exchanging resource reports")
+        self._send("starting", {})
+        self._send_report("node_up")
+
+    def node_dead(self, node: str, now: float, *, clean: bool = False) -> None:
+        """The peer died (deadtime) or, with clean=True, announced shutdone."""
+        self._now = now
+        if node != self.peer or self.peer_status == "dead":
+            return
+        self.peer_status = "dead"
+        self.peer_hold = frozenset()
+        self.peer_stable = False
+        self._failback_at = None
+        if self.standby is not None:
+            self._note("warn", f"standby request cancelled: node {node!r} is gone")
+            self.standby = None
+        if self.phase in (Phase.SHUTTING_DOWN, Phase.DOWN):
+            return
+        if clean:
+            self._note("info", f"node {node!r} shut down cleanly (shutdone): taking over at once")
+            self._take_over(node, "shutdone")
+        elif self.stonith_configured:
+            self._note("warn", f"node {node!r} is dead: fencing it before takeover")
+            self.fence = _Fence(node=node, running=True, attempts=1)
+            self._emit(FenceNode(node))
+        else:
+            self._note("warn", f"node {node!r} is dead: no STONITH device configured, "
+                               f"shared disks are not protected")
+            self._take_over(node, "mach_down")
+
+    def node_shutdown(self, node: str, now: float) -> None:
+        self.node_dead(node, now, clean=True)
+
+    def fence_done(self, node: str, ok: bool, now: float) -> None:
+        self._now = now
+        if self.fence is None or self.fence.node != node:
+            return
+        if ok:
+            self._note("info", f"node {node!r} fenced after {self.fence.attempts} attempt(s)")
+            self.fence = None
+            self._take_over(node, "mach_down")
+        else:
+            self.fence.running = False
+            self.fence.retry_at = now + FENCE_RETRY_S
+            self._note("crit", f"fencing node {node!r} failed (attempt {self.fence.attempts}): "
+                               f"takeover withheld, retrying in {FENCE_RETRY_S:g} s")
+
+    # --- inputs: peer messages -------------------------------------------------------------
+
+    def receive_message(self, node: str, msg_type: str, fields: dict, now: float) -> None:
+        self._now = now
+        if node != self.peer or self.phase in (Phase.SHUTTING_DOWN, Phase.DOWN):
+            return
+        dest = fields.get("dest")
+        if dest is not None and dest != self.node:
+            return
+        handler = {
+            "starting": self._on_starting,
+            "resource": self._on_resource,
+            "ask_resources": self._on_ask_resources,
+            "hb_takeover": self._on_hb_takeover,
+            "ip-request": self._on_ip_request,
+            "ip-request-resp": self._on_ip_request_resp,
+        }.get(msg_type)
+        if handler is not None:
+            handler(fields)
+
+    def _on_starting(self, fields: dict) -> None:
+        self.peer_hold = None
+        self.peer_stable = False
+        self._send_report("starting")
+
+    def _on_resource(self, fields: dict) -> None:
+        hold = fields.get("rsc_hold", "none")
+        if hold not in HOLD_VALUES:
+            self._note("warn", f"resource report from {self.peer!r}: bad rsc_hold {hold!r}: ignored")
+            return
+        if self.peer_status == "unknown":
+            self.peer_status = "up"
+        self.peer_hold = frozenset(self._keys_for_hold(hold, self.peer))
+        self.peer_stable = fields.get("isstable") == "1"
+        # Partition heal: the side that is not the preferred node gives way.
+        clash = [k for k in self.held_keys() if k in self.peer_hold and not self.is_local(k)
+                 and self.by_key[k].node == self.peer]
+        if clash:
+            self._note("warn", f"node {self.peer!r} also holds {' '.join(clash)}: releasing them "
+                               f"(returning after partition)")
+            self._stop_keys(clash, "partition heal: preferred node holds it")
+            self._after(lambda: self._send_report("partition"))
+        if self.phase is Phase.INIT:
+            self._acquire_local("req_our_resources()")
+        elif self.phase is Phase.STABLE:
+            self._adopt_orphans()
+            self._maybe_auto_failback()
+
+    def _on_ask_resources(self, fields: dict) -> None:
+        info = fields.get("info")
+        which = fields.get("rsc_hold", "all")
+        if which not in ("local", "foreign", "all"):
+            self._note("warn", f"ask_resources from {self.peer!r}: bad rsc_hold {which!r}: ignored")
+            return
+        if info == "me":
+            if not self.is_stable() or self.fence is not None:
+                self._note("warn", f"standby request from {self.peer!r} ignored: we are in flux")
+                return
+            keys = self._keys_for_hold(which, self.peer)
+            self.standby = _Standby("other", which, tuple(keys), self._now + STANDBY_TOTAL_TIMEOUT_S)
+            self._note("info", f"node {self.peer!r} gives up {which} resources: waiting for it to stop them")
+            self._send("ask_resources", {"rsc_hold": which, "info": "other"})
+        elif info == "other":
+            sb = self.standby
+            if sb is None or sb.role != "me":
+                return
+            sb.deadline = self._now + STANDBY_TOTAL_TIMEOUT_S
+            self._note("info", f"standby: releasing {sb.which} resources to {self.peer!r}")
+            self._stop_keys([k for k in sb.keys if self.state[k] is not GroupState.STOPPED], "standby")
+            self._after(self._standby_released)
+        elif info == "done":
+            sb = self.standby
+            if sb is None or sb.role != "other":
+                return
+            self._note("info", f"standby: node {self.peer!r} released {sb.which} resources: taking them")
+            started = self._start_keys([k for k in sb.keys if self.state[k] is not GroupState.STARTED],
+                                       "standby of peer")
+            which = sb.which
+
+            def finish() -> None:
+                self.standby = None
+                self._send("ask_resources", {"rsc_hold": which, "info": "done"})
+                self._send_report("standby")
+            self._after(finish) if started else finish()
+
+    def _standby_released(self) -> None:
+        sb = self.standby
+        if sb is None:
+            return
+        if any(self.state[k] is GroupState.FAILED for k in sb.keys):
+            self._note("crit", "standby cancelled: a resource failed to stop; not handing it over")
+            self.standby = None
+            self._send_report("standby")
+            return
+        self.peer_hold = (self.peer_hold or frozenset()) | frozenset(sb.keys)
+        self.standby = None
+        self._send("ask_resources", {"rsc_hold": sb.which, "info": "done"})
+        self._send_report("standby")
+
+    def _on_hb_takeover(self, fields: dict) -> None:
+        which = fields.get("rsc_hold", "all")
+        if which not in COMPLEMENT:
+            self._note("warn", f"hb_takeover from {self.peer!r}: bad rsc_hold {which!r}: ignored")
+            return
+        try:
+            self.request_standby(COMPLEMENT[which], self._now)
+        except StateChangeRefused as e:
+            self._note("warn", f"hb_takeover from {self.peer!r} not honoured: {e}")
+
+    def _on_ip_request(self, fields: dict) -> None:
+        key = fields.get("ipaddr", "")
+        if key not in self.by_key:
+            return
+        if self.state[key] in (GroupState.STARTED, GroupState.STARTING):
+            self._note("info", f"node {self.peer!r} asks for group {key!r}: giving it up")
+            self._stop_keys([key], "ip-request from peer")
+
+            def reply() -> None:
+                ok = self.state[key] is GroupState.STOPPED
+                self._send("ip-request-resp", {"dest": self.peer, "ipaddr": key, "weown": "yes",
+                                               "ok": "OK" if ok else "FAILED"})
+                self._send_report("ip-request")
+            self._after(reply)
+        else:
+            self._send("ip-request-resp", {"dest": self.peer, "ipaddr": key, "weown": "no", "ok": "OK"})
+
+    def _on_ip_request_resp(self, fields: dict) -> None:
+        key = fields.get("ipaddr", "")
+        if key not in self.by_key or fields.get("ok", "OK") != "OK":
+            return
+        if self.state[key] in (GroupState.STOPPED, GroupState.FAILED) and self.phase is not Phase.DOWN:
+            if self.peer_hold is not None:
+                self.peer_hold = self.peer_hold - {key}
+            self._start_keys([key], "ip-request-resp from peer")
+            self._after(lambda: self._send_report("ip-request-resp"))
+
+    # --- inputs: administrator -------------------------------------------------------------
+
+    def request_standby(self, which: str, now: float) -> None:
+        """hb_standby [all|foreign|local]: give those groups to the peer (relative to us)."""
+        self._now = now
+        if which not in ("all", "foreign", "local"):
+            raise StateChangeRefused(f"standby: bad resource set {which!r}: expected all, foreign or local")
+        if self.peer is None or self.peer_status != "up":
+            raise StateChangeRefused("standby: refusing to give up resources while the peer is not active")
+        if self.auto_failback == "legacy":
+            raise StateChangeRefused("standby: only implemented with auto_failback on or off (nice_failback)")
+        if not self.is_stable() or self.fence is not None:
+            raise StateChangeRefused("standby: refusing while resources are in transition")
+        keys = [k for k in self._keys_for_hold(which, self.node)
+                if self.state[k] in (GroupState.STARTED, GroupState.FAILED)]
+        if not keys:
+            raise StateChangeRefused(f"standby: this node holds no {which} resources to give up")
+        self.standby = _Standby("me", which, tuple(keys), now + STANDBY_INIT_TIMEOUT_S)
+        self._note("info", f"standby: asking {self.peer!r} to take {which} resources: {' '.join(keys)}")
+        self._send("ask_resources", {"rsc_hold": which, "info": "me"})
+
+    def request_takeover(self, which: str, now: float) -> None:
+        """hb_takeover [all|foreign|local]: ask the peer to hand us those groups (relative to us)."""
+        self._now = now
+        if which not in COMPLEMENT:
+            raise StateChangeRefused(f"takeover: bad resource set {which!r}: expected all, foreign or local")
+        if self.peer is None or self.peer_status != "up":
+            raise StateChangeRefused("takeover: the peer is not active; its groups are taken over on its death")
+        if self.auto_failback == "legacy":
+            raise StateChangeRefused("takeover: only implemented with auto_failback on or off (nice_failback)")
+        if not self.is_stable():
+            raise StateChangeRefused("takeover: refusing while resources are in transition")
+        self._note("info", f"takeover: asking {self.peer!r} to hand over {which} resources")
+        self._send("hb_takeover", {"rsc_hold": which})
+
+    def shutdown(self, now: float) -> None:
+        """Clean stop: release every group (reverse order), then tell the peer (shutdone)."""
+        self._now = now
+        if self.phase in (Phase.SHUTTING_DOWN, Phase.DOWN):
+            return
+        self.phase = Phase.SHUTTING_DOWN
+        self.standby = None
+        self.fence = None
+        self._failback_at = None
+        keys = [g.name for g in reversed(self.groups)
+                if self.state[g.name] is not GroupState.STOPPED]
+        self._note("info", "shutting down: releasing all resources")
+        self._stop_keys(keys, "shutdown")
+
+        def finish() -> None:
+            failed = [k for k in keys if self.state[k] is GroupState.FAILED]
+            self.phase = Phase.DOWN
+            if failed:
+                self._note("crit", f"resources failed to stop: {' '.join(failed)}: "
+                                   f"not sending shutdone; the peer must fence this node")
+                self._emit(ShutdownComplete(clean=False))
+                return
+            self._send("resource", {"rsc_hold": "none", "rtype": "full", "isstable": "0", "info": "shutdown"})
+            self._send("shutdone", {"st": "dead"})
+            self._emit(ShutdownComplete(clean=True))
+        self._after(finish)
+
+    # --- inputs: runner results and timers -------------------------------------------------
+
+    def group_started(self, key: str, ok: bool, now: float) -> None:
+        self._op_done(key, ok, GroupState.STARTED, now)
+
+    def group_stopped(self, key: str, ok: bool, now: float) -> None:
+        self._op_done(key, ok, GroupState.STOPPED, now)
+
+    def handle_timer(self, now: float) -> None:
+        self._now = now
+        if self.phase is Phase.INIT and self.peer is not None and now >= self._initdead_at:
+            if self.peer_status != "up":
+                self._note("warn", f"initdead expired without hearing {self.peer!r}")
+                self.node_dead(self.peer, now)
+            else:
+                self._note("warn", f"initdead expired without a resource report from {self.peer!r}: "
+                                   f"acquiring local resources")
+                self._acquire_local("req_our_resources()")
+        if self.fence is not None and not self.fence.running and self.fence.retry_at is not None \
+                and now >= self.fence.retry_at:
+            self.fence.running = True
+            self.fence.retry_at = None
+            self.fence.attempts += 1
+            self._emit(FenceNode(self.fence.node))
+        if self.standby is not None and now >= self.standby.deadline:
+            self._note("warn", f"standby request cancelled: no answer from {self.peer!r}")
+            self.standby = None
+            if self.auto_failback == "on":
+                self._failback_at = now + FAILBACK_RETRY_S
+        if self._failback_at is not None and now >= self._failback_at:
+            self._failback_at = None
+            self._maybe_auto_failback()
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _emit(self, action: Action) -> None:
+        self._actions.append(action)
+
+    def _note(self, level: str, text: str) -> None:
+        self._emit(Notice(level, text))
+
+    def _send(self, msg_type: str, fields: dict) -> None:
+        if self.peer is not None:
+            self._emit(SendMessage(msg_type, dict(fields)))
+
+    def _send_report(self, info: str) -> None:
+        self._send("resource", {"rsc_hold": self.rsc_hold(), "rtype": "full",
+                                "isstable": "1" if self.is_stable() else "0", "info": info})
+
+    def _keys(self, pred) -> list[str]:
+        return [g.name for g in self.groups if pred(g)]
+
+    def _keys_for_hold(self, hold: str, relative_to: str) -> list[str]:
+        if hold == "all":
+            return self._keys(lambda g: True)
+        if hold == "local":
+            return self._keys(lambda g: g.node == relative_to)
+        if hold == "foreign":
+            return self._keys(lambda g: g.node != relative_to)
+        return []
+
+    def _set_state(self, key: str, new: GroupState, reason: str) -> None:
+        old = self.state[key]
+        if old is not new:
+            self.state[key] = new
+            self._emit(GroupChanged(key, old, new, reason))
+
+    def _start_keys(self, keys: Iterable[str], reason: str) -> bool:
+        any_started = False
+        for key in keys:
+            self._ops[key].queued += 1
+            self._set_state(key, GroupState.STARTING, reason)
+            self._emit(StartGroup(key, reason))
+            any_started = True
+        return any_started
+
+    def _stop_keys(self, keys: Iterable[str], reason: str) -> None:
+        for key in keys:
+            self._ops[key].queued += 1
+            self._set_state(key, GroupState.STOPPING, reason)
+            self._emit(StopGroup(key, reason))
+
+    def _busy(self) -> bool:
+        return any(op.queued for op in self._ops.values())
+
+    def _after(self, fn: Callable[[], None]) -> None:
+        """Run fn once no group operation is queued (now, if none is)."""
+        if self._busy():
+            self._after_ops.append(fn)
+        else:
+            fn()
+
+    def _op_done(self, key: str, ok: bool, target: GroupState, now: float) -> None:
+        self._now = now
+        op = self._ops.get(key)
+        if op is None or op.queued == 0:
+            return
+        op.queued -= 1
+        if op.queued == 0:
+            if ok:
+                self._set_state(key, target, "start succeeded" if target is GroupState.STARTED
+                                else "stop succeeded")
+            else:
+                what = "start" if target is GroupState.STARTED else "stop"
+                self._set_state(key, GroupState.FAILED, f"{what} failed")
+        if not self._busy():
+            pending, self._after_ops = self._after_ops, []
+            for fn in pending:
+                fn()
+
+    def _become_stable_after(self, started: bool, info: str = "req_our_resources()") -> None:
+        def finish() -> None:
+            if self.phase is Phase.INIT:
+                self.phase = Phase.STABLE
+            if self.phase is Phase.STABLE:
+                self._send_report(info)
+                self._maybe_auto_failback()
+        self._after(finish)
+
+    def _acquire_local(self, info: str) -> None:
+        held_by_peer = self.peer_hold or frozenset()
+        mine = self._keys(lambda g: g.node == self.node and self.state[g.name] is GroupState.STOPPED)
+        free = [k for k in mine if k not in held_by_peer]
+        if self.auto_failback == "legacy":
+            for k in mine:
+                if k in held_by_peer:
+                    self._note("info", f"asking {self.peer!r} for group {k!r} (legacy failback)")
+                    self._send("ip-request", {"ipaddr": k})
+        self._become_stable_after(self._start_keys(free, "local group, not held by peer"), info)
+
+    def _adopt_orphans(self) -> None:
+        """Stable, peer up and reporting: start our local groups that nobody holds."""
+        if self.peer_hold is None or not self.peer_stable or self.standby is not None or self._busy():
+            return
+        orphans = self._keys(lambda g: g.node == self.node and g.name not in self.peer_hold
+                             and self.state[g.name] is GroupState.STOPPED)
+        if orphans:
+            self._start_keys(orphans, "local group held by nobody")
+            self._after(lambda: self._send_report("req_our_resources()"))
+
+    def _take_over(self, node: str, info: str) -> None:
+        keys = self._keys(lambda g: self.state[g.name] in (GroupState.STOPPED, GroupState.FAILED))
+        self._start_keys(keys, f"takeover from {node}")
+        self._become_stable_after(True, info) if keys else self._become_stable_after(False, info)
+
+    def _maybe_auto_failback(self) -> None:
+        """auto_failback on: hand foreign groups back once their node is up and stable."""
+        if self.auto_failback != "on" or self.peer_status != "up" or self.phase is not Phase.STABLE:
+            return
+        foreign = [k for k in self.held_keys() if self.by_key[k].node == self.peer]
+        if not foreign:
+            return
+        if not self.peer_stable or not self.is_stable():
+            self._failback_at = self._now + FAILBACK_RETRY_S
+            return
+        self._note("info", f"auto_failback: handing {' '.join(foreign)} back to {self.peer!r}")
+        self.standby = _Standby("me", "foreign", tuple(foreign), self._now + STANDBY_INIT_TIMEOUT_S)
+        self._send("ask_resources", {"rsc_hold": "foreign", "info": "me"})
