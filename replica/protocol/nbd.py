@@ -79,7 +79,7 @@ _HANDSHAKE_STATES = (
     NbdServerState.OPTIONS,
 )
 
-_KNOWN_CLIENT_FLAGS = NbdClientFlag.FIXED_NEWSTYLE | NbdClientFlag.NO_ZEROES
+_KNOWN_CLIENT_FLAGS = int(NbdClientFlag.FIXED_NEWSTYLE | NbdClientFlag.NO_ZEROES)  # int: ~IntFlag drops bits
 _SERVER_HANDSHAKE_FLAGS = wire.NbdHandshakeFlag.FIXED_NEWSTYLE | wire.NbdHandshakeFlag.NO_ZEROES
 _INFO_GO_FIXED_LENGTH = wire.NAME_LENGTH.size + wire.INFO_REQUEST_COUNT.size  # 6
 
