@@ -454,12 +454,12 @@ class NbdServerConnection:
 
     def _lookup_export(self, name: str) -> tuple[ExportInfo | None, str]:
         """The export for a client-supplied name ("" = default export), or None and why not."""
-        if name == "":
-            if self._default_export is None:
-                return None, "no default export: the client sent an empty export name"
+        if name == "" and self._default_export is not None:
             name = self._default_export
-        export = self._exports.get(name)
+        export = self._exports.get(name)  # without a default, an export named "" still matches
         if export is None:
+            if name == "":
+                return None, "no default export: the client sent an empty export name"
             return None, f"unknown export {name!r}"
         return export, ""
 

@@ -168,6 +168,16 @@ def test_export_name_empty_selects_default_export():
     assert event.export.name == "ro"
 
 
+def test_empty_name_matches_an_export_named_empty_without_default():
+    exports = make_exports() | {"": ExportInfo("", 512, 1)}
+    client = Client(exports=exports)
+    (event,) = client.send(option(OPT_EXPORT_NAME))
+    assert event.export is exports[""]
+    client = Client(exports=exports, default_export="ro")
+    (event,) = client.send(option(OPT_GO, info_go_data(b"")))
+    assert event.export is exports["ro"]
+
+
 def test_export_name_trailing_data_and_later_bytes():
     client = Client()
     request = struct.pack(">IHHQQI", 0x25609513, 0, 0, 1, 0, 512)
