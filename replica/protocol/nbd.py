@@ -79,7 +79,8 @@ _HANDSHAKE_STATES = (
     NbdServerState.OPTIONS,
 )
 
-_KNOWN_CLIENT_FLAGS = int(NbdClientFlag.FIXED_NEWSTYLE | NbdClientFlag.NO_ZEROES)  # int: ~IntFlag drops bits
+# A plain int: `~` on an IntFlag keeps only the defined bits, which would hide unknown ones.
+_KNOWN_CLIENT_FLAGS = int(NbdClientFlag.FIXED_NEWSTYLE | NbdClientFlag.NO_ZEROES)
 _SERVER_HANDSHAKE_FLAGS = wire.NbdHandshakeFlag.FIXED_NEWSTYLE | wire.NbdHandshakeFlag.NO_ZEROES
 _INFO_GO_FIXED_LENGTH = wire.NAME_LENGTH.size + wire.INFO_REQUEST_COUNT.size  # 6
 
@@ -125,17 +126,19 @@ class ExportInfo:
         _check_string(self.name, "description", self.description)
         prefix = f"nbd export {self.name!r}"
         if not isinstance(self.size, int) or not 0 <= self.size < 1 << 64:
-            raise LocalProtocolError(f"{prefix}: invalid size: must be 0..2^64-1: size={self.size!r}")
+            raise LocalProtocolError(
+                f"{prefix}: invalid size: must be 0..2^64-1: size={self.size!r}")
         flags = self.transmission_flags
-        if not isinstance(flags, int) or not 0 <= flags <= 0xFFFF or not flags & NbdFlag.HAS_FLAGS:
+        if not isinstance(flags, int) or not 0 <= flags <= 0xFFFF \
+                or not flags & NbdFlag.HAS_FLAGS:
             raise LocalProtocolError(
                 f"{prefix}: invalid transmission_flags: must be 16 bits including HAS_FLAGS: "
                 f"transmission_flags={flags!r}")
         if not isinstance(self.min_block, int) or not _is_power_of_two(self.min_block) \
                 or self.min_block > wire.NBD_MAX_MIN_BLOCK:
             raise LocalProtocolError(
-                f"{prefix}: invalid min_block: must be a power of 2 up to {wire.NBD_MAX_MIN_BLOCK}: "
-                f"min_block={self.min_block!r}")
+                f"{prefix}: invalid min_block: must be a power of 2 up to "
+                f"{wire.NBD_MAX_MIN_BLOCK}: min_block={self.min_block!r}")
         if not isinstance(self.preferred_block, int) or not _is_power_of_two(self.preferred_block) \
                 or self.preferred_block < max(self.min_block, 512):
             raise LocalProtocolError(
@@ -427,18 +430,20 @@ class NbdServerConnection:
                                 f"length={len(data)} expected={expected} "
                                 f"(name length={name_length} information requests={count})")
         requests_start = name_end + wire.INFO_REQUEST_COUNT.size
-        requested = {wire.INFO_REQUEST.unpack_from(data, requests_start + wire.INFO_REQUEST.size * i)[0]
-                     for i in range(count)}
+        requested = {request for (request,) in wire.INFO_REQUEST.iter_unpack(
+            data[requests_start:])}  # unknown and repeated requests are ignored
         name, problem = _decode_name(data[wire.NAME_LENGTH.size:name_end])
         if problem:
-            return self._refuse(option, NbdRep.ERR_INVALID, f"{label}: invalid export name: {problem}")
+            return self._refuse(option, NbdRep.ERR_INVALID,
+                                f"{label}: invalid export name: {problem}")
         export, problem = self._lookup_export(name)
         if export is None:
             return self._refuse(option, NbdRep.ERR_UNKNOWN, f"{label}: {problem}")
         self._queue_info(option, wire.INFO_EXPORT.pack(
             NbdInfo.EXPORT, export.size, export.transmission_flags))
         if NbdInfo.NAME in requested:
-            self._queue_info(option, wire.INFO_TYPE.pack(NbdInfo.NAME) + export.name.encode("utf-8"))
+            self._queue_info(option, wire.INFO_TYPE.pack(NbdInfo.NAME)
+                             + export.name.encode("utf-8"))
         if NbdInfo.DESCRIPTION in requested and export.description:
             self._queue_info(option, wire.INFO_TYPE.pack(NbdInfo.DESCRIPTION)
                              + export.description.encode("utf-8"))
@@ -478,8 +483,9 @@ class NbdServerConnection:
         self._queue_reply(option, NbdRep.INFO, payload)
 
     def _queue_reply(self, option: int, reply: NbdRep, payload: bytes = b"") -> None:
-        """proto.md "Fixed newstyle negotiation": NBD_REP_MAGIC, option, reply type, length, data."""
-        self._outgoing += wire.OPTION_REPLY_HEADER.pack(wire.NBD_REP_MAGIC, option, reply, len(payload))
+        """proto.md "Fixed newstyle negotiation": NBD_REP_MAGIC, option, type, length, data."""
+        self._outgoing += wire.OPTION_REPLY_HEADER.pack(
+            wire.NBD_REP_MAGIC, option, reply, len(payload))
         self._outgoing += payload
 
 
