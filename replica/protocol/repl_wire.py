@@ -1,0 +1,141 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Replication peer link: packet types, header and body layouts. Constants and structs only.
+
+The frame header is FIXED (csrc/wire.h declares the same layout for the C data path)::
+
+     0       4       6       8               16              24      28      32
+     +-------+-------+-------+---------------+---------------+-------+-------+
+     | magic | type  | flags |      id       |    offset     |length |  aux  |
+     +-------+-------+-------+---------------+---------------+-------+-------+
+     u32 magic 0x52504C31 (ASCII "RPL1"), u16 type, u16 flags, u64 id, u64 offset,
+     u32 length (payload bytes that follow), u32 aux; all big-endian.
+
+Data path packets (0x01-0x3F) are produced and consumed by C; the Python decoder knows them so it
+can validate and log them. Handshake and control packets (0x40 and up) are Python's.
+
+Bodies of handshake packets (all big-endian):
+
+    HELLO           HELLO_FIXED, then node name (name_len bytes, UTF-8) and cram-hmac-alg
+                    name (alg_len bytes, ASCII; empty = no authentication)
+    AUTH_CHALLENGE  payload: random challenge, CHALLENGE_MIN..CHALLENGE_MAX bytes
+    AUTH_RESPONSE   payload: HMAC digest, RESPONSE_MIN..RESPONSE_MAX bytes
+    SYNC_DECISION   no payload; aux = decision (SyncDecision.hg as signed 32-bit), offset = rule
+    BITMAP          payload: a slice of the encoded bitmap (replica.bitmap), offset = its byte
+                    offset in the encoding, aux = total encoded length, flags BITMAP_LAST
+    STATE           no payload; aux = role << 8 | disk, offset = current UUID
+    UUIDS           UUIDS_BODY (current, bitmap, history0, history1, uuid flags)
+    SYNC_UUID       no payload; offset = the sync UUID the target adopts (DRBD P_SYNC_UUID)
+    OUTDATE         no payload: "mark your disk Outdated" (fencing / graceful disconnect)
+    OUTDATE_REPLY   no payload; aux = 0 done, else errno-like refusal code
+    DISCONNECT      no payload: graceful disconnect follows
+    REFUSE          payload: one UTF-8 line, why the sender drops the connection
+"""
+import enum
+import struct
+
+REPL_MAGIC = 0x52504C31              # ASCII "RPL1"
+HEADER = struct.Struct(">IHHQQII")    # magic, type, flags, id, offset, length, aux
+HEADER_SIZE = HEADER.size             # 32
+assert HEADER_SIZE == 32
+
+MAX_PAYLOAD = 64 * 1024 * 1024        # any length above this is a protocol violation
+
+PROTOCOL_VERSION_MIN = 1
+PROTOCOL_VERSION_MAX = 1
+
+
+class ReplPacket(enum.IntEnum):
+    DATA = 0x01
+    TRIM = 0x02
+    ZEROES = 0x03
+    FLUSH = 0x04
+    RECV_ACK = 0x10
+    WRITE_ACK = 0x11
+    FLUSH_ACK = 0x12
+    NEG_ACK = 0x13
+    PING = 0x20
+    PING_ACK = 0x21
+    RS_REQUEST = 0x30
+    RS_DATA = 0x31
+    RS_DONE = 0x32
+    HELLO = 0x40
+    AUTH_CHALLENGE = 0x41
+    AUTH_RESPONSE = 0x42
+    SYNC_DECISION = 0x43
+    BITMAP = 0x44
+    STATE = 0x45
+    UUIDS = 0x46
+    SYNC_UUID = 0x47
+    OUTDATE = 0x48
+    OUTDATE_REPLY = 0x49
+    DISCONNECT = 0x4A
+    REFUSE = 0x4B
+
+
+class DataFlag(enum.IntFlag):
+    FUA = 0x0001
+
+
+BITMAP_LAST = 0x0001                  # BITMAP flags: this slice ends the encoding
+
+
+class Feature(enum.IntFlag):
+    """HELLO feature bits; the connection uses the intersection of both sides."""
+
+    TRIM = 0x0001
+    ZEROES = 0x0002
+    FUA = 0x0004
+    FLUSH = 0x0008
+    RLE_BITMAP = 0x0010
+
+
+FEATURES_ALL = Feature.TRIM | Feature.ZEROES | Feature.FUA | Feature.FLUSH | Feature.RLE_BITMAP
+
+
+class WireRole(enum.IntEnum):
+    UNKNOWN = 0
+    PRIMARY = 1
+    SECONDARY = 2
+
+
+class WireDisk(enum.IntEnum):
+    DISKLESS = 0
+    ATTACHING = 1
+    FAILED = 2
+    NEGOTIATING = 3
+    INCONSISTENT = 4
+    OUTDATED = 5
+    DUNKNOWN = 6
+    CONSISTENT = 7
+    UPTODATE = 8
+
+
+# HELLO fixed part: version_min u16, version_max u16, features u32, data_size u64,
+# current u64, bitmap u64, history0 u64, history1 u64, uuid_flags u32, role u8, disk u8,
+# name_len u8, alg_len u8.
+HELLO_FIXED = struct.Struct(">HHIQQQQQIBBBB")
+HELLO_MAX = HELLO_FIXED.size + 255 + 255
+NODE_NAME_MAX = 255
+ALG_NAME_MAX = 32
+
+UUIDS_BODY = struct.Struct(">QQQQI")
+
+CHALLENGE_MIN = 16
+CHALLENGE_MAX = 64
+CHALLENGE_SIZE = 32
+RESPONSE_MIN = 16
+RESPONSE_MAX = 64
+REFUSE_MAX = 1024
+BITMAP_SLICE = 1024 * 1024            # encoder's slice size; the decoder accepts up to MAX_PAYLOAD
+
+# Payload length rules per type: (min, max). Types absent here carry no payload (0, 0).
+PAYLOAD_LIMITS: dict[ReplPacket, tuple[int, int]] = {
+    ReplPacket.DATA: (0, MAX_PAYLOAD),
+    ReplPacket.RS_DATA: (0, MAX_PAYLOAD),
+    ReplPacket.HELLO: (HELLO_FIXED.size, HELLO_MAX),
+    ReplPacket.AUTH_CHALLENGE: (CHALLENGE_MIN, CHALLENGE_MAX),
+    ReplPacket.AUTH_RESPONSE: (RESPONSE_MIN, RESPONSE_MAX),
+    ReplPacket.BITMAP: (0, MAX_PAYLOAD),
+    ReplPacket.UUIDS: (UUIDS_BODY.size, UUIDS_BODY.size),
+    ReplPacket.REFUSE: (0, REFUSE_MAX),
+}
