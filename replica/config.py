@@ -471,6 +471,7 @@ HANDLERS = ("pri-on-incon-degr", "pri-lost-after-sb", "pri-lost", "fence-peer", 
             "local-io-error", "initial-split-brain", "split-brain", "before-resync-target",
             "after-resync-target", "before-resync-source", "out-of-sync", "quorum-lost", "disconnected")
 HOST_KEYWORDS = ("device", "disk", "meta-disk", "flexible-meta-disk", "address", "export", "node-id")
+_SECTIONS = ("net", "disk", "syncer", "handlers", "startup", "options")
 _UNSUPPORTED = ("connection", "connection-mesh", "floating", "stacked-on-top-of", "path")
 _NAME_RE = r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}"
 
@@ -496,10 +497,14 @@ def _parse_device(args):
 
 
 def _parse_meta_disk(args):
-    m = re.fullmatch(r"(\S+)(?: ?\[ ?([0-9]{1,4}) ?\])?", " ".join(args))
-    if not m or m[1].startswith("[") or (m[1] == "internal" and m[2] is not None):
+    """`internal`, `PATH` or `PATH [INDEX]` (also `PATH[INDEX]`, `PATH [ INDEX ]`)."""
+    path, rest = (args[0], "".join(args[1:])) if args else ("", "")
+    if not rest and (m := re.fullmatch(r"([^\s\[]+)(\[[0-9]{1,4}\])", path)):
+        path, rest = m[1], m[2]
+    m = re.fullmatch(r"\[([0-9]{1,4})\]", rest)
+    if not path or (rest and not m) or path.startswith("[") or (path == "internal" and rest):
         raise _Bad(f"expected internal, PATH or PATH [INDEX], got '{' '.join(args)}'")
-    return m[1], (int(m[2]) if m[2] is not None else None)
+    return path, (int(m[1]) if m else None)
 
 
 def _parse_address(args):
@@ -600,6 +605,8 @@ class _Builder:
                 seen = {}
                 for o in st.body:
                     self.value(o, ["global"], GLOBAL_KEYWORDS, self.global_options, seen, "global", True)
+                for k in [k for k, v in self.global_options.items() if v == "no" and k != "usage-count"]:
+                    del self.global_options[k]  # a flag set to "no" is a flag not given
             elif st.key == "common":
                 self.expect_body(st, [])
                 if self.common_at:
@@ -650,8 +657,8 @@ class _Builder:
         """Collect the statements of common / resource / on / volume into a _Scope."""
         sc = _Scope()
         for st in stmts:
-            if st.key in ("net", "disk", "syncer", "handlers", "startup", "options") and \
-                    st.body is not None and level in ("common", "resource"):
+            if st.key in _SECTIONS and level in ("common", "resource") and \
+                    (st.body is not None or st.key != "disk"):
                 self.expect_body(st, ctx)
                 for o in st.body:
                     self.section_option(sc, st.key, o, [*ctx, st.key])
@@ -675,6 +682,8 @@ class _Builder:
                     if k in sc.host:
                         self.fail(st, ctx, f"volume {n}: '{k}' is also set outside the volume")
                     sc.host[k] = v
+            elif st.key in ("include", "global", "common", "resource"):
+                self.fail(st, ctx, f"'{st.key}' is only allowed at the top level, outside sections")
             elif st.key in _UNSUPPORTED:
                 self.fail(st, ctx, f"'{st.key}' sections are not supported (use two 'on HOST' sections)")
             elif st.key == "on" and level == "resource":
@@ -832,15 +841,15 @@ def _dump_options(table, obj, defaults, indent, always=()):
     return lines
 
 
-def _dump_dict(d, indent):
-    return [f"{indent}{k};" if v == "" else f"{indent}{k} {_quote(v)};" for k, v in d.items()]
+def _dump_dict(d, indent, flags=()):
+    return [f"{indent}{k};" if k in flags else f"{indent}{k} {_quote(v)};" for k, v in d.items()]
 
 
 def dump_config(config: Config) -> str:
     """Normalised drbd.conf text: inheritance flattened, defaults omitted; parses back to `config`."""
     out = [f"# {config.path}: normalised by replica (common values folded into each resource)"]
     if config.global_options:
-        out += ["global {", *_dump_dict(config.global_options, "    "), "}", ""]
+        out += ["global {", *_dump_dict(config.global_options, "    ", [k for k, p in GLOBAL_KEYWORDS.items() if isinstance(p, _Bool)]), "}", ""]
     for r in config.resources.values():
         out.append(f"resource {r.name} {{")
         sections = [("net", _dump_options(NET_KEYWORDS, r.net, NetOptions(), " " * 8, ("protocol",))),
