@@ -1,0 +1,279 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Wire-level interop: Debian's real heartbeat 3.0.6 and our Membership see each other.
+
+Layout (all created here, removed in the fixture's finally):
+
+    netns hbw<N>a: eth0 10.98.<N>.1/24  <-- veth -->  netns hbw<N>b: eth0 10.98.<N>.2/24
+      real heartbeat as node ha1                        python driver: Membership as node ha2
+      (own mount+UTS namespace, private /etc/ha.d,       (UDP 694, ucast to 10.98.<N>.1)
+       /var/lib/heartbeat, /run, /var/log bind-mounted
+       from a temp dir: heartbeat-wire.md section 1)
+
+Checks: the driver's Membership emits NodeUp(ha1); the real daemon's
+`cl_status nodestatus ha2` says `active` and its log has no authentication
+complaint; after SIGKILL of every process in the daemon's mount namespace the
+driver emits NodeDead(ha1) within deadtime + 1 s of ha1's last packet.
+"""
+import json
+import os
+import pathlib
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import requires_commands, requires_root
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+HEARTBEAT = "/usr/libexec/heartbeat/heartbeat"
+DEADTIME_S = 5
+KEY = "mahnamahna"
+
+DRIVER = r'''
+import json, socket, sys, time
+sys.path.insert(0, sys.argv[1])
+from hbd.authkeys import parse_authkeys
+from hbd.protocol.membership import Membership, NodeDead
+peer_ip, run_s, dump_dir = sys.argv[2], float(sys.argv[3]), sys.argv[4]
+keys = parse_authkeys(open(sys.argv[5]).read())
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind(("0.0.0.0", 694))
+now = time.monotonic()
+m = Membership("ha2", ["ha1", "ha2"], keepalive_s=1, warntime_s=3, deadtime_s=%(dead)d, initdead_s=10,
+               authkeys=keys, generation=int(time.time()), now=now,
+               wall_clock_offset=time.time() - now)
+end = now + run_s
+last_packet = None
+dumped = 0
+def say(**kw):
+    print(json.dumps(kw), flush=True)
+say(event="ready")
+while True:
+    now = time.monotonic()
+    if now >= end:
+        break
+    for d in m.datagrams_to_send(now):
+        sock.sendto(d, (peer_ip, 694))
+    timer = m.get_timer()
+    timeout = max(0.0, min(end, timer if timer is not None else end) - now)
+    sock.settimeout(timeout)
+    try:
+        data, addr = sock.recvfrom(300000)
+    except socket.timeout:
+        m.handle_timer(time.monotonic())
+    else:
+        now = time.monotonic()
+        before = m.counters["accepted"]
+        m.receive_datagram(data, addr, now)
+        if m.counters["accepted"] != before:
+            last_packet = now
+        if dump_dir != "-" and dumped < 40:
+            dumped += 1
+            open("%%s/pkt%%03d.bin" %% (dump_dir, dumped), "wb").write(data)
+        if m.get_timer() is not None and m.get_timer() <= now:
+            m.handle_timer(now)
+    while (e := m.next_event()) is not None:
+        kw = {"event": type(e).__name__, "t": time.monotonic()}
+        kw.update({k: getattr(e, k) for k in e.__slots__ if k not in ("msg", "addr")})
+        if hasattr(e, "msg"):
+            kw["type"] = e.msg.type
+        if isinstance(e, NodeDead) and last_packet is not None:
+            kw["since_last_packet"] = time.monotonic() - last_packet
+        say(**kw)
+say(event="exit", counters=m.counters)
+''' % {"dead": DEADTIME_S}
+
+
+def run(*argv, check=True, **kw):
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=30, **kw)
+
+
+def ns_pids(mntns_link):
+    """Every process whose mount namespace is `mntns_link` (the node's private one)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/ns/mnt") == mntns_link:
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def kill_node(master_pid, mntns_link):
+    """SIGKILL the daemon and every child in its mount namespace (heartbeat-wire.md 1)."""
+    if mntns_link is None:
+        return
+    for _ in range(3):
+        pids = ns_pids(mntns_link)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def two_namespaces():
+    requires_root()
+    requires_commands("ip", "unshare", "nsenter", "cl_status")
+    if not os.access(HEARTBEAT, os.X_OK):
+        pytest.skip(f"needs the real heartbeat daemon at {HEARTBEAT} (apt-get install heartbeat)")
+    n = os.getpid() % 200 + 20
+    a, b = f"hbw{n}a", f"hbw{n}b"
+    made = []
+    try:
+        for ns in (a, b):
+            run("ip", "netns", "add", ns)
+            made.append(ns)
+        run("ip", "link", "add", "hbwtmp0", "netns", a, "type", "veth", "peer", "name", "hbwtmp1", "netns", b)
+        for ns, ifname, addr in ((a, "hbwtmp0", f"10.98.{n}.1/24"), (b, "hbwtmp1", f"10.98.{n}.2/24")):
+            run("ip", "-n", ns, "link", "set", ifname, "name", "eth0")
+            run("ip", "-n", ns, "addr", "add", addr, "dev", "eth0")
+            run("ip", "-n", ns, "link", "set", "eth0", "up")
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        yield a, b, f"10.98.{n}.1", f"10.98.{n}.2"
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def make_node_dir(base: pathlib.Path, peer_ip: str, method_line: str) -> pathlib.Path:
+    """A private copy of the package's /etc/ha.d, /var/lib/heartbeat and /run/heartbeat."""
+    etc, lib, runp, log = base / "etc", base / "lib", base / "run", base / "log"
+    shutil.copytree("/etc/ha.d", etc, symlinks=True)
+    subprocess.run(["cp", "-a", "/var/lib/heartbeat", str(lib)], check=True)
+    for sub in ("cores",):  # stale cores from earlier runs are not ours to copy
+        shutil.rmtree(lib / sub, ignore_errors=True)
+        (lib / sub).mkdir()
+    for f in ("hb_uuid", "hb_generation", "hostcache", "delhostcache"):
+        (lib / f).unlink(missing_ok=True)
+    runp.mkdir()
+    subprocess.run(["cp", "-a", "/run/heartbeat", str(runp / "heartbeat")], check=True)
+    (runp / "resource-agents").mkdir()
+    log.mkdir()
+    (etc / "ha.cf").write_text(
+        "logfile /var/log/ha-log\ndebugfile /var/log/ha-debug\nuse_logd no\n"
+        f"keepalive 1\ndeadtime {DEADTIME_S}\nwarntime 3\ninitdead 10\nudpport 694\n"
+        f"ucast eth0 {peer_ip}\nnode ha1\nnode ha2\nauto_failback on\ncrm no\n")
+    (etc / "authkeys").write_text(f"auth {method_line.split()[0]}\n{method_line}\n")
+    os.chmod(etc / "authkeys", 0o600)
+    (etc / "haresources").write_text("# no resources: this test is about membership on the wire\n")
+    return base
+
+
+def start_real_heartbeat(ns: str, node_dir: pathlib.Path) -> subprocess.Popen:
+    script = (f"mount --bind {node_dir}/etc /etc/ha.d && "
+              f"mount --bind {node_dir}/lib /var/lib/heartbeat && "
+              f"mount --bind {node_dir}/run /run && "
+              f"mount --bind {node_dir}/log /var/log && "
+              f"hostname ha1 && exec {HEARTBEAT} -f")
+    return subprocess.Popen(["ip", "netns", "exec", ns, "unshare", "-m", "-u", "--propagation", "private",
+                             "sh", "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class Driver:
+    """Our Membership in the second namespace, reporting events as JSON lines."""
+
+    def __init__(self, ns, peer_ip, run_s, tmp, keyfile, dump_dir="-"):
+        path = tmp / "driver.py"
+        path.write_text(DRIVER)
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(path), str(ROOT), peer_ip,
+                                      str(run_s), str(dump_dir), str(keyfile)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.events = []
+
+    def wait_for(self, event, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in self.events:
+                if e["event"] == event:
+                    return e
+            r, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if r:
+                line = self.proc.stdout.readline()
+                if not line:
+                    raise AssertionError(f"driver exited early: {self.proc.stderr.read()[-2000:]}")
+                self.events.append(json.loads(line))
+        return None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def cl_status(master_pid, *args):
+    r = subprocess.run(["nsenter", "-t", str(master_pid), "-m", "-u", "-n", "cl_status", *args],
+                       capture_output=True, text=True, timeout=20)
+    return r.stdout.strip() or r.stderr.strip()
+
+
+@pytest.mark.parametrize("method_line", [f"2 sha1 {KEY}", f"3 md5 {KEY}", "1 crc"])
+def test_real_heartbeat_and_our_membership_see_each_other(two_namespaces, tmp_path, method_line):
+    ns_a, ns_b, ip_a, ip_b = two_namespaces
+    node_dir = make_node_dir(tmp_path / "ha1", ip_b, method_line)
+    keyfile = tmp_path / "authkeys-ours"
+    keyfile.write_text(f"auth {method_line.split()[0]}\n{method_line}\n")
+    hb = driver = None
+    mntns = None
+    try:
+        driver = Driver(ns_b, ip_a, 60, tmp_path, keyfile)
+        assert driver.wait_for("ready", 10), "driver did not start"
+        hb = start_real_heartbeat(ns_a, node_dir)
+        started = time.monotonic()
+        for _ in range(50):
+            try:  # ip netns exec -> unshare -> sh -> exec heartbeat, all the same PID
+                if pathlib.Path(f"/proc/{hb.pid}/comm").read_text().strip() == "heartbeat":
+                    mntns = os.readlink(f"/proc/{hb.pid}/ns/mnt")
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        assert mntns, "real heartbeat did not enter its own mount namespace"
+        up = driver.wait_for("NodeUp", 20)
+        log = node_dir / "log" / "ha-log"
+        assert up is not None, f"our Membership never saw ha1; ha-log tail:\n{log.read_text()[-3000:] if log.exists() else '-'}"
+        assert up["node"] == "ha1"
+        status = None
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            status = cl_status(hb.pid, "nodestatus", "ha2")
+            if status == "active":
+                break
+            time.sleep(0.5)
+        text = log.read_text() if log.exists() else ""
+        assert status == "active", f"real heartbeat says ha2 is {status!r}; ha-log tail:\n{text[-3000:]}"
+        assert "failed authentication" not in text and "authtoken does not match" not in text, text[-3000:]
+        assert "Link ha2:eth0 up" in text, text[-3000:]
+        assert driver.wait_for("NodeDead", 0.1) is None, "ha1 declared dead while running"
+
+        # heartbeat announces dt = deadtime + 2 s during its first 5 s (heartbeat-wire.md 4) and
+        # receivers honour it, as we do; kill it once it announces the plain deadtime
+        time.sleep(max(0.0, started + 7 - time.monotonic()))
+        kill_node(hb.pid, mntns)
+        killed_at = time.monotonic()
+        dead = driver.wait_for("NodeDead", DEADTIME_S + 5)
+        assert dead is not None, "our Membership never declared ha1 dead after it was killed"
+        assert dead["node"] == "ha1" and dead["graceful"] is False
+        assert dead["since_last_packet"] <= DEADTIME_S + 1.0, dead
+        assert dead["t"] - killed_at <= DEADTIME_S + 2.0, (dead, killed_at)
+    finally:
+        if hb is not None:
+            kill_node(hb.pid, mntns)
+            if hb.poll() is None:
+                hb.kill()
+            hb.wait(timeout=10)
+        if driver is not None:
+            driver.stop()
