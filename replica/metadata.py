@@ -1,0 +1,606 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""On-disk metadata: superblock (UUIDs, flags), dirty bitmap and activity log, crash-safe.
+
+Owns: the metadata format, `create_md`/`open_md`/`dump_md`/`format_dump_md`, and `Metadata`
+(superblock updates, bitmap load/store, activity-log transactions). All I/O is
+os.pread/os.pwrite + os.fsync on file descriptors (a plain file or a block device).
+
+Placement (drbd-reference 1.4)::
+
+    meta-disk internal:   [ data (data_size) ... | bitmap | AL ring | sb slot 0 | sb slot 1 ]
+                          ^ offset 0 = device offset 0      metadata ends at the device end
+    meta-disk PATH:       data: the whole backing device
+                          PATH: [ sb slot 0 | sb slot 1 | AL ring | bitmap ]  from offset 0
+
+md_size = 8 KiB superblock slots + al_tx_count x al_tx_size + bitmap pages x 4 KiB, all 4 KiB
+aligned; internal data_size is the largest multiple of 4 KiB such that data + md fit
+(`data_size_for`). 1 GiB with the default al-extents 1237 costs 8 KiB + 32 KiB + 36 KiB.
+
+Checksums: SHA-256 truncated to 16 bytes (hashlib, C speed; crc32c is not in the stdlib and a
+cryptographic hash also catches misdirected writes). Integers are little-endian.
+
+Crash safety (a write torn at any byte leaves the old or the new state readable):
+- Superblock: two 4 KiB slots written alternately; each carries a generation counter and a
+  checksum; readers take the valid slot with the highest generation. A torn write can only
+  damage the slot being written, whose previous content was the older generation.
+- Activity log: a ring of `al_tx_count` transactions, each listing every extent hot at that
+  moment (4 MiB extents, DRBD's unit), with a sequence number and checksum. An extent enters
+  the AL (transaction written and fsynced) before the first write to it; before an extent leaves
+  it, the bitmap pages covering it are written and fsynced. Replay marks the union of the two
+  newest valid transactions dirty, so a torn newest transaction falls back to its predecessor,
+  which covers every extent any completed write could have touched.
+- Bitmap pages: 4064 payload bytes + index + checksum per 4 KiB page. A page that fails its
+  checksum reads back as all dirty (more resync, never less); its extents are also in the AL.
+"""
+import hashlib
+import os
+import struct
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, replace
+
+from replica.bitmap import BLOCK_SIZE, Bitmap, bits_for, buffer_bytes_for
+from replica.errors import ReplicaError
+from replica.uuids import UUID_JUST_CREATED, GenerationUuids, MdFlag
+
+PAGE = 4096
+SECTOR = 512
+AL_EXTENT_SIZE = 4 * 1024 * 1024
+AL_EXTENTS_DEFAULT = 1237
+AL_EXTENTS_MIN = 7
+AL_EXTENTS_MAX = 65534
+AL_TX_COUNT = 4
+SB_SLOTS = 2
+MD_VERSION = 1
+CSUM = 16
+
+MD_MAGIC = 0x52504D44          # ASCII "RPMD"
+AL_MAGIC = 0x5250414C          # ASCII "RPAL"
+BM_MAGIC = 0x5250424D          # ASCII "RPBM"
+
+# magic, version, generation, data_size, md_size, current, bitmap, history0, history1,
+# flags, al_extents, bm_bytes_per_bit, al_tx_size, al_tx_count, bm_pages, meta_external,
+# bm_offset, al_offset, sb_offset (relative to the start of the metadata area), device_uuid
+_SB = struct.Struct("<IIQQQQQQQIIIIIIIQQQQ")
+_AL_HDR = struct.Struct("<IIQI")          # magic, reserved, seq, n_extents
+_BM_TRAILER = struct.Struct("<II")         # magic, page index
+BM_PAYLOAD = PAGE - _BM_TRAILER.size - CSUM - 8   # 4064 bytes = 508 words
+assert BM_PAYLOAD % 8 == 0
+
+
+class MetadataError(ReplicaError):
+    """Metadata missing, corrupt or unusable; the message names the device."""
+
+
+class MetadataExists(MetadataError):
+    """create-md found valid metadata and was not forced (drbdmeta asks before overwriting)."""
+
+
+def _csum(*parts: bytes) -> bytes:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p)
+    return h.digest()[:CSUM]
+
+
+def _align(n: int) -> int:
+    return -(-n // PAGE) * PAGE
+
+
+def al_tx_size(al_extents: int) -> int:
+    return _align(_AL_HDR.size + CSUM + 4 * al_extents)
+
+
+def bm_pages_for(data_size: int) -> int:
+    return max(1, -(-buffer_bytes_for(bits_for(data_size)) // BM_PAYLOAD))
+
+
+def md_size_for(data_size: int, al_extents: int = AL_EXTENTS_DEFAULT) -> int:
+    """Bytes of metadata for `data_size` bytes of data (4 KiB aligned)."""
+    return SB_SLOTS * PAGE + AL_TX_COUNT * al_tx_size(al_extents) + bm_pages_for(data_size) * PAGE
+
+
+def data_size_for(backing_size: int, al_extents: int = AL_EXTENTS_DEFAULT) -> int:
+    """Usable data bytes of a backing device with internal metadata (multiple of 4 KiB)."""
+    d = (backing_size - md_size_for(backing_size, al_extents)) // PAGE * PAGE
+    if d <= 0:
+        raise MetadataError(f"create-md: backing device too small for internal metadata: "
+                            f"{backing_size} bytes, metadata needs "
+                            f"{md_size_for(PAGE, al_extents)}")
+    while d + PAGE + md_size_for(d + PAGE, al_extents) <= backing_size:
+        d += PAGE
+    return d
+
+
+@dataclass(frozen=True, slots=True)
+class Superblock:
+    data_size: int
+    md_size: int
+    uuids: GenerationUuids
+    flags: MdFlag
+    al_extents: int
+    bm_pages: int
+    meta_external: bool
+    bm_offset: int
+    al_offset: int
+    sb_offset: int
+    device_uuid: int
+    generation: int = 0
+    al_tx_size: int = 0
+    al_tx_count: int = AL_TX_COUNT
+    bm_bytes_per_bit: int = BLOCK_SIZE
+
+    def pack(self) -> bytes:
+        u = self.uuids
+        body = _SB.pack(MD_MAGIC, MD_VERSION, self.generation, self.data_size, self.md_size,
+                        u.current, u.bitmap, u.history[0], u.history[1], int(self.flags),
+                        self.al_extents, self.bm_bytes_per_bit, self.al_tx_size,
+                        self.al_tx_count, self.bm_pages, int(self.meta_external),
+                        self.bm_offset, self.al_offset, self.sb_offset, self.device_uuid)
+        return body + _csum(body)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "Superblock | None":
+        """The superblock in `raw`, or None if the slot is empty, torn or foreign."""
+        if len(raw) < _SB.size + CSUM:
+            return None
+        body = raw[:_SB.size]
+        if _csum(body) != raw[_SB.size:_SB.size + CSUM]:
+            return None
+        (magic, version, gen, data_size, md_size, cur, bm, h0, h1, flags, al_extents, bpb,
+         tx_size, tx_count, bm_pages, external, bm_off, al_off, sb_off,
+         dev_uuid) = _SB.unpack(body)
+        if magic != MD_MAGIC or version != MD_VERSION:
+            return None
+        return cls(data_size, md_size, GenerationUuids(cur, bm, (h0, h1)), MdFlag(flags),
+                   al_extents, bm_pages, bool(external), bm_off, al_off, sb_off, dev_uuid,
+                   gen, tx_size, tx_count, bpb)
+
+
+def _layout(data_size: int, al_extents: int, external: bool) -> dict:
+    tx = al_tx_size(al_extents)
+    pages = bm_pages_for(data_size)
+    al_len, bm_len = AL_TX_COUNT * tx, pages * PAGE
+    if external:
+        sb_off, al_off, bm_off = 0, SB_SLOTS * PAGE, SB_SLOTS * PAGE + al_len
+    else:
+        bm_off, al_off, sb_off = 0, bm_len, bm_len + al_len
+    return dict(md_size=SB_SLOTS * PAGE + al_len + bm_len, bm_pages=pages, al_tx_size=tx,
+                bm_offset=bm_off, al_offset=al_off, sb_offset=sb_off)
+
+
+def _device_size(fd: int) -> int:
+    return os.lseek(fd, 0, os.SEEK_END)
+
+
+def _open(path_or_fd, create: bool = False) -> tuple[int, bool, str]:
+    if isinstance(path_or_fd, int):
+        return path_or_fd, False, f"fd {path_or_fd}"
+    path = os.fspath(path_or_fd)
+    flags = os.O_RDWR | (os.O_CREAT if create else 0)
+    try:
+        return os.open(path, flags, 0o600), True, path
+    except OSError as e:
+        raise MetadataError(f"open-md: {path}: {e.strerror}") from None
+
+
+def _pread_exact(fd: int, n: int, off: int) -> bytes:
+    data = os.pread(fd, n, off)
+    return data + bytes(n - len(data))        # past EOF of a sparse/short file reads as zeros
+
+
+def _md_start(fd: int, external: bool, md_size: int | None = None) -> int:
+    """Where the metadata area begins: 0 for external, device end minus md size for internal."""
+    if external:
+        return 0
+    return _device_size(fd) - md_size
+
+
+def _read_sb_slots(fd: int, sb_abs: int) -> Superblock | None:
+    best = None
+    for slot in range(SB_SLOTS):
+        sb = Superblock.unpack(_pread_exact(fd, PAGE, sb_abs + slot * PAGE))
+        if sb is not None and (best is None or sb.generation > best.generation):
+            best = sb
+    return best
+
+
+def _find_sb(fd: int, external: bool) -> Superblock | None:
+    if external:
+        return _read_sb_slots(fd, 0)
+    end = _device_size(fd)
+    if end < SB_SLOTS * PAGE:
+        return None
+    return _read_sb_slots(fd, end - SB_SLOTS * PAGE)
+
+
+class Metadata:
+    """An open metadata area: superblock, in-memory bitmap and activity log.
+
+    Not thread-safe; the daemon owns one per resource. `bitmap.buffer` is what the C data
+    path sets bits in.
+    """
+
+    def __init__(self, fd: int, own_fd: bool, name: str, sb: Superblock, md_start: int):
+        self.fd, self._own_fd, self.name = fd, own_fd, name
+        self.sb = sb
+        self.md_start = md_start
+        self.bitmap = Bitmap(sb.data_size)
+        self.torn_bitmap_pages: list[int] = []
+        self._al_hot: "OrderedDict[int, int]" = OrderedDict()   # extent -> in-flight count
+        self._al_seq = 0
+        self._al_slot_seq: list[int] = []
+        self.al_writes = 0
+        self.bm_writes = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._own_fd and self.fd >= 0:
+            os.close(self.fd)
+        self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def uuids(self) -> GenerationUuids:
+        return self.sb.uuids
+
+    @property
+    def flags(self) -> MdFlag:
+        return self.sb.flags
+
+    # --- superblock -------------------------------------------------------------------------
+
+    def write_superblock(self, **changes) -> Superblock:
+        """Replace fields (uuids=, flags=, ...) and persist: next slot, generation + 1, fsync."""
+        sb = replace(self.sb, generation=self.sb.generation + 1, **changes)
+        slot = sb.generation % SB_SLOTS
+        buf = sb.pack()
+        os.pwrite(self.fd, buf + bytes(PAGE - len(buf)),
+                  self.md_start + sb.sb_offset + slot * PAGE)
+        os.fsync(self.fd)
+        self.sb = sb
+        return sb
+
+    def set_flags(self, set_: MdFlag = MdFlag(0), clear: MdFlag = MdFlag(0)) -> Superblock:
+        return self.write_superblock(flags=(self.sb.flags | set_) & ~clear)
+
+    # --- bitmap -----------------------------------------------------------------------------
+
+    def _bm_page_offset(self, page: int) -> int:
+        return self.md_start + self.sb.bm_offset + page * PAGE
+
+    def _pack_bm_page(self, page: int) -> bytes:
+        mv = memoryview(self.bitmap.buffer).cast("B")
+        lo = page * BM_PAYLOAD
+        payload = bytes(mv[lo:lo + BM_PAYLOAD])
+        payload += bytes(BM_PAYLOAD - len(payload))
+        trailer = _BM_TRAILER.pack(BM_MAGIC, page) + bytes(8)
+        return payload + trailer + _csum(payload, trailer)
+
+    def load_bitmap(self) -> Bitmap:
+        """Read every bitmap page; a page failing its checksum becomes all dirty."""
+        mv = memoryview(self.bitmap.buffer).cast("B")
+        self.torn_bitmap_pages = []
+        nbytes = len(mv)
+        for page in range(self.sb.bm_pages):
+            raw = _pread_exact(self.fd, PAGE, self._bm_page_offset(page))
+            payload, trailer = raw[:BM_PAYLOAD], raw[BM_PAYLOAD:BM_PAYLOAD + _BM_TRAILER.size + 8]
+            csum = raw[BM_PAYLOAD + _BM_TRAILER.size + 8:]
+            ok = _csum(payload, trailer) == csum and \
+                _BM_TRAILER.unpack_from(trailer) == (BM_MAGIC, page)
+            lo = page * BM_PAYLOAD
+            hi = min(nbytes, lo + BM_PAYLOAD)
+            if hi <= lo:
+                continue
+            if ok:
+                mv[lo:hi] = payload[:hi - lo]
+            else:
+                self.torn_bitmap_pages.append(page)
+                first = lo * 8
+                self.bitmap.set_bits(first, min(self.bitmap.nbits, hi * 8))
+        return self.bitmap
+
+    def store_bitmap(self, offset: int = 0, length: int | None = None) -> int:
+        """Write the bitmap pages covering data bytes [offset, offset+length) and fsync.
+
+        Returns the number of pages written. Without arguments, writes all pages.
+        """
+        if length is None:
+            pages = range(self.sb.bm_pages)
+        else:
+            if length <= 0:
+                return 0
+            first_bit = offset // BLOCK_SIZE
+            last_bit = (offset + length - 1) // BLOCK_SIZE
+            bits_per_page = BM_PAYLOAD * 8
+            pages = range(first_bit // bits_per_page,
+                          min(self.sb.bm_pages, last_bit // bits_per_page + 1))
+        for page in pages:
+            os.pwrite(self.fd, self._pack_bm_page(page), self._bm_page_offset(page))
+        os.fsync(self.fd)
+        self.bm_writes += len(pages)
+        return len(pages)
+
+    # --- activity log -----------------------------------------------------------------------
+
+    def _al_slot_offset(self, slot: int) -> int:
+        return self.md_start + self.sb.al_offset + slot * self.sb.al_tx_size
+
+    def _read_al(self) -> list[tuple[int, list[int]]]:
+        """Valid transactions as (seq, extents), newest first."""
+        found = []
+        for slot in range(self.sb.al_tx_count):
+            raw = _pread_exact(self.fd, self.sb.al_tx_size, self._al_slot_offset(slot))
+            magic, _r, seq, n = _AL_HDR.unpack_from(raw)
+            if magic != AL_MAGIC or n > self.sb.al_extents:
+                continue
+            end = _AL_HDR.size + 4 * n
+            if _csum(raw[:end]) != raw[end:end + CSUM]:
+                continue
+            found.append((seq, list(struct.unpack_from(f"<{n}I", raw, _AL_HDR.size))))
+        found.sort(reverse=True)
+        return found
+
+    def al_replay_extents(self) -> set[int]:
+        """Extents that may hold writes not reflected in the on-disk bitmap (union of the
+        two newest valid transactions)."""
+        txs = self._read_al()
+        self._al_seq = txs[0][0] if txs else 0
+        out: set[int] = set()
+        for _seq, ext in txs[:2]:
+            out.update(ext)
+        return out
+
+    def apply_al(self) -> int:
+        """drbdmeta apply-al: mark replayed AL extents dirty, persist, start an empty AL.
+
+        Returns the number of extents applied. Called on attach/open.
+        """
+        extents = self.al_replay_extents()
+        for e in sorted(extents):
+            off = e * AL_EXTENT_SIZE
+            if off >= self.sb.data_size:
+                continue
+            self.bitmap.set_range(off, min(AL_EXTENT_SIZE, self.sb.data_size - off))
+        if extents:
+            self.store_bitmap()
+        self._al_hot.clear()
+        self._write_al_tx()
+        return len(extents)
+
+    def _write_al_tx(self) -> None:
+        self._al_seq += 1
+        ext = list(self._al_hot)
+        body = _AL_HDR.pack(AL_MAGIC, 0, self._al_seq, len(ext)) + \
+            struct.pack(f"<{len(ext)}I", *ext)
+        buf = body + _csum(body)
+        slot = self._al_seq % self.sb.al_tx_count
+        os.pwrite(self.fd, buf + bytes(self.sb.al_tx_size - len(buf)),
+                  self._al_slot_offset(slot))
+        os.fsync(self.fd)
+        self.al_writes += 1
+
+    @staticmethod
+    def extents_for(offset: int, length: int) -> range:
+        """AL extents (4 MiB) touched by a write of `length` bytes at `offset`."""
+        if length <= 0:
+            return range(0)
+        return range(offset // AL_EXTENT_SIZE, (offset + length - 1) // AL_EXTENT_SIZE + 1)
+
+    def al_begin_io(self, extent: int) -> bool:
+        """Make `extent` hot before a write to it; True if an AL transaction was written.
+
+        When the AL is full, the least recently used idle extent leaves it: its bitmap pages
+        are written first (fsync), then the transaction. Raises MetadataError when every
+        extent has I/O in flight (the caller must wait for completions, as DRBD blocks).
+        """
+        if not 0 <= extent < 2**32:
+            raise ValueError(f"activity log: extent out of range: {extent}")
+        if extent in self._al_hot:
+            self._al_hot[extent] += 1
+            self._al_hot.move_to_end(extent)
+            return False
+        if len(self._al_hot) >= self.sb.al_extents:
+            victim = next((e for e, n in self._al_hot.items() if n == 0), None)
+            if victim is None:
+                raise MetadataError(f"activity log: {self.name}: all {self.sb.al_extents} "
+                                    "extents have I/O in flight")
+            off = victim * AL_EXTENT_SIZE
+            if off < self.sb.data_size:
+                self.store_bitmap(off, min(AL_EXTENT_SIZE, self.sb.data_size - off))
+            del self._al_hot[victim]
+        self._al_hot[extent] = 1
+        self._write_al_tx()
+        return True
+
+    def al_complete_io(self, extent: int) -> None:
+        n = self._al_hot.get(extent)
+        if not n:
+            raise ValueError(f"activity log: complete without begin: extent {extent}")
+        self._al_hot[extent] = n - 1
+
+    @property
+    def al_hot(self) -> list[int]:
+        return list(self._al_hot)
+
+    def clean_shutdown(self) -> None:
+        """Persist the bitmap, empty the AL and mark it clean (drbdadm down)."""
+        if any(self._al_hot.values()):
+            raise MetadataError(f"activity log: {self.name}: shutdown with I/O in flight")
+        self.store_bitmap()
+        self._al_hot.clear()
+        self._write_al_tx()
+        self.set_flags(set_=MdFlag.AL_CLEAN)
+
+
+def create_md(backing, meta: str = "internal", *, al_extents: int = AL_EXTENTS_DEFAULT,
+              data_size: int | None = None, force: bool = False,
+              device_uuid: int | None = None) -> Metadata:
+    """drbdmeta create-md: initialise metadata for `backing` (path or fd) and open it.
+
+    `meta` is "internal" or the path of the external metadata file/device. Refuses to
+    overwrite valid metadata unless `force` (MetadataExists). The new superblock has
+    current UUID JUST_CREATED and no flags but AL_CLEAN; the bitmap is all clean.
+    """
+    if not AL_EXTENTS_MIN <= al_extents <= AL_EXTENTS_MAX:
+        raise MetadataError(f"create-md: al-extents {al_extents} outside "
+                            f"{AL_EXTENTS_MIN}..{AL_EXTENTS_MAX}")
+    external = meta != "internal"
+    bfd, own_b, bname = _open(backing)
+    mfd, own_m, mname = bfd, own_b, bname
+    try:
+        backing_size = _device_size(bfd)
+        if external:
+            mfd, own_m, mname = _open(meta, create=True)
+            size = backing_size if data_size is None else data_size
+            if size > backing_size:
+                raise MetadataError(f"create-md: {bname}: data size {size} exceeds the "
+                                    f"device ({backing_size} bytes)")
+            size = size // PAGE * PAGE
+        else:
+            size = data_size_for(backing_size, al_extents) if data_size is None else data_size
+            if size % PAGE or size + md_size_for(size, al_extents) > backing_size:
+                raise MetadataError(f"create-md: {bname}: data size {size} with internal "
+                                    f"metadata does not fit in {backing_size} bytes")
+        old = _find_sb(mfd, external)
+        if old is not None and not force:
+            raise MetadataExists(f"create-md: {mname}: valid metadata found (current UUID "
+                                 f"{old.uuids.current:016X}, data size {old.data_size}): "
+                                 "use force to overwrite it")
+        lay = _layout(size, al_extents, external)
+        start = 0 if external else backing_size - lay["md_size"]
+        if external and _device_size(mfd) < lay["md_size"]:
+            os.ftruncate(mfd, lay["md_size"])
+        if device_uuid is None:
+            device_uuid = int.from_bytes(os.urandom(8), "big")
+        sb = Superblock(size, lay["md_size"], GenerationUuids(UUID_JUST_CREATED),
+                        MdFlag.AL_CLEAN, al_extents, lay["bm_pages"], external,
+                        lay["bm_offset"], lay["al_offset"], lay["sb_offset"], device_uuid,
+                        generation=0, al_tx_size=lay["al_tx_size"])
+        zero_page = bytes(PAGE)
+        for slot in range(SB_SLOTS):           # invalidate both slots first
+            os.pwrite(mfd, zero_page, start + sb.sb_offset + slot * PAGE)
+        os.pwrite(mfd, bytes(AL_TX_COUNT * sb.al_tx_size), start + sb.al_offset)
+        md = Metadata(mfd, own_m, mname, sb, start)
+        md.store_bitmap()
+        md._write_al_tx()
+        md.write_superblock()
+    except BaseException:
+        for fd, own in {(bfd, own_b), (mfd, own_m)}:
+            if own:
+                os.close(fd)
+        raise
+    if external and own_b:
+        os.close(bfd)
+    return md
+
+
+def open_md(backing, meta: str = "internal", *, apply_al: bool = True) -> Metadata:
+    """Open existing metadata (the newest valid superblock), load the bitmap, replay the AL."""
+    external = meta != "internal"
+    target = meta if external else backing
+    fd, own, name = _open(target)
+    try:
+        sb = _find_sb(fd, external)
+        if sb is None:
+            raise MetadataError(f"open-md: {name}: no valid metadata found (run create-md; "
+                                "after growing an internal-metadata device, move it first)")
+        if sb.meta_external != external:
+            raise MetadataError(f"open-md: {name}: metadata is "
+                                f"{'external' if sb.meta_external else 'internal'}, "
+                                f"configured meta-disk {meta}")
+        start = 0 if external else _device_size(fd) - sb.md_size
+        md = Metadata(fd, own, name, sb, start)
+    except BaseException:
+        if own:
+            os.close(fd)
+        raise
+    md.load_bitmap()
+    if apply_al:
+        md.apply_al()
+    else:
+        md.al_replay_extents()
+    return md
+
+
+def _hex(u: int) -> str:
+    return f"0x{u:016X}"
+
+
+def dump_md(md: Metadata) -> dict:
+    """Everything `dump-md --json` prints (offsets in bytes, sizes also in sectors)."""
+    sb = md.sb
+    return {
+        "version": "v08",
+        "format": f"replica-md{MD_VERSION}",
+        "generation": sb.generation,
+        "meta_disk": "external" if sb.meta_external else "internal",
+        "md_size_sect": sb.md_size // SECTOR,
+        "md_offset": md.md_start + sb.sb_offset,
+        "al_offset": md.md_start + sb.al_offset,
+        "bm_offset": md.md_start + sb.bm_offset,
+        "uuid": {"current": _hex(sb.uuids.current), "bitmap": _hex(sb.uuids.bitmap),
+                 "history": [_hex(h) for h in sb.uuids.history]},
+        "flags": int(sb.flags),
+        "flag_names": [f.name.lower().replace("_", "-") for f in MdFlag if f in sb.flags],
+        "al_extents": sb.al_extents,
+        "al_hot": sorted(md.al_hot),
+        "la_size_sect": sb.data_size // SECTOR,
+        "data_size": sb.data_size,
+        "bm_byte_per_bit": sb.bm_bytes_per_bit,
+        "device_uuid": _hex(sb.device_uuid),
+        "bm_bytes": buffer_bytes_for(md.bitmap.nbits),
+        "bits_set": md.bitmap.count(),
+    }
+
+
+def format_dump_md(md: Metadata) -> str:
+    """Text in drbdmeta's `dump-md` layout (v08 style), parseable by eye and by diff."""
+    d = dump_md(md)
+    u = md.sb.uuids
+    lines = [
+        f'version "{d["version"]}";', "",
+        f"# format {d['format']} generation {d['generation']} meta-disk {d['meta_disk']}",
+        f"# md_size_sect {d['md_size_sect']}",
+        f"# md_offset {d['md_offset']}",
+        f"# al_offset {d['al_offset']}",
+        f"# bm_offset {d['bm_offset']}", "",
+        "uuid {",
+        "    " + " ".join(f"{_hex(x)};" for x in (u.current, u.bitmap, *u.history)),
+        f"    flags 0x{d['flags']:08X};" + (f" # {', '.join(d['flag_names'])}"
+                                            if d["flag_names"] else ""),
+        "}",
+        f"# al-extents {d['al_extents']};",
+        f"la-size-sect {d['la_size_sect']};",
+        f"bm-byte-per-bit {d['bm_byte_per_bit']};",
+        f"device-uuid {d['device_uuid']};",
+        f"# bm-bytes {d['bm_bytes']};",
+        f"# bits-set {d['bits_set']};",
+        "bm {",
+    ]
+    words = memoryview(md.bitmap.buffer).cast("B")[:d["bm_bytes"]]
+    i, n = 0, d["bm_bytes"] // 8
+    while i < n:
+        if i % 4096 == 0 or i == 0:
+            lines.append(f"   # at {i * 64 * BLOCK_SIZE // 1024}kB")
+        w = bytes(words[i * 8:i * 8 + 8])
+        j = i + 1
+        while j < n and j % 4096 and bytes(words[j * 8:j * 8 + 8]) == w:
+            j += 1
+        val = f"0x{int.from_bytes(w, 'little'):016X};"
+        lines.append(f"   {j - i} times {val}" if j - i > 1 else f"   {val}")
+        i = j
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def superblock_dict(sb: Superblock) -> dict:
+    """The superblock as plain data (tests, debugging)."""
+    out = asdict(sb)
+    out["flags"] = int(sb.flags)
+    return out
