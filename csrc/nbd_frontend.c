@@ -1,0 +1,355 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* The NBD transmission phase (NBD project doc/proto.md, "Transmission"), one call per connection.
+ *
+ * The loop reads as many request bytes as the socket has, answers every complete request it
+ * holds, and queues the simple replies in one output buffer that goes out in a single send just
+ * before the loop would block on the socket again. At queue depth 32 that is one recv and one
+ * send for 32 requests; at queue depth 1 nothing waits, since the reply is flushed before the
+ * next recv. Large payloads are read whole (MSG_WAITALL) into a buffer sized to the request. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "mirror.h"
+#include "mirror_internal.h"
+
+#define NBD_REQUEST_MAGIC 0x25609513u
+#define NBD_SIMPLE_REPLY_MAGIC 0x67446698u
+#define NBD_REQUEST_SIZE 28
+#define NBD_REPLY_SIZE 16
+
+#define NBD_CMD_READ 0
+#define NBD_CMD_WRITE 1
+#define NBD_CMD_DISC 2
+#define NBD_CMD_FLUSH 3
+#define NBD_CMD_TRIM 4
+#define NBD_CMD_WRITE_ZEROES 6
+
+#define NBD_CMD_FLAG_FUA (1u << 0)
+#define NBD_CMD_FLAG_NO_HOLE (1u << 1)
+
+#define IN_SIZE (256 * 1024)
+#define OUT_SIZE (256 * 1024)
+/* Payload buffers above this size are released after use, to keep RSS small between bursts. */
+#define KEEP_PAYLOAD (4 * 1024 * 1024)
+
+struct conn {
+    rm_engine *eng;
+    int fd;
+    char *in;
+    size_t in_start, in_end;
+    char *out;
+    size_t out_len;
+    char *payload;
+    size_t payload_cap;
+};
+
+static inline uint16_t get16(const unsigned char *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline uint32_t get32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline uint64_t get64(const unsigned char *p) { return (uint64_t)get32(p) << 32 | get32(p + 4); }
+static inline void put32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+/* The NBD errno values (proto.md "Error values") coincide with Linux's; anything else is EIO. */
+static uint32_t nbd_errno(int rc)
+{
+    switch (-rc) {
+    case 0: return 0;
+    case EPERM: case EIO: case ENOMEM: case EINVAL: case ENOSPC: case EOVERFLOW:
+    case EOPNOTSUPP: case ESHUTDOWN:
+        return (uint32_t)-rc;
+    case EDQUOT: case EFBIG: return ENOSPC;
+    default: return EIO;
+    }
+}
+
+static int send_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int flush_out(struct conn *c)
+{
+    int rc = send_all(c->fd, c->out, c->out_len);
+    c->out_len = 0;
+    return rc;
+}
+
+static void fill_reply(unsigned char *p, uint32_t error, const unsigned char *cookie)
+{
+    put32(p, NBD_SIMPLE_REPLY_MAGIC);
+    put32(p + 4, error);
+    memcpy(p + 8, cookie, 8);
+}
+
+static int queue_reply(struct conn *c, int rc, const unsigned char *cookie)
+{
+    if (c->out_len + NBD_REPLY_SIZE > OUT_SIZE) {
+        int src = flush_out(c);
+        if (src < 0)
+            return src;
+    }
+    fill_reply((unsigned char *)c->out + c->out_len, nbd_errno(rc), cookie);
+    c->out_len += NBD_REPLY_SIZE;
+    return 0;
+}
+
+static int ensure_payload(struct conn *c, size_t len)
+{
+    if (c->payload_cap >= len)
+        return 0;
+    free(c->payload);
+    c->payload = malloc(len);
+    c->payload_cap = c->payload ? len : 0;
+    return c->payload ? 0 : -ENOMEM;
+}
+
+static void release_big_payload(struct conn *c)
+{
+    if (c->payload_cap > KEEP_PAYLOAD) {
+        free(c->payload);
+        c->payload = NULL;
+        c->payload_cap = 0;
+    }
+}
+
+/* Read exactly len bytes, first from what is buffered, then straight from the socket.
+ * Returns 0, -ECONNRESET when the client vanished mid-payload, or -errno. */
+static int read_exact(struct conn *c, char *dst, size_t len)
+{
+    size_t have = c->in_end - c->in_start;
+    size_t take = have < len ? have : len;
+
+    memcpy(dst, c->in + c->in_start, take);
+    c->in_start += take;
+    dst += take;
+    len -= take;
+    while (len > 0) {
+        ssize_t n = recv(c->fd, dst, len, MSG_WAITALL);
+        if (n == 0)
+            return -ECONNRESET;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        dst += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Locate a write payload: in place when fully buffered (no copy), else read it whole. */
+static int get_payload(struct conn *c, uint32_t len, const char **data)
+{
+    int rc;
+
+    if (c->in_end - c->in_start >= len) {
+        *data = c->in + c->in_start;
+        c->in_start += len;
+        return 0;
+    }
+    rc = ensure_payload(c, len);
+    if (rc < 0)
+        return rc;
+    rc = read_exact(c, c->payload, len);
+    *data = c->payload;
+    return rc;
+}
+
+static int do_read(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len)
+{
+    int rc;
+
+    if (len > RM_MAX_REQUEST)
+        return queue_reply(c, -EINVAL, cookie);
+    if (c->out_len + NBD_REPLY_SIZE + len <= OUT_SIZE) {
+        /* Small read: data goes straight behind its reply header in the batch. */
+        unsigned char *hdr = (unsigned char *)c->out + c->out_len;
+        rc = rm_engine_pread(c->eng, hdr + NBD_REPLY_SIZE, len, offset);
+        fill_reply(hdr, nbd_errno(rc), cookie);
+        c->out_len += NBD_REPLY_SIZE + (rc < 0 ? 0 : len);
+        return 0;
+    }
+    rc = ensure_payload(c, len);
+    if (rc == 0)
+        rc = rm_engine_pread(c->eng, c->payload, len, offset);
+    if (rc < 0)
+        return queue_reply(c, rc, cookie);
+    if (c->out_len + NBD_REPLY_SIZE > OUT_SIZE && (rc = flush_out(c)) < 0)
+        return rc;
+    fill_reply((unsigned char *)c->out + c->out_len, 0, cookie);
+    c->out_len += NBD_REPLY_SIZE;
+    rc = flush_out(c);
+    if (rc == 0)
+        rc = send_all(c->fd, c->payload, len);
+    release_big_payload(c);
+    return rc;
+}
+
+/* One request whose 28-byte header is buffered. Returns 0 to go on, 1 on NBD_CMD_DISC, or a
+ * negative errno that ends the connection (*end says why). */
+static int handle_request(struct conn *c, int *end)
+{
+    const unsigned char *h = (const unsigned char *)c->in + c->in_start;
+    uint32_t magic = get32(h);
+    uint16_t flags = get16(h + 4);
+    uint16_t type = get16(h + 6);
+    unsigned char cookie[8];
+    uint64_t offset = get64(h + 16);
+    uint32_t len = get32(h + 24);
+    const char *data;
+    int rc;
+
+    memcpy(cookie, h + 8, 8);
+    c->in_start += NBD_REQUEST_SIZE;
+    if (magic != NBD_REQUEST_MAGIC) {
+        *end = RM_END_PROTOCOL;
+        return -EPROTO;
+    }
+    switch (type) {
+    case NBD_CMD_READ:
+        if (flags & ~NBD_CMD_FLAG_FUA)
+            return queue_reply(c, -EINVAL, cookie);
+        return do_read(c, cookie, offset, len);
+    case NBD_CMD_WRITE:
+        if (len > RM_MAX_REQUEST) {
+            /* We will not read an unbounded payload: answer, then hang up. */
+            queue_reply(c, -EOVERFLOW, cookie);
+            flush_out(c);
+            *end = RM_END_PROTOCOL;
+            return -EOVERFLOW;
+        }
+        rc = get_payload(c, len, &data);
+        if (rc < 0) {
+            *end = rc == -ECONNRESET ? RM_END_EOF : RM_END_SOCKET;
+            return rc;
+        }
+        if (flags & ~NBD_CMD_FLAG_FUA)
+            rc = -EINVAL;
+        else
+            rc = rm_engine_pwrite(c->eng, data, len, offset, flags & NBD_CMD_FLAG_FUA);
+        release_big_payload(c);
+        return queue_reply(c, rc, cookie);
+    case NBD_CMD_FLUSH:
+        return queue_reply(c, rm_engine_flush(c->eng), cookie);
+    case NBD_CMD_TRIM:
+        if (flags & ~NBD_CMD_FLAG_FUA)
+            return queue_reply(c, -EINVAL, cookie);
+        return queue_reply(c, rm_engine_trim(c->eng, len, offset, flags & NBD_CMD_FLAG_FUA), cookie);
+    case NBD_CMD_WRITE_ZEROES:
+        if (flags & ~(NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE))
+            return queue_reply(c, -EINVAL, cookie);
+        return queue_reply(c, rm_engine_zero(c->eng, len, offset, !(flags & NBD_CMD_FLAG_NO_HOLE),
+                                             flags & NBD_CMD_FLAG_FUA), cookie);
+    case NBD_CMD_DISC:
+        return 1;
+    default:
+        /* Commands we never advertised (CACHE, BLOCK_STATUS...) carry no payload. */
+        STAT_ADD(c->eng, refused, 1);
+        return queue_reply(c, -EINVAL, cookie);
+    }
+}
+
+static int serve(struct conn *c, int *err)
+{
+    int end = RM_END_SOCKET;
+
+    for (;;) {
+        ssize_t n;
+        int rc;
+
+        if (c->in_end - c->in_start >= NBD_REQUEST_SIZE) {
+            rc = handle_request(c, &end);
+            if (rc == 1) {
+                *err = 0;
+                return flush_out(c) < 0 ? RM_END_SOCKET : RM_END_DISC;
+            }
+            if (rc < 0) {
+                *err = -rc;
+                return end;
+            }
+            continue;
+        }
+        /* Out of complete requests: send the batch, then wait for more. */
+        if (c->out_len && (rc = flush_out(c)) < 0) {
+            *err = -rc;
+            return RM_END_SOCKET;
+        }
+        if (c->in_start > 0) {
+            memmove(c->in, c->in + c->in_start, c->in_end - c->in_start);
+            c->in_end -= c->in_start;
+            c->in_start = 0;
+        }
+        n = recv(c->fd, c->in + c->in_end, IN_SIZE - c->in_end, 0);
+        if (n == 0) {
+            *err = c->in_end ? ECONNRESET : 0;
+            return c->in_end ? RM_END_PROTOCOL : RM_END_EOF;
+        }
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            *err = errno;
+            return RM_END_SOCKET;
+        }
+        c->in_end += (size_t)n;
+    }
+}
+
+int rm_serve_nbd(rm_engine *eng, int client_fd, const char *initial, size_t initial_len, int *err)
+{
+    struct conn c = { .eng = eng, .fd = client_fd };
+    int rc, end;
+
+    *err = 0;
+    if (initial_len > IN_SIZE) {
+        *err = EOVERFLOW;
+        return RM_END_PROTOCOL;
+    }
+    rc = engine_add_client(eng, client_fd);
+    if (rc < 0) {
+        *err = -rc;
+        return RM_END_SHUTDOWN;
+    }
+    c.in = malloc(IN_SIZE);
+    c.out = malloc(OUT_SIZE);
+    if (!c.in || !c.out) {
+        *err = ENOMEM;
+        end = RM_END_SOCKET;
+        goto out;
+    }
+    memcpy(c.in, initial, initial_len);
+    c.in_end = initial_len;
+    end = serve(&c, err);
+    if (__atomic_load_n(&eng->shutting_down, __ATOMIC_RELAXED) && end != RM_END_DISC)
+        end = RM_END_SHUTDOWN;
+out:
+    engine_remove_client(eng, client_fd);
+    free(c.in);
+    free(c.out);
+    free(c.payload);
+    return end;
+}

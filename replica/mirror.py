@@ -1,0 +1,101 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The only importer of replica._mirror: wraps each rm_* call of csrc/mirror.h.
+
+Arguments are checked here, buffers go in with ffi.from_buffer (no copy), and a negative return
+becomes an OSError with context. cffi releases the GIL around every C call, so a thread blocked
+in serve_nbd() does not hold up the rest of the daemon.
+"""
+import os
+from dataclasses import dataclass
+
+from replica._mirror import ffi, lib
+
+MAX_REQUEST = lib.RM_MAX_REQUEST
+
+END_REASONS = {
+    lib.RM_END_DISC: "disconnect requested",
+    lib.RM_END_EOF: "client closed the connection",
+    lib.RM_END_SHUTDOWN: "resource going down",
+    lib.RM_END_PROTOCOL: "protocol error",
+    lib.RM_END_SOCKET: "socket error",
+}
+
+STAT_FIELDS = ("reads", "writes", "flushes", "trims", "zeroes", "bytes_read", "bytes_written",
+               "io_errors", "refused", "connections", "active_connections", "last_errno")
+
+
+def _check(rc, what):
+    if rc < 0:
+        raise OSError(-rc, f"mirror: {what}: {os.strerror(-rc)}")
+    return rc
+
+
+@dataclass(frozen=True, slots=True)
+class ServeResult:
+    """How one NBD connection ended: an RM_END_* code, its text, and an errno detail (0 if none)."""
+    end: int
+    reason: str
+    errno: int
+
+    @property
+    def clean(self) -> bool:
+        return self.end in (lib.RM_END_DISC, lib.RM_END_EOF, lib.RM_END_SHUTDOWN)
+
+
+class Engine:
+    """One resource's data path: the backing fd, its size, and every connection served on it."""
+
+    def __init__(self, fd: int, size: int, read_only: bool = False):
+        if size < 0:
+            raise ValueError(f"mirror: engine: size must not be negative, got {size}")
+        flags = lib.RM_ENGINE_READ_ONLY if read_only else 0
+        handle = lib.rm_engine_new(fd, size, flags)
+        if handle == ffi.NULL:
+            raise OSError(ffi.errno, f"mirror: engine: cannot use fd {fd}: {os.strerror(ffi.errno)}")
+        self._handle = handle
+        self.size = size
+
+    def close(self) -> None:
+        if self._handle is not None:
+            lib.rm_engine_free(self._handle)
+            self._handle = None
+
+    def set_read_only(self, read_only: bool) -> None:
+        lib.rm_engine_set_read_only(self._handle, 1 if read_only else 0)
+
+    def shutdown(self) -> None:
+        """End every connection being served; later serve_nbd() calls return at once."""
+        lib.rm_engine_shutdown(self._handle)
+
+    def stats(self) -> dict:
+        out = ffi.new("rm_stats *")
+        lib.rm_engine_get_stats(self._handle, out)
+        return {name: int(getattr(out, name)) for name in STAT_FIELDS}
+
+    def serve_nbd(self, sock_fd: int, initial: bytes = b"") -> ServeResult:
+        """Run the NBD transmission phase on sock_fd until the client leaves (blocks, GIL released)."""
+        err = ffi.new("int *")
+        end = lib.rm_serve_nbd(self._handle, sock_fd, initial, len(initial), err)
+        return ServeResult(end, END_REASONS.get(end, f"end code {end}"), int(err[0]))
+
+    # Direct engine operations, for frontends other than NBD and for tests.
+    def pread(self, length: int, offset: int) -> bytes:
+        buf = bytearray(length)
+        _check(lib.rm_engine_pread(self._handle, ffi.from_buffer(buf), length, offset),
+               f"read: offset={offset} length={length}")
+        return bytes(buf)
+
+    def pwrite(self, data, offset: int, fua: bool = False) -> None:
+        _check(lib.rm_engine_pwrite(self._handle, ffi.from_buffer(data), len(data), offset, int(fua)),
+               f"write: offset={offset} length={len(data)}")
+
+    def flush(self) -> None:
+        _check(lib.rm_engine_flush(self._handle), "flush")
+
+    def trim(self, length: int, offset: int, fua: bool = False) -> None:
+        _check(lib.rm_engine_trim(self._handle, length, offset, int(fua)),
+               f"trim: offset={offset} length={length}")
+
+    def zero(self, length: int, offset: int, may_trim: bool = True, fua: bool = False) -> None:
+        _check(lib.rm_engine_zero(self._handle, length, offset, int(may_trim), int(fua)),
+               f"write zeroes: offset={offset} length={length}")
