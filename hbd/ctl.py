@@ -1,0 +1,137 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""hbctl: talk to a running hbd through RUN_DIR/hbd.sock (one JSON line each way).
+
+    hbctl [--run-dir DIR] status                like `cl_status hbstatus`, plus nodes, groups, journal
+    hbctl nodestatus NODE                       init | up | active | dead  (like `cl_status nodestatus`)
+    hbctl rscstatus                             none | local | foreign | all | transition
+    hbctl standby [all|foreign|local]           like `hb_standby`: give those groups to the peer
+    hbctl takeover [all|foreign|local]          like `hb_takeover`: ask the peer for them
+
+standby/takeover wait (up to --timeout seconds, default 120) until the move is
+over and print the result; --no-wait returns once the request is accepted.
+Exit codes: 0 ok; 1 refused/failed/timed out; 3 hbd is not running (status
+prints "Heartbeat is stopped on this machine."); 2 usage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+
+from hbd.journal import format_record
+
+DEFAULT_RUN_DIR = "/run/hbd"
+
+
+class NotRunning(Exception):
+    pass
+
+
+def request(run_dir: str, req: dict, timeout_s: float = 10.0) -> dict:
+    path = os.path.join(run_dir, "hbd.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout_s)
+    try:
+        s.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError) as e:
+        raise NotRunning(f"hbctl: hbd is not running: {path}: {e.strerror}") from None
+    with s:
+        s.sendall(json.dumps(req).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    try:
+        return json.loads(buf)
+    except ValueError:
+        raise NotRunning(f"hbctl: bad answer from hbd at {path}: {buf[:80]!r}") from None
+
+
+def print_status(st: dict) -> None:
+    print("Heartbeat is running on this machine.")
+    mem, grp = st["membership"], st["groups"]
+    print(f"node {mem['node']}: {mem['status']} (this node, generation {mem['generation']}, pid {st['pid']})")
+    for name, p in sorted(mem["peers"].items()):
+        print(f"node {name}: {p['status']}")
+    print(f"resources: {grp['rscstatus']} (auto_failback {grp['auto_failback']})")
+    for g in grp["groups"]:
+        print(f"  group {g['key']} (preferred {g['node']}): {g['state']}")
+    if grp.get("standby"):
+        print(f"  standby in progress: {grp['standby']}")
+    if grp.get("fencing"):
+        print(f"  fencing in progress: {grp['fencing']}")
+    c = mem["counters"]
+    dropped = {k: v for k, v in c.items() if k.startswith("dropped_") and v}
+    print(f"packets: received {c.get('received', 0)} accepted {c.get('accepted', 0)} sent {c.get('sent', 0)}"
+          + (" dropped " + " ".join(f"{k[8:]}={v}" for k, v in dropped.items()) if dropped else ""))
+    if st.get("journal"):
+        print("recent events:")
+        for rec in st["journal"]:
+            print("  " + format_record(rec))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="hbctl", description="query and steer a running hbd")
+    p.add_argument("--run-dir", default=os.environ.get("HBD_RUN_DIR", DEFAULT_RUN_DIR))
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("status")
+    ns = sub.add_parser("nodestatus")
+    ns.add_argument("node")
+    sub.add_parser("rscstatus")
+    for name in ("standby", "takeover"):
+        sp = sub.add_parser(name)
+        sp.add_argument("which", nargs="?", default="all", choices=("all", "foreign", "local"))
+        sp.add_argument("--no-wait", action="store_true")
+        sp.add_argument("--timeout", type=float, default=120.0)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.cmd == "status":
+            st = request(args.run_dir, {"cmd": "status"})
+            print_status(st)
+            return 0
+        if args.cmd == "nodestatus":
+            r = request(args.run_dir, {"cmd": "nodestatus", "node": args.node})
+            if not r["ok"]:
+                print(f"hbctl: {r['error']}", file=sys.stderr)
+                return 1
+            print(r["status"])
+            return 0
+        if args.cmd == "rscstatus":
+            print(request(args.run_dir, {"cmd": "rscstatus"})["rscstatus"])
+            return 0
+        before = request(args.run_dir, {"cmd": "rscstatus"})["rscstatus"]
+        r = request(args.run_dir, {"cmd": args.cmd, "which": args.which})
+        if not r["ok"]:
+            print(f"hbctl: {r['error']}", file=sys.stderr)
+            return 1
+        print(("Going standby" if args.cmd == "standby" else "Taking over") + f" [{args.which}].")
+        if args.no_wait:
+            return 0
+        deadline = time.monotonic() + args.timeout
+        time.sleep(0.2)
+        while time.monotonic() < deadline:
+            now = request(args.run_dir, {"cmd": "rscstatus"})["rscstatus"]
+            if now != "transition" and (now != before or time.monotonic() > deadline - args.timeout + 15):
+                print(f"resources here: {now}")
+                return 0 if now != before else 1
+            time.sleep(0.1)
+        print(f"hbctl: {args.cmd} {args.which}: not finished after {args.timeout:g} s", file=sys.stderr)
+        return 1
+    except NotRunning as e:
+        if args.cmd == "status":
+            print("Heartbeat is stopped on this machine.")
+        else:
+            print(str(e), file=sys.stderr)
+        return 3
+    except OSError as e:
+        print(f"hbctl: {args.cmd}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

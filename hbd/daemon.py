@@ -1,0 +1,614 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""hbd: the heartbeat daemon - one asyncio loop driving membership, groups and scripts.
+
+    hbd [-f] [--config-dir DIR] [--node NAME] [--run-dir DIR]      run (daemonize without -f)
+    hbd --config-test [--config-dir DIR] [--node NAME]            parse, check, print, exit
+
+Environment: HBD_CONFIG_DIR (default /etc/ha.d), HBD_NODE (default `uname -n`),
+HBD_RUN_DIR (default /run/hbd).  The run dir holds ``hbd.pid``, the control
+socket ``hbd.sock`` (JSON lines, used by hbctl), ``journal.jsonl`` (hbd.journal)
+and ``hb_generation``.  Exit codes: 0 ok, 1 runtime failure, 6 configuration error.
+
+Layers (each arrow is a method call; only this module does I/O for them)::
+
+    UDP sockets (bcast/mcast/ucast) --datagrams--> protocol.membership --events--+
+        ^                                                                          v
+        +----------------- datagrams <-- send_message <-- SendMessage <-- groups.GroupManager
+                                                                  |          ^
+    resources.ResourceRunner <-- StartGroup/StopGroup ------------+          | results
+    stonith.fence            <-- FenceNode ---------------------------------+
+
+Signals become loop events: SIGTERM/SIGINT = clean shutdown (release groups,
+then ``shutdone`` so the peer takes over at once); SIGUSR1 = dump membership
+and groups to the log; SIGHUP = run the config test and log the result (a
+changed configuration needs a restart, which keeps nothing running twice
+because groups are released first).  At start-up every resource whose status
+says "running" is stopped first (heartbeat only warns, "Non-idle resources can
+affect data integrity"; stopping is the safe reading of that warning).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import logging.handlers
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+
+from hbd import ipaddr, stonith
+from hbd.authkeys import load_authkeys
+from hbd.config import load_ha_config
+from hbd.groups import (FenceNode, GroupChanged, GroupManager, Notice, SendMessage, ShutdownComplete,
+                        StartGroup, StopGroup)
+from hbd.haresources import load_haresources
+from hbd.journal import Journal, read_journal
+from hbd.protocol.membership import (Membership, MessageReceived, NodeDead, NodeLate, NodeRestarted,
+                                     NodeUp, PacketDropped)
+from hbd.resources import ResourceRunner, resource_dirs, script_env
+from replica.errors import ConfigError, ReplicaError, StateChangeRefused
+
+DEFAULT_CONFIG_DIR = "/etc/ha.d"
+DEFAULT_RUN_DIR = "/run/hbd"
+SOCKET_NAME = "hbd.sock"
+PID_NAME = "hbd.pid"
+JOURNAL_NAME = "journal.jsonl"
+GENERATION_NAME = "hb_generation"
+EXIT_CONFIG = 6
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "crit": logging.CRITICAL}
+
+log = logging.getLogger("hbd")
+
+
+def load_all(config_dir: str, node: str):
+    """(HaConfig, groups, AuthKeys) or ConfigError."""
+    cfg = load_ha_config(config_dir)
+    if node.lower() not in [n.lower() for n in cfg.nodes]:
+        raise ConfigError(f"{cfg.path}: this node {node!r} (--node, HBD_NODE or uname -n) is not a node line: "
+                          f"nodes={' '.join(cfg.nodes)}")
+    groups = load_haresources(config_dir, cfg.nodes)
+    keys = load_authkeys(config_dir)
+    return cfg, groups, keys
+
+
+def config_report(cfg, groups, keys, node: str, config_dir: str) -> str:
+    dirs = resource_dirs(config_dir)
+    runner = ResourceRunner(dirs=dirs, env={}, log=lambda level, text: None)
+    lines = [f"ha.cf: {cfg.path}",
+             f"node: {' '.join(cfg.nodes)} (this node: {node})",
+             f"keepalive {cfg.keepalive_s:g}s deadtime {cfg.deadtime_s:g}s warntime {cfg.warntime_s:g}s "
+             f"initdead {cfg.initdead_s:g}s udpport {cfg.udpport}",
+             "media: " + ", ".join([f"bcast {d}" for d in cfg.bcast]
+                                   + [f"mcast {m.dev} {m.group} {m.port} ttl={m.ttl} loop={m.loop}" for m in cfg.mcast]
+                                   + [f"ucast {u.dev} {u.addr}" for u in cfg.ucast]),
+             f"auto_failback {cfg.auto_failback}",
+             f"gratuitous arp: {cfg.gratuitous_arp_count} request + {cfg.gratuitous_arp_count} reply, "
+             f"{cfg.gratuitous_arp_interval_ms} ms apart",
+             f"authkeys: auth {keys.active.index} ({keys.active.name}), accepted: "
+             + " ".join(f"{i}:{m.name}" for i, m in sorted(keys.methods.items()))]
+    devices = stonith.load_devices(cfg, node, config_dir)
+    lines.append("stonith: " + ("; ".join(f"{d.type} {' '.join(d.params)}".rstrip() for d in devices)
+                                if devices else "none (shared disks are not protected)"))
+    lines.append("resource search path: " + " ".join(dirs))
+    for g in groups:
+        runner.check_group(g)
+        res = " ".join(str(r) for r in g.resources)
+        lines.append(f"group {g.name} (haresources:{g.line}) preferred node {g.node}: {res}")
+    for w in (*cfg.warnings, *keys.warnings):
+        lines.append(f"warning: {w}")
+    lines.append("configuration OK")
+    return "\n".join(lines)
+
+
+def next_generation(run_dir: str) -> int:
+    """Heartbeat's hb_generation: bigger on every start (file + clock, survives a tmpfs run dir)."""
+    path = os.path.join(run_dir, GENERATION_NAME)
+    try:
+        with open(path) as f:
+            stored = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        stored = 0
+    gen = max(stored + 1, int(time.time()))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{gen}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return gen
+
+
+# --- media --------------------------------------------------------------------------------
+
+class Media:
+    """UDP sockets for bcast / ucast (udpport) and mcast lines; send() goes out on all of them."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.socks: list[socket.socket] = []
+        self.targets: list[tuple[socket.socket, tuple[str, int]]] = []
+        self._errors_logged: dict[str, float] = {}
+
+    def open(self) -> None:
+        by_dev: dict[str, socket.socket] = {}
+        local = {a for _n, a, _p in ipaddr.interface_addresses()}
+
+        def dev_socket(dev: str) -> socket.socket:
+            if dev not in by_dev:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode() + b"\0")
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x10)  # IPTOS_LOWDELAY, as heartbeat
+                s.bind(("", self.cfg.udpport))
+                s.setblocking(False)
+                by_dev[dev] = s
+                self.socks.append(s)
+            return by_dev[dev]
+
+        for dev in self.cfg.bcast:
+            self.targets.append((dev_socket(dev), ("255.255.255.255", self.cfg.udpport)))
+        for u in self.cfg.ucast:
+            if u.addr in local:
+                continue          # heartbeat ignores ucast lines naming this host
+            self.targets.append((dev_socket(u.dev), (u.addr, self.cfg.udpport)))
+        for m in self.cfg.mcast:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, m.dev.encode() + b"\0")
+            s.bind((m.group, m.port))
+            mreqn = struct.pack("4s4si", socket.inet_aton(m.group), socket.inet_aton("0.0.0.0"),
+                                ipaddr.interface_index(m.dev))
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, m.ttl)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, m.loop)
+            s.setblocking(False)
+            self.socks.append(s)
+            self.targets.append((s, (m.group, m.port)))
+        if not self.targets:
+            raise ConfigError(f"{self.cfg.path}: no usable heartbeat medium (serial is not supported; "
+                              f"ucast lines name only this host)")
+
+    def send(self, datagram: bytes) -> None:
+        for s, target in self.targets:
+            try:
+                s.sendto(datagram, target)
+            except OSError as e:
+                key = f"{target[0]}:{e.errno}"
+                now = time.monotonic()
+                if now - self._errors_logged.get(key, -1e9) > 30:
+                    self._errors_logged[key] = now
+                    log.warning("media: send to %s:%d failed: %s", target[0], target[1], e.strerror)
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+
+
+# --- the daemon ---------------------------------------------------------------------------
+
+class Daemon:
+    def __init__(self, cfg, groups, keys, *, node: str, config_dir: str, run_dir: str):
+        self.cfg, self.groups_cfg, self.keys = cfg, groups, keys
+        self.node = node.lower()
+        self.config_dir, self.run_dir = config_dir, run_dir
+        self.journal = Journal(os.path.join(run_dir, JOURNAL_NAME), self.node)
+        dirs = resource_dirs(config_dir)
+        self.runner = ResourceRunner(
+            dirs=dirs, env=script_env(os.environ, config_dir=config_dir, node=self.node, run_dir=run_dir, cfg=cfg),
+            log=self._log, journal=self.journal.record,
+            inprocess={name: self._ipaddr_handler(name) for name in ("IPaddr", "IPaddr2")})
+        self.devices = stonith.load_devices(cfg, self.node, config_dir)
+        self.by_key = {g.name: g for g in groups}
+        self.media = Media(cfg)
+        self.m: Membership | None = None
+        self.g: GroupManager | None = None
+        self._ops: asyncio.Queue | None = None
+        self._wake: asyncio.Event | None = None
+        self._done: asyncio.Event | None = None
+        self._drop_logged: dict[str, float] = {}
+        self._shutting_down = False
+
+    def _ipaddr_handler(self, prog: str):
+        """IPaddr/IPaddr2 in-process (no interpreter start-up on the failover path)."""
+        def handler(args: tuple, action: str) -> tuple[int, str]:
+            if len(args) != 1:
+                return 2, f"{prog}: expected one argument ip[/nbits[/dev[:label]][/bcast]], got {len(args)}"
+            return ipaddr.perform(args[0], action, prog=prog, garp_count=self.cfg.gratuitous_arp_count,
+                                  garp_interval_ms=self.cfg.gratuitous_arp_interval_ms,
+                                  start_garp=self._start_garp)
+        return handler
+
+    def _start_garp(self, ifname: str, address: str, count: int, interval_ms: int) -> None:
+        def send() -> None:
+            try:
+                n = ipaddr.send_gratuitous_arp(ifname, address, count, interval_ms)
+                log.debug("gratuitous arp: %s on %s: %d frames sent", address, ifname, n)
+            except (ReplicaError, OSError) as e:
+                log.warning("gratuitous arp: %s on %s: %s", address, ifname, e)
+        threading.Thread(target=send, name=f"garp-{address}", daemon=True).start()
+
+    def _log(self, level: str, text: str) -> None:
+        log.log(LEVELS.get(level, logging.INFO), "%s", text)
+
+    # --- start-up ---------------------------------------------------------------------------
+    async def release_non_idle(self) -> None:
+        for g in reversed(self.groups_cfg):
+            running = [r for r, up in await self.runner.group_status(g) if up is not False]
+            if running:
+                self._log("crit", f"group {g.name!r}: non-idle at start-up ({' '.join(running)} running "
+                                  f"or unknown): stopping it before joining the cluster")
+                if not await self.runner.stop_group(g):
+                    raise ReplicaError(f"hbd: start-up: group {g.name!r} cannot be stopped: refusing to join")
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._ops, self._wake, self._done = asyncio.Queue(), asyncio.Event(), asyncio.Event()
+        generation = next_generation(self.run_dir)
+        self.journal.record("daemon", state="start", generation=generation)
+        self._log("info", f"hbd {self.node}: starting, generation {generation}, "
+                          f"keepalive {self.cfg.keepalive_s:g}s deadtime {self.cfg.deadtime_s:g}s")
+        await self.release_non_idle()
+        now = time.monotonic()
+        self.m = Membership(self.node, self.cfg.nodes, keepalive_s=self.cfg.keepalive_s,
+                            warntime_s=self.cfg.warntime_s, deadtime_s=self.cfg.deadtime_s,
+                            initdead_s=self.cfg.initdead_s, authkeys=self.keys, generation=generation,
+                            now=now, udpport=self.cfg.udpport, wall_clock_offset=time.time() - now,
+                            max_rexmit_delay_s=self.cfg.max_rexmit_delay_ms / 1000.0)
+        self.g = GroupManager(self.node, [n.lower() for n in self.cfg.nodes], self.groups_cfg,
+                              auto_failback=self.cfg.auto_failback, stonith_configured=bool(self.devices),
+                              initdead_s=self.cfg.initdead_s, now=now)
+        for s in self.media.socks:
+            loop.add_reader(s.fileno(), self._on_readable, s)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_shutdown)
+        loop.add_signal_handler(signal.SIGUSR1, self.dump_state)
+        loop.add_signal_handler(signal.SIGHUP, self.config_check)
+        sock_path = os.path.join(self.run_dir, SOCKET_NAME)
+        try:
+            os.unlink(sock_path)
+        except FileNotFoundError:
+            pass
+        server = await asyncio.start_unix_server(self._on_client, path=sock_path)
+        os.chmod(sock_path, 0o600)
+        worker = asyncio.create_task(self._op_worker())
+        try:
+            self._pump()
+            while not self._done.is_set():
+                timers = [t for t in (self.m.get_timer(), self.g.get_timer()) if t is not None]
+                delay = max(0.0, min(timers) - time.monotonic()) if timers else 1.0
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), min(delay, 1.0))
+                except asyncio.TimeoutError:
+                    pass
+                now = time.monotonic()
+                t = self.m.get_timer()
+                if t is not None and now >= t:
+                    self.m.handle_timer(now)
+                t = self.g.get_timer()
+                if t is not None and now >= t:
+                    self.g.handle_timer(now)
+                self._pump()
+        finally:
+            worker.cancel()
+            server.close()
+            for s in self.media.socks:
+                loop.remove_reader(s.fileno())
+            self.media.close()
+            try:
+                os.unlink(sock_path)
+            except FileNotFoundError:
+                pass
+            self.journal.record("daemon", state="stopped")
+            self.journal.close()
+        self._log("info", f"hbd {self.node}: stopped")
+        return 0 if self._clean_exit else 1
+
+    # --- the pump: move datagrams, events and actions until nothing is left -------------------
+    def _pump(self) -> None:
+        for _ in range(1000):
+            moved = False
+            now = time.monotonic()
+            for d in self.m.datagrams_to_send(now):
+                self.media.send(d)
+                moved = True
+            while (e := self.m.next_event()) is not None:
+                moved = True
+                self._on_membership_event(e, now)
+            while (a := self.g.next_action()) is not None:
+                moved = True
+                self._on_group_action(a)
+            if not moved:
+                return
+
+    def _on_readable(self, s: socket.socket) -> None:
+        for _ in range(64):
+            try:
+                data, addr = s.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                log.debug("media: receive failed: %s", e.strerror)
+                break
+            self.m.receive_datagram(data, addr, time.monotonic())
+        self._pump()
+        self._wake.set()
+
+    def _on_membership_event(self, e, now: float) -> None:
+        g = self.g
+        if isinstance(e, NodeUp):
+            self._log("info", f"node {e.node}: status up (generation {e.generation})")
+            self.journal.record("node", peer=e.node, state="up", generation=e.generation)
+            g.node_up(e.node, now)
+        elif isinstance(e, NodeRestarted):
+            self._log("warn", f"node {e.node}: restarted (generation {e.generation})")
+            self.journal.record("node", peer=e.node, state="restarted", generation=e.generation)
+            g.node_up(e.node, now)
+        elif isinstance(e, NodeDead):
+            how = "shut down cleanly" if e.graceful else f"dead after deadtime_s={self.m.deadtime_s:g}"
+            self._log("warn" if not e.graceful else "info", f"node {e.node}: {how}")
+            self.journal.record("node", peer=e.node, state="dead", graceful=e.graceful)
+            g.node_dead(e.node, now, clean=e.graceful)
+        elif isinstance(e, NodeLate):
+            self._log("warn", f"Late heartbeat: node {e.node}: interval {int(e.late_s * 1000)} ms")
+            self.journal.record("node", peer=e.node, state="late", late_s=round(e.late_s, 3))
+        elif isinstance(e, MessageReceived):
+            fields = {k: v for k, v in e.msg.fields if isinstance(v, str)}
+            log.debug("message from %s: %s", e.node, " ".join(f"{k}={v}" for k, v in fields.items()
+                                                              if k not in ("auth", "srcuuid", "destuuid")))
+            g.receive_message(e.node, e.msg.type, fields, now)
+        elif isinstance(e, PacketDropped):
+            last = self._drop_logged.get(e.reason, -1e9)
+            if now - last > 10:
+                self._drop_logged[e.reason] = now
+                self._log("warn", f"membership: packet dropped from {e.addr}: {e.reason}: {e.detail}")
+
+    def _on_group_action(self, a) -> None:
+        if isinstance(a, SendMessage):
+            if a.msg_type == "shutdone":
+                self.m.send_shutdone()
+            else:
+                self.m.send_message(a.msg_type, a.fields)
+        elif isinstance(a, (StartGroup, StopGroup)):
+            self._ops.put_nowait(a)
+        elif isinstance(a, FenceNode):
+            asyncio.get_running_loop().create_task(self._fence(a.node))
+        elif isinstance(a, GroupChanged):
+            self._log("crit" if a.new.value == "failed" else "info",
+                      f"group {a.key}: {a.old.value} -> {a.new.value} ({a.reason})")
+            self.journal.record("group", group=a.key, old=a.old.value, new=a.new.value, reason=a.reason)
+        elif isinstance(a, Notice):
+            self._log(a.level, a.text)
+        elif isinstance(a, ShutdownComplete):
+            self._clean_exit = a.clean
+            now = time.monotonic()
+            for d in self.m.datagrams_to_send(now):
+                self.media.send(d)
+                self.media.send(d)      # same bytes twice: a lost shutdone costs a deadtime
+            self._done.set()
+
+    _clean_exit = True
+
+    async def _op_worker(self) -> None:
+        while True:
+            a = await self._ops.get()
+            group = self.by_key[a.key]
+            if isinstance(a, StartGroup):
+                self._log("info", f"group {a.key}: starting ({a.reason})")
+                ok = await self.runner.start_group(group)
+                self.g.group_started(a.key, ok, time.monotonic())
+            else:
+                self._log("info", f"group {a.key}: stopping ({a.reason})")
+                ok = await self.runner.stop_group(group)
+                self.g.group_stopped(a.key, ok, time.monotonic())
+            self._pump()
+            self._wake.set()
+
+    async def _fence(self, node: str) -> None:
+        self._log("warn", f"stonith: resetting node {node}")
+        ok, detail = await stonith.fence(self.devices, node)
+        self._log("info" if ok else "crit", detail)
+        self.journal.record("stonith", peer=node, result="ok" if ok else "failed", detail=detail)
+        self.g.fence_done(node, ok, time.monotonic())
+        self._pump()
+        self._wake.set()
+
+    # --- signals ------------------------------------------------------------------------------
+    def request_shutdown(self) -> None:
+        if self._shutting_down:
+            self._log("info", "shutdown already in progress")
+            return
+        self._shutting_down = True
+        self._log("info", f"hbd {self.node}: shutdown requested: releasing resources")
+        self.journal.record("daemon", state="stop")
+        self.g.shutdown(time.monotonic())
+        self._pump()
+        self._wake.set()
+
+    def dump_state(self) -> None:
+        self._log("info", "state dump: membership " + json.dumps(self.m.snapshot(), default=str))
+        self._log("info", "state dump: groups " + json.dumps(self.g.snapshot(), default=str))
+
+    def config_check(self) -> None:
+        try:
+            load_all(self.config_dir, self.node)
+            self._log("info", "SIGHUP: configuration OK; restart hbd to apply changes")
+        except ReplicaError as e:
+            self._log("crit", f"SIGHUP: configuration invalid, keeping the running one: {e}")
+
+    # --- control socket (hbctl) ---------------------------------------------------------------
+    async def _on_client(self, reader, writer) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            try:
+                req = json.loads(line)
+                resp = self.handle_request(req if isinstance(req, dict) else {})
+            except ValueError:
+                resp = {"ok": False, "error": "control: bad request: expected one JSON object per line"}
+            writer.write(json.dumps(resp, default=str).encode() + b"\n")
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def handle_request(self, req: dict) -> dict:
+        cmd = req.get("cmd")
+        now = time.monotonic()
+        if cmd == "status":
+            return {"ok": True, "node": self.node, "pid": os.getpid(), "membership": self.m.snapshot(),
+                    "groups": self.g.snapshot(),
+                    "journal": read_journal(self.journal.path, limit=int(req.get("journal", 15)))}
+        if cmd == "nodestatus":
+            try:
+                return {"ok": True, "status": self.m.node_status(str(req.get("node", "")))}
+            except ReplicaError as e:
+                return {"ok": False, "error": f"nodestatus: {e}"}
+        if cmd == "rscstatus":
+            return {"ok": True, "rscstatus": self.g.rscstatus()}
+        if cmd in ("standby", "takeover"):
+            which = str(req.get("which", "all"))
+            try:
+                (self.g.request_standby if cmd == "standby" else self.g.request_takeover)(which, now)
+            except StateChangeRefused as e:
+                self.journal.record("request", what=cmd, which=which, result="refused", detail=str(e))
+                return {"ok": False, "error": str(e)}
+            self.journal.record("request", what=cmd, which=which, result="ok")
+            self._pump()
+            self._wake.set()
+            return {"ok": True}
+        return {"ok": False, "error": f"control: unknown command {cmd!r}"}
+
+
+# --- process plumbing ---------------------------------------------------------------------
+
+def setup_logging(cfg, node: str, foreground: bool) -> None:
+    log.handlers.clear()
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    fmt_file = logging.Formatter(f"%(asctime)s hbd[%(process)d]: {node}: %(levelname)s: %(message)s",
+                                 "%Y/%m/%d_%H:%M:%S")
+    logging.raiseExceptions = False
+    if cfg.logfacility and cfg.logfacility != "none" and not os.path.exists("/dev/log"):
+        print(f"hbd: logfacility {cfg.logfacility}: no syslog socket /dev/log: logging to files/stderr only",
+              file=sys.stderr)
+    elif cfg.logfacility and cfg.logfacility != "none":
+        try:
+            h = logging.handlers.SysLogHandler(
+                address="/dev/log", facility=logging.handlers.SysLogHandler.facility_names.get(
+                    cfg.logfacility, logging.handlers.SysLogHandler.LOG_DAEMON))
+            h.setFormatter(logging.Formatter(f"hbd[%(process)d]: {node}: %(levelname)s: %(message)s"))
+            h.setLevel(logging.INFO)
+            log.addHandler(h)
+        except OSError as e:
+            print(f"hbd: logfacility {cfg.logfacility}: syslog unavailable: {e.strerror}", file=sys.stderr)
+    for path, level in ((cfg.logfile, logging.INFO), (cfg.debugfile, logging.DEBUG)):
+        if path:
+            h = logging.FileHandler(path)
+            h.setFormatter(fmt_file)
+            h.setLevel(level)
+            log.addHandler(h)
+    if foreground:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(fmt_file)
+        h.setLevel(logging.INFO)
+        log.addHandler(h)
+
+
+def check_pidfile(path: str) -> None:
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"hbd" not in f.read():
+                return
+    except OSError:
+        return
+    raise ReplicaError(f"hbd: already running: pid {pid} ({path})")
+
+
+def daemonize() -> None:
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    fd = os.open(os.devnull, os.O_RDWR)
+    for n in (0, 1, 2):
+        os.dup2(fd, n)
+    if fd > 2:
+        os.close(fd)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="hbd", description="Heartbeat-compatible cluster daemon")
+    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr too")
+    p.add_argument("--config-dir", default=os.environ.get("HBD_CONFIG_DIR", DEFAULT_CONFIG_DIR))
+    p.add_argument("--node", default=os.environ.get("HBD_NODE") or os.uname().nodename)
+    p.add_argument("--run-dir", default=os.environ.get("HBD_RUN_DIR", DEFAULT_RUN_DIR))
+    p.add_argument("--config-test", action="store_true", help="check the configuration, print it, exit")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    node = args.node.lower()
+    try:
+        cfg, groups, keys = load_all(args.config_dir, node)
+        if args.config_test:
+            print(config_report(cfg, groups, keys, node, args.config_dir))
+            return 0
+        stonith.load_devices(cfg, node, args.config_dir)
+    except ConfigError as e:
+        print(f"hbd: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    run_dir = os.path.abspath(args.run_dir)
+    config_dir = os.path.abspath(args.config_dir)
+    pid_path = os.path.join(run_dir, PID_NAME)
+    try:
+        os.makedirs(run_dir, mode=0o755, exist_ok=True)
+        check_pidfile(pid_path)
+    except (OSError, ReplicaError) as e:
+        print(f"hbd: {e}", file=sys.stderr)
+        return 1
+    if not args.foreground:
+        daemonize()
+    with open(pid_path, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    setup_logging(cfg, node, args.foreground)
+    try:
+        daemon = Daemon(cfg, groups, keys, node=node, config_dir=config_dir, run_dir=run_dir)
+        daemon.media.open()     # pyroute2's sync API must run outside the asyncio loop
+        return asyncio.run(daemon.run())
+    except ConfigError as e:
+        log.critical("configuration error: %s", e)
+        return EXIT_CONFIG
+    except (ReplicaError, OSError) as e:
+        log.critical("%s", e)
+        return 1
+    finally:
+        try:
+            os.unlink(pid_path)
+        except OSError:
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

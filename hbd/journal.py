@@ -1,0 +1,87 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""hbd's event journal: one JSON object per line in RUN_DIR/journal.jsonl.
+
+Owns the journal's format.  Every record has::
+
+    {"ts": "2026-11-25T23:01:02.345678+00:00",   wall clock, UTC, ISO 8601
+     "mono": 12345.678,                          monotonic seconds (ordering, durations)
+     "node": "ha1",                               the node that wrote it
+     "event": "...", ...}                         one of the kinds below
+
+Kinds (the availability accounting and ``hbctl status`` read these):
+
+    daemon    state=start|stop|stopped  [generation]
+    node      peer=NAME state=up|late|dead|restarted  [graceful, late_s, generation]
+    group     group=KEY old=STATE new=STATE reason=TEXT   (STATE: stopped starting started
+                                                           stopping failed)
+    resource  group=KEY resource=WORD action=start|stop result=ok|failed [rc, duration_s]
+    stonith   peer=NAME result=ok|failed detail=TEXT
+    request   what=standby|takeover which=all|foreign|local result=ok|refused [detail]
+
+Writes are appended and flushed line by line, so a crash loses at most the
+line being written; ``read_journal`` skips a torn last line.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+
+
+class Journal:
+    def __init__(self, path: str, node: str):
+        self.path = path
+        self.node = node
+        self._f = open(path, "a", encoding="utf-8", buffering=1)
+
+    def record(self, event: str, **fields) -> dict:
+        rec = {"ts": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+               "mono": round(time.monotonic(), 6), "node": self.node, "event": event}
+        rec.update(fields)
+        self._f.write(json.dumps(rec, sort_keys=False, default=str) + "\n")
+        return rec
+
+    def close(self) -> None:
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError:
+            pass
+        self._f.close()
+
+
+def read_journal(path: str, limit: int | None = None) -> list[dict]:
+    """Records in order (the last `limit` ones when given); torn or foreign lines are skipped."""
+    out = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and "event" in rec:
+                    out.append(rec)
+    except FileNotFoundError:
+        return []
+    return out[-limit:] if limit else out
+
+
+def format_record(rec: dict) -> str:
+    """One human line for `hbctl status`."""
+    ts = str(rec.get("ts", ""))[:23].replace("T", " ")
+    ev = rec.get("event")
+    if ev == "node":
+        what = f"node {rec.get('peer')}: {rec.get('state')}"
+    elif ev == "group":
+        what = f"group {rec.get('group')}: {rec.get('old')} -> {rec.get('new')} ({rec.get('reason')})"
+    elif ev == "resource":
+        what = f"resource {rec.get('resource')} {rec.get('action')}: {rec.get('result')}"
+    elif ev == "stonith":
+        what = f"stonith {rec.get('peer')}: {rec.get('result')}: {rec.get('detail', '')}"
+    elif ev == "request":
+        what = f"{rec.get('what')} {rec.get('which')}: {rec.get('result')} {rec.get('detail', '')}".rstrip()
+    else:
+        what = f"{ev} " + " ".join(f"{k}={v}" for k, v in rec.items() if k not in ("ts", "mono", "node", "event"))
+    return f"{ts} {rec.get('node')}: {what}"
