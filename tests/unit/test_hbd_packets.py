@@ -94,7 +94,7 @@ def test_real_reqnodes_and_ackmsg_fields():
 def test_encode_field_order_and_types():
     data = encode_message([("t", "x"), ("bin", b"\x00\xff,"), ("s", "a b,c=d")], CRC)
     assert data.startswith(b"###\n6:(0)t=x,10:(1)bin=\x00\xff,,12:(0)s=a b,c=d,")
-    with pytest.raises(BadPacket, match="no originator field 'src'"):
+    with pytest.raises(BadPacket, match="x message without originator field 'src'$"):
         decode_message(data, CRC)
 
 
