@@ -1,0 +1,307 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""On-disk metadata: layout/sizes, create/open round trips (internal and external), refusal to
+overwrite, bitmap and activity-log persistence, and crash safety under torn writes at every byte."""
+import json
+import os
+import tempfile
+import types
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import replica.metadata as mdmod
+from replica.bitmap import BLOCK_SIZE
+from replica.metadata import (AL_EXTENT_SIZE, PAGE, MetadataError, MetadataExists, create_md,
+                              data_size_for, dump_md, format_dump_md, md_size_for, open_md)
+from replica.uuids import UUID_JUST_CREATED, GenerationUuids, MdFlag
+
+MiB = 1024 * 1024
+
+
+def make_file(path, size):
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+class Crash(Exception):
+    pass
+
+
+class TornWrites:
+    """Stand-in for `os` inside replica.metadata: the n-th pwrite from now is torn after `cut`
+    bytes and the process "crashes" (raises Crash); everything else is the real os."""
+
+    def __init__(self, nth: int, cut: int):
+        self.nth, self.cut, self.count = nth, cut, 0
+
+    def module(self):
+        ns = types.SimpleNamespace(**{k: getattr(os, k) for k in dir(os) if not k.startswith("__")})
+        ns.pwrite = self.pwrite
+        return ns
+
+    def pwrite(self, fd, data, offset):
+        self.count += 1
+        if self.count == self.nth:
+            os.pwrite(fd, bytes(data[:self.cut]), offset)
+            raise Crash(f"torn at {self.cut} of {len(data)}")
+        return os.pwrite(fd, data, offset)
+
+
+def test_sizes_and_internal_placement(tmp_path):
+    size = 1 << 30
+    d = data_size_for(size)
+    assert d % PAGE == 0 and d + md_size_for(d) <= size
+    assert d + PAGE + md_size_for(d + PAGE) > size
+    assert md_size_for(d) == 8192 + 4 * 8192 + 9 * PAGE      # sb slots + AL ring + bitmap
+    with pytest.raises(MetadataError, match="too small"):
+        data_size_for(16 * 1024)
+    p = make_file(tmp_path / "disk", 64 * MiB)
+    with create_md(p, al_extents=7) as md:
+        info = dump_md(md)
+        assert md.sb.data_size == data_size_for(64 * MiB, 7)
+        assert info["bm_offset"] == md.sb.data_size            # metadata right after the data
+        assert info["md_offset"] == 64 * MiB - 2 * PAGE        # superblock slots at the end
+        assert info["uuid"]["current"] == "0x0000000000000004"
+
+
+def test_create_open_round_trip_internal(tmp_path):
+    p = make_file(tmp_path / "disk", 32 * MiB)
+    with create_md(p, al_extents=7, device_uuid=0x1234) as md:
+        assert md.uuids == GenerationUuids(UUID_JUST_CREATED)
+        assert md.flags == MdFlag.AL_CLEAN
+        u = GenerationUuids(0xDEADBEEF00000001, 0xCAFE0000, (0x10, 0x20))
+        md.write_superblock(uuids=u, flags=MdFlag.CONSISTENT | MdFlag.WAS_UP_TO_DATE)
+        md.bitmap.set_range(5 * BLOCK_SIZE, 3 * BLOCK_SIZE)
+        md.store_bitmap()
+        gen = md.sb.generation
+    # the data area can be overwritten freely without touching the metadata
+    fd = os.open(p, os.O_RDWR)
+    try:
+        os.pwrite(fd, b"\xa5" * MiB, 0)
+        data_size = data_size_for(32 * MiB, 7)
+        os.pwrite(fd, b"\x5a" * 4096, data_size - 4096)
+    finally:
+        os.close(fd)
+    with open_md(p) as md:
+        assert md.uuids == u and md.sb.generation == gen and md.sb.device_uuid == 0x1234
+        assert md.flags == MdFlag.CONSISTENT | MdFlag.WAS_UP_TO_DATE
+        assert list(md.bitmap.iter_dirty_runs()) == [(5, 8)]
+        assert md.torn_bitmap_pages == []
+
+
+def test_create_open_round_trip_external(tmp_path):
+    p = make_file(tmp_path / "disk", 20 * MiB)
+    meta = tmp_path / "disk.md"
+    with create_md(p, str(meta), al_extents=100) as md:
+        assert md.sb.data_size == 20 * MiB and md.sb.meta_external
+        md.write_superblock(flags=MdFlag.CONSISTENT)
+    assert os.path.getsize(p) == 20 * MiB
+    with open_md(p, str(meta)) as md:
+        assert md.flags == MdFlag.CONSISTENT and md.sb.al_extents == 100
+    with pytest.raises(MetadataError, match="no valid metadata found"):
+        open_md(p)                                  # it is not internal
+
+
+def test_create_refuses_existing_metadata_unless_forced(tmp_path):
+    p = make_file(tmp_path / "disk", 16 * MiB)
+    create_md(p, al_extents=7).close()
+    with pytest.raises(MetadataExists, match=r"^create-md: .*disk: valid metadata found .*"
+                                             r"use force to overwrite it$"):
+        create_md(p, al_extents=7)
+    with create_md(p, al_extents=7, force=True, device_uuid=7) as md:
+        assert md.sb.device_uuid == 7
+
+
+def test_open_without_metadata_and_bad_args(tmp_path):
+    p = make_file(tmp_path / "blank", 16 * MiB)
+    with pytest.raises(MetadataError, match=r"^open-md: .*blank: no valid metadata found"):
+        open_md(p)
+    with pytest.raises(MetadataError, match="al-extents 3 outside"):
+        create_md(p, al_extents=3)
+    with pytest.raises(MetadataError, match="does not fit"):
+        create_md(p, data_size=16 * MiB)
+    with pytest.raises(MetadataError, match="No such file"):
+        open_md(tmp_path / "missing")
+
+
+def test_superblock_alternates_slots_and_survives_a_smashed_slot(tmp_path):
+    p = make_file(tmp_path / "disk", 16 * MiB)
+    with create_md(p, al_extents=7) as md:
+        for i in range(5):
+            md.write_superblock(uuids=GenerationUuids(0x100 * (i + 1)))
+        newest = md.sb
+    fd = os.open(p, os.O_RDWR)
+    try:   # destroy the newest slot entirely: the previous generation must be read back
+        slot = newest.generation % 2
+        os.pwrite(fd, b"\xff" * PAGE, 16 * MiB - 2 * PAGE + slot * PAGE)
+    finally:
+        os.close(fd)
+    with open_md(p) as md:
+        assert md.sb.generation == newest.generation - 1
+        assert md.uuids == GenerationUuids(0x400)
+
+
+def test_activity_log_replay_after_crash(tmp_path):
+    p = make_file(tmp_path / "disk", 64 * MiB)
+    with create_md(p, al_extents=7) as md:
+        assert md.al_begin_io(2) is True
+        assert md.al_begin_io(2) is False              # already hot: no transaction
+        assert md.al_begin_io(5) is True
+        md.al_complete_io(2)
+        writes = md.al_writes
+        # crash: no clean shutdown, bitmap never written
+    with open_md(p) as md:
+        dirty = set(md.bitmap.iter_dirty_runs())
+        per = AL_EXTENT_SIZE // BLOCK_SIZE
+        assert dirty == {(2 * per, 3 * per), (5 * per, 6 * per)}
+        assert md.al_hot == []                          # applied, fresh AL
+        md.clean_shutdown()
+    with open_md(p) as md:
+        assert md.bitmap.count() == 2 * per             # the bitmap was persisted
+        assert MdFlag.AL_CLEAN in md.flags
+    assert writes == 3
+
+
+def test_activity_log_eviction_writes_bitmap_first(tmp_path):
+    p = make_file(tmp_path / "disk", 64 * MiB)
+    with create_md(p, al_extents=7) as md:
+        for e in range(7):
+            md.al_begin_io(e)
+        with pytest.raises(MetadataError, match="all 7 extents have I/O in flight"):
+            md.al_begin_io(8)
+        md.bitmap.set_range(10 * BLOCK_SIZE, BLOCK_SIZE)   # a write in extent 0
+        md.al_complete_io(0)
+        bm_writes = md.bm_writes
+        assert md.al_begin_io(8) is True                   # evicts extent 0
+        assert md.bm_writes == bm_writes + 1 and 0 not in md.al_hot
+    with open_md(p, apply_al=False) as md:
+        assert md.bitmap.test(10 * BLOCK_SIZE)             # survived via the bitmap page
+        assert md.al_replay_extents() >= {1, 2, 3, 4, 5, 6, 8}
+    with pytest.raises(ValueError, match="complete without begin"):
+        with open_md(p) as md:
+            md.al_complete_io(3)
+
+
+def test_dump_md_text_and_json(tmp_path):
+    p = make_file(tmp_path / "disk", 16 * MiB)
+    with create_md(p, al_extents=7, device_uuid=0xAB) as md:
+        md.write_superblock(uuids=GenerationUuids(0x1111111111111111, 0x2222, (0x33, 0)),
+                            flags=MdFlag.CONSISTENT | MdFlag.CRASHED_PRIMARY)
+        md.bitmap.set_bits(0, 1)
+        md.bitmap.set_bits(64, 128)
+        text = format_dump_md(md)
+        d = dump_md(md)
+    assert text.startswith('version "v08";\n')
+    assert "uuid {\n    0x1111111111111111; 0x0000000000002222; 0x0000000000000033; " \
+           "0x0000000000000000;\n    flags 0x00000041; # consistent, crashed-primary\n}" in text
+    assert f"la-size-sect {d['data_size'] // 512};" in text
+    assert "bm-byte-per-bit 4096;" in text and "device-uuid 0x00000000000000AB;" in text
+    assert "# bits-set 65;" in text
+    assert "bm {\n   # at 0kB\n   0x0000000000000001;\n   0xFFFFFFFFFFFFFFFF;\n   " in text
+    assert json.loads(json.dumps(d))["flag_names"] == ["consistent", "crashed-primary"]
+
+
+# --- crash safety: a torn write at every byte boundary ------------------------------------
+
+def _fresh(tmpdir, size=16 * MiB):
+    p = make_file(os.path.join(tmpdir, "disk"), size)
+    md = create_md(p, al_extents=7, device_uuid=1)
+    return p, md
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.integers(0, PAGE))
+def test_torn_superblock_write_reads_old_or_new(cut):
+    with tempfile.TemporaryDirectory() as d:
+        p, md = _fresh(d)
+        old = GenerationUuids(0x1000)
+        new = GenerationUuids(0x2000, 0x1000)
+        md.write_superblock(uuids=old)
+        torn = TornWrites(1, cut)
+        real = mdmod.os
+        mdmod.os = torn.module()
+        try:
+            with pytest.raises(Crash):
+                md.write_superblock(uuids=new)
+        finally:
+            mdmod.os = real
+            md.close()
+        with open_md(p) as back:
+            assert back.uuids in (old, new)
+            full = mdmod._SB.size + mdmod.CSUM
+            assert back.uuids == (new if cut >= full else old)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.integers(0, 8192))
+def test_torn_al_transaction_keeps_previous_extents(cut):
+    with tempfile.TemporaryDirectory() as d:
+        p, md = _fresh(d)
+        md.al_begin_io(1)
+        md.al_begin_io(2)
+        cut = min(cut, md.sb.al_tx_size)
+        torn = TornWrites(1, cut)
+        real = mdmod.os
+        mdmod.os = torn.module()
+        try:
+            with pytest.raises(Crash):
+                md.al_begin_io(3)
+        finally:
+            mdmod.os = real
+            md.close()
+        with open_md(p, apply_al=False) as back:
+            replay = back.al_replay_extents()
+            assert {1, 2} <= replay <= {1, 2, 3}
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.integers(0, PAGE), st.lists(st.integers(0, 3000), max_size=10))
+def test_torn_bitmap_page_reads_old_new_or_all_dirty(cut, bits):
+    with tempfile.TemporaryDirectory() as d:
+        p, md = _fresh(d)
+        md.bitmap.set_bits(7, 9)
+        md.store_bitmap()
+        old = set(md.bitmap.iter_dirty_runs())
+        for b in bits:
+            md.bitmap.set_bits(b, b + 1)
+        new = set(md.bitmap.iter_dirty_runs())
+        torn = TornWrites(1, cut)
+        real = mdmod.os
+        mdmod.os = torn.module()
+        try:
+            with pytest.raises(Crash):
+                md.store_bitmap()
+        finally:
+            mdmod.os = real
+            md.close()
+        with open_md(p, apply_al=False) as back:
+            runs = set(back.bitmap.iter_dirty_runs())
+            page_bits = min(back.bitmap.nbits, mdmod.BM_PAYLOAD * 8)
+            if back.torn_bitmap_pages:
+                assert back.torn_bitmap_pages == [0] and (0, page_bits) in runs
+            else:
+                assert runs in (old, new)
+
+
+@pytest.mark.parametrize("crash_at", ["bitmap", "al"])
+def test_crash_during_eviction_never_loses_dirty_blocks(tmp_path, crash_at):
+    p = make_file(tmp_path / "disk", 64 * MiB)
+    md = create_md(p, al_extents=7)
+    for e in range(7):
+        md.al_begin_io(e)
+        md.al_complete_io(e)
+    md.bitmap.set_range(12 * BLOCK_SIZE, 2 * BLOCK_SIZE)        # written while extent 0 hot
+    nth = 1 if crash_at == "bitmap" else 2                       # page write, then AL write
+    torn = TornWrites(nth, 100)
+    real = mdmod.os
+    mdmod.os = torn.module()
+    try:
+        with pytest.raises(Crash):
+            md.al_begin_io(9)                                    # evicts extent 0
+    finally:
+        mdmod.os = real
+        md.close()
+    with open_md(p) as back:
+        assert back.bitmap.test(12 * BLOCK_SIZE) and back.bitmap.test(13 * BLOCK_SIZE)
