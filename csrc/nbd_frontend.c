@@ -245,7 +245,7 @@ static int handle_request(struct conn *c, int *end)
         }
         rc = get_payload(c, len, &data);
         if (rc < 0) {
-            *end = rc == -ECONNRESET ? RM_END_EOF : RM_END_SOCKET;
+            *end = rc == -ECONNRESET ? RM_END_PROTOCOL : RM_END_SOCKET;
             return rc;
         }
         if (flags & ~NBD_CMD_FLAG_FUA)

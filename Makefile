@@ -1,0 +1,36 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Thin wrapper: everything real lives in scripts/ and the Python package.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+# Debian packages: real peers for the tests (libnbd, qemu, nbdkit, heartbeat...) and tools.
+APT_PACKAGES := python3-libnbd libnbd-bin nbdkit qemu-utils fio fuse3 libfuse3-dev e2fsprogs \
+	iproute2 iputils-ping arping tcpdump psmisc heartbeat drbd-utils iperf3 gcc make
+PYTEST_ARGS ?=
+
+.PHONY: deps test test-unit test-integration bench demo clean
+
+deps: $(VENV)/.deps-done
+
+$(VENV)/.deps-done: setup.py pyproject.toml csrc/*.c csrc/*.h csrc/build_mirror.py scripts/deps.sh
+	bash scripts/deps.sh "$(PYTHON)" "$(VENV)" $(APT_PACKAGES)
+	touch $@
+
+test: deps
+	$(VPY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: deps
+	$(VPY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: deps
+	$(VPY) -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
+
+bench: deps
+	$(VPY) scripts/bench.py
+
+demo: deps
+	bash scripts/demo.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info replica/_mirror*.so .pytest_cache .hypothesis
