@@ -437,14 +437,16 @@ class Membership:
         self._send("status", [("st", self.local_status), ("dt", "%x" % int(round(self.deadtime_s * 1000))),
                               ("protocol", "1")])
         if self.local_status == "init":
-            self.local_status = "up"   # heartbeat: init, then up at once, active when a peer is heard
-            self._send("status", [("st", "up"), ("dt", "%x" % int(round(self.deadtime_s * 1000))),
+            # heartbeat: init, then up at once; active as soon as a peer is heard
+            self.local_status = "active" if any(p.alive for p in self._peers.values()) else "up"
+            self._send("status", [("st", self.local_status), ("dt", "%x" % int(round(self.deadtime_s * 1000))),
                                   ("protocol", "1")])
         nxt = self._next_heartbeat + self.keepalive_s
         self._next_heartbeat = nxt if nxt > now else now + self.keepalive_s
 
     def _send(self, msg_type: str, own: list, own_first: bool = False) -> None:
-        fields = list(own) + [("t", msg_type)] if own_first else [("t", msg_type)] + list(own)
+        # heartbeat puts `dest` before `t` in repnodes (heartbeat-wire.md 4)
+        fields = own[:1] + [("t", msg_type)] + own[1:] if own_first else [("t", msg_type)] + list(own)
         dest = next((v for k, v in own if k == "dest"), None)
         if dest is not None:
             peer = self._peers.get(str(dest).lower())
