@@ -293,10 +293,10 @@ def _number(tok: str, expected: str) -> int:
 
 
 class _Int:
-    """Integer in DRBD's unit; stored as int or as seconds (scale 0.1 for tenths)."""
+    """Integer in DRBD's unit; stored as int, or as float seconds n / div (div 10: tenths)."""
 
-    def __init__(self, lo, hi, unit="", scale=None):
-        self.lo, self.hi, self.unit, self.scale = lo, hi, unit, scale
+    def __init__(self, lo, hi, unit="", div=None):
+        self.lo, self.hi, self.unit, self.div = lo, hi, unit, div
 
     def parse(self, args):
         tok = _one(args)
@@ -304,10 +304,10 @@ class _Int:
         n = _number(tok, what)
         if not self.lo <= n <= self.hi:
             raise _Bad(f"expected {what}, got '{tok}'")
-        return n if self.scale is None else n * self.scale
+        return n if self.div is None else n / self.div
 
     def format(self, v):
-        return str(v if self.scale is None else round(v / self.scale))
+        return str(v if self.div is None else round(v * self.div))
 
 
 class _Size:
@@ -387,11 +387,11 @@ NET_KEYWORDS = {  # keyword -> (field of NetOptions, value parser); drbd_limits.
     "protocol": ("protocol", _Enum("A", "B", "C")),
     "cram-hmac-alg": ("cram_hmac_alg", _Enum("sha1", "sha256", "sha512")),
     "shared-secret": ("shared_secret", _Str(64, None, "a secret of 1..64 characters")),
-    "ping-int": ("ping_int_s", _Int(1, 120, _SECS, 1.0)),
-    "ping-timeout": ("ping_timeout_s", _Int(1, 300, _TENTHS, 0.1)),
-    "timeout": ("timeout_s", _Int(1, 600, _TENTHS, 0.1)),
-    "connect-int": ("connect_int_s", _Int(1, 120, _SECS, 1.0)),
-    "socket-check-timeout": ("socket_check_timeout_s", _Int(0, 300, _TENTHS, 0.1)),
+    "ping-int": ("ping_int_s", _Int(1, 120, _SECS, 1)),
+    "ping-timeout": ("ping_timeout_s", _Int(1, 300, _TENTHS, 10)),
+    "timeout": ("timeout_s", _Int(1, 600, _TENTHS, 10)),
+    "connect-int": ("connect_int_s", _Int(1, 120, _SECS, 1)),
+    "socket-check-timeout": ("socket_check_timeout_s", _Int(0, 300, _TENTHS, 10)),
     "max-buffers": ("max_buffers", _Int(32, 131072)),
     "max-epoch-size": ("max_epoch_size", _Int(1, 20000)),
     "sndbuf-size": ("sndbuf_size", _Size(0, 128 * _K ** 2, 1)),
@@ -422,8 +422,8 @@ DISK_KEYWORDS = {
     "al-updates": ("al_updates", _Bool()),
     "on-io-error": ("on_io_error", _Enum("pass_on", "call-local-io-error", "detach")),
     "fencing": ("fencing", _Enum("dont-care", "resource-only", "resource-and-stonith")),
-    "c-plan-ahead": ("c_plan_ahead_s", _Int(0, 300, _TENTHS, 0.1)),
-    "c-delay-target": ("c_delay_target_s", _Int(1, 100, _TENTHS, 0.1)),
+    "c-plan-ahead": ("c_plan_ahead_s", _Int(0, 300, _TENTHS, 10)),
+    "c-delay-target": ("c_delay_target_s", _Int(1, 100, _TENTHS, 10)),
     "c-fill-target": ("c_fill_target_bytes", _Size(0, 1000000 * 512, 512)),
     "c-max-rate": ("c_max_rate_bps", _RATE),
     "c-min-rate": ("c_min_rate_bps", _RATE),
@@ -431,7 +431,7 @@ DISK_KEYWORDS = {
     "disk-flushes": ("disk_flushes", _Bool()),
     "disk-drain": ("disk_drain", _Bool()),
     "md-flushes": ("md_flushes", _Bool()),
-    "disk-timeout": ("disk_timeout_s", _Int(0, 6000, _TENTHS, 0.1)),
+    "disk-timeout": ("disk_timeout_s", _Int(0, 6000, _TENTHS, 10)),
     "read-balancing": ("read_balancing", _Enum(
         "prefer-local", "prefer-remote", "round-robin", "least-pending", "when-congested-remote",
         "32K-striping", "64K-striping", "128K-striping", "256K-striping", "512K-striping",
