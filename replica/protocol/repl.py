@@ -23,9 +23,11 @@ Handshake (both sides run the same machine; `is_initiator` is the side that conn
     any         ──malformed/unexpected frame──> ERROR (RemoteProtocolError raised)
 
 Authentication is mutual challenge-response (DRBD `cram-hmac-alg` + `shared-secret`): each side
-sends a random challenge and answers the peer's with HMAC(secret, LABEL + side + challenge),
-`side` being b"I" for the initiator and b"A" for the acceptor, so a response can never be
-reflected back to its author; a challenge equal to our own is refused outright. Digests are
+sends a random challenge and answers the peer's with
+HMAC(secret, LABEL + side + challenge + the responder's own HELLO payload), `side` being b"I"
+for the initiator and b"A" for the acceptor, so a response can never be reflected back to its
+author, and the HELLO (UUIDs, role, size) is authenticated too, not only the connection; a
+challenge equal to our own is refused outright. Digests are
 computed by the injected `mac(alg, key, msg)` (replica.auth, `cryptography`) and compared with
 `hmac.compare_digest`. Nothing the peer says (PeerHello) is reported before it authenticated.
 """
@@ -374,7 +376,10 @@ class ReplHandshake:
         self.verdict: SyncVerdict | None = None
         self._bm_parts = bytearray()
         self._bm_total: int | None = None
-        self._out += encode_hello(local, self._alg, is_initiator)
+        hello = encode_hello(local, self._alg, is_initiator)
+        self._hello_payload = hello[wire.HEADER_SIZE:]
+        self._peer_hello_payload = b""
+        self._out += hello
         if secret is not None:
             self._out += encode_frame(Frame(ReplPacket.AUTH_CHALLENGE, payload=self._challenge))
 
@@ -436,6 +441,7 @@ class ReplHandshake:
         if self.state == "WAIT_HELLO":
             if t is not ReplPacket.HELLO:
                 self._unexpected(frame)
+            self._peer_hello_payload = frame.payload
             self._on_hello(decode_hello(frame))
         elif self.state == "WAIT_AUTH":
             if t is ReplPacket.AUTH_CHALLENGE:
@@ -497,15 +503,16 @@ class ReplHandshake:
         if hmac.compare_digest(challenge, self._challenge):
             self._fail(AuthFailed("peer reflected our own challenge"))
             return
-        digest = self._mac(self._alg, self._secret, self._label(self.is_initiator) + challenge)
+        digest = self._mac(self._alg, self._secret,
+                           self._label(self.is_initiator) + challenge + self._hello_payload)
         self._out += encode_frame(Frame(ReplPacket.AUTH_RESPONSE, payload=digest))
         self._peer_challenge_answered = True
 
     def _on_response(self, response: bytes) -> None:
         if self._peer_authed:
             raise RemoteProtocolError("repl handshake: second AUTH_RESPONSE")
-        expected = self._mac(self._alg, self._secret,
-                             self._label(not self.is_initiator) + self._challenge)
+        expected = self._mac(self._alg, self._secret, self._label(not self.is_initiator) +
+                             self._challenge + self._peer_hello_payload)
         if not hmac.compare_digest(response, expected):
             self._fail(AuthFailed("authentication of peer failed: wrong shared-secret "
                                   f"(cram-hmac-alg {self._alg})"))
