@@ -43,6 +43,9 @@ Rules (Heartbeat 3.0 semantics, heartbeat-reference.md 1.2, 1.6, 1.7):
   done): the requester stops first, then the peer starts, so the outage is one
   stop plus one start.  ``hb_takeover`` asks the peer to run standby for the
   complementary set.
+* A group whose start failed here is offered to the peer (standby of just
+  that group) after ``FAILED_START_HANDOFF_S``, as ResourceManager's
+  background ``hb_standby`` does (auto_failback on/off only).
 * Partition heal: when both nodes report holding a group, the node that is not
   the group's preferred node stops it (both apply the same rule, so exactly
   one side gives way).
@@ -61,6 +64,7 @@ FENCE_RETRY_S = 5.0          # hb_resource.c: failed reset retried every 5 s
 STANDBY_INIT_TIMEOUT_S = 10.0   # STANDBY_INIT_TO_MS
 STANDBY_TOTAL_TIMEOUT_S = 3600.0  # HB_STANDBY_RSC_TO_MS
 FAILBACK_RETRY_S = 1.0       # auto_failback: retried every 1 s until both sides are stable
+FAILED_START_HANDOFF_S = 30.0  # ResourceManager: "sleep 30; hb_standby" after a failed start
 
 
 class GroupState(enum.Enum):
@@ -181,6 +185,10 @@ class GroupManager:
         self.fence: _Fence | None = None
         self._initdead_at = now + initdead_s
         self._failback_at: float | None = None
+        self._handoff_at: float | None = None
+        self._got_by_standby: set[str] = set()   # never hand these back after a failed start
+        self._given_away: set[str] = set()       # released by standby: not adopted back as orphans
+        self._failback_armed = False             # auto_failback acts when the peer (re)joins only
         self._after_ops: list[Callable[[], None]] = []
         self._actions: deque = deque()
         self._now = now
@@ -230,6 +238,8 @@ class GroupManager:
             timers.append(self.standby.deadline)
         if self._failback_at is not None:
             timers.append(self._failback_at)
+        if self._handoff_at is not None:
+            timers.append(self._handoff_at)
         return min(timers) if timers else None
 
     def snapshot(self) -> dict:
@@ -258,6 +268,7 @@ class GroupManager:
         if self.fence is not None:
             self._note("warn", f"node {node!r} came back before it was fenced: takeover cancelled")
             self.fence = None
+        self._failback_armed = True
         if was == "dead":
             self._note("info", f"node {node!r} returned: exchanging resource reports")
         self._send("starting", {})
@@ -270,6 +281,7 @@ class GroupManager:
             return
         self.peer_status = "dead"
         self.peer_hold = frozenset()
+        self._given_away.clear()
         self.peer_stable = False
         self._failback_at = None
         if self.standby is not None:
@@ -327,6 +339,7 @@ class GroupManager:
             handler(fields)
 
     def _on_starting(self, fields: dict) -> None:
+        self._failback_armed = True
         self.peer_hold = None
         self.peer_stable = False
         self._send_report("starting")
@@ -365,6 +378,9 @@ class GroupManager:
                 self._note("warn", f"standby request from {self.peer!r} ignored: we are in flux")
                 return
             keys = self._keys_for_hold(which, self.peer)
+            named = fields.get("hbd_groups")
+            if named is not None:       # hbd extension: exactly these groups (heartbeat ignores it)
+                keys = [k for k in keys if k in named.split()]
             self.standby = _Standby("other", which, tuple(keys), self._now + STANDBY_TOTAL_TIMEOUT_S)
             self._note("info", f"node {self.peer!r} gives up {which} resources: waiting for it to stop them")
             self._send("ask_resources", {"rsc_hold": which, "info": "other"})
@@ -381,6 +397,8 @@ class GroupManager:
             if sb is None or sb.role != "other":
                 return
             self._note("info", f"standby: node {self.peer!r} released {sb.which} resources: taking them")
+            self._got_by_standby |= set(sb.keys)
+            self._given_away -= set(sb.keys)
             started = self._start_keys([k for k in sb.keys if self.state[k] is not GroupState.STARTED],
                                        "standby of peer")
             which = sb.which
@@ -401,9 +419,10 @@ class GroupManager:
             self._send_report("standby")
             return
         self.peer_hold = (self.peer_hold or frozenset()) | frozenset(sb.keys)
+        self._given_away |= set(sb.keys)
         self.standby = None
-        self._send("ask_resources", {"rsc_hold": sb.which, "info": "done"})
         self._send_report("standby")
+        self._send("ask_resources", {"rsc_hold": sb.which, "info": "done"})
 
     def _on_hb_takeover(self, fields: dict) -> None:
         which = fields.get("rsc_hold", "all")
@@ -461,7 +480,7 @@ class GroupManager:
             raise StateChangeRefused(f"standby: this node holds no {which} resources to give up")
         self.standby = _Standby("me", which, tuple(keys), now + STANDBY_INIT_TIMEOUT_S)
         self._note("info", f"standby: asking {self.peer!r} to take {which} resources: {' '.join(keys)}")
-        self._send("ask_resources", {"rsc_hold": which, "info": "me"})
+        self._send("ask_resources", {"rsc_hold": which, "info": "me", "hbd_groups": " ".join(keys)})
 
     def request_takeover(self, which: str, now: float) -> None:
         """hb_takeover [all|foreign|local]: ask the peer to hand us those groups (relative to us)."""
@@ -531,11 +550,15 @@ class GroupManager:
         if self.standby is not None and now >= self.standby.deadline:
             self._note("warn", f"standby request cancelled: no answer from {self.peer!r}")
             self.standby = None
-            if self.auto_failback == "on":
+            if self.auto_failback == "on" and self.standby is None and self.peer_status == "up":
+                self._failback_armed = True
                 self._failback_at = now + FAILBACK_RETRY_S
         if self._failback_at is not None and now >= self._failback_at:
             self._failback_at = None
             self._maybe_auto_failback()
+        if self._handoff_at is not None and now >= self._handoff_at:
+            self._handoff_at = None
+            self._maybe_hand_off_failed()
 
     # --- internals -------------------------------------------------------------------------
 
@@ -609,6 +632,8 @@ class GroupManager:
             else:
                 what = "start" if target is GroupState.STARTED else "stop"
                 self._set_state(key, GroupState.FAILED, f"{what} failed")
+                if what == "start" and self.auto_failback != "legacy" and self.phase is not Phase.SHUTTING_DOWN:
+                    self._handoff_at = now + FAILED_START_HANDOFF_S
         if not self._busy():
             pending, self._after_ops = self._after_ops, []
             for fn in pending:
@@ -639,7 +664,7 @@ class GroupManager:
         if self.peer_hold is None or not self.peer_stable or self.standby is not None or self._busy():
             return
         orphans = self._keys(lambda g: g.node == self.node and g.name not in self.peer_hold
-                             and self.state[g.name] is GroupState.STOPPED)
+                             and g.name not in self._given_away and self.state[g.name] is GroupState.STOPPED)
         if orphans:
             self._start_keys(orphans, "local group held by nobody")
             self._after(lambda: self._send_report("req_our_resources()"))
@@ -649,16 +674,35 @@ class GroupManager:
         self._start_keys(keys, f"takeover from {node}")
         self._become_stable_after(True, info) if keys else self._become_stable_after(False, info)
 
+    def _maybe_hand_off_failed(self) -> None:
+        """Offer groups whose start failed here to the peer (heartbeat: hb_standby after 30 s)."""
+        failed = tuple(k for k, st in self.state.items() if st is GroupState.FAILED
+                       and k not in self._got_by_standby and not (self.peer_hold and k in self.peer_hold))
+        if not failed or self.peer_status != "up" or self.phase is not Phase.STABLE:
+            return
+        if not self.is_stable() or self.fence is not None:
+            self._handoff_at = self._now + FAILBACK_RETRY_S
+            return
+        self._note("warn", f"giving failed group(s) {' '.join(failed)} to {self.peer!r} (standby)")
+        which = "all" if len(failed) == len(self.groups) else (
+            "local" if all(self.is_local(k) for k in failed) else "foreign")
+        self.standby = _Standby("me", which, failed, self._now + STANDBY_INIT_TIMEOUT_S)
+        self._send("ask_resources", {"rsc_hold": which, "info": "me", "hbd_groups": " ".join(failed)})
+
     def _maybe_auto_failback(self) -> None:
         """auto_failback on: hand foreign groups back once their node is up and stable."""
-        if self.auto_failback != "on" or self.peer_status != "up" or self.phase is not Phase.STABLE:
+        if (self.auto_failback != "on" or not self._failback_armed or self.peer_status != "up"
+                or self.phase is not Phase.STABLE):
             return
         foreign = [k for k in self.held_keys() if self.by_key[k].node == self.peer]
         if not foreign:
+            if self.peer_stable:
+                self._failback_armed = False
             return
         if not self.peer_stable or not self.is_stable():
             self._failback_at = self._now + FAILBACK_RETRY_S
             return
+        self._failback_armed = False
         self._note("info", f"auto_failback: handing {' '.join(foreign)} back to {self.peer!r}")
         self.standby = _Standby("me", "foreign", tuple(foreign), self._now + STANDBY_INIT_TIMEOUT_S)
-        self._send("ask_resources", {"rsc_hold": "foreign", "info": "me"})
+        self._send("ask_resources", {"rsc_hold": "foreign", "info": "me", "hbd_groups": " ".join(foreign)})

@@ -418,3 +418,45 @@ def test_random_histories_never_double_own_when_connected(events, mode):
     both = c.held("ha1") & c.held("ha2")
     assert both == set()
     assert c.held("ha1") | c.held("ha2") == {"10.0.17.26", "10.0.17.27"}
+
+
+def test_failed_start_is_handed_to_peer_after_30s_and_not_back():
+    c = Cluster(auto_failback="off")
+    c.fail_start.add(("ha1", "10.0.17.26"))
+    c.fail_start.add(("ha2", "10.0.17.26"))
+    c.pump()
+    assert c.m["ha1"].state["10.0.17.26"] is GroupState.FAILED
+    c.advance(29)
+    assert not any(n == "ha2" and isinstance(a, StartGroup) and a.key == "10.0.17.26" for n, a in c.log)
+    c.advance(2)
+    starts = [n for n, a in c.log if isinstance(a, StartGroup) and a.key == "10.0.17.26"]
+    assert starts == ["ha1", "ha2"]
+    assert [f.get("hbd_groups") for f in c.sent("ha1", "ask_resources") if f["info"] == "me"] == ["10.0.17.26"]
+    assert c.held("ha2") == {"10.0.17.27"}              # ha2 failed it too
+    for _ in range(5):
+        c.advance(31)
+    # ha2 got it by standby, so it does not bounce it back; ha2's own group was never touched
+    starts = [n for n, a in c.log if isinstance(a, StartGroup) and a.key == "10.0.17.26"]
+    assert starts == ["ha1", "ha2"]
+    assert not [a for n, a in c.log if n == "ha2" and isinstance(a, StopGroup) and a.key == "10.0.17.27"]
+
+
+def test_failed_start_handoff_succeeds_on_peer():
+    c = Cluster(auto_failback="on")
+    c.fail_start.add(("ha1", "10.0.17.26"))
+    c.pump()
+    c.advance(31)
+    assert c.held("ha2") == {"10.0.17.26", "10.0.17.27"} and c.held("ha1") == set()
+
+
+def test_standby_with_auto_failback_on_is_not_undone():
+    c = Cluster(auto_failback="on")
+    c.pump()
+    c.m["ha1"].request_standby("all", c.now)
+    c.pump()
+    for _ in range(3):
+        c.advance(5)
+    assert c.held("ha1") == set() and c.held("ha2") == {"10.0.17.26", "10.0.17.27"}
+    c.m["ha1"].request_takeover("local", c.now)
+    c.pump()
+    assert c.held("ha1") == {"10.0.17.26"} and c.held("ha2") == {"10.0.17.27"}
