@@ -203,6 +203,8 @@ def _tokenize(text: str, path: str) -> list[_Tok]:
             toks.append(_Tok(value, value, line))
         elif kind == "string":
             body = re.sub(r"\\(.)", lambda e: _UNESCAPE.get(e.group(1), e.group(1)), value[1:-1])
+            if "\0" in body:
+                raise ConfigError(f"{path}:{line}: NUL character in string {value!r}")
             toks.append(_Tok("string", body, line))
         elif kind == "word":
             if any(ord(c) < 32 or ord(c) == 127 for c in value):
@@ -786,6 +788,7 @@ class _Builder:
                 keys = [("minor", h.minor)] if h.minor is not None else []
                 keys += [("device", h.device)] if h.device else []
                 keys += [("export", str(h.export))] if h.export else []
+                keys += [("address", "%s:%d" % h.address)] if h.address else []
                 for kind, val in keys:
                     other = used.setdefault((h.name, kind, val), r)
                     if other is not r:

@@ -128,9 +128,9 @@ DISK = [_size("resync-rate", "resync_rate_bps", 1, 4 * 1024 ** 2, 1024),
         _choice("on-io-error", [("on_io_error", v, v) for v in ("pass_on", "call-local-io-error", "detach")]),
         _choice("fencing", [("fencing", v, v) for v in ("dont-care", "resource-only", "resource-and-stonith")]),
         _choice("md-flushes", [("md_flushes", "no", False)])]
-PATHS = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20).filter(
+PATHS = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=20).filter(
     lambda s: s != "none")
-SECRET = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=64)
+SECRET = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=64)
 
 
 def quote(s):

@@ -413,6 +413,7 @@ ERRORS = [
     (R0 + '  handlers { split-brain "/bin/x;\n}\n', "r.conf:2: unterminated string"),
     (R0 + "  net { ping-int 1\x000; }\n}\n", "r.conf:2: invalid control character in '1\\x000'"),
     (R0 + "  net { ping-int\u00a010; }\n}\n", "r.conf:2: invalid character '\\xa0'"),
+    (R0 + '  on a { disk "/d\x00"; }\n}\n', "r.conf:2: NUL character in string '\"/d\\x00\"'"),
     ("resource r0 { a { b { c { d { e { f { } } } } } } }",
      "r.conf:1: resource 'r0': a: b: c: d: e: f: sections nested too deeply"),
     # section shapes
@@ -458,6 +459,8 @@ ERRORS = [
      "r.conf:3: resource 'r1': on 'a': minor 1 is also used by resource 'r0' (r.conf:1)"),
     ("resource r0 { on a { disk /d0; export unix:/s; } }\nresource r1 {\n on a { disk /d1; export unix:/s; } }\n",
      "r.conf:3: resource 'r1': on 'a': export unix:/s is also used by resource 'r0' (r.conf:1)"),
+    ("resource r0 { on a { disk /d0; address 10.0.0.1:7000; } }\nresource r1 {\n on a { disk /d1; address 10.0.0.1:7000; } }\n",
+     "r.conf:3: resource 'r1': on 'a': address 10.0.0.1:7000 is also used by resource 'r0' (r.conf:1)"),
 ]
 
 
