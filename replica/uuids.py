@@ -106,7 +106,8 @@ class GenerationUuids:
         """
         cur = random_uuid(rng) | (1 if primary else 0)
         if self.bitmap == 0:
-            return GenerationUuids(cur, _strip(self.current), self.history)
+            # keeps the old role bit: after-sb discard-younger/older-primary reads it
+            return GenerationUuids(cur, self.current, self.history)
         return GenerationUuids(cur, self.bitmap, self._push_history(_strip(self.current)))
 
     def start_resync_source(self, rng: Rng) -> tuple["GenerationUuids", int]:
@@ -161,6 +162,7 @@ class SyncDecision(enum.Enum):
     SplitBrainUnrelated = -100       # no common bitmap ancestor: never auto-recovered
     Unrelated = -1000                # no UUID in common: "Unrelated data, aborting!"
     RoleConflict = -1001             # "I shall become SyncTarget, but I am primary!"
+    SourceInconsistent = -1002       # "I shall become SyncSource, but I am inconsistent!"
 
     def __str__(self) -> str:
         return self.name
@@ -188,7 +190,8 @@ class SyncDecision(enum.Enum):
     @property
     def drops_connection(self) -> bool:
         return self in (SyncDecision.SplitBrain, SyncDecision.SplitBrainUnrelated,
-                        SyncDecision.Unrelated, SyncDecision.RoleConflict)
+                        SyncDecision.Unrelated, SyncDecision.RoleConflict,
+                        SyncDecision.SourceInconsistent)
 
     def mirror(self) -> "SyncDecision":
         """The decision the peer must reach for the same pair of tuples."""
@@ -222,6 +225,8 @@ class UuidReport:
     uuids: GenerationUuids
     flags: UuidFlag = UuidFlag(0)
     primary: bool = False
+    bits: int = 0                    # dirty bits in the bitmap: "changes" for after-sb policies
+    name: str = ""                   # node name, for after-sb-0pri discard-node-NAME
 
 
 def uuid_compare(local: UuidReport, peer: UuidReport, *,
@@ -292,6 +297,105 @@ def uuid_compare(local: UuidReport, peer: UuidReport, *,
 
 
 @dataclass(frozen=True, slots=True)
+class SplitBrainPolicy:
+    """net options deciding what happens after a split brain (drbd.conf net section).
+
+    after_sb_0pri: disconnect | discard-younger-primary | discard-older-primary |
+                   discard-zero-changes | discard-least-changes | discard-node-NAME
+    after_sb_1pri: disconnect | consensus | violently-as0p | discard-secondary |
+                   call-pri-lost-after-sb
+    after_sb_2pri: disconnect | violently-as0p | call-pri-lost-after-sb
+    rr_conflict:   disconnect | violently | call-pri-lost
+    """
+
+    after_sb_0pri: str = "disconnect"
+    after_sb_1pri: str = "disconnect"
+    after_sb_2pri: str = "disconnect"
+    rr_conflict: str = "disconnect"
+    always_asbp: bool = False
+
+    @classmethod
+    def from_net(cls, net) -> "SplitBrainPolicy":
+        """From any object with the config's net option attribute names."""
+        return cls(net.after_sb_0pri, net.after_sb_1pri, net.after_sb_2pri, net.rr_conflict,
+                   net.always_asbp)
+
+
+DISCONNECT = "disconnect"
+
+
+def _recover_0p(policy: str, local: UuidReport, peer: UuidReport, resolve: bool) -> int:
+    """drbd_asb_recover_0p(): 1 = sync from this node, -1 = from the peer, -100 = no decision."""
+    me, them = local.uuids.bitmap & 1, peer.uuids.bitmap & 1
+    if policy == "discard-younger-primary":
+        if me == 0 and them == 1:
+            return -1
+        if me == 1 and them == 0:
+            return 1
+        policy = "discard-least-changes"
+    elif policy == "discard-older-primary":
+        if me == 0 and them == 1:
+            return 1
+        if me == 1 and them == 0:
+            return -1
+        policy = "discard-least-changes"
+    if policy == "discard-zero-changes":
+        if local.bits == 0 and peer.bits == 0:
+            return -1 if resolve else 1
+        if peer.bits == 0:
+            return 1
+        if local.bits == 0:
+            return -1
+        return -100
+    if policy == "discard-least-changes":
+        if local.bits != peer.bits:
+            return -1 if local.bits < peer.bits else 1
+        return -1 if resolve else 1
+    if policy.startswith("discard-node-"):
+        victim = policy[len("discard-node-"):]
+        if victim == local.name:
+            return -1
+        if victim == peer.name:
+            return 1
+        return -100
+    if policy == DISCONNECT:
+        return -100
+    raise ValueError(f"after-sb-0pri: unknown policy: {policy!r}")
+
+
+def _recover(pol: SplitBrainPolicy, local: UuidReport, peer: UuidReport,
+             resolve: bool) -> tuple[int, bool]:
+    """drbd_asb_recover_{0,1,2}p(): (hg, call pri-lost-after-sb on this node)."""
+    pcount = int(local.primary) + int(peer.primary)
+    as0p = _recover_0p(pol.after_sb_0pri, local, peer, resolve)
+    if pcount == 0:
+        return as0p, False
+    if pcount == 1:
+        p = pol.after_sb_1pri
+        if p == DISCONNECT:
+            return -100, False
+        if p == "consensus":
+            if (as0p == -1 and not local.primary) or (as0p == 1 and local.primary):
+                return as0p, False
+            return -100, False
+        if p == "violently-as0p":
+            return as0p, False
+        if p == "discard-secondary":
+            return (1 if local.primary else -1), False
+        if p == "call-pri-lost-after-sb":
+            return as0p, as0p == -1 and local.primary
+        raise ValueError(f"after-sb-1pri: unknown policy: {p!r}")
+    p = pol.after_sb_2pri
+    if p == DISCONNECT:
+        return -100, False
+    if p == "violently-as0p":
+        return as0p, False
+    if p == "call-pri-lost-after-sb":
+        return as0p, as0p == -1
+    raise ValueError(f"after-sb-2pri: unknown policy: {p!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class SyncVerdict:
     """The handshake's decision with its reasons, for the log line and `events`."""
 
@@ -299,6 +403,8 @@ class SyncVerdict:
     rule: int
     compare: SyncDecision            # uuid_compare() before disk-state and split-brain rules
     reason: str
+    split_brain: bool = False        # run the initial-split-brain handler (even if resolved)
+    handler: str | None = None       # handler to run now: split-brain, pri-lost-after-sb, pri-lost
 
     @property
     def rule_name(self) -> str:
@@ -307,14 +413,20 @@ class SyncVerdict:
 
 def sync_handshake(local: UuidReport, peer: UuidReport, *, local_inconsistent: bool,
                    peer_inconsistent: bool, resolve_conflicts: bool,
-                   discard_my_data: bool = False) -> SyncVerdict:
-    """DRBD 8.4 drbd_sync_handshake(), the decision part (after-sb-* policies: `disconnect`).
+                   discard_my_data: bool = False,
+                   policy: SplitBrainPolicy = SplitBrainPolicy()) -> SyncVerdict:
+    """DRBD 8.4 drbd_sync_handshake(), the decision part, in DRBD's order:
 
-    Order as in DRBD: uuid_compare; "Unrelated data, aborting!"; "Becoming sync source/target
-    due to disk states" (exactly one side Inconsistent); split brain resolved by
-    `connect --discard-my-data` on exactly one side, else "Split-Brain detected but
-    unresolved, dropping connection!"; a Primary with UpToDate data refuses to become
-    SyncTarget. `discard_my_data` must equal `UuidFlag.DISCARD_MY_DATA in local.flags`.
+    1. uuid_compare(); "Unrelated data, aborting!"
+    2. exactly one side Inconsistent: "Becoming sync source/target due to disk states"
+    3. split brain with a common parent (or any, with always-asbp): after-sb-{0,1,2}pri
+    4. still split: `connect --discard-my-data` on exactly one side decides, else
+       "Split-Brain detected but unresolved, dropping connection!" (handler split-brain)
+    5. an Inconsistent node never becomes SyncSource; a Primary with consistent data becomes
+       SyncTarget only with rr-conflict violently
+    `discard_my_data` must equal `UuidFlag.DISCARD_MY_DATA in local.flags`. Deviation from
+    DRBD: a split brain without common bitmap ancestor, resolved by hand or policy, resyncs
+    fully (DRBD would trust the bitmaps, which share no base there).
     """
     hg, rule = uuid_compare(local, peer, resolve_conflicts=resolve_conflicts)
     compare = hg
@@ -330,23 +442,42 @@ def sync_handshake(local: UuidReport, peer: UuidReport, *, local_inconsistent: b
         else:
             hg = SyncDecision.FullSyncTarget if full else SyncDecision.BitmapSyncTarget
             reason = "Becoming sync target due to disk states"
-    if hg in (SyncDecision.SplitBrain, SyncDecision.SplitBrainUnrelated):
-        peer_discards = UuidFlag.DISCARD_MY_DATA in peer.flags
-        if discard_my_data and not peer_discards:
-            hg = SyncDecision.BitmapSyncTarget if compare is SyncDecision.SplitBrain \
-                else SyncDecision.FullSyncTarget
-            reason = "Split-Brain detected, manually solved. Sync from peer node"
-        elif peer_discards and not discard_my_data:
-            hg = SyncDecision.BitmapSyncSource if compare is SyncDecision.SplitBrain \
-                else SyncDecision.FullSyncSource
-            reason = "Split-Brain detected, manually solved. Sync from this node"
+    split_brain = hg in (SyncDecision.SplitBrain, SyncDecision.SplitBrainUnrelated)
+    handler = None
+    if split_brain:
+        forced = hg is SyncDecision.SplitBrainUnrelated
+        auto = -100
+        if not forced or policy.always_asbp:
+            auto, pri_lost = _recover(policy, local, peer, resolve_conflicts)
+            handler = "pri-lost-after-sb" if pri_lost else None
+        if auto in (1, -1):
+            pcount = int(local.primary) + int(peer.primary)
+            reason = (f"Split-Brain detected, {pcount} primaries, automatically solved. "
+                      f"Sync from {'this' if auto > 0 else 'peer'} node")
         else:
+            peer_discards = UuidFlag.DISCARD_MY_DATA in peer.flags
+            if discard_my_data and not peer_discards:
+                auto = -1
+            elif peer_discards and not discard_my_data:
+                auto = 1
+            if auto in (1, -1):
+                reason = ("Split-Brain detected, manually solved. Sync from "
+                          f"{'this' if auto > 0 else 'peer'} node")
+        if auto not in (1, -1):
             return SyncVerdict(hg, rule, compare,
-                               "Split-Brain detected but unresolved, dropping connection!")
+                               "Split-Brain detected but unresolved, dropping connection!",
+                               split_brain=True, handler="split-brain")
+        if auto > 0:
+            hg = SyncDecision.FullSyncSource if forced else SyncDecision.BitmapSyncSource
+        else:
+            hg = SyncDecision.FullSyncTarget if forced else SyncDecision.BitmapSyncTarget
+    if hg.is_sync_source and local_inconsistent:
+        return SyncVerdict(SyncDecision.SourceInconsistent, rule, compare,
+                           "I shall become SyncSource, but I am inconsistent!", split_brain)
     if hg.is_sync_target and local.primary and not local_inconsistent:
-        return SyncVerdict(SyncDecision.RoleConflict, rule, compare,
-                           "I shall become SyncTarget, but I am primary!")
-    if hg.is_sync_source and peer.primary and not peer_inconsistent:
-        return SyncVerdict(SyncDecision.RoleConflict, rule, compare,
-                           "Peer shall become SyncTarget, but it is primary!")
-    return SyncVerdict(hg, rule, compare, reason)
+        if policy.rr_conflict != "violently":
+            return SyncVerdict(SyncDecision.RoleConflict, rule, compare,
+                               "I shall become SyncTarget, but I am primary!", split_brain,
+                               "pri-lost" if policy.rr_conflict == "call-pri-lost" else handler)
+        reason += "; becoming SyncTarget, violating the stable-data assumption"
+    return SyncVerdict(hg, rule, compare, reason, split_brain, handler)

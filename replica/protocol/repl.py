@@ -41,8 +41,8 @@ from replica.errors import LocalProtocolError, RemoteProtocolError
 from replica.protocol import repl_wire as wire
 from replica.protocol.repl_wire import BITMAP_LAST, Feature, ReplPacket, WireDisk, WireRole
 from replica.states import DiskState, Role
-from replica.uuids import (GenerationUuids, SyncDecision, SyncVerdict, UuidFlag, UuidReport,
-                           sync_handshake)
+from replica.uuids import (GenerationUuids, SplitBrainPolicy, SyncDecision, SyncVerdict, UuidFlag,
+                           UuidReport, sync_handshake)
 
 AUTH_LABEL = b"replica-ha RPL1 auth v1:"
 
@@ -191,6 +191,7 @@ class HelloInfo:
     disk: DiskState = DiskState.Inconsistent
     flags: UuidFlag = UuidFlag(0)
     features: Feature = wire.FEATURES_ALL
+    bits: int = 0                        # dirty blocks in our bitmap (after-sb policies)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +212,8 @@ def encode_hello(info: HelloInfo, alg: str, initiator: bool,
         raise LocalProtocolError(f"repl: HELLO: bad node name or alg: {info.node_name!r} {alg!r}")
     u = info.uuids
     body = wire.HELLO_FIXED.pack(version_min, version_max, int(info.features), info.data_size,
-                                 u.current, u.bitmap, u.history[0], u.history[1], int(info.flags),
+                                 u.current, u.bitmap, u.history[0], u.history[1], info.bits,
+                                 int(info.flags),
                                  _ROLE_TO_WIRE[info.role], _DISK_TO_WIRE[info.disk], len(name),
                                  len(algb)) + name + algb
     return encode_frame(Frame(ReplPacket.HELLO, flags=1 if initiator else 0, payload=body))
@@ -219,7 +221,7 @@ def encode_hello(info: HelloInfo, alg: str, initiator: bool,
 
 def decode_hello(frame: Frame) -> _Hello:
     p = frame.payload
-    (vmin, vmax, features, size, cur, bm, h0, h1, uflags, role, disk, name_len,
+    (vmin, vmax, features, size, cur, bm, h0, h1, bits, uflags, role, disk, name_len,
      alg_len) = wire.HELLO_FIXED.unpack_from(p)
     if len(p) != wire.HELLO_FIXED.size + name_len + alg_len:
         raise RemoteProtocolError(f"repl: invalid HELLO: length={len(p)}, name_len={name_len} "
@@ -245,7 +247,7 @@ def decode_hello(frame: Frame) -> _Hello:
     if not name.isprintable() or not alg.isprintable():
         raise RemoteProtocolError("repl: invalid HELLO: unprintable node name or alg")
     info = HelloInfo(name, size, GenerationUuids(cur, bm, (h0, h1)), role_e, disk_e,
-                     UuidFlag(uflags & 0xF), Feature(features & int(wire.FEATURES_ALL)))
+                     UuidFlag(uflags & 0xF), Feature(features & int(wire.FEATURES_ALL)), bits)
     return _Hello(info, vmin, vmax, alg, bool(frame.flags & 1))
 
 
@@ -352,7 +354,8 @@ class ReplHandshake:
 
     def __init__(self, local: HelloInfo, *, secret: bytes | None = None, alg: str | None = None,
                  mac: Mac | None = None, challenge: bytes = b"", is_initiator: bool,
-                 bitmap_source: Callable[[], bytes] | None = None):
+                 bitmap_source: Callable[[], bytes] | None = None,
+                 policy: SplitBrainPolicy = SplitBrainPolicy()):
         if secret is not None and (not alg or mac is None):
             raise LocalProtocolError("repl handshake: shared-secret set without cram-hmac-alg/mac")
         if secret is not None and not wire.CHALLENGE_MIN <= len(challenge) <= wire.CHALLENGE_MAX:
@@ -365,6 +368,7 @@ class ReplHandshake:
         self._challenge = bytes(challenge)
         self.is_initiator = is_initiator
         self._bitmap_source = bitmap_source
+        self.policy = policy
         self._decoder = ReplDecoder()
         self._out = bytearray()
         self._events: list = []
@@ -529,12 +533,14 @@ class ReplHandshake:
                                        "no resync: a side is Diskless")
         else:
             self.verdict = sync_handshake(
-                UuidReport(loc.uuids, loc.flags, loc.role is Role.Primary),
-                UuidReport(info.uuids, info.flags, info.role is Role.Primary),
+                UuidReport(loc.uuids, loc.flags, loc.role is Role.Primary, loc.bits,
+                           loc.node_name),
+                UuidReport(info.uuids, info.flags, info.role is Role.Primary, info.bits,
+                           info.node_name),
                 local_inconsistent=loc.disk is DiskState.Inconsistent,
                 peer_inconsistent=info.disk is DiskState.Inconsistent,
                 resolve_conflicts=self.is_initiator,
-                discard_my_data=UuidFlag.DISCARD_MY_DATA in loc.flags)
+                discard_my_data=UuidFlag.DISCARD_MY_DATA in loc.flags, policy=self.policy)
         d = self.verdict.decision
         self._out += encode_frame(Frame(ReplPacket.SYNC_DECISION, offset=self.verdict.rule,
                                         aux=_UNSIGNED32.unpack(_SIGNED32.pack(d.hg))[0]))

@@ -111,9 +111,10 @@ class WireDisk(enum.IntEnum):
 
 
 # HELLO fixed part: version_min u16, version_max u16, features u32, data_size u64,
-# current u64, bitmap u64, history0 u64, history1 u64, uuid_flags u32, role u8, disk u8,
-# name_len u8, alg_len u8.
-HELLO_FIXED = struct.Struct(">HHIQQQQQIBBBB")
+# current u64, bitmap u64, history0 u64, history1 u64, bits u64 (dirty blocks in the bitmap,
+# DRBD's "bits:" used by after-sb policies), uuid_flags u32, role u8, disk u8, name_len u8,
+# alg_len u8.
+HELLO_FIXED = struct.Struct(">HHIQQQQQQIBBBB")
 HELLO_MAX = HELLO_FIXED.size + 255 + 255
 NODE_NAME_MAX = 255
 ALG_NAME_MAX = 32

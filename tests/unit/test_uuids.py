@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replica.uuids import (UUID_JUST_CREATED, UUID_NEW_BM_OFFSET, GenerationUuids,
-                           SyncDecision as D, UuidFlag, UuidReport, sync_handshake, uuid_compare)
+                           SplitBrainPolicy, SyncDecision as D, UuidFlag, UuidReport,
+                           sync_handshake, uuid_compare)
 
 A, B, C, X, Y, Z = (0x1111111111111110, 0x2222222222222220, 0x3333333333333330,
                     0xAAAAAAAAAAAAAAA0, 0xBBBBBBBBBBBBBBB0, 0xCCCCCCCCCCCCCCC0)
@@ -108,11 +109,12 @@ def test_rule_51_and_71_sync_uuid_lost():
 # --- sync_handshake --------------------------------------------------------------------------
 
 def hs(local, peer, *, li=False, pi=False, lflags=UuidFlag(0), pflags=UuidFlag(0),
-       lpri=False, ppri=False, resolve=True):
-    return sync_handshake(UuidReport(local, lflags, lpri), UuidReport(peer, pflags, ppri),
+       lpri=False, ppri=False, resolve=True, lbits=0, pbits=0, policy=SplitBrainPolicy()):
+    return sync_handshake(UuidReport(local, lflags, lpri, lbits, "alpha"),
+                          UuidReport(peer, pflags, ppri, pbits, "beta"),
                           local_inconsistent=li, peer_inconsistent=pi,
                           resolve_conflicts=resolve,
-                          discard_my_data=UuidFlag.DISCARD_MY_DATA in lflags)
+                          discard_my_data=UuidFlag.DISCARD_MY_DATA in lflags, policy=policy)
 
 
 def test_handshake_unrelated_aborts():
@@ -150,7 +152,13 @@ def test_handshake_primary_refuses_to_become_target():
     assert v.decision is D.RoleConflict
     assert v.reason == "I shall become SyncTarget, but I am primary!"
     w = hs(G(B | 1, A), G(A), ppri=True)
-    assert w.decision is D.RoleConflict
+    assert w.decision is D.BitmapSyncSource       # the Primary peer refuses; the handshake drops
+    v2 = hs(G(A), G(B | 1, A), lpri=True, policy=SplitBrainPolicy(rr_conflict="violently"))
+    assert v2.decision is D.BitmapSyncTarget and "violating the stable-data" in v2.reason
+    v3 = hs(G(A), G(B | 1, A), lpri=True, policy=SplitBrainPolicy(rr_conflict="call-pri-lost"))
+    assert v3.decision is D.RoleConflict and v3.handler == "pri-lost"
+    v4 = hs(G(A), G(A), li=True, pi=True, lflags=UuidFlag.CRASHED_PRIMARY)
+    assert v4.decision is D.SourceInconsistent
 
 
 # --- lifecycle ---------------------------------------------------------------------------------
@@ -237,20 +245,106 @@ def test_simulated_partition_decision_is_symmetric_and_correct(actions, seed, di
                         resolve_conflicts=True, discard_my_data=discard_a)
     vb = sync_handshake(rb, ra, local_inconsistent=False, peer_inconsistent=False,
                         resolve_conflicts=False, discard_my_data=False)
-    assert va.decision.drops_connection == vb.decision.drops_connection
-    if not va.decision.drops_connection:
+    drop = va.decision.drops_connection or vb.decision.drops_connection
+    if not drop:
         assert vb.decision is va.decision.mirror()
     changed_a, changed_b = a.u.bitmap != 0, b.u.bitmap != 0
+    assert (changed_a or not a.primary) and (changed_b or not b.primary)
     if changed_a and changed_b:
+        assert va.split_brain and vb.split_brain
         if discard_a and not a.primary:
-            assert va.decision is D.BitmapSyncTarget
-        elif not discard_a:
-            assert va.decision in (D.SplitBrain, D.RoleConflict)
+            assert va.decision is D.BitmapSyncTarget and not drop
+        elif discard_a:
+            assert va.decision is D.RoleConflict
+        else:
+            assert va.decision is vb.decision is D.SplitBrain
+            assert va.handler == vb.handler == "split-brain"
     elif changed_a:
-        expect = D.BitmapSyncSource
-        assert va.decision is (expect if not b.primary else D.RoleConflict)
+        assert va.decision is D.BitmapSyncSource and not drop
     elif changed_b:
-        assert va.decision in (D.BitmapSyncTarget, D.RoleConflict)
-        assert (va.decision is D.RoleConflict) == a.primary
+        assert va.decision is D.BitmapSyncTarget and not drop
     else:
         assert va.decision is D.NoSync
+
+
+# --- after-sb policies (drbd_asb_recover_0p/1p/2p) ------------------------------------------
+
+SB = dict(local=G(B, A), peer=G(C, A))       # common parent A: rule 90
+
+
+@pytest.mark.parametrize("policy,lbits,pbits,resolve,expect", [
+    ("disconnect", 0, 5, True, D.SplitBrain),
+    ("discard-zero-changes", 0, 5, True, D.BitmapSyncTarget),
+    ("discard-zero-changes", 5, 0, True, D.BitmapSyncSource),
+    ("discard-zero-changes", 0, 0, True, D.BitmapSyncTarget),
+    ("discard-zero-changes", 0, 0, False, D.BitmapSyncSource),
+    ("discard-zero-changes", 3, 5, True, D.SplitBrain),
+    ("discard-least-changes", 3, 5, True, D.BitmapSyncTarget),
+    ("discard-least-changes", 9, 5, True, D.BitmapSyncSource),
+    ("discard-node-alpha", 9, 5, True, D.BitmapSyncTarget),
+    ("discard-node-beta", 9, 5, True, D.BitmapSyncSource),
+    ("discard-node-gamma", 9, 5, True, D.SplitBrain),
+])
+def test_after_sb_0pri(policy, lbits, pbits, resolve, expect):
+    v = hs(SB["local"], SB["peer"], lbits=lbits, pbits=pbits, resolve=resolve,
+           policy=SplitBrainPolicy(after_sb_0pri=policy))
+    assert v.decision is expect and v.split_brain
+    if expect is not D.SplitBrain:
+        assert "0 primaries, automatically solved" in v.reason and v.handler is None
+
+
+def test_after_sb_0pri_younger_older_primary():
+    # alpha was Primary when the link broke (role bit in its bitmap UUID), beta promoted later
+    older, younger = G(B, A | 1), G(C, A)
+    v = hs(older, younger, lbits=1, pbits=9,
+           policy=SplitBrainPolicy(after_sb_0pri="discard-younger-primary"))
+    assert v.decision is D.BitmapSyncSource
+    v = hs(older, younger, lbits=1, pbits=9,
+           policy=SplitBrainPolicy(after_sb_0pri="discard-older-primary"))
+    assert v.decision is D.BitmapSyncTarget
+    v = hs(G(B, A), G(C, A), lbits=1, pbits=9,      # undecided: falls back to least changes
+           policy=SplitBrainPolicy(after_sb_0pri="discard-older-primary"))
+    assert v.decision is D.BitmapSyncTarget
+
+
+def test_after_sb_1pri_and_2pri():
+    pol = SplitBrainPolicy(after_sb_0pri="discard-least-changes",
+                           after_sb_1pri="discard-secondary")
+    assert hs(SB["local"], SB["peer"], lpri=True, lbits=9, policy=pol).decision is \
+        D.BitmapSyncSource
+    assert hs(SB["local"], SB["peer"], ppri=True, lbits=0, policy=pol).decision is \
+        D.BitmapSyncTarget
+    cons = SplitBrainPolicy(after_sb_0pri="discard-least-changes", after_sb_1pri="consensus")
+    assert hs(SB["local"], SB["peer"], lbits=1, pbits=9, ppri=True,
+              policy=cons).decision is D.BitmapSyncTarget      # 0pri agrees: discard secondary
+    assert hs(SB["local"], SB["peer"], lbits=9, pbits=1, ppri=True,
+              policy=cons).decision is D.SplitBrain            # 0pri would discard the primary
+    lost = SplitBrainPolicy(after_sb_0pri="discard-least-changes",
+                            after_sb_1pri="call-pri-lost-after-sb")
+    v = hs(SB["local"], SB["peer"], lpri=True, lbits=1, pbits=9, policy=lost)
+    assert v.handler == "pri-lost-after-sb" and v.decision is D.RoleConflict
+    two = SplitBrainPolicy(after_sb_0pri="discard-least-changes",
+                           after_sb_2pri="violently-as0p", rr_conflict="violently")
+    v = hs(SB["local"], SB["peer"], lpri=True, ppri=True, lbits=1, pbits=9, policy=two)
+    assert v.decision is D.BitmapSyncTarget and "2 primaries" in v.reason
+    assert hs(SB["local"], SB["peer"], lpri=True, ppri=True,
+              policy=SplitBrainPolicy()).decision is D.SplitBrain
+    with pytest.raises(ValueError, match="after-sb-1pri: unknown policy"):
+        hs(SB["local"], SB["peer"], lpri=True, policy=SplitBrainPolicy(after_sb_1pri="nope"))
+
+
+def test_always_asbp_applies_to_unrelated_split_brain_with_full_sync():
+    loc, peer = G(B, X, A), G(C, Y, Z, A)             # rule 100: no common bitmap parent
+    pol = SplitBrainPolicy(after_sb_0pri="discard-zero-changes")
+    assert hs(loc, peer, lbits=0, pbits=4, policy=pol).decision is D.SplitBrainUnrelated
+    asbp = SplitBrainPolicy(after_sb_0pri="discard-zero-changes", always_asbp=True)
+    assert hs(loc, peer, lbits=0, pbits=4, policy=asbp).decision is D.FullSyncTarget
+
+
+def test_policy_from_net_options():
+    class Net:
+        after_sb_0pri, after_sb_1pri, after_sb_2pri = "discard-zero-changes", "consensus", \
+            "disconnect"
+        rr_conflict, always_asbp = "disconnect", True
+    assert SplitBrainPolicy.from_net(Net) == SplitBrainPolicy(
+        "discard-zero-changes", "consensus", "disconnect", "disconnect", True)
