@@ -44,8 +44,8 @@ import time
 from hbd import ipaddr, stonith
 from hbd.authkeys import load_authkeys
 from hbd.config import load_ha_config
-from hbd.groups import (FenceNode, GroupChanged, GroupManager, Notice, SendMessage, ShutdownComplete,
-                        StartGroup, StopGroup)
+from hbd.groups import (FenceNode, GroupChanged, GroupManager, Notice, Reannounce, SendMessage,
+                        ShutdownComplete, StartGroup, StopGroup)
 from hbd.haresources import load_haresources
 from hbd.journal import Journal, read_journal
 from hbd.protocol.membership import (Membership, MessageReceived, NodeDead, NodeLate, NodeRestarted,
@@ -234,6 +234,23 @@ class Daemon:
                 log.warning("gratuitous arp: %s on %s: %s", address, ifname, e)
         threading.Thread(target=send, name=f"garp-{address}", daemon=True).start()
 
+    def _reannounce(self, group) -> None:
+        """Gratuitous ARP again for the group's addresses (where they are configured now)."""
+        def send() -> None:
+            for res in group.resources:
+                if res.name not in ("IPaddr", "IPaddr2") or len(res.args) != 1:
+                    continue
+                try:
+                    addr = ipaddr.parse_ip_spec(res.args[0]).address
+                    for ifname, a, _plen in ipaddr.interface_addresses():
+                        if a == addr:
+                            self._log("info", f"gratuitous arp: re-announcing {addr} on {ifname}")
+                            ipaddr.send_gratuitous_arp(ifname, addr, self.cfg.gratuitous_arp_count,
+                                                       self.cfg.gratuitous_arp_interval_ms)
+                except (ReplicaError, OSError) as e:
+                    log.warning("gratuitous arp: re-announce %s: %s", res, e)
+        threading.Thread(target=send, name=f"reannounce-{group.name}", daemon=True).start()
+
     def _log(self, level: str, text: str) -> None:
         log.log(LEVELS.get(level, logging.INFO), "%s", text)
 
@@ -386,6 +403,8 @@ class Daemon:
             self.journal.record("group", group=a.key, old=a.old.value, new=a.new.value, reason=a.reason)
         elif isinstance(a, Notice):
             self._log(a.level, a.text)
+        elif isinstance(a, Reannounce):
+            self._reannounce(self.by_key[a.key])
         elif isinstance(a, ShutdownComplete):
             self._clean_exit = a.clean
             now = time.monotonic()

@@ -131,7 +131,13 @@ class ShutdownComplete:
     clean: bool
 
 
-Action = StartGroup | StopGroup | SendMessage | FenceNode | GroupChanged | Notice | ShutdownComplete
+@dataclass(frozen=True, slots=True)
+class Reannounce:
+    """Re-send gratuitous ARP for this held group: the peer just released a copy (partition heal)."""
+    key: str
+
+
+Action = StartGroup | StopGroup | SendMessage | FenceNode | GroupChanged | Notice | ShutdownComplete | Reannounce
 
 
 @dataclass(slots=True)
@@ -361,6 +367,10 @@ class GroupManager:
                                f"(returning after partition)")
             self._stop_keys(clash, "partition heal: preferred node holds it")
             self._after(lambda: self._send_report("partition"))
+        if fields.get("info") == "partition":
+            for k in self.held_keys():
+                if k not in self.peer_hold:
+                    self._emit(Reannounce(k))
         if self.phase is Phase.INIT:
             self._acquire_local("req_our_resources()")
         elif self.phase is Phase.STABLE:
