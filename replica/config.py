@@ -36,6 +36,107 @@ _MAX_INCLUDE_DEPTH = 16
 _K = 1024
 
 
+# -- value parsers: one per kind of DRBD value, each with its inverse for dump_config ----------
+
+class _Bad(Exception):
+    """A value is wrong; the builder adds `file:line: context: keyword:` in front."""
+
+
+def _one(args: list[str]) -> str:
+    if len(args) != 1:
+        extra = " (missing ';'?)" if len(args) > 1 else ""
+        raise _Bad(f"expected one value, got {len(args)}: '{' '.join(args)}'{extra}")
+    return args[0]
+
+
+class _Int:
+    """Integer in DRBD's unit; stored as int, or as float seconds n / div (div 10: tenths)."""
+
+    def __init__(self, lo, hi, unit="", div=None):
+        self.lo, self.hi, self.unit, self.div = lo, hi, unit, div
+
+    def parse(self, args):
+        tok = _one(args)
+        what = f"an integer {self.lo}..{self.hi}" + (f" {self.unit}" if self.unit else "")
+        if not re.fullmatch(r"[0-9]{1,19}", tok) or not self.lo <= int(tok) <= self.hi:
+            raise _Bad(f"expected {what}, got '{tok}'")
+        return int(tok) if self.div is None else int(tok) / self.div
+
+    def format(self, v):
+        return str(v if self.div is None else round(v * self.div))
+
+
+class _Size:
+    """Size or rate with optional K/M/G suffix; `base` is the unit of a bare number in bytes."""
+    _MULT = {"": None, "k": _K, "m": _K ** 2, "g": _K ** 3, "s": 512}
+    _NAMES = {1: "bytes", 512: "sectors", _K: "KiB"}
+
+    def __init__(self, lo, hi, base, what="a size"):
+        self.lo, self.hi, self.base, self.what = lo, hi, base, what
+
+    def parse(self, args):
+        tok = _one(args)
+        m = re.fullmatch(r"([0-9]{1,19})([kKmMgGsS]?)", tok)
+        value = int(m[1]) * (self._MULT[m[2].lower()] or self.base) if m else -1
+        if not self.lo <= value <= self.hi:
+            raise _Bad(f"expected {self.what} {self.format(self.lo)}..{self.format(self.hi)} (K, M or "
+                       f"G suffix; bare numbers in {self._NAMES[self.base]}), got '{tok}'")
+        return value
+
+    def format(self, v):
+        for suffix, mult in (("G", _K ** 3), ("M", _K ** 2), ("K", _K)):
+            if v and v % mult == 0:
+                return f"{v // mult}{suffix}"
+        return str(v // self.base)
+
+
+class _Enum:
+    def __init__(self, *values, pattern=None):
+        self.values, self.pattern = values, pattern
+
+    def parse(self, args):
+        tok = _one(args)
+        if tok in self.values or (self.pattern and re.fullmatch(self.pattern, tok)):
+            return tok
+        raise _Bad(f"expected one of {', '.join(self.values)}, got '{tok}'")
+
+    def format(self, v):
+        return v
+
+
+class _Bool:
+    """`flag;` or `flag yes|no;` (drbd.conf boolean options)."""
+
+    def parse(self, args):
+        if args and (len(args) > 1 or args[0] not in ("yes", "no")):
+            raise _Bad(f"expected yes or no, got '{' '.join(args)}'")
+        return not args or args[0] == "yes"
+
+    def format(self, v):
+        return "yes" if v else "no"
+
+
+class _Str(_Enum):
+    def __init__(self, maxlen=4096, pattern=None, expected="a string"):
+        self.maxlen, self.pattern, self.expected = maxlen, pattern, expected
+
+    def parse(self, args):
+        tok = _one(args)
+        if not tok or len(tok) > self.maxlen or (self.pattern and not re.fullmatch(self.pattern, tok)):
+            raise _Bad(f"expected {self.expected}, got '{tok}'")
+        return tok
+
+
+_SECS, _TENTHS, _FLAG = "seconds", "tenths of a second", _Bool()
+_ALG = _Str(64, r"[a-z0-9()_-]+", "a kernel hash algorithm name")
+_RATE = _Size(0, 4 * _K ** 3, _K, "a rate in bytes/s")
+
+
+def _opt(keyword, parser, default):
+    """A NetOptions/DiskOptions field: its drbd.conf keyword, value parser and DRBD default."""
+    return field(default=default, metadata={"keyword": keyword, "parser": parser})
+
+
 # -- public data model ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -80,59 +181,70 @@ class HostSection:
 
 @dataclass(frozen=True)
 class NetOptions:
-    protocol: str = "C"
-    cram_hmac_alg: str | None = None
-    shared_secret: str | None = None
-    ping_int_s: float = 10.0
-    ping_timeout_s: float = 0.5
-    timeout_s: float = 6.0
-    connect_int_s: float = 10.0
-    socket_check_timeout_s: float = 0.0
-    max_buffers: int = 2048
-    max_epoch_size: int = 2048
-    sndbuf_size: int = 0  # bytes, 0 = kernel autotuning
-    rcvbuf_size: int = 0
-    ko_count: int = 7
-    after_sb_0pri: str = "disconnect"
-    after_sb_1pri: str = "disconnect"
-    after_sb_2pri: str = "disconnect"
-    rr_conflict: str = "disconnect"
-    always_asbp: bool = False
-    allow_two_primaries: bool = False
-    tcp_cork: bool = True
-    use_rle: bool = True
-    verify_alg: str | None = None
-    csums_alg: str | None = None
-    csums_after_crash_only: bool = False
-    data_integrity_alg: str | None = None
-    on_congestion: str = "block"
-    congestion_fill: int = 0  # bytes
-    congestion_extents: int | None = None  # None = al-extents
+    """`net {}`: ranges from drbd_limits.h, defaults from drbd.conf(5), times in seconds."""
+    protocol: str = _opt("protocol", _Enum("A", "B", "C"), "C")
+    cram_hmac_alg: str | None = _opt("cram-hmac-alg", _Enum("sha1", "sha256", "sha512"), None)
+    shared_secret: str | None = _opt("shared-secret", _Str(64, None, "a secret of 1..64 characters"), None)
+    ping_int_s: float = _opt("ping-int", _Int(1, 120, _SECS, 1), 10.0)
+    ping_timeout_s: float = _opt("ping-timeout", _Int(1, 300, _TENTHS, 10), 0.5)
+    timeout_s: float = _opt("timeout", _Int(1, 600, _TENTHS, 10), 6.0)
+    connect_int_s: float = _opt("connect-int", _Int(1, 120, _SECS, 1), 10.0)
+    socket_check_timeout_s: float = _opt("socket-check-timeout", _Int(0, 300, _TENTHS, 10), 0.0)
+    max_buffers: int = _opt("max-buffers", _Int(32, 131072), 2048)
+    max_epoch_size: int = _opt("max-epoch-size", _Int(1, 20000), 2048)
+    sndbuf_size: int = _opt("sndbuf-size", _Size(0, 128 * _K ** 2, 1), 0)  # bytes, 0 = autotune
+    rcvbuf_size: int = _opt("rcvbuf-size", _Size(0, 128 * _K ** 2, 1), 0)
+    ko_count: int = _opt("ko-count", _Int(0, 200), 7)
+    after_sb_0pri: str = _opt("after-sb-0pri", _Enum(
+        "disconnect", "discard-younger-primary", "discard-older-primary", "discard-zero-changes",
+        "discard-least-changes", "discard-node-NODENAME", pattern=r"discard-node-[A-Za-z0-9_.-]+"),
+        "disconnect")
+    after_sb_1pri: str = _opt("after-sb-1pri", _Enum(
+        "disconnect", "consensus", "violently-as0p", "discard-secondary", "call-pri-lost-after-sb"),
+        "disconnect")
+    after_sb_2pri: str = _opt("after-sb-2pri", _Enum(
+        "disconnect", "violently-as0p", "call-pri-lost-after-sb"), "disconnect")
+    rr_conflict: str = _opt("rr-conflict", _Enum("disconnect", "call-pri-lost", "violently"), "disconnect")
+    always_asbp: bool = _opt("always-asbp", _FLAG, False)
+    allow_two_primaries: bool = _opt("allow-two-primaries", _FLAG, False)
+    tcp_cork: bool = _opt("tcp-cork", _FLAG, True)
+    use_rle: bool = _opt("use-rle", _FLAG, True)
+    verify_alg: str | None = _opt("verify-alg", _ALG, None)
+    csums_alg: str | None = _opt("csums-alg", _ALG, None)
+    csums_after_crash_only: bool = _opt("csums-after-crash-only", _FLAG, False)
+    data_integrity_alg: str | None = _opt("data-integrity-alg", _ALG, None)
+    on_congestion: str = _opt("on-congestion", _Enum("block", "pull-ahead", "disconnect"), "block")
+    congestion_fill: int = _opt("congestion-fill", _Size(0, 10 * _K ** 3, 512), 0)  # bytes
+    congestion_extents: int | None = _opt("congestion-extents", _Int(67, 65534), None)  # None: al-extents
 
 
 @dataclass(frozen=True)
 class DiskOptions:
-    resync_rate_bps: int = 250 * _K  # bytes per second (DRBD: 250 KiB/s)
-    al_extents: int = 1237
-    al_updates: bool = True
-    on_io_error: str = "detach"
-    fencing: str = "dont-care"
-    c_plan_ahead_s: float = 2.0
-    c_delay_target_s: float = 1.0
-    c_fill_target_bytes: int = 100 * 512
-    c_max_rate_bps: int = 102400 * _K
-    c_min_rate_bps: int = 250 * _K
-    disk_barrier: bool = False
-    disk_flushes: bool = True
-    disk_drain: bool = True
-    md_flushes: bool = True
-    disk_timeout_s: float = 0.0
-    read_balancing: str = "prefer-local"
-    resync_after: str | None = None
-    size_bytes: int | None = None
-    rs_discard_granularity: int = 0
-    discard_zeroes_if_aligned: bool = True
-    disable_write_same: bool = False
+    """`disk {}` (8.4; 8.3 `syncer {}` maps here): rates in bytes/s, times in seconds."""
+    resync_rate_bps: int = _opt("resync-rate", _Size(_K, 4 * _K ** 3, _K, "a rate in bytes/s"), 250 * _K)
+    al_extents: int = _opt("al-extents", _Int(7, 65534), 1237)
+    al_updates: bool = _opt("al-updates", _FLAG, True)
+    on_io_error: str = _opt("on-io-error", _Enum("pass_on", "call-local-io-error", "detach"), "detach")
+    fencing: str = _opt("fencing", _Enum("dont-care", "resource-only", "resource-and-stonith"), "dont-care")
+    c_plan_ahead_s: float = _opt("c-plan-ahead", _Int(0, 300, _TENTHS, 10), 2.0)
+    c_delay_target_s: float = _opt("c-delay-target", _Int(1, 100, _TENTHS, 10), 1.0)
+    c_fill_target_bytes: int = _opt("c-fill-target", _Size(0, 1000000 * 512, 512), 100 * 512)
+    c_max_rate_bps: int = _opt("c-max-rate", _RATE, 102400 * _K)
+    c_min_rate_bps: int = _opt("c-min-rate", _RATE, 250 * _K)
+    disk_barrier: bool = _opt("disk-barrier", _FLAG, False)
+    disk_flushes: bool = _opt("disk-flushes", _FLAG, True)
+    disk_drain: bool = _opt("disk-drain", _FLAG, True)
+    md_flushes: bool = _opt("md-flushes", _FLAG, True)
+    disk_timeout_s: float = _opt("disk-timeout", _Int(0, 6000, _TENTHS, 10), 0.0)
+    read_balancing: str = _opt("read-balancing", _Enum(
+        "prefer-local", "prefer-remote", "round-robin", "least-pending", "when-congested-remote",
+        *(f"{n}-striping" for n in ("32K", "64K", "128K", "256K", "512K", "1M"))), "prefer-local")
+    resync_after: str | None = _opt("resync-after", _Str(128, r"[A-Za-z0-9_.+-]+(/[0-9]+)?",
+                                                         "RESOURCE[/VOLUME]"), None)
+    size_bytes: int | None = _opt("size", _Size(0, 1 << 62, 512), None)
+    rs_discard_granularity: int = _opt("rs-discard-granularity", _Size(0, _K ** 2, 1), 0)
+    discard_zeroes_if_aligned: bool = _opt("discard-zeroes-if-aligned", _FLAG, True)
+    disable_write_same: bool = _opt("disable-write-same", _FLAG, False)
 
 
 @dataclass(frozen=True)
@@ -275,175 +387,13 @@ def _parse_block(toks: list[_Tok], pos: int, path: str, ctx: list[str],
             stmts.pop()
 
 
-# -- value parsers (one per kind of DRBD value) ------------------------------------------------
+# -- keyword tables ----------------------------------------------------------------------------
 
-class _Bad(Exception):
-    """A value is wrong; the builder adds `file:line: context: keyword:` in front."""
-
-
-def _one(args: list[str]) -> str:
-    if len(args) != 1:
-        extra = " (missing ';'?)" if len(args) > 1 else ""
-        raise _Bad(f"expected one value, got {len(args)}: '{' '.join(args)}'{extra}")
-    return args[0]
+def _keywords(cls):
+    return {f.metadata["keyword"]: (f.name, f.metadata["parser"]) for f in dataclasses.fields(cls)}
 
 
-def _number(tok: str, expected: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,19}", tok):
-        raise _Bad(f"expected {expected}, got '{tok}'")
-    return int(tok)
-
-
-class _Int:
-    """Integer in DRBD's unit; stored as int, or as float seconds n / div (div 10: tenths)."""
-
-    def __init__(self, lo, hi, unit="", div=None):
-        self.lo, self.hi, self.unit, self.div = lo, hi, unit, div
-
-    def parse(self, args):
-        tok = _one(args)
-        what = f"an integer {self.lo}..{self.hi}" + (f" {self.unit}" if self.unit else "")
-        n = _number(tok, what)
-        if not self.lo <= n <= self.hi:
-            raise _Bad(f"expected {what}, got '{tok}'")
-        return n if self.div is None else n / self.div
-
-    def format(self, v):
-        return str(v if self.div is None else round(v * self.div))
-
-
-class _Size:
-    """Size or rate with optional K/M/G suffix; `base` is the unit of a bare number in bytes."""
-    _MULT = {"": None, "k": _K, "m": _K ** 2, "g": _K ** 3, "s": 512}
-    _NAMES = {1: "bytes", 512: "sectors", _K: "KiB"}
-
-    def __init__(self, lo, hi, base, what="a size"):
-        self.lo, self.hi, self.base, self.what = lo, hi, base, what
-
-    def parse(self, args):
-        tok = _one(args)
-        m = re.fullmatch(r"([0-9]{1,19})([kKmMgGsS]?)", tok)
-        suffix = f"{self.what} {self.format(self.lo)}..{self.format(self.hi)} (K, M or G suffix; " \
-                 f"bare numbers in {self._NAMES[self.base]})"
-        if not m:
-            raise _Bad(f"expected {suffix}, got '{tok}'")
-        value = int(m.group(1)) * (self._MULT[m.group(2).lower()] or self.base)
-        if not self.lo <= value <= self.hi:
-            raise _Bad(f"expected {suffix}, got '{tok}'")
-        return value
-
-    def format(self, v):
-        for suffix, mult in (("G", _K ** 3), ("M", _K ** 2), ("K", _K)):
-            if v and v % mult == 0:
-                return f"{v // mult}{suffix}"
-        return str(v // self.base)
-
-
-class _Enum:
-    def __init__(self, *values, pattern=None):
-        self.values, self.pattern = values, pattern
-
-    def parse(self, args):
-        tok = _one(args)
-        if tok in self.values or (self.pattern and re.fullmatch(self.pattern, tok)):
-            return tok
-        raise _Bad(f"expected one of {', '.join(self.values)}, got '{tok}'")
-
-    def format(self, v):
-        return v
-
-
-class _Bool:
-    def parse(self, args):
-        if not args:
-            return True
-        tok = _one(args)
-        if tok not in ("yes", "no"):
-            raise _Bad(f"expected yes or no, got '{tok}'")
-        return tok == "yes"
-
-    def format(self, v):
-        return "yes" if v else "no"
-
-
-class _Str:
-    def __init__(self, maxlen=4096, pattern=None, expected="a string"):
-        self.maxlen, self.pattern, self.expected = maxlen, pattern, expected
-
-    def parse(self, args):
-        tok = _one(args)
-        if not tok or len(tok) > self.maxlen or (self.pattern and not re.fullmatch(self.pattern, tok)):
-            raise _Bad(f"expected {self.expected}, got '{tok}'")
-        return tok
-
-    def format(self, v):
-        return v
-
-
-_SECS = "seconds"
-_TENTHS = "tenths of a second"
-_ALG = _Str(64, r"[a-z0-9()_-]+", "a kernel hash algorithm name")
-_RATE = _Size(0, 4 * _K ** 3, _K, "a rate in bytes/s")
-
-NET_KEYWORDS = {  # keyword -> (field of NetOptions, value parser); drbd_limits.h ranges
-    "protocol": ("protocol", _Enum("A", "B", "C")),
-    "cram-hmac-alg": ("cram_hmac_alg", _Enum("sha1", "sha256", "sha512")),
-    "shared-secret": ("shared_secret", _Str(64, None, "a secret of 1..64 characters")),
-    "ping-int": ("ping_int_s", _Int(1, 120, _SECS, 1)),
-    "ping-timeout": ("ping_timeout_s", _Int(1, 300, _TENTHS, 10)),
-    "timeout": ("timeout_s", _Int(1, 600, _TENTHS, 10)),
-    "connect-int": ("connect_int_s", _Int(1, 120, _SECS, 1)),
-    "socket-check-timeout": ("socket_check_timeout_s", _Int(0, 300, _TENTHS, 10)),
-    "max-buffers": ("max_buffers", _Int(32, 131072)),
-    "max-epoch-size": ("max_epoch_size", _Int(1, 20000)),
-    "sndbuf-size": ("sndbuf_size", _Size(0, 128 * _K ** 2, 1)),
-    "rcvbuf-size": ("rcvbuf_size", _Size(0, 128 * _K ** 2, 1)),
-    "ko-count": ("ko_count", _Int(0, 200)),
-    "after-sb-0pri": ("after_sb_0pri", _Enum(
-        "disconnect", "discard-younger-primary", "discard-older-primary", "discard-zero-changes",
-        "discard-least-changes", "discard-node-NODENAME", pattern=r"discard-node-[A-Za-z0-9_.-]+")),
-    "after-sb-1pri": ("after_sb_1pri", _Enum(
-        "disconnect", "consensus", "violently-as0p", "discard-secondary", "call-pri-lost-after-sb")),
-    "after-sb-2pri": ("after_sb_2pri", _Enum("disconnect", "violently-as0p", "call-pri-lost-after-sb")),
-    "rr-conflict": ("rr_conflict", _Enum("disconnect", "call-pri-lost", "violently")),
-    "always-asbp": ("always_asbp", _Bool()),
-    "allow-two-primaries": ("allow_two_primaries", _Bool()),
-    "tcp-cork": ("tcp_cork", _Bool()),
-    "use-rle": ("use_rle", _Bool()),
-    "verify-alg": ("verify_alg", _ALG),
-    "csums-alg": ("csums_alg", _ALG),
-    "csums-after-crash-only": ("csums_after_crash_only", _Bool()),
-    "data-integrity-alg": ("data_integrity_alg", _ALG),
-    "on-congestion": ("on_congestion", _Enum("block", "pull-ahead", "disconnect")),
-    "congestion-fill": ("congestion_fill", _Size(0, 10 * _K ** 3, 512)),
-    "congestion-extents": ("congestion_extents", _Int(67, 65534)),
-}
-DISK_KEYWORDS = {
-    "resync-rate": ("resync_rate_bps", _Size(_K, 4 * _K ** 3, _K, "a rate in bytes/s")),
-    "al-extents": ("al_extents", _Int(7, 65534)),
-    "al-updates": ("al_updates", _Bool()),
-    "on-io-error": ("on_io_error", _Enum("pass_on", "call-local-io-error", "detach")),
-    "fencing": ("fencing", _Enum("dont-care", "resource-only", "resource-and-stonith")),
-    "c-plan-ahead": ("c_plan_ahead_s", _Int(0, 300, _TENTHS, 10)),
-    "c-delay-target": ("c_delay_target_s", _Int(1, 100, _TENTHS, 10)),
-    "c-fill-target": ("c_fill_target_bytes", _Size(0, 1000000 * 512, 512)),
-    "c-max-rate": ("c_max_rate_bps", _RATE),
-    "c-min-rate": ("c_min_rate_bps", _RATE),
-    "disk-barrier": ("disk_barrier", _Bool()),
-    "disk-flushes": ("disk_flushes", _Bool()),
-    "disk-drain": ("disk_drain", _Bool()),
-    "md-flushes": ("md_flushes", _Bool()),
-    "disk-timeout": ("disk_timeout_s", _Int(0, 6000, _TENTHS, 10)),
-    "read-balancing": ("read_balancing", _Enum(
-        "prefer-local", "prefer-remote", "round-robin", "least-pending", "when-congested-remote",
-        "32K-striping", "64K-striping", "128K-striping", "256K-striping", "512K-striping",
-        "1M-striping")),
-    "resync-after": ("resync_after", _Str(128, r"[A-Za-z0-9_.+-]+(/[0-9]+)?", "RESOURCE[/VOLUME]")),
-    "size": ("size_bytes", _Size(0, 1 << 62, 512)),
-    "rs-discard-granularity": ("rs_discard_granularity", _Size(0, _K ** 2, 1)),
-    "discard-zeroes-if-aligned": ("discard_zeroes_if_aligned", _Bool()),
-    "disable-write-same": ("disable_write_same", _Bool()),
-}
+NET_KEYWORDS, DISK_KEYWORDS = _keywords(NetOptions), _keywords(DiskOptions)  # keyword -> (field, parser)
 SYNCER_KEYWORDS = {  # DRBD 8.3 `syncer {}` -> where 8.4 put it (drbdadm-84 does the same mapping)
     "rate": ("disk", "resync-rate"), "al-extents": ("disk", "al-extents"),
     "after": ("disk", "resync-after"), "verify-alg": ("net", "verify-alg"),
@@ -454,15 +404,15 @@ SYNCER_KEYWORDS = {  # DRBD 8.3 `syncer {}` -> where 8.4 put it (drbdadm-84 does
     "on-no-data-accessible": ("options", "on-no-data-accessible"),
 }
 _TIMEOUT = _Int(0, 1000000, _SECS)
-_FLAG = _Bool()
 STARTUP_KEYWORDS = {"wfc-timeout": _TIMEOUT, "degr-wfc-timeout": _TIMEOUT,
                     "outdated-wfc-timeout": _TIMEOUT, "wait-after-sb": _FLAG,
-                    "stacked-timeouts": _FLAG, "become-primary-on": _Str(253, None, "a host name or both")}
+                    "stacked-timeouts": _FLAG,
+                    "become-primary-on": _Str(253, None, "a host name or both")}
+_QUORUM = _Str(8, r"off|majority|all|[0-9]+", "off, majority, all or N")
 OPTIONS_KEYWORDS = {"cpu-mask": _Str(64, r"[0-9a-fA-F,]+", "a hexadecimal cpu mask"),
-                    "on-no-data-accessible": _Enum("io-error", "suspend-io"),
-                    "auto-promote": _FLAG, "quorum": _Str(8, r"off|majority|all|[0-9]+", "off, majority, all or N"),
+                    "on-no-data-accessible": _Enum("io-error", "suspend-io"), "auto-promote": _FLAG,
+                    "quorum": _QUORUM, "quorum-minimum-redundancy": _QUORUM,
                     "on-no-quorum": _Enum("io-error", "suspend-io"),
-                    "quorum-minimum-redundancy": _Str(8, r"off|majority|all|[0-9]+", "off, majority, all or N"),
                     "peer-ack-window": _Size(2 * _K, 2 * _K ** 3, 512), "peer-ack-delay": _Int(1, 10000, "ms"),
                     "twopc-timeout": _Int(50, 600, _TENTHS), "max-io-depth": _Int(4, 4096)}
 GLOBAL_KEYWORDS = {"usage-count": _Enum("yes", "no", "ask"), "minor-count": _Int(1, 1048575),
@@ -852,7 +802,8 @@ def dump_config(config: Config) -> str:
     """Normalised drbd.conf text: inheritance flattened, defaults omitted; parses back to `config`."""
     out = [f"# {config.path}: normalised by replica (common values folded into each resource)"]
     if config.global_options:
-        out += ["global {", *_dump_dict(config.global_options, "    ", [k for k, p in GLOBAL_KEYWORDS.items() if isinstance(p, _Bool)]), "}", ""]
+        flags = [k for k, p in GLOBAL_KEYWORDS.items() if isinstance(p, _Bool)]
+        out += ["global {", *_dump_dict(config.global_options, "    ", flags), "}", ""]
     for r in config.resources.values():
         out.append(f"resource {r.name} {{")
         sections = [("net", _dump_options(NET_KEYWORDS, r.net, NetOptions(), " " * 8, ("protocol",))),
