@@ -217,7 +217,8 @@ class Bitmap:
     def merge(self, other: "Bitmap") -> None:
         """Union: a block dirty on either side is dirty (DRBD resyncs the union of both)."""
         if other.nbits != self.nbits:
-            raise ValueError(f"bitmap: merge of different sizes: {self.nbits} vs {other.nbits} bits")
+            raise ValueError(f"bitmap: merge of different sizes: {self.nbits} vs "
+                             f"{other.nbits} bits")
         n = len(self._mv)
         merged = int.from_bytes(self._mv, "little") | int.from_bytes(other._mv, "little")
         self._mv[:] = merged.to_bytes(n, "little")

@@ -14,7 +14,8 @@ Handshake (both sides run the same machine; `is_initiator` is the side that conn
     WAIT_AUTH   ──peer AUTH_CHALLENGE──> send AUTH_RESPONSE (HMAC of it, our side's label)
                 ──peer AUTH_RESPONSE verifies──> DECIDE (Authenticated)
                 ──alg/secret mismatch, bad response, reflected challenge──> FAILED (AuthFailed)
-    DECIDE      emit PeerHello, sync_handshake() on both tuples, send SYNC_DECISION ──> WAIT_DECISION
+    DECIDE      emit PeerHello, sync_handshake() on both tuples, send SYNC_DECISION
+                ──> WAIT_DECISION
     WAIT_DECISION ──peer decision == mirror of ours──> WAIT_BITMAP (bitmap resync) | DONE
                   ──mismatch──> FAILED (HandshakeFailed)
     WAIT_BITMAP ──peer BITMAP ... BITMAP_LAST──> DONE (PeerBitmap, then HandshakeDone)
@@ -34,7 +35,7 @@ computed by the injected `mac(alg, key, msg)` (replica.auth, `cryptography`) and
 import hmac
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from replica.bitmap import Bitmap, max_encoded_size
 from replica.errors import LocalProtocolError, RemoteProtocolError

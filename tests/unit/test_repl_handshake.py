@@ -382,11 +382,13 @@ def test_tampered_hello_fails_authentication():
 def test_after_sb_policy_through_the_handshake():
     from replica.uuids import SplitBrainPolicy
     pol = SplitBrainPolicy(after_sb_0pri="discard-zero-changes")
-    a = ReplHandshake(HelloInfo("alpha", SIZE, GenerationUuids(B, A), bits=0), secret=None,
+    a = ReplHandshake(HelloInfo("alpha", SIZE, GenerationUuids(B, A),
+                                disk=DiskState.UpToDate, bits=0), secret=None,
                       is_initiator=True, bitmap_source=Bitmap(SIZE).encode, policy=pol)
     bm = Bitmap(SIZE)
     bm.set_range(0, 5 * 4096)
-    b = ReplHandshake(HelloInfo("beta", SIZE, GenerationUuids(C, A), bits=5), secret=None,
+    b = ReplHandshake(HelloInfo("beta", SIZE, GenerationUuids(C, A),
+                                disk=DiskState.UpToDate, bits=5), secret=None,
                       is_initiator=False, bitmap_source=bm.encode, policy=pol)
     ea, eb = run_pair(a, b)
     assert ea[-1].verdict.decision is SyncDecision.BitmapSyncTarget and ea[-1].verdict.split_brain

@@ -102,7 +102,8 @@ def test_demote_refused_while_open():
     p = replace(CONNECTED, role=Role.Primary, open_rw=True)
     assert request(p, Request.DEMOTE) is Refusal.DEVICE_IN_USE
     assert request(replace(p, open_rw=False), Request.DEMOTE).role is Role.Secondary
-    with pytest.raises(StateChangeRefused, match=r"^r0: secondary: Device is held open by someone$"):
+    with pytest.raises(StateChangeRefused,
+                       match=r"^r0: secondary: Device is held open by someone$"):
         request_or_raise(p, Request.DEMOTE, "r0: secondary")
 
 

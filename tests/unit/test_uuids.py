@@ -57,7 +57,8 @@ def test_row_my_bitmap_is_peer_current_bitmap_resync_source():
 
 
 def test_row_my_current_in_peer_history_full_sync_target():
-    """my current == one of peer's history UUIDs: peer's bitmap unusable, full resync, I am target"""
+    """my current == one of peer's history UUIDs: peer's bitmap unusable -> full resync,
+    I am target"""
     both_ways(G(A), G(C, 0, B, A), D.FullSyncTarget, 60, 80)
     both_ways(G(A), G(C, 0, A, X), D.FullSyncTarget, 60, 80)
 
