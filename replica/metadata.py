@@ -40,7 +40,8 @@ from dataclasses import asdict, dataclass, replace
 
 from replica.bitmap import BLOCK_SIZE, Bitmap, bits_for, buffer_bytes_for
 from replica.errors import ReplicaError
-from replica.uuids import UUID_JUST_CREATED, GenerationUuids, MdFlag
+from replica.roles import AttachInfo
+from replica.uuids import UUID_JUST_CREATED, GenerationUuids, MdFlag, UuidFlag
 
 PAGE = 4096
 SECTOR = 512
@@ -231,6 +232,7 @@ class Metadata:
         self._al_slot_seq: list[int] = []
         self.al_writes = 0
         self.bm_writes = 0
+        self.crashed_primary = False
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -252,6 +254,36 @@ class Metadata:
     @property
     def flags(self) -> MdFlag:
         return self.sb.flags
+
+    def attach_info(self) -> AttachInfo:
+        """What `attach` derives from the flags (roles.request(..., Request.ATTACH))."""
+        f = self.sb.flags
+        return AttachInfo(consistent=MdFlag.CONSISTENT in f,
+                          was_up_to_date=MdFlag.WAS_UP_TO_DATE in f,
+                          peer_outdated=MdFlag.PEER_OUT_DATED in f)
+
+    def uuid_flags(self, *, discard_my_data: bool = False) -> UuidFlag:
+        """The flags our HELLO carries with the UUIDs (DRBD P_UUIDS uuid_flags)."""
+        out = UuidFlag(0)
+        if discard_my_data:
+            out |= UuidFlag.DISCARD_MY_DATA
+        if MdFlag.CRASHED_PRIMARY in self.sb.flags:
+            out |= UuidFlag.CRASHED_PRIMARY
+        if MdFlag.CONSISTENT not in self.sb.flags:
+            out |= UuidFlag.INCONSISTENT
+        return out
+
+    def note_crash_on_open(self) -> bool:
+        """PRIMARY_IND still set at open: we were Primary and did not demote cleanly.
+
+        As DRBD's attach does, remember it as CRASHED_PRIMARY (persisted until the caller
+        clears it after the next completed resync). Returns True if it was a crashed Primary.
+        """
+        if MdFlag.PRIMARY_IND not in self.sb.flags:
+            return False
+        if MdFlag.CRASHED_PRIMARY not in self.sb.flags:
+            self.set_flags(set_=MdFlag.CRASHED_PRIMARY)
+        return True
 
     # --- superblock -------------------------------------------------------------------------
 
@@ -416,6 +448,8 @@ class Metadata:
             del self._al_hot[victim]
         self._al_hot[extent] = 1
         self._write_al_tx()
+        if MdFlag.AL_CLEAN in self.sb.flags:
+            self.set_flags(clear=MdFlag.AL_CLEAN)     # the AL is in use: not clean any more
         return True
 
     def al_complete_io(self, extent: int) -> None:
@@ -525,6 +559,7 @@ def open_md(backing, meta: str = "internal", *, apply_al: bool = True) -> Metada
         md.apply_al()
     else:
         md.al_replay_extents()
+    md.crashed_primary = md.note_crash_on_open()
     return md
 
 

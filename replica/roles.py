@@ -196,11 +196,9 @@ def _disconnect(s: ResourceState, _f: bool, _a) -> Result:
 def _connection_lost(s: ResourceState, _f: bool, _a) -> Result:
     if s.conn is ConnState.StandAlone:
         return s
-    disk = s.disk
-    if s.repl.is_sync_target and disk is DiskState.Inconsistent:
-        disk = DiskState.Inconsistent       # stays Inconsistent; the bitmap remembers the rest
+    # a SyncTarget stays Inconsistent: its bitmap still holds the blocks not yet received
     return replace(s, conn=ConnState.Connecting, repl=ReplState.Off, peer_role=Role.Unknown,
-                   peer_disk=DiskState.DUnknown, disk=disk)
+                   peer_disk=DiskState.DUnknown)
 
 
 def _invalidate(s: ResourceState, _f: bool, _a) -> Result:

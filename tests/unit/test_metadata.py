@@ -305,3 +305,23 @@ def test_crash_during_eviction_never_loses_dirty_blocks(tmp_path, crash_at):
         md.close()
     with open_md(p) as back:
         assert back.bitmap.test(12 * BLOCK_SIZE) and back.bitmap.test(13 * BLOCK_SIZE)
+
+
+def test_crashed_primary_and_flag_helpers(tmp_path):
+    from replica.roles import AttachInfo
+    from replica.uuids import UuidFlag
+    p = make_file(tmp_path / "disk", 16 * MiB)
+    with create_md(p, al_extents=7) as md:
+        assert md.uuid_flags() == UuidFlag.INCONSISTENT
+        assert md.attach_info() == AttachInfo(False, False, False)
+        md.set_flags(set_=MdFlag.CONSISTENT | MdFlag.WAS_UP_TO_DATE | MdFlag.PRIMARY_IND)
+        md.al_begin_io(0)
+        assert MdFlag.AL_CLEAN not in md.flags         # AL in use
+    with open_md(p) as md:                              # reopened without demoting: a crash
+        assert md.crashed_primary and MdFlag.CRASHED_PRIMARY in md.flags
+        assert md.uuid_flags(discard_my_data=True) == \
+            UuidFlag.CRASHED_PRIMARY | UuidFlag.DISCARD_MY_DATA
+        assert md.attach_info() == AttachInfo(True, True, False)
+        md.set_flags(clear=MdFlag.PRIMARY_IND | MdFlag.CRASHED_PRIMARY)
+    with open_md(p) as md:
+        assert not md.crashed_primary and md.uuid_flags() == UuidFlag(0)
