@@ -251,18 +251,24 @@ class Bitmap:
         return _ENC_HEADER.pack(ENC_PLAIN, self.nbits) + bytes(self._mv[:plain_len])
 
     @classmethod
-    def decode(cls, data: bytes, data_size: int) -> "Bitmap":
-        """Decode a peer's bitmap for a device of `data_size` bytes.
+    def decode(cls, data: bytes, data_size: int, *, peer_data_size: int | None = None
+               ) -> "Bitmap":
+        """Decode a peer's bitmap into a Bitmap for our device of `data_size` bytes.
 
-        Raises RemoteProtocolError naming the field on any inconsistency (wrong size, runs
-        past the end, truncated varint, stray bits past nbits, trailing bytes).
+        `peer_data_size` (default: ours) is the size the peer encoded for; when it differs,
+        blocks past the smaller size are dropped or left clean (only the common part is ever
+        resynced, as with DRBD's agreed size), so memory is bounded by our own size whatever
+        the peer claims. Raises RemoteProtocolError naming the field on any inconsistency
+        (wrong size, runs past the end, truncated varint, stray bits past nbits, extra bytes).
         """
         bm = cls(data_size)
+        peer_bits = bm.nbits if peer_data_size is None else bits_for(peer_data_size)
         if len(data) < _ENC_HEADER.size:
             raise RemoteProtocolError(f"bitmap: truncated header: {len(data)} bytes")
         kind, nbits = _ENC_HEADER.unpack_from(data)
-        if nbits != bm.nbits:
-            raise RemoteProtocolError(f"bitmap: nbits mismatch: peer {nbits}, expected {bm.nbits}")
+        if nbits != peer_bits:
+            raise RemoteProtocolError(f"bitmap: nbits mismatch: peer {nbits}, expected {peer_bits}")
+        keep = min(nbits, bm.nbits)
         body = memoryview(data)[_ENC_HEADER.size:]
         if kind == ENC_PLAIN:
             plain_len = -(-nbits // 8)
@@ -271,7 +277,11 @@ class Bitmap:
                                           f"expected {plain_len}")
             if nbits & 7 and body[-1] >> (nbits & 7):
                 raise RemoteProtocolError("bitmap: bits set past the end of the device")
-            bm._mv[:plain_len] = body
+            whole = keep // 8
+            bm._mv[:whole] = body[:whole]
+            for i in range(whole * 8, keep):
+                if body[i >> 3] >> (i & 7) & 1:
+                    bm._set1(i, True)
             return bm
         if kind != ENC_RLE:
             raise RemoteProtocolError(f"bitmap: unknown encoding kind: {kind}")
@@ -283,8 +293,8 @@ class Bitmap:
             if run > nbits - pos:
                 raise RemoteProtocolError(f"bitmap: run length past the end: bit {pos} + {run} "
                                           f"> nbits {nbits}")
-            if dirty and run:
-                bm.set_bits(pos, pos + run)
+            if dirty and run and pos < keep:
+                bm.set_bits(pos, min(keep, pos + run))
             pos += run
             dirty = not dirty
         if pos != nbits:

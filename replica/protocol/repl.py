@@ -348,7 +348,8 @@ _TERMINAL = (AuthFailed, HandshakeFailed, PeerRefused, HandshakeDone)
 class ReplHandshake:
     """One side of the connect handshake. See the module docstring for the lifecycle.
 
-    `mac(alg, key, msg) -> digest` is required when `secret` is set. `challenge` is the random
+    `mac(alg, key, msg) -> digest` is required when `secret` is set. PeerBitmap carries the
+    peer's bitmap sized for OUR device (blocks past the smaller device dropped), ready to merge. `challenge` is the random
     challenge we send (CHALLENGE_SIZE bytes from the caller's CSPRNG). `bitmap_source()` returns
     our encoded bitmap (Bitmap.encode()) and is called only if a bitmap resync was decided.
     """
@@ -594,7 +595,8 @@ class ReplHandshake:
             if len(self._bm_parts) != self._bm_total:
                 raise RemoteProtocolError(f"repl handshake: BITMAP: last slice at "
                                           f"{len(self._bm_parts)} of {self._bm_total} bytes")
-            bm = Bitmap.decode(bytes(self._bm_parts), self.peer.data_size)
+            bm = Bitmap.decode(bytes(self._bm_parts), self.local.data_size,
+                               peer_data_size=self.peer.data_size)
             self._bm_parts = bytearray()
             self._events.append(PeerBitmap(bm))
             self._done()

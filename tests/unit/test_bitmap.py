@@ -190,3 +190,23 @@ def test_decode_fuzz_mutations(data):
     except RemoteProtocolError:
         return
     assert out.nbits == bm.nbits
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 300 * K), st.integers(0, 300 * K),
+       st.lists(st.tuples(st.integers(0, 299), st.integers(1, 80)), max_size=8))
+def test_decode_for_a_different_peer_size_keeps_the_common_part(ours, theirs, runs):
+    peer = Bitmap(theirs)
+    for a, n in runs:
+        if a < peer.nbits:
+            peer.set_bits(a, min(peer.nbits, a + n))
+    got = Bitmap.decode(peer.encode(), ours, peer_data_size=theirs)
+    assert got.nbits == bits_for(ours)
+    common = min(got.nbits, peer.nbits)
+    assert reference_bits(got) == {b for b in reference_bits(peer) if b < common}
+
+
+def test_decode_huge_claimed_peer_size_is_cheap():
+    enc = struct.pack(">BQ", 1, bits_for(1 << 60)) + b"\x00" + b"\xff\xff\xff\xff\x7f"
+    with pytest.raises(RemoteProtocolError, match="runs cover"):
+        Bitmap.decode(enc, 10 * K, peer_data_size=1 << 60)

@@ -395,3 +395,17 @@ def test_after_sb_policy_through_the_handshake():
     assert eb[-1].verdict.decision is SyncDecision.BitmapSyncSource
     assert ea[-1].peer.bits == 5
     assert ea[-2] == PeerBitmap(bm)
+
+
+def test_different_sizes_bitmap_fits_our_device():
+    big = Bitmap(2 * SIZE)
+    big.set_range(4096, 4096)
+    big.set_range(2 * SIZE - 4096, 4096)        # past alpha's end: dropped on alpha
+    a = make(info("alpha", GenerationUuids(B | 1, A), Role.Primary), initiator=True,
+             bitmap=Bitmap(SIZE))
+    b = make(info("beta", GenerationUuids(A), size=2 * SIZE), initiator=False, bitmap=big)
+    ea, eb = run_pair(a, b)
+    assert ea[-1].agreed_size == eb[-1].agreed_size == SIZE
+    got = ea[-2].bitmap
+    assert got.data_size == SIZE and list(got.iter_dirty_runs()) == [(1, 2)]
+    assert eb[-2].bitmap.data_size == 2 * SIZE
