@@ -427,18 +427,44 @@ class Metadata:
     def al_begin_io(self, extent: int) -> bool:
         """Make `extent` hot before a write to it; True if an AL transaction was written.
 
-        When the AL is full, the least recently used idle extent leaves it: its bitmap pages
-        are written first (fsync), then the transaction. Raises MetadataError when every
-        extent has I/O in flight (the caller must wait for completions, as DRBD blocks).
+        Reference-counted: pair every call with al_complete_io(extent). When the AL is full,
+        the least recently used extent without I/O in flight leaves it: its bitmap pages are
+        written first (fsync), then the transaction. Raises MetadataError when every extent
+        has I/O in flight (the caller must wait for completions, as DRBD blocks).
         """
-        if not 0 <= extent < 2**32:
-            raise ValueError(f"activity log: extent out of range: {extent}")
         if extent in self._al_hot:
+            self._check_extent(extent)
             self._al_hot[extent] += 1
             self._al_hot.move_to_end(extent)
             return False
+        self._activate(extent, lambda e: self._al_hot[e] == 0, refs=1)
+        return True
+
+    def al_make_hot(self, extent: int, *, can_evict) -> int | None:
+        """Make `extent` hot for a data path that counts its own in-flight writes (csrc).
+
+        `can_evict(e)` must return True only for an extent the C engine has already marked
+        cold (rm_al_set_hot(e, 0)) and that has no write in flight: its bitmap pages are
+        written before the transaction that drops it. Returns the evicted extent (None if
+        there was room), for the log and for the engine. Raises MetadataError if nothing can
+        be evicted. No reference counting: al_complete_io is not used in this mode.
+        """
+        if extent in self._al_hot:
+            self._check_extent(extent)
+            self._al_hot.move_to_end(extent)
+            return None
+        return self._activate(extent, can_evict, refs=0)
+
+    @staticmethod
+    def _check_extent(extent: int) -> None:
+        if not 0 <= extent < 2**32:
+            raise ValueError(f"activity log: extent out of range: {extent}")
+
+    def _activate(self, extent: int, evictable, refs: int) -> int | None:
+        self._check_extent(extent)
+        victim = None
         if len(self._al_hot) >= self.sb.al_extents:
-            victim = next((e for e, n in self._al_hot.items() if n == 0), None)
+            victim = next((e for e in self._al_hot if evictable(e)), None)
             if victim is None:
                 raise MetadataError(f"activity log: {self.name}: all {self.sb.al_extents} "
                                     "extents have I/O in flight")
@@ -446,11 +472,11 @@ class Metadata:
             if off < self.sb.data_size:
                 self.store_bitmap(off, min(AL_EXTENT_SIZE, self.sb.data_size - off))
             del self._al_hot[victim]
-        self._al_hot[extent] = 1
+        self._al_hot[extent] = refs
         self._write_al_tx()
         if MdFlag.AL_CLEAN in self.sb.flags:
             self.set_flags(clear=MdFlag.AL_CLEAN)     # the AL is in use: not clean any more
-        return True
+        return victim
 
     def al_complete_io(self, extent: int) -> None:
         n = self._al_hot.get(extent)

@@ -325,3 +325,24 @@ def test_crashed_primary_and_flag_helpers(tmp_path):
         md.set_flags(clear=MdFlag.PRIMARY_IND | MdFlag.CRASHED_PRIMARY)
     with open_md(p) as md:
         assert not md.crashed_primary and md.uuid_flags() == UuidFlag(0)
+
+
+def test_al_make_hot_for_the_c_engine(tmp_path):
+    p = make_file(tmp_path / "disk", 64 * MiB)
+    with create_md(p, al_extents=7) as md:
+        for e in range(7):
+            assert md.al_make_hot(e, can_evict=lambda e: False) is None
+        assert md.al_make_hot(3, can_evict=lambda e: False) is None     # already hot: LRU bump
+        with pytest.raises(MetadataError, match="all 7 extents"):
+            md.al_make_hot(9, can_evict=lambda e: False)
+        md.bitmap.set_range(0, BLOCK_SIZE)
+        assert md.al_make_hot(9, can_evict=lambda e: e != 0) == 1      # LRU among evictable
+        assert md.al_hot == [0, 2, 4, 5, 6, 3, 9]
+        assert md.al_make_hot(10, can_evict=lambda e: True) == 0
+        assert md.bm_writes >= 2
+    with open_md(p, apply_al=False) as md:
+        assert md.bitmap.test(0)                                        # stored on eviction
+        assert md.al_replay_extents() >= {2, 3, 4, 5, 6, 9, 10}
+    with pytest.raises(ValueError, match="extent out of range"):
+        with open_md(p) as md:
+            md.al_make_hot(-1, can_evict=lambda e: True)
