@@ -36,7 +36,7 @@ import hashlib
 import os
 import struct
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 from replica.bitmap import BLOCK_SIZE, Bitmap, bits_for, buffer_bytes_for
 from replica.errors import ReplicaError
@@ -187,13 +187,6 @@ def _open(path_or_fd, create: bool = False) -> tuple[int, bool, str]:
 def _pread_exact(fd: int, n: int, off: int) -> bytes:
     data = os.pread(fd, n, off)
     return data + bytes(n - len(data))        # past EOF of a sparse/short file reads as zeros
-
-
-def _md_start(fd: int, external: bool, md_size: int | None = None) -> int:
-    """Where the metadata area begins: 0 for external, device end minus md size for internal."""
-    if external:
-        return 0
-    return _device_size(fd) - md_size
 
 
 def _read_sb_slots(fd: int, sb_abs: int) -> Superblock | None:
@@ -659,9 +652,3 @@ def format_dump_md(md: Metadata) -> str:
     lines.append("}")
     return "\n".join(lines) + "\n"
 
-
-def superblock_dict(sb: Superblock) -> dict:
-    """The superblock as plain data (tests, debugging)."""
-    out = asdict(sb)
-    out["flags"] = int(sb.flags)
-    return out
