@@ -409,3 +409,15 @@ def test_different_sizes_bitmap_fits_our_device():
     got = ea[-2].bitmap
     assert got.data_size == SIZE and list(got.iter_dirty_runs()) == [(1, 2)]
     assert eb[-2].bitmap.data_size == 2 * SIZE
+
+
+def test_golden_hello_bytes():
+    """Locks the HELLO layout of repl_wire.py (protocol version 1)."""
+    raw = encode_hello(HelloInfo("a", 1 << 20, GenerationUuids(0x11, 0x22, (0x33, 0x44)),
+                                 Role.Primary, DiskState.UpToDate, UuidFlag.CRASHED_PRIMARY,
+                                 bits=5), "sha1", True)
+    assert raw.hex() == (
+        "52504c31" "0040" "0001" "0000000000000000" "0000000000000000" "00000045" "00000000"
+        "0001" "0001" "0000001f" "0000000000100000" "0000000000000011" "0000000000000022"
+        "0000000000000033" "0000000000000044" "0000000000000005" "00000002" "01" "08" "01" "04"
+        "61" "73686131")
