@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from replica.bitmap import Bitmap, max_encoded_size
 from replica.errors import LocalProtocolError, RemoteProtocolError
 from replica.protocol import repl_wire as wire
-from replica.protocol.repl_wire import BITMAP_LAST, Feature, ReplPacket, WireDisk, WireRole
+from replica.protocol.repl_wire import (BITMAP_LAST, DataFlag, Feature, ReplPacket, WireDisk,
+                                        WireRole)
 from replica.states import DiskState, Role
 from replica.uuids import (GenerationUuids, SplitBrainPolicy, SyncDecision, SyncVerdict, UuidFlag,
                            UuidReport, sync_handshake)
@@ -66,7 +67,9 @@ _ROLE_TO_WIRE = {Role.Unknown: WireRole.UNKNOWN, Role.Primary: WireRole.PRIMARY,
 _WIRE_TO_ROLE = {v: k for k, v in _ROLE_TO_WIRE.items()}
 _DISK_TO_WIRE = {d: WireDisk[d.name.upper()] for d in DiskState}
 _WIRE_TO_DISK = {v: k for k, v in _DISK_TO_WIRE.items()}
-_ALLOWED_FLAGS = {ReplPacket.DATA: 0x1, ReplPacket.BITMAP: BITMAP_LAST, ReplPacket.HELLO: 0x1}
+_ALLOWED_FLAGS = {ReplPacket.DATA: DataFlag.FUA, ReplPacket.TRIM: DataFlag.FUA,
+                  ReplPacket.ZEROES: DataFlag.FUA | DataFlag.NO_HOLE,
+                  ReplPacket.BITMAP: BITMAP_LAST, ReplPacket.HELLO: 0x1}
 _SIGNED32 = struct.Struct(">i")
 _UNSIGNED32 = struct.Struct(">I")
 
@@ -98,7 +101,7 @@ def _check_frame(ptype: ReplPacket, flags: int, length: int, ctx: str = "invalid
     if not lo <= length <= hi:
         raise RemoteProtocolError(f"repl: {ctx}: {ptype.name}: length={length} "
                                   f"outside {lo}..{hi}")
-    if flags & ~_ALLOWED_FLAGS.get(ptype, 0):
+    if flags & ~int(_ALLOWED_FLAGS.get(ptype, 0)):
         raise RemoteProtocolError(f"repl: {ctx}: {ptype.name}: flags=0x{flags:04x} "
                                   f"has unknown bits")
 

@@ -73,10 +73,14 @@ class ReplPacket(enum.IntEnum):
 
 
 class DataFlag(enum.IntFlag):
+    """Flags of DATA/TRIM/ZEROES (csrc/wire.h RPL_FLAG_*)."""
+
     FUA = 0x0001
+    NO_HOLE = 0x0002          # ZEROES: write zeroes, do not punch a hole
 
 
 BITMAP_LAST = 0x0001                  # BITMAP flags: this slice ends the encoding
+MAX_CONTROL = 64 * 1024               # largest control frame C relays after the handshake
 
 
 class Feature(enum.IntFlag):

@@ -72,6 +72,7 @@ def test_golden_header_bytes():
     assert raw == struct.pack(">IHHQQII", 0x52504C31, 0x01, 1, 7, 4096, 3, 0) + b"abc"
     assert wire.HEADER_SIZE == 32
     zero = encode_simple(ReplPacket.ZEROES, offset=8192, aux=65536, fid=9)
+    assert encode_frame(Frame(ReplPacket.ZEROES, flags=3))[6:8] == b"\x00\x03"  # FUA|NO_HOLE
     assert zero.hex() == "52504c31" "0003" "0000" "0000000000000009" "0000000000002000" \
                          "00000000" "00010000"
 
@@ -105,6 +106,7 @@ def test_decoder_frames_split_anywhere():
     (struct.pack(">IHHQQII", wire.REPL_MAGIC, 0x20, 0, 0, 0, 4, 0), r"PING: length=4 outside 0..0"),
     (struct.pack(">IHHQQII", wire.REPL_MAGIC, 0x02, 0, 0, 0, 512, 0), r"TRIM: length=512"),
     (struct.pack(">IHHQQII", wire.REPL_MAGIC, 0x01, 2, 0, 0, 0, 0), r"DATA: flags=0x0002"),
+    (struct.pack(">IHHQQII", wire.REPL_MAGIC, 0x03, 4, 0, 0, 0, 0), r"ZEROES: flags=0x0004"),
     (struct.pack(">IHHQQII", wire.REPL_MAGIC, 0x41, 0, 0, 0, 3, 0), r"AUTH_CHALLENGE: length=3"),
 ])
 def test_decoder_rejects_bad_headers_naming_the_field(raw, match):
