@@ -76,8 +76,8 @@ print(json.dumps({"last_hb": last_hb, "replies": replies}), flush=True)
 """
 
 
-def one_run(workdir: str, keepalive: str, deadtime: float, initdead: float) -> dict:
-    lab = Lab(workdir, prefix=f"hbtime{os.getpid() % 10000}")
+def one_run(workdir: str, keepalive: str, deadtime: float, initdead: float, run: int = 0) -> dict:
+    lab = Lab(workdir, prefix=f"hbt{os.getpid() % 10000}r{run}")
     try:
         lab.setup()
         for n in ("ha1", "ha2"):
@@ -88,9 +88,12 @@ def one_run(workdir: str, keepalive: str, deadtime: float, initdead: float) -> d
         if lab.wait_for(lambda: lab.holds_all("ha1"), initdead + 30) is None:
             raise RuntimeError("ha1 never took its group:\n" + lab.log_text("ha1"))
         probe = subprocess.Popen(["ip", "netns", "exec", lab.ns["cli"], sys.executable, "-c", PROBE, VIP,
-                                  "10.0.17.1"], stdout=subprocess.PIPE, text=True)
+                                  "10.0.17.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            assert probe.stdout.readline().strip() == "ready"
+            first = probe.stdout.readline().strip()
+            if first != "ready":
+                probe.wait(timeout=10)
+                raise RuntimeError(f"probe did not start: {first!r} {probe.stderr.read()}")
             time.sleep(max(1.0, 2 * float(keepalive.rstrip("ms")) / (1000 if keepalive.endswith("ms") else 1)))
             t_fail = time.monotonic()
             lab.link("ha1", up=False)
@@ -99,7 +102,7 @@ def one_run(workdir: str, keepalive: str, deadtime: float, initdead: float) -> d
             time.sleep(1.0)
         finally:
             probe.send_signal(signal.SIGTERM)
-            out, _ = probe.communicate(timeout=10)
+            out, err = probe.communicate(timeout=10)
         data = json.loads(out.strip().splitlines()[-1])
         last_hb = data["last_hb"]
         after = [r for r in data["replies"] if r[0] > t_fail]
@@ -126,7 +129,7 @@ def main() -> int:
     for keepalive, deadtime, initdead, runs in configs:
         for i in range(runs):
             with tempfile.TemporaryDirectory(prefix="hbd-timing-") as d:
-                r = one_run(d, keepalive, deadtime, initdead)
+                r = one_run(d, keepalive, deadtime, initdead, len(rows))
             rows.append((keepalive, deadtime, i + 1, r["detect_s"], r["failover_s"], deadtime + 0.5))
             print(f"keepalive {keepalive} deadtime {deadtime:g}s run {i + 1}: "
                   f"detect {r['detect_s']:.3f}s failover {r['failover_s']:.3f}s", file=sys.stderr, flush=True)
