@@ -5,7 +5,7 @@ import pathlib
 from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
-SOURCES = ["engine.c", "nbd_frontend.c"]
+SOURCES = ["engine.c", "peer.c", "nbd_frontend.c"]
 
 ffibuilder = FFI()
 ffibuilder.cdef((HERE / "mirror.h").read_text())

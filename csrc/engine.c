@@ -14,6 +14,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "mirror.h"
@@ -37,6 +38,18 @@ rm_engine *rm_engine_new(int backing_fd, uint64_t size, int flags)
     eng->can_punch = 1;
     eng->can_zero_range = 1;
     pthread_mutex_init(&eng->lock, NULL);
+    pthread_mutex_init(&eng->al_lock, NULL);
+    pthread_cond_init(&eng->al_cond, NULL);
+    pthread_mutex_init(&eng->ev_lock, NULL);
+    if (pipe2(eng->ev_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+        free(eng);
+        return NULL;
+    }
+    peer_init(&eng->peer);
+    if (!eng->peer.sbuf || !eng->peer.slots) {
+        rm_engine_free(eng);
+        return NULL;
+    }
     return eng;
 }
 
@@ -44,7 +57,16 @@ void rm_engine_free(rm_engine *eng)
 {
     if (!eng)
         return;
+    rm_peer_detach(eng);
+    peer_destroy(&eng->peer);
     pthread_mutex_destroy(&eng->lock);
+    pthread_mutex_destroy(&eng->al_lock);
+    pthread_cond_destroy(&eng->al_cond);
+    pthread_mutex_destroy(&eng->ev_lock);
+    close(eng->ev_pipe[0]);
+    close(eng->ev_pipe[1]);
+    free(eng->al_hot);
+    free(eng->al_asked);
     free(eng->clients);
     free(eng);
 }
@@ -70,6 +92,210 @@ void rm_engine_get_stats(rm_engine *eng, rm_stats *out)
     out->connections = LOAD(connections);
     out->active_connections = LOAD(active_connections);
     out->last_errno = LOAD(last_errno);
+    out->peer_connected = LOAD(peer_connected);
+    out->peer_pending = LOAD(peer_pending);
+    out->peer_writes_sent = LOAD(peer_writes_sent);
+    out->peer_bytes_sent = LOAD(peer_bytes_sent);
+    out->peer_frames_applied = LOAD(peer_frames_applied);
+    out->peer_last_rx_ns = LOAD(peer_last_rx_ns);
+    out->peer_oldest_pending_ns = LOAD(peer_oldest_pending_ns);
+    out->dirty_marked = LOAD(dirty_marked);
+    out->resync_bytes_sent = LOAD(resync_bytes_sent);
+    out->resync_bytes_acked = LOAD(resync_bytes_acked);
+    out->resync_bytes_received = LOAD(resync_bytes_received);
+    out->al_misses = LOAD(al_misses);
+}
+
+uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- events to Python: a queue, and a pipe byte per event so Python can poll ---- */
+
+void engine_post_event(rm_engine *eng, int type, int err, uint64_t offset, uint64_t length)
+{
+    char byte = 1;
+
+    pthread_mutex_lock(&eng->ev_lock);
+    if (eng->ev_count < sizeof eng->ev_queue / sizeof eng->ev_queue[0]) {
+        rm_event *ev = &eng->ev_queue[(eng->ev_head + eng->ev_count) % (sizeof eng->ev_queue / sizeof eng->ev_queue[0])];
+        ev->type = type;
+        ev->err = err;
+        ev->offset = offset;
+        ev->length = length;
+        eng->ev_count++;
+    }
+    pthread_mutex_unlock(&eng->ev_lock);
+    if (write(eng->ev_pipe[1], &byte, 1) < 0) {
+        /* pipe full: Python is behind, and will find the queue non-empty anyway */
+    }
+}
+
+int rm_engine_event_fd(rm_engine *eng)
+{
+    return eng->ev_pipe[0];
+}
+
+int rm_engine_next_event(rm_engine *eng, rm_event *out)
+{
+    char byte;
+    int got = 0;
+
+    pthread_mutex_lock(&eng->ev_lock);
+    if (eng->ev_count) {
+        *out = eng->ev_queue[eng->ev_head];
+        eng->ev_head = (eng->ev_head + 1) % (sizeof eng->ev_queue / sizeof eng->ev_queue[0]);
+        eng->ev_count--;
+        got = 1;
+    }
+    pthread_mutex_unlock(&eng->ev_lock);
+    if (read(eng->ev_pipe[0], &byte, 1) < 0) {
+        /* empty: fine */
+    }
+    return got;
+}
+
+/* ---- dirty bitmap: shared words, atomic bit operations ---- */
+
+int rm_engine_set_bitmap(rm_engine *eng, void *words, uint64_t nbits)
+{
+    if (nbits < (eng->size + RM_BLOCK_SIZE - 1) / RM_BLOCK_SIZE)
+        return -EINVAL;
+    __atomic_store_n(&eng->bm_nbits, nbits, __ATOMIC_RELAXED);
+    __atomic_store_n(&eng->bm_words, (uint64_t *)words, __ATOMIC_RELEASE);
+    return 0;
+}
+
+static inline uint64_t to_le64(uint64_t v)
+{
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    return __builtin_bswap64(v);
+#else
+    return v;
+#endif
+}
+
+/* Apply `set` or clear to bits [first, last_excl). Returns how many bits changed. */
+static uint64_t bits_update(rm_engine *eng, uint64_t first, uint64_t last_excl, int set)
+{
+    uint64_t *words = __atomic_load_n(&eng->bm_words, __ATOMIC_ACQUIRE);
+    uint64_t changed = 0;
+
+    if (!words)
+        return 0;
+    if (last_excl > eng->bm_nbits)
+        last_excl = eng->bm_nbits;
+    while (first < last_excl) {
+        uint64_t w = first >> 6;
+        unsigned lo = (unsigned)(first & 63);
+        unsigned hi = (last_excl - (w << 6)) >= 64 ? 64 : (unsigned)(last_excl - (w << 6));
+        uint64_t mask = (hi == 64 ? ~0ull : ((1ull << hi) - 1)) & ~((1ull << lo) - 1);
+        uint64_t old;
+        if (set) {
+            old = to_le64(__atomic_fetch_or(&words[w], to_le64(mask), __ATOMIC_RELAXED));
+            changed += (uint64_t)__builtin_popcountll(mask & ~old);
+        } else {
+            old = to_le64(__atomic_fetch_and(&words[w], to_le64(~mask), __ATOMIC_RELAXED));
+            changed += (uint64_t)__builtin_popcountll(mask & old);
+        }
+        first = (w + 1) << 6;
+    }
+    return changed;
+}
+
+/* Any block touched by [offset, offset+length) may now differ from the peer. */
+void engine_mark_dirty(rm_engine *eng, uint64_t offset, uint64_t length)
+{
+    uint64_t first, last;
+
+    if (length == 0)
+        return;
+    first = offset / RM_BLOCK_SIZE;
+    last = (offset + length + RM_BLOCK_SIZE - 1) / RM_BLOCK_SIZE;
+    STAT_ADD(eng, dirty_marked, bits_update(eng, first, last, 1));
+}
+
+/* Only blocks the range covers entirely are in sync now (the device's last block may be short). */
+void engine_clear_dirty(rm_engine *eng, uint64_t offset, uint64_t length)
+{
+    uint64_t first = (offset + RM_BLOCK_SIZE - 1) / RM_BLOCK_SIZE;
+    uint64_t end = offset + length;
+    uint64_t last = end >= eng->size ? (eng->size + RM_BLOCK_SIZE - 1) / RM_BLOCK_SIZE : end / RM_BLOCK_SIZE;
+
+    if (first < last)
+        bits_update(eng, first, last, 0);
+}
+
+/* ---- activity log gating ---- */
+
+int rm_engine_enable_al(rm_engine *eng)
+{
+    uint64_t n = (eng->size + RM_AL_EXTENT_SIZE - 1) / RM_AL_EXTENT_SIZE;
+    size_t words = (size_t)((n + 63) / 64) + 1;
+
+    pthread_mutex_lock(&eng->al_lock);
+    if (!eng->al_hot) {
+        eng->al_hot = calloc(words, sizeof(uint64_t));
+        eng->al_asked = calloc(words, sizeof(uint64_t));
+        if (!eng->al_hot || !eng->al_asked) {
+            pthread_mutex_unlock(&eng->al_lock);
+            return -ENOMEM;
+        }
+        eng->al_nextents = n;
+    }
+    eng->al_enabled = 1;
+    pthread_mutex_unlock(&eng->al_lock);
+    return 0;
+}
+
+int rm_al_set_hot(rm_engine *eng, uint64_t extent, int hot)
+{
+    pthread_mutex_lock(&eng->al_lock);
+    if (!eng->al_hot || extent >= eng->al_nextents) {
+        pthread_mutex_unlock(&eng->al_lock);
+        return -EINVAL;
+    }
+    if (hot)
+        eng->al_hot[extent >> 6] |= 1ull << (extent & 63);
+    else
+        eng->al_hot[extent >> 6] &= ~(1ull << (extent & 63));
+    eng->al_asked[extent >> 6] &= ~(1ull << (extent & 63));
+    pthread_cond_broadcast(&eng->al_cond);
+    pthread_mutex_unlock(&eng->al_lock);
+    return 0;
+}
+
+/* Before a write reaches the disk, every extent it touches must be in a committed AL
+ * transaction, so that after a crash of this Primary only AL extents need a resync. */
+void engine_al_wait(rm_engine *eng, uint64_t offset, uint64_t length)
+{
+    uint64_t e, first, last;
+
+    if (!__atomic_load_n(&eng->al_enabled, __ATOMIC_ACQUIRE) || length == 0)
+        return;
+    first = offset / RM_AL_EXTENT_SIZE;
+    last = (offset + length - 1) / RM_AL_EXTENT_SIZE;
+    pthread_mutex_lock(&eng->al_lock);
+    for (e = first; e <= last && e < eng->al_nextents; e++) {
+        uint64_t bit = 1ull << (e & 63);
+        if (eng->al_hot[e >> 6] & bit)
+            continue;
+        STAT_ADD(eng, al_misses, 1);
+        while (eng->al_enabled && !(eng->al_hot[e >> 6] & bit)) {
+            if (!(eng->al_asked[e >> 6] & bit)) {
+                eng->al_asked[e >> 6] |= bit;
+                pthread_mutex_unlock(&eng->al_lock);
+                engine_post_event(eng, RM_EV_AL_MISS, 0, e, 1);
+                pthread_mutex_lock(&eng->al_lock);
+                continue;
+            }
+            pthread_cond_wait(&eng->al_cond, &eng->al_lock);
+        }
+    }
+    pthread_mutex_unlock(&eng->al_lock);
 }
 
 /* ---- client registry: lets `down` end every connection at once ---- */
@@ -126,10 +352,11 @@ int rm_engine_shutdown(rm_engine *eng)
 
 /* ---- local I/O ---- */
 
-static int io_error(rm_engine *eng, int err)
+static int io_error(rm_engine *eng, int err, uint64_t offset, uint64_t length)
 {
     STAT_ADD(eng, io_errors, 1);
     __atomic_store_n(&eng->stats.last_errno, err, __ATOMIC_RELAXED);
+    engine_post_event(eng, RM_EV_IO_ERROR, err, offset, length);
     return -err;
 }
 
@@ -160,7 +387,7 @@ int rm_engine_pread(rm_engine *eng, void *buf, uint32_t count, uint64_t offset)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            return io_error(eng, errno);
+            return io_error(eng, errno, offset, count);
         }
         if (n == 0) {
             /* Past the end of a short backing file: the device reads as zeroes. */
@@ -176,26 +403,25 @@ int rm_engine_pread(rm_engine *eng, void *buf, uint32_t count, uint64_t offset)
     return 0;
 }
 
-static int sync_data(rm_engine *eng)
+int local_flush(rm_engine *eng)
 {
     if (fdatasync(eng->fd) < 0)
-        return io_error(eng, errno);
+        return io_error(eng, errno, 0, 0);
     return 0;
 }
 
-int rm_engine_pwrite(rm_engine *eng, const void *buf, uint32_t count, uint64_t offset, int fua)
+int local_pwrite(rm_engine *eng, const void *buf, uint32_t count, uint64_t offset, int fua)
 {
     const char *p = buf;
-    int rc = engine_check_range(eng, offset, count, 1);
+    uint64_t start = offset;
+    uint32_t total = count;
 
-    if (rc < 0)
-        return rc;
     while (count > 0) {
         ssize_t n = pwrite(eng->fd, p, count, (off_t)offset);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            return io_error(eng, errno);
+            return io_error(eng, errno, start, total);
         }
         p += n;
         offset += (uint64_t)n;
@@ -203,13 +429,20 @@ int rm_engine_pwrite(rm_engine *eng, const void *buf, uint32_t count, uint64_t o
         STAT_ADD(eng, bytes_written, (uint64_t)n);
     }
     STAT_ADD(eng, writes, 1);
-    return fua ? sync_data(eng) : 0;
+    return fua ? local_flush(eng) : 0;
+}
+
+int rm_engine_pwrite(rm_engine *eng, const void *buf, uint32_t count, uint64_t offset, int fua)
+{
+    int rc = engine_check_range(eng, offset, count, 1);
+
+    return rc < 0 ? rc : local_pwrite(eng, buf, count, offset, fua);
 }
 
 int rm_engine_flush(rm_engine *eng)
 {
     STAT_ADD(eng, flushes, 1);
-    return sync_data(eng);
+    return local_flush(eng);
 }
 
 static int write_zero_buffer(rm_engine *eng, uint32_t count, uint64_t offset)
@@ -222,7 +455,7 @@ static int write_zero_buffer(rm_engine *eng, uint32_t count, uint64_t offset)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            return io_error(eng, errno);
+            return io_error(eng, errno, offset, count);
         }
         offset += (uint64_t)n;
         count -= (uint32_t)n;
@@ -236,37 +469,40 @@ static int is_unsupported(int err)
 }
 
 /* Discard: advisory in NBD, so an fd that cannot punch holes simply keeps its data. */
-int rm_engine_trim(rm_engine *eng, uint32_t count, uint64_t offset, int fua)
+int local_trim(rm_engine *eng, uint32_t count, uint64_t offset, int fua)
 {
-    int rc = engine_check_range(eng, offset, count, 1);
-
-    if (rc < 0)
-        return rc == -ENOSPC ? -EINVAL : rc;
     STAT_ADD(eng, trims, 1);
     if (count == 0)
         return 0;
     if (eng->is_block_device) {
         uint64_t range[2] = { offset, count };
         if (ioctl(eng->fd, BLKDISCARD, range) < 0 && !is_unsupported(errno))
-            return io_error(eng, errno);
+            return io_error(eng, errno, offset, count);
     } else if (__atomic_load_n(&eng->can_punch, __ATOMIC_RELAXED)) {
         if (fallocate(eng->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, count) < 0) {
             if (!is_unsupported(errno))
-                return io_error(eng, errno);
+                return io_error(eng, errno, offset, count);
             __atomic_store_n(&eng->can_punch, 0, __ATOMIC_RELAXED);
         }
     }
-    return fua ? sync_data(eng) : 0;
+    return fua ? local_flush(eng) : 0;
 }
 
-/* Write zeroes: try the cheapest method the fd supports, always ending with real zeroes.
- * may_trim (no NBD_CMD_FLAG_NO_HOLE) allows punching a hole, which reads back as zeroes. */
-int rm_engine_zero(rm_engine *eng, uint32_t count, uint64_t offset, int may_trim, int fua)
+int rm_engine_trim(rm_engine *eng, uint32_t count, uint64_t offset, int fua)
 {
     int rc = engine_check_range(eng, offset, count, 1);
 
     if (rc < 0)
-        return rc;
+        return rc == -ENOSPC ? -EINVAL : rc;
+    return local_trim(eng, count, offset, fua);
+}
+
+/* Write zeroes: try the cheapest method the fd supports, always ending with real zeroes.
+ * may_trim (no NBD_CMD_FLAG_NO_HOLE) allows punching a hole, which reads back as zeroes. */
+int local_zero(rm_engine *eng, uint32_t count, uint64_t offset, int may_trim, int fua)
+{
+    int rc;
+
     STAT_ADD(eng, zeroes, 1);
     if (count == 0)
         return 0;
@@ -275,20 +511,20 @@ int rm_engine_zero(rm_engine *eng, uint32_t count, uint64_t offset, int may_trim
         if (ioctl(eng->fd, BLKZEROOUT, range) == 0)
             goto done;
         if (!is_unsupported(errno))
-            return io_error(eng, errno);
+            return io_error(eng, errno, offset, count);
     } else {
         if (may_trim && __atomic_load_n(&eng->can_punch, __ATOMIC_RELAXED)) {
             if (fallocate(eng->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, count) == 0)
                 goto done;
             if (!is_unsupported(errno))
-                return io_error(eng, errno);
+                return io_error(eng, errno, offset, count);
             __atomic_store_n(&eng->can_punch, 0, __ATOMIC_RELAXED);
         }
         if (__atomic_load_n(&eng->can_zero_range, __ATOMIC_RELAXED)) {
             if (fallocate(eng->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, (off_t)offset, count) == 0)
                 goto done;
             if (!is_unsupported(errno))
-                return io_error(eng, errno);
+                return io_error(eng, errno, offset, count);
             __atomic_store_n(&eng->can_zero_range, 0, __ATOMIC_RELAXED);
         }
     }
@@ -296,5 +532,12 @@ int rm_engine_zero(rm_engine *eng, uint32_t count, uint64_t offset, int may_trim
     if (rc < 0)
         return rc;
 done:
-    return fua ? sync_data(eng) : 0;
+    return fua ? local_flush(eng) : 0;
+}
+
+int rm_engine_zero(rm_engine *eng, uint32_t count, uint64_t offset, int may_trim, int fua)
+{
+    int rc = engine_check_range(eng, offset, count, 1);
+
+    return rc < 0 ? rc : local_zero(eng, count, offset, may_trim, fua);
 }

@@ -32,9 +32,43 @@ typedef struct rm_stats {
     uint64_t connections;      /* connections served since start */
     uint64_t active_connections;
     int32_t last_errno;        /* errno of the most recent local I/O error, 0 if none */
+    /* replication */
+    uint64_t peer_connected;       /* 1 while a peer link is attached */
+    uint64_t peer_pending;         /* requests sent to the peer and not yet acknowledged */
+    uint64_t peer_writes_sent;     /* DATA/TRIM/ZEROES frames sent */
+    uint64_t peer_bytes_sent;      /* every byte written to the peer socket */
+    uint64_t peer_frames_applied;  /* frames from the peer applied to the local disk */
+    uint64_t peer_last_rx_ns;      /* CLOCK_MONOTONIC time of the last frame received */
+    uint64_t peer_oldest_pending_ns; /* CLOCK_MONOTONIC send time of the oldest unacked request, 0 if none */
+    uint64_t dirty_marked;         /* blocks marked out of sync since start */
+    uint64_t resync_bytes_sent;    /* SyncSource: RS_DATA payload bytes sent */
+    uint64_t resync_bytes_acked;   /* SyncSource: bytes acknowledged by RS_DONE (bits cleared) */
+    uint64_t resync_bytes_received;/* SyncTarget: RS_DATA payload bytes written */
+    uint64_t al_misses;            /* writes that waited for an activity-log transaction */
 } rm_stats;
 
+/* One event from C to Python, read after the event fd becomes readable. */
+typedef struct rm_event {
+    int32_t type;       /* RM_EV_* */
+    int32_t err;        /* errno detail, 0 if none */
+    uint64_t offset;    /* byte offset, extent number (AL_MISS) or frame type (PEER_PROTOCOL) */
+    uint64_t length;
+} rm_event;
+
 #define RM_ENGINE_READ_ONLY 1
+
+#define RM_PROTOCOL_A 1        /* complete at local write + handed to the peer socket */
+#define RM_PROTOCOL_B 2        /* ... + peer received it (RECV_ACK) */
+#define RM_PROTOCOL_C 3        /* ... + peer wrote it (WRITE_ACK); flush/FUA reach peer's stable storage */
+
+#define RM_BLOCK_SIZE 4096     /* one bitmap bit */
+#define RM_AL_EXTENT_SIZE 4194304
+
+#define RM_EV_PEER_LOST 1      /* link failed (err: errno, 0 = peer closed); C has already detached */
+#define RM_EV_IO_ERROR 2       /* local I/O error (offset/length/err) */
+#define RM_EV_AL_MISS 3        /* a writer waits for extent `offset` to be made hot (rm_al_set_hot) */
+#define RM_EV_PEER_PROTOCOL 4  /* malformed/unexpected frame from the peer (offset = frame type); detached */
+#define RM_EV_PEER_CONTROL 5   /* a control frame (type >= 0x40) arrived: fetch it with rm_peer_recv_control */
 
 /* Largest payload one request may carry (NBD's customary 32 MiB block-size maximum). */
 #define RM_MAX_REQUEST 33554432
@@ -64,3 +98,40 @@ int rm_engine_pwrite(rm_engine *eng, const void *buf, uint32_t count, uint64_t o
 int rm_engine_flush(rm_engine *eng);
 int rm_engine_trim(rm_engine *eng, uint32_t count, uint64_t offset, int fua);
 int rm_engine_zero(rm_engine *eng, uint32_t count, uint64_t offset, int may_trim, int fua);
+
+/* ---- events: C -> Python ---- */
+/* A file descriptor that is readable while events are queued (a pipe; Python polls it). */
+int rm_engine_event_fd(rm_engine *eng);
+/* Pop one event into *out: returns 1, or 0 when the queue is empty. */
+int rm_engine_next_event(rm_engine *eng, rm_event *out);
+
+/* ---- the dirty bitmap, shared with replica.bitmap ---- */
+/* `words`: nbits bits in 64-bit little-endian words, owned by Python and kept alive while set.
+ * C sets bits for writes the peer has not acknowledged and clears bits that resync acknowledged. */
+int rm_engine_set_bitmap(rm_engine *eng, void *words, uint64_t nbits);
+
+/* ---- activity log ---- */
+/* Enable AL gating: a write to an extent that is not hot waits (RM_EV_AL_MISS) until Python has
+ * committed an AL transaction and called rm_al_set_hot(extent, 1). nextents = ceil(size / 4 MiB). */
+int rm_engine_enable_al(rm_engine *eng);
+int rm_al_set_hot(rm_engine *eng, uint64_t extent, int hot);
+
+/* ---- peer link ---- */
+/* Hand a connected, authenticated peer socket to C and start its receiver thread. From then on,
+ * writes accepted by this engine are mirrored, and frames from the peer are applied here. */
+int rm_peer_attach(rm_engine *eng, int fd, int protocol);
+/* Drop the link (idempotent): shut the socket down, join the receiver, mark every unacknowledged
+ * write out of sync and complete it locally. The fd stays open: Python owns and closes it. */
+int rm_peer_detach(rm_engine *eng);
+/* Control frames after the handshake (STATE, UUIDS, SYNC_UUID, OUTDATE, DISCONNECT...), built and
+ * parsed by Python (replica.protocol.repl): send a whole frame (32-byte header + payload) in order
+ * with the data stream; receive the next queued one (returns its length, 0 if none, -ENOSPC if
+ * cap is too small; at most 64 KiB per frame, 256 frames queued). */
+int rm_peer_send_control(rm_engine *eng, const void *frame, uint32_t length);
+int rm_peer_recv_control(rm_engine *eng, void *buf, uint32_t cap);
+/* Send a PING; the peer answers PING_ACK, and every frame received refreshes peer_last_rx_ns. */
+int rm_peer_ping(rm_engine *eng);
+/* SyncSource: read [offset, offset + length) locally and send it as RS_DATA (length <= 1 MiB).
+ * The target writes it, clears its bits and answers RS_DONE; the source then clears its own bits.
+ * Returns 0, or -ENOTCONN without a peer, or -errno. */
+int rm_resync_send(rm_engine *eng, uint64_t offset, uint32_t length);

@@ -1,6 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* Private to csrc/: the engine's layout and helpers shared by the frontends. Not part of the
- * cffi contract (that is mirror.h). */
+/* Private to csrc/: the engine's layout and the helpers the frontends and the peer link share.
+ * Not part of the cffi contract (that is mirror.h).
+ *
+ * Lock order (never take one to the left while holding one to the right):
+ *     peer.pending_lock -> origin out_lock      peer.send_lock (alone)
+ *     al_lock (alone)    ev_lock (alone)        lock (client registry, alone) */
 #ifndef RM_MIRROR_INTERNAL_H
 #define RM_MIRROR_INTERNAL_H
 
@@ -8,10 +12,58 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Who asked for a request: a frontend connection. The peer link completes requests through
+ * it from the receiver thread, so the frontend never waits for the network itself. */
+struct rm_origin {
+    void (*complete)(struct rm_origin *o, const unsigned char cookie[8], int rc);
+    void (*flush)(struct rm_origin *o);     /* send what complete() queued */
+    int inflight;                           /* atomic: requests still owed a completion */
+    int needs_flush;                        /* receiver thread only */
+};
+
+#define PENDING_SLOTS 4096                 /* in flight to the peer at most (DRBD max-buffers) */
+
+struct rm_pending {
+    int busy;
+    int replied;            /* the origin already got its answer (protocol A, flush under A/B) */
+    int is_flush;
+    uint64_t id;
+    uint64_t offset;
+    uint64_t length;
+    uint64_t sent_ns;
+    struct rm_origin *origin;
+    unsigned char cookie[8];
+};
+
+struct rm_peer {
+    int fd;                 /* -1 when detached */
+    int protocol;           /* RM_PROTOCOL_* */
+    int dead;               /* atomic: receiver ended; new requests go to the bitmap */
+    int attached;           /* a receiver thread exists (joined by detach) */
+    pthread_t receiver;
+
+    pthread_mutex_t send_lock;
+    unsigned char *sbuf;    /* batched outgoing frames */
+    size_t sbuf_len;
+    int send_failed;
+
+    pthread_mutex_t pending_lock;
+    pthread_cond_t slot_free;
+    struct rm_pending *slots;
+    uint64_t next_id;
+    uint64_t npending;
+
+    /* control frames from the peer, waiting for Python */
+    pthread_mutex_t control_lock;
+    unsigned char *control[256];
+    uint32_t control_len[256];
+    unsigned control_head, control_count;
+};
+
 struct rm_engine {
     int fd;                 /* backing disk; owned by Python, never closed here */
-    uint64_t size;          /* exported size in bytes (metadata, if internal, lies beyond) */
-    int read_only;          /* atomic: writes answered with EPERM */
+    uint64_t size;          /* exported size in bytes (internal metadata lies beyond) */
+    int read_only;          /* atomic: frontend writes answered with EPERM (a Secondary) */
     int is_block_device;    /* use BLKDISCARD/BLKZEROOUT instead of fallocate */
     int can_punch;          /* atomic: cleared after the first EOPNOTSUPP */
     int can_zero_range;     /* atomic: likewise for FALLOC_FL_ZERO_RANGE */
@@ -21,12 +73,58 @@ struct rm_engine {
     int *clients;
     size_t nclients, cap_clients;
     int shutting_down;
+
+    /* dirty bitmap shared with Python: bm_nbits bits in 64-bit little-endian words */
+    uint64_t *bm_words;
+    uint64_t bm_nbits;
+
+    /* activity log gating */
+    int al_enabled;
+    uint64_t al_nextents;
+    uint64_t *al_hot;       /* bit per extent: hot (covered by a committed AL transaction) */
+    uint64_t *al_asked;     /* bit per extent: AL_MISS already posted */
+    pthread_mutex_t al_lock;
+    pthread_cond_t al_cond;
+
+    /* events to Python */
+    int ev_pipe[2];
+    pthread_mutex_t ev_lock;
+    rm_event ev_queue[1024];
+    unsigned ev_head, ev_count;
+
+    struct rm_peer peer;
 };
 
 #define STAT_ADD(eng, field, n) __atomic_fetch_add(&(eng)->stats.field, (n), __ATOMIC_RELAXED)
+#define STAT_SET(eng, field, v) __atomic_store_n(&(eng)->stats.field, (v), __ATOMIC_RELAXED)
 
+uint64_t now_ns(void);
+
+/* engine.c */
 int engine_check_range(rm_engine *eng, uint64_t offset, uint32_t count, int is_write);
 int engine_add_client(rm_engine *eng, int fd);
 void engine_remove_client(rm_engine *eng, int fd);
+void engine_post_event(rm_engine *eng, int type, int err, uint64_t offset, uint64_t length);
+void engine_mark_dirty(rm_engine *eng, uint64_t offset, uint64_t length);
+void engine_clear_dirty(rm_engine *eng, uint64_t offset, uint64_t length);
+void engine_al_wait(rm_engine *eng, uint64_t offset, uint64_t length);
+/* Local I/O without permission checks (the peer link applies a Primary's writes on a Secondary). */
+int local_pwrite(rm_engine *eng, const void *buf, uint32_t count, uint64_t offset, int fua);
+int local_trim(rm_engine *eng, uint32_t count, uint64_t offset, int fua);
+int local_zero(rm_engine *eng, uint32_t count, uint64_t offset, int may_trim, int fua);
+int local_flush(rm_engine *eng);
+
+/* Requests from a frontend that change the disk; see engine_submit in peer.c. */
+enum rm_op { RM_OP_WRITE, RM_OP_TRIM, RM_OP_ZERO, RM_OP_FLUSH };
+#define RM_SUBMIT_DONE 0    /* *rc holds the answer now */
+#define RM_SUBMIT_LATER 1   /* origin->complete() will be called once, from another thread */
+int engine_submit(rm_engine *eng, struct rm_origin *o, const unsigned char cookie[8], enum rm_op op,
+                  const void *data, uint32_t count, uint64_t offset, int fua, int may_trim, int *rc);
+/* Send the frames batched for the peer (frontends call it before blocking on their client). */
+void engine_flush_peer(rm_engine *eng);
+
+/* peer.c */
+void peer_init(struct rm_peer *peer);
+void peer_destroy(struct rm_peer *peer);
 
 #endif

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <pthread.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -39,8 +40,12 @@
 #define KEEP_PAYLOAD (4 * 1024 * 1024)
 
 struct conn {
+    struct rm_origin origin;   /* first: the peer link completes requests through it */
     rm_engine *eng;
     int fd;
+    pthread_mutex_t out_lock;  /* out/out_len, and the socket's send side */
+    pthread_cond_t drained;    /* origin.inflight reached zero */
+    int send_failed;
     char *in;
     size_t in_start, in_end;
     char *out;
@@ -91,9 +96,12 @@ static int send_all(int fd, const char *buf, size_t len)
     return 0;
 }
 
+/* out_lock held. A client that stopped reading loses its answers, nobody else's. */
 static int flush_out(struct conn *c)
 {
-    int rc = send_all(c->fd, c->out, c->out_len);
+    int rc = c->send_failed ? -EPIPE : send_all(c->fd, c->out, c->out_len);
+    if (rc < 0)
+        c->send_failed = 1;
     c->out_len = 0;
     return rc;
 }
@@ -105,7 +113,7 @@ static void fill_reply(unsigned char *p, uint32_t error, const unsigned char *co
     memcpy(p + 8, cookie, 8);
 }
 
-static int queue_reply(struct conn *c, int rc, const unsigned char *cookie)
+static int queue_reply_locked(struct conn *c, int rc, const unsigned char *cookie)
 {
     if (c->out_len + NBD_REPLY_SIZE > OUT_SIZE) {
         int src = flush_out(c);
@@ -115,6 +123,48 @@ static int queue_reply(struct conn *c, int rc, const unsigned char *cookie)
     fill_reply((unsigned char *)c->out + c->out_len, nbd_errno(rc), cookie);
     c->out_len += NBD_REPLY_SIZE;
     return 0;
+}
+
+static int queue_reply(struct conn *c, int rc, const unsigned char *cookie)
+{
+    pthread_mutex_lock(&c->out_lock);
+    rc = queue_reply_locked(c, rc, cookie);
+    pthread_mutex_unlock(&c->out_lock);
+    return rc;
+}
+
+/* rm_origin callbacks, called by the peer link's receiver thread. */
+static void origin_complete(struct rm_origin *o, const unsigned char cookie[8], int rc)
+{
+    struct conn *c = (struct conn *)o;
+
+    pthread_mutex_lock(&c->out_lock);
+    queue_reply_locked(c, rc, cookie);
+    if (__atomic_sub_fetch(&o->inflight, 1, __ATOMIC_ACQ_REL) == 0)
+        pthread_cond_broadcast(&c->drained);
+    pthread_mutex_unlock(&c->out_lock);
+}
+
+static void origin_flush(struct rm_origin *o)
+{
+    struct conn *c = (struct conn *)o;
+
+    pthread_mutex_lock(&c->out_lock);
+    if (c->out_len)
+        flush_out(c);
+    pthread_mutex_unlock(&c->out_lock);
+}
+
+/* Submit a disk-changing request; answer now unless the peer link will answer later. */
+static int submit(struct conn *c, const unsigned char *cookie, enum rm_op op, const void *data,
+                  uint32_t len, uint64_t offset, uint16_t flags)
+{
+    int rc;
+
+    if (engine_submit(c->eng, &c->origin, cookie, op, data, len, offset, flags & NBD_CMD_FLAG_FUA,
+                      !(flags & NBD_CMD_FLAG_NO_HOLE), &rc) == RM_SUBMIT_LATER)
+        return 0;
+    return queue_reply(c, rc, cookie);
 }
 
 static int ensure_payload(struct conn *c, size_t len)
@@ -180,12 +230,25 @@ static int get_payload(struct conn *c, uint32_t len, const char **data)
     return rc;
 }
 
+static int do_read_locked(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len);
+
 static int do_read(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len)
 {
     int rc;
 
+    pthread_mutex_lock(&c->out_lock);
+    rc = do_read_locked(c, cookie, offset, len);
+    pthread_mutex_unlock(&c->out_lock);
+    return rc;
+}
+
+/* out_lock held for the whole reply, so the header and its data go out together. */
+static int do_read_locked(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len)
+{
+    int rc;
+
     if (len > RM_MAX_REQUEST)
-        return queue_reply(c, -EINVAL, cookie);
+        return queue_reply_locked(c, -EINVAL, cookie);
     if (c->out_len + NBD_REPLY_SIZE + len <= OUT_SIZE) {
         /* Small read: data goes straight behind its reply header in the batch. */
         unsigned char *hdr = (unsigned char *)c->out + c->out_len;
@@ -198,14 +261,14 @@ static int do_read(struct conn *c, const unsigned char *cookie, uint64_t offset,
     if (rc == 0)
         rc = rm_engine_pread(c->eng, c->payload, len, offset);
     if (rc < 0)
-        return queue_reply(c, rc, cookie);
+        return queue_reply_locked(c, rc, cookie);
     if (c->out_len + NBD_REPLY_SIZE > OUT_SIZE && (rc = flush_out(c)) < 0)
         return rc;
     fill_reply((unsigned char *)c->out + c->out_len, 0, cookie);
     c->out_len += NBD_REPLY_SIZE;
     rc = flush_out(c);
-    if (rc == 0)
-        rc = send_all(c->fd, c->payload, len);
+    if (rc == 0 && (rc = send_all(c->fd, c->payload, len)) < 0)
+        c->send_failed = 1;
     release_big_payload(c);
     return rc;
 }
@@ -239,7 +302,7 @@ static int handle_request(struct conn *c, int *end)
         if (len > RM_MAX_REQUEST) {
             /* We will not read an unbounded payload: answer, then hang up. */
             queue_reply(c, -EOVERFLOW, cookie);
-            flush_out(c);
+            origin_flush(&c->origin);
             *end = RM_END_PROTOCOL;
             return -EOVERFLOW;
         }
@@ -249,22 +312,21 @@ static int handle_request(struct conn *c, int *end)
             return rc;
         }
         if (flags & ~NBD_CMD_FLAG_FUA)
-            rc = -EINVAL;
+            rc = queue_reply(c, -EINVAL, cookie);
         else
-            rc = rm_engine_pwrite(c->eng, data, len, offset, flags & NBD_CMD_FLAG_FUA);
+            rc = submit(c, cookie, RM_OP_WRITE, data, len, offset, flags);
         release_big_payload(c);
-        return queue_reply(c, rc, cookie);
+        return rc;
     case NBD_CMD_FLUSH:
-        return queue_reply(c, rm_engine_flush(c->eng), cookie);
+        return submit(c, cookie, RM_OP_FLUSH, NULL, 0, 0, 0);
     case NBD_CMD_TRIM:
         if (flags & ~NBD_CMD_FLAG_FUA)
             return queue_reply(c, -EINVAL, cookie);
-        return queue_reply(c, rm_engine_trim(c->eng, len, offset, flags & NBD_CMD_FLAG_FUA), cookie);
+        return submit(c, cookie, RM_OP_TRIM, NULL, len, offset, flags | NBD_CMD_FLAG_NO_HOLE);
     case NBD_CMD_WRITE_ZEROES:
         if (flags & ~(NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE))
             return queue_reply(c, -EINVAL, cookie);
-        return queue_reply(c, rm_engine_zero(c->eng, len, offset, !(flags & NBD_CMD_FLAG_NO_HOLE),
-                                             flags & NBD_CMD_FLAG_FUA), cookie);
+        return submit(c, cookie, RM_OP_ZERO, NULL, len, offset, flags);
     case NBD_CMD_DISC:
         return 1;
     default:
@@ -286,7 +348,8 @@ static int serve(struct conn *c, int *err)
             rc = handle_request(c, &end);
             if (rc == 1) {
                 *err = 0;
-                return flush_out(c) < 0 ? RM_END_SOCKET : RM_END_DISC;
+                engine_flush_peer(c->eng);
+                return RM_END_DISC;
             }
             if (rc < 0) {
                 *err = -rc;
@@ -294,8 +357,13 @@ static int serve(struct conn *c, int *err)
             }
             continue;
         }
-        /* Out of complete requests: send the batch, then wait for more. */
-        if (c->out_len && (rc = flush_out(c)) < 0) {
+        /* Out of complete requests: send the batch (answers, and frames for the peer), then
+         * wait for more. */
+        engine_flush_peer(c->eng);
+        pthread_mutex_lock(&c->out_lock);
+        rc = c->out_len ? flush_out(c) : (c->send_failed ? -EPIPE : 0);
+        pthread_mutex_unlock(&c->out_lock);
+        if (rc < 0) {
             *err = -rc;
             return RM_END_SOCKET;
         }
@@ -324,6 +392,9 @@ int rm_serve_nbd(rm_engine *eng, int client_fd, const char *initial, size_t init
     struct conn c = { .eng = eng, .fd = client_fd };
     int rc, end;
 
+    c.origin.complete = origin_complete;
+    c.origin.flush = origin_flush;
+
     *err = 0;
     if (initial_len > IN_SIZE) {
         *err = EOVERFLOW;
@@ -341,11 +412,24 @@ int rm_serve_nbd(rm_engine *eng, int client_fd, const char *initial, size_t init
         end = RM_END_SOCKET;
         goto out;
     }
+    pthread_mutex_init(&c.out_lock, NULL);
+    pthread_cond_init(&c.drained, NULL);
     memcpy(c.in, initial, initial_len);
     c.in_end = initial_len;
     end = serve(&c, err);
     if (__atomic_load_n(&eng->shutting_down, __ATOMIC_RELAXED) && end != RM_END_DISC)
         end = RM_END_SHUTDOWN;
+    /* Requests still waiting for the peer refer to this connection: wait for their answers
+     * (an ack, or the sweep when the link fails) before the buffers go away. */
+    engine_flush_peer(eng);
+    pthread_mutex_lock(&c.out_lock);
+    while (__atomic_load_n(&c.origin.inflight, __ATOMIC_ACQUIRE) > 0)
+        pthread_cond_wait(&c.drained, &c.out_lock);
+    if (c.out_len)
+        flush_out(&c);
+    pthread_mutex_unlock(&c.out_lock);
+    pthread_cond_destroy(&c.drained);
+    pthread_mutex_destroy(&c.out_lock);
 out:
     engine_remove_client(eng, client_fd);
     free(c.in);

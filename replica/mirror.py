@@ -21,13 +21,37 @@ END_REASONS = {
 }
 
 STAT_FIELDS = ("reads", "writes", "flushes", "trims", "zeroes", "bytes_read", "bytes_written",
-               "io_errors", "refused", "connections", "active_connections", "last_errno")
+               "io_errors", "refused", "connections", "active_connections", "last_errno",
+               "peer_connected", "peer_pending", "peer_writes_sent", "peer_bytes_sent",
+               "peer_frames_applied", "peer_last_rx_ns", "peer_oldest_pending_ns", "dirty_marked",
+               "resync_bytes_sent", "resync_bytes_acked", "resync_bytes_received", "al_misses")
+
+PROTOCOLS = {"A": lib.RM_PROTOCOL_A, "B": lib.RM_PROTOCOL_B, "C": lib.RM_PROTOCOL_C}
+
+EVENT_NAMES = {
+    lib.RM_EV_PEER_LOST: "peer_lost",
+    lib.RM_EV_IO_ERROR: "io_error",
+    lib.RM_EV_AL_MISS: "al_miss",
+    lib.RM_EV_PEER_PROTOCOL: "peer_protocol",
+    lib.RM_EV_PEER_CONTROL: "peer_control",
+}
+
+MAX_CONTROL_FRAME = 32 + 64 * 1024
 
 
 def _check(rc, what):
     if rc < 0:
         raise OSError(-rc, f"mirror: {what}: {os.strerror(-rc)}")
     return rc
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorEvent:
+    """Something C tells Python: type is one of EVENT_NAMES' values."""
+    type: str
+    err: int
+    offset: int
+    length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +78,14 @@ class Engine:
             raise OSError(ffi.errno, f"mirror: engine: cannot use fd {fd}: {os.strerror(ffi.errno)}")
         self._handle = handle
         self.size = size
+        self._bitmap = None  # keeps the shared buffer alive while C holds a pointer into it
+        self._bitmap_ref = None
 
     def close(self) -> None:
         if self._handle is not None:
-            lib.rm_engine_free(self._handle)
+            lib.rm_engine_free(self._handle)  # detaches a peer link first
             self._handle = None
+            self._bitmap = self._bitmap_ref = None
 
     def set_read_only(self, read_only: bool) -> None:
         lib.rm_engine_set_read_only(self._handle, 1 if read_only else 0)
@@ -99,3 +126,51 @@ class Engine:
     def zero(self, length: int, offset: int, may_trim: bool = True, fua: bool = False) -> None:
         _check(lib.rm_engine_zero(self._handle, length, offset, int(may_trim), int(fua)),
                f"write zeroes: offset={offset} length={length}")
+
+    # Replication: events, bitmap, activity log, peer link, resync (csrc/mirror.h, second half).
+    def event_fd(self) -> int:
+        """Readable while events are queued; drain them with next_events()."""
+        return lib.rm_engine_event_fd(self._handle)
+
+    def next_events(self) -> list[MirrorEvent]:
+        out = ffi.new("rm_event *")
+        events = []
+        while lib.rm_engine_next_event(self._handle, out):
+            events.append(MirrorEvent(EVENT_NAMES.get(out.type, f"event {out.type}"), int(out.err),
+                                      int(out.offset), int(out.length)))
+        return events
+
+    def set_bitmap(self, bitmap) -> None:
+        """Share replica.bitmap.Bitmap's buffer with C (64-bit little-endian words)."""
+        ref = ffi.from_buffer(bitmap.buffer, require_writable=True)
+        _check(lib.rm_engine_set_bitmap(self._handle, ref, bitmap.nbits), f"set bitmap: nbits={bitmap.nbits}")
+        self._bitmap, self._bitmap_ref = bitmap, ref
+
+    def enable_al(self) -> None:
+        _check(lib.rm_engine_enable_al(self._handle), "enable activity log")
+
+    def al_set_hot(self, extent: int, hot: bool = True) -> None:
+        _check(lib.rm_al_set_hot(self._handle, extent, int(hot)), f"activity log: extent {extent}")
+
+    def peer_attach(self, fd: int, protocol: str) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"mirror: peer attach: protocol must be A, B or C, got {protocol!r}")
+        _check(lib.rm_peer_attach(self._handle, fd, PROTOCOLS[protocol]), f"peer attach: fd {fd}")
+
+    def peer_detach(self) -> None:
+        """Drop the link; blocks until C's receiver has swept every pending request."""
+        lib.rm_peer_detach(self._handle)
+
+    def peer_ping(self) -> None:
+        _check(lib.rm_peer_ping(self._handle), "peer ping")
+
+    def resync_send(self, offset: int, length: int) -> None:
+        _check(lib.rm_resync_send(self._handle, offset, length), f"resync send: offset={offset} length={length}")
+
+    def send_control(self, frame: bytes) -> None:
+        _check(lib.rm_peer_send_control(self._handle, frame, len(frame)), f"send control frame: {len(frame)} bytes")
+
+    def recv_control(self) -> bytes | None:
+        buf = ffi.new("char[]", MAX_CONTROL_FRAME)
+        n = _check(lib.rm_peer_recv_control(self._handle, buf, MAX_CONTROL_FRAME), "receive control frame")
+        return ffi.buffer(buf, n)[:] if n else None

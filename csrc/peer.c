@@ -1,0 +1,717 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* The peer link: every write accepted here also goes to the peer, and completes per protocol.
+ *
+ *   frontend thread                          receiver thread (one per link)
+ *   ---------------                          ------------------------------
+ *   local write (pwrite/fallocate)           recv frames, batched
+ *   take a pending slot (id)                 DATA/TRIM/ZEROES/FLUSH: apply locally, queue ack
+ *   frame -> send buffer (or writev)         RECV_ACK/WRITE_ACK/FLUSH_ACK: complete slot id
+ *   A: answer now; B/C: answer later  <----  (origin->complete), NEG_ACK: + mark dirty
+ *   flush send buffer before blocking        RS_DATA: write, clear bits, RS_DONE; RS_DONE: clear bits
+ *                                            control frames (>= 0x40): queue for Python
+ *
+ * The local write happens before the frame is queued, and resync reads happen under the send
+ * lock, so the peer sees every block's versions in the order this node wrote them: a resync
+ * block can never overtake a newer application write to the same block.
+ *
+ * When the link fails the receiver sweeps every pending slot: its blocks are marked out of
+ * sync and the origin gets its answer from the local write alone (a disconnected Primary keeps
+ * serving). Later writes go to the bitmap until Python attaches a new link. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "mirror.h"
+#include "mirror_internal.h"
+#include "wire.h"
+
+#define SBUF_SIZE (256 * 1024)
+#define SBUF_DIRECT 65536          /* larger payloads skip the send buffer (writev) */
+#define RBUF_SIZE (256 * 1024)
+#define MAX_RESYNC_CHUNK (1024 * 1024)
+#define MAX_TOUCHED 64
+
+void peer_init(struct rm_peer *p)
+{
+    memset(p, 0, sizeof *p);
+    p->fd = -1;
+    pthread_mutex_init(&p->send_lock, NULL);
+    pthread_mutex_init(&p->pending_lock, NULL);
+    pthread_cond_init(&p->slot_free, NULL);
+    pthread_mutex_init(&p->control_lock, NULL);
+    p->sbuf = malloc(SBUF_SIZE);
+    p->slots = calloc(PENDING_SLOTS, sizeof *p->slots);
+    p->next_id = 1;
+}
+
+static void drop_control_frames(struct rm_peer *p)
+{
+    pthread_mutex_lock(&p->control_lock);
+    while (p->control_count) {
+        free(p->control[p->control_head]);
+        p->control_head = (p->control_head + 1) % 256;
+        p->control_count--;
+    }
+    pthread_mutex_unlock(&p->control_lock);
+}
+
+void peer_destroy(struct rm_peer *p)
+{
+    drop_control_frames(p);
+    pthread_mutex_destroy(&p->send_lock);
+    pthread_mutex_destroy(&p->pending_lock);
+    pthread_cond_destroy(&p->slot_free);
+    pthread_mutex_destroy(&p->control_lock);
+    free(p->sbuf);
+    free(p->slots);
+}
+
+static int peer_live(struct rm_peer *p)
+{
+    return __atomic_load_n(&p->attached, __ATOMIC_ACQUIRE) && !__atomic_load_n(&p->dead, __ATOMIC_ACQUIRE);
+}
+
+/* ---- sending (send_lock held) ---- */
+
+static int send_all_locked(rm_engine *eng, const struct iovec *iov_in, int iovcnt)
+{
+    struct rm_peer *p = &eng->peer;
+    struct iovec iov[2];
+    int i;
+
+    if (p->send_failed || p->fd < 0)
+        return -ENOTCONN;
+    memcpy(iov, iov_in, (size_t)iovcnt * sizeof *iov);
+    for (i = 0; i < iovcnt;) {
+        struct msghdr msg = { .msg_iov = iov + i, .msg_iovlen = (size_t)(iovcnt - i) };
+        ssize_t n = sendmsg(p->fd, &msg, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            p->send_failed = 1;
+            shutdown(p->fd, SHUT_RDWR);  /* the receiver notices and sweeps */
+            return -errno;
+        }
+        STAT_ADD(eng, peer_bytes_sent, (uint64_t)n);
+        while (i < iovcnt && (size_t)n >= iov[i].iov_len) {
+            n -= (ssize_t)iov[i].iov_len;
+            i++;
+        }
+        if (i < iovcnt) {
+            iov[i].iov_base = (char *)iov[i].iov_base + n;
+            iov[i].iov_len -= (size_t)n;
+        }
+    }
+    return 0;
+}
+
+static int sbuf_flush_locked(rm_engine *eng)
+{
+    struct rm_peer *p = &eng->peer;
+    struct iovec iov = { p->sbuf, p->sbuf_len };
+    int rc;
+
+    if (p->sbuf_len == 0)
+        return 0;
+    rc = send_all_locked(eng, &iov, 1);
+    p->sbuf_len = 0;
+    return rc;
+}
+
+static int send_frame_locked(rm_engine *eng, const struct rpl_header *h, const void *payload)
+{
+    struct rm_peer *p = &eng->peer;
+    size_t need = RPL_HEADER_SIZE + h->length;
+    unsigned char hdr[RPL_HEADER_SIZE];
+    int rc;
+
+    if (p->send_failed || p->fd < 0)
+        return -ENOTCONN;
+    if (h->length <= SBUF_DIRECT) {
+        if (p->sbuf_len + need > SBUF_SIZE && (rc = sbuf_flush_locked(eng)) < 0)
+            return rc;
+        rpl_pack(p->sbuf + p->sbuf_len, h);
+        if (h->length)
+            memcpy(p->sbuf + p->sbuf_len + RPL_HEADER_SIZE, payload, h->length);
+        p->sbuf_len += need;
+        return 0;
+    }
+    if ((rc = sbuf_flush_locked(eng)) < 0)
+        return rc;
+    rpl_pack(hdr, h);
+    struct iovec iov[2] = { { hdr, RPL_HEADER_SIZE }, { (void *)payload, h->length } };
+    return send_all_locked(eng, iov, 2);
+}
+
+void engine_flush_peer(rm_engine *eng)
+{
+    struct rm_peer *p = &eng->peer;
+
+    if (!__atomic_load_n(&p->attached, __ATOMIC_ACQUIRE))
+        return;
+    pthread_mutex_lock(&p->send_lock);
+    sbuf_flush_locked(eng);
+    pthread_mutex_unlock(&p->send_lock);
+}
+
+static int send_frame(rm_engine *eng, const struct rpl_header *h, const void *payload, int flush)
+{
+    struct rm_peer *p = &eng->peer;
+    int rc;
+
+    pthread_mutex_lock(&p->send_lock);
+    rc = send_frame_locked(eng, h, payload);
+    if (rc == 0 && flush)
+        rc = sbuf_flush_locked(eng);
+    pthread_mutex_unlock(&p->send_lock);
+    return rc;
+}
+
+/* ---- pending slots ---- */
+
+static void update_oldest_locked(rm_engine *eng)
+{
+    struct rm_peer *p = &eng->peer;
+    uint64_t oldest = 0;
+
+    if (p->npending) {
+        /* Acks come back in order, so the oldest busy slot is near the front. */
+        for (uint64_t id = p->next_id - p->npending; id < p->next_id; id++) {
+            struct rm_pending *s = &p->slots[id % PENDING_SLOTS];
+            if (s->busy && s->id == id) {
+                oldest = s->sent_ns;
+                break;
+            }
+        }
+    }
+    STAT_SET(eng, peer_oldest_pending_ns, oldest);
+    STAT_SET(eng, peer_pending, p->npending);
+}
+
+/* Finish one slot (pending_lock held): answer its origin if still owed, free the slot. */
+static void finish_slot_locked(rm_engine *eng, struct rm_pending *s, int rc, struct rm_origin **touched, int *ntouched)
+{
+    struct rm_peer *p = &eng->peer;
+
+    if (!s->replied && s->origin) {
+        s->origin->complete(s->origin, s->cookie, rc);
+        if (touched && !s->origin->needs_flush && *ntouched < MAX_TOUCHED) {
+            s->origin->needs_flush = 1;
+            touched[(*ntouched)++] = s->origin;
+        } else if (!touched || !s->origin->needs_flush) {
+            s->origin->flush(s->origin);
+        }
+    }
+    s->busy = 0;
+    s->origin = NULL;
+    p->npending--;
+    pthread_cond_broadcast(&p->slot_free);
+}
+
+static void flush_touched(struct rm_origin **touched, int *ntouched)
+{
+    for (int i = 0; i < *ntouched; i++) {
+        touched[i]->needs_flush = 0;
+        touched[i]->flush(touched[i]);
+    }
+    *ntouched = 0;
+}
+
+int engine_submit(rm_engine *eng, struct rm_origin *o, const unsigned char cookie[8], enum rm_op op,
+                  const void *data, uint32_t count, uint64_t offset, int fua, int may_trim, int *rc)
+{
+    struct rm_peer *p = &eng->peer;
+    struct rpl_header h = { 0 };
+    struct rm_pending *s;
+    uint64_t id;
+    int r, replied;
+
+    if (op != RM_OP_FLUSH) {
+        r = engine_check_range(eng, offset, count, 1);
+        if (r < 0) {
+            *rc = (op == RM_OP_TRIM && r == -ENOSPC) ? -EINVAL : r;
+            return RM_SUBMIT_DONE;
+        }
+        engine_al_wait(eng, offset, count);
+    }
+    switch (op) {
+    case RM_OP_WRITE: r = local_pwrite(eng, data, count, offset, fua); break;
+    case RM_OP_TRIM: r = local_trim(eng, count, offset, fua); break;
+    case RM_OP_ZERO: r = local_zero(eng, count, offset, may_trim, fua); break;
+    default: STAT_ADD(eng, flushes, 1); r = local_flush(eng); break;
+    }
+    *rc = r;
+    if (r < 0)
+        return RM_SUBMIT_DONE;   /* a failed local write is not mirrored; the client sees the error */
+
+    /* Protocol A answers once the frame is handed to the socket layer; a flush waits for the
+     * peer's stable storage only under protocol C. */
+    replied = p->protocol == RM_PROTOCOL_A || (op == RM_OP_FLUSH && p->protocol != RM_PROTOCOL_C);
+    pthread_mutex_lock(&p->pending_lock);
+    if (!peer_live(p)) {
+        pthread_mutex_unlock(&p->pending_lock);
+        if (op != RM_OP_FLUSH)
+            engine_mark_dirty(eng, offset, count);
+        return RM_SUBMIT_DONE;
+    }
+    while (p->slots[p->next_id % PENDING_SLOTS].busy && peer_live(p))
+        pthread_cond_wait(&p->slot_free, &p->pending_lock);
+    if (!peer_live(p)) {
+        pthread_mutex_unlock(&p->pending_lock);
+        if (op != RM_OP_FLUSH)
+            engine_mark_dirty(eng, offset, count);
+        return RM_SUBMIT_DONE;
+    }
+    id = p->next_id++;
+    s = &p->slots[id % PENDING_SLOTS];
+    s->busy = 1;
+    s->replied = replied;
+    s->is_flush = op == RM_OP_FLUSH;
+    s->id = id;
+    s->offset = offset;
+    s->length = count;
+    s->sent_ns = now_ns();
+    s->origin = replied ? NULL : o;
+    memcpy(s->cookie, cookie, 8);
+    if (!replied)
+        __atomic_fetch_add(&o->inflight, 1, __ATOMIC_RELAXED);
+    p->npending++;
+    if (p->npending == 1)
+        STAT_SET(eng, peer_oldest_pending_ns, s->sent_ns);
+    STAT_SET(eng, peer_pending, p->npending);
+    pthread_mutex_unlock(&p->pending_lock);
+
+    h.id = id;
+    h.offset = offset;
+    switch (op) {
+    case RM_OP_WRITE: h.type = RPL_DATA; h.length = count; break;
+    case RM_OP_TRIM: h.type = RPL_TRIM; h.aux = count; break;
+    case RM_OP_ZERO: h.type = RPL_ZEROES; h.aux = count; h.flags = may_trim ? 0 : RPL_FLAG_NO_HOLE; break;
+    default: h.type = RPL_FLUSH; h.offset = 0; break;
+    }
+    if (fua)
+        h.flags |= RPL_FLAG_FUA;
+    if (send_frame(eng, &h, data, 0) == 0) {
+        if (op != RM_OP_FLUSH)
+            STAT_ADD(eng, peer_writes_sent, 1);
+        return replied ? RM_SUBMIT_DONE : RM_SUBMIT_LATER;
+    }
+    /* The link failed under us. If the receiver's sweep has not taken our slot yet, take it
+     * back ourselves: the blocks are out of sync and the local write stands. */
+    pthread_mutex_lock(&p->pending_lock);
+    if (s->busy && s->id == id) {
+        s->busy = 0;
+        s->origin = NULL;
+        p->npending--;
+        pthread_cond_broadcast(&p->slot_free);
+        pthread_mutex_unlock(&p->pending_lock);
+        if (op != RM_OP_FLUSH)
+            engine_mark_dirty(eng, offset, count);
+        if (!replied)
+            __atomic_fetch_sub(&o->inflight, 1, __ATOMIC_RELAXED);
+        return RM_SUBMIT_DONE;
+    }
+    pthread_mutex_unlock(&p->pending_lock);
+    return replied ? RM_SUBMIT_DONE : RM_SUBMIT_LATER;  /* the sweep answered (or will) */
+}
+
+/* ---- the receiver thread ---- */
+
+struct receiver {
+    rm_engine *eng;
+    unsigned char *buf;
+    size_t start, end;
+    unsigned char *payload;
+    size_t payload_cap;
+    struct rm_origin *touched[MAX_TOUCHED];
+    int ntouched;
+};
+
+static int recv_exact(struct receiver *r, unsigned char *dst, size_t len)
+{
+    size_t have = r->end - r->start, take = have < len ? have : len;
+
+    memcpy(dst, r->buf + r->start, take);
+    r->start += take;
+    dst += take;
+    len -= take;
+    while (len > 0) {
+        ssize_t n = recv(r->eng->peer.fd, dst, len, MSG_WAITALL);
+        if (n == 0)
+            return -ECONNRESET;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        dst += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static void queue_ack(rm_engine *eng, uint16_t type, const struct rpl_header *req, uint32_t aux)
+{
+    struct rpl_header h = { .type = type, .id = req->id, .offset = req->offset, .aux = aux };
+    struct rm_peer *p = &eng->peer;
+
+    pthread_mutex_lock(&p->send_lock);
+    send_frame_locked(eng, &h, NULL);
+    pthread_mutex_unlock(&p->send_lock);
+}
+
+static void complete_id(struct receiver *r, uint64_t id, int mark_dirty)
+{
+    rm_engine *eng = r->eng;
+    struct rm_peer *p = &eng->peer;
+    struct rm_pending *s;
+
+    pthread_mutex_lock(&p->pending_lock);
+    s = &p->slots[id % PENDING_SLOTS];
+    if (s->busy && s->id == id) {
+        if (mark_dirty && !s->is_flush)
+            engine_mark_dirty(eng, s->offset, s->length);
+        finish_slot_locked(eng, s, 0, r->touched, &r->ntouched);
+        update_oldest_locked(eng);
+    }
+    pthread_mutex_unlock(&p->pending_lock);
+}
+
+static int in_range(rm_engine *eng, uint64_t offset, uint64_t length)
+{
+    return offset <= eng->size && length <= eng->size - offset;
+}
+
+/* Apply one frame. Returns 0, or a negative errno that ends the link (*proto set when the
+ * peer broke the protocol rather than the socket failing). */
+static int handle_frame(struct receiver *r, const struct rpl_header *h, const unsigned char *payload, int *proto)
+{
+    rm_engine *eng = r->eng;
+    struct rm_peer *p = &eng->peer;
+    int fua = h->flags & RPL_FLAG_FUA, rc;
+
+    switch (h->type) {
+    case RPL_DATA:
+    case RPL_TRIM:
+    case RPL_ZEROES:
+    case RPL_FLUSH:
+        /* Only a Secondary takes writes from its peer: two writers would diverge. */
+        if (!__atomic_load_n(&eng->read_only, __ATOMIC_ACQUIRE) ||
+            (h->type != RPL_FLUSH && !in_range(eng, h->offset, h->type == RPL_DATA ? h->length : h->aux))) {
+            *proto = 1;
+            return -EPROTO;
+        }
+        if (p->protocol == RM_PROTOCOL_B && h->type != RPL_FLUSH)
+            queue_ack(eng, RPL_RECV_ACK, h, 0);
+        if (h->type == RPL_DATA)
+            rc = local_pwrite(eng, payload, h->length, h->offset, fua);
+        else if (h->type == RPL_TRIM)
+            rc = local_trim(eng, h->aux, h->offset, fua);
+        else if (h->type == RPL_ZEROES)
+            rc = local_zero(eng, h->aux, h->offset, !(h->flags & RPL_FLAG_NO_HOLE), fua);
+        else
+            rc = local_flush(eng);
+        STAT_ADD(eng, peer_frames_applied, 1);
+        if (rc < 0)
+            queue_ack(eng, RPL_NEG_ACK, h, (uint32_t)-rc);
+        else if (h->type == RPL_FLUSH)
+            queue_ack(eng, RPL_FLUSH_ACK, h, 0);
+        else if (p->protocol != RM_PROTOCOL_B)
+            queue_ack(eng, RPL_WRITE_ACK, h, 0);
+        return 0;
+    case RPL_RECV_ACK:
+    case RPL_WRITE_ACK:
+    case RPL_FLUSH_ACK:
+        complete_id(r, h->id, 0);
+        return 0;
+    case RPL_NEG_ACK:
+        complete_id(r, h->id, 1);
+        return 0;
+    case RPL_PING:
+        queue_ack(eng, RPL_PING_ACK, h, 0);
+        return 0;
+    case RPL_PING_ACK:
+        return 0;
+    case RPL_RS_DATA:
+        if (!in_range(eng, h->offset, h->length)) {
+            *proto = 1;
+            return -EPROTO;
+        }
+        rc = local_pwrite(eng, payload, h->length, h->offset, 0);
+        if (rc == 0) {
+            engine_clear_dirty(eng, h->offset, h->length);
+            STAT_ADD(eng, resync_bytes_received, h->length);
+            queue_ack(eng, RPL_RS_DONE, h, h->length);
+        }
+        return 0;
+    case RPL_RS_DONE:
+        if (!in_range(eng, h->offset, h->aux)) {
+            *proto = 1;
+            return -EPROTO;
+        }
+        engine_clear_dirty(eng, h->offset, h->aux);
+        STAT_ADD(eng, resync_bytes_acked, h->aux);
+        return 0;
+    default:
+        if (h->type < RPL_CONTROL_MIN || h->length > RPL_MAX_CONTROL) {
+            *proto = 1;
+            return -EPROTO;
+        }
+        pthread_mutex_lock(&p->control_lock);
+        if (p->control_count == 256) {
+            pthread_mutex_unlock(&p->control_lock);
+            *proto = 1;
+            return -ENOBUFS;   /* Python stopped reading: drop the link rather than block */
+        }
+        unsigned char *frame = malloc(RPL_HEADER_SIZE + h->length);
+        if (!frame) {
+            pthread_mutex_unlock(&p->control_lock);
+            return -ENOMEM;
+        }
+        rpl_pack(frame, h);
+        memcpy(frame + RPL_HEADER_SIZE, payload, h->length);
+        unsigned slot = (p->control_head + p->control_count) % 256;
+        p->control[slot] = frame;
+        p->control_len[slot] = RPL_HEADER_SIZE + h->length;
+        p->control_count++;
+        pthread_mutex_unlock(&p->control_lock);
+        engine_post_event(eng, RM_EV_PEER_CONTROL, 0, h->type, h->length);
+        return 0;
+    }
+}
+
+static int receive_loop(struct receiver *r, int *proto, uint64_t *bad_type)
+{
+    rm_engine *eng = r->eng;
+    struct rm_peer *p = &eng->peer;
+
+    for (;;) {
+        struct rpl_header h;
+        const unsigned char *payload;
+        int rc;
+
+        if (r->end - r->start < RPL_HEADER_SIZE) {
+            /* Input drained: send the acks and client answers this batch produced. */
+            engine_flush_peer(eng);
+            flush_touched(r->touched, &r->ntouched);
+            if (r->start) {
+                memmove(r->buf, r->buf + r->start, r->end - r->start);
+                r->end -= r->start;
+                r->start = 0;
+            }
+            ssize_t n = recv(p->fd, r->buf + r->end, RBUF_SIZE - r->end, 0);
+            if (n == 0)
+                return r->end ? -ECONNRESET : 0;
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                return -errno;
+            }
+            r->end += (size_t)n;
+            STAT_SET(eng, peer_last_rx_ns, now_ns());
+            continue;
+        }
+        if (rpl_unpack(r->buf + r->start, &h) < 0) {
+            *proto = 1;
+            *bad_type = 0;
+            return -EPROTO;
+        }
+        if (h.length > RPL_MAX_PAYLOAD) {
+            *proto = 1;
+            *bad_type = h.type;
+            return -EMSGSIZE;
+        }
+        r->start += RPL_HEADER_SIZE;
+        if (r->end - r->start >= h.length) {
+            payload = r->buf + r->start;
+            r->start += h.length;
+        } else {
+            if (r->payload_cap < h.length) {
+                free(r->payload);
+                r->payload = malloc(h.length);
+                r->payload_cap = r->payload ? h.length : 0;
+                if (!r->payload)
+                    return -ENOMEM;
+            }
+            if ((rc = recv_exact(r, r->payload, h.length)) < 0)
+                return rc;
+            STAT_SET(eng, peer_last_rx_ns, now_ns());
+            payload = r->payload;
+        }
+        rc = handle_frame(r, &h, payload, proto);
+        if (rc < 0) {
+            *bad_type = h.type;
+            return rc;
+        }
+        if (r->payload_cap > 4 * 1024 * 1024) {
+            free(r->payload);
+            r->payload = NULL;
+            r->payload_cap = 0;
+        }
+    }
+}
+
+static void *receiver_main(void *arg)
+{
+    rm_engine *eng = arg;
+    struct rm_peer *p = &eng->peer;
+    struct receiver r = { .eng = eng };
+    uint64_t bad_type = 0;
+    int proto = 0, rc;
+
+    r.buf = malloc(RBUF_SIZE);
+    rc = r.buf ? receive_loop(&r, &proto, &bad_type) : -ENOMEM;
+
+    /* Sweep: from here on writes go to the bitmap; everything unacknowledged is out of sync. */
+    pthread_mutex_lock(&p->pending_lock);
+    __atomic_store_n(&p->dead, 1, __ATOMIC_RELEASE);
+    for (unsigned i = 0; i < PENDING_SLOTS; i++) {
+        struct rm_pending *s = &p->slots[i];
+        if (!s->busy)
+            continue;
+        if (!s->is_flush)
+            engine_mark_dirty(eng, s->offset, s->length);
+        finish_slot_locked(eng, s, 0, r.touched, &r.ntouched);
+        if (r.ntouched == MAX_TOUCHED)
+            flush_touched(r.touched, &r.ntouched);
+    }
+    update_oldest_locked(eng);
+    pthread_mutex_unlock(&p->pending_lock);
+    flush_touched(r.touched, &r.ntouched);
+    shutdown(p->fd, SHUT_RDWR);
+    STAT_SET(eng, peer_connected, 0);
+    engine_post_event(eng, proto ? RM_EV_PEER_PROTOCOL : RM_EV_PEER_LOST, rc < 0 ? -rc : 0,
+                      proto ? bad_type : 0, 0);
+    free(r.buf);
+    free(r.payload);
+    return NULL;
+}
+
+/* ---- the contract's entry points ---- */
+
+int rm_peer_attach(rm_engine *eng, int fd, int protocol)
+{
+    struct rm_peer *p = &eng->peer;
+    int rc;
+
+    if (protocol < RM_PROTOCOL_A || protocol > RM_PROTOCOL_C)
+        return -EINVAL;
+    if (__atomic_load_n(&p->attached, __ATOMIC_ACQUIRE))
+        return -EBUSY;
+    pthread_mutex_lock(&p->send_lock);
+    p->fd = fd;
+    p->protocol = protocol;
+    p->send_failed = 0;
+    p->sbuf_len = 0;
+    pthread_mutex_unlock(&p->send_lock);
+    __atomic_store_n(&p->dead, 0, __ATOMIC_RELEASE);
+    STAT_SET(eng, peer_last_rx_ns, now_ns());
+    STAT_SET(eng, peer_connected, 1);
+    __atomic_store_n(&p->attached, 1, __ATOMIC_RELEASE);
+    rc = pthread_create(&p->receiver, NULL, receiver_main, eng);
+    if (rc) {
+        __atomic_store_n(&p->attached, 0, __ATOMIC_RELEASE);
+        STAT_SET(eng, peer_connected, 0);
+        p->fd = -1;
+        return -rc;
+    }
+    return 0;
+}
+
+int rm_peer_detach(rm_engine *eng)
+{
+    struct rm_peer *p = &eng->peer;
+
+    if (!__atomic_load_n(&p->attached, __ATOMIC_ACQUIRE))
+        return 0;
+    shutdown(p->fd, SHUT_RDWR);   /* wakes the receiver; it sweeps and exits */
+    pthread_join(p->receiver, NULL);
+    pthread_mutex_lock(&p->send_lock);
+    p->fd = -1;
+    p->sbuf_len = 0;
+    pthread_mutex_unlock(&p->send_lock);
+    __atomic_store_n(&p->attached, 0, __ATOMIC_RELEASE);
+    drop_control_frames(p);
+    return 0;
+}
+
+int rm_peer_ping(rm_engine *eng)
+{
+    struct rpl_header h = { .type = RPL_PING };
+
+    if (!peer_live(&eng->peer))
+        return -ENOTCONN;
+    return send_frame(eng, &h, NULL, 1);
+}
+
+int rm_resync_send(rm_engine *eng, uint64_t offset, uint32_t length)
+{
+    struct rm_peer *p = &eng->peer;
+    struct rpl_header h = { .type = RPL_RS_DATA, .offset = offset, .length = length };
+    unsigned char *buf;
+    int rc;
+
+    if (length == 0 || length > MAX_RESYNC_CHUNK || !in_range(eng, offset, length))
+        return -EINVAL;
+    if (!peer_live(p))
+        return -ENOTCONN;
+    buf = malloc(length);
+    if (!buf)
+        return -ENOMEM;
+    /* Read under the send lock: the block version we send cannot be older than one already
+     * queued by a concurrent application write (see the file comment). */
+    pthread_mutex_lock(&p->send_lock);
+    rc = sbuf_flush_locked(eng);
+    if (rc == 0)
+        rc = rm_engine_pread(eng, buf, length, offset);
+    if (rc == 0) {
+        h.id = offset;
+        rc = send_frame_locked(eng, &h, buf);
+        if (rc == 0)
+            rc = sbuf_flush_locked(eng);
+    }
+    pthread_mutex_unlock(&p->send_lock);
+    free(buf);
+    if (rc == 0)
+        STAT_ADD(eng, resync_bytes_sent, length);
+    return rc;
+}
+
+int rm_peer_send_control(rm_engine *eng, const void *frame, uint32_t length)
+{
+    struct rpl_header h;
+
+    if (length < RPL_HEADER_SIZE || rpl_unpack(frame, &h) < 0 || h.type < RPL_CONTROL_MIN ||
+        h.length != length - RPL_HEADER_SIZE || h.length > RPL_MAX_CONTROL)
+        return -EINVAL;
+    if (!peer_live(&eng->peer))
+        return -ENOTCONN;
+    return send_frame(eng, &h, (const unsigned char *)frame + RPL_HEADER_SIZE, 1);
+}
+
+int rm_peer_recv_control(rm_engine *eng, void *buf, uint32_t cap)
+{
+    struct rm_peer *p = &eng->peer;
+    int len = 0;
+
+    pthread_mutex_lock(&p->control_lock);
+    if (p->control_count) {
+        unsigned slot = p->control_head;
+        if (p->control_len[slot] > cap) {
+            len = -ENOSPC;
+        } else {
+            len = (int)p->control_len[slot];
+            memcpy(buf, p->control[slot], p->control_len[slot]);
+            free(p->control[slot]);
+            p->control_head = (slot + 1) % 256;
+            p->control_count--;
+        }
+    }
+    pthread_mutex_unlock(&p->control_lock);
+    return len;
+}

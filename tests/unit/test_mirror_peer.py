@@ -1,0 +1,290 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The C peer link: two engines joined by a socketpair, driven through the NBD loop.
+
+Primary and Secondary each get a temp file; writes enter the Primary through real NBD requests
+(the Session helper) and must reach the Secondary's file per protocol; a broken link must mark
+the unacknowledged blocks in the shared bitmap, and resync must clear them on both sides.
+"""
+import os
+import select
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from replica.bitmap import Bitmap
+from replica.mirror import Engine
+from tests.unit.test_mirror_engine import DISC, FLUSH, FUA, READ, REQUEST, REQUEST_MAGIC, WRITE, Session
+
+SIZE = 8 << 20
+HEADER = struct.Struct(">IHHQQII")
+
+
+def make_engine(tmp_path, name, read_only=False):
+    fd = os.open(tmp_path / name, os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, SIZE)
+    eng = Engine(fd, SIZE, read_only=read_only)
+    bitmap = Bitmap(SIZE)
+    eng.set_bitmap(bitmap)
+    return eng, fd, bitmap
+
+
+class Pair:
+    def __init__(self, tmp_path, protocol="C"):
+        self.tmp = tmp_path
+        self.primary, self.pfd, self.pbm = make_engine(tmp_path, "primary")
+        self.secondary, self.sfd, self.sbm = make_engine(tmp_path, "secondary", read_only=True)
+        self.protocol = protocol
+        self.socks = []
+        self.connect()
+
+    def connect(self):
+        a, b = socket.socketpair()
+        self.socks += [a, b]
+        self.primary.peer_attach(a.fileno(), self.protocol)
+        self.secondary.peer_attach(b.fileno(), self.protocol)
+
+    def disconnect(self):
+        self.primary.peer_detach()
+        self.secondary.peer_detach()
+
+    def close(self):
+        for eng in (self.primary, self.secondary):
+            eng.close()
+        for s in self.socks:
+            s.close()
+        os.close(self.pfd)
+        os.close(self.sfd)
+
+    def disk(self, name):
+        return (self.tmp / name).read_bytes()
+
+
+@pytest.fixture(params=["A", "B", "C"])
+def pair(tmp_path, request):
+    p = Pair(tmp_path, request.param)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def pair_c(tmp_path):
+    p = Pair(tmp_path, "C")
+    yield p
+    p.close()
+
+
+def wait_for(pred, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.005)
+    return pred()
+
+
+def test_writes_reach_the_secondary_under_every_protocol(pair):
+    s = Session(pair.primary)
+    blocks = {i: os.urandom(4096) for i in range(0, 200, 3)}
+    s.sock.sendall(b"".join(REQUEST.pack(REQUEST_MAGIC, 0, WRITE, i, i * 4096, 4096) + data
+                            for i, data in blocks.items()))
+    assert sorted(s.reply()[1] for _ in blocks) == sorted(blocks)
+    s.send(FLUSH, cookie=999)
+    assert s.reply()[1] == 999
+    s.send(DISC)
+    s.finish()
+    assert wait_for(lambda: pair.secondary.stats()["peer_frames_applied"] >= len(blocks))
+    assert wait_for(lambda: pair.primary.stats()["peer_pending"] == 0)
+    assert pair.disk("primary") == pair.disk("secondary")
+    assert pair.pbm.count() == 0
+
+
+def test_protocol_c_ack_means_written_on_the_secondary(pair_c):
+    s = Session(pair_c.primary)
+    for i in range(50):
+        data = os.urandom(8192)
+        s.send(WRITE, i * 65536, len(data), data, flags=FUA, cookie=i)
+        assert s.reply() == (0, i, b"")
+        # No waiting: under protocol C the answer comes only after the peer wrote it.
+        assert os.pread(pair_c.sfd, len(data), i * 65536) == data
+    s.send(DISC)
+    s.finish()
+
+
+def test_large_writes_and_trim_zero_are_mirrored(pair_c):
+    s = Session(pair_c.primary)
+    big = os.urandom(3 << 20)
+    s.send(WRITE, 1 << 20, len(big), big, cookie=1)
+    assert s.reply() == (0, 1, b"")
+    s.send(6, 1 << 20, 65536, cookie=2)           # WRITE_ZEROES
+    assert s.reply() == (0, 2, b"")
+    s.send(4, (2 << 20), 65536, cookie=3)         # TRIM
+    assert s.reply() == (0, 3, b"")
+    s.send(DISC)
+    s.finish()
+    assert os.pread(pair_c.sfd, 65536, 1 << 20) == bytes(65536)
+    assert pair_c.disk("primary") == pair_c.disk("secondary")
+
+
+def test_secondary_refuses_frontend_writes(pair_c):
+    s = Session(pair_c.secondary)
+    s.send(WRITE, 0, 4, b"nope", cookie=1)
+    assert s.reply()[0] == 1  # EPERM
+    s.send(READ, 0, 4, cookie=2)
+    assert s.reply(4)[0] == 0
+    s.send(DISC)
+    s.finish()
+
+
+def test_lost_link_marks_dirty_and_resync_clears_both_sides(pair_c):
+    s = Session(pair_c.primary)
+    s.send(WRITE, 0, 4096, b"a" * 4096, cookie=1)
+    assert s.reply()[0] == 0
+    pair_c.disconnect()
+    events = pair_c.primary.next_events()
+    assert any(e.type == "peer_lost" for e in events)
+    # Disconnected Primary keeps serving; the blocks it changes are out of sync.
+    s.send(WRITE, 5 * 4096, 3 * 4096, b"b" * 3 * 4096, cookie=2)
+    assert s.reply()[0] == 0
+    s.send(WRITE, 1 << 20, 100, b"c" * 100, cookie=3)
+    assert s.reply()[0] == 0
+    assert pair_c.pbm.count() == 4
+    assert list(pair_c.pbm.iter_dirty_extents(1 << 20)) == [(5 * 4096, 3 * 4096), (1 << 20, 4096)]
+    assert pair_c.disk("primary") != pair_c.disk("secondary")
+    pair_c.connect()
+    pair_c.sbm.merge(pair_c.pbm)   # the handshake's bitmap exchange, done by hand here
+    for offset, length in pair_c.pbm.iter_dirty_extents(1 << 20):
+        pair_c.primary.resync_send(offset, length)
+    assert wait_for(lambda: pair_c.pbm.count() == 0 and pair_c.sbm.count() == 0)
+    st = pair_c.primary.stats()
+    assert st["resync_bytes_sent"] == st["resync_bytes_acked"] == 4 * 4096
+    assert pair_c.secondary.stats()["resync_bytes_received"] == 4 * 4096
+    assert pair_c.disk("primary") == pair_c.disk("secondary")
+    s.send(DISC)
+    s.finish()
+
+
+def test_pending_writes_are_marked_dirty_when_the_peer_vanishes(tmp_path):
+    primary, pfd, pbm = make_engine(tmp_path, "p")
+    a, b = socket.socketpair()
+    primary.peer_attach(a.fileno(), "C")
+    try:
+        s = Session(primary)
+        s.send(WRITE, 8192, 4096, b"x" * 4096, cookie=7)
+        # Nobody on the other end acks: the request waits for the peer...
+        assert select.select([s.sock], [], [], 0.3)[0] == []
+        assert primary.stats()["peer_pending"] == 1
+        b.close()  # ...until the peer is gone: then it completes locally, marked out of sync
+        assert s.reply() == (0, 7, b"")
+        assert pbm.test_bit(2) and pbm.count() == 1
+        s.send(DISC)
+        s.finish()
+    finally:
+        primary.close()
+        a.close()
+        os.close(pfd)
+
+
+def test_garbage_from_peer_is_a_protocol_event_not_a_crash(tmp_path):
+    primary, pfd, _ = make_engine(tmp_path, "p")
+    a, b = socket.socketpair()
+    primary.peer_attach(a.fileno(), "C")
+    try:
+        b.sendall(b"\x00" * 64)
+        assert wait_for(lambda: primary.stats()["peer_connected"] == 0)
+        events = primary.next_events()
+        assert [e.type for e in events] == ["peer_protocol"]
+        primary.pwrite(b"still fine", 0)
+    finally:
+        primary.close()
+        a.close()
+        b.close()
+        os.close(pfd)
+
+
+def test_data_frame_to_a_primary_is_refused(tmp_path):
+    primary, pfd, _ = make_engine(tmp_path, "p")
+    a, b = socket.socketpair()
+    primary.peer_attach(a.fileno(), "C")
+    try:
+        b.sendall(HEADER.pack(0x52504C31, 0x01, 0, 1, 0, 4, 0) + b"evil")
+        assert wait_for(lambda: primary.stats()["peer_connected"] == 0)
+        assert primary.next_events()[0].type == "peer_protocol"
+        assert primary.pread(4, 0) == bytes(4)
+    finally:
+        primary.close()
+        a.close()
+        b.close()
+        os.close(pfd)
+
+
+def test_control_frames_pass_through_in_order(pair_c):
+    frames = [HEADER.pack(0x52504C31, 0x45, 0, i, 0, 5, 0) + b"hello" for i in range(3)]
+    for f in frames:
+        pair_c.primary.send_control(f)
+    seen = []
+    assert wait_for(lambda: seen.extend(e for e in pair_c.secondary.next_events() if e.type == "peer_control")
+                    or len(seen) == 3)
+    assert [(e.offset, e.length) for e in seen] == [(0x45, 5)] * 3
+    assert [pair_c.secondary.recv_control() for _ in frames] == frames
+    assert pair_c.secondary.recv_control() is None
+    with pytest.raises(OSError):
+        pair_c.primary.send_control(b"short")
+
+
+def test_activity_log_gates_writes_to_cold_extents(pair_c):
+    pair_c.primary.enable_al()
+    pair_c.primary.al_set_hot(0)
+    s = Session(pair_c.primary)
+    s.send(WRITE, 4096, 4, b"warm", cookie=1)
+    assert s.reply()[1] == 1  # extent 0 is hot: no wait
+    s.send(WRITE, (4 << 20) + 4096, 4, b"cold", cookie=2)
+    assert wait_for(lambda: any(e.type == "al_miss" and e.offset == 1 for e in pair_c.primary.next_events()))
+    assert select.select([s.sock], [], [], 0.2)[0] == []  # still waiting for the AL transaction
+    assert os.pread(pair_c.pfd, 4, (4 << 20) + 4096) == bytes(4)
+    pair_c.primary.al_set_hot(1)
+    assert s.reply()[1] == 2
+    assert pair_c.primary.stats()["al_misses"] == 1
+    s.send(DISC)
+    s.finish()
+
+
+def test_ping_refreshes_last_rx(pair_c):
+    before = pair_c.primary.stats()["peer_last_rx_ns"]
+    time.sleep(0.01)
+    pair_c.primary.peer_ping()
+    assert wait_for(lambda: pair_c.primary.stats()["peer_last_rx_ns"] > before)
+
+
+def test_concurrent_connections_and_resync_keep_disks_identical(pair_c):
+    """Application writes race with resync of the same blocks: the newest version must win."""
+    pair_c.disconnect()
+    pair_c.primary.next_events()
+    pair_c.primary.pwrite(os.urandom(SIZE), 0)
+    pair_c.pbm.set_range(0, SIZE)
+    pair_c.connect()
+    pair_c.sbm.merge(pair_c.pbm)
+    stop = threading.Event()
+
+    def writer(seed):
+        s = Session(pair_c.primary)
+        i = 0
+        while not stop.is_set():
+            off = ((seed * 7919 + i * 104729) % (SIZE // 4096)) * 4096
+            s.send(WRITE, off, 4096, os.urandom(4096), cookie=i)
+            assert s.reply()[0] == 0
+            i += 1
+        s.send(DISC)
+        s.finish()
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for offset, length in list(pair_c.pbm.iter_dirty_extents(256 * 1024)):
+        pair_c.primary.resync_send(offset, length)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert wait_for(lambda: pair_c.pbm.count() == 0 and pair_c.primary.stats()["peer_pending"] == 0)
+    assert pair_c.disk("primary") == pair_c.disk("secondary")
