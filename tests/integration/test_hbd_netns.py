@@ -230,3 +230,22 @@ def test_stonith_external_fences_before_takeover_and_withholds_while_failing(lab
     results = [r["result"] for r in journal(lab, "ha2") if r["event"] == "stonith"]
     assert results[0] == "failed" and results[-1] == "ok"
     assert "takeover withheld" in lab.log_text("ha2")
+
+
+def test_seed_default_legacy_auto_failback(lab):
+    """The seed's ha.cf has no auto_failback line: heartbeat's default 'legacy' (failback by ip-request)."""
+    for n in ("ha1", "ha2"):
+        lab.write_config(n, timing=dict(FAST))
+    with open(os.path.join(lab.config_dir("ha1"), "ha.cf")) as f:
+        assert "auto_failback" not in f.read()
+    lab.start_hbd("ha1")
+    lab.start_hbd("ha2")
+    assert lab.wait_for(lambda: lab.holds_all("ha1"), 15) is not None, lab.log_text("ha1")
+    lab.kill("ha1", signal.SIGKILL)
+    assert lab.wait_for(lambda: lab.holds_all("ha2"), DEADTIME_S + 1.0) is not None, lab.log_text("ha2")
+    lab.start_hbd("ha1")
+    ok = lab.wait_for(lambda: lab.holds_all("ha1") and lab.holds_none("ha2"), 15)
+    assert ok is not None, lab.log_text("ha1") + lab.log_text("ha2")
+    assert "legacy failback" in lab.log_text("ha1")
+    assert "asks for group '10.0.17.26': giving it up" in lab.log_text("ha2")
+    assert lab.wait_for(lambda: lab.ping_vip(), 3) is not None
