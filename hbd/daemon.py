@@ -559,7 +559,7 @@ def check_pidfile(path: str) -> None:
                 return
     except OSError:
         return
-    raise ReplicaError(f"hbd: already running: pid {pid} ({path})")
+    raise ReplicaError(f"already running: pid {pid} ({path})")
 
 
 def daemonize() -> None:

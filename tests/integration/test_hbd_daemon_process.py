@@ -1,0 +1,66 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""hbd as a real daemon: daemonizes without -f (pid file), logfile/debugfile from ha.cf, SIGUSR1
+state dump, SIGHUP config check, refuses a second instance, SIGTERM releases everything."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import requires_commands, requires_root  # noqa: E402
+from hbd_netns import PYTHON, REPO, Lab  # noqa: E402
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def lab(tmp_path):
+    requires_root()
+    requires_commands("ip")
+    lab = Lab(str(tmp_path))
+    try:
+        lab.setup()
+        yield lab
+    finally:
+        lab.close()
+
+
+def hbd(lab, n, *extra):
+    env = dict(os.environ, PYTHONPATH=REPO, REPLICACTL=os.path.join(lab.node_dir(n), "replicactl"))
+    return subprocess.run(["ip", "netns", "exec", lab.ns[n], PYTHON, "-m", "hbd", "--config-dir",
+                           lab.config_dir(n), "--node", n, "--run-dir", lab.run_dir(n), *extra],
+                          capture_output=True, text=True, env=env, timeout=30)
+
+
+def test_daemonized_hbd_lifecycle(lab):
+    logfile = os.path.join(lab.node_dir("ha1"), "ha-log")
+    debugfile = os.path.join(lab.node_dir("ha1"), "ha-debug")
+    lab.write_config("ha1", timing={"keepalive": "200ms", "deadtime": "1", "initdead": "1"},
+                     extra_hacf=f"logfile {logfile}\ndebugfile {debugfile}")
+    r = hbd(lab, "ha1")
+    assert r.returncode == 0, r.stderr            # the parent returns once the daemon is forked
+    pidfile = os.path.join(lab.run_dir("ha1"), "hbd.pid")
+    assert lab.wait_for(lambda: os.path.exists(pidfile), 10) is not None
+    with open(pidfile) as f:
+        pid = int(f.read())
+    try:
+        # alone: after initdead it takes every group (peer never heard)
+        assert lab.wait_for(lambda: lab.holds_all("ha1"), 10) is not None
+        r2 = hbd(lab, "ha1")
+        assert r2.returncode == 1 and r2.stderr.startswith(f"hbd: already running: pid {pid} ("), r2.stderr
+        os.kill(pid, signal.SIGUSR1)
+        os.kill(pid, signal.SIGHUP)
+        assert lab.wait_for(lambda: "SIGHUP: configuration OK" in open(logfile).read(), 5) is not None
+        text = open(logfile).read()
+        assert "state dump: groups" in text and "node ha2: dead after deadtime_s=1" in text
+        assert "hbd[" in text.splitlines()[0]
+        assert lab.hbctl("ha1", "rscstatus").stdout.strip() == "local"
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    assert lab.wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 15) is not None
+    assert lab.holds_none("ha1") and not os.path.exists(pidfile)
+    assert not os.path.exists(os.path.join(lab.run_dir("ha1"), "hbd.sock"))
+    assert os.path.getsize(debugfile) >= os.path.getsize(logfile) > 0
