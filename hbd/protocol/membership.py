@@ -149,6 +149,7 @@ class Membership:
         self.load_average = load_average
         self.started_at = now
         self.local_status = "init"
+        self.closed = False        # True after send_shutdone(): no more heartbeats
         self.counters: dict[str, int] = {k: 0 for k in (
             "received", "accepted", "dropped_malformed", "dropped_unsigned", "dropped_bad_auth",
             "dropped_unknown_node", "dropped_replay", "dropped_old_generation", "own_packets",
@@ -222,7 +223,7 @@ class Membership:
 
     def get_timer(self) -> float | None:
         """The next time handle_timer() has work to do."""
-        times = [self._next_heartbeat]
+        times = [self._next_heartbeat] if not self.closed else []
         if self.local_status == "up":
             times.append(self.started_at + self.initdead_s)
         for p in self._peers.values():
@@ -234,7 +235,7 @@ class Membership:
                     times.append(min(due, give_up))
             elif p.status == "init":
                 times.append(self.started_at + self.initdead_s)
-        return min(times)
+        return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
         self._now = max(self._now, now)
@@ -259,6 +260,8 @@ class Membership:
 
         A `dest` field addresses one node (others still see and sequence it).
         """
+        if self.closed:
+            raise LocalProtocolError(f"membership: send_message: {msg_type!r} after shutdone")
         if not msg_type or msg_type == "status":
             raise LocalProtocolError(f"membership: send_message: type {msg_type!r} is reserved or empty")
         self._send(msg_type, list(fields.items()))
@@ -268,9 +271,15 @@ class Membership:
         self._set_local_status(status)
 
     def send_shutdone(self) -> None:
-        """Last words of a graceful stop: `t=shutdone st=dead` (the peer takes over at once)."""
+        """Last words of a graceful stop: `t=shutdone st=dead` (the peer takes over at once).
+
+        No status heartbeat follows (a real heartbeat would log "returning after
+        partition"); retransmission requests are still answered so a lost
+        shutdone can be recovered.
+        """
         self.local_status = "dead"
         self._send("shutdone", [("st", "dead")])
+        self.closed = True
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
         self._now = max(self._now, now)
@@ -304,6 +313,7 @@ class Membership:
             if for_us:
                 self._handle_control(peer, msg, now)
             return
+        first_missing = min(peer.missing) if peer.missing else None
         if not self._accept_seq(peer, msg.seq, now):
             self._drop("dropped_replay", addr, f"{msg.type} from {src}: seq {msg.seq:x} already seen", event=False)
             return
@@ -315,8 +325,8 @@ class Membership:
             peer.uuid = msg.src_uuid
         if msg.type == "status" and "protocol" in msg:
             peer.flow_control = True
-        if peer.flow_control and msg.seq % ACK_MSG_DIV == peer.ack_trigger:
-            self._send("NS_ackmsg", [("dest", src), ("ackseq", "%x" % msg.seq)])
+        if peer.flow_control and not self.closed:
+            self._maybe_ack(peer, msg.seq, first_missing)
         if msg.deadtime_ms:
             peer.dead_s = max(msg.deadtime_ms / 1000.0, self.keepalive_s * 2)
         status = msg.status if msg.type == "status" else None
@@ -329,7 +339,7 @@ class Membership:
                 self._set_local_status("active")
         elif status and not goodbye:
             peer.status = status
-        if msg.type == "reqnodes" and for_us:
+        if msg.type == "reqnodes" and for_us and not self.closed:
             self._send("repnodes", [("dest", src), ("nodelist", " ".join(self.nodes) + " "),
                                     ("delnodelist", " ")], own_first=True)
         elif msg.type not in ("status", "reqnodes", "repnodes") and for_us:
@@ -376,6 +386,26 @@ class Membership:
             del peer.missing[seq]
             return True
         return False
+
+    def _maybe_ack(self, peer: _Peer, seq: int, first_missing: int | None) -> None:
+        """Flow-control ack, cumulative as heartbeat's: never past the first missing seq.
+
+        The sender ignores rexmit requests for anything at or below the last
+        ack it got from us, so acking past a gap would make the gap permanent.
+        """
+        if first_missing is not None and seq == first_missing:
+            # a gap's first hole was filled: ack the highest trigger-aligned seq now complete
+            upto = min(peer.missing) - 1 if peer.missing else peer.last_seq
+            x = upto % ACK_MSG_DIV
+            ack = (upto // ACK_MSG_DIV - (0 if x >= peer.ack_trigger else 1)) * ACK_MSG_DIV + peer.ack_trigger
+            if ack >= first_missing:
+                self._send("NS_ackmsg", [("dest", peer.name), ("ackseq", "%x" % ack)])
+            return
+        if seq % ACK_MSG_DIV != peer.ack_trigger:
+            return
+        if peer.missing and seq > min(peer.missing):
+            return
+        self._send("NS_ackmsg", [("dest", peer.name), ("ackseq", "%x" % seq)])
 
     def _request_missing(self, peer: _Peer, now: float) -> None:
         for s, (due, give_up) in sorted(peer.missing.items()):
@@ -424,12 +454,12 @@ class Membership:
         self._events.append(NodeDead(peer.name, graceful))
 
     def _set_local_status(self, status: str) -> None:
-        if status != self.local_status:
+        if status != self.local_status and not self.closed:
             self.local_status = status
             self._send_status(self._now)
 
     def _maybe_send_heartbeat(self, now: float) -> None:
-        if now < self._next_heartbeat:
+        if now < self._next_heartbeat or self.closed:
             return
         self._send_status(now)
 

@@ -36,7 +36,7 @@ DEADTIME_S = 5
 KEY = "mahnamahna"
 
 DRIVER = r'''
-import json, socket, sys, time
+import json, os, select, socket, sys, time
 sys.path.insert(0, sys.argv[1])
 from hbd.authkeys import parse_authkeys
 from hbd.protocol.membership import Membership, NodeDead
@@ -51,6 +51,8 @@ m = Membership("ha2", ["ha1", "ha2"], keepalive_s=1, warntime_s=3, deadtime_s=%(
                wall_clock_offset=time.time() - now)
 end = now + run_s
 last_packet = None
+TRACE = bool(os.environ.get("HBW_TRACE"))   # print every datagram as a "trace" event
+blackout_until = 0.0     # "blackout S" on stdin: lose every datagram both ways for S seconds
 dumped = 0
 def say(**kw):
     print(json.dumps(kw), flush=True)
@@ -60,26 +62,46 @@ while True:
     if now >= end:
         break
     for d in m.datagrams_to_send(now):
-        sock.sendto(d, (peer_ip, 694))
+        if TRACE:
+            say(event="trace", dir="out", lost=now < blackout_until, t=now, pkt=d[:200].decode("latin-1"))
+        if now >= blackout_until:
+            sock.sendto(d, (peer_ip, 694))
     timer = m.get_timer()
     timeout = max(0.0, min(end, timer if timer is not None else end) - now)
-    sock.settimeout(timeout)
-    try:
+    ready, _, _ = select.select([sock, sys.stdin], [], [], timeout)
+    now = time.monotonic()
+    if sys.stdin in ready:
+        cmd = sys.stdin.readline().split()
+        if not cmd:
+            break
+        if cmd[0] == "blackout":
+            blackout_until = now + float(cmd[1])
+        elif cmd[0] == "shutdone":
+            m.send_shutdone()
+        elif cmd[0] == "counters":
+            say(event="counters", counters=m.counters, snapshot=m.snapshot())
+    if sock in ready:
         data, addr = sock.recvfrom(300000)
-    except socket.timeout:
-        m.handle_timer(time.monotonic())
-    else:
-        now = time.monotonic()
-        before = m.counters["accepted"]
-        m.receive_datagram(data, addr, now)
-        if m.counters["accepted"] != before:
-            last_packet = now
-        if dump_dir != "-" and dumped < 40:
-            dumped += 1
-            open("%%s/pkt%%03d.bin" %% (dump_dir, dumped), "wb").write(data)
-        if m.get_timer() is not None and m.get_timer() <= now:
-            m.handle_timer(now)
+        if TRACE:
+            say(event="trace", dir="in", lost=now < blackout_until, t=now, pkt=data[:200].decode("latin-1"))
+        if now >= blackout_until:
+            before = m.counters["accepted"]
+            m.receive_datagram(data, addr, now)
+            if m.counters["accepted"] != before:
+                last_packet = now
+            if dump_dir != "-" and dumped < 40:
+                dumped += 1
+                open("%%s/pkt%%03d.bin" %% (dump_dir, dumped), "wb").write(data)
+    timer = m.get_timer()
+    if timer is not None and timer <= now:
+        m.handle_timer(now)
     while (e := m.next_event()) is not None:
+        # the smallest R1 resource protocol for a node holding nothing: announce ourselves and
+        # answer heartbeat's "starting" so it becomes stable (hbd.groups does this for real)
+        if type(e).__name__ == "NodeUp" and not m.closed:
+            m.send_message("starting", {})
+        if type(e).__name__ == "MessageReceived" and e.msg.type == "starting" and not m.closed:
+            m.send_message("resource", {"rsc_hold": "none", "rtype": "full", "isstable": "1"})
         kw = {"event": type(e).__name__, "t": time.monotonic()}
         kw.update({k: getattr(e, k) for k in e.__slots__ if k not in ("msg", "addr")})
         if hasattr(e, "msg"):
@@ -191,22 +213,33 @@ class Driver:
         path.write_text(DRIVER)
         self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(path), str(ROOT), peer_ip,
                                       str(run_s), str(dump_dir), str(keyfile)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
         self.events = []
+        self._buf = b""
 
-    def wait_for(self, event, timeout):
+    def command(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def wait_for(self, event, timeout, after=0):
+        """The first event named `event` among those after index `after`, waiting up to `timeout` s."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for e in self.events:
+        while True:
+            for e in self.events[after:]:
                 if e["event"] == event:
                     return e
-            r, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            r, _, _ = select.select([self.proc.stdout], [], [], left)
             if r:
-                line = self.proc.stdout.readline()
-                if not line:
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
                     raise AssertionError(f"driver exited early: {self.proc.stderr.read()[-2000:]}")
-                self.events.append(json.loads(line))
-        return None
+                self._buf += chunk
+                *lines, self._buf = self._buf.split(b"\n")
+                self.events.extend(json.loads(line) for line in lines if line)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -277,3 +310,99 @@ def test_real_heartbeat_and_our_membership_see_each_other(two_namespaces, tmp_pa
             hb.wait(timeout=10)
         if driver is not None:
             driver.stop()
+
+
+def start_pair(ns_a, ns_b, ip_a, ip_b, tmp_path, method_line=f"2 sha1 {KEY}"):
+    """Our driver in ns_b, then the real daemon in ns_a; returns (driver, popen, mntns, log path)."""
+    node_dir = make_node_dir(tmp_path / "ha1", ip_b, method_line)
+    keyfile = tmp_path / "authkeys-ours"
+    keyfile.write_text(f"auth {method_line.split()[0]}\n{method_line}\n")
+    driver = Driver(ns_b, ip_a, 90, tmp_path, keyfile)
+    assert driver.wait_for("ready", 10), "driver did not start"
+    hb = start_real_heartbeat(ns_a, node_dir)
+    mntns = None
+    for _ in range(50):
+        try:  # ip netns exec -> unshare -> sh -> exec heartbeat, all the same PID
+            if pathlib.Path(f"/proc/{hb.pid}/comm").read_text().strip() == "heartbeat":
+                mntns = os.readlink(f"/proc/{hb.pid}/ns/mnt")
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return driver, hb, mntns, node_dir / "log" / "ha-log"
+
+
+def stop_pair(driver, hb, mntns):
+    if hb is not None:
+        kill_node(hb.pid, mntns)
+        if hb.poll() is None:
+            hb.kill()
+        hb.wait(timeout=10)
+    if driver is not None:
+        driver.stop()
+
+
+def test_real_heartbeat_rexmit_both_ways_and_its_graceful_shutdown(two_namespaces, tmp_path):
+    """A 2.2 s blackout is repaired by NS_rexmit in both directions; heartbeat's shutdone is a graceful death."""
+    driver = hb = mntns = None
+    try:
+        driver, hb, mntns, log = start_pair(*two_namespaces, tmp_path)
+        started = time.monotonic()
+        assert mntns, "real heartbeat did not start"
+        assert driver.wait_for("NodeUp", 20), "our Membership never saw ha1"
+        time.sleep(max(0.0, started + 7 - time.monotonic()))
+        assert cl_status(hb.pid, "nodestatus", "ha2") == "active"
+
+        mark = len(driver.events)
+        driver.command("blackout 2.2")   # loses 2 datagrams each way
+        time.sleep(4.0)
+        driver.command("counters")
+        c = driver.wait_for("counters", 5, after=mark)
+        assert c is not None
+        text = log.read_text()
+        assert driver.wait_for("NodeDead", 0, after=mark) is None
+        assert c["counters"]["rexmit_requested"] >= 1, c          # we asked ha1 for what we missed
+        assert c["counters"]["rexmit_sent"] >= 1, (c, text[-2000:])  # and answered ha1's NS_rexmit
+        assert c["snapshot"]["peers"]["ha1"]["missing"] == [], c
+        assert c["counters"]["lost_packets"] == 0, c
+        assert "lost packet(s) for [ha2]" in text, text[-2000:]
+        assert "No pkts missing from ha2!" in text, text[-2000:]
+        assert cl_status(hb.pid, "nodestatus", "ha2") == "active"
+
+        # its goodbye: SIGTERM makes heartbeat send shutdone; we see a graceful death at once
+        mark = len(driver.events)
+        os.kill(hb.pid, signal.SIGTERM)
+        sent_at = time.monotonic()
+        dead = driver.wait_for("NodeDead", 5, after=mark)
+        assert dead is not None and dead["node"] == "ha1" and dead["graceful"] is True, driver.events[mark:]
+        assert dead["t"] - sent_at < 3.0
+        got = [e.get("type") for e in driver.events[mark:] if e["event"] == "MessageReceived"]
+        assert "shutdone" in got, got
+    finally:
+        stop_pair(driver, hb, mntns)
+
+
+def test_our_shutdone_is_a_clean_goodbye_for_the_real_heartbeat(two_namespaces, tmp_path):
+    """After our shutdone the real daemon takes over at once and never sees us 'return after partition'."""
+    driver = hb = mntns = None
+    try:
+        driver, hb, mntns, log = start_pair(*two_namespaces, tmp_path)
+        started = time.monotonic()
+        assert mntns, "real heartbeat did not start"
+        assert driver.wait_for("NodeUp", 20), "our Membership never saw ha1"
+        time.sleep(max(0.0, started + 7 - time.monotonic()))
+        assert cl_status(hb.pid, "nodestatus", "ha2") == "active"
+        driver.command("shutdone")
+        time.sleep(1.0)
+        text = log.read_text()
+        assert "Received shutdown notice from 'ha2'." in text, text[-2000:]
+        assert "Resources being acquired from ha2." in text, text[-2000:]
+        time.sleep(DEADTIME_S + 1.5)
+        text = log.read_text()
+        after = text[text.index("Received shutdown notice from 'ha2'."):]
+        assert "node ha2: is dead" in after, after[-2000:]
+        assert "returning after partition" not in after, after[-2000:]
+        assert "Link ha2:eth0 up" not in after, after[-2000:]
+        assert cl_status(hb.pid, "nodestatus", "ha2") == "dead"
+    finally:
+        stop_pair(driver, hb, mntns)

@@ -436,3 +436,51 @@ def test_lossy_duplicating_link_delivers_each_message_exactly_once(plan):
         assert set(got) <= set(range(sent))
     else:
         assert sorted(got) == list(range(sent))
+
+
+def test_after_shutdone_only_rexmit_answers_go_out(net):
+    a, b = net.m["ha1"], net.m["ha2"]
+    net.run_until(2)
+    b.send_shutdone()
+    shutdone = b.datagrams_to_send(net.t)
+    assert [decode_message(d, SHA1).type for d in shutdone] == ["shutdone"]
+    mark = len(net.wire)
+    net.run_until(30)     # ha1 keeps talking; ha2 must stay silent (no status, no acks)
+    assert [s for s, _, _ in net.wire[mark:]].count("ha2") == 0
+    assert [s for s, _, _ in net.wire[mark:]].count("ha1") >= 28
+    assert b.node_status("ha2") == "dead"
+    with pytest.raises(LocalProtocolError, match="'x' after shutdone"):
+        b.send_message("x", {})
+    seq = decode_message(shutdone[0], SHA1).seq
+    a._send("NS_rexmit", [("dest", "ha2"), ("firstseq", str(seq)), ("lastseq", str(seq))])
+    for d in a.datagrams_to_send(net.t):
+        b.receive_datagram(d, ("ha1", 694), net.t)
+    assert b.datagrams_to_send(net.t) == shutdone     # a lost shutdone can still be recovered
+
+
+def test_acks_are_cumulative_never_past_a_gap():
+    """heartbeat ignores rexmit requests at or below our last ack: never ack across a hole."""
+    a, b = make("ha1"), make("ha2")
+    trigger = sum(b"ha1") % 10           # b's ack trigger for ha1
+    t = 0.0
+    for d in a.datagrams_to_send(t):      # status init (1), up (2): flow control on
+        b.receive_datagram(d, ("a", 1), t)
+    b.datagrams_to_send(t)
+    held = {}
+    for i in range(3, 40):
+        a.send_message("app", {"n": str(i)})
+        for d in a.datagrams_to_send(t):
+            seq = decode_message(d, SHA1).seq
+            if seq in (trigger + 20 - 1, trigger + 20 - 2):   # lose two just below an ack point
+                held[seq] = d
+            else:
+                b.receive_datagram(d, ("a", 1), t)
+    acks = [int(decode_message(d, SHA1).get("ackseq"), 16) for d in b.datagrams_to_send(t)
+            if b"NS_ackmsg" in d]
+    hole = min(held)
+    assert acks == [trigger + 10], (acks, hole)      # trigger+20 and +30 arrived but are past the hole
+    for seq in sorted(held):
+        b.receive_datagram(held[seq], ("a", 1), t)
+    acks = [int(decode_message(d, SHA1).get("ackseq"), 16) for d in b.datagrams_to_send(t)
+            if b"NS_ackmsg" in d]
+    assert acks == [max(s for s in range(1, 40) if s % 10 == trigger)]
