@@ -4,24 +4,30 @@
     replicactl [--config F] [--node N] [--run-dir D] COMMAND [RESOURCE|all] [options]
 
 Commands are declared in one table (drbdadm's adm_cmd): name, handler, whether they need a
-resource, and a one-line summary for usage. Commands that need the daemon start it when needed
-(`up`), or say plainly that it is not running.
+resource, their options, and a one-line summary for usage. `up` and `attach` start the daemon
+when needed; `create-md` and `dump-md` work on the disk directly while the resource is down.
+Refused state changes print one DRBD sentence on stderr (`r0: State change failed: Need access
+to UpToDate data`) and exit with EXIT_REFUSED, as drbdsetup does; other failures exit 1,
+unknown/unconfigured resources 10.
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from replica import locations
 from replica.config import load_config
 from replica.control import ControlError, is_daemon_running, request
 from replica.errors import ReplicaError
+from replica.states import Refusal
 
 DAEMON_START_TIMEOUT_S = 15.0
+EXIT_ERROR = 1
+EXIT_NO_RESOURCE = 10
+EXIT_REFUSED = 17        # drbdsetup's exit code for a refused state change (SS_* error)
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,15 @@ class Command:
     handler: Callable
     needs_resource: bool
     summary: str
+    options: tuple[tuple[str, str], ...] = field(default=())   # (flag, help)
+
+
+def refusal_in(message: str) -> Refusal | None:
+    """The Refusal whose sentence ends `message`, if the daemon refused a state change."""
+    for r in Refusal:
+        if message.endswith(r.sentence):
+            return r
+    return None
 
 
 class Ctl:
@@ -53,8 +68,12 @@ class Ctl:
     def call(self, cmd: str, **fields) -> dict:
         return request(self.where.control_socket, cmd, **fields)
 
+    @property
+    def daemon_running(self) -> bool:
+        return is_daemon_running(self.where.control_socket)
+
     def ensure_daemon(self) -> None:
-        if is_daemon_running(self.where.control_socket):
+        if self.daemon_running:
             return
         self.config  # a broken config is reported here, not by a daemon in the background
         cmd = [sys.executable, "-m", "replica.daemon", "--config", self.where.config,
@@ -64,7 +83,7 @@ class Ctl:
             raise ReplicaError(started.stderr.strip() or f"replicad exited with status {started.returncode}")
         deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if is_daemon_running(self.where.control_socket):
+            if self.daemon_running:
                 return
             time.sleep(0.05)
         raise ReplicaError(f"replicad did not answer on {self.where.control_socket} within "
@@ -74,9 +93,12 @@ class Ctl:
         try:
             return self.call("status", resource=name)["resources"]
         except ControlError:
-            if is_daemon_running(self.where.control_socket):
+            if self.daemon_running:
                 raise
             return []
+
+    def is_attached(self, name: str) -> bool:
+        return any(st.get("up") for st in self.status_of(name))
 
 
 def cmd_up(ctl: Ctl, name: str) -> int:
@@ -87,16 +109,106 @@ def cmd_up(ctl: Ctl, name: str) -> int:
 
 
 def cmd_down(ctl: Ctl, name: str) -> int:
-    if not is_daemon_running(ctl.where.control_socket):
+    if not ctl.daemon_running:
         return 0  # nothing is up: down is already true
     for res in ctl.resource_names(name):
         ctl.call("down", resource=res)
     return 0
 
 
-def format_status(st: dict) -> str:
-    """drbdadm status layout (drbd-reference.md 1.12) for one resource."""
+def _verb(verb: str, start_daemon: bool = False, **flags: str) -> Callable:
+    """A handler sending `verb` with the boolean options named in `flags` (arg -> request key)."""
+    def handler(ctl: Ctl, name: str) -> int:
+        if start_daemon:
+            ctl.ensure_daemon()
+        elif not ctl.daemon_running:
+            for res in ctl.resource_names(name):
+                print(f"{res}: No such resource (replicad is not running)", file=sys.stderr)
+            return EXIT_NO_RESOURCE
+        for res in ctl.resource_names(name):
+            ctl.call(verb, resource=res, **{key: bool(getattr(ctl.args, arg, False))
+                                            for arg, key in flags.items()})
+        return 0
+    handler.__name__ = f"cmd_{verb.replace('-', '_')}"
+    return handler
+
+
+def cmd_create_md(ctl: Ctl, name: str) -> int:
+    from replica import metadata
+    for res in ctl.resource_names(name):
+        resource = ctl.config.resource(res)
+        if resource.standalone:
+            raise ReplicaError(f"{res}: create-md: a standalone resource (one 'on' section) has "
+                               "no metadata")
+        if ctl.is_attached(res):
+            raise Refusal.DISK_CONFIGURED.error(res)
+        host = resource.host(ctl.where.node)
+        try:
+            md = metadata.create_md(host.disk, host.meta_disk, al_extents=resource.disk.al_extents,
+                                    force=ctl.args.force)
+        except metadata.MetadataExists as exc:
+            raise ReplicaError(f"{exc} (replicactl create-md --force {res})") from None
+        with md:
+            print(f"{res}: writing meta data on {host.disk} (meta-disk {host.meta_disk}): "
+                  f"{md.sb.data_size} data bytes, {md.sb.md_size} metadata bytes")
+        print("New replica meta data block successfully created.")
+    return 0
+
+
+def cmd_dump_md(ctl: Ctl, name: str) -> int:
+    from replica import metadata
+    for res in ctl.resource_names(name):
+        resource = ctl.config.resource(res)
+        reply = ctl.call("dump-md", resource=res) if ctl.daemon_running else {"attached": False}
+        if reply.get("attached"):
+            text, data = reply["text"], reply["json"]
+        else:
+            host = resource.host(ctl.where.node)
+            with metadata.open_md(host.disk, host.meta_disk, apply_al=False) as md:
+                text, data = metadata.format_dump_md(md), metadata.dump_md(md)
+        if ctl.args.json:
+            print(json.dumps(data, indent=2))
+        else:
+            print(text, end="")
+    return 0
+
+
+def _size_kib(n: int) -> str:
+    return f"{n // 1024}"
+
+
+def format_status(st: dict, verbose: bool = False) -> str:
+    """drbdadm status layout (drbd-reference.md 1.12) for one resource.
+
+    Peer lines appear for replicated resources: `  <peer> connection:<C>` while not Connected,
+    else `  <peer> role:<R>` and `    [replication:<S> ]peer-disk:<D>[ done:<pct>]`
+    (replication only beyond Established, as drbdsetup prints it).
+    """
     lines = [f"{st['name']} role:{st['role']}", f"  disk:{st['disk_state']}"]
+    if st.get("standalone", True) or not st.get("peer"):
+        return "\n".join(lines)
+    if st["connection"] != "Connected":
+        lines.append(f"  {st['peer']} connection:{st['connection']}")
+        return "\n".join(lines)
+    lines.append(f"  {st['peer']} role:{st['peer_role']}")
+    words = []
+    if st["replication"] != "Established":
+        words.append(f"replication:{st['replication']}")
+    words.append(f"peer-disk:{st['peer_disk_state']}")
+    rs = st.get("resync")
+    if rs is not None:
+        words.append(f"done:{rs['percent']:.2f}")
+    if verbose:
+        stats = st.get("stats") or {}
+        words += [f"received:{_size_kib(stats.get('resync_bytes_received', 0))}",
+                  f"sent:{_size_kib(stats.get('peer_bytes_sent', 0))}",
+                  f"out-of-sync:{_size_kib(st.get('out_of_sync_bytes', 0))}",
+                  f"pending:{stats.get('peer_pending', 0)}"]
+        if rs is not None:
+            words.append(f"dbdt1:{rs['rate_bps'] / (1 << 20):.2f}")
+            if rs["eta_s"] is not None:
+                words.append(f"eta:{rs['eta_s']:.0f}")
+    lines.append("    " + " ".join(words))
     return "\n".join(lines)
 
 
@@ -110,11 +222,11 @@ def cmd_status(ctl: Ctl, name: str) -> int:
     rc = 0
     for n in names:
         if n in {st["name"] for st in up}:
-            print(format_status(by_name[n]))
+            print(format_status(by_name[n], verbose=ctl.args.verbose))
             print()
         else:
             print(f"{n}: No such resource", file=sys.stderr)
-            rc = 10  # drbdsetup's exit code for an unknown/unconfigured resource
+            rc = EXIT_NO_RESOURCE  # drbdsetup's exit code for an unknown/unconfigured resource
     return rc
 
 
@@ -124,22 +236,34 @@ def _field(ctl: Ctl, name: str, render: Callable[[dict], str]) -> int:
         sts = [st for st in ctl.status_of(res) if st.get("up")]
         if not sts:
             print(f"{res}: No such resource", file=sys.stderr)
-            rc = 10
+            rc = EXIT_NO_RESOURCE
             continue
         print(render(sts[0]))
     return rc
 
 
+def render_role(st: dict) -> str:
+    return f"{st['role']}/{st.get('peer_role', 'Unknown')}"
+
+
+def render_cstate(st: dict) -> str:
+    return st.get("cstate", st["connection"])
+
+
+def render_dstate(st: dict) -> str:
+    return f"{st['disk_state']}/{st.get('peer_disk_state', 'DUnknown')}"
+
+
 def cmd_role(ctl: Ctl, name: str) -> int:
-    return _field(ctl, name, lambda st: f"{st['role']}/{st.get('peer_role', 'Unknown')}")
+    return _field(ctl, name, render_role)
 
 
 def cmd_cstate(ctl: Ctl, name: str) -> int:
-    return _field(ctl, name, lambda st: st["connection"])
+    return _field(ctl, name, render_cstate)
 
 
 def cmd_dstate(ctl: Ctl, name: str) -> int:
-    return _field(ctl, name, lambda st: f"{st['disk_state']}/{st.get('peer_disk_state', 'DUnknown')}")
+    return _field(ctl, name, render_dstate)
 
 
 def cmd_nbd_uri(ctl: Ctl, name: str) -> int:
@@ -160,9 +284,32 @@ def cmd_dump(ctl: Ctl, name: str) -> int:
 
 
 COMMANDS = [
-    Command("up", cmd_up, True, "attach the disk and start serving the resource (starts replicad if needed)"),
-    Command("down", cmd_down, True, "stop serving the resource and release its disk"),
-    Command("status", cmd_status, False, "show roles and disk states, drbdadm-style"),
+    Command("create-md", cmd_create_md, True, "initialise the metadata (UUIDs, bitmap, activity "
+            "log) on this node's disk", (("--force", "overwrite valid metadata"),)),
+    Command("dump-md", cmd_dump_md, True, "print the metadata: UUIDs, flags, bitmap",
+            (("--json", "machine-readable output"),)),
+    Command("up", cmd_up, True, "attach the disk and connect to the peer (starts replicad if "
+            "needed)"),
+    Command("down", cmd_down, True, "disconnect, demote and release the disk"),
+    Command("attach", _verb("attach", start_daemon=True), True, "open the disk and its metadata"),
+    Command("detach", _verb("detach"), True, "release the disk (clean metadata shutdown)"),
+    Command("connect", _verb("connect", discard_my_data="discard_my_data"), True,
+            "connect to the peer", (("--discard-my-data", "split-brain victim: resync from "
+                                     "the peer, dropping local changes"),)),
+    Command("disconnect", _verb("disconnect"), True, "drop the peer connection (StandAlone)"),
+    Command("primary", _verb("primary", force="force"), True, "promote to Primary",
+            (("--force", "promote even without UpToDate data (initial sync, disaster)"),)),
+    Command("secondary", _verb("secondary"), True, "demote to Secondary"),
+    Command("invalidate", _verb("invalidate"), True, "resync the local disk fully from the peer"),
+    Command("invalidate-remote", _verb("invalidate-remote"), True,
+            "resync the peer's disk fully from this node"),
+    Command("new-current-uuid", _verb("new-current-uuid", clear_bitmap="clear_bitmap"), True,
+            "start a new data generation",
+            (("--clear-bitmap", "both disks are identical (e.g. blank): skip the initial "
+              "sync"),)),
+    Command("status", cmd_status, False, "show roles, disk and peer states, drbdadm-style",
+            (("--json", "machine-readable output, with resync rate and ETA"),
+             ("--verbose", "add drbdsetup's statistics to the peer line"))),
     Command("role", cmd_role, True, "print local/peer role, e.g. Primary/Secondary"),
     Command("cstate", cmd_cstate, True, "print the connection state"),
     Command("dstate", cmd_dstate, True, "print local/peer disk state, e.g. UpToDate/UpToDate"),
@@ -183,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("resource", metavar="RESOURCE", nargs="?", default=None,
                            help="resource name, or 'all' (default)")
-        if command.name == "status":
-            p.add_argument("--json", action="store_true", help="machine-readable output")
+        for flag, text in command.options:
+            p.add_argument(flag, action="store_true", help=text)
         p.set_defaults(handler=command.handler)
     return parser
 
@@ -196,8 +343,14 @@ def main(argv=None) -> int:
     try:
         return args.handler(ctl, args.resource)
     except (ReplicaError, OSError) as exc:
-        print(f"replicactl: {args.command}: {exc}", file=sys.stderr)
-        return 1
+        text = str(exc)
+        refusal = refusal_in(text)
+        if refusal is not None:
+            res = text[:-len(refusal.sentence)].rstrip(": ") or args.resource
+            print(f"{res}: State change failed: {refusal.sentence}", file=sys.stderr)
+            return EXIT_REFUSED
+        print(f"replicactl: {args.command}: {text}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

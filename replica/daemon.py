@@ -38,7 +38,22 @@ class Daemon:
             "down": self.cmd_down,
             "status": self.cmd_status,
             "shutdown": self.cmd_shutdown,
+            "dump-md": self.cmd_dump_md,
         }
+        # drbdadm verbs that map to one ResourceRuntime method each: (method, request keys)
+        self.verbs = {
+            "attach": ("attach", ()),
+            "detach": ("detach", ()),
+            "connect": ("connect", ("discard_my_data",)),
+            "disconnect": ("disconnect", ()),
+            "primary": ("primary", ("force",)),
+            "secondary": ("secondary", ()),
+            "invalidate": ("invalidate", ()),
+            "invalidate-remote": ("invalidate_remote", ()),
+            "new-current-uuid": ("new_current_uuid", ("clear_bitmap",)),
+        }
+        for verb in self.verbs:
+            self.commands[verb] = self.cmd_verb
 
     # Commands from replicactl: each returns a reply dict or raises ReplicaError.
     def handle(self, req: dict) -> dict:
@@ -71,17 +86,41 @@ class Daemon:
 
     def cmd_up(self, req):
         rt = self._runtime(req["resource"])
-        rt.up()
-        return {"status": rt.status()}
+        with rt.lock:
+            rt.up()
+            return {"status": rt.status()}
 
     def cmd_down(self, req):
         rt = self._runtime(req["resource"])
-        rt.down()
+        with rt.lock:
+            rt.down()
         return {}
+
+    def cmd_verb(self, req):
+        method, keys = self.verbs[req["cmd"]]
+        rt = self._runtime(req["resource"])
+        if rt.resource.standalone and req["cmd"] not in ("primary", "secondary"):
+            raise ReplicaError(f"{rt.name}: {req['cmd']}: a standalone resource (one 'on' "
+                               "section) has no metadata and no peer")
+        with rt.lock:
+            getattr(rt, method)(**{k: bool(req.get(k)) for k in keys})
+            return {"status": rt.status()}
+
+    def cmd_dump_md(self, req):
+        rt = self._runtime(req["resource"])
+        with rt.lock:
+            if rt.md is None:
+                return {"attached": False}
+            return {"attached": True, **rt.dump_md()}
 
     def cmd_status(self, req):
         names = [req["resource"]] if req.get("resource") else list(self.config.resources)
-        return {"resources": [self._runtime(name).status() for name in names]}
+        out = []
+        for name in names:
+            rt = self._runtime(name)
+            with rt.lock:
+                out.append(rt.status())
+        return {"resources": out}
 
     def cmd_shutdown(self, req):
         self.stop_event.set()
@@ -102,7 +141,8 @@ class Daemon:
             with self.lock:
                 for rt in self.resources.values():
                     try:
-                        rt.down()
+                        with rt.lock:
+                            rt.down(force=True)
                     except (ReplicaError, OSError) as exc:
                         log.error("%s: down at exit: %s", rt.name, exc)
             try:

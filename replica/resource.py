@@ -1,35 +1,99 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""One configured resource at run time on this node: its backing disk, engine and NBD export.
+"""One configured resource at run time on this node: disk, metadata, engine, export, peer link.
 
-    down ──up()──► up (disk open and locked, engine running, export listening) ──down()──► down
+A resource with a single `on` section is standalone: `up` opens the whole disk and serves it
+Primary/UpToDate (no metadata, no peer). A resource with two `on` sections is replicated::
 
-A resource with a single `on` section is standalone: it comes up Primary with an UpToDate disk,
-since there is no peer whose data could be newer.
+    Diskless ──attach──► disk open, metadata open (AL replayed), engine + export running
+              (Secondary, export read-only)                         │
+    StandAlone ──connect──► Connecting ──handshake (peer_link)──► Connected
+                                 ▲                                     │ peer lost, ping timeout
+                                 └─────────────────────────────────────┘
+    up = attach + connect;  down = disconnect + detach (clean_shutdown of the metadata)
+
+Every state change goes through replica.roles (one table, DRBD's guards) and is logged on one
+line; the metadata flags follow the state (`_persist_flags`). Threads: the daemon's command
+threads, `PeerLink`, `ResyncRunner`, the event reader (drains C's event fd; activity-log misses
+are answered there, under `md_lock` only, so a writer waiting in C never waits for `lock`) and
+the monitor (peer events, control frames, ping-int/ping-timeout/timeout, bitmap persistence).
+Lock order: `lock` before `md_lock`. Peer control frames after the handshake:
+
+    STATE        role/disk changed                SYNC_UUID    SyncSource starts (aux 1 = full)
+    UUIDS        resync done (target adopts the   SYNC_DECISION invalidate: "sync me fully"
+                 tuple), or SKIP_INITIAL_SYNC     OUTDATE      graceful disconnect of a Primary
 """
 import fcntl
 import logging
 import os
+import queue
+import select
+import subprocess
+import threading
+import time
+from dataclasses import replace
 
+from replica import metadata as md_mod
 from replica.config import Endpoint, Resource
-from replica.errors import ReplicaError
+from replica.errors import RemoteProtocolError, ReplicaError
 from replica.mirror import Engine
 from replica.nbd_server import ExportServer
+from replica.peer_link import PeerLink, ResyncRunner
+from replica.protocol import repl
 from replica.protocol.nbd import ExportInfo, transmission_flags_for
+from replica.protocol.repl_wire import ReplPacket, WireDisk, WireRole
+from replica.resync import ResyncProgress
+from replica.roles import (Request, ResourceState, apply_handshake, apply_split_brain,
+                           needs_new_current_uuid, request_or_raise)
+from replica.states import ConnState, DiskState, Refusal, ReplState, Role
+from replica.uuids import MdFlag, SyncDecision, UuidFlag
 
 log = logging.getLogger("replicad.resource")
 
+BITMAP_PERSIST_S = 2.0
+HANDLER_TIMEOUT_S = 60.0
+_ROLE_WIRE = {Role.Unknown: WireRole.UNKNOWN, Role.Primary: WireRole.PRIMARY,
+              Role.Secondary: WireRole.SECONDARY}
+_WIRE_ROLE = {v: k for k, v in _ROLE_WIRE.items()}
+
+
+_DISK_WIRE = {d: WireDisk[d.name.upper()] for d in DiskState}
+_WIRE_DISK = {int(v): k for k, v in _DISK_WIRE.items()}
+
+
+def _wire_disk(d: DiskState) -> WireDisk:
+    return _DISK_WIRE[d]
+
 
 class ResourceRuntime:
-    def __init__(self, resource: Resource, node: str, default_export_path: str):
+    def __init__(self, resource: Resource, node: str, default_export_path: str, rng=os.urandom):
         self.resource = resource
         self.name = resource.name
         self.host = resource.host(node)
+        self.peer_host = resource.peer(node)
         self.endpoint = self.host.export or Endpoint(kind="unix", path=default_export_path,
                                                      host=None, port=None)
+        self.rng = rng
+        self.lock = threading.RLock()
+        self.md_lock = threading.Lock()
+        self.state = ResourceState(allow_two_primaries=resource.net.allow_two_primaries)
         self.fd: int | None = None
         self.engine: Engine | None = None
         self.server: ExportServer | None = None
+        self.md: md_mod.Metadata | None = None
+        self.link: PeerLink | None = None
+        self.runner: ResyncRunner | None = None
+        self.progress: ResyncProgress | None = None
+        self.last_resync: dict | None = None
         self.size = 0
+        self._discard_my_data = False
+        self._events: queue.Queue = queue.Queue()
+        self._threads_stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._ping_sent_ns = 0
+        self._bm_stored_at = 0.0
+        self._bm_stored_count = -1
+
+    # --- properties -----------------------------------------------------------------------
 
     @property
     def is_up(self) -> bool:
@@ -37,26 +101,113 @@ class ResourceRuntime:
 
     @property
     def role(self) -> str:
-        return "Primary" if self.is_up else "Unknown"
+        return str(self.state.role) if self.is_up else "Unknown"
+
+    @property
+    def ctx(self) -> str:
+        return self.name
+
+    # --- state changes -----------------------------------------------------------------------
+
+    def _set_state(self, new: ResourceState, why: str = "") -> None:
+        old = self.state
+        if new == old:
+            return
+        changes = [f"{label} {getattr(old, f)} -> {getattr(new, f)}"
+                   for f, label in (("role", "role"), ("conn", "connection"),
+                                    ("repl", "replication"), ("disk", "disk"),
+                                    ("peer_role", "peer role"), ("peer_disk", "peer disk"))
+                   if getattr(old, f) != getattr(new, f)]
+        self.state = new
+        if changes:
+            log.info("%s: %s%s", self.name, ", ".join(changes), f" ({why})" if why else "")
+        if self.engine is not None and old.role != new.role:
+            self._apply_role_to_export()
+        self._persist_flags()
+
+    def _request(self, req: Request, what: str, **kw) -> ResourceState:
+        self.state = replace(self.state, open_rw=self._open_rw())
+        return request_or_raise(self.state, req, f"{self.name}", **kw)
+
+    def _open_rw(self) -> bool:
+        if self.engine is None or self.state.role is not Role.Primary:
+            return False
+        return self.engine.stats().get("active_connections", 0) > 0
+
+    def _persist_flags(self) -> None:
+        if self.md is None:
+            return
+        s = self.state
+        want = {MdFlag.CONSISTENT: s.disk in (DiskState.UpToDate, DiskState.Outdated,
+                                              DiskState.Consistent),
+                MdFlag.WAS_UP_TO_DATE: s.disk is DiskState.UpToDate,
+                MdFlag.PRIMARY_IND: s.role is Role.Primary,
+                MdFlag.CONNECTED_IND: s.is_connected,
+                MdFlag.PEER_OUT_DATED: s.peer_disk is DiskState.Outdated}
+        if s.disk in (DiskState.Diskless, DiskState.Negotiating, DiskState.Attaching):
+            return
+        with self.md_lock:
+            flags = self.md.flags
+            for f, on in want.items():
+                flags = flags | f if on else flags & ~f
+            uuids = self.md.uuids.with_role(s.role is Role.Primary)
+            if flags != self.md.flags or uuids != self.md.uuids:
+                self.md.write_superblock(flags=flags, uuids=uuids)
+
+    def _set_uuids(self, uuids, why: str) -> None:
+        with self.md_lock:
+            uuids = uuids.with_role(self.state.role is Role.Primary)
+            if uuids != self.md.uuids:
+                log.info("%s: uuids %s -> %s (%s)", self.name, self.md.uuids.text(), uuids.text(),
+                         why)
+                self.md.write_superblock(uuids=uuids)
+
+    def _new_current_uuid(self, why: str) -> None:
+        self._set_uuids(self.md.uuids.new_current(self.rng, primary=True), why)
+
+    # --- up/down -----------------------------------------------------------------------------
 
     def up(self) -> None:
+        if self.resource.standalone:
+            self._up_standalone()
+            return
+        if self.md is None:
+            self.attach()
+        if self.state.conn is ConnState.StandAlone:
+            self.connect()
+
+    def down(self, force: bool = False) -> None:
+        """drbdadm down; `force` (daemon exit) also ends NBD clients of a Primary."""
+        if self.resource.standalone:
+            self._down_standalone()
+            return
+        if self.md is None:
+            return
+        if not force and self.state.role is Role.Primary and self._open_rw():
+            raise Refusal.DEVICE_IN_USE.error(self.name)
+        if self.link is not None:
+            self.disconnect()
+        if self.state.role is Role.Primary:
+            self._set_state(replace(self.state, role=Role.Secondary), "down")
+        self.detach()
+        log.info("%s: down", self.name)
+
+    def _up_standalone(self) -> None:
         if self.is_up:
             return
         self.fd = self._open_disk()
         try:
             self.size = os.lseek(self.fd, 0, os.SEEK_END)
             self.engine = Engine(self.fd, self.size)
-            flags = transmission_flags_for(read_only=False, can_multi_conn=True)
-            export = ExportInfo(name=self.name, size=self.size, transmission_flags=flags,
-                                description=f"replica resource {self.name} on {self.host.name}")
-            self.server = ExportServer(self.name, self.endpoint, self.engine, export)
+            self.server = ExportServer(self.name, self.endpoint, self.engine, self._export_info())
         except BaseException:
             self._release()
             raise
+        self.state = ResourceState(role=Role.Primary, disk=DiskState.UpToDate)
         log.info("%s: up: disk %s (%d bytes) exported at %s", self.name, self.host.disk, self.size,
                  self.endpoint.nbd_uri(self.name))
 
-    def down(self) -> None:
+    def _down_standalone(self) -> None:
         if not self.is_up:
             return
         self.server.stop()
@@ -64,12 +215,16 @@ class ResourceRuntime:
         if self.engine is not None:
             self.engine.flush()
         self._release()
+        self.state = ResourceState()
         log.info("%s: down", self.name)
 
     def _release(self) -> None:
         if self.engine is not None:
             self.engine.close()
             self.engine = None
+        if self.md is not None:
+            self.md.close()
+            self.md = None
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -88,16 +243,558 @@ class ResourceRuntime:
             raise ReplicaError(f"{self.name}: disk '{path}' is in use by another process") from None
         return fd
 
+    def _export_info(self) -> ExportInfo:
+        ro = self.state.role is not Role.Primary and not self.resource.standalone
+        return ExportInfo(name=self.name, size=self.size,
+                          transmission_flags=transmission_flags_for(read_only=ro,
+                                                                    can_multi_conn=True),
+                          description=f"replica resource {self.name} on {self.host.name}")
+
+    def _apply_role_to_export(self) -> None:
+        ro = self.state.role is not Role.Primary
+        self.engine.set_read_only(ro)
+        if self.server is not None:
+            self.server.export = self._export_info()
+        log.info("%s: export %s: %s", self.name, self.endpoint.nbd_uri(self.name),
+                 "read-only (Secondary: writes are refused with EPERM)" if ro else "read-write")
+
+    # --- attach/detach -----------------------------------------------------------------------
+
+    def attach(self) -> None:
+        if self.md is not None:
+            raise Refusal.DISK_CONFIGURED.error(self.name)
+        self.fd = self._open_disk()
+        try:
+            try:
+                self.md = md_mod.open_md(self.host.disk, self.host.meta_disk, apply_al=True)
+            except md_mod.MetadataError as exc:
+                raise ReplicaError(f"{self.name}: attach: {exc}; to initialise it run "
+                                   f"'replicactl create-md {self.name}'") from None
+            if self.md.crashed_primary:
+                log.warning("%s: attach: the node crashed while Primary: activity-log extents "
+                            "are marked out of sync", self.name)
+            self.size = self.md.sb.data_size
+            self.engine = Engine(self.fd, self.size, read_only=True)
+            self.engine.set_bitmap(self.md.bitmap)
+            if self.resource.disk.al_updates:
+                self.engine.enable_al()
+            new = self._request(Request.ATTACH, "attach", attach=self.md.attach_info())
+            self.server = ExportServer(self.name, self.endpoint, self.engine, self._export_info())
+        except BaseException:
+            self._release()
+            raise
+        self._set_state(new, "attach")
+        self._start_threads()
+        log.info("%s: attached: disk %s (%d data bytes, meta-disk %s), uuids %s, %d KiB out of "
+                 "sync, exported read-only at %s", self.name, self.host.disk, self.size,
+                 self.host.meta_disk, self.md.uuids.text(), self.md.bitmap.dirty_bytes() // 1024,
+                 self.endpoint.nbd_uri(self.name))
+
+    def detach(self) -> None:
+        if self.md is None:
+            raise Refusal.IS_DISKLESS.error(self.name)
+        new = self._request(Request.DETACH, "detach")
+        if self.link is not None:            # no Diskless-over-the-network mode: drop the link
+            self.disconnect()
+            new = self._request(Request.DETACH, "detach")
+        self._stop_threads()
+        self.server.stop()
+        self.server = None
+        self.engine.flush()
+        with self.md_lock:
+            try:
+                self.md.clean_shutdown()
+            except (md_mod.MetadataError, OSError) as exc:
+                log.error("%s: detach: metadata: %s", self.name, exc)
+        self._set_state(new, "detach")
+        self._release()
+
+    def _start_threads(self) -> None:
+        self._threads_stop.clear()
+        for target, label in ((self._event_reader, "events"), (self._monitor, "monitor")):
+            t = threading.Thread(target=target, name=f"{label}[{self.name}]", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _stop_threads(self) -> None:
+        self._threads_stop.set()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=5)
+        self._threads = []
+
+    # --- connect/disconnect ---------------------------------------------------------------------
+
+    def connect(self, discard_my_data: bool = False) -> None:
+        if self.peer_host is None:
+            raise Refusal.NO_NET_CONFIG.error(self.name)
+        new = self._request(Request.CONNECT, "connect")
+        self._discard_my_data = discard_my_data
+        self.link = PeerLink(self, node=self.host.name, peer=self.peer_host.name,
+                             local_addr=self.host.address, peer_addr=self.peer_host.address,
+                             net=self.resource.net)
+        self.link.start()
+        self._set_state(new, "connect" + (" --discard-my-data" if discard_my_data else ""))
+
+    def disconnect(self) -> None:
+        if self.state.conn is ConnState.StandAlone and self.link is None:
+            return                      # drbd: disconnecting a StandAlone device succeeds
+        new = self._request(Request.DISCONNECT, "disconnect")
+        if self.state.is_connected and self.engine is not None:
+            if new.peer_disk is DiskState.Outdated:
+                self._send(repl.encode_simple(ReplPacket.OUTDATE))
+            self._send(repl.encode_simple(ReplPacket.DISCONNECT))
+        self._drop_link(new, "disconnect")
+        link, self.link = self.link, None
+        if link is not None:
+            link.stop()
+
+    def _drop_link(self, new: ResourceState, why: str) -> None:
+        """Common part of disconnect and connection loss: detach C, stop resync, new UUID."""
+        old = self.state
+        if self.engine is not None and old.is_connected:
+            self.engine.peer_detach()       # first: a resync_send blocked in C returns
+        if self.runner is not None:
+            self.runner.stop()
+            self.runner = None
+        self.progress = None
+        if self.md is not None and needs_new_current_uuid(old, new, forced=False,
+                                                          bitmap_uuid=self.md.uuids.bitmap):
+            self._new_current_uuid(f"{why}: Primary without peer")
+        self._set_state(new, why)
+        self._store_bitmap()
+        if self.link is not None:
+            self.link.link_down()
+
+    def _lost(self, why: str) -> None:
+        if not self.state.is_connected:
+            return
+        log.warning("%s: connection to %s lost: %s", self.name, self.link.peer_text
+                    if self.link else "peer", why)
+        self._drop_link(self._request(Request.CONNECTION_LOST, "connection lost"),
+                        "connection lost")
+
+    def _send(self, frame: bytes) -> None:
+        try:
+            self.engine.send_control(frame)
+        except OSError as exc:
+            log.warning("%s: send to peer: %s", self.name, exc)
+
+    def _send_state(self) -> None:
+        if self.state.is_connected:
+            s = self.state
+            self._send(repl.encode_simple(ReplPacket.STATE, offset=self.md.uuids.current,
+                                          aux=(_ROLE_WIRE[s.role] << 8) | _wire_disk(s.disk)))
+
+    # --- peer link callbacks (PeerLink thread) ---------------------------------------------
+
+    def hello_info(self) -> repl.HelloInfo:
+        with self.lock:
+            with self.md_lock:
+                return repl.HelloInfo(
+                    node_name=self.host.name, data_size=self.size,
+                    uuids=self.md.uuids.with_role(self.state.role is Role.Primary),
+                    role=self.state.role, disk=self.state.disk,
+                    flags=self.md.uuid_flags(discard_my_data=self._discard_my_data),
+                    bits=self.md.bitmap.count())
+
+    def encoded_bitmap(self) -> bytes:
+        return self.md.bitmap.encode()
+
+    def link_established(self, sock, done: repl.HandshakeDone, peer_bitmap) -> bool:
+        """Apply the handshake's verdict; attach C to the socket. False: stay StandAlone."""
+        with self.lock:
+            if self.link is None or self.engine is None:
+                return False
+            v = done.verdict
+            peer = self.link.peer_text
+            log.info("%s: handshake with %s: %s; self %s, peer %s", self.name, peer, v.reason,
+                     self.md.uuids.text(), done.peer.uuids.text())
+            if v.decision.drops_connection:
+                if v.split_brain:
+                    log.error("%s: Split-Brain detected but unresolved, dropping connection! "
+                              "(peer %s)", self.name, peer)
+                else:
+                    log.error("%s: %s (peer %s): dropping connection", self.name, v.reason, peer)
+                self._set_state(apply_split_brain(self.state), str(v.decision))
+                self.link = None
+                if v.handler:
+                    self._run_handler(v.handler)
+                return False
+            if v.split_brain:
+                log.warning("%s: %s", self.name, v.reason)
+                self._run_handler("initial-split-brain")
+            self._discard_my_data = False
+            d = v.decision
+            bm = self.md.bitmap
+            if d.is_full:
+                bm.set_all()
+            elif d.is_bitmap and peer_bitmap is not None:
+                for a, b in peer_bitmap.iter_dirty_runs():
+                    bm.set_bits(a, b)
+            sync_source = True if d.is_sync_source else False if d.is_sync_target else None
+            new = apply_handshake(self.state, peer_role=done.peer.role,
+                                  peer_disk=done.peer.disk, sync_source=sync_source)
+            self.engine.peer_attach(sock.fileno(), self.resource.net.protocol)
+            self._ping_sent_ns = 0
+            self._set_state(new, f"connected to {peer}, {d}")
+            if d.is_sync_target:
+                self._begin_target()
+            elif d.is_sync_source:
+                self._begin_source(full=d.is_full)
+            return True
+
+    # --- resync --------------------------------------------------------------------------------
+
+    def _begin_source(self, full: bool) -> None:
+        if full:
+            self.md.bitmap.set_all()
+        uuids, sync_uuid = self.md.uuids.start_resync_source(self.rng)
+        self._set_uuids(uuids, "resync start (SyncSource)")
+        self._store_bitmap(force=True)
+        self._send(repl.encode_simple(ReplPacket.SYNC_UUID, offset=sync_uuid, aux=int(full)))
+        self._set_state(replace(self.state, repl=ReplState.SyncSource,
+                                peer_disk=DiskState.Inconsistent), "resync start")
+        total = self.md.bitmap.dirty_bytes()
+        self.progress = ResyncProgress(total, time.monotonic())
+        log.info("%s: resync started as SyncSource: %d KiB to send (%s), resync-rate %d KiB/s",
+                 self.name, total // 1024, "full" if full else "bitmap",
+                 self.resource.disk.resync_rate_bps // 1024)
+        self.runner = ResyncRunner(self, self.engine, self.md.bitmap,
+                                   self.resource.disk.resync_rate_bps)
+        self.runner.start()
+
+    def _begin_target(self) -> None:
+        self._set_state(replace(self.state, repl=ReplState.SyncTarget, disk=DiskState.Inconsistent),
+                        "resync start")
+        self.progress = ResyncProgress(self.md.bitmap.dirty_bytes(), time.monotonic())
+
+    def resync_finished(self, runner: ResyncRunner) -> None:
+        with self.lock:
+            if runner is not self.runner:
+                return
+            self.runner = None
+            took = time.monotonic() - self.progress._start if self.progress else 0.0
+            total = self.progress.total_bytes if self.progress else 0
+            self._finish_progress(took, total)
+            self._set_uuids(self.md.uuids.finish_resync_source(), "resync finished")
+            if MdFlag.CRASHED_PRIMARY in self.md.flags:
+                with self.md_lock:
+                    self.md.set_flags(clear=MdFlag.CRASHED_PRIMARY)
+            self._store_bitmap(force=True)
+            self._send(repl.encode_uuids(self.md.uuids))
+            self._set_state(self._request(Request.SYNC_FINISHED, "resync"), "resync finished")
+            self._send_state()
+
+    def _finish_progress(self, took: float, total: int) -> None:
+        rate = total / took if took > 0 else 0.0
+        self.last_resync = {"bytes": total, "seconds": round(took, 3), "rate_bps": round(rate)}
+        log.info("%s: resync finished: %d KiB in %.2f s (%.0f KiB/s)", self.name, total // 1024,
+                 took, rate / 1024)
+        self.progress = None
+
+    # --- control frames from the peer (monitor thread) -------------------------------------------
+
+    def _on_control(self, raw: bytes) -> None:
+        dec = repl.ReplDecoder()
+        dec.receive_data(raw)
+        frame = dec.next_event()
+        if not isinstance(frame, repl.Frame):
+            raise RemoteProtocolError(f"repl: truncated control frame of {len(raw)} bytes")
+        t = frame.type
+        s = self.state
+        if t is ReplPacket.STATE:
+            role = _WIRE_ROLE.get((frame.aux >> 8) & 0xFF)
+            if role is None:
+                raise RemoteProtocolError(f"repl: STATE: unknown role {(frame.aux >> 8) & 0xFF}")
+            disk = _WIRE_DISK.get(frame.aux & 0xFF)
+            if disk is None:
+                raise RemoteProtocolError(f"repl: STATE: unknown disk state {frame.aux & 0xFF}")
+            self._set_state(replace(s, peer_role=role, peer_disk=disk), "peer state")
+        elif t is ReplPacket.SYNC_UUID:
+            if frame.aux:
+                self.md.bitmap.set_all()
+            self._set_uuids(self.md.uuids.start_resync_target(frame.offset),
+                            "resync start (SyncTarget)")
+            self._store_bitmap(force=True)
+            self._set_state(replace(s, peer_disk=DiskState.UpToDate), "peer is SyncSource")
+            if not self.state.repl.is_sync_target:
+                self._begin_target()
+        elif t is ReplPacket.UUIDS:
+            uuids, flags = repl.decode_uuids(frame)
+            if UuidFlag.SKIP_INITIAL_SYNC in flags:
+                self._set_uuids(self.md.uuids.accept_skip_initial_sync(uuids.current),
+                                "peer: new-current-uuid --clear-bitmap")
+                self.md.bitmap.clear_all()
+                self._store_bitmap(force=True)
+                self._set_state(replace(s, disk=DiskState.UpToDate, peer_disk=DiskState.UpToDate),
+                                "initial sync skipped")
+            elif s.repl.is_sync_target:
+                took = time.monotonic() - self.progress._start if self.progress else 0.0
+                self._finish_progress(took, self.progress.total_bytes if self.progress else 0)
+                self.md.bitmap.clear_all()
+                self._set_uuids(self.md.uuids.finish_resync_target(uuids), "resync finished")
+                self._store_bitmap(force=True)
+                self._set_state(self._request(Request.SYNC_FINISHED, "resync"), "resync finished")
+                self._send_state()
+        elif t is ReplPacket.SYNC_DECISION:
+            if s.disk is not DiskState.UpToDate or s.repl.is_resync:
+                log.warning("%s: peer asked for a full sync, but %s", self.name,
+                            Refusal.NO_UP_TO_DATE_DISK if s.disk is not DiskState.UpToDate
+                            else Refusal.RESYNC_RUNNING)
+                return
+            log.info("%s: peer invalidated its disk: full sync as SyncSource", self.name)
+            self._begin_source(full=True)
+        elif t is ReplPacket.OUTDATE:
+            if s.disk.rank >= DiskState.Outdated.rank:
+                self._set_state(replace(s, disk=DiskState.Outdated), "outdated by the peer")
+        elif t is ReplPacket.DISCONNECT:
+            self._lost("peer disconnected")
+        elif t is ReplPacket.REFUSE:
+            self._lost("peer refused: " + frame.payload.decode("utf-8", "replace"))
+        else:
+            raise RemoteProtocolError(f"repl: unexpected control frame {t.name} after the "
+                                      "handshake")
+
+    # --- background threads ----------------------------------------------------------------
+
+    def _event_reader(self) -> None:
+        engine = self.engine
+        efd = engine.event_fd()
+        while not self._threads_stop.is_set():
+            ready, _, _ = select.select([efd], [], [], 0.2)
+            if not ready:
+                continue
+            for ev in engine.next_events():
+                if ev.type == "al_miss":
+                    self._al_miss(ev.offset)
+                else:
+                    self._events.put(ev)
+
+    def _al_miss(self, extent: int) -> None:
+        with self.md_lock:
+            before = set(self.md.al_hot)
+            try:
+                self.md.al_begin_io(extent)
+                self.md.al_complete_io(extent)
+            except (md_mod.MetadataError, OSError, ValueError) as exc:
+                log.error("%s: activity log: extent %d: %s", self.name, extent, exc)
+                return
+            for victim in before - set(self.md.al_hot):
+                self.engine.al_set_hot(victim, False)
+            self.engine.al_set_hot(extent, True)
+
+    def _monitor(self) -> None:
+        while not self._threads_stop.is_set():
+            try:
+                ev = self._events.get(timeout=0.1)
+            except queue.Empty:
+                ev = None
+            with self.lock:
+                if self.engine is None:
+                    return
+                try:
+                    if ev is not None:
+                        self._on_event(ev)
+                    self._tick()
+                except (ReplicaError, OSError) as exc:
+                    log.error("%s: %s", self.name, exc)
+
+    def _on_event(self, ev) -> None:
+        peer = self.link.peer_text if self.link else "peer"
+        if ev.type == "peer_lost":
+            self._lost(f"{os.strerror(ev.err)}" if ev.err else "peer closed the connection")
+        elif ev.type == "peer_protocol":
+            log.error("%s: protocol error from %s: malformed or unexpected frame type 0x%02x",
+                      self.name, peer, ev.offset)
+            self._lost("protocol error")
+        elif ev.type == "io_error":
+            log.error("%s: local I/O error: offset=%d length=%d: %s", self.name, ev.offset,
+                      ev.length, os.strerror(ev.err) if ev.err else "error")
+        elif ev.type == "peer_control":
+            while self.engine is not None:
+                raw = self.engine.recv_control()
+                if not raw:
+                    break
+                try:
+                    self._on_control(raw)
+                except RemoteProtocolError as exc:
+                    log.error("%s: from %s: %s", self.name, peer, exc)
+                    self._lost("protocol error")
+                    break
+
+    def _tick(self) -> None:
+        s = self.state
+        now = time.monotonic()
+        if s.is_connected:
+            st = self.engine.stats()
+            if not st.get("peer_connected", 1):
+                return                           # peer_lost is queued
+            now_ns = time.monotonic_ns()
+            net = self.resource.net
+            last_rx = st.get("peer_last_rx_ns", 0)
+            if self._ping_sent_ns and last_rx > self._ping_sent_ns:
+                self._ping_sent_ns = 0
+            if self._ping_sent_ns:
+                if now_ns - self._ping_sent_ns > net.ping_timeout_s * 1e9:
+                    self._lost(f"PingAck did not arrive in time (ping-timeout "
+                               f"{net.ping_timeout_s:g} s)")
+                    return
+            elif last_rx and now_ns - last_rx > net.ping_int_s * 1e9:
+                self._ping_sent_ns = now_ns
+                self.engine.peer_ping()
+            oldest = st.get("peer_oldest_pending_ns", 0)
+            if oldest and now_ns - oldest > net.timeout_s * 1e9:
+                self._lost(f"no acknowledgement within timeout {net.timeout_s:g} s")
+                return
+            if self.progress is not None:
+                self.progress.update(self.progress.total_bytes - self.md.bitmap.dirty_bytes(), now)
+        if now - self._bm_stored_at >= BITMAP_PERSIST_S:
+            self._store_bitmap()
+
+    def _store_bitmap(self, force: bool = False) -> None:
+        if self.md is None:
+            return
+        count = self.md.bitmap.count()
+        if not force and count == self._bm_stored_count:
+            self._bm_stored_at = time.monotonic()
+            return
+        with self.md_lock:
+            try:
+                self.md.store_bitmap()
+            except OSError as exc:
+                log.error("%s: bitmap: %s", self.name, exc)
+                return
+        self._bm_stored_count = count
+        self._bm_stored_at = time.monotonic()
+
+    def _run_handler(self, which: str) -> None:
+        cmd = self.resource.handlers.get(which)
+        if not cmd:
+            return
+        env = dict(os.environ, DRBD_RESOURCE=self.name, REPLICA_RESOURCE=self.name,
+                   DRBD_PEER=self.peer_host.name if self.peer_host else "",
+                   DRBD_MY_ADDRESS=self.host.address[0] if self.host.address else "")
+        log.info("%s: helper command: %s %s", self.name, which, cmd)
+
+        def run():
+            try:
+                rc = subprocess.run(cmd, shell=True, env=env, stdin=subprocess.DEVNULL,
+                                    timeout=HANDLER_TIMEOUT_S).returncode
+                log.info("%s: helper command: %s exit code %d", self.name, which, rc)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                log.error("%s: helper command: %s: %s", self.name, which, exc)
+        threading.Thread(target=run, name=f"handler[{self.name}]", daemon=True).start()
+
+    # --- user requests ------------------------------------------------------------------------
+
+    def _need_disk(self) -> None:
+        if self.md is None:
+            raise Refusal.IS_DISKLESS.error(self.name)
+
+    def primary(self, force: bool = False) -> None:
+        if self.resource.standalone:
+            return
+        self._need_disk()
+        old = self.state
+        new = self._request(Request.PROMOTE, "primary", force=force)
+        if new == old:
+            return
+        forced = force and old.disk is not DiskState.UpToDate
+        if needs_new_current_uuid(old, new, forced=force, bitmap_uuid=self.md.uuids.bitmap):
+            self._new_current_uuid("primary --force" if forced else "Primary without peer")
+        self._set_state(new, "primary --force" if force else "primary")
+        self._send_state()
+        if forced and new.is_connected and new.peer_disk is not DiskState.UpToDate:
+            self._begin_source(full=True)
+
+    def secondary(self) -> None:
+        if self.resource.standalone:
+            return
+        self._need_disk()
+        self._set_state(self._request(Request.DEMOTE, "secondary"), "secondary")
+        self._send_state()
+
+    def invalidate(self) -> None:
+        self._need_disk()
+        new = self._request(Request.INVALIDATE, "invalidate")
+        if new.is_connected:
+            self._set_state(new, "invalidate")
+            self._send(repl.encode_simple(ReplPacket.SYNC_DECISION, aux=SyncDecision.FullSyncSource
+                                          .hg & 0xFFFFFFFF))
+        else:
+            self.md.bitmap.set_all()
+            self._store_bitmap(force=True)
+            self._set_state(new, "invalidate: full sync from the peer on the next connect")
+
+    def invalidate_remote(self) -> None:
+        self._need_disk()
+        self._request(Request.INVALIDATE_REMOTE, "invalidate-remote")
+        self._begin_source(full=True)
+
+    def new_current_uuid(self, clear_bitmap: bool = False) -> None:
+        self._need_disk()
+        if not clear_bitmap:
+            self._set_uuids(self.md.uuids.new_current(self.rng, primary=False),
+                            "new-current-uuid")
+            return
+        s = self.state
+        if not (s.is_connected and s.repl is ReplState.Established
+                and s.disk is DiskState.Inconsistent and s.peer_disk is DiskState.Inconsistent):
+            raise ReplicaError(f"{self.name}: new-current-uuid --clear-bitmap: needs a Connected "
+                               "pair of just-created disks (Inconsistent/Inconsistent), have "
+                               f"{s.cstate_text()} {s.dstate_text()}")
+        try:
+            uuids = self.md.uuids.skip_initial_sync(self.rng)
+        except ValueError as exc:
+            raise ReplicaError(f"{self.name}: {exc}") from None
+        self._set_uuids(uuids, "new-current-uuid --clear-bitmap")
+        self.md.bitmap.clear_all()
+        self._store_bitmap(force=True)
+        self._send(repl.encode_uuids(self.md.uuids, UuidFlag.SKIP_INITIAL_SYNC))
+        self._set_state(replace(s, disk=DiskState.UpToDate, peer_disk=DiskState.UpToDate),
+                        "initial sync skipped")
+
+    def dump_md(self) -> dict:
+        self._need_disk()
+        with self.md_lock:
+            return {"text": md_mod.format_dump_md(self.md), "json": md_mod.dump_md(self.md)}
+
+    # --- status -----------------------------------------------------------------------------
+
     def status(self) -> dict:
-        return {
+        s = self.state
+        st = self.engine.stats() if self.engine else None
+        out = {
             "name": self.name,
             "node": self.host.name,
             "up": self.is_up,
+            "standalone": self.resource.standalone,
             "role": self.role,
+            "peer_role": str(s.peer_role),
             "disk": self.host.disk,
-            "disk_state": "UpToDate" if self.is_up else "Diskless",
-            "connection": "StandAlone" if self.resource.standalone else "Connecting",
+            "disk_state": str(s.disk) if self.is_up else "Diskless",
+            "peer_disk_state": str(s.peer_disk),
+            "connection": "StandAlone" if self.resource.standalone else str(s.conn),
+            "replication": str(s.repl),
+            "cstate": s.cstate_text() if not self.resource.standalone else "StandAlone",
+            "peer": self.peer_host.name if self.peer_host else None,
+            "protocol": self.resource.net.protocol,
             "size": self.size,
+            "read_only": self.is_up and not self.resource.standalone
+            and s.role is not Role.Primary,
             "nbd_uri": self.endpoint.nbd_uri(self.name),
-            "stats": self.engine.stats() if self.engine else None,
+            "stats": st,
+            "last_resync": self.last_resync,
+            "link_error": self.link.last_error if self.link else "",
         }
+        if self.md is not None:
+            out["uuids"] = self.md.uuids.text()
+            out["out_of_sync_bytes"] = self.md.bitmap.dirty_bytes()
+        if self.progress is not None:
+            rep = self.progress.report(time.monotonic())
+            out["resync"] = {"percent": round(rep.percent, 2), "done_bytes": rep.done_bytes,
+                             "total_bytes": rep.total_bytes, "rate_bps": round(rep.rate_bps),
+                             "avg_rate_bps": round(rep.avg_rate_bps),
+                             "eta_s": None if rep.eta_s is None else round(rep.eta_s, 1)}
+        return out

@@ -1,0 +1,295 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The peer link of one replicated resource: TCP connect/accept, handshake, reconnect, resync.
+
+Owns: `PeerLink` (one thread per resource keeping the TCP link to the peer up) and
+`ResyncRunner` (one thread per running resync on the SyncSource). Decisions about states and
+UUIDs belong to the owner (replica.resource.ResourceRuntime); this module moves bytes.
+
+    PeerLink thread (one side connects, the other accepts: the node whose name sorts first
+    connects, so both sides agree without a race)::
+
+      ┌─► Connecting ── initiator: connect to the peer's address every connect-int s
+      │                 acceptor:  accept on our own address
+      │     TCP up ──► handshake (replica.protocol.repl, frames read one by one so that no byte
+      │                 of the data stream is consumed, bounded by HANDSHAKE_TIMEOUT_S)
+      │       fails: auth, refused, malformed ──► log naming the peer, close, retry
+      │     HandshakeDone ──► owner.link_established(sock, done, peer_bitmap)
+      │       False (split brain, unrelated data...) ──► StandAlone: the thread ends
+      │       True  ──► Connected: wait for link_down() (peer lost, ping timeout, disconnect)
+      └──────── close the socket, retry
+
+    ResyncRunner (SyncSource)::
+
+      pass: for each dirty extent in linear order: wait for tokens (resync-rate), resync_send()
+      end of pass: wait until every RS_DATA sent was acknowledged (C clears the bits)
+      bitmap empty ──► owner.resync_finished()    else ──► next pass
+"""
+import logging
+import socket
+import struct
+import threading
+import time
+
+from replica.auth import hmac_digest, new_challenge
+from replica.bitmap import Bitmap
+from replica.errors import LocalProtocolError, RemoteProtocolError
+from replica.protocol import repl_wire as wire
+from replica.protocol.repl import (NEED_DATA, Authenticated, AuthFailed, HandshakeDone,
+                                   HandshakeFailed, PeerBitmap, PeerHello, PeerRefused,
+                                   ReplHandshake)
+from replica.resync import TokenBucket
+from replica.uuids import SplitBrainPolicy
+
+HANDSHAKE_TIMEOUT_S = 30.0
+HANDSHAKE_FRAME_MAX = 4 * 1024 * 1024     # bitmap slices are 1 MiB; anything bigger is hostile
+ACK_WAIT_S = 60.0
+_LENGTH = struct.Struct(">I")
+
+log = logging.getLogger("replicad.peer")
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+def read_frame(sock: socket.socket) -> bytes:
+    """One whole frame (header + payload), or fewer bytes at EOF. Never reads past the frame."""
+    head = _recv_exact(sock, wire.HEADER_SIZE)
+    if len(head) < wire.HEADER_SIZE:
+        return head
+    length = _LENGTH.unpack_from(head, 24)[0]
+    if length > HANDSHAKE_FRAME_MAX:
+        raise RemoteProtocolError(f"repl handshake: frame of {length} bytes exceeds "
+                                  f"{HANDSHAKE_FRAME_MAX}")
+    return head + _recv_exact(sock, length)
+
+
+class PeerLink:
+    """Keeps `owner`'s resource connected to its peer until stop()."""
+
+    def __init__(self, owner, *, node: str, peer: str, local_addr: tuple[str, int],
+                 peer_addr: tuple[str, int], net):
+        self.owner = owner
+        self.name = owner.name
+        self.node, self.peer = node, peer
+        self.local_addr, self.peer_addr = local_addr, peer_addr
+        self.net = net
+        self.initiator = node < peer
+        self.peer_text = f"{peer} ({peer_addr[0]}:{peer_addr[1]})"
+        self._auth = None
+        if net.shared_secret is not None:
+            self._auth = (net.cram_hmac_alg or "sha1", net.shared_secret.encode("utf-8"))
+        self._stopping = threading.Event()
+        self._down = threading.Event()
+        self._sock: socket.socket | None = None
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self.last_error = ""
+
+    # --- owner API -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self.initiator:
+            self._listener = self._listen()
+        self._thread = threading.Thread(target=self._run, name=f"peer[{self.name}]", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop for good (disconnect/down). The owner has detached C from the socket first."""
+        self._stopping.set()
+        self._down.set()
+        for s in (self._listener, self._sock):
+            if s is not None:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        if self._listener is not None:
+            self._listener.close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+
+    def link_down(self) -> None:
+        """The established link is gone (C detached): close it and reconnect."""
+        self._down.set()
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # --- the thread ------------------------------------------------------------------------
+
+    def _listen(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.local_addr[0] else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(self.local_addr)
+        except OSError as exc:
+            s.close()
+            raise OSError(exc.errno, f"peer link: {self.name}: cannot listen on "
+                          f"{self.local_addr[0]}:{self.local_addr[1]}: {exc.strerror}") from None
+        s.listen(4)
+        s.settimeout(0.5)
+        return s
+
+    def _connect_once(self) -> socket.socket | None:
+        if self.initiator:
+            family = socket.AF_INET6 if ":" in self.peer_addr[0] else socket.AF_INET
+            s = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            s.settimeout(min(self.net.connect_int_s, 5.0))
+            try:
+                s.connect(self.peer_addr)
+                return s
+            except OSError as exc:
+                s.close()
+                self.last_error = f"connect to {self.peer_text}: {exc.strerror or exc}"
+                self._stopping.wait(self.net.connect_int_s)
+                return None
+        try:
+            s, addr = self._listener.accept()
+        except (socket.timeout, OSError):
+            return None
+        if addr[0] != self.peer_addr[0]:
+            log.warning("peer link: %s: refused connection from %s:%d: not the peer address %s",
+                        self.name, addr[0], addr[1], self.peer_addr[0])
+            s.close()
+            return None
+        return s
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            sock = self._connect_once()
+            if sock is None:
+                continue
+            self._sock = sock
+            try:
+                keep = self._session(sock)
+            finally:
+                self._sock = None
+                sock.close()
+            if not keep:
+                return
+            if not self._stopping.is_set() and self.initiator:
+                self._stopping.wait(min(1.0, self.net.connect_int_s))
+        log.debug("peer link: %s: stopped", self.name)
+
+    def _session(self, sock: socket.socket) -> bool:
+        """Handshake, then hold the link until it goes down. False = stop retrying."""
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for opt, size in ((socket.SO_SNDBUF, self.net.sndbuf_size),
+                          (socket.SO_RCVBUF, self.net.rcvbuf_size)):
+            if size:
+                sock.setsockopt(socket.SOL_SOCKET, opt, size)
+        try:
+            done, bitmap = self._handshake(sock)
+        except (OSError, RemoteProtocolError, LocalProtocolError) as exc:
+            self.last_error = f"handshake with {self.peer_text}: {exc}"
+            log.warning("peer link: %s: %s", self.name, self.last_error)
+            self._stopping.wait(min(1.0, self.net.connect_int_s))
+            return True
+        if done is None:
+            self._stopping.wait(self.net.connect_int_s)
+            return True
+        sock.settimeout(None)
+        self._down.clear()
+        if not self.owner.link_established(sock, done, bitmap):
+            return False
+        self._down.wait()
+        return True
+
+    def _handshake(self, sock: socket.socket) -> tuple[HandshakeDone | None, Bitmap | None]:
+        sock.settimeout(HANDSHAKE_TIMEOUT_S)
+        alg, secret = self._auth if self._auth else (None, None)
+        hs = ReplHandshake(self.owner.hello_info(), secret=secret, alg=alg, mac=hmac_digest,
+                           challenge=new_challenge() if secret else b"",
+                           is_initiator=self.initiator, bitmap_source=self.owner.encoded_bitmap,
+                           policy=SplitBrainPolicy.from_net(self.net))
+        bitmap = None
+        while True:
+            event = hs.next_event()
+            out = hs.data_to_send()
+            if out:
+                sock.sendall(out)
+            if event is NEED_DATA:
+                hs.receive_data(read_frame(sock) or b"")
+            elif isinstance(event, PeerHello):
+                log.info("peer link: %s: peer %s: hello: role %s, disk %s, uuids %s", self.name,
+                         self.peer_text, event.info.role, event.info.disk,
+                         event.info.uuids.text())
+            elif isinstance(event, Authenticated):
+                log.info("peer link: %s: peer %s authenticated (cram-hmac-alg %s)", self.name,
+                         self.peer_text, alg)
+            elif isinstance(event, PeerBitmap):
+                bitmap = event.bitmap
+            elif isinstance(event, (AuthFailed, HandshakeFailed, PeerRefused)):
+                self.last_error = f"peer {self.peer_text}: {event.reason}"
+                log.warning("peer link: %s: %s", self.name, self.last_error)
+                return None, None
+            elif isinstance(event, HandshakeDone):
+                self.last_error = ""
+                return event, bitmap
+
+
+class ResyncRunner:
+    """Sends the dirty blocks of `bitmap` to the peer (we are SyncSource), paced by rate_bps."""
+
+    def __init__(self, owner, engine, bitmap: Bitmap, rate_bps: int):
+        self.owner, self.engine, self.bitmap = owner, engine, bitmap
+        self.rate_bps = rate_bps
+        chunk = 1024 * 1024 if not rate_bps else min(1024 * 1024, max(64 * 1024, rate_bps // 8))
+        self.chunk = chunk // 4096 * 4096
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"resync[{owner.name}]",
+                                        daemon=True)
+        self.bytes_sent = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        bucket = TokenBucket(self.rate_bps, self.chunk, time.monotonic())
+        try:
+            while not self._stop.is_set():
+                for offset, length in self.bitmap.iter_dirty_extents(self.chunk):
+                    if self._stop.is_set():
+                        return
+                    wait = bucket.delay(time.monotonic())
+                    if wait > 0 and self._stop.wait(wait):
+                        return
+                    self.engine.resync_send(offset, length)
+                    self.bytes_sent += length
+                    bucket.consume(length, time.monotonic())
+                if not self._wait_acks():
+                    return
+                if self.bitmap.count() == 0:
+                    self.owner.resync_finished(self)
+                    return
+        except OSError as exc:
+            # the link went away: C reports peer_lost and the owner stops us; just log
+            log.warning("resync: %s: stopped: %s", self.owner.name, exc)
+
+    def _wait_acks(self) -> bool:
+        deadline = time.monotonic() + ACK_WAIT_S
+        while not self._stop.is_set():
+            st = self.engine.stats()
+            if st.get("resync_bytes_acked", 0) >= st.get("resync_bytes_sent", 0) \
+                    or not st.get("peer_connected", 1):
+                return bool(st.get("peer_connected", 1))
+            if time.monotonic() > deadline:
+                log.warning("resync: %s: acknowledgements missing after %.0f s: rescanning",
+                            self.owner.name, ACK_WAIT_S)
+                return True
+            self._stop.wait(0.01)
+        return False
