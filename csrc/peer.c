@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -123,6 +124,21 @@ static int sbuf_flush_locked(rm_engine *eng)
     return rc;
 }
 
+/* Append a header alone; its payload follows by other means (sendfile). */
+static int queue_header_locked(rm_engine *eng, const struct rpl_header *h)
+{
+    struct rm_peer *p = &eng->peer;
+    int rc;
+
+    if (p->send_failed || p->fd < 0)
+        return -ENOTCONN;
+    if (p->sbuf_len + RPL_HEADER_SIZE > SBUF_SIZE && (rc = sbuf_flush_locked(eng)) < 0)
+        return rc;
+    rpl_pack(p->sbuf + p->sbuf_len, h);
+    p->sbuf_len += RPL_HEADER_SIZE;
+    return 0;
+}
+
 static int send_frame_locked(rm_engine *eng, const struct rpl_header *h, const void *payload)
 {
     struct rm_peer *p = &eng->peer;
@@ -157,6 +173,28 @@ void engine_flush_peer(rm_engine *eng)
     pthread_mutex_lock(&p->send_lock);
     sbuf_flush_locked(eng);
     pthread_mutex_unlock(&p->send_lock);
+}
+
+/* send_lock held: the device range [offset, offset + length) straight from the backing fd. */
+static int sendfile_all(rm_engine *eng, uint64_t offset, uint32_t length)
+{
+    struct rm_peer *p = &eng->peer;
+    off_t off = (off_t)offset;
+
+    while (length > 0) {
+        ssize_t n = sendfile(p->fd, eng->fd, &off, length);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int err = n < 0 ? errno : EIO;  /* 0: the backing file is shorter than the device */
+            p->send_failed = 1;
+            shutdown(p->fd, SHUT_RDWR);
+            return -err;
+        }
+        STAT_ADD(eng, peer_bytes_sent, (uint64_t)n);
+        length -= (uint32_t)n;
+    }
+    return 0;
 }
 
 static int send_frame(rm_engine *eng, const struct rpl_header *h, const void *payload, int flush)
@@ -406,8 +444,13 @@ static int handle_frame(struct receiver *r, const struct rpl_header *h, const un
             *proto = 1;
             return -EPROTO;
         }
-        if (p->protocol == RM_PROTOCOL_B && h->type != RPL_FLUSH)
+        if (p->protocol == RM_PROTOCOL_B && h->type != RPL_FLUSH) {
             queue_ack(eng, RPL_RECV_ACK, h, 0);
+            /* "Received" is the whole point of B: say so before the write, unless more frames
+             * are already here (then the batch's acks go out together). */
+            if (r->end - r->start < RPL_HEADER_SIZE)
+                engine_flush_peer(eng);
+        }
         if (h->type == RPL_DATA)
             rc = local_pwrite(eng, payload, h->length, h->offset, fua);
         else if (h->type == RPL_TRIM)
@@ -652,31 +695,23 @@ int rm_peer_ping(rm_engine *eng)
 int rm_resync_send(rm_engine *eng, uint64_t offset, uint32_t length)
 {
     struct rm_peer *p = &eng->peer;
-    struct rpl_header h = { .type = RPL_RS_DATA, .offset = offset, .length = length };
-    unsigned char *buf;
     int rc;
 
     if (length == 0 || length > MAX_RESYNC_CHUNK || !in_range(eng, offset, length))
         return -EINVAL;
     if (!peer_live(p))
         return -ENOTCONN;
-    buf = malloc(length);
-    if (!buf)
-        return -ENOMEM;
     /* Read under the send lock: the block version we send cannot be older than one already
-     * queued by a concurrent application write (see the file comment). */
+     * queued by a concurrent application write (see the file comment). sendfile() moves the
+     * blocks from the page cache to the socket without a copy through user space. */
     pthread_mutex_lock(&p->send_lock);
-    rc = sbuf_flush_locked(eng);
+    rc = queue_header_locked(eng, &(struct rpl_header){ .type = RPL_RS_DATA, .id = offset,
+                                                       .offset = offset, .length = length });
     if (rc == 0)
-        rc = rm_engine_pread(eng, buf, length, offset);
-    if (rc == 0) {
-        h.id = offset;
-        rc = send_frame_locked(eng, &h, buf);
-        if (rc == 0)
-            rc = sbuf_flush_locked(eng);
-    }
+        rc = sbuf_flush_locked(eng);
+    if (rc == 0)
+        rc = sendfile_all(eng, offset, length);
     pthread_mutex_unlock(&p->send_lock);
-    free(buf);
     if (rc == 0)
         STAT_ADD(eng, resync_bytes_sent, length);
     return rc;
