@@ -37,8 +37,21 @@ Rules (heartbeat 3.0.6, heartbeat-reference.md 1.5-1.6, heartbeat-wire.md 2-5):
 - We keep our last `history_size` numbered datagrams and resend one
   byte-for-byte on request (at most MAX_REXMIT_BATCH per request, not twice
   within max_rexmit_delay), else answer `NS_nak_rexmit`.
+- Flow control as heartbeat's: `NS_ackmsg ackseq=` about every 10th message
+  of a peer that sends `protocol` in its status, cumulative -- never past a
+  missing seq, because heartbeat ignores rexmit requests at or below the
+  last ack it got (acking across a hole would make the hole permanent).
 - Packets that fail to decode or authenticate, from unknown nodes, or from
   an old generation are dropped, counted and reported only as PacketDropped.
+- After send_shutdone() nothing else goes out but answers to NS_rexmit:
+  a status heartbeat after shutdone makes heartbeat log "returning after
+  partition"; send_message() is then ignored and counted.
+
+Counters (`counters`): received, accepted, sent, dropped_malformed,
+dropped_unsigned, dropped_bad_auth, dropped_unknown_node, dropped_replay
+(seq already seen: a copy over a second medium, or a replay),
+dropped_old_generation, own_packets, rexmit_requested, rexmit_sent,
+rexmit_nak_sent, lost_packets, seq_resets, suppressed_after_shutdone.
 """
 from __future__ import annotations
 
@@ -153,7 +166,8 @@ class Membership:
         self.counters: dict[str, int] = {k: 0 for k in (
             "received", "accepted", "dropped_malformed", "dropped_unsigned", "dropped_bad_auth",
             "dropped_unknown_node", "dropped_replay", "dropped_old_generation", "own_packets",
-            "sent", "rexmit_requested", "rexmit_sent", "rexmit_nak_sent", "lost_packets", "seq_resets")}
+            "sent", "rexmit_requested", "rexmit_sent", "rexmit_nak_sent", "lost_packets", "seq_resets",
+            "suppressed_after_shutdone")}
         self._now = now
         self._seq = 0
         self._history: OrderedDict[int, list] = OrderedDict()  # seq -> [datagram, last sent at]
@@ -260,10 +274,11 @@ class Membership:
 
         A `dest` field addresses one node (others still see and sequence it).
         """
-        if self.closed:
-            raise LocalProtocolError(f"membership: send_message: {msg_type!r} after shutdone")
         if not msg_type or msg_type == "status":
             raise LocalProtocolError(f"membership: send_message: type {msg_type!r} is reserved or empty")
+        if self.closed:   # after shutdone we are gone for the cluster: say nothing more
+            self.counters["suppressed_after_shutdone"] += 1
+            return
         self._send(msg_type, list(fields.items()))
 
     def set_local_status(self, status: str) -> None:
