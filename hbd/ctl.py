@@ -8,7 +8,9 @@
     hbctl takeover [all|foreign|local]          like `hb_takeover`: ask the peer for them
 
 standby/takeover wait (up to --timeout seconds, default 120) until the move is
-over and print the result; --no-wait returns once the request is accepted.
+over and print what this node then holds; --no-wait returns once the request is
+sent.  If nothing moved after 15 s (the peer was in transition and ignored the
+request, as heartbeat does) the command fails.
 Exit codes: 0 ok; 1 refused/failed/timed out; 3 hbd is not running (status
 prints "Heartbeat is stopped on this machine."); 2 usage.
 """
@@ -24,6 +26,7 @@ import time
 from hbd.journal import format_record
 
 DEFAULT_RUN_DIR = "/run/hbd"
+NO_CHANGE_GIVE_UP_S = 15.0   # the peer ignores a standby request while it is in flux
 
 
 class NotRunning(Exception):
@@ -112,14 +115,19 @@ def main(argv=None) -> int:
         print(("Going standby" if args.cmd == "standby" else "Taking over") + f" [{args.which}].")
         if args.no_wait:
             return 0
-        deadline = time.monotonic() + args.timeout
-        time.sleep(0.2)
-        while time.monotonic() < deadline:
-            now = request(args.run_dir, {"cmd": "rscstatus"})["rscstatus"]
-            if now != "transition" and (now != before or time.monotonic() > deadline - args.timeout + 15):
-                print(f"resources here: {now}")
-                return 0 if now != before else 1
+        start = time.monotonic()
+        while time.monotonic() - start < args.timeout:
             time.sleep(0.1)
+            now = request(args.run_dir, {"cmd": "rscstatus"})["rscstatus"]
+            if now == "transition":
+                continue
+            if now != before:
+                print(f"resources here: {now}")
+                return 0
+            if time.monotonic() - start > NO_CHANGE_GIVE_UP_S:
+                print(f"hbctl: {args.cmd} {args.which}: nothing moved in {NO_CHANGE_GIVE_UP_S:g} s "
+                      f"(resources here: {now}); see `hbctl status`", file=sys.stderr)
+                return 1
         print(f"hbctl: {args.cmd} {args.which}: not finished after {args.timeout:g} s", file=sys.stderr)
         return 1
     except NotRunning as e:

@@ -135,11 +135,21 @@ class Media:
         self._errors_logged: dict[str, float] = {}
 
     def open(self) -> None:
+        try:
+            self._open()
+        except OSError as e:
+            self.close()
+            raise ConfigError(f"{self.cfg.path}: cannot open heartbeat media on udpport {self.cfg.udpport}: "
+                              f"{e.strerror or e}") from e
+
+    def _open(self) -> None:
         by_dev: dict[str, socket.socket] = {}
         local = {a for _n, a, _p in ipaddr.interface_addresses()}
 
         def dev_socket(dev: str) -> socket.socket:
             if dev not in by_dev:
+                if not os.path.exists(f"/sys/class/net/{dev}"):
+                    raise ConfigError(f"{self.cfg.path}: heartbeat medium on {dev!r}: no such interface")
                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)

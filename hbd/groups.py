@@ -17,7 +17,7 @@ Inputs (the daemon calls these)::
     fence_done(node, ok)    shutdown()    handle_timer(now)
 
 Outputs (``next_action()``): StartGroup, StopGroup, SendMessage, FenceNode,
-GroupChanged, Notice, ShutdownComplete.  The daemon runs StartGroup/StopGroup
+GroupChanged, Notice, Reannounce, ShutdownComplete.  The daemon runs StartGroup/StopGroup
 one after the other in the order given and reports each result back.
 
 Lifecycle of the local node::
