@@ -286,7 +286,7 @@ class ResourceRuntime:
         self._set_state(new, "attach")
         self._start_threads()
         log.info("%s: attached: disk %s (%d data bytes, meta-disk %s), uuids %s, %d KiB out of "
-                 "sync, exported read-only at %s", self.name, self.host.disk, self.size,
+                 "sync, exported at %s read-only (Secondary: writes are refused with EPERM)", self.name, self.host.disk, self.size,
                  self.host.meta_disk, self.md.uuids.text(), self.md.bitmap.dirty_bytes() // 1024,
                  self.endpoint.nbd_uri(self.name))
 
@@ -518,7 +518,7 @@ class ResourceRuntime:
                             "resync start (SyncTarget)")
             self._store_bitmap(force=True)
             self._set_state(replace(s, peer_disk=DiskState.UpToDate), "peer is SyncSource")
-            if not self.state.repl.is_sync_target:
+            if self.state.repl is not ReplState.SyncTarget:
                 self._begin_target()
         elif t is ReplPacket.UUIDS:
             uuids, flags = repl.decode_uuids(frame)

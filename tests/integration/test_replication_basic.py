@@ -1,0 +1,213 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Two replicad nodes in two network namespaces: initial sync, mirrored writes, CLI outputs,
+refusals, skip-initial-sync, authentication and the resync rate limit."""
+import os
+import time
+
+import pytest
+
+from tests.conftest import requires_commands, requires_module, requires_root
+from tests.integration.netns import MiB, NODES, TwoNodes
+
+SECRET_NET = ('protocol C; ping-int 3; ping-timeout 5; timeout 15; connect-int 2; '
+              'cram-hmac-alg sha256; shared-secret "FooFunFactory";')
+
+
+@pytest.fixture
+def nodes():
+    requires_root()
+    requires_commands("ip")
+    with TwoNodes(size=32 * MiB, net=SECRET_NET, disk="resync-rate 200M;") as t:
+        yield t
+
+
+def nbd_connect(uri):
+    nbd = requires_module("nbd")
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    return nbd, h
+
+
+def test_initial_sync_mirrors_writes_and_prints_like_drbdadm(nodes):
+    t = nodes
+    t.create_and_up()
+    # two just-created disks: connected, nothing to sync until someone is forced Primary
+    assert t.ctl("alpha", "status", "r0").stdout == (
+        "r0 role:Secondary\n  disk:Inconsistent\n  beta role:Secondary\n"
+        "    peer-disk:Inconsistent\n\n")
+    assert t.ctl("alpha", "dstate", "r0").stdout == "Inconsistent/Inconsistent\n"
+    assert "authenticated (cram-hmac-alg sha256)" in t.log("alpha")
+
+    t.initial_sync("alpha")
+    assert t.ctl("alpha", "role", "r0").stdout == "Primary/Secondary\n"
+    assert t.ctl("beta", "role", "r0").stdout == "Secondary/Primary\n"
+    assert t.ctl("alpha", "cstate", "r0").stdout == "Connected\n"
+    assert t.ctl("beta", "dstate", "r0").stdout == "UpToDate/UpToDate\n"
+    assert t.ctl("alpha", "status", "r0").stdout == (
+        "r0 role:Primary\n  disk:UpToDate\n  beta role:Secondary\n    peer-disk:UpToDate\n\n")
+    assert t.ctl("beta", "status", "r0").stdout == (
+        "r0 role:Secondary\n  disk:UpToDate\n  alpha role:Primary\n    peer-disk:UpToDate\n\n")
+    size = t.data_size()
+    assert size < t.size and size % 4096 == 0            # metadata at the end of the disk
+    st = t.status("alpha")
+    assert st["last_resync"]["bytes"] == size             # a full initial sync
+    assert st["stats"]["resync_bytes_acked"] >= size
+
+    nbd, h = nbd_connect(t.uri("alpha"))
+    try:
+        assert h.get_size() == size and not h.is_read_only()
+        writes = [(0, os.urandom(64 * 1024)), (5 * MiB + 4096, os.urandom(1 * MiB)),
+                  (size - 8192, os.urandom(8192)), (17 * MiB + 512, os.urandom(3000))]
+        for off, data in writes:
+            h.pwrite(data, off)
+        h.zero(2 * MiB, 9 * MiB)
+        h.trim(1 * MiB, 12 * MiB)
+        h.pwrite(b"F" * 4096, 20 * MiB, nbd.CMD_FLAG_FUA)
+        h.flush()
+    finally:
+        h.shutdown()
+    for off, data in writes:
+        assert t.read_disk("beta", off, len(data)) == data
+    assert t.disks_equal(size), f"first difference at {t.first_difference(size)}"
+
+    # the Secondary serves its export read-only and says so
+    nbd, h = nbd_connect(t.uri("beta"))
+    try:
+        assert h.is_read_only()
+        assert h.pread(4096, 20 * MiB) == b"F" * 4096
+        with pytest.raises(nbd.Error):
+            h.pwrite(b"x" * 4096, 0)
+    finally:
+        h.shutdown()
+    assert "read-only (Secondary: writes are refused with EPERM)" in t.log("beta")
+    assert t.status("beta")["read_only"] is True
+
+
+def _refused(res, sentence):
+    assert res.returncode == 17, (res.returncode, res.stderr)
+    assert res.stderr == f"r0: State change failed: {sentence}\n"
+
+
+def test_role_and_state_refusals(nodes):
+    t = nodes
+    res = t.ctl("alpha", "up", "r0", check=False)
+    assert res.returncode == 1
+    assert "no valid metadata found" in res.stderr and "replicactl create-md r0" in res.stderr
+    t.create_and_up()
+    _refused(t.ctl("alpha", "primary", "r0", check=False), "Need access to UpToDate data")
+    _refused(t.ctl("alpha", "attach", "r0", check=False),
+             "Device is attached to a disk (use detach first)")
+    _refused(t.ctl("alpha", "create-md", "r0", check=False),
+             "Device is attached to a disk (use detach first)")
+    _refused(t.ctl("alpha", "connect", "r0", check=False),
+             "Device has a net-config (use disconnect first)")
+    _refused(t.ctl("alpha", "invalidate-remote", "r0", check=False),
+             "Need access to UpToDate data")
+    t.initial_sync("alpha")
+    _refused(t.ctl("beta", "primary", "r0", check=False),
+             "Multiple primaries not allowed by config")
+    _refused(t.ctl("beta", "primary", "--force", "r0", check=False),
+             "Multiple primaries not allowed by config")
+    nbd, h = nbd_connect(t.uri("alpha"))
+    try:
+        _refused(t.ctl("alpha", "secondary", "r0", check=False), "Device is held open by someone")
+        _refused(t.ctl("alpha", "down", "r0", check=False), "Device is held open by someone")
+    finally:
+        h.shutdown()
+    t.wait("alpha", lambda s: s["stats"]["active_connections"] == 0, "NBD client gone")
+    t.ctl("alpha", "disconnect", "r0")
+    assert t.ctl("alpha", "cstate", "r0").stdout == "StandAlone\n"
+    # a Primary without a peer keeps its data: detaching it would leave no UpToDate disk
+    _refused(t.ctl("alpha", "detach", "r0", check=False), "Need access to UpToDate data")
+    # graceful disconnect of a Primary outdates the Secondary
+    t.wait("beta", lambda s: s["disk_state"] == "Outdated", "beta Outdated")
+    _refused(t.ctl("beta", "primary", "r0", check=False), "Need access to UpToDate data")
+    t.ctl("alpha", "connect", "r0")
+    t.wait_synced()
+    t.ctl("alpha", "secondary", "r0")
+    t.ctl("beta", "primary", "r0")
+    assert t.ctl("alpha", "role", "r0").stdout == "Secondary/Primary\n"
+    for node in NODES:
+        t.ctl(node, "down", "r0")
+    assert t.ctl("alpha", "role", "r0", check=False).returncode == 10
+
+
+def test_new_current_uuid_clear_bitmap_skips_initial_sync(nodes):
+    t = nodes
+    t.create_and_up()
+    t.ctl("alpha", "new-current-uuid", "--clear-bitmap", "r0")
+    t.wait_synced(timeout=10)
+    a, b = t.status("alpha"), t.status("beta")
+    assert a["stats"]["resync_bytes_sent"] == 0 and b["stats"]["resync_bytes_received"] == 0
+    assert a["uuids"].split(":")[0] == b["uuids"].split(":")[0]
+    t.ctl("alpha", "primary", "r0")                    # UpToDate now: no --force needed
+    assert t.ctl("alpha", "role", "r0").stdout == "Primary/Secondary\n"
+    dump = t.ctl("beta", "dump-md", "r0").stdout
+    assert "consistent" in dump and "was-up-to-date" in dump
+
+
+def test_invalidate_resyncs_the_whole_local_disk(nodes):
+    t = nodes
+    t.create_and_up()
+    t.ctl("alpha", "new-current-uuid", "--clear-bitmap", "r0")
+    t.wait_synced(timeout=10)
+    size = t.data_size()
+    with open(t.disk_path("beta"), "r+b") as f:     # damage beta behind replication's back
+        f.seek(3 * MiB)
+        f.write(b"\xee" * 8192)
+    t.ctl("beta", "invalidate", "r0")
+    t.wait_synced()
+    assert t.status("alpha")["last_resync"]["bytes"] == size
+    assert t.disks_equal(size)
+
+
+def test_wrong_shared_secret_is_refused_and_logged():
+    requires_root()
+    base = "protocol C; ping-int 3; ping-timeout 5; timeout 8; connect-int 1; cram-hmac-alg sha1;"
+    with TwoNodes(size=16 * MiB, net=base, node_net={"alpha": 'shared-secret "right";',
+                                                     "beta": 'shared-secret "wrong";'}) as t:
+        for node in NODES:
+            t.ctl(node, "create-md", "r0")
+            t.ctl(node, "up", "r0")
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            for node in NODES:
+                st = t.status(node)
+                assert st["connection"] != "Connected"
+                assert st["connection"] in ("Connecting", "StandAlone")
+            time.sleep(0.2)
+        logs = t.log("alpha") + t.log("beta")
+        assert "wrong shared-secret" in logs
+        assert "Connected" not in logs.replace("Connecting", "")
+
+
+@pytest.mark.slow
+def test_resync_rate_20M_is_within_10_percent():
+    requires_root()
+    with TwoNodes(size=128 * MiB, disk="resync-rate 20M;") as t:
+        t.create_and_up()
+        size = t.data_size()
+        t.ctl("alpha", "primary", "--force", "r0")
+        samples = []                 # (time, bytes received by the SyncTarget) inside the sync
+        deadline = time.monotonic() + 30
+        while True:
+            t0 = time.monotonic()
+            st = t.status("beta")
+            now = (t0 + time.monotonic()) / 2
+            if st["disk_state"] == "UpToDate":
+                break
+            got = st["stats"]["resync_bytes_received"]
+            if st["replication"] == "SyncTarget" and 0 < got < size:
+                samples.append((now, got, st["resync"]))
+            assert time.monotonic() < deadline, "resync did not finish"
+            time.sleep(0.2)
+        assert len(samples) >= 5, samples
+        (ta, ba, _), (tb, bb, progress) = samples[0], samples[-1]
+        rate = 20 * MiB
+        measured = (bb - ba) / (tb - ta)
+        assert abs(measured - rate) / rate < 0.10, f"{measured / MiB:.2f} MiB/s"
+        assert 0 < progress["percent"] < 100 and progress["eta_s"] is not None
+        last = t.status("alpha")["last_resync"]
+        assert last["bytes"] == size and abs(last["rate_bps"] - rate) / rate < 0.10
+        assert "peer-disk:UpToDate" in t.ctl("alpha", "status", "--verbose", "r0").stdout
+        assert t.disks_equal(size)
