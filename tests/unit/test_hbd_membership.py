@@ -484,3 +484,81 @@ def test_acks_are_cumulative_never_past_a_gap():
     acks = [int(decode_message(d, SHA1).get("ackseq"), 16) for d in b.datagrams_to_send(t)
             if b"NS_ackmsg" in d]
     assert acks == [max(s for s in range(1, 40) if s % 10 == trigger)]
+
+
+def feed(dst, src, t):
+    for d in src.datagrams_to_send(t):
+        dst.receive_datagram(d, (src.node, 694), t)
+
+
+def test_queries_and_local_status():
+    a = make("ha1")
+    with pytest.raises(LocalProtocolError, match="unknown node 'ha7'"):
+        a.node_status("ha7")
+    a.datagrams_to_send(0.0)
+    a.set_local_status("active")
+    out = [decode_message(d, SHA1) for d in a.datagrams_to_send(0.1)]
+    assert [(m.type, m.status) for m in out] == [("status", "active")]
+    assert a.node_status("HA1") == "active" and a.is_alive("ha1") and not a.is_alive("ha2")
+    assert a.peer_generation("nobody") is None and a.peer_address("nobody") is None
+
+
+def test_huge_gap_resets_tracking_and_missing_is_bounded():
+    a, b = make("ha1"), make("ha2")
+    feed(b, a, 0.0)
+    for _ in range(300):                 # 300 messages lost: more than FLOWCONTROL_LIMIT
+        a.send_message("x", {})
+    a.datagrams_to_send(0.0)
+    a.send_message("x", {})
+    feed(b, a, 0.1)
+    assert b.counters["seq_resets"] == 1 and b.snapshot()["peers"]["ha1"]["missing"] == []
+    for burst in (200, 100):             # two gaps that together exceed the bound
+        for _ in range(burst):
+            a.send_message("x", {})
+        a.datagrams_to_send(0.2)
+        a.send_message("x", {})
+        feed(b, a, 0.2)
+    missing = b.snapshot()["peers"]["ha1"]["missing"]
+    assert len(missing) == 250 and b.counters["lost_packets"] >= 300 + 50
+
+
+def test_missing_seq_given_up_after_a_dead_time():
+    a, b = make("ha1"), make("ha2")
+    feed(b, a, 0.0)
+    a.send_message("lost", {})
+    a.datagrams_to_send(0.0)
+    t = 0.0
+    while t < 7.0:
+        t = round(t + 0.25, 2)
+        a.handle_timer(t)
+        feed(b, a, t)                    # ha1's rexmit answers are lost too: ha2's requests never reach it
+        b.handle_timer(t)
+        b.datagrams_to_send(t)
+    assert b.snapshot()["peers"]["ha1"]["missing"] == []
+    assert b.counters["lost_packets"] == 1 and b.counters["rexmit_requested"] >= 10
+    assert b.is_alive("ha1")
+
+
+def test_nak_clears_missing_and_bad_rexmit_requests_are_ignored():
+    a, b = make("ha1"), make("ha2")
+    feed(b, a, 0.0)
+    feed(a, b, 0.0)
+    feed(b, a, 0.0)          # ha1's "active" status
+    feed(a, b, 0.0)
+    a.send_message("lost", {})
+    a.datagrams_to_send(0.0)
+    a.send_message("x", {})
+    feed(b, a, 0.0)
+    lost = b.snapshot()["peers"]["ha1"]["missing"]
+    assert len(lost) == 1
+    a._send("NS_nak_rexmit", [("dest", "ha2"), ("firstseq", "%x" % lost[0]), ("info", "seqno not found")])
+    a._send("NS_nak_rexmit", [("dest", "ha2"), ("firstseq", "zz")])
+    feed(b, a, 0.1)
+    assert b.snapshot()["peers"]["ha1"]["missing"] == [] and b.counters["lost_packets"] == 1
+    b._send("NS_rexmit", [("dest", "ha1"), ("firstseq", "x"), ("lastseq", "3")])
+    b._send("NS_rexmit", [("dest", "ha1"), ("firstseq", "99"), ("lastseq", "99")])   # beyond our seq: ignored
+    b._send("NS_rexmit", [("dest", "ha2"), ("firstseq", "1"), ("lastseq", "1")])     # not for ha1
+    feed(a, b, 0.2)
+    assert a.counters["dropped_malformed"] == 1
+    assert a.datagrams_to_send(0.2) == [] and a.counters["rexmit_sent"] == 0
+    assert a.counters["rexmit_nak_sent"] == 0

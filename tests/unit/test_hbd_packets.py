@@ -230,3 +230,59 @@ def test_fuzz_mutated_golden_only_badpacket(data):
         return
     # anything that still decodes must be authentic: only the signed bytes are accepted
     assert bytes(raw) == GOLDEN or msg.fields[:-1] == DOC_FIELDS
+
+
+def signed_netstring(fields_raw, keys=SHA1):
+    """A netstring datagram from raw field payloads, with a correct trailer (for decoder edge cases)."""
+    body = b"###\n" + b"".join(b"%d:%s," % (len(f), f) for f in fields_raw) + b"%%%\n"
+    trailer = keys.sign(body).encode()
+    return body + b"%d:%s," % (len(trailer), trailer)
+
+
+@pytest.mark.parametrize("fields_raw, text", [
+    ([b"(0)t=a\nb", b"(0)src=ha1"], "field 't': string value contains a newline or NUL"),
+    ([b"(0)t=a\0", b"(0)src=ha1"], "field 't': string value contains a newline or NUL"),
+    ([b"(2)t=nested"], "field 't': unsupported field type 2"),
+    ([b"(0)=x"], "expected name=value"),
+    ([b"(0)a b=x"], "invalid field name"),
+    ([b"0)t=x"], "expected '(type)name=value'"),
+])
+def test_signed_but_malformed_netstring(fields_raw, text):
+    with pytest.raises(BadPacket) as e:
+        decode_message(signed_netstring(fields_raw), SHA1)
+    assert e.value.reason == "malformed" and text in str(e.value)
+
+
+def test_percent_marker_inside_a_value_does_not_confuse_the_parser():
+    data = encode_message([("t", "x"), ("src", "ha1"), ("hg", "1"), ("seq", "1"), ("info", "50% %%% done")], SHA1)
+    assert decode_message(data, SHA1).get("info") == "50% %%% done"
+    tricky = signed_netstring([b"(0)t=x", b"(0)src=ha1", b"(0)hg=1", b"(0)seq=1", b"(1)blob=%%%\n,1:x"])
+    assert decode_message(tricky, SHA1).get("blob") == b"%%%\n,1:x"
+
+
+@pytest.mark.parametrize("data, reason, text", [
+    (b">>>\nt=x<<<\n", "malformed", "last field line is not terminated"),
+    (b">>>\n(x)t=x\n<<<\n", "malformed", "bad type prefix"),
+    (b">>>\nt=a\0b\n<<<\n", "malformed", "value contains NUL"),
+    (b">>>\n(1)srcuuid=***\nauth=1 0\n<<<\n", "malformed", "binary value is not base64"),
+    (b">>>\n(4)z=x\n<<<\n", "malformed", "unsupported field type 4"),
+    (b">>>\n\nt=x\n<<<\n", "unsigned", "classic message without auth field"),
+])
+def test_classic_edge_cases(data, reason, text):
+    with pytest.raises(BadPacket) as e:
+        decode_message(data, SHA1)
+    assert e.value.reason == reason and text in str(e.value)
+
+
+def test_size_limits():
+    with pytest.raises(BadPacket, match="datagram too long: 262145 bytes"):
+        decode_message(b"###\n" + b"x" * (256 * 1024 - 3), SHA1)
+    with pytest.raises(LocalProtocolError, match="message too long"):
+        encode_message([("t", "x"), ("big", "y" * (256 * 1024))], SHA1)
+
+
+def test_without_and_accessors():
+    msg = decode_message(GOLDEN, SHA1)
+    assert [k for k, _ in msg.without("auth", "srcuuid", "ld")] == ["t", "st", "dt", "protocol", "src", "seq", "hg",
+                                                                    "ts", "ttl"]
+    assert msg.get("nope", "dflt") == "dflt" and msg.get_str("srcuuid") is None
