@@ -13,7 +13,9 @@ Syntax (heartbeat config.c `parse_config`):
 - media (`bcast`, `mcast`, `ucast`, `serial`, `ping`, `ping_group`) and
   whole-line directives (`stonith`, `stonith_host`, `respawn`, `failfast`,
   `apiauth`) take the rest of the line;
-- times are seconds unless suffixed: `10`, `1.5`, `1500ms`, `2s`, `500msec`;
+- times are seconds unless suffixed (cluster-glue `cl_get_msec`): `10`, `1.5`,
+  `1500ms`, `500msec`, `250000us`, rounded to whole milliseconds; heartbeat
+  has no `s` suffix, so neither do we (`2s` is an error there and here);
 - booleans are `true/on/yes/y/1` or `false/off/no/n/0`, any case.
 
 Defaults as in heartbeat 3.0.x: warntime = deadtime/2; initdead = deadtime
@@ -105,8 +107,9 @@ class HaConfig:
         return len(self.bcast) + len(self.mcast) + len(self.ucast) + len(self.serial)
 
 
-_TIME_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|msec|s|sec|us|usec)?", re.IGNORECASE)
-_TIME_SCALE = {None: 1.0, "s": 1.0, "sec": 1.0, "ms": 1e-3, "msec": 1e-3, "us": 1e-6, "usec": 1e-6}
+# cluster-glue cl_get_msec(): a number, optionally followed by ms/msec or us/usec; rounded to 1 ms
+_TIME_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|msec|us|usec)?", re.IGNORECASE)
+_TIME_MS = {None: 1000.0, "ms": 1.0, "msec": 1.0, "us": 1e-3, "usec": 1e-3}
 _TRUE = ("true", "on", "yes", "y", "1")
 _FALSE = ("false", "off", "no", "n", "0")
 _BAUDS = (9600, 19200, 38400, 57600, 115200, 230400, 460800)
@@ -129,11 +132,12 @@ _CHOICES = {"hbgenmethod": ("file", "time"), "uuidfrom": ("file", "nodename"),
 
 
 def parse_time_s(word: str) -> float | None:
-    """Heartbeat time syntax -> seconds, or None when `word` is not a time."""
+    """Heartbeat time syntax -> seconds (whole milliseconds, as heartbeat), or None when not a time."""
     m = _TIME_RE.fullmatch(word)
     if m is None:
         return None
-    return float(m.group(1)) * _TIME_SCALE[m.group(2).lower() if m.group(2) else None]
+    ms = int(float(m.group(1)) * _TIME_MS[m.group(2).lower() if m.group(2) else None] + 0.5)
+    return ms / 1000.0
 
 
 def parse_bool(word: str) -> bool | None:
@@ -444,6 +448,12 @@ class _Parser:
         if "auto_failback" not in v:
             self.warnings.append(f"{p}: no auto_failback line: using 'legacy' as heartbeat does "
                                  f"(resources return to their preferred node)")
+        if v.get("crm", "off") != "off":
+            self.warnings.append(f"{at('crm') if 'crm' in self.first_line else at('pacemaker')}: crm: hbd has no "
+                                 f"Pacemaker (CRM) mode: resources come from haresources (heartbeat R1 mode)")
+        if v.get("autojoin", "none") != "none":
+            self.warnings.append(f"{at('autojoin')}: autojoin: heartbeat refuses autojoin with R1 haresources "
+                                 f"resource management; hbd accepts only the node lines")
         stonith = v.get("stonith", ())
         return HaConfig(
             path=p, keepalive_s=keepalive, deadtime_s=deadtime, warntime_s=warntime, initdead_s=initdead,

@@ -40,7 +40,7 @@ keepalive 500ms
 deadtime 5
 warntime 2.5
 initdead 20
-deadping 4s
+deadping 4000ms
 udpport 695
 baud 38400
 bcast eth0 eth1
@@ -94,14 +94,14 @@ gratuitous_arp_interval 500ms
 
 
 @pytest.mark.parametrize("word, seconds", [
-    ("10", 10.0), ("1500ms", 1.5), ("1.5", 1.5), ("2s", 2.0), ("500msec", 0.5), ("2sec", 2.0),
-    ("250000us", 0.25), ("0", 0.0), (".5", 0.5), ("3MS", 0.003),
+    ("10", 10.0), ("1500ms", 1.5), ("1.5", 1.5), ("500msec", 0.5), ("250000us", 0.25), ("0", 0.0),
+    (".5", 0.5), ("3MS", 0.003), ("0.001", 0.001), ("499us", 0.0), ("501us", 0.001), ("1.2345", 1.235),
 ])
 def test_time_syntax(word, seconds):
     assert parse_time_s(word) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("word", ["x", "", "10 s", "-1", "1e3", "10m", "ms", "1.2.3"])
+@pytest.mark.parametrize("word", ["x", "", "10 s", "-1", "1e3", "10m", "ms", "1.2.3", "2s", "2sec", "1min"])
 def test_time_syntax_rejects(word):
     assert parse_time_s(word) is None
 
@@ -141,7 +141,11 @@ def test_failback(line, value):
 
 
 def test_crm_values():
-    assert parse_ha_config("crm respawn\n" + MIN).crm == "respawn"
+    c = parse_ha_config("crm respawn\n" + MIN)
+    assert c.crm == "respawn"
+    assert c.warnings[0] == "ha.cf:1: crm: hbd has no Pacemaker (CRM) mode: resources come from haresources " \
+                            "(heartbeat R1 mode)"
+    assert not [w for w in parse_ha_config("crm off\n" + MIN).warnings if "crm" in w]
     assert parse_ha_config("crm yes\n" + MIN).crm == "on"
     assert parse_ha_config("pacemaker no\n" + MIN).crm == "off"
 
