@@ -1,0 +1,223 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Resource failover between Debian's real heartbeat 3.0.6 (v1 haresources mode) and hbd.
+
+    netns A: real heartbeat as ha1 (own mount+UTS namespace, private /etc/ha.d, /var/lib/heartbeat,
+             /run, /var/log bind-mounted from a temp dir, as heartbeat-wire.md section 1 describes)
+    netns B: hbd as ha2
+    haresources (identical on both):  ha1 hbsvc1      ha2 hbsvc2
+    hbsvc1/hbsvc2: test LSB services writing STATE_DIR/<node>-<name>; auto_failback on; sha1 keys.
+
+Checks: each side starts its own group; killing the real daemon makes hbd take hbsvc1 over; when
+the real daemon comes back hbd hands hbsvc1 back (standby protocol, auto_failback on); a clean
+SIGTERM of hbd makes the real heartbeat take hbsvc2 at once (shutdone).
+"""
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import requires_commands, requires_root  # noqa: E402
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+REPO = pathlib.Path(__file__).resolve().parents[2]
+HEARTBEAT = "/usr/libexec/heartbeat/heartbeat"
+KEYS = "auth 2\n2 sha1 mahnamahna\n"
+DEADTIME_S = 5
+
+SERVICE = """#!/bin/sh
+# LSB test service for heartbeat's ResourceManager and hbd (status: stdout "running"/"stopped")
+F="{state}/${{HBD_NODE:-$(uname -n)}}-$(basename "$0")"
+case "$1" in
+  start) date +%s > "$F"; exit 0 ;;
+  stop) rm -f "$F"; exit 0 ;;
+  status) if [ -e "$F" ]; then echo running; exit 0; fi; echo stopped; exit 3 ;;
+esac
+exit 2
+"""
+
+
+def run(*argv, check=True):
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=30)
+
+
+def mntns_pids(link):
+    pids = []
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                if os.readlink(f"/proc/{e}/ns/mnt") == link:
+                    pids.append(int(e))
+            except OSError:
+                pass
+    return pids
+
+
+class RealHeartbeat:
+    def __init__(self, ns, base: pathlib.Path, peer_ip, state):
+        self.ns, self.base = ns, base
+        self.proc = None
+        self.mntns = None
+        etc, lib, runp, log = base / "etc", base / "lib", base / "run", base / "log"
+        shutil.copytree("/etc/ha.d", etc, symlinks=True)
+        subprocess.run(["cp", "-a", "/var/lib/heartbeat", str(lib)], check=True)
+        shutil.rmtree(lib / "cores", ignore_errors=True)
+        (lib / "cores").mkdir()
+        for f in ("hb_uuid", "hb_generation", "hostcache", "delhostcache"):
+            (lib / f).unlink(missing_ok=True)
+        runp.mkdir()
+        subprocess.run(["cp", "-a", "/run/heartbeat", str(runp / "heartbeat")], check=True)
+        (runp / "resource-agents").mkdir()
+        log.mkdir()
+        (etc / "ha.cf").write_text(
+            "logfile /var/log/ha-log\ndebugfile /var/log/ha-debug\nuse_logd no\n"
+            f"keepalive 1\ndeadtime {DEADTIME_S}\nwarntime 3\ninitdead 10\nudpport 694\n"
+            f"ucast eth0 {peer_ip}\nnode ha1\nnode ha2\nauto_failback on\ncrm no\n")
+        (etc / "authkeys").write_text(KEYS)
+        os.chmod(etc / "authkeys", 0o600)
+        (etc / "haresources").write_text("ha1 hbsvc1\nha2 hbsvc2\n")
+        for svc in ("hbsvc1", "hbsvc2"):
+            (etc / "resource.d" / svc).write_text(SERVICE.format(state=state))
+            os.chmod(etc / "resource.d" / svc, 0o755)
+
+    def start(self):
+        b = self.base
+        script = (f"mount --bind {b}/etc /etc/ha.d && mount --bind {b}/lib /var/lib/heartbeat && "
+                  f"mount --bind {b}/run /run && mount --bind {b}/log /var/log && "
+                  f"hostname ha1 && exec {HEARTBEAT} -f")
+        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, "unshare", "-m", "-u", "--propagation",
+                                      "private", "sh", "-c", script],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(50):
+            try:
+                if pathlib.Path(f"/proc/{self.proc.pid}/comm").read_text().strip() == "heartbeat":
+                    self.mntns = os.readlink(f"/proc/{self.proc.pid}/ns/mnt")
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("real heartbeat did not start in its own mount namespace")
+
+    def kill(self):
+        for _ in range(3):
+            pids = mntns_pids(self.mntns) if self.mntns else []
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.2)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+        self.proc = self.mntns = None
+
+    def log(self):
+        p = self.base / "log" / "ha-log"
+        return p.read_text(errors="replace")[-4000:] if p.exists() else ""
+
+
+@pytest.fixture
+def pair(tmp_path):
+    requires_root()
+    requires_commands("ip", "unshare")
+    if not os.access(HEARTBEAT, os.X_OK) or not os.path.isdir("/etc/ha.d/resource.d"):
+        pytest.skip(f"needs the real heartbeat daemon at {HEARTBEAT} (apt-get install heartbeat)")
+    n = os.getpid() % 200 + 20
+    a, b = f"hbx{n}a", f"hbx{n}b"
+    made = []
+    try:
+        for ns in (a, b):
+            run("ip", "netns", "add", ns)
+            made.append(ns)
+        run("ip", "link", "add", "hbxtmp0", "netns", a, "type", "veth", "peer", "name", "hbxtmp1", "netns", b)
+        for ns, ifname, addr in ((a, "hbxtmp0", f"10.97.{n}.1/24"), (b, "hbxtmp1", f"10.97.{n}.2/24")):
+            run("ip", "-n", ns, "link", "set", ifname, "name", "eth0")
+            run("ip", "-n", ns, "addr", "add", addr, "dev", "eth0")
+            run("ip", "-n", ns, "link", "set", "eth0", "up")
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        yield a, b, f"10.97.{n}.1", f"10.97.{n}.2"
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def wait_for(pred, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_real_heartbeat_and_hbd_fail_over_to_each_other(pair, tmp_path):
+    ns_a, ns_b, ip_a, ip_b = pair
+    state = tmp_path / "state"
+    state.mkdir()
+    real = RealHeartbeat(ns_a, tmp_path / "ha1", ip_b, state)
+    cfg = tmp_path / "ha2" / "ha.d"
+    (cfg / "resource.d").mkdir(parents=True)
+    (cfg / "ha.cf").write_text(f"keepalive 1\ndeadtime {DEADTIME_S}\nwarntime 3\ninitdead 10\nudpport 694\n"
+                               f"ucast eth0 {ip_a}\nnode ha1\nnode ha2\nauto_failback on\n")
+    (cfg / "authkeys").write_text(KEYS)
+    os.chmod(cfg / "authkeys", 0o600)
+    (cfg / "haresources").write_text("ha1 hbsvc1\nha2 hbsvc2\n")
+    for svc in ("hbsvc1", "hbsvc2"):
+        (cfg / "resource.d" / svc).write_text(SERVICE.format(state=state))
+        os.chmod(cfg / "resource.d" / svc, 0o755)
+    rundir = tmp_path / "ha2" / "run"
+    hbd_log = open(tmp_path / "ha2" / "hbd.log", "w")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def start_hbd():
+        return subprocess.Popen(["ip", "netns", "exec", ns_b, sys.executable, "-m", "hbd", "-f", "--config-dir",
+                                 str(cfg), "--node", "ha2", "--run-dir", str(rundir)],
+                                stdout=hbd_log, stderr=subprocess.STDOUT, env=env)
+
+    def has(node, svc):
+        return (state / f"{node}-{svc}").exists()
+
+    def logs():
+        return f"--- real ha1:\n{real.log()}\n--- hbd ha2:\n{(tmp_path / 'ha2' / 'hbd.log').read_text()[-4000:]}"
+
+    ours = None
+    try:
+        ours = start_hbd()
+        real.start()
+        assert wait_for(lambda: has("ha1", "hbsvc1") and has("ha2", "hbsvc2"), 40), logs()
+        assert not has("ha2", "hbsvc1") and not has("ha1", "hbsvc2")
+
+        # the real daemon dies: hbd takes hbsvc1 over after deadtime
+        real.kill()
+        (state / "ha1-hbsvc1").unlink()            # the "node" is gone with its service
+        t0 = time.monotonic()
+        assert wait_for(lambda: has("ha2", "hbsvc1"), DEADTIME_S + 3), logs()
+        assert time.monotonic() - t0 <= DEADTIME_S + 3
+
+        # it comes back: auto_failback on, hbd hands hbsvc1 back
+        real.start()
+        assert wait_for(lambda: has("ha1", "hbsvc1") and not has("ha2", "hbsvc1"), 60), logs()
+        assert has("ha2", "hbsvc2") and not has("ha1", "hbsvc2")
+
+        # hbd stops cleanly: the real heartbeat takes hbsvc2 at once (shutdone), not after deadtime
+        time.sleep(2)
+        ours.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        assert wait_for(lambda: has("ha1", "hbsvc2"), DEADTIME_S), logs()
+        assert time.monotonic() - t0 < DEADTIME_S
+        assert ours.wait(timeout=20) == 0 and not has("ha2", "hbsvc2")
+    finally:
+        real.kill()
+        if ours is not None and ours.poll() is None:
+            ours.kill()
+            ours.wait()
+        hbd_log.close()
