@@ -19,6 +19,7 @@
  * serving). Later writes go to the bitmap until Python attaches a new link. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,7 @@
 #define RBUF_SIZE (256 * 1024)
 #define MAX_RESYNC_CHUNK (1024 * 1024)
 #define MAX_TOUCHED 64
+#define SPLICE_MIN (128 * 1024)     /* payloads this large take the splice path */
 
 void peer_init(struct rm_peer *p)
 {
@@ -368,7 +370,64 @@ struct receiver {
     size_t payload_cap;
     struct rm_origin *touched[MAX_TOUCHED];
     int ntouched;
+    int pipe[2];            /* for splice: socket -> pipe -> backing fd, one copy instead of two */
+    int spliced_rc;         /* result of the local write done by splice_payload */
 };
+
+/* Large DATA/RS_DATA payloads go from the socket to the disk with splice(2): the kernel moves
+ * socket pages into a pipe and copies them once into the page cache, where recv + pwrite would
+ * copy twice. Returns 0 with r->spliced_rc set to the local write's result, or a socket error. */
+static int splice_payload(struct receiver *r, const struct rpl_header *h, int fua)
+{
+    rm_engine *eng = r->eng;
+    uint64_t off = h->offset;
+    uint32_t left = h->length;
+    size_t have = r->end - r->start;
+    int rc = 0;
+
+    if (have) {  /* the part already received */
+        rc = local_pwrite(eng, r->buf + r->start, (uint32_t)have, off, 0);
+        r->start = r->end;
+        off += have;
+        left -= (uint32_t)have;
+    }
+    while (left > 0) {
+        ssize_t in = splice(eng->peer.fd, NULL, r->pipe[1], NULL, left, SPLICE_F_MOVE);
+        if (in < 0 && errno == EINTR)
+            continue;
+        if (in <= 0)
+            return in == 0 ? -ECONNRESET : -errno;
+        left -= (uint32_t)in;
+        while (in > 0) {
+            loff_t pos = (loff_t)off;
+            ssize_t out = splice(r->pipe[0], NULL, eng->fd, &pos, (size_t)in, SPLICE_F_MOVE);
+            if (out < 0 && errno == EINTR)
+                continue;
+            if (out <= 0) {
+                /* Keep the stream in step: drain what the pipe holds, remember the error. */
+                char sink[65536];
+                ssize_t n = read(r->pipe[0], sink, (size_t)in < sizeof sink ? (size_t)in : sizeof sink);
+                if (rc == 0)
+                    rc = -(out < 0 ? errno : EIO);
+                out = n > 0 ? n : in;
+            }
+            STAT_ADD(eng, bytes_written, (uint64_t)out);
+            off += (uint64_t)out;
+            in -= out;
+        }
+    }
+    STAT_SET(eng, peer_last_rx_ns, now_ns());
+    if (rc < 0) {
+        STAT_ADD(eng, io_errors, 1);
+        engine_post_event(eng, RM_EV_IO_ERROR, -rc, h->offset, h->length);
+    } else {
+        STAT_ADD(eng, writes, 1);
+        if (fua)
+            rc = local_flush(eng);
+    }
+    r->spliced_rc = rc;
+    return 0;
+}
 
 static int recv_exact(struct receiver *r, unsigned char *dst, size_t len)
 {
@@ -452,7 +511,7 @@ static int handle_frame(struct receiver *r, const struct rpl_header *h, const un
                 engine_flush_peer(eng);
         }
         if (h->type == RPL_DATA)
-            rc = local_pwrite(eng, payload, h->length, h->offset, fua);
+            rc = payload ? local_pwrite(eng, payload, h->length, h->offset, fua) : r->spliced_rc;
         else if (h->type == RPL_TRIM)
             rc = local_trim(eng, h->aux, h->offset, fua);
         else if (h->type == RPL_ZEROES)
@@ -485,7 +544,7 @@ static int handle_frame(struct receiver *r, const struct rpl_header *h, const un
             *proto = 1;
             return -EPROTO;
         }
-        rc = local_pwrite(eng, payload, h->length, h->offset, 0);
+        rc = payload ? local_pwrite(eng, payload, h->length, h->offset, 0) : r->spliced_rc;
         if (rc == 0) {
             engine_clear_dirty(eng, h->offset, h->length);
             STAT_ADD(eng, resync_bytes_received, h->length);
@@ -573,6 +632,11 @@ static int receive_loop(struct receiver *r, int *proto, uint64_t *bad_type)
         if (r->end - r->start >= h.length) {
             payload = r->buf + r->start;
             r->start += h.length;
+        } else if (r->pipe[0] >= 0 && h.length >= SPLICE_MIN && (h.type == RPL_DATA || h.type == RPL_RS_DATA) &&
+                   __atomic_load_n(&eng->read_only, __ATOMIC_ACQUIRE) && in_range(eng, h.offset, h.length)) {
+            if ((rc = splice_payload(r, &h, h.flags & RPL_FLAG_FUA)) < 0)
+                return rc;
+            payload = NULL;
         } else {
             if (r->payload_cap < h.length) {
                 free(r->payload);
@@ -608,7 +672,15 @@ static void *receiver_main(void *arg)
     int proto = 0, rc;
 
     r.buf = malloc(RBUF_SIZE);
+    if (pipe2(r.pipe, O_CLOEXEC) == 0)
+        fcntl(r.pipe[1], F_SETPIPE_SZ, 1024 * 1024);
+    else
+        r.pipe[0] = r.pipe[1] = -1;
     rc = r.buf ? receive_loop(&r, &proto, &bad_type) : -ENOMEM;
+    if (r.pipe[0] >= 0) {
+        close(r.pipe[0]);
+        close(r.pipe[1]);
+    }
 
     /* Sweep: from here on writes go to the bitmap; everything unacknowledged is out of sync. */
     pthread_mutex_lock(&p->pending_lock);
