@@ -9,7 +9,8 @@
 
 Checks: each side starts its own group; killing the real daemon makes hbd take hbsvc1 over; when
 the real daemon comes back hbd hands hbsvc1 back (standby protocol, auto_failback on); a clean
-SIGTERM of hbd makes the real heartbeat take hbsvc2 at once (shutdone).
+SIGTERM of hbd makes the real heartbeat take hbsvc2 at once (shutdone), and when hbd returns the
+real heartbeat hands hbsvc2 back.
 """
 import os
 import pathlib
@@ -215,6 +216,11 @@ def test_real_heartbeat_and_hbd_fail_over_to_each_other(pair, tmp_path):
         assert wait_for(lambda: has("ha1", "hbsvc2"), DEADTIME_S), logs()
         assert time.monotonic() - t0 < DEADTIME_S
         assert ours.wait(timeout=20) == 0 and not has("ha2", "hbsvc2")
+
+        # hbd comes back: the real heartbeat (auto_failback on) hands hbsvc2 back to it
+        ours = start_hbd()
+        assert wait_for(lambda: has("ha2", "hbsvc2") and not has("ha1", "hbsvc2"), 60), logs()
+        assert has("ha1", "hbsvc1") and not has("ha2", "hbsvc1")
     finally:
         real.kill()
         if ours is not None and ours.poll() is None:
