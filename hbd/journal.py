@@ -52,19 +52,34 @@ class Journal:
 
 
 def read_journal(path: str, limit: int | None = None) -> list[dict]:
-    """Records in order (the last `limit` ones when given); torn or foreign lines are skipped."""
-    out = []
+    """Records in order (the last `limit` ones when given, read from the end of the file);
+    torn or foreign lines are skipped."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict) and "event" in rec:
-                    out.append(rec)
+        with open(path, "rb") as f:
+            if limit:
+                f.seek(0, os.SEEK_END)
+                pos = f.tell()
+                data = b""
+                while pos > 0 and data.count(b"\n") <= limit:
+                    step = min(65536, pos)
+                    pos -= step
+                    f.seek(pos)
+                    data = f.read(step) + data
+                lines = data.splitlines()
+                if pos > 0:
+                    lines = lines[1:]        # the first one may be cut in the middle
+            else:
+                lines = f.read().splitlines()
     except FileNotFoundError:
         return []
+    out = []
+    for line in lines:
+        try:
+            rec = json.loads(line.decode("utf-8", "replace"))
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and "event" in rec:
+            out.append(rec)
     return out[-limit:] if limit else out
 
 

@@ -75,3 +75,14 @@ def test_journal_round_trip_and_torn_line(tmp_path):
     assert read_journal(path, limit=1)[0]["event"] == "group"
     assert format_record(recs[1]).endswith("ha1: group 10.0.17.26: stopped -> starting (takeover from ha2)")
     assert read_journal(str(tmp_path / "missing")) == []
+
+
+def test_journal_tail_reads_only_the_end(tmp_path):
+    path = str(tmp_path / "j.jsonl")
+    j = Journal(path, "ha2")
+    for i in range(5000):
+        j.record("node", peer="ha1", state="up", i=i)
+    j.close()
+    tail = read_journal(path, limit=3)
+    assert [r["i"] for r in tail] == [4997, 4998, 4999]
+    assert len(read_journal(path)) == 5000
