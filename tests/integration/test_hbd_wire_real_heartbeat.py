@@ -44,6 +44,7 @@ peer_ip, run_s, dump_dir = sys.argv[2], float(sys.argv[3]), sys.argv[4]
 keys = parse_authkeys(open(sys.argv[5]).read())
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)   # bcast medium: peer_ip is x.y.z.255
 sock.bind(("0.0.0.0", 694))
 now = time.monotonic()
 m = Membership("ha2", ["ha1", "ha2"], keepalive_s=1, warntime_s=3, deadtime_s=%(dead)d, initdead_s=10,
@@ -162,7 +163,7 @@ def two_namespaces():
         run("ip", "link", "add", "hbwtmp0", "netns", a, "type", "veth", "peer", "name", "hbwtmp1", "netns", b)
         for ns, ifname, addr in ((a, "hbwtmp0", f"10.98.{n}.1/24"), (b, "hbwtmp1", f"10.98.{n}.2/24")):
             run("ip", "-n", ns, "link", "set", ifname, "name", "eth0")
-            run("ip", "-n", ns, "addr", "add", addr, "dev", "eth0")
+            run("ip", "-n", ns, "addr", "add", addr, "brd", "+", "dev", "eth0")   # bcast needs x.y.z.255
             run("ip", "-n", ns, "link", "set", "eth0", "up")
             run("ip", "-n", ns, "link", "set", "lo", "up")
         yield a, b, f"10.98.{n}.1", f"10.98.{n}.2"
@@ -171,7 +172,7 @@ def two_namespaces():
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def make_node_dir(base: pathlib.Path, peer_ip: str, method_line: str) -> pathlib.Path:
+def make_node_dir(base: pathlib.Path, peer_ip: str, method_line: str, medium: str = "ucast") -> pathlib.Path:
     """A private copy of the package's /etc/ha.d, /var/lib/heartbeat and /run/heartbeat."""
     etc, lib, runp, log = base / "etc", base / "lib", base / "run", base / "log"
     shutil.copytree("/etc/ha.d", etc, symlinks=True)
@@ -188,7 +189,8 @@ def make_node_dir(base: pathlib.Path, peer_ip: str, method_line: str) -> pathlib
     (etc / "ha.cf").write_text(
         "logfile /var/log/ha-log\ndebugfile /var/log/ha-debug\nuse_logd no\n"
         f"keepalive 1\ndeadtime {DEADTIME_S}\nwarntime 3\ninitdead 10\nudpport 694\n"
-        f"ucast eth0 {peer_ip}\nnode ha1\nnode ha2\nauto_failback on\ncrm no\n")
+        + (f"ucast eth0 {peer_ip}\n" if medium == "ucast" else "bcast eth0\n")
+        + "node ha1\nnode ha2\nauto_failback on\ncrm no\n")
     (etc / "authkeys").write_text(f"auth {method_line.split()[0]}\n{method_line}\n")
     os.chmod(etc / "authkeys", 0o600)
     (etc / "haresources").write_text("# no resources: this test is about membership on the wire\n")
@@ -253,10 +255,13 @@ def cl_status(master_pid, *args):
     return r.stdout.strip() or r.stderr.strip()
 
 
-@pytest.mark.parametrize("method_line", [f"2 sha1 {KEY}", f"3 md5 {KEY}", "1 crc"])
-def test_real_heartbeat_and_our_membership_see_each_other(two_namespaces, tmp_path, method_line):
+@pytest.mark.parametrize("method_line, medium", [(f"2 sha1 {KEY}", "ucast"), (f"3 md5 {KEY}", "ucast"),
+                                                  ("1 crc", "ucast"), (f"2 sha1 {KEY}", "bcast")])
+def test_real_heartbeat_and_our_membership_see_each_other(two_namespaces, tmp_path, method_line, medium):
     ns_a, ns_b, ip_a, ip_b = two_namespaces
-    node_dir = make_node_dir(tmp_path / "ha1", ip_b, method_line)
+    node_dir = make_node_dir(tmp_path / "ha1", ip_b, method_line, medium)
+    if medium == "bcast":   # both sides broadcast on the veth subnet; each hears its own packets too
+        ip_a = ip_a.rsplit(".", 1)[0] + ".255"
     keyfile = tmp_path / "authkeys-ours"
     keyfile.write_text(f"auth {method_line.split()[0]}\n{method_line}\n")
     hb = driver = None
