@@ -562,3 +562,14 @@ def test_nak_clears_missing_and_bad_rexmit_requests_are_ignored():
     assert a.counters["dropped_malformed"] == 1
     assert a.datagrams_to_send(0.2) == [] and a.counters["rexmit_sent"] == 0
     assert a.counters["rexmit_nak_sent"] == 0
+
+
+def test_wrong_key_nodes_never_join():
+    n = Net(make("ha1"), make("ha2", keys=OTHER))
+    n.transfer()
+    n.run_until(12)
+    for node in NODES:
+        assert n.of(node, NodeUp) == [] and n.of(node, MessageReceived) == []
+        assert len(n.of(node, NodeDead)) == 1            # never heard: dead at initdead
+        assert n.m[node].counters["dropped_bad_auth"] >= 12
+        assert all(e.reason == "bad_auth" for _, e in n.of(node, PacketDropped))
