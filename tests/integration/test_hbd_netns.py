@@ -43,7 +43,17 @@ def boot(lab, auto_failback="on", **kw):
     lab.start_hbd("ha1")
     lab.start_hbd("ha2")
     assert lab.wait_for(lambda: lab.holds_all("ha1"), 15) is not None, lab.log_text("ha1")
+    assert lab.wait_for(lambda: both_active(lab), 15) is not None, lab.log_text("ha1") + lab.log_text("ha2")
     assert lab.holds_none("ha2")
+
+
+def joined(lab):
+    return (lab.hbctl("ha1", "nodestatus", "ha2").stdout.strip() == "active"
+            and lab.hbctl("ha2", "nodestatus", "ha1").stdout.strip() == "active")
+
+
+def both_active(lab):
+    return joined(lab) and lab.hbctl("ha2", "rscstatus").stdout.strip() == "none"
 
 
 def journal(lab, n):
@@ -129,6 +139,7 @@ def test_clean_sigterm_peer_takes_over_at_once(lab):
     lab.start_hbd("ha1")
     lab.start_hbd("ha2")
     assert lab.wait_for(lambda: lab.holds_all("ha1"), 20) is not None, lab.log_text("ha1")
+    assert lab.wait_for(lambda: both_active(lab), 20) is not None, lab.log_text("ha2")
     t0 = time.monotonic()
     lab.kill("ha1", signal.SIGTERM, wait=False)
     t = lab.wait_for(lambda: lab.holds_all("ha2"), 5)
@@ -150,6 +161,7 @@ def test_failed_start_is_rolled_back_and_reported(lab):
     lab.start_hbd("ha2")
     failed = lambda: any(r["event"] == "group" and r["new"] == "failed" for r in journal(lab, "ha1"))  # noqa
     assert lab.wait_for(failed, 15) is not None, lab.log_text("ha1")
+    assert lab.wait_for(lambda: joined(lab), 15) is not None, lab.log_text("ha2")
     assert lab.holds_none("ha1")                       # VIP, datadisk and httpd were stopped again
     with open(os.path.join(lab.run_dir("ha1"), "svc-log")) as f:
         log = f.read().split("\n")
@@ -215,6 +227,7 @@ def test_stonith_external_fences_before_takeover_and_withholds_while_failing(lab
     lab.start_hbd("ha1")
     lab.start_hbd("ha2")
     assert lab.wait_for(lambda: lab.holds_all("ha1"), 15) is not None, lab.log_text("ha1")
+    assert lab.wait_for(lambda: both_active(lab), 15) is not None, lab.log_text("ha2")
     fail_flag = os.path.join(lab.node_dir("ha2"), "stonith-fail")
     calls = os.path.join(lab.node_dir("ha2"), "stonith-calls")
     open(fail_flag, "w").close()
@@ -241,6 +254,7 @@ def test_seed_default_legacy_auto_failback(lab):
     lab.start_hbd("ha1")
     lab.start_hbd("ha2")
     assert lab.wait_for(lambda: lab.holds_all("ha1"), 15) is not None, lab.log_text("ha1")
+    assert lab.wait_for(lambda: both_active(lab), 15) is not None, lab.log_text("ha2")
     lab.kill("ha1", signal.SIGKILL)
     assert lab.wait_for(lambda: lab.holds_all("ha2"), DEADTIME_S + 1.0) is not None, lab.log_text("ha2")
     lab.start_hbd("ha1")
@@ -249,3 +263,22 @@ def test_seed_default_legacy_auto_failback(lab):
     assert "legacy failback" in lab.log_text("ha1")
     assert "asks for group '10.0.17.26': giving it up" in lab.log_text("ha2")
     assert lab.wait_for(lambda: lab.ping_vip(), 3) is not None
+
+
+def test_frozen_node_sigstop_then_resume_converges(lab):
+    """A hung hbd (SIGSTOP) is declared dead; when it resumes both sides hold the group for a moment,
+    the non-preferred side gives way and the VIP is re-announced from the preferred node."""
+    boot(lab, auto_failback="on")
+    assert lab.ping_vip() and lab.cli_neighbor_mac() == lab.mac("ha1")
+    lab.kill("ha1", signal.SIGSTOP, wait=False)
+    try:
+        assert lab.wait_for(lambda: lab.holds_all("ha2"), DEADTIME_S + 1.0) is not None, lab.log_text("ha2")
+        assert lab.wait_for(lambda: lab.cli_neighbor_mac() == lab.mac("ha2"), 2) is not None
+    finally:
+        lab.kill("ha1", signal.SIGCONT, wait=False)
+    ok = lab.wait_for(lambda: lab.holds_all("ha1") and lab.holds_none("ha2"), 15)
+    assert ok is not None, lab.log_text("ha1") + lab.log_text("ha2")
+    assert lab.wait_for(lambda: lab.cli_neighbor_mac() == lab.mac("ha1"), 5) is not None
+    assert lab.ping_vip()
+    time.sleep(2)
+    assert lab.holds_all("ha1") and lab.holds_none("ha2")
