@@ -541,3 +541,65 @@ int rm_engine_zero(rm_engine *eng, uint32_t count, uint64_t offset, int may_trim
 
     return rc < 0 ? rc : local_zero(eng, count, offset, may_trim, fua);
 }
+
+/* Write `length` bytes arriving on `sock` to the disk at `offset`, the first `have` of them
+ * already received into `prefix`. splice(2) moves the socket's pages into the pipe and copies
+ * them once into the page cache, where recv + pwrite would copy twice. The stream is always
+ * consumed: returns 0 with the local write's result in *write_rc, or a negative errno when the
+ * socket failed (the connection is then lost anyway). */
+int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *prefix, uint32_t have,
+                        uint64_t offset, uint32_t length, int fua, int *write_rc)
+{
+    uint64_t off = offset;
+    uint32_t left = length;
+    int rc = 0;
+
+    if (have) {
+        rc = local_pwrite(eng, prefix, have, off, 0);
+        off += have;
+        left -= have;
+        if (rc == 0)
+            __atomic_fetch_sub(&eng->stats.writes, 1, __ATOMIC_RELAXED);  /* one request, counted below */
+    }
+    while (left > 0) {
+        ssize_t in = splice(sock, NULL, pipefd[1], NULL, left, SPLICE_F_MOVE);
+        if (in < 0 && errno == EINTR)
+            continue;
+        if (in <= 0)
+            return in == 0 ? -ECONNRESET : -errno;
+        left -= (uint32_t)in;
+        while (in > 0) {
+            loff_t pos = (loff_t)off;
+            ssize_t out = splice(pipefd[0], NULL, eng->fd, &pos, (size_t)in, SPLICE_F_MOVE);
+            if (out < 0 && errno == EINTR)
+                continue;
+            if (out <= 0) {
+                /* Keep the stream in step: drain what the pipe holds, remember the error. */
+                char sink[65536];
+                ssize_t n = read(pipefd[0], sink, (size_t)in < sizeof sink ? (size_t)in : sizeof sink);
+                if (rc == 0)
+                    rc = io_error(eng, out < 0 ? errno : EIO, offset, length);
+                out = n > 0 ? n : in;
+            } else {
+                STAT_ADD(eng, bytes_written, (uint64_t)out);
+            }
+            off += (uint64_t)out;
+            in -= out;
+        }
+    }
+    if (rc == 0) {
+        STAT_ADD(eng, writes, 1);
+        if (fua)
+            rc = local_flush(eng);
+    }
+    *write_rc = rc;
+    return 0;
+}
+
+int engine_open_pipe(int pipefd[2])
+{
+    if (pipe2(pipefd, O_CLOEXEC) < 0)
+        return -errno;
+    fcntl(pipefd[1], F_SETPIPE_SZ, 1024 * 1024);  /* best effort: fewer round trips per MiB */
+    return 0;
+}

@@ -114,6 +114,13 @@ int local_trim(rm_engine *eng, uint32_t count, uint64_t offset, int fua);
 int local_zero(rm_engine *eng, uint32_t count, uint64_t offset, int may_trim, int fua);
 int local_flush(rm_engine *eng);
 
+int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *prefix, uint32_t have,
+                        uint64_t offset, uint32_t length, int fua, int *write_rc);
+int engine_open_pipe(int pipefd[2]);
+#define SPLICE_MIN (128 * 1024)     /* payloads at least this large are spliced to the disk */
+/* True when writes need no peer copy in memory: no link attached. */
+int engine_writes_local_only(rm_engine *eng);
+
 /* Requests from a frontend that change the disk; see engine_submit in peer.c. */
 enum rm_op { RM_OP_WRITE, RM_OP_TRIM, RM_OP_ZERO, RM_OP_FLUSH };
 #define RM_SUBMIT_DONE 0    /* *rc holds the answer now */

@@ -52,6 +52,7 @@ struct conn {
     size_t out_len;
     char *payload;
     size_t payload_cap;
+    int pipe[2];               /* for spliced writes, opened on first use */
 };
 
 static inline uint16_t get16(const unsigned char *p) { return (uint16_t)(p[0] << 8 | p[1]); }
@@ -273,6 +274,27 @@ static int do_read_locked(struct conn *c, const unsigned char *cookie, uint64_t 
     return rc;
 }
 
+/* A large write with no peer to copy it to: socket -> pipe -> disk, one copy (see
+ * engine_splice_write). A disconnected Primary still records the blocks as out of sync. */
+static int splice_write(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len,
+                        int fua, int *end)
+{
+    size_t have = c->in_end - c->in_start;
+    int wrc, rc;
+
+    engine_al_wait(c->eng, offset, len);
+    rc = engine_splice_write(c->eng, c->fd, c->pipe, c->in + c->in_start, (uint32_t)have, offset, len,
+                             fua, &wrc);
+    c->in_start = c->in_end;
+    if (rc < 0) {
+        *end = rc == -ECONNRESET ? RM_END_PROTOCOL : RM_END_SOCKET;
+        return rc;
+    }
+    if (wrc == 0)
+        engine_mark_dirty(c->eng, offset, len);
+    return queue_reply(c, wrc, cookie);
+}
+
 /* One request whose 28-byte header is buffered. Returns 0 to go on, 1 on NBD_CMD_DISC, or a
  * negative errno that ends the connection (*end says why). */
 static int handle_request(struct conn *c, int *end)
@@ -306,6 +328,10 @@ static int handle_request(struct conn *c, int *end)
             *end = RM_END_PROTOCOL;
             return -EOVERFLOW;
         }
+        if (len >= SPLICE_MIN && !(flags & ~NBD_CMD_FLAG_FUA) && c->in_end - c->in_start < len &&
+            engine_writes_local_only(c->eng) && engine_check_range(c->eng, offset, len, 1) == 0 &&
+            (c->pipe[0] >= 0 || engine_open_pipe(c->pipe) == 0))
+            return splice_write(c, cookie, offset, len, flags & NBD_CMD_FLAG_FUA, end);
         rc = get_payload(c, len, &data);
         if (rc < 0) {
             *end = rc == -ECONNRESET ? RM_END_PROTOCOL : RM_END_SOCKET;
@@ -389,7 +415,7 @@ static int serve(struct conn *c, int *err)
 
 int rm_serve_nbd(rm_engine *eng, int client_fd, const char *initial, size_t initial_len, int *err)
 {
-    struct conn c = { .eng = eng, .fd = client_fd };
+    struct conn c = { .eng = eng, .fd = client_fd, .pipe = { -1, -1 } };
     int rc, end;
 
     c.origin.complete = origin_complete;
@@ -435,5 +461,9 @@ out:
     free(c.in);
     free(c.out);
     free(c.payload);
+    if (c.pipe[0] >= 0) {
+        close(c.pipe[0]);
+        close(c.pipe[1]);
+    }
     return end;
 }

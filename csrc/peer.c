@@ -37,7 +37,6 @@
 #define RBUF_SIZE (256 * 1024)
 #define MAX_RESYNC_CHUNK (1024 * 1024)
 #define MAX_TOUCHED 64
-#define SPLICE_MIN (128 * 1024)     /* payloads this large take the splice path */
 
 void peer_init(struct rm_peer *p)
 {
@@ -77,6 +76,11 @@ void peer_destroy(struct rm_peer *p)
 static int peer_live(struct rm_peer *p)
 {
     return __atomic_load_n(&p->attached, __ATOMIC_ACQUIRE) && !__atomic_load_n(&p->dead, __ATOMIC_ACQUIRE);
+}
+
+int engine_writes_local_only(rm_engine *eng)
+{
+    return !peer_live(&eng->peer);
 }
 
 /* ---- sending (send_lock held) ---- */
@@ -374,59 +378,16 @@ struct receiver {
     int spliced_rc;         /* result of the local write done by splice_payload */
 };
 
-/* Large DATA/RS_DATA payloads go from the socket to the disk with splice(2): the kernel moves
- * socket pages into a pipe and copies them once into the page cache, where recv + pwrite would
- * copy twice. Returns 0 with r->spliced_rc set to the local write's result, or a socket error. */
+/* Large DATA/RS_DATA payloads go from the socket to the disk by splice (engine_splice_write). */
 static int splice_payload(struct receiver *r, const struct rpl_header *h, int fua)
 {
-    rm_engine *eng = r->eng;
-    uint64_t off = h->offset;
-    uint32_t left = h->length;
     size_t have = r->end - r->start;
-    int rc = 0;
+    int rc = engine_splice_write(r->eng, r->eng->peer.fd, r->pipe, r->buf + r->start, (uint32_t)have,
+                                 h->offset, h->length, fua, &r->spliced_rc);
 
-    if (have) {  /* the part already received */
-        rc = local_pwrite(eng, r->buf + r->start, (uint32_t)have, off, 0);
-        r->start = r->end;
-        off += have;
-        left -= (uint32_t)have;
-    }
-    while (left > 0) {
-        ssize_t in = splice(eng->peer.fd, NULL, r->pipe[1], NULL, left, SPLICE_F_MOVE);
-        if (in < 0 && errno == EINTR)
-            continue;
-        if (in <= 0)
-            return in == 0 ? -ECONNRESET : -errno;
-        left -= (uint32_t)in;
-        while (in > 0) {
-            loff_t pos = (loff_t)off;
-            ssize_t out = splice(r->pipe[0], NULL, eng->fd, &pos, (size_t)in, SPLICE_F_MOVE);
-            if (out < 0 && errno == EINTR)
-                continue;
-            if (out <= 0) {
-                /* Keep the stream in step: drain what the pipe holds, remember the error. */
-                char sink[65536];
-                ssize_t n = read(r->pipe[0], sink, (size_t)in < sizeof sink ? (size_t)in : sizeof sink);
-                if (rc == 0)
-                    rc = -(out < 0 ? errno : EIO);
-                out = n > 0 ? n : in;
-            }
-            STAT_ADD(eng, bytes_written, (uint64_t)out);
-            off += (uint64_t)out;
-            in -= out;
-        }
-    }
-    STAT_SET(eng, peer_last_rx_ns, now_ns());
-    if (rc < 0) {
-        STAT_ADD(eng, io_errors, 1);
-        engine_post_event(eng, RM_EV_IO_ERROR, -rc, h->offset, h->length);
-    } else {
-        STAT_ADD(eng, writes, 1);
-        if (fua)
-            rc = local_flush(eng);
-    }
-    r->spliced_rc = rc;
-    return 0;
+    r->start = r->end;
+    STAT_SET(r->eng, peer_last_rx_ns, now_ns());
+    return rc;
 }
 
 static int recv_exact(struct receiver *r, unsigned char *dst, size_t len)
@@ -672,9 +633,7 @@ static void *receiver_main(void *arg)
     int proto = 0, rc;
 
     r.buf = malloc(RBUF_SIZE);
-    if (pipe2(r.pipe, O_CLOEXEC) == 0)
-        fcntl(r.pipe[1], F_SETPIPE_SZ, 1024 * 1024);
-    else
+    if (engine_open_pipe(r.pipe) < 0)
         r.pipe[0] = r.pipe[1] = -1;
     rc = r.buf ? receive_loop(&r, &proto, &bad_type) : -ENOMEM;
     if (r.pipe[0] >= 0) {

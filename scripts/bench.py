@@ -45,10 +45,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def prewrite(path: Path) -> None:
+def prewrite(path: Path, size: int = FILE_SIZE) -> None:
     with open(path, "wb") as f:
-        chunk = b"\x01" * (1 << 20)
-        for _ in range(FILE_SIZE >> 20):
+        chunk = bytes(1 << 20)
+        for _ in range(size >> 20):
             f.write(chunk)
 
 
@@ -138,8 +138,131 @@ class Replicad:
         subprocess.run([str(BIN / "replicactl"), *self.args, "down", "bench"], check=False)
 
 
+class ReplicadPair:
+    """Two replicad on loopback (127.0.0.1 / 127.0.0.2), node a Primary, node b Secondary.
+
+    full_sync=False: blank identical disks, `new-current-uuid --clear-bitmap` skips the initial
+    sync (DRBD's way for new pairs); full_sync=True: `primary --force` starts a full sync."""
+
+    def __init__(self, work: Path, protocol: str, size: int, full_sync: bool = False):
+        self.work = work / f"pair-{protocol}"
+        self.work.mkdir()
+        disks = {n: self.work / f"{n}.img" for n in "ab"}
+        for disk in disks.values():
+            prewrite(disk, size)
+        ports = [free_port(), free_port()]
+        self.conf = self.work / "replica.conf"
+        self.conf.write_text(
+            f"resource bench {{\n  protocol {protocol};\n  net {{ connect-int 1; }}\n"
+            f"  disk {{ resync-rate 4G; }}\n"
+            + "".join(f"  on {n} {{ disk {disks[n]}; address 127.0.0.{i + 1}:{ports[i]}; "
+                      f"export unix:{self.work}/{n}.sock; }}\n" for i, n in enumerate("ab"))
+            + "}\n")
+        for n in "ab":
+            self.ctl(n, "create-md", "--force", "bench")
+        for n in "ab":
+            self.ctl(n, "up", "bench")
+        self.wait(lambda st: st["connection"] == "Connected", "connected")
+        if full_sync:
+            self.ctl("a", "primary", "--force", "bench")
+        else:
+            self.ctl("a", "new-current-uuid", "--clear-bitmap", "bench")
+            self.wait(lambda st: st["disk_state"] == "UpToDate" and st["peer_disk_state"] == "UpToDate", "UpToDate")
+            self.ctl("a", "primary", "bench")
+        self.uri = self.ctl("a", "nbd-uri", "bench").stdout.strip()
+        self.pid = int((self.work / "run-a" / "replicad.pid").read_text())
+
+    def ctl(self, node: str, *args, check=True):
+        return subprocess.run([str(BIN / "replicactl"), "--config", str(self.conf), "--node", node,
+                               "--run-dir", str(self.work / f"run-{node}"), *args],
+                              check=check, capture_output=True, text=True)
+
+    def status(self) -> dict:
+        return json.loads(self.ctl("a", "status", "--json", "bench").stdout)[0]
+
+    def wait(self, pred, what: str, timeout_s: float = 120, poll_s: float = 0.1) -> float:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if pred(self.status()):
+                return time.monotonic()
+            time.sleep(poll_s)
+        raise RuntimeError(f"bench: pair did not become {what} within {timeout_s:.0f} s")
+
+    def stop(self):
+        for n in "ab":
+            self.ctl(n, "down", "bench", check=False)
+
+
 def fmt(value: float, unit: str) -> str:
     return f"{value:,.0f} {unit}" if value >= 100 else f"{value:,.1f} {unit}"
+
+
+REPL_JOBS = [
+    ("seq write 1 MiB QD16", "write", "1m", 16),
+    ("rand write 4 KiB QD32", "randwrite", "4k", 32),
+    ("rand write 4 KiB QD1", "randwrite", "4k", 1),
+]
+
+
+def replication_table(work: Path, servers: list, kit: dict, tcp_mibs, rtt_us):
+    """Protocols A, B, C between two replicad on loopback vs unreplicated nbdkit file, and a
+    full 1 GiB resync vs the loopback TCP limit."""
+    table = Table(title="replication: Primary -> Secondary over loopback TCP, vs nbdkit file (unreplicated)")
+    for col in ("test", "protocol", "replicated", "nbdkit file", "ratio", "target", "ok"):
+        table.add_column(col, justify="left" if col in ("test", "protocol") else "right")
+    failures = targets = 0
+    for protocol in "ABC":
+        pair = ReplicadPair(work, protocol, FILE_SIZE)
+        servers.append(pair)
+        try:
+            for label, rw, bs, qd in REPL_JOBS:
+                ours = fio(pair.uri, rw, bs, qd)
+                ref = kit[label]
+                if qd == 1:
+                    limit = ref["p50"] + 2 * rtt_us if rtt_us else None
+                    ok = limit is not None and ours["p50"] <= limit
+                    target = f"≤ {limit:.1f} µs (p50 + 2 RTT)" if limit else "n/a"
+                    table.add_row(label + " p50", protocol, fmt(ours["p50"], "µs"), fmt(ref["p50"], "µs"),
+                                  f"+{ours['p50'] - ref['p50']:.1f} µs", target if protocol == "C" else "",
+                                  ("yes" if ok else "NO") if protocol == "C" else "")
+                else:
+                    metric = "MiB/s" if bs == "1m" else "IOPS"
+                    ratio = ours[metric] / ref[metric]
+                    want = 0.7 if bs == "1m" else 0.5
+                    ok = ratio >= want
+                    table.add_row(label, protocol, fmt(ours[metric], metric), fmt(ref[metric], metric),
+                                  f"{ratio:.2f}×", f"≥ {want:.2f}×" if protocol == "C" else "",
+                                  ("yes" if ok else "NO") if protocol == "C" else "")
+                if protocol == "C":
+                    targets += 1
+                    failures += not ok
+            same = subprocess.run(["cmp", "-n", str(FILE_SIZE - (1 << 20)), str(pair.work / "a.img"),
+                                   str(pair.work / "b.img")], capture_output=True).returncode == 0
+            table.add_row("disks identical after the runs", protocol, "yes" if same else "NO", "", "", "", "")
+        finally:
+            pair.stop()
+            servers.remove(pair)
+            shutil.rmtree(pair.work, ignore_errors=True)
+    pair = ReplicadPair(work, "C", RESYNC_SIZE, full_sync=True)
+    servers.append(pair)
+    try:
+        pair.wait(lambda st: st["peer_disk_state"] == "UpToDate", "in sync", timeout_s=600, poll_s=0.5)
+        last = pair.status()["last_resync"]  # timed by the daemon: first block sent to last ack
+        mibs = last["bytes"] / (1 << 20) / last["seconds"]
+        ratio = mibs / tcp_mibs if tcp_mibs else 0
+        ok = ratio >= 0.7
+        targets += 1
+        failures += not ok
+        table.add_row(f"full resync {RESYNC_SIZE >> 30} GiB, unthrottled", "C", fmt(mibs, "MiB/s"),
+                      f"TCP {fmt(tcp_mibs, 'MiB/s')}" if tcp_mibs else "n/a", f"{ratio:.2f}× TCP", "≥ 0.70×",
+                      "yes" if ok else "NO")
+    finally:
+        pair.stop()
+        servers.remove(pair)
+    return table, failures, targets
+
+
+RESYNC_SIZE = 1 << 30
 
 
 def main() -> int:
@@ -199,7 +322,11 @@ def main() -> int:
         limits.add_row("loopback TCP round trip p50 (sockperf)", fmt(rtt, "µs") if rtt else "n/a (no sockperf)", "")
         console.print(table)
         console.print(limits)
-        console.print(f"bench: {len(JOBS) + 1 - failures} of {len(JOBS) + 1} targets met")
+        kit_results = {label: fio(kit.uri, rw, bs, qd) for label, rw, bs, qd in REPL_JOBS}
+        repl, repl_failures, repl_targets = replication_table(work, servers, kit_results, mibs, rtt)
+        console.print(repl)
+        total = len(JOBS) + 1 + repl_targets
+        console.print(f"bench: {total - failures - repl_failures} of {total} targets met")
         return 0
     finally:
         for server in servers:

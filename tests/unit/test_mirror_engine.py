@@ -220,3 +220,15 @@ def test_fuzz_request_stream_never_crashes(engine, stream):
     # The engine still works after whatever happened.
     engine.pwrite(b"ok", 0)
     assert engine.pread(2, 0) == b"ok"
+
+
+def test_serve_large_write_takes_the_splice_path_and_survives_a_vanishing_client(engine):
+    s = Session(engine)
+    data = os.urandom(512 * 1024)
+    s.send(WRITE, 4096, len(data), data, flags=FUA, cookie=1)
+    assert s.reply() == (0, 1, b"")
+    assert engine.pread(len(data), 4096) == data
+    s.sock.sendall(REQUEST.pack(REQUEST_MAGIC, 0, WRITE, 2, 0, 512 * 1024) + b"y" * 1000)
+    s.sock.shutdown(socket.SHUT_WR)
+    assert s.finish().reason == "protocol error"
+    assert engine.stats()["writes"] == 1

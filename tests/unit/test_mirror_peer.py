@@ -288,3 +288,15 @@ def test_concurrent_connections_and_resync_keep_disks_identical(pair_c):
         t.join()
     assert wait_for(lambda: pair_c.pbm.count() == 0 and pair_c.primary.stats()["peer_pending"] == 0)
     assert pair_c.disk("primary") == pair_c.disk("secondary")
+
+
+def test_large_writes_while_disconnected_are_marked_dirty(pair_c):
+    pair_c.disconnect()
+    s = Session(pair_c.primary)
+    data = os.urandom(1 << 20)
+    s.send(WRITE, 2 << 20, len(data), data, cookie=1)  # spliced straight to the disk
+    assert s.reply() == (0, 1, b"")
+    s.send(DISC)
+    s.finish()
+    assert os.pread(pair_c.pfd, len(data), 2 << 20) == data
+    assert list(pair_c.pbm.iter_dirty_extents(4 << 20)) == [(2 << 20, 1 << 20)]
