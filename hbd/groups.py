@@ -279,6 +279,8 @@ class GroupManager:
             self._note("info", f"node {node!r} returned: exchanging resource reports")
         self._send("starting", {})
         self._send_report("node_up")
+        if self.auto_failback == "legacy" and self.phase is Phase.INIT:
+            self._acquire_local("req_our_resources()")
 
     def node_dead(self, node: str, now: float, *, clean: bool = False) -> None:
         """The peer died (deadtime) or, with clean=True, announced shutdone."""
@@ -331,6 +333,9 @@ class GroupManager:
         if node != self.peer or self.phase in (Phase.SHUTTING_DOWN, Phase.DOWN):
             return
         dest = fields.get("dest")
+        if msg_type == "ip-request-resp" and dest == self.peer:
+            self._on_peer_acquired(fields)
+            return
         if dest is not None and dest != self.node:
             return
         handler = {
@@ -460,6 +465,16 @@ class GroupManager:
             self._after(reply)
         else:
             self._send("ip-request-resp", {"dest": self.peer, "ipaddr": key, "weown": "no", "ok": "OK"})
+
+    def _on_peer_acquired(self, fields: dict) -> None:
+        """The peer tells itself "ip-request-resp" when it takes its own group without asking
+        (heartbeat's legacy req_our_resources when it saw no active peer): give way."""
+        key = fields.get("ipaddr", "")
+        if (key in self.by_key and self.by_key[key].node == self.peer and fields.get("ok", "OK") == "OK"
+                and self.state[key] in (GroupState.STARTED, GroupState.STARTING)):
+            self._note("warn", f"node {self.peer!r} acquired its group {key!r} while we hold it: releasing it")
+            self._stop_keys([key], "peer acquired its own group")
+            self._after(lambda: self._send_report("partition"))
 
     def _on_ip_request_resp(self, fields: dict) -> None:
         key = fields.get("ipaddr", "")
@@ -659,14 +674,18 @@ class GroupManager:
         self._after(finish)
 
     def _acquire_local(self, info: str) -> None:
+        """nice_failback: take our groups the peer does not hold.  legacy (heartbeat's
+        req_our_resources): with the peer up, ask it for every one (ip-request) and start each on
+        its ip-request-resp; without a peer, just take them."""
         held_by_peer = self.peer_hold or frozenset()
         mine = self._keys(lambda g: g.node == self.node and self.state[g.name] is GroupState.STOPPED)
-        free = [k for k in mine if k not in held_by_peer]
-        if self.auto_failback == "legacy":
+        if self.auto_failback == "legacy" and self.peer_status == "up":
             for k in mine:
-                if k in held_by_peer:
-                    self._note("info", f"asking {self.peer!r} for group {k!r} (legacy failback)")
-                    self._send("ip-request", {"ipaddr": k})
+                self._note("info", f"asking {self.peer!r} for group {k!r} (legacy failback)")
+                self._send("ip-request", {"ipaddr": k})
+            self._become_stable_after(False, info)
+            return
+        free = [k for k in mine if k not in held_by_peer]
         self._become_stable_after(self._start_keys(free, "local group, not held by peer"), info)
 
     def _adopt_orphans(self) -> None:

@@ -60,7 +60,7 @@ def mntns_pids(link):
 
 
 class RealHeartbeat:
-    def __init__(self, ns, base: pathlib.Path, peer_ip, state):
+    def __init__(self, ns, base: pathlib.Path, peer_ip, state, mode):
         self.ns, self.base = ns, base
         self.proc = None
         self.mntns = None
@@ -78,7 +78,7 @@ class RealHeartbeat:
         (etc / "ha.cf").write_text(
             "logfile /var/log/ha-log\ndebugfile /var/log/ha-debug\nuse_logd no\n"
             f"keepalive 1\ndeadtime {DEADTIME_S}\nwarntime 3\ninitdead 10\nudpport 694\n"
-            f"ucast eth0 {peer_ip}\nnode ha1\nnode ha2\nauto_failback on\ncrm no\n")
+            f"ucast eth0 {peer_ip}\nnode ha1\nnode ha2\nauto_failback {mode}\ncrm no\n")
         (etc / "authkeys").write_text(KEYS)
         os.chmod(etc / "authkeys", 0o600)
         (etc / "haresources").write_text("ha1 hbsvc1\nha2 hbsvc2\n")
@@ -160,15 +160,16 @@ def wait_for(pred, timeout):
     return False
 
 
-def test_real_heartbeat_and_hbd_fail_over_to_each_other(pair, tmp_path):
+@pytest.mark.parametrize("mode", ["on", "legacy"])
+def test_real_heartbeat_and_hbd_fail_over_to_each_other(pair, tmp_path, mode):
     ns_a, ns_b, ip_a, ip_b = pair
     state = tmp_path / "state"
     state.mkdir()
-    real = RealHeartbeat(ns_a, tmp_path / "ha1", ip_b, state)
+    real = RealHeartbeat(ns_a, tmp_path / "ha1", ip_b, state, mode)
     cfg = tmp_path / "ha2" / "ha.d"
     (cfg / "resource.d").mkdir(parents=True)
     (cfg / "ha.cf").write_text(f"keepalive 1\ndeadtime {DEADTIME_S}\nwarntime 3\ninitdead 10\nudpport 694\n"
-                               f"ucast eth0 {ip_a}\nnode ha1\nnode ha2\nauto_failback on\n")
+                               f"ucast eth0 {ip_a}\nnode ha1\nnode ha2\nauto_failback {mode}\n")
     (cfg / "authkeys").write_text(KEYS)
     os.chmod(cfg / "authkeys", 0o600)
     (cfg / "haresources").write_text("ha1 hbsvc1\nha2 hbsvc2\n")

@@ -165,7 +165,8 @@ def test_failback_legacy_uses_ip_request():
     c.boot("ha1")
     c.pump()
     assert c.held("ha1") == {"10.0.17.26"} and c.held("ha2") == {"10.0.17.27"}
-    assert c.sent("ha1", "ip-request") == [{"ipaddr": "10.0.17.26"}]
+    # heartbeat's req_our_resources: with the peer up, every local group is asked for (boot, then return)
+    assert c.sent("ha1", "ip-request") == [{"ipaddr": "10.0.17.26"}] * 2
     assert c.sent("ha2", "ip-request-resp")[-1] == {"dest": "ha1", "ipaddr": "10.0.17.26", "weown": "yes",
                                                     "ok": "OK"}
 
@@ -460,3 +461,21 @@ def test_standby_with_auto_failback_on_is_not_undone():
     c.m["ha1"].request_takeover("local", c.now)
     c.pump()
     assert c.held("ha1") == {"10.0.17.26"} and c.held("ha2") == {"10.0.17.27"}
+
+
+def test_peer_taking_its_own_group_unasked_makes_us_release_it():
+    """Real heartbeat (legacy, no active peer seen yet) takes its group and tells itself so with a
+    self-addressed ip-request-resp; the holder of the copy gives way."""
+    c = Cluster(auto_failback="legacy")
+    c.pump()
+    c.kill("ha1")
+    c.pump()
+    assert c.held("ha2") == {"10.0.17.26", "10.0.17.27"}
+    m = c.m["ha2"]
+    m.node_up("ha1", c.now)
+    m.receive_message("ha1", "ip-request-resp", {"dest": "ha1", "ipaddr": "10.0.17.26", "weown": "yes",
+                                                  "ok": "OK"}, c.now)
+    m.receive_message("ha1", "ip-request-resp", {"dest": "ha1", "ipaddr": "10.0.17.27", "weown": "yes",
+                                                  "ok": "OK"}, c.now)
+    stops = [a.key for a in iter(m.next_action, None) if isinstance(a, StopGroup)]
+    assert stops == ["10.0.17.26"]          # not ha2's own group
