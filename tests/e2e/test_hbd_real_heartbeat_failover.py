@@ -5,10 +5,12 @@
              /run, /var/log bind-mounted from a temp dir, as heartbeat-wire.md section 1 describes)
     netns B: hbd as ha2
     haresources (identical on both):  ha1 hbsvc1      ha2 hbsvc2
-    hbsvc1/hbsvc2: test LSB services writing STATE_DIR/<node>-<name>; auto_failback on; sha1 keys.
+    hbsvc1/hbsvc2: test LSB services writing STATE_DIR/<node>-<name>; sha1 keys; auto_failback
+    "on" (nice_failback protocol: starting/resource/ask_resources) and "legacy" (ip-request).
 
 Checks: each side starts its own group; killing the real daemon makes hbd take hbsvc1 over; when
-the real daemon comes back hbd hands hbsvc1 back (standby protocol, auto_failback on); a clean
+the real daemon comes back hbd hands hbsvc1 back (standby protocol, or giving way when the real
+daemon takes its group back itself in legacy mode); a clean
 SIGTERM of hbd makes the real heartbeat take hbsvc2 at once (shutdone), and when hbd returns the
 real heartbeat hands hbsvc2 back.
 """
@@ -205,7 +207,7 @@ def test_real_heartbeat_and_hbd_fail_over_to_each_other(pair, tmp_path, mode):
         assert wait_for(lambda: has("ha2", "hbsvc1"), DEADTIME_S + 3), logs()
         assert time.monotonic() - t0 <= DEADTIME_S + 3
 
-        # it comes back: auto_failback on, hbd hands hbsvc1 back
+        # it comes back: hbd hands hbsvc1 back
         real.start()
         assert wait_for(lambda: has("ha1", "hbsvc1") and not has("ha2", "hbsvc1"), 60), logs()
         assert has("ha2", "hbsvc2") and not has("ha1", "hbsvc2")
@@ -218,7 +220,7 @@ def test_real_heartbeat_and_hbd_fail_over_to_each_other(pair, tmp_path, mode):
         assert time.monotonic() - t0 < DEADTIME_S
         assert ours.wait(timeout=20) == 0 and not has("ha2", "hbsvc2")
 
-        # hbd comes back: the real heartbeat (auto_failback on) hands hbsvc2 back to it
+        # hbd comes back: the real heartbeat hands hbsvc2 back to it
         ours = start_hbd()
         assert wait_for(lambda: has("ha2", "hbsvc2") and not has("ha1", "hbsvc2"), 60), logs()
         assert has("ha1", "hbsvc1") and not has("ha2", "hbsvc1")
