@@ -282,3 +282,20 @@ def test_frozen_node_sigstop_then_resume_converges(lab):
     assert lab.ping_vip()
     time.sleep(2)
     assert lab.holds_all("ha1") and lab.holds_none("ha2")
+
+
+@pytest.mark.parametrize("medium", ["mcast eth0 239.0.17.1 694 1 0", "ucast eth0 {peer}"])
+def test_mcast_and_ucast_media(lab, medium):
+    for n, peer in (("ha1", "10.0.17.2"), ("ha2", "10.0.17.1")):
+        lab.write_config(n, timing=dict(FAST, auto_failback="on"))
+        path = os.path.join(lab.config_dir(n), "ha.cf")
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(text.replace("\nbcast eth0\n", "\n" + medium.format(peer=peer) + "\n"))
+    lab.start_hbd("ha1")
+    lab.start_hbd("ha2")
+    assert lab.wait_for(lambda: lab.holds_all("ha1"), 15) is not None, lab.log_text("ha1")
+    assert lab.wait_for(lambda: both_active(lab), 15) is not None, lab.log_text("ha2")
+    lab.kill("ha1", signal.SIGKILL)
+    assert lab.wait_for(lambda: lab.holds_all("ha2"), DEADTIME_S + 1.0) is not None, lab.log_text("ha2")
