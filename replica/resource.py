@@ -26,45 +26,30 @@ import fcntl
 import logging
 import os
 import queue
-import select
-import subprocess
 import threading
 import time
 from dataclasses import replace
 
 from replica import metadata as md_mod
 from replica.config import Endpoint, Resource
-from replica.errors import RemoteProtocolError, ReplicaError
+from replica.errors import ReplicaError
+from replica.events import (ResourceEvents, encode_full_sync_request, encode_state,
+                            encode_sync_uuid)
 from replica.mirror import Engine
 from replica.nbd_server import ExportServer
 from replica.peer_link import PeerLink, ResyncRunner
 from replica.protocol import repl
 from replica.protocol.nbd import ExportInfo, transmission_flags_for
-from replica.protocol.repl_wire import ReplPacket, WireDisk, WireRole
+from replica.protocol.repl_wire import ReplPacket
 from replica.resync import ResyncProgress
 from replica.roles import (Request, ResourceState, apply_handshake, apply_split_brain,
                            needs_new_current_uuid, request_or_raise)
 from replica.states import ConnState, DiskState, Refusal, ReplState, Role
-from replica.uuids import MdFlag, SyncDecision, UuidFlag
+from replica.uuids import MdFlag, UuidFlag
 
 log = logging.getLogger("replicad.resource")
 
-BITMAP_PERSIST_S = 2.0
-HANDLER_TIMEOUT_S = 60.0
-_ROLE_WIRE = {Role.Unknown: WireRole.UNKNOWN, Role.Primary: WireRole.PRIMARY,
-              Role.Secondary: WireRole.SECONDARY}
-_WIRE_ROLE = {v: k for k, v in _ROLE_WIRE.items()}
-
-
-_DISK_WIRE = {d: WireDisk[d.name.upper()] for d in DiskState}
-_WIRE_DISK = {int(v): k for k, v in _DISK_WIRE.items()}
-
-
-def _wire_disk(d: DiskState) -> WireDisk:
-    return _DISK_WIRE[d]
-
-
-class ResourceRuntime:
+class ResourceRuntime(ResourceEvents):
     def __init__(self, resource: Resource, node: str, default_export_path: str, rng=os.urandom):
         self.resource = resource
         self.name = resource.name
@@ -84,6 +69,7 @@ class ResourceRuntime:
         self.runner: ResyncRunner | None = None
         self.progress: ResyncProgress | None = None
         self.last_resync: dict | None = None
+        self._resync_started = 0.0
         self.size = 0
         self._discard_my_data = False
         self._events: queue.Queue = queue.Queue()
@@ -286,9 +272,9 @@ class ResourceRuntime:
         self._set_state(new, "attach")
         self._start_threads()
         log.info("%s: attached: disk %s (%d data bytes, meta-disk %s), uuids %s, %d KiB out of "
-                 "sync, exported at %s read-only (Secondary: writes are refused with EPERM)", self.name, self.host.disk, self.size,
-                 self.host.meta_disk, self.md.uuids.text(), self.md.bitmap.dirty_bytes() // 1024,
-                 self.endpoint.nbd_uri(self.name))
+                 "sync, exported at %s read-only (Secondary: writes are refused with EPERM)",
+                 self.name, self.host.disk, self.size, self.host.meta_disk, self.md.uuids.text(),
+                 self.md.bitmap.dirty_bytes() // 1024, self.endpoint.nbd_uri(self.name))
 
     def detach(self) -> None:
         if self.md is None:
@@ -382,9 +368,7 @@ class ResourceRuntime:
 
     def _send_state(self) -> None:
         if self.state.is_connected:
-            s = self.state
-            self._send(repl.encode_simple(ReplPacket.STATE, offset=self.md.uuids.current,
-                                          aux=(_ROLE_WIRE[s.role] << 8) | _wire_disk(s.disk)))
+            self._send(encode_state(self.state.role, self.state.disk, self.md.uuids.current))
 
     # --- peer link callbacks (PeerLink thread) ---------------------------------------------
 
@@ -452,11 +436,12 @@ class ResourceRuntime:
         uuids, sync_uuid = self.md.uuids.start_resync_source(self.rng)
         self._set_uuids(uuids, "resync start (SyncSource)")
         self._store_bitmap(force=True)
-        self._send(repl.encode_simple(ReplPacket.SYNC_UUID, offset=sync_uuid, aux=int(full)))
+        self._send(encode_sync_uuid(sync_uuid, full))
         self._set_state(replace(self.state, repl=ReplState.SyncSource,
                                 peer_disk=DiskState.Inconsistent), "resync start")
         total = self.md.bitmap.dirty_bytes()
-        self.progress = ResyncProgress(total, time.monotonic())
+        self._resync_started = time.monotonic()
+        self.progress = ResyncProgress(total, self._resync_started)
         log.info("%s: resync started as SyncSource: %d KiB to send (%s), resync-rate %d KiB/s",
                  self.name, total // 1024, "full" if full else "bitmap",
                  self.resource.disk.resync_rate_bps // 1024)
@@ -467,16 +452,15 @@ class ResourceRuntime:
     def _begin_target(self) -> None:
         self._set_state(replace(self.state, repl=ReplState.SyncTarget, disk=DiskState.Inconsistent),
                         "resync start")
-        self.progress = ResyncProgress(self.md.bitmap.dirty_bytes(), time.monotonic())
+        self._resync_started = time.monotonic()
+        self.progress = ResyncProgress(self.md.bitmap.dirty_bytes(), self._resync_started)
 
     def resync_finished(self, runner: ResyncRunner) -> None:
         with self.lock:
             if runner is not self.runner:
                 return
             self.runner = None
-            took = time.monotonic() - self.progress._start if self.progress else 0.0
-            total = self.progress.total_bytes if self.progress else 0
-            self._finish_progress(took, total)
+            self._finish_progress()
             self._set_uuids(self.md.uuids.finish_resync_source(), "resync finished")
             if MdFlag.CRASHED_PRIMARY in self.md.flags:
                 with self.md_lock:
@@ -486,171 +470,15 @@ class ResourceRuntime:
             self._set_state(self._request(Request.SYNC_FINISHED, "resync"), "resync finished")
             self._send_state()
 
-    def _finish_progress(self, took: float, total: int) -> None:
+    def _finish_progress(self) -> None:
+        p = self.progress
+        took = time.monotonic() - self._resync_started if p else 0.0
+        total = p.total_bytes if p else 0
         rate = total / took if took > 0 else 0.0
         self.last_resync = {"bytes": total, "seconds": round(took, 3), "rate_bps": round(rate)}
         log.info("%s: resync finished: %d KiB in %.2f s (%.0f KiB/s)", self.name, total // 1024,
                  took, rate / 1024)
         self.progress = None
-
-    # --- control frames from the peer (monitor thread) -------------------------------------------
-
-    def _on_control(self, raw: bytes) -> None:
-        dec = repl.ReplDecoder()
-        dec.receive_data(raw)
-        frame = dec.next_event()
-        if not isinstance(frame, repl.Frame):
-            raise RemoteProtocolError(f"repl: truncated control frame of {len(raw)} bytes")
-        t = frame.type
-        s = self.state
-        if t is ReplPacket.STATE:
-            role = _WIRE_ROLE.get((frame.aux >> 8) & 0xFF)
-            if role is None:
-                raise RemoteProtocolError(f"repl: STATE: unknown role {(frame.aux >> 8) & 0xFF}")
-            disk = _WIRE_DISK.get(frame.aux & 0xFF)
-            if disk is None:
-                raise RemoteProtocolError(f"repl: STATE: unknown disk state {frame.aux & 0xFF}")
-            self._set_state(replace(s, peer_role=role, peer_disk=disk), "peer state")
-        elif t is ReplPacket.SYNC_UUID:
-            if frame.aux:
-                self.md.bitmap.set_all()
-            self._set_uuids(self.md.uuids.start_resync_target(frame.offset),
-                            "resync start (SyncTarget)")
-            self._store_bitmap(force=True)
-            self._set_state(replace(s, peer_disk=DiskState.UpToDate), "peer is SyncSource")
-            if self.state.repl is not ReplState.SyncTarget:
-                self._begin_target()
-        elif t is ReplPacket.UUIDS:
-            uuids, flags = repl.decode_uuids(frame)
-            if UuidFlag.SKIP_INITIAL_SYNC in flags:
-                self._set_uuids(self.md.uuids.accept_skip_initial_sync(uuids.current),
-                                "peer: new-current-uuid --clear-bitmap")
-                self.md.bitmap.clear_all()
-                self._store_bitmap(force=True)
-                self._set_state(replace(s, disk=DiskState.UpToDate, peer_disk=DiskState.UpToDate),
-                                "initial sync skipped")
-            elif s.repl.is_sync_target:
-                took = time.monotonic() - self.progress._start if self.progress else 0.0
-                self._finish_progress(took, self.progress.total_bytes if self.progress else 0)
-                self.md.bitmap.clear_all()
-                self._set_uuids(self.md.uuids.finish_resync_target(uuids), "resync finished")
-                self._store_bitmap(force=True)
-                self._set_state(self._request(Request.SYNC_FINISHED, "resync"), "resync finished")
-                self._send_state()
-        elif t is ReplPacket.SYNC_DECISION:
-            if s.disk is not DiskState.UpToDate or s.repl.is_resync:
-                log.warning("%s: peer asked for a full sync, but %s", self.name,
-                            Refusal.NO_UP_TO_DATE_DISK if s.disk is not DiskState.UpToDate
-                            else Refusal.RESYNC_RUNNING)
-                return
-            log.info("%s: peer invalidated its disk: full sync as SyncSource", self.name)
-            self._begin_source(full=True)
-        elif t is ReplPacket.OUTDATE:
-            if s.disk.rank >= DiskState.Outdated.rank:
-                self._set_state(replace(s, disk=DiskState.Outdated), "outdated by the peer")
-        elif t is ReplPacket.DISCONNECT:
-            self._lost("peer disconnected")
-        elif t is ReplPacket.REFUSE:
-            self._lost("peer refused: " + frame.payload.decode("utf-8", "replace"))
-        else:
-            raise RemoteProtocolError(f"repl: unexpected control frame {t.name} after the "
-                                      "handshake")
-
-    # --- background threads ----------------------------------------------------------------
-
-    def _event_reader(self) -> None:
-        engine = self.engine
-        efd = engine.event_fd()
-        while not self._threads_stop.is_set():
-            ready, _, _ = select.select([efd], [], [], 0.2)
-            if not ready:
-                continue
-            for ev in engine.next_events():
-                if ev.type == "al_miss":
-                    self._al_miss(ev.offset)
-                else:
-                    self._events.put(ev)
-
-    def _al_miss(self, extent: int) -> None:
-        with self.md_lock:
-            before = set(self.md.al_hot)
-            try:
-                self.md.al_begin_io(extent)
-                self.md.al_complete_io(extent)
-            except (md_mod.MetadataError, OSError, ValueError) as exc:
-                log.error("%s: activity log: extent %d: %s", self.name, extent, exc)
-                return
-            for victim in before - set(self.md.al_hot):
-                self.engine.al_set_hot(victim, False)
-            self.engine.al_set_hot(extent, True)
-
-    def _monitor(self) -> None:
-        while not self._threads_stop.is_set():
-            try:
-                ev = self._events.get(timeout=0.1)
-            except queue.Empty:
-                ev = None
-            with self.lock:
-                if self.engine is None:
-                    return
-                try:
-                    if ev is not None:
-                        self._on_event(ev)
-                    self._tick()
-                except (ReplicaError, OSError) as exc:
-                    log.error("%s: %s", self.name, exc)
-
-    def _on_event(self, ev) -> None:
-        peer = self.link.peer_text if self.link else "peer"
-        if ev.type == "peer_lost":
-            self._lost(f"{os.strerror(ev.err)}" if ev.err else "peer closed the connection")
-        elif ev.type == "peer_protocol":
-            log.error("%s: protocol error from %s: malformed or unexpected frame type 0x%02x",
-                      self.name, peer, ev.offset)
-            self._lost("protocol error")
-        elif ev.type == "io_error":
-            log.error("%s: local I/O error: offset=%d length=%d: %s", self.name, ev.offset,
-                      ev.length, os.strerror(ev.err) if ev.err else "error")
-        elif ev.type == "peer_control":
-            while self.engine is not None:
-                raw = self.engine.recv_control()
-                if not raw:
-                    break
-                try:
-                    self._on_control(raw)
-                except RemoteProtocolError as exc:
-                    log.error("%s: from %s: %s", self.name, peer, exc)
-                    self._lost("protocol error")
-                    break
-
-    def _tick(self) -> None:
-        s = self.state
-        now = time.monotonic()
-        if s.is_connected:
-            st = self.engine.stats()
-            if not st.get("peer_connected", 1):
-                return                           # peer_lost is queued
-            now_ns = time.monotonic_ns()
-            net = self.resource.net
-            last_rx = st.get("peer_last_rx_ns", 0)
-            if self._ping_sent_ns and last_rx > self._ping_sent_ns:
-                self._ping_sent_ns = 0
-            if self._ping_sent_ns:
-                if now_ns - self._ping_sent_ns > net.ping_timeout_s * 1e9:
-                    self._lost(f"PingAck did not arrive in time (ping-timeout "
-                               f"{net.ping_timeout_s:g} s)")
-                    return
-            elif last_rx and now_ns - last_rx > net.ping_int_s * 1e9:
-                self._ping_sent_ns = now_ns
-                self.engine.peer_ping()
-            oldest = st.get("peer_oldest_pending_ns", 0)
-            if oldest and now_ns - oldest > net.timeout_s * 1e9:
-                self._lost(f"no acknowledgement within timeout {net.timeout_s:g} s")
-                return
-            if self.progress is not None:
-                self.progress.update(self.progress.total_bytes - self.md.bitmap.dirty_bytes(), now)
-        if now - self._bm_stored_at >= BITMAP_PERSIST_S:
-            self._store_bitmap()
 
     def _store_bitmap(self, force: bool = False) -> None:
         if self.md is None:
@@ -667,24 +495,6 @@ class ResourceRuntime:
                 return
         self._bm_stored_count = count
         self._bm_stored_at = time.monotonic()
-
-    def _run_handler(self, which: str) -> None:
-        cmd = self.resource.handlers.get(which)
-        if not cmd:
-            return
-        env = dict(os.environ, DRBD_RESOURCE=self.name, REPLICA_RESOURCE=self.name,
-                   DRBD_PEER=self.peer_host.name if self.peer_host else "",
-                   DRBD_MY_ADDRESS=self.host.address[0] if self.host.address else "")
-        log.info("%s: helper command: %s %s", self.name, which, cmd)
-
-        def run():
-            try:
-                rc = subprocess.run(cmd, shell=True, env=env, stdin=subprocess.DEVNULL,
-                                    timeout=HANDLER_TIMEOUT_S).returncode
-                log.info("%s: helper command: %s exit code %d", self.name, which, rc)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                log.error("%s: helper command: %s: %s", self.name, which, exc)
-        threading.Thread(target=run, name=f"handler[{self.name}]", daemon=True).start()
 
     # --- user requests ------------------------------------------------------------------------
 
@@ -720,8 +530,7 @@ class ResourceRuntime:
         new = self._request(Request.INVALIDATE, "invalidate")
         if new.is_connected:
             self._set_state(new, "invalidate")
-            self._send(repl.encode_simple(ReplPacket.SYNC_DECISION, aux=SyncDecision.FullSyncSource
-                                          .hg & 0xFFFFFFFF))
+            self._send(encode_full_sync_request())
         else:
             self.md.bitmap.set_all()
             self._store_bitmap(force=True)

@@ -37,7 +37,8 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 
 class TwoNodes:
     def __init__(self, size: int = 32 * MiB, net: str = DEFAULT_NET, disk: str = "",
-                 handlers: str = "", node_net: dict[str, str] | None = None, root: str = "/dev/shm"):
+                 handlers: str = "", node_net: dict[str, str] | None = None,
+                 root: str = "/dev/shm"):
         n = next(_counter)
         self.prefix = f"rpl{os.getpid() % 100000}x{n}"
         self.subnet = (os.getpid() * 7 + n) % 200 + 20
@@ -179,8 +180,10 @@ resource r0 {{
             if st and pred(st):
                 return st
             time.sleep(0.1)
+        keys = ("role", "peer_role", "connection", "replication", "disk_state", "peer_disk_state",
+                "link_error")
         raise AssertionError(f"{node}: timed out after {timeout:.0f} s waiting for {what}; last "
-                             f"status: {json.dumps({k: st.get(k) for k in ('role', 'peer_role', 'connection', 'replication', 'disk_state', 'peer_disk_state', 'link_error')})}"
+                             f"status: {json.dumps({k: st.get(k) for k in keys})}"
                              f"\n--- log ---\n{self.log(node)[-3000:]}")
 
     def wait_synced(self, timeout: float = 60.0) -> None:

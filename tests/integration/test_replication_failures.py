@@ -22,7 +22,8 @@ def synced():
     requires_root()
     requires_commands("ip")
     requires_module("nbd")
-    handler = 'split-brain "echo $DRBD_RESOURCE $REPLICA_RESOURCE >> {dir}/{node}/split-brain.called";'
+    handler = ('split-brain "echo $DRBD_RESOURCE $REPLICA_RESOURCE '
+               '>> {dir}/{node}/split-brain.called";')
     with TwoNodes(size=32 * MiB, disk="resync-rate 100M;", handlers=handler) as t:
         t.create_and_up()
         t.ctl("alpha", "new-current-uuid", "--clear-bitmap", "r0")
