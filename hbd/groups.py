@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from replica.errors import ConfigError, StateChangeRefused
@@ -156,12 +156,6 @@ class _Fence:
     attempts: int = 0
 
 
-@dataclass(slots=True)
-class _Op:
-    queued: int = 0
-    failed: bool = False
-
-
 class GroupManager:
     """Two-node haresources ownership machine (see the module docstring)."""
 
@@ -183,7 +177,7 @@ class GroupManager:
         self.stonith_configured = stonith_configured
         self.phase = Phase.INIT
         self.state = {g.name: GroupState.STOPPED for g in self.groups}
-        self._ops = {g.name: _Op() for g in self.groups}
+        self._queued = {g.name: 0 for g in self.groups}   # StartGroup/StopGroup not yet reported
         self.peer_status = "unknown"            # unknown | up | dead
         self.peer_hold: frozenset[str] | None = None   # keys the peer reported holding
         self.peer_stable = False
@@ -503,9 +497,7 @@ class GroupManager:
                 if self.state[k] in (GroupState.STARTED, GroupState.FAILED)]
         if not keys:
             raise StateChangeRefused(f"standby: this node holds no {which} resources to give up")
-        self.standby = _Standby("me", which, tuple(keys), now + STANDBY_INIT_TIMEOUT_S)
-        self._note("info", f"standby: asking {self.peer!r} to take {which} resources: {' '.join(keys)}")
-        self._send("ask_resources", {"rsc_hold": which, "info": "me", "hbd_groups": " ".join(keys)})
+        self._ask_standby(which, keys, f"standby: asking {self.peer!r} to take {which} resources")
 
     def request_takeover(self, which: str, now: float) -> None:
         """hb_takeover [all|foreign|local]: ask the peer to hand us those groups (relative to us)."""
@@ -622,7 +614,7 @@ class GroupManager:
     def _start_keys(self, keys: Iterable[str], reason: str) -> bool:
         any_started = False
         for key in keys:
-            self._ops[key].queued += 1
+            self._queued[key] += 1
             self._set_state(key, GroupState.STARTING, reason)
             self._emit(StartGroup(key, reason))
             any_started = True
@@ -630,12 +622,12 @@ class GroupManager:
 
     def _stop_keys(self, keys: Iterable[str], reason: str) -> None:
         for key in keys:
-            self._ops[key].queued += 1
+            self._queued[key] += 1
             self._set_state(key, GroupState.STOPPING, reason)
             self._emit(StopGroup(key, reason))
 
     def _busy(self) -> bool:
-        return any(op.queued for op in self._ops.values())
+        return any(self._queued.values())
 
     def _after(self, fn: Callable[[], None]) -> None:
         """Run fn once no group operation is queued (now, if none is)."""
@@ -646,11 +638,10 @@ class GroupManager:
 
     def _op_done(self, key: str, ok: bool, target: GroupState, now: float) -> None:
         self._now = now
-        op = self._ops.get(key)
-        if op is None or op.queued == 0:
+        if not self._queued.get(key):
             return
-        op.queued -= 1
-        if op.queued == 0:
+        self._queued[key] -= 1
+        if self._queued[key] == 0:
             if ok:
                 self._set_state(key, target, "start succeeded" if target is GroupState.STARTED
                                 else "stop succeeded")
@@ -712,11 +703,9 @@ class GroupManager:
         if not self.is_stable() or self.fence is not None:
             self._handoff_at = self._now + FAILBACK_RETRY_S
             return
-        self._note("warn", f"giving failed group(s) {' '.join(failed)} to {self.peer!r} (standby)")
         which = "all" if len(failed) == len(self.groups) else (
             "local" if all(self.is_local(k) for k in failed) else "foreign")
-        self.standby = _Standby("me", which, failed, self._now + STANDBY_INIT_TIMEOUT_S)
-        self._send("ask_resources", {"rsc_hold": which, "info": "me", "hbd_groups": " ".join(failed)})
+        self._ask_standby(which, failed, f"giving failed group(s) to {self.peer!r}", "warn")
 
     def _maybe_auto_failback(self) -> None:
         """auto_failback on: hand foreign groups back once their node is up and stable."""
@@ -732,6 +721,10 @@ class GroupManager:
             self._failback_at = self._now + FAILBACK_RETRY_S
             return
         self._failback_armed = False
-        self._note("info", f"auto_failback: handing {' '.join(foreign)} back to {self.peer!r}")
-        self.standby = _Standby("me", "foreign", tuple(foreign), self._now + STANDBY_INIT_TIMEOUT_S)
-        self._send("ask_resources", {"rsc_hold": "foreign", "info": "me", "hbd_groups": " ".join(foreign)})
+        self._ask_standby("foreign", foreign, f"auto_failback: handing groups back to {self.peer!r}")
+
+    def _ask_standby(self, which: str, keys, why: str, level: str = "info") -> None:
+        """Phase 1 of the standby exchange; hbd_groups (ignored by heartbeat) names the exact groups."""
+        self.standby = _Standby("me", which, tuple(keys), self._now + STANDBY_INIT_TIMEOUT_S)
+        self._note(level, f"{why}: {' '.join(keys)}")
+        self._send("ask_resources", {"rsc_hold": which, "info": "me", "hbd_groups": " ".join(keys)})
