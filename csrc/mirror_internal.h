@@ -118,8 +118,6 @@ int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *pre
                         uint64_t offset, uint32_t length, int fua, int *write_rc);
 int engine_open_pipe(int pipefd[2]);
 #define SPLICE_MIN (128 * 1024)     /* payloads at least this large are spliced to the disk */
-/* True when writes need no peer copy in memory: no link attached. */
-int engine_writes_local_only(rm_engine *eng);
 
 /* Requests from a frontend that change the disk; see engine_submit in peer.c. */
 enum rm_op { RM_OP_WRITE, RM_OP_TRIM, RM_OP_ZERO, RM_OP_FLUSH };
@@ -127,6 +125,8 @@ enum rm_op { RM_OP_WRITE, RM_OP_TRIM, RM_OP_ZERO, RM_OP_FLUSH };
 #define RM_SUBMIT_LATER 1   /* origin->complete() will be called once, from another thread */
 int engine_submit(rm_engine *eng, struct rm_origin *o, const unsigned char cookie[8], enum rm_op op,
                   const void *data, uint32_t count, uint64_t offset, int fua, int may_trim, int *rc);
+int engine_mirror(rm_engine *eng, struct rm_origin *o, const unsigned char cookie[8], enum rm_op op,
+                  const void *data, uint32_t count, uint64_t offset, int fua, int may_trim);
 /* Send the frames batched for the peer (frontends call it before blocking on their client). */
 void engine_flush_peer(rm_engine *eng);
 

@@ -274,8 +274,8 @@ static int do_read_locked(struct conn *c, const unsigned char *cookie, uint64_t 
     return rc;
 }
 
-/* A large write with no peer to copy it to: socket -> pipe -> disk, one copy (see
- * engine_splice_write). A disconnected Primary still records the blocks as out of sync. */
+/* A large write: socket -> pipe -> disk, one copy (see engine_splice_write), then to the peer
+ * straight from the page cache. */
 static int splice_write(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len,
                         int fua, int *end)
 {
@@ -290,8 +290,10 @@ static int splice_write(struct conn *c, const unsigned char *cookie, uint64_t of
         *end = rc == -ECONNRESET ? RM_END_PROTOCOL : RM_END_SOCKET;
         return rc;
     }
-    if (wrc == 0)
-        engine_mark_dirty(c->eng, offset, len);
+    /* Mirrored from the page cache it just reached (or marked out of sync without a peer). */
+    if (wrc == 0 && engine_mirror(c->eng, &c->origin, cookie, RM_OP_WRITE, NULL, len, offset, fua, 0) ==
+                    RM_SUBMIT_LATER)
+        return 0;
     return queue_reply(c, wrc, cookie);
 }
 
@@ -329,7 +331,7 @@ static int handle_request(struct conn *c, int *end)
             return -EOVERFLOW;
         }
         if (len >= SPLICE_MIN && !(flags & ~NBD_CMD_FLAG_FUA) && c->in_end - c->in_start < len &&
-            engine_writes_local_only(c->eng) && engine_check_range(c->eng, offset, len, 1) == 0 &&
+            engine_check_range(c->eng, offset, len, 1) == 0 &&
             (c->pipe[0] >= 0 || engine_open_pipe(c->pipe) == 0))
             return splice_write(c, cookie, offset, len, flags & NBD_CMD_FLAG_FUA, end);
         rc = get_payload(c, len, &data);

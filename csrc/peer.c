@@ -78,11 +78,6 @@ static int peer_live(struct rm_peer *p)
     return __atomic_load_n(&p->attached, __ATOMIC_ACQUIRE) && !__atomic_load_n(&p->dead, __ATOMIC_ACQUIRE);
 }
 
-int engine_writes_local_only(rm_engine *eng)
-{
-    return !peer_live(&eng->peer);
-}
-
 /* ---- sending (send_lock held) ---- */
 
 static int send_all_locked(rm_engine *eng, const struct iovec *iov_in, int iovcnt)
@@ -269,11 +264,7 @@ static void flush_touched(struct rm_origin **touched, int *ntouched)
 int engine_submit(rm_engine *eng, struct rm_origin *o, const unsigned char cookie[8], enum rm_op op,
                   const void *data, uint32_t count, uint64_t offset, int fua, int may_trim, int *rc)
 {
-    struct rm_peer *p = &eng->peer;
-    struct rpl_header h = { 0 };
-    struct rm_pending *s;
-    uint64_t id;
-    int r, replied;
+    int r;
 
     if (op != RM_OP_FLUSH) {
         r = engine_check_range(eng, offset, count, 1);
@@ -292,6 +283,19 @@ int engine_submit(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
     *rc = r;
     if (r < 0)
         return RM_SUBMIT_DONE;   /* a failed local write is not mirrored; the client sees the error */
+    return engine_mirror(eng, o, cookie, op, data, count, offset, fua, may_trim);
+}
+
+/* The peer half of a request whose local half succeeded. A WRITE with data == NULL takes its
+ * payload from the disk it was just written to (sendfile: no copy through user space). */
+int engine_mirror(rm_engine *eng, struct rm_origin *o, const unsigned char cookie[8], enum rm_op op,
+                  const void *data, uint32_t count, uint64_t offset, int fua, int may_trim)
+{
+    struct rm_peer *p = &eng->peer;
+    struct rpl_header h = { 0 };
+    struct rm_pending *s;
+    uint64_t id;
+    int replied, sent;
 
     /* Protocol A answers once the frame is handed to the socket layer; a flush waits for the
      * peer's stable storage only under protocol C. */
@@ -340,7 +344,18 @@ int engine_submit(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
     }
     if (fua)
         h.flags |= RPL_FLAG_FUA;
-    if (send_frame(eng, &h, data, 0) == 0) {
+    if (op == RM_OP_WRITE && data == NULL) {
+        pthread_mutex_lock(&p->send_lock);
+        sent = queue_header_locked(eng, &h);
+        if (sent == 0)
+            sent = sbuf_flush_locked(eng);
+        if (sent == 0)
+            sent = sendfile_all(eng, offset, count);
+        pthread_mutex_unlock(&p->send_lock);
+    } else {
+        sent = send_frame(eng, &h, data, 0);
+    }
+    if (sent == 0) {
         if (op != RM_OP_FLUSH)
             STAT_ADD(eng, peer_writes_sent, 1);
         return replied ? RM_SUBMIT_DONE : RM_SUBMIT_LATER;

@@ -26,7 +26,7 @@ from rich.table import Table
 RUNTIME_S = int(os.environ.get("BENCH_RUNTIME", "5"))
 FILE_SIZE = 512 << 20
 BIN = Path(sys.executable).parent
-console = Console()
+console = Console(width=150)
 
 # (label, fio rw, block size, queue depth, what we report)
 JOBS = [
@@ -153,7 +153,7 @@ class ReplicadPair:
         ports = [free_port(), free_port()]
         self.conf = self.work / "replica.conf"
         self.conf.write_text(
-            f"resource bench {{\n  protocol {protocol};\n  net {{ connect-int 1; }}\n"
+            f"resource bench {{\n  protocol {protocol};\n  net {{ connect-int 2; timeout 15; }}\n"
             f"  disk {{ resync-rate 4G; }}\n"
             + "".join(f"  on {n} {{ disk {disks[n]}; address 127.0.0.{i + 1}:{ports[i]}; "
                       f"export unix:{self.work}/{n}.sock; }}\n" for i, n in enumerate("ab"))
@@ -173,9 +173,12 @@ class ReplicadPair:
         self.pid = int((self.work / "run-a" / "replicad.pid").read_text())
 
     def ctl(self, node: str, *args, check=True):
-        return subprocess.run([str(BIN / "replicactl"), "--config", str(self.conf), "--node", node,
+        done = subprocess.run([str(BIN / "replicactl"), "--config", str(self.conf), "--node", node,
                                "--run-dir", str(self.work / f"run-{node}"), *args],
-                              check=check, capture_output=True, text=True)
+                              capture_output=True, text=True)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"bench: replicactl {' '.join(args)} on {node}: {done.stderr.strip()}")
+        return done
 
     def status(self) -> dict:
         return json.loads(self.ctl("a", "status", "--json", "bench").stdout)[0]
