@@ -63,6 +63,10 @@ def read_frame(sock: socket.socket) -> bytes:
     head = _recv_exact(sock, wire.HEADER_SIZE)
     if len(head) < wire.HEADER_SIZE:
         return head
+    magic = _LENGTH.unpack_from(head, 0)[0]
+    if magic != wire.REPL_MAGIC:
+        raise RemoteProtocolError(f"repl: invalid frame: magic=0x{magic:08x}, expected "
+                                  f"0x{wire.REPL_MAGIC:08x} (\"RPL1\")")
     length = _LENGTH.unpack_from(head, 24)[0]
     if length > HANDSHAKE_FRAME_MAX:
         raise RemoteProtocolError(f"repl handshake: frame of {length} bytes exceeds "

@@ -394,6 +394,16 @@ class ResourceRuntime(ResourceEvents):
             peer = self.link.peer_text
             log.info("%s: handshake with %s: %s; self %s, peer %s", self.name, peer, v.reason,
                      self.md.uuids.text(), done.peer.uuids.text())
+            if done.peer.data_size != self.size:
+                # every block must exist on both sides: no shrinking to the smaller disk yet
+                log.error("%s: peer %s: data size mismatch: local %d bytes, peer %d bytes: "
+                          "dropping connection (use backing disks of the same size)", self.name,
+                          peer, self.size, done.peer.data_size)
+                self.link.last_error = (f"data size mismatch: local {self.size}, peer "
+                                        f"{done.peer.data_size} bytes")
+                self._set_state(apply_split_brain(self.state), "data size mismatch")
+                self.link = None
+                return False
             if v.decision.drops_connection:
                 if v.split_brain:
                     log.error("%s: Split-Brain detected but unresolved, dropping connection! "

@@ -2,12 +2,13 @@
 """Two replicad nodes in two network namespaces: initial sync, mirrored writes, CLI outputs,
 refusals, skip-initial-sync, authentication and the resync rate limit."""
 import os
+import sys
 import time
 
 import pytest
 
 from tests.conftest import requires_commands, requires_module, requires_root
-from tests.integration.netns import MiB, NODES, TwoNodes
+from tests.integration.netns import MiB, NODES, TwoNodes, sh
 
 SECRET_NET = ('protocol C; ping-int 3; ping-timeout 5; timeout 15; connect-int 2; '
               'cram-hmac-alg sha256; shared-secret "FooFunFactory";')
@@ -179,6 +180,38 @@ def test_wrong_shared_secret_is_refused_and_logged():
         logs = t.log("alpha") + t.log("beta")
         assert "wrong shared-secret" in logs
         assert "Connected" not in logs.replace("Connecting", "")
+        # garbage from the peer's address: one log line naming the peer, the daemon carries on
+        probe = ("import socket; s = socket.create_connection(('%s', 7789)); "
+                 "s.sendall(b'GARBAGE!' * 8); s.close()" % t.addr["beta"])
+        sh("ip", "netns", "exec", t.ns["alpha"], sys.executable, "-c", probe)
+        t.wait("beta", lambda s: "repl: invalid frame: magic=0x47415242" in t.log("beta"),
+               "the garbage to be logged", 10)
+        line = [x for x in t.log("beta").splitlines() if "magic=0x47415242" in x][0]
+        assert f"handshake with alpha ({t.addr['alpha']}:7789)" in line
+        assert t.status("beta")["connection"] == "Connecting"
+
+
+@pytest.mark.parametrize("protocol", ["A", "B"])
+def test_protocols_a_and_b_mirror_writes(protocol):
+    requires_root()
+    requires_module("nbd")
+    net = f"protocol {protocol}; ping-int 3; ping-timeout 5; timeout 15; connect-int 2;"
+    with TwoNodes(size=16 * MiB, net=net) as t:
+        t.create_and_up()
+        t.ctl("alpha", "new-current-uuid", "--clear-bitmap", "r0")
+        t.wait_synced(timeout=10)
+        t.ctl("alpha", "primary", "r0")
+        assert t.status("alpha")["protocol"] == protocol
+        nbd, h = nbd_connect(t.uri("alpha"))
+        try:
+            for i in range(16):
+                h.pwrite(os.urandom(128 * 1024), i * 640 * 1024)
+            h.flush()
+        finally:
+            h.shutdown()
+        t.wait("alpha", lambda s: s["stats"]["peer_pending"] == 0, "every write acknowledged")
+        size = t.data_size()
+        assert t.disks_equal(size), f"first difference at {t.first_difference(size)}"
 
 
 @pytest.mark.slow

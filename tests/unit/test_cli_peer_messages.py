@@ -89,6 +89,9 @@ def test_read_frame_reads_exactly_one_frame():
         a.sendall(huge)
         with pytest.raises(RemoteProtocolError, match="exceeds"):
             read_frame(b)
+        a.sendall(b"GARBAGE!" * 4)
+        with pytest.raises(RemoteProtocolError, match="invalid frame: magic=0x47415242"):
+            read_frame(b)
         a.sendall(b"\x00" * 10)
         a.shutdown(socket.SHUT_WR)
         assert read_frame(b) == b"\x00" * 10          # short read at EOF: the decoder's problem
