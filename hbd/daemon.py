@@ -522,7 +522,7 @@ def setup_logging(cfg, node: str, foreground: bool) -> None:
     log.handlers.clear()
     log.setLevel(logging.DEBUG)
     log.propagate = False
-    fmt_file = logging.Formatter(f"%(asctime)s hbd[%(process)d]: {node}: %(levelname)s: %(message)s",
+    fmt_file = logging.Formatter(f"%(asctime)s.%(msecs)03d hbd[%(process)d]: {node}: %(levelname)s: %(message)s",
                                  "%Y/%m/%d_%H:%M:%S")
     logging.raiseExceptions = False
     if cfg.logfacility and cfg.logfacility != "none" and not os.path.exists("/dev/log"):

@@ -43,9 +43,14 @@ def test_daemonized_hbd_lifecycle(lab):
     r = hbd(lab, "ha1")
     assert r.returncode == 0, r.stderr            # the parent returns once the daemon is forked
     pidfile = os.path.join(lab.run_dir("ha1"), "hbd.pid")
-    assert lab.wait_for(lambda: os.path.exists(pidfile), 10) is not None
-    with open(pidfile) as f:
-        pid = int(f.read())
+    def read_pid():
+        try:
+            with open(pidfile) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return None
+    assert lab.wait_for(lambda: read_pid() is not None, 10) is not None
+    pid = read_pid()
     try:
         # alone: after initdead it takes every group (peer never heard)
         assert lab.wait_for(lambda: lab.holds_all("ha1"), 10) is not None
