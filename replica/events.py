@@ -268,7 +268,8 @@ class ResourceEvents:
                 return                           # peer_lost is queued
             now_ns = time.monotonic_ns()
             net = self.resource.net
-            last_rx = st.get("peer_last_rx_ns", 0)
+            # a link that never carried a frame counts as heard from when it was attached
+            last_rx = max(st.get("peer_last_rx_ns", 0), self._attached_ns)
             if self._ping_sent_ns and last_rx > self._ping_sent_ns:
                 self._ping_sent_ns = 0
             if self._ping_sent_ns:

@@ -76,6 +76,7 @@ class ResourceRuntime(ResourceEvents):
         self._threads_stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ping_sent_ns = 0
+        self._attached_ns = 0
         self._bm_stored_at = 0.0
         self._bm_stored_count = -1
 
@@ -431,6 +432,7 @@ class ResourceRuntime(ResourceEvents):
                                   peer_disk=done.peer.disk, sync_source=sync_source)
             self.engine.peer_attach(sock.fileno(), self.resource.net.protocol)
             self._ping_sent_ns = 0
+            self._attached_ns = time.monotonic_ns()
             self._set_state(new, f"connected to {peer}, {d}")
             if d.is_sync_target:
                 self._begin_target()
