@@ -171,6 +171,13 @@ def setup_logging(where: locations.Locations, foreground: bool) -> None:
     if not foreground:
         handlers[0].setFormatter(logging.Formatter("%(asctime)s replicad[%(process)d]: %(message)s"))
 
+    def log_thread_crash(args) -> None:
+        # a daemon has no stderr: a bug in a background thread must still reach the log
+        log.error("thread %s died: %s: %s", args.thread.name if args.thread else "?",
+                  args.exc_type.__name__, args.exc_value,
+                  exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+    threading.excepthook = log_thread_crash
+
 
 def daemonize() -> None:
     """Classic double fork: detach from the terminal and the caller's session."""

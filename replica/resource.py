@@ -425,8 +425,11 @@ class ResourceRuntime(ResourceEvents):
             if d.is_full:
                 bm.set_all()
             elif d.is_bitmap and peer_bitmap is not None:
+                # C may be setting bits right now (a Primary writing without peer): widen each
+                # run to whole bytes so Python only ever stores 0xFF bytes and cannot undo a
+                # bit C sets concurrently in the same byte (a few extra blocks resync, never fewer)
                 for a, b in peer_bitmap.iter_dirty_runs():
-                    bm.set_bits(a, b)
+                    bm.set_bits(a & ~7, min(bm.nbits, (b + 7) & ~7))
             sync_source = True if d.is_sync_source else False if d.is_sync_target else None
             new = apply_handshake(self.state, peer_role=done.peer.role,
                                   peer_disk=done.peer.disk, sync_source=sync_source)
