@@ -6,25 +6,30 @@ and attaches replicad's TCP export on the host's 127.0.0.1 (10.0.2.2 in the gues
 makes ext4, writes files with fsync and with a sync after each (FLUSH-heavy), checks them, runs
 e2fsck, disconnects, reconnects and reads them back. The host then proves the bytes reached
 replicad's backing file: `e2fsck -fn` on it, and a read-only loop mount whose md5s must equal
-the guest's. One boot, ~20 s under TCG on 2 cores.
+the guest's. One boot, ~11 s under TCG on 2 cores, plus a ~4 s boot proving a failing guest is
+reported as a failure. The image builder's parsers (newc cpio, ELF .modinfo, console lines) are
+checked here too, without root and without a VM.
 """
 import contextlib
 import hashlib
+import json
 import os
+import re
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from tests.conftest import requires_commands, requires_root
-from tests.e2e.vm.guest import run_guest
-from tests.e2e.vm.image import build_boot_image, ImageUnavailable
+from tests.e2e.vm.cpio import CpioWriter
+from tests.e2e.vm.guest import GuestRun, run_guest
+from tests.e2e.vm.image import build_boot_image, ImageUnavailable, module_load_order, parse_modinfo
 from tests.integration.replica_fixtures import serve_resource
-
-pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 MiB = 1 << 20
 DISK_SIZE = 128 * MiB
@@ -84,6 +89,8 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.root
+@pytest.mark.slow
 def test_kernel_nbd_client_ext4_data_reaches_replicad_disk(boot_image, scratch):
     port = _free_port()
     env = {"NBD_HOST": "10.0.2.2", "NBD_PORT": port, "NBD_EXPORT": "r0",
@@ -93,6 +100,7 @@ def test_kernel_nbd_client_ext4_data_reaches_replicad_disk(boot_image, scratch):
         run = run_guest(boot_image, SCRIPT, env, scratch, GUEST_TIMEOUT_S)
         pid = served.daemon_pid()
         assert pid is not None and Path(f"/proc/{pid}").exists(), "replicad died while serving the VM"
+        stats = json.loads(served.ctl("status", "--json", "r0").stdout)[0]["stats"]
         disk = served.disk
     # The resource is down and replicad gone: only its backing file is left to inspect.
     report = f"guest verdict {run.verdict!r}, qemu exit {run.returncode}, {run.elapsed_s:.1f} s; console tail:\n{run.tail()}"
@@ -100,11 +108,17 @@ def test_kernel_nbd_client_ext4_data_reaches_replicad_disk(boot_image, scratch):
     assert run.passed, report
     assert run.values("SIZE") == [str(DISK_SIZE)], report
     steps = [s.split()[0] for s in run.values("STEP")]
-    assert steps == ["connect", "mkfs", "fsync-writes", "flush-writes", "checksum", "umount",
+    assert steps == ["unknown-export", "connect", "mkfs", "fsync-writes", "flush-writes", "checksum", "umount",
                      "e2fsck", "disconnect", "reconnect", "done"], report
     guest_md5 = run.md5s()
     expected = {f"fsync/data{i}" for i in range(DATA_FILES)} | {f"flush/small{i}" for i in range(SYNC_FILES)}
     assert set(guest_md5) == expected, report
+    # What replicad saw: the kernel's requests, not just the guest's page cache.
+    assert stats["connections"] == 2 and stats["active_connections"] == 0, stats
+    assert stats["bytes_written"] >= DATA_FILES * DATA_KIB * 1024, stats
+    assert stats["flushes"] >= SYNC_FILES, stats   # every sync after a small file is an NBD FLUSH
+    assert stats["trims"] >= 1, stats              # mkfs.ext4 discards the device
+    assert stats["io_errors"] == 0, stats
 
     fsck = subprocess.run(["e2fsck", "-fn", str(disk)], capture_output=True, text=True, timeout=60)
     assert fsck.returncode == 0, f"host e2fsck -fn {disk}: exit {fsck.returncode}\n{fsck.stdout}{fsck.stderr}"
@@ -119,7 +133,124 @@ def test_kernel_nbd_client_ext4_data_reaches_replicad_disk(boot_image, scratch):
         sizes = {rel: (mnt / rel).stat().st_size for rel in host_md5}
     finally:
         subprocess.run(["umount", str(mnt)], check=True, capture_output=True, timeout=30)
-    assert not _loops_of(disk), "the loop device outlived the read-only mount"
+        _detach_loops(disk)   # autoclear releases it too, but asynchronously
     assert host_md5 == guest_md5, "the backing file's files differ from what the guest wrote"
     assert sizes["fsync/data0"] == DATA_KIB * 1024
     assert sizes[f"flush/small{SYNC_FILES - 1}"] == 1000 + (SYNC_FILES - 1) * 777
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_guest_reports_failure_when_nothing_listens(boot_image, scratch):
+    """The harness must be able to fail: no server on the port -> FAIL at connect, quickly."""
+    env = {"NBD_HOST": "10.0.2.2", "NBD_PORT": _free_port(), "NBD_EXPORT": "r0",
+           "DATA_FILES": 1, "DATA_KIB": 64, "SYNC_FILES": 1}
+    run = run_guest(boot_image, SCRIPT, env, scratch, guest_timeout_s=30)
+    assert run.verdict is not None and run.verdict.startswith("FAIL test.sh exit status 1"), run.tail()
+    assert [s.split()[0] for s in run.values("STEP")] == ["unknown-export", "connect"], run.tail()
+    assert run.values("FAIL")[0].startswith("nbd-client 10.0.2.2 "), run.tail()
+    assert run.values("POWEROFF") and run.returncode == 0, run.tail()
+
+
+# --- the image builder's parts, root-free -------------------------------------------------------
+
+def make_module(modinfo: dict[str, str]) -> bytes:
+    """A minimal ELF64 LE relocatable with .modinfo and .shstrtab sections."""
+    info = b"".join(f"{k}={v}\0".encode() for k, v in modinfo.items())
+    shstrtab = b"\0.modinfo\0.shstrtab\0"
+    info_off = 64
+    str_off = info_off + len(info)
+    sh_off = (str_off + len(shstrtab) + 7) & ~7
+    header = struct.pack("<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + bytes(9), 1, 62, 1, 0, 0, sh_off,
+                         0, 64, 0, 0, 64, 3, 2)
+    sections = [struct.pack("<IIQQQQIIQQ", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+                struct.pack("<IIQQQQIIQQ", 1, 1, 2, 0, info_off, len(info), 0, 0, 1, 0),
+                struct.pack("<IIQQQQIIQQ", 10, 3, 0, 0, str_off, len(shstrtab), 0, 0, 1, 0)]
+    body = header + info + shstrtab
+    return body + bytes(sh_off - len(body)) + b"".join(sections)
+
+
+def test_parse_modinfo_reads_depends_and_params():
+    info = parse_modinfo(make_module({"license": "GPL", "depends": "virtio_ring,virtio", "name": "virtio_pci"}))
+    assert info == {"license": "GPL", "depends": "virtio_ring,virtio", "name": "virtio_pci"}
+    assert parse_modinfo(make_module({})) == {}
+
+
+def test_parse_modinfo_refuses_compressed_module():
+    with pytest.raises(ImageUnavailable, match=r"^vm image: x\.ko: not a little-endian ELF64 module"):
+        parse_modinfo(b"\xfd7zXZ\0" + bytes(100), "x.ko")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_parse_modinfo_fuzz_malformed_elf(data):
+    blob = bytearray(make_module({"depends": "a,b", "vermagic": "6.1.0"}))
+    for _ in range(data.draw(st.integers(1, 8))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(blob)))
+    try:
+        result = parse_modinfo(bytes(blob[:cut] if data.draw(st.booleans()) else blob), "fuzz.ko")
+    except ImageUnavailable as e:
+        assert str(e).startswith("vm image: fuzz.ko: ")
+    else:
+        assert isinstance(result, dict)
+
+
+def test_module_load_order_puts_every_dependency_first(tmp_path):
+    tree = tmp_path / "lib/modules/6.1.0-test"
+    (tree / "kernel/net").mkdir(parents=True)
+    mods = {"virtio_net": "virtio_ring,virtio,net_failover", "net_failover": "failover", "failover": "",
+            "virtio": "virtio_ring", "virtio_ring": "", "nbd": "", "loop_a": "loop_b", "loop_b": "loop_a"}
+    for name, deps in mods.items():
+        (tree / "kernel/net" / f"{name.replace('_', '-') if name == 'net_failover' else name}.ko").write_bytes(
+            make_module({"depends": deps}))
+    order = [p.name for p in module_load_order(tree, ("virtio_net", "nbd"))]
+    assert order == ["virtio_ring.ko", "virtio.ko", "failover.ko", "net-failover.ko", "virtio_net.ko", "nbd.ko"]
+    assert sorted(p.name for p in module_load_order(tree, ("loop_a",))) == ["loop_a.ko", "loop_b.ko"]  # cycle: no hang
+    with pytest.raises(ImageUnavailable, match="kernel module 'drbd' not found"):
+        module_load_order(tree, ("drbd",))
+
+
+def test_cpio_writer_output_unpacks_with_gnu_cpio(tmp_path):
+    requires_commands("cpio")
+    w = CpioWriter()
+    w.add_file("/usr/sbin/tool", b"\x7fELF" + bytes(range(256)) * 3, 0o755)
+    w.add_file("etc/odd", b"abc", 0o600)
+    w.add_symlink("/bin/sh", "busybox")
+    w.add_dir("/proc")
+    w.add_chardev("/dev/console", 5, 1)
+    with pytest.raises(ValueError, match="cpio: duplicate entry: 'etc/odd'"):
+        w.add_file("/etc/odd", b"")
+    with pytest.raises(ValueError, match="cpio: invalid entry name"):
+        w.add_file("/../escape", b"")
+    archive = w.getvalue()
+    assert len(archive) % 4 == 0 and archive.startswith(b"070701")
+    listing = subprocess.run(["cpio", "-tv"], input=archive, capture_output=True, check=True).stdout.decode()
+    assert re.search(r"^crw------- .* 5,\s+1 .* dev/console$", listing, re.M), listing
+    assert re.search(r"^lrwxrwxrwx .* bin/sh -> busybox$", listing, re.M), listing
+    out = tmp_path / "root"
+    out.mkdir()
+    extract = subprocess.run(["cpio", "-id", "--no-absolute-filenames", "--quiet", "--nonmatching", "dev/console"],
+                             input=archive, cwd=out, capture_output=True)
+    assert extract.returncode == 0, extract.stderr
+    assert (out / "usr/sbin/tool").read_bytes() == b"\x7fELF" + bytes(range(256)) * 3
+    assert (out / "usr/sbin/tool").stat().st_mode & 0o777 == 0o755
+    assert (out / "etc/odd").read_bytes() == b"abc" and (out / "etc/odd").stat().st_mode & 0o777 == 0o600
+    assert os.readlink(out / "bin/sh") == "busybox"
+    assert (out / "proc").is_dir()
+    with pytest.raises(ValueError, match="already finished"):
+        w.add_file("late", b"")
+
+
+def test_guest_run_reads_tagged_console_lines():
+    console = ("[    1.0] Run /init as init process\nREPLICA-VM-INIT: 6.1.0 at 1.9 s\n"
+               "REPLICA-VM-MD5: d41d8cd98f00b204e9800998ecf8427e  fsync/data0\n"
+               "noise REPLICA-VM-MD5: 0000  not/at/line/start\n"
+               "REPLICA-VM-MD5: 9e107d9d372bb6826bd81d3542a419d6  flush/small 1\n"
+               "REPLICA-VM-RESULT: PASS at 9.1 s\n")
+    run = GuestRun(0, console, 9.5)
+    assert run.passed and run.verdict == "PASS at 9.1 s"
+    assert run.md5s() == {"fsync/data0": "d41d8cd98f00b204e9800998ecf8427e",
+                          "flush/small 1": "9e107d9d372bb6826bd81d3542a419d6"}
+    assert not GuestRun(124, "REPLICA-VM-INIT: x\n", 120.0).passed
+    assert GuestRun(0, "REPLICA-VM-RESULT: FAIL x\nREPLICA-VM-RESULT: PASS\n", 1).verdict == "PASS"

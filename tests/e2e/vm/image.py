@@ -129,23 +129,32 @@ def fetch_kernel(cache: Path, package: str) -> Path:
 
 
 def read_modinfo(ko: Path) -> dict[str, str]:
-    """key=value pairs of an ELF64 module's .modinfo section."""
-    data = ko.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise ImageUnavailable(f"vm image: {ko}: not a little-endian ELF64 module (compressed?)")
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    return parse_modinfo(ko.read_bytes(), str(ko))
 
-    def section(i):
-        name, _type, _flags, _addr, off, size = struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize)
-        return name, off, size
 
-    _, str_off, _ = section(shstrndx)
-    for i in range(shnum):
-        name, off, size = section(i)
-        if data[str_off + name:data.index(b"\0", str_off + name)] == b".modinfo":
-            pairs = (p.decode(errors="replace").split("=", 1) for p in data[off:off + size].split(b"\0") if b"=" in p)
-            return {k: v for k, v in pairs}
+def parse_modinfo(data: bytes, name: str = "module") -> dict[str, str]:
+    """key=value pairs of an ELF64 little-endian module's .modinfo section ({} if it has none)."""
+    if data[:4] != b"\x7fELF" or data[4:6] != b"\x02\x01":
+        raise ImageUnavailable(f"vm image: {name}: not a little-endian ELF64 module (compressed?)")
+    try:
+        shoff, = struct.unpack_from("<Q", data, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+        if shentsize < 0x40 or shstrndx >= shnum:
+            raise ValueError(f"section header table: entsize={shentsize} count={shnum} strndx={shstrndx}")
+
+        def section(i):
+            name_off, _type, _flags, _addr, off, size = struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize)
+            return name_off, off, size
+
+        _, str_off, _ = section(shstrndx)
+        for i in range(shnum):
+            name_off, off, size = section(i)
+            start = str_off + name_off
+            if data[start:data.index(b"\0", start)] == b".modinfo":
+                fields = (f.decode(errors="replace").split("=", 1) for f in data[off:off + size].split(b"\0"))
+                return {f[0]: f[1] for f in fields if len(f) == 2}
+    except (struct.error, ValueError, OverflowError) as e:
+        raise ImageUnavailable(f"vm image: {name}: malformed ELF module: {e}") from None
     return {}
 
 

@@ -3,7 +3,7 @@
 # Guest side of the real-kernel NBD test (runs as /vmtest/test.sh under /init, busybox sh).
 #
 # The kernel's nbd.ko, driven by Debian's nbd-client, attaches the host's NBD export:
-#   connect -> mkfs.ext4 (TRIMs the device) -> mount
+#   an unknown export name is refused -> connect -> mkfs.ext4 (TRIMs the device) -> mount
 #   -> fsync pattern: DATA_FILES files of DATA_KIB KiB random data, dd conv=fsync each
 #   -> flush pattern: SYNC_FILES small files, a whole-system sync after each (FLUSH-heavy)
 #   -> md5 of every file -> umount -> e2fsck -fn (clean) -> nbd-client -d
@@ -38,6 +38,12 @@ disconnect() {
         sleep 0.1; n=$((n + 1))
     done
 }
+
+step unknown-export
+if nbd-client "$NBD_HOST" "$NBD_PORT" "$DEV" -N "$NBD_EXPORT-nosuch"; then
+    fail "nbd-client -N $NBD_EXPORT-nosuch: the server accepted an unknown export name"
+fi
+nbd-client -c "$DEV" >/dev/null 2>&1 && fail "nbd-client -c $DEV: connected to an unknown export"
 
 step connect
 connect
