@@ -99,7 +99,7 @@ def test_kernel_nbd_client_ext4_data_reaches_replicad_disk(boot_image, scratch):
     with serve(scratch, size=DISK_SIZE, export=f"127.0.0.1:{port}") as served:
         run = run_guest(boot_image, SCRIPT, env, scratch, GUEST_TIMEOUT_S)
         pid = served.daemon_pid()
-        assert pid is not None and Path(f"/proc/{pid}").exists(), "replicad died while serving the VM"
+        assert pid is not None and Path(f"/proc/{pid}").exists(), f"replicad died while serving the VM:\n{run.tail()}"
         stats = json.loads(served.ctl("status", "--json", "r0").stdout)[0]["stats"]
         disk = served.disk
     # The resource is down and replicad gone: only its backing file is left to inspect.
