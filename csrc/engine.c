@@ -603,3 +603,29 @@ int engine_open_pipe(int pipefd[2])
     fcntl(pipefd[1], F_SETPIPE_SZ, 1024 * 1024);  /* best effort: fewer round trips per MiB */
     return 0;
 }
+
+/* Read exactly len bytes: first those already received in buf[*start, end), then straight from
+ * the socket into dst. Returns 0, -ECONNRESET when the sender vanished midway, or -errno. */
+int recv_exact_buffered(int fd, const void *buf, size_t *start, size_t end, void *dst, size_t len)
+{
+    size_t have = end - *start, take = have < len ? have : len;
+    char *out = dst;
+
+    memcpy(out, (const char *)buf + *start, take);
+    *start += take;
+    out += take;
+    len -= take;
+    while (len > 0) {
+        ssize_t n = recv(fd, out, len, MSG_WAITALL);
+        if (n == 0)
+            return -ECONNRESET;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        out += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}

@@ -191,26 +191,7 @@ static void release_big_payload(struct conn *c)
  * Returns 0, -ECONNRESET when the client vanished mid-payload, or -errno. */
 static int read_exact(struct conn *c, char *dst, size_t len)
 {
-    size_t have = c->in_end - c->in_start;
-    size_t take = have < len ? have : len;
-
-    memcpy(dst, c->in + c->in_start, take);
-    c->in_start += take;
-    dst += take;
-    len -= take;
-    while (len > 0) {
-        ssize_t n = recv(c->fd, dst, len, MSG_WAITALL);
-        if (n == 0)
-            return -ECONNRESET;
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        dst += n;
-        len -= (size_t)n;
-    }
-    return 0;
+    return recv_exact_buffered(c->fd, c->in, &c->in_start, c->in_end, dst, len);
 }
 
 /* Locate a write payload: in place when fully buffered (no copy), else read it whole. */

@@ -407,25 +407,7 @@ static int splice_payload(struct receiver *r, const struct rpl_header *h, int fu
 
 static int recv_exact(struct receiver *r, unsigned char *dst, size_t len)
 {
-    size_t have = r->end - r->start, take = have < len ? have : len;
-
-    memcpy(dst, r->buf + r->start, take);
-    r->start += take;
-    dst += take;
-    len -= take;
-    while (len > 0) {
-        ssize_t n = recv(r->eng->peer.fd, dst, len, MSG_WAITALL);
-        if (n == 0)
-            return -ECONNRESET;
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        dst += n;
-        len -= (size_t)n;
-    }
-    return 0;
+    return recv_exact_buffered(r->eng->peer.fd, r->buf, &r->start, r->end, dst, len);
 }
 
 static void queue_ack(rm_engine *eng, uint16_t type, const struct rpl_header *req, uint32_t aux)
