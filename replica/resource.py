@@ -60,7 +60,8 @@ class ResourceRuntime(ResourceEvents):
         self.rng = rng
         self.lock = threading.RLock()
         self.md_lock = threading.Lock()
-        self.state = ResourceState(allow_two_primaries=resource.net.allow_two_primaries)
+        self.state = ResourceState(allow_two_primaries=resource.net.allow_two_primaries,
+                                   fencing=resource.disk.fencing != "dont-care")
         self.fd: int | None = None
         self.engine: Engine | None = None
         self.server: ExportServer | None = None

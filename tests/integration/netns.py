@@ -38,7 +38,7 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 class TwoNodes:
     def __init__(self, size: int = 32 * MiB, net: str = DEFAULT_NET, disk: str = "",
                  handlers: str = "", node_net: dict[str, str] | None = None,
-                 root: str = "/dev/shm"):
+                 root: str = "/dev/shm", external_md: bool = False):
         n = next(_counter)
         self.prefix = f"rpl{os.getpid() % 100000}x{n}"
         self.subnet = (os.getpid() * 7 + n) % 200 + 20
@@ -49,6 +49,7 @@ class TwoNodes:
         self.size = size
         self.net, self.disk_opts, self.handlers = net, disk, handlers
         self.node_net = node_net or {}
+        self.external_md = external_md
         self._made_ns: list[str] = []
 
     # --- setup / teardown ---------------------------------------------------------------
@@ -85,7 +86,7 @@ class TwoNodes:
         hosts = "".join(f"""
     on {n} {{
         disk {self.disk_path(n)};
-        meta-disk internal;
+        meta-disk {self.dir / (n + '.md') if self.external_md else 'internal'};
         address {self.addr[n]}:7789;
         export unix:{self.dir / n / 'r0.sock'};
     }}""" for n in NODES)

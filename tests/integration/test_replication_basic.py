@@ -247,3 +247,24 @@ def test_resync_rate_20M_is_within_10_percent():
         assert last["bytes"] == size and abs(last["rate_bps"] - rate) / rate < 0.10
         assert "peer-disk:UpToDate" in t.ctl("alpha", "status", "--verbose", "r0").stdout
         assert t.disks_equal(size)
+
+
+def test_external_metadata_exports_the_whole_disk():
+    requires_root()
+    requires_module("nbd")
+    with TwoNodes(size=16 * MiB, external_md=True) as t:
+        t.create_and_up()
+        t.ctl("alpha", "new-current-uuid", "--clear-bitmap", "r0")
+        t.wait_synced(timeout=10)
+        t.ctl("beta", "primary", "r0")
+        assert t.data_size() == t.size                   # data offset N = disk offset N
+        assert (t.dir / "beta.md").stat().st_size > 0
+        nbd, h = nbd_connect(t.uri("beta"))
+        try:
+            data = os.urandom(MiB)
+            h.pwrite(data, t.size - MiB)
+            h.flush()
+        finally:
+            h.shutdown()
+        assert t.read_disk("alpha", t.size - MiB, MiB) == data
+        assert t.disks_equal(t.size)
