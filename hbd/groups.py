@@ -65,6 +65,7 @@ STANDBY_INIT_TIMEOUT_S = 10.0   # STANDBY_INIT_TO_MS
 STANDBY_TOTAL_TIMEOUT_S = 3600.0  # HB_STANDBY_RSC_TO_MS
 FAILBACK_RETRY_S = 1.0       # auto_failback: retried every 1 s until both sides are stable
 FAILED_START_HANDOFF_S = 30.0  # ResourceManager: "sleep 30; hb_standby" after a failed start
+LEGACY_ASK_WAIT_S = 5.0      # legacy: a returning node asks for its groups or takes them unasked
 
 
 class GroupState(enum.Enum):
@@ -189,6 +190,7 @@ class GroupManager:
         self._got_by_standby: set[str] = set()   # never hand these back after a failed start
         self._given_away: set[str] = set()       # released by standby: not adopted back as orphans
         self._failback_armed = False             # auto_failback acts when the peer (re)joins only
+        self._legacy_release_at: float | None = None
         self._after_ops: list[Callable[[], None]] = []
         self._actions: deque = deque()
         self._now = now
@@ -240,6 +242,8 @@ class GroupManager:
             timers.append(self._failback_at)
         if self._handoff_at is not None:
             timers.append(self._handoff_at)
+        if self._legacy_release_at is not None:
+            timers.append(self._legacy_release_at)
         return min(timers) if timers else None
 
     def snapshot(self) -> dict:
@@ -275,6 +279,10 @@ class GroupManager:
         self._send_report("node_up")
         if self.auto_failback == "legacy" and self.phase is Phase.INIT:
             self._acquire_local("req_our_resources()")
+        elif self.auto_failback == "legacy" and self._peer_groups_held():
+            # heartbeat's legacy req_our_resources always acquires the node's own groups: by asking
+            # (ip-request, answered below) or, when it saw no active peer yet, by taking them unasked
+            self._legacy_release_at = now + LEGACY_ASK_WAIT_S
 
     def node_dead(self, node: str, now: float, *, clean: bool = False) -> None:
         """The peer died (deadtime) or, with clean=True, announced shutdone."""
@@ -284,6 +292,7 @@ class GroupManager:
         self.peer_status = "dead"
         self.peer_hold = frozenset()
         self._given_away.clear()
+        self._legacy_release_at = None
         self.peer_stable = False
         self._failback_at = None
         if self.standby is not None:
@@ -460,6 +469,9 @@ class GroupManager:
         else:
             self._send("ip-request-resp", {"dest": self.peer, "ipaddr": key, "weown": "no", "ok": "OK"})
 
+    def _peer_groups_held(self) -> list[str]:
+        return [k for k in self.held_keys() if self.by_key[k].node == self.peer]
+
     def _on_peer_acquired(self, fields: dict) -> None:
         """The peer tells itself "ip-request-resp" when it takes its own group without asking
         (heartbeat's legacy req_our_resources when it saw no active peer): give way."""
@@ -576,6 +588,14 @@ class GroupManager:
         if self._handoff_at is not None and now >= self._handoff_at:
             self._handoff_at = None
             self._maybe_hand_off_failed()
+        if self._legacy_release_at is not None and now >= self._legacy_release_at:
+            self._legacy_release_at = None
+            keys = [k for k in self._peer_groups_held() if self.state[k] is GroupState.STARTED]
+            if keys and self.peer_status == "up" and self.phase is Phase.STABLE:
+                self._note("warn", f"node {self.peer!r} did not ask for {' '.join(keys)}: it took them "
+                                   f"itself (legacy): releasing our copy")
+                self._stop_keys(keys, "peer acquired its own group")
+                self._after(lambda: self._send_report("partition"))
 
     # --- internals -------------------------------------------------------------------------
 

@@ -479,3 +479,18 @@ def test_peer_taking_its_own_group_unasked_makes_us_release_it():
                                                   "ok": "OK"}, c.now)
     stops = [a.key for a in iter(m.next_action, None) if isinstance(a, StopGroup)]
     assert stops == ["10.0.17.26"]          # not ha2's own group
+
+
+def test_legacy_peer_that_returns_without_asking_gets_its_group_after_a_grace_time():
+    c = Cluster(auto_failback="legacy")
+    c.pump()
+    c.kill("ha1")
+    c.pump()
+    m = c.m["ha2"]
+    m.node_up("ha1", c.now)            # ha1 is back but (heartbeat's DONTASK race) never asks
+    list(iter(m.next_action, None))
+    m.handle_timer(c.now + 4.9)
+    assert not [a for a in iter(m.next_action, None) if isinstance(a, StopGroup)]
+    assert m.get_timer() == pytest.approx(c.now + 5.0)
+    m.handle_timer(c.now + 5.0)
+    assert [a.key for a in iter(m.next_action, None) if isinstance(a, StopGroup)] == ["10.0.17.26"]
