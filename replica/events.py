@@ -226,15 +226,20 @@ class ResourceEvents:
                 ev = self._events.get(timeout=0.1)
             except queue.Empty:
                 ev = None
-            with self.lock:
-                if self.engine is None:
+            # detach holds `lock` while it joins this thread: never block on it for long
+            while not self.lock.acquire(timeout=0.1):
+                if self._threads_stop.is_set():
                     return
-                try:
-                    if ev is not None:
-                        self._on_event(ev)
-                    self._tick()
-                except (ReplicaError, OSError) as exc:
-                    log.error("%s: %s", self.name, exc)
+            try:
+                if self.engine is None or self._threads_stop.is_set():
+                    return
+                if ev is not None:
+                    self._on_event(ev)
+                self._tick()
+            except (ReplicaError, OSError) as exc:
+                log.error("%s: %s", self.name, exc)
+            finally:
+                self.lock.release()
 
     def _on_event(self, ev) -> None:
         peer = self.link.peer_text if self.link else "peer"
