@@ -118,6 +118,29 @@ def run(*argv, check=True, **kw):
     return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=30, **kw)
 
 
+# The mount namespace of a real heartbeat is how its children are found for the kill. Its
+# inode number could be reused by a new namespace once the old one is gone (every `ip netns
+# exec` makes one), so an fd is held on it from start to kill: while pinned, the link names
+# only the namespace we created, and only processes we started can be in it.
+_PINNED_NS: dict[str, int] = {}
+
+
+def pin_mount_namespace(pid: int) -> str:
+    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+    link = os.readlink(f"/proc/{pid}/ns/mnt")
+    if link in _PINNED_NS:
+        os.close(fd)
+    else:
+        _PINNED_NS[link] = fd
+    return link
+
+
+def unpin_mount_namespace(link) -> None:
+    fd = _PINNED_NS.pop(link, None)
+    if fd is not None:
+        os.close(fd)
+
+
 def ns_pids(mntns_link):
     """Every process whose mount namespace is `mntns_link` (the node's private one)."""
     pids = []
@@ -133,18 +156,21 @@ def ns_pids(mntns_link):
 
 def kill_node(master_pid, mntns_link):
     """SIGKILL the daemon and every child in its mount namespace (heartbeat-wire.md 1)."""
-    if mntns_link is None:
-        return
-    for _ in range(3):
-        pids = ns_pids(mntns_link)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.2)
+    if mntns_link is None or mntns_link not in _PINNED_NS:
+        return  # never kill by an unpinned namespace: it may be someone else's now
+    try:
+        for _ in range(3):
+            pids = ns_pids(mntns_link)
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.2)
+    finally:
+        unpin_mount_namespace(mntns_link)
 
 
 @pytest.fixture
@@ -274,7 +300,7 @@ def test_real_heartbeat_and_our_membership_see_each_other(two_namespaces, tmp_pa
         for _ in range(50):
             try:  # ip netns exec -> unshare -> sh -> exec heartbeat, all the same PID
                 if pathlib.Path(f"/proc/{hb.pid}/comm").read_text().strip() == "heartbeat":
-                    mntns = os.readlink(f"/proc/{hb.pid}/ns/mnt")
+                    mntns = pin_mount_namespace(hb.pid)
                     break
             except OSError:
                 pass
@@ -329,7 +355,7 @@ def start_pair(ns_a, ns_b, ip_a, ip_b, tmp_path, method_line=f"2 sha1 {KEY}"):
     for _ in range(50):
         try:  # ip netns exec -> unshare -> sh -> exec heartbeat, all the same PID
             if pathlib.Path(f"/proc/{hb.pid}/comm").read_text().strip() == "heartbeat":
-                mntns = os.readlink(f"/proc/{hb.pid}/ns/mnt")
+                mntns = pin_mount_namespace(hb.pid)
                 break
         except OSError:
             pass
