@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -626,6 +627,25 @@ int recv_exact_buffered(int fd, const void *buf, size_t *start, size_t end, void
         }
         out += n;
         len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Send [offset, offset + length) of the backing disk to `sock` straight from the page cache.
+ * Returns 0, or -errno (-EIO when the backing file ends early); *sent counts what went out. */
+int sendfile_range(rm_engine *eng, int sock, uint64_t offset, uint64_t length, uint64_t *sent)
+{
+    off_t off = (off_t)offset;
+
+    *sent = 0;
+    while (length > 0) {
+        ssize_t n = sendfile(sock, eng->fd, &off, length > 0x7ffff000 ? 0x7ffff000 : (size_t)length);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        *sent += (uint64_t)n;
+        length -= (uint64_t)n;
     }
     return 0;
 }

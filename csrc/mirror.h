@@ -131,7 +131,7 @@ int rm_peer_send_control(rm_engine *eng, const void *frame, uint32_t length);
 int rm_peer_recv_control(rm_engine *eng, void *buf, uint32_t cap);
 /* Send a PING; the peer answers PING_ACK, and every frame received refreshes peer_last_rx_ns. */
 int rm_peer_ping(rm_engine *eng);
-/* SyncSource: read [offset, offset + length) locally and send it as RS_DATA (length <= 1 MiB).
+/* SyncSource: read [offset, offset + length) locally and send it as RS_DATA (length <= 8 MiB).
  * The target writes it, clears its bits and answers RS_DONE; the source then clears its own bits.
  * Returns 0, or -ENOTCONN without a peer, or -errno. */
 int rm_resync_send(rm_engine *eng, uint64_t offset, uint32_t length);

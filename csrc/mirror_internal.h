@@ -117,6 +117,7 @@ int local_flush(rm_engine *eng);
 int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *prefix, uint32_t have,
                         uint64_t offset, uint32_t length, int fua, int *write_rc);
 int engine_open_pipe(int pipefd[2]);
+int sendfile_range(rm_engine *eng, int sock, uint64_t offset, uint64_t length, uint64_t *sent);
 int recv_exact_buffered(int fd, const void *buf, size_t *start, size_t end, void *dst, size_t len);
 #define SPLICE_MIN (128 * 1024)     /* payloads at least this large are spliced to the disk */
 

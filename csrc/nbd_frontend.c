@@ -224,6 +224,34 @@ static int do_read(struct conn *c, const unsigned char *cookie, uint64_t offset,
     return rc;
 }
 
+/* A large read: the reply header, then the data straight from the page cache (sendfile), one
+ * copy fewer than pread + send. Once the header is out, a failing disk can only end the
+ * connection; the error is still counted and reported to Python. out_lock held. */
+static int sendfile_read_locked(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len)
+{
+    uint64_t sent;
+    int rc = engine_check_range(c->eng, offset, len, 0);
+
+    if (rc < 0)
+        return queue_reply_locked(c, rc, cookie);
+    if (c->out_len + NBD_REPLY_SIZE > OUT_SIZE && (rc = flush_out(c)) < 0)
+        return rc;
+    fill_reply((unsigned char *)c->out + c->out_len, 0, cookie);
+    c->out_len += NBD_REPLY_SIZE;
+    if ((rc = flush_out(c)) < 0)
+        return rc;
+    rc = sendfile_range(c->eng, c->fd, offset, len, &sent);
+    STAT_ADD(c->eng, bytes_read, sent);
+    if (rc < 0) {
+        c->send_failed = 1;
+        if (rc == -EIO)
+            engine_post_event(c->eng, RM_EV_IO_ERROR, EIO, offset, len);
+        return rc;
+    }
+    STAT_ADD(c->eng, reads, 1);
+    return 0;
+}
+
 /* out_lock held for the whole reply, so the header and its data go out together. */
 static int do_read_locked(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len)
 {
@@ -239,6 +267,8 @@ static int do_read_locked(struct conn *c, const unsigned char *cookie, uint64_t 
         c->out_len += NBD_REPLY_SIZE + (rc < 0 ? 0 : len);
         return 0;
     }
+    if (len >= SPLICE_MIN)
+        return sendfile_read_locked(c, cookie, offset, len);
     rc = ensure_payload(c, len);
     if (rc == 0)
         rc = rm_engine_pread(c->eng, c->payload, len, offset);

@@ -35,7 +35,7 @@
 #define SBUF_SIZE (256 * 1024)
 #define SBUF_DIRECT 65536          /* larger payloads skip the send buffer (writev) */
 #define RBUF_SIZE (256 * 1024)
-#define MAX_RESYNC_CHUNK (1024 * 1024)
+#define MAX_RESYNC_CHUNK (8 * 1024 * 1024)
 #define MAX_TOUCHED 64
 
 void peer_init(struct rm_peer *p)
@@ -180,22 +180,15 @@ void engine_flush_peer(rm_engine *eng)
 static int sendfile_all(rm_engine *eng, uint64_t offset, uint32_t length)
 {
     struct rm_peer *p = &eng->peer;
-    off_t off = (off_t)offset;
+    uint64_t sent;
+    int rc = sendfile_range(eng, p->fd, offset, length, &sent);
 
-    while (length > 0) {
-        ssize_t n = sendfile(p->fd, eng->fd, &off, length);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            int err = n < 0 ? errno : EIO;  /* 0: the backing file is shorter than the device */
-            p->send_failed = 1;
-            shutdown(p->fd, SHUT_RDWR);
-            return -err;
-        }
-        STAT_ADD(eng, peer_bytes_sent, (uint64_t)n);
-        length -= (uint32_t)n;
+    STAT_ADD(eng, peer_bytes_sent, sent);
+    if (rc < 0) {
+        p->send_failed = 1;
+        shutdown(p->fd, SHUT_RDWR);
     }
-    return 0;
+    return rc;
 }
 
 static int send_frame(rm_engine *eng, const struct rpl_header *h, const void *payload, int flush)
