@@ -1,5 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """replica-ha: userspace DRBD-style replication over NBD, plus a Heartbeat-compatible daemon."""
+import glob
+
 from setuptools import find_packages, setup
 
 setup(
@@ -10,6 +12,8 @@ setup(
     python_requires=">=3.11",
     setup_requires=["cffi>=1.15"],
     cffi_modules=["csrc/build_mirror.py:ffibuilder"],
+    # Heartbeat resource scripts; hbd finds them in <prefix>/share/replica-ha/resource.d when installed.
+    data_files=[("share/replica-ha/resource.d", sorted(glob.glob("scripts/resource.d/*")))],
     install_requires=["cffi>=1.15", "cryptography", "pyroute2", "rich"],
     entry_points={
         "console_scripts": [
