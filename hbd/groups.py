@@ -5,6 +5,10 @@ This module is the pure decision half of hbd's resource manager (Heartbeat R1's
 ``hb_resource.c`` + ``ResourceManager``), written sans-I/O: inputs are method
 calls with ``now`` (monotonic seconds) passed in, outputs are actions pulled with
 ``next_action()``.  It never runs a script, sends a packet or reads a clock.
+It owns the decision table (membership, fencing, timers, takeover, failback,
+shutdown) and the start/stop bookkeeping; what each peer message means and the
+standby exchange live in hbd.group_negotiation (the base class
+PeerNegotiation), the states and actions in hbd.group_actions (re-exported).
 
 Inputs (the daemon calls these)::
 
@@ -33,7 +37,10 @@ Rules (Heartbeat 3.0 semantics, heartbeat-reference.md 1.2, 1.6, 1.7):
 * ``auto_failback on``: the holder of foreign groups hands them back with the
   standby protocol once their preferred node is up and stable.  ``off``: they
   stay.  ``legacy``: the returning node asks for each group with ``ip-request``
-  and the holder gives it up and answers ``ip-request-resp``.
+  and the holder gives it up and answers ``ip-request-resp``.  A returning real
+  heartbeat that saw no active peer takes its group unasked and says so with an
+  ``ip-request-resp`` addressed to itself: we give way at once.  Only if neither
+  comes within ``LEGACY_ASK_WAIT_S`` do we release our copy anyway.
 * Peer death: fence first when STONITH is configured (retry every
   ``FENCE_RETRY_S`` until it succeeds; never take over unfenced), then start
   every group not running here, then report ``resource ... info=mach_down``.
@@ -53,100 +60,26 @@ Rules (Heartbeat 3.0 semantics, heartbeat-reference.md 1.2, 1.6, 1.7):
 """
 from __future__ import annotations
 
-import enum
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from replica.errors import ConfigError, StateChangeRefused
+from replica.errors import ConfigError
+
+from .group_actions import (COMPLEMENT, HOLD_VALUES, Action, FenceNode, GroupChanged, GroupState, Notice,
+                            Phase, Reannounce, SendMessage, ShutdownComplete, StartGroup, StopGroup)
+from .group_negotiation import (STANDBY_INIT_TIMEOUT_S, STANDBY_TOTAL_TIMEOUT_S, PeerNegotiation,
+                                _Standby)
+
+__all__ = ["GroupManager", "GroupState", "Phase", "Action", "StartGroup", "StopGroup", "SendMessage",
+           "FenceNode", "GroupChanged", "Notice", "ShutdownComplete", "Reannounce", "HOLD_VALUES",
+           "COMPLEMENT", "FENCE_RETRY_S", "STANDBY_INIT_TIMEOUT_S", "STANDBY_TOTAL_TIMEOUT_S",
+           "FAILBACK_RETRY_S", "FAILED_START_HANDOFF_S", "LEGACY_ASK_WAIT_S"]
 
 FENCE_RETRY_S = 5.0          # hb_resource.c: failed reset retried every 5 s
-STANDBY_INIT_TIMEOUT_S = 10.0   # STANDBY_INIT_TO_MS
-STANDBY_TOTAL_TIMEOUT_S = 3600.0  # HB_STANDBY_RSC_TO_MS
 FAILBACK_RETRY_S = 1.0       # auto_failback: retried every 1 s until both sides are stable
 FAILED_START_HANDOFF_S = 30.0  # ResourceManager: "sleep 30; hb_standby" after a failed start
 LEGACY_ASK_WAIT_S = 5.0      # legacy: a returning node asks for its groups or takes them unasked
-
-
-class GroupState(enum.Enum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    STARTED = "started"
-    STOPPING = "stopping"
-    FAILED = "failed"
-
-
-class Phase(enum.Enum):
-    INIT = "init"
-    STABLE = "stable"
-    SHUTTING_DOWN = "shutting_down"
-    DOWN = "down"
-
-
-HOLD_VALUES = ("none", "local", "foreign", "all")
-COMPLEMENT = {"local": "foreign", "foreign": "local", "all": "all"}
-
-
-# --- actions -------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class StartGroup:
-    key: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class StopGroup:
-    key: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class SendMessage:
-    msg_type: str
-    fields: dict
-
-
-@dataclass(frozen=True, slots=True)
-class FenceNode:
-    node: str
-
-
-@dataclass(frozen=True, slots=True)
-class GroupChanged:
-    key: str
-    old: GroupState
-    new: GroupState
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """A line worth logging that is not a group transition (level: info|warn|crit)."""
-    level: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ShutdownComplete:
-    clean: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Reannounce:
-    """Re-send gratuitous ARP for this held group: the peer just released a copy (partition heal)."""
-    key: str
-
-
-Action = StartGroup | StopGroup | SendMessage | FenceNode | GroupChanged | Notice | ShutdownComplete | Reannounce
-
-
-@dataclass(slots=True)
-class _Standby:
-    role: str                  # "me" (we asked) | "other" (peer asked)
-    which: str                 # rsc_hold value as sent on the wire
-    keys: tuple[str, ...]
-    deadline: float
 
 
 @dataclass(slots=True)
@@ -157,7 +90,8 @@ class _Fence:
     attempts: int = 0
 
 
-class GroupManager:
+
+class GroupManager(PeerNegotiation):
     """Two-node haresources ownership machine (see the module docstring)."""
 
     def __init__(self, node: str, nodes: Iterable[str], groups: Iterable, *, auto_failback: str,
@@ -328,202 +262,6 @@ class GroupManager:
             self.fence.retry_at = now + FENCE_RETRY_S
             self._note("crit", f"fencing node {node!r} failed (attempt {self.fence.attempts}): "
                                f"takeover withheld, retrying in {FENCE_RETRY_S:g} s")
-
-    # --- inputs: peer messages -------------------------------------------------------------
-
-    def receive_message(self, node: str, msg_type: str, fields: dict, now: float) -> None:
-        self._now = now
-        if node != self.peer or self.phase in (Phase.SHUTTING_DOWN, Phase.DOWN):
-            return
-        dest = fields.get("dest")
-        if msg_type == "ip-request-resp" and dest == self.peer:
-            self._on_peer_acquired(fields)
-            return
-        if dest is not None and dest != self.node:
-            return
-        handler = {
-            "starting": self._on_starting,
-            "resource": self._on_resource,
-            "ask_resources": self._on_ask_resources,
-            "hb_takeover": self._on_hb_takeover,
-            "ip-request": self._on_ip_request,
-            "ip-request-resp": self._on_ip_request_resp,
-        }.get(msg_type)
-        if handler is not None:
-            handler(fields)
-
-    def _on_starting(self, fields: dict) -> None:
-        self._failback_armed = True
-        self.peer_hold = None
-        self.peer_stable = False
-        self._send_report("starting")
-
-    def _on_resource(self, fields: dict) -> None:
-        hold = fields.get("rsc_hold", "none")
-        if hold not in HOLD_VALUES:
-            self._note("warn", f"resource report from {self.peer!r}: bad rsc_hold {hold!r}: ignored")
-            return
-        if self.peer_status == "unknown":
-            self.peer_status = "up"
-        self.peer_hold = frozenset(self._keys_for_hold(hold, self.peer))
-        self.peer_stable = fields.get("isstable") == "1"
-        # Partition heal: the side that is not the preferred node gives way.
-        clash = [k for k in self.held_keys() if k in self.peer_hold and not self.is_local(k)
-                 and self.by_key[k].node == self.peer]
-        if clash:
-            self._note("warn", f"node {self.peer!r} also holds {' '.join(clash)}: releasing them "
-                               f"(returning after partition)")
-            self._stop_keys(clash, "partition heal: preferred node holds it")
-            self._after(lambda: self._send_report("partition"))
-        if fields.get("info") == "partition":
-            for k in self.held_keys():
-                if k not in self.peer_hold:
-                    self._emit(Reannounce(k))
-        if self.phase is Phase.INIT:
-            self._acquire_local("req_our_resources()")
-        elif self.phase is Phase.STABLE:
-            self._adopt_orphans()
-            self._maybe_auto_failback()
-
-    def _on_ask_resources(self, fields: dict) -> None:
-        info = fields.get("info")
-        which = fields.get("rsc_hold", "all")
-        if which not in ("local", "foreign", "all"):
-            self._note("warn", f"ask_resources from {self.peer!r}: bad rsc_hold {which!r}: ignored")
-            return
-        if info == "me":
-            if not self.is_stable() or self.fence is not None:
-                self._note("warn", f"standby request from {self.peer!r} ignored: we are in flux")
-                return
-            keys = self._keys_for_hold(which, self.peer)
-            named = fields.get("hbd_groups")
-            if named is not None:       # hbd extension: exactly these groups (heartbeat ignores it)
-                keys = [k for k in keys if k in named.split()]
-            self.standby = _Standby("other", which, tuple(keys), self._now + STANDBY_TOTAL_TIMEOUT_S)
-            self._note("info", f"node {self.peer!r} gives up {which} resources: waiting for it to stop them")
-            self._send("ask_resources", {"rsc_hold": which, "info": "other"})
-        elif info == "other":
-            sb = self.standby
-            if sb is None or sb.role != "me":
-                return
-            sb.deadline = self._now + STANDBY_TOTAL_TIMEOUT_S
-            self._note("info", f"standby: releasing {sb.which} resources to {self.peer!r}")
-            self._stop_keys([k for k in sb.keys if self.state[k] is not GroupState.STOPPED], "standby")
-            self._after(self._standby_released)
-        elif info == "done":
-            sb = self.standby
-            if sb is None or sb.role != "other":
-                return
-            self._note("info", f"standby: node {self.peer!r} released {sb.which} resources: taking them")
-            self._got_by_standby |= set(sb.keys)
-            self._given_away -= set(sb.keys)
-            started = self._start_keys([k for k in sb.keys if self.state[k] is not GroupState.STARTED],
-                                       "standby of peer")
-            which = sb.which
-
-            def finish() -> None:
-                self.standby = None
-                self._send("ask_resources", {"rsc_hold": which, "info": "done"})
-                self._send_report("standby")
-            self._after(finish) if started else finish()
-
-    def _standby_released(self) -> None:
-        sb = self.standby
-        if sb is None:
-            return
-        if any(self.state[k] is GroupState.FAILED for k in sb.keys):
-            self._note("crit", "standby cancelled: a resource failed to stop; not handing it over")
-            self.standby = None
-            self._send_report("standby")
-            return
-        self.peer_hold = (self.peer_hold or frozenset()) | frozenset(sb.keys)
-        self._given_away |= set(sb.keys)
-        self.standby = None
-        self._send_report("standby")
-        self._send("ask_resources", {"rsc_hold": sb.which, "info": "done"})
-
-    def _on_hb_takeover(self, fields: dict) -> None:
-        which = fields.get("rsc_hold", "all")
-        if which not in COMPLEMENT:
-            self._note("warn", f"hb_takeover from {self.peer!r}: bad rsc_hold {which!r}: ignored")
-            return
-        try:
-            self.request_standby(COMPLEMENT[which], self._now)
-        except StateChangeRefused as e:
-            self._note("warn", f"hb_takeover from {self.peer!r} not honoured: {e}")
-
-    def _on_ip_request(self, fields: dict) -> None:
-        key = fields.get("ipaddr", "")
-        if key not in self.by_key:
-            return
-        if self.state[key] in (GroupState.STARTED, GroupState.STARTING):
-            self._note("info", f"node {self.peer!r} asks for group {key!r}: giving it up")
-            self._stop_keys([key], "ip-request from peer")
-
-            def reply() -> None:
-                ok = self.state[key] is GroupState.STOPPED
-                self._send("ip-request-resp", {"dest": self.peer, "ipaddr": key, "weown": "yes",
-                                               "ok": "OK" if ok else "FAILED"})
-                self._send_report("ip-request")
-            self._after(reply)
-        else:
-            self._send("ip-request-resp", {"dest": self.peer, "ipaddr": key, "weown": "no", "ok": "OK"})
-
-    def _peer_groups_held(self) -> list[str]:
-        return [k for k in self.held_keys() if self.by_key[k].node == self.peer]
-
-    def _on_peer_acquired(self, fields: dict) -> None:
-        """The peer tells itself "ip-request-resp" when it takes its own group without asking
-        (heartbeat's legacy req_our_resources when it saw no active peer): give way."""
-        key = fields.get("ipaddr", "")
-        if (key in self.by_key and self.by_key[key].node == self.peer and fields.get("ok", "OK") == "OK"
-                and self.state[key] in (GroupState.STARTED, GroupState.STARTING)):
-            self._note("warn", f"node {self.peer!r} acquired its group {key!r} while we hold it: releasing it")
-            self._stop_keys([key], "peer acquired its own group")
-            self._after(lambda: self._send_report("partition"))
-
-    def _on_ip_request_resp(self, fields: dict) -> None:
-        key = fields.get("ipaddr", "")
-        if key not in self.by_key or fields.get("ok", "OK") != "OK":
-            return
-        if self.state[key] in (GroupState.STOPPED, GroupState.FAILED) and self.phase is not Phase.DOWN:
-            if self.peer_hold is not None:
-                self.peer_hold = self.peer_hold - {key}
-            self._start_keys([key], "ip-request-resp from peer")
-            self._after(lambda: self._send_report("ip-request-resp"))
-
-    # --- inputs: administrator -------------------------------------------------------------
-
-    def request_standby(self, which: str, now: float) -> None:
-        """hb_standby [all|foreign|local]: give those groups to the peer (relative to us)."""
-        self._now = now
-        if which not in ("all", "foreign", "local"):
-            raise StateChangeRefused(f"standby: bad resource set {which!r}: expected all, foreign or local")
-        if self.peer is None or self.peer_status != "up":
-            raise StateChangeRefused("standby: refusing to give up resources while the peer is not active")
-        if self.auto_failback == "legacy":
-            raise StateChangeRefused("standby: only implemented with auto_failback on or off (nice_failback)")
-        if not self.is_stable() or self.fence is not None:
-            raise StateChangeRefused("standby: refusing while resources are in transition")
-        keys = [k for k in self._keys_for_hold(which, self.node)
-                if self.state[k] in (GroupState.STARTED, GroupState.FAILED)]
-        if not keys:
-            raise StateChangeRefused(f"standby: this node holds no {which} resources to give up")
-        self._ask_standby(which, keys, f"standby: asking {self.peer!r} to take {which} resources")
-
-    def request_takeover(self, which: str, now: float) -> None:
-        """hb_takeover [all|foreign|local]: ask the peer to hand us those groups (relative to us)."""
-        self._now = now
-        if which not in COMPLEMENT:
-            raise StateChangeRefused(f"takeover: bad resource set {which!r}: expected all, foreign or local")
-        if self.peer is None or self.peer_status != "up":
-            raise StateChangeRefused("takeover: the peer is not active; its groups are taken over on its death")
-        if self.auto_failback == "legacy":
-            raise StateChangeRefused("takeover: only implemented with auto_failback on or off (nice_failback)")
-        if not self.is_stable():
-            raise StateChangeRefused("takeover: refusing while resources are in transition")
-        self._note("info", f"takeover: asking {self.peer!r} to hand over {which} resources")
-        self._send("hb_takeover", {"rsc_hold": which})
 
     def shutdown(self, now: float) -> None:
         """Clean stop: release every group (reverse order), then tell the peer (shutdone)."""
@@ -742,9 +480,3 @@ class GroupManager:
             return
         self._failback_armed = False
         self._ask_standby("foreign", foreign, f"auto_failback: handing groups back to {self.peer!r}")
-
-    def _ask_standby(self, which: str, keys, why: str, level: str = "info") -> None:
-        """Phase 1 of the standby exchange; hbd_groups (ignored by heartbeat) names the exact groups."""
-        self.standby = _Standby("me", which, tuple(keys), self._now + STANDBY_INIT_TIMEOUT_S)
-        self._note(level, f"{why}: {' '.join(keys)}")
-        self._send("ask_resources", {"rsc_hold": which, "info": "me", "hbd_groups": " ".join(keys)})

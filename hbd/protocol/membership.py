@@ -43,6 +43,11 @@ Rules (heartbeat 3.0.6, heartbeat-reference.md 1.5-1.6, heartbeat-wire.md 2-5):
   last ack it got (acking across a hole would make the hole permanent).
 - Packets that fail to decode or authenticate, from unknown nodes, or from
   an old generation are dropped, counted and reported only as PacketDropped.
+- Accepted cluster messages are reported (MessageReceived) whatever their
+  `dest`: every node sees and sequences them all, and a message a peer
+  addresses to itself (heartbeat's self-addressed `ip-request-resp` when it
+  takes its own group unasked) is news for us too.  Consumers filter `dest`.
+  NS_* control packets and `reqnodes` are acted on only when addressed to us.
 - After send_shutdone() nothing else goes out but answers to NS_rexmit:
   a status heartbeat after shutdone makes heartbeat log "returning after
   partition"; send_message() is then ignored and counted.
@@ -357,7 +362,9 @@ class Membership:
         if msg.type == "reqnodes" and for_us and not self.closed:
             self._send("repnodes", [("dest", src), ("nodelist", " ".join(self.nodes) + " "),
                                     ("delnodelist", " ")], own_first=True)
-        elif msg.type not in ("status", "reqnodes", "repnodes") and for_us:
+        elif msg.type not in ("status", "reqnodes", "repnodes"):
+            # reported whatever its `dest`: heartbeat's legacy "don't ask" path tells the cluster
+            # it took a group with an ip-request-resp addressed to itself; consumers filter `dest`
             self._events.append(MessageReceived(src, msg))
         if goodbye and peer.alive:
             self._mark_dead(peer, graceful=True)

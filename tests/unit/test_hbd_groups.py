@@ -494,3 +494,50 @@ def test_legacy_peer_that_returns_without_asking_gets_its_group_after_a_grace_ti
     assert m.get_timer() == pytest.approx(c.now + 5.0)
     m.handle_timer(c.now + 5.0)
     assert [a.key for a in iter(m.next_action, None) if isinstance(a, StopGroup)] == ["10.0.17.26"]
+
+
+def test_legacy_failback_uses_the_peers_self_addressed_ip_request_resp_from_the_wire():
+    """The real path: ha1 (a real heartbeat, played by a bare Membership) returns, takes its group
+    unasked and tells itself so (ip-request-resp dest=ha1, signed, on the wire); ha2's Membership
+    reports it although it is not addressed to ha2, and ha2's GroupManager gives way at once,
+    not after the LEGACY_ASK_WAIT_S fallback."""
+    from hbd.authkeys import parse_authkeys
+    from hbd.groups import LEGACY_ASK_WAIT_S
+    from hbd.protocol.membership import Membership, MessageReceived, NodeUp
+
+    keys = parse_authkeys("auth 2\n2 sha1 mahnamahna\n")
+    timing = dict(keepalive_s=1.0, warntime_s=3.0, deadtime_s=5.0, initdead_s=10.0, authkeys=keys)
+    ha2 = Membership("ha2", ["ha1", "ha2"], generation=7, now=0.0, **timing)
+    mgr = GroupManager("ha2", ("ha1", "ha2"), GROUPS, auto_failback="legacy", stonith_configured=False,
+                       initdead_s=10, now=0.0)
+    mgr.node_dead("ha1", 0.0)                         # ha1 never came: ha2 takes everything
+    for a in iter(mgr.next_action, None):
+        if isinstance(a, StartGroup):
+            mgr.group_started(a.key, True, 0.0)
+    assert set(mgr.held_keys()) == {"10.0.17.26", "10.0.17.27"}
+    list(iter(mgr.next_action, None))
+
+    now = 20.0
+    ha1 = Membership("ha1", ["ha1", "ha2"], generation=9, now=now, **timing)
+    ha1.send_message("ip-request-resp", {"dest": "ha1", "ipaddr": "10.0.17.26", "weown": "yes", "ok": "OK"})
+    for d in ha1.datagrams_to_send(now):
+        ha2.receive_datagram(d, ("10.0.17.1", 694), now)
+    kinds = []
+    while (e := ha2.next_event()) is not None:
+        kinds.append(type(e).__name__)
+        if isinstance(e, NodeUp):
+            mgr.node_up(e.node, now)
+        elif isinstance(e, MessageReceived):
+            assert e.msg.dest == "ha1"
+            mgr.receive_message(e.node, e.msg.type, {k: v for k, v in e.msg.fields if isinstance(v, str)}, now)
+    assert kinds == ["NodeUp", "MessageReceived"]
+    actions = list(iter(mgr.next_action, None))
+    assert [a.key for a in actions if isinstance(a, StopGroup)] == ["10.0.17.26"]   # at once, only ha1's
+    assert any(isinstance(a, Notice) and "acquired its group '10.0.17.26'" in a.text for a in actions)
+    mgr.group_stopped("10.0.17.26", True, now + 0.1)
+    assert mgr.get_timer() is None                    # the LEGACY_ASK_WAIT_S fallback was cancelled
+    mgr.handle_timer(now + LEGACY_ASK_WAIT_S + 1)
+    assert set(mgr.held_keys()) == {"10.0.17.27"}
+    sent = [a for a in iter(mgr.next_action, None) if isinstance(a, SendMessage)]
+    assert [(a.msg_type, a.fields.get("rsc_hold"), a.fields.get("info")) for a in sent] == [
+        ("resource", "local", "partition")]
