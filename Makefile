@@ -6,7 +6,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 # Debian packages: real peers for the tests (libnbd, qemu, nbdkit, heartbeat...) and tools.
 APT_PACKAGES := python3-libnbd libnbd-bin nbdkit qemu-utils fio fuse3 libfuse3-dev e2fsprogs \
-	iproute2 iputils-ping arping tcpdump psmisc heartbeat drbd-utils iperf3 sockperf qemu-system-x86 busybox-static cpio nbd-client gcc make
+	iproute2 iputils-ping arping tcpdump psmisc heartbeat drbd-utils iperf3 sockperf curl qemu-system-x86 busybox-static cpio nbd-client gcc make
 PYTEST_ARGS ?=
 
 .PHONY: deps test test-unit test-integration bench demo clean

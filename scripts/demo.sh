@@ -3,7 +3,10 @@
 # make demo: what replica-ha does today, end to end, on this one machine, cleaning up after itself.
 #   1. a standalone resource on a scratch file: up, write/read through NBD clients we did not
 #      write (qemu-io, nbdcopy), status, down;
-#   2. further acts (two-node replication, heartbeat failover) when their scripts are present.
+#   2. two-node replication in network namespaces (demo_replication.sh);
+#   3. a virtual-IP failover between two hbd nodes (demo_hbd.sh);
+#   4. the whole product: heartbeat moving the VIP, the replicated disk and a database
+#      from a dead node to the survivor and back, no acknowledged record lost (demo_failover.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=$here/.venv/bin
@@ -48,7 +51,7 @@ run nbdinfo "$uri"
 say "down"
 run "${ctl[@]}" down r0
 
-for act in "$here"/scripts/demo_replication.sh "$here"/scripts/demo_hbd.sh; do
+for act in "$here"/scripts/demo_replication.sh "$here"/scripts/demo_hbd.sh "$here"/scripts/demo_failover.sh; do
     if [[ -x $act ]]; then
         say "next: $(basename "$act")"
         bash "$act"
