@@ -6,12 +6,16 @@
 
 Environment: HBD_CONFIG_DIR (default /etc/ha.d), HBD_NODE (default `uname -n`),
 HBD_RUN_DIR (default /run/hbd).  The run dir holds ``hbd.pid``, the control
-socket ``hbd.sock`` (JSON lines, used by hbctl), ``journal.jsonl`` (hbd.journal)
-and ``hb_generation``.  Exit codes: 0 ok, 1 runtime failure, 6 configuration error.
+socket ``hbd.sock`` (hbd.control, JSON lines, used by hbctl), ``journal.jsonl``
+(hbd.journal) and ``hb_generation``.  Exit codes: 0 ok, 1 runtime failure, 6 configuration error.
 
-Layers (each arrow is a method call; only this module does I/O for them)::
+This module owns the event loop and the wiring: what each membership event and
+group action means for the log, the journal, the scripts and the wire.  The UDP
+sockets are hbd.media, the hbctl socket hbd.control.
 
-    UDP sockets (bcast/mcast/ucast) --datagrams--> protocol.membership --events--+
+Layers (each arrow is a method call; only the daemon does I/O for them)::
+
+    media.Media (bcast/mcast/ucast) --datagrams--> protocol.membership --events--+
         ^                                                                          v
         +----------------- datagrams <-- send_message <-- SendMessage <-- groups.GroupManager
                                                                   |          ^
@@ -36,7 +40,6 @@ import logging.handlers
 import os
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
@@ -44,18 +47,19 @@ import time
 from hbd import ipaddr, stonith
 from hbd.authkeys import load_authkeys
 from hbd.config import load_ha_config
+from hbd.control import ControlSocket
 from hbd.groups import (FenceNode, GroupChanged, GroupManager, Notice, Reannounce, SendMessage,
                         ShutdownComplete, StartGroup, StopGroup)
 from hbd.haresources import load_haresources
-from hbd.journal import Journal, read_journal
+from hbd.journal import Journal
+from hbd.media import Media
 from hbd.protocol.membership import (Membership, MessageReceived, NodeDead, NodeLate, NodeRestarted,
                                      NodeUp, PacketDropped)
 from hbd.resources import ResourceRunner, resource_dirs, script_env
-from replica.errors import ConfigError, ReplicaError, StateChangeRefused
+from replica.errors import ConfigError, ReplicaError
 
 DEFAULT_CONFIG_DIR = "/etc/ha.d"
 DEFAULT_RUN_DIR = "/run/hbd"
-SOCKET_NAME = "hbd.sock"
 PID_NAME = "hbd.pid"
 JOURNAL_NAME = "journal.jsonl"
 GENERATION_NAME = "hb_generation"
@@ -121,84 +125,6 @@ def next_generation(run_dir: str) -> int:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return gen
-
-
-# --- media --------------------------------------------------------------------------------
-
-class Media:
-    """UDP sockets for bcast / ucast (udpport) and mcast lines; send() goes out on all of them."""
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.socks: list[socket.socket] = []
-        self.targets: list[tuple[socket.socket, tuple[str, int]]] = []
-        self._errors_logged: dict[str, float] = {}
-
-    def open(self) -> None:
-        try:
-            self._open()
-        except OSError as e:
-            self.close()
-            raise ConfigError(f"{self.cfg.path}: cannot open heartbeat media on udpport {self.cfg.udpport}: "
-                              f"{e.strerror or e}") from e
-
-    def _open(self) -> None:
-        by_dev: dict[str, socket.socket] = {}
-        local = {a for _n, a, _p in ipaddr.interface_addresses()}
-
-        def dev_socket(dev: str) -> socket.socket:
-            if dev not in by_dev:
-                if not os.path.exists(f"/sys/class/net/{dev}"):
-                    raise ConfigError(f"{self.cfg.path}: heartbeat medium on {dev!r}: no such interface")
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode() + b"\0")
-                s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x10)  # IPTOS_LOWDELAY, as heartbeat
-                s.bind(("", self.cfg.udpport))
-                s.setblocking(False)
-                by_dev[dev] = s
-                self.socks.append(s)
-            return by_dev[dev]
-
-        for dev in self.cfg.bcast:
-            self.targets.append((dev_socket(dev), ("255.255.255.255", self.cfg.udpport)))
-        for u in self.cfg.ucast:
-            if u.addr in local:
-                continue          # heartbeat ignores ucast lines naming this host
-            self.targets.append((dev_socket(u.dev), (u.addr, self.cfg.udpport)))
-        for m in self.cfg.mcast:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, m.dev.encode() + b"\0")
-            s.bind((m.group, m.port))
-            mreqn = struct.pack("4s4si", socket.inet_aton(m.group), socket.inet_aton("0.0.0.0"),
-                                ipaddr.interface_index(m.dev))
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, m.ttl)
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, m.loop)
-            s.setblocking(False)
-            self.socks.append(s)
-            self.targets.append((s, (m.group, m.port)))
-        if not self.targets:
-            raise ConfigError(f"{self.cfg.path}: no usable heartbeat medium (serial is not supported; "
-                              f"ucast lines name only this host)")
-
-    def send(self, datagram: bytes) -> None:
-        for s, target in self.targets:
-            try:
-                s.sendto(datagram, target)
-            except OSError as e:
-                key = f"{target[0]}:{e.errno}"
-                now = time.monotonic()
-                if now - self._errors_logged.get(key, -1e9) > 30:
-                    self._errors_logged[key] = now
-                    log.warning("media: send to %s:%d failed: %s", target[0], target[1], e.strerror)
-
-    def close(self) -> None:
-        for s in self.socks:
-            s.close()
 
 
 # --- the daemon ---------------------------------------------------------------------------
@@ -297,13 +223,8 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_shutdown)
         loop.add_signal_handler(signal.SIGUSR1, self.dump_state)
         loop.add_signal_handler(signal.SIGHUP, self.config_check)
-        sock_path = os.path.join(self.run_dir, SOCKET_NAME)
-        try:
-            os.unlink(sock_path)
-        except FileNotFoundError:
-            pass
-        server = await asyncio.start_unix_server(self._on_client, path=sock_path)
-        os.chmod(sock_path, 0o600)
+        control = ControlSocket(self, self.run_dir)
+        await control.open()
         worker = asyncio.create_task(self._op_worker())
         try:
             self._pump()
@@ -325,14 +246,10 @@ class Daemon:
                 self._pump()
         finally:
             worker.cancel()
-            server.close()
+            control.close()
             for s in self.media.socks:
                 loop.remove_reader(s.fileno())
             self.media.close()
-            try:
-                os.unlink(sock_path)
-            except FileNotFoundError:
-                pass
             self.journal.record("daemon", state="stopped")
             self.journal.close()
         self._log("info", f"hbd {self.node}: stopped")
@@ -355,6 +272,11 @@ class Daemon:
             if not moved:
                 return
 
+    def kick(self) -> None:
+        """Something changed outside the loop's own callbacks (a request, a result): act on it now."""
+        self._pump()
+        self._wake.set()
+
     def _on_readable(self, s: socket.socket) -> None:
         for _ in range(64):
             try:
@@ -365,8 +287,7 @@ class Daemon:
                 log.debug("media: receive failed: %s", e.strerror)
                 break
             self.m.receive_datagram(data, addr, time.monotonic())
-        self._pump()
-        self._wake.set()
+        self.kick()
 
     def _on_membership_event(self, e, now: float) -> None:
         g = self.g
@@ -437,8 +358,7 @@ class Daemon:
                 self._log("info", f"group {a.key}: stopping ({a.reason})")
                 ok = await self.runner.stop_group(group)
                 self.g.group_stopped(a.key, ok, time.monotonic())
-            self._pump()
-            self._wake.set()
+            self.kick()
 
     async def _fence(self, node: str) -> None:
         self._log("warn", f"stonith: resetting node {node}")
@@ -446,8 +366,7 @@ class Daemon:
         self._log("info" if ok else "crit", detail)
         self.journal.record("stonith", peer=node, result="ok" if ok else "failed", detail=detail)
         self.g.fence_done(node, ok, time.monotonic())
-        self._pump()
-        self._wake.set()
+        self.kick()
 
     # --- signals ------------------------------------------------------------------------------
     def request_shutdown(self) -> None:
@@ -458,8 +377,7 @@ class Daemon:
         self._log("info", f"hbd {self.node}: shutdown requested: releasing resources")
         self.journal.record("daemon", state="stop")
         self.g.shutdown(time.monotonic())
-        self._pump()
-        self._wake.set()
+        self.kick()
 
     def dump_state(self) -> None:
         self._log("info", "state dump: membership " + json.dumps(self.m.snapshot(), default=str))
@@ -471,49 +389,6 @@ class Daemon:
             self._log("info", "SIGHUP: configuration OK; restart hbd to apply changes")
         except ReplicaError as e:
             self._log("crit", f"SIGHUP: configuration invalid, keeping the running one: {e}")
-
-    # --- control socket (hbctl) ---------------------------------------------------------------
-    async def _on_client(self, reader, writer) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            try:
-                req = json.loads(line)
-                resp = self.handle_request(req if isinstance(req, dict) else {})
-            except ValueError:
-                resp = {"ok": False, "error": "control: bad request: expected one JSON object per line"}
-            writer.write(json.dumps(resp, default=str).encode() + b"\n")
-            await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    def handle_request(self, req: dict) -> dict:
-        cmd = req.get("cmd")
-        now = time.monotonic()
-        if cmd == "status":
-            return {"ok": True, "node": self.node, "pid": os.getpid(), "membership": self.m.snapshot(),
-                    "groups": self.g.snapshot(),
-                    "journal": read_journal(self.journal.path, limit=int(req.get("journal", 15)))}
-        if cmd == "nodestatus":
-            try:
-                return {"ok": True, "status": self.m.node_status(str(req.get("node", "")))}
-            except ReplicaError as e:
-                return {"ok": False, "error": f"nodestatus: {e}"}
-        if cmd == "rscstatus":
-            return {"ok": True, "rscstatus": self.g.rscstatus()}
-        if cmd in ("standby", "takeover"):
-            which = str(req.get("which", "all"))
-            try:
-                (self.g.request_standby if cmd == "standby" else self.g.request_takeover)(which, now)
-            except StateChangeRefused as e:
-                self.journal.record("request", what=cmd, which=which, result="refused", detail=str(e))
-                return {"ok": False, "error": str(e)}
-            self.journal.record("request", what=cmd, which=which, result="ok")
-            self._pump()
-            self._wake.set()
-            return {"ok": True}
-        return {"ok": False, "error": f"control: unknown command {cmd!r}"}
 
 
 # --- process plumbing ---------------------------------------------------------------------

@@ -10,7 +10,8 @@
 
 Checks: each side starts its own group; killing the real daemon makes hbd take hbsvc1 over; when
 the real daemon comes back hbd hands hbsvc1 back (standby protocol, or giving way when the real
-daemon takes its group back itself in legacy mode); a clean
+daemon takes its group back itself in legacy mode and tells itself so with an ip-request-resp,
+which hbd sees and acts on at once); a clean
 SIGTERM of hbd makes the real heartbeat take hbsvc2 at once (shutdone), and when hbd returns the
 real heartbeat hands hbsvc2 back.
 """
@@ -235,8 +236,20 @@ def test_real_heartbeat_and_hbd_fail_over_to_each_other(pair, tmp_path, mode):
 
         # it comes back: hbd hands hbsvc1 back
         real.start()
-        assert wait_for(lambda: has("ha1", "hbsvc1") and not has("ha2", "hbsvc1"), 60), logs()
-        assert has("ha2", "hbsvc2") and not has("ha1", "hbsvc2")
+        assert wait_for(lambda: has("ha1", "hbsvc1"), 60), logs()
+        t_real = time.monotonic()
+        assert wait_for(lambda: not has("ha2", "hbsvc1"), 60), logs()
+        overlap_s = time.monotonic() - t_real
+        assert has("ha1", "hbsvc1") and has("ha2", "hbsvc2") and not has("ha1", "hbsvc2")
+        if mode == "legacy":
+            # the real daemon either asks (ip-request) or, having seen no active peer, takes hbsvc1 and
+            # says so with an ip-request-resp addressed to itself: hbd acts on that message at once,
+            # never on its LEGACY_ASK_WAIT_S (5 s) fallback
+            text = (tmp_path / "ha2" / "hbd.log").read_text()
+            assert ("node 'ha1' acquired its group 'hbsvc1' while we hold it" in text
+                    or "node 'ha1' asks for group 'hbsvc1'" in text), logs()
+            assert "did not ask for" not in text, logs()
+            assert overlap_s < 3.0, f"hbsvc1 ran on both nodes for {overlap_s:.1f} s\n{logs()}"
 
         # hbd stops cleanly: the real heartbeat takes hbsvc2 at once (shutdone), not after deadtime
         time.sleep(2)
