@@ -12,7 +12,10 @@ UUIDs belong to the owner (replica.resource.ResourceRuntime); this module moves 
       │                 acceptor:  accept on our own address
       │     TCP up ──► handshake (replica.protocol.repl, frames read one by one so that no byte
       │                 of the data stream is consumed, bounded by HANDSHAKE_TIMEOUT_S)
-      │       fails: auth, refused, malformed ──► log naming the peer, close, retry
+      │       fails: refused, malformed, version ──► log naming the peer, close, retry
+      │       fails for good: authentication, incompatible net settings (protocol...) ──►
+      │         log naming the peer, owner.discard_network_config(): StandAlone, thread ends
+      │         (DRBD: "Authentication of peer failed", "Discarding network configuration.")
       │     HandshakeDone ──► owner.link_established(sock, done, peer_bitmap)
       │       False (split brain, unrelated data...) ──► StandAlone: the thread ends
       │       True  ──► Connected: wait for link_down() (peer lost, ping timeout, disconnect)
@@ -35,8 +38,9 @@ from replica.bitmap import Bitmap
 from replica.errors import LocalProtocolError, RemoteProtocolError
 from replica.protocol import repl_wire as wire
 from replica.protocol.repl import (NEED_DATA, Authenticated, AuthFailed, HandshakeDone,
-                                   HandshakeFailed, PeerBitmap, PeerHello, PeerRefused,
-                                   ReplHandshake)
+                                   HandshakeFailed, Incompatible, PeerBitmap, PeerHello,
+                                   PeerRefused, ReplHandshake)
+from replica.protocol.repl_wire import RefuseCode
 from replica.resync import TokenBucket
 from replica.uuids import SplitBrainPolicy
 
@@ -178,7 +182,9 @@ class PeerLink:
             finally:
                 self._sock = None
                 sock.close()
-            if not keep:
+            if not keep:                    # StandAlone: free the address for a new connect
+                if self._listener is not None:
+                    self._listener.close()
                 return
             if not self._stopping.is_set() and self.initiator:
                 self._stopping.wait(min(1.0, self.net.connect_int_s))
@@ -198,7 +204,10 @@ class PeerLink:
             log.warning("peer link: %s: %s", self.name, self.last_error)
             self._stopping.wait(min(1.0, self.net.connect_int_s))
             return True
-        if done is None:
+        if not isinstance(done, HandshakeDone):
+            if self._gives_up(done):
+                self.owner.discard_network_config(self, self.last_error)
+                return False
             self._stopping.wait(self.net.connect_int_s)
             return True
         sock.settimeout(None)
@@ -208,7 +217,22 @@ class PeerLink:
         self._down.wait()
         return True
 
-    def _handshake(self, sock: socket.socket) -> tuple[HandshakeDone | None, Bitmap | None]:
+    def _gives_up(self, event) -> bool:
+        """Log a failed handshake naming the peer; True if it is final (go StandAlone)."""
+        code = event.code if isinstance(event, PeerRefused) else None
+        if isinstance(event, AuthFailed) or code is RefuseCode.AUTH:
+            log.error("peer link: %s: peer %s: Authentication of peer failed: %s", self.name,
+                      self.peer_text, event.reason)
+        elif isinstance(event, Incompatible) or code is RefuseCode.INCOMPATIBLE:
+            log.error("peer link: %s: peer %s: %s", self.name, self.peer_text, event.reason)
+        else:
+            log.warning("peer link: %s: %s", self.name, self.last_error)
+            return False
+        log.warning("peer link: %s: Discarding network configuration.", self.name)
+        return True
+
+    def _handshake(self, sock: socket.socket) -> tuple[object, Bitmap | None]:
+        """(HandshakeDone, the peer's bitmap) or (the failure event, None)."""
         sock.settimeout(HANDSHAKE_TIMEOUT_S)
         alg, secret = self._auth if self._auth else (None, None)
         hs = ReplHandshake(self.owner.hello_info(), secret=secret, alg=alg, mac=hmac_digest,
@@ -232,10 +256,12 @@ class PeerLink:
                          self.peer_text, alg)
             elif isinstance(event, PeerBitmap):
                 bitmap = event.bitmap
-            elif isinstance(event, (AuthFailed, HandshakeFailed, PeerRefused)):
+            elif isinstance(event, (AuthFailed, HandshakeFailed, Incompatible, PeerRefused)):
                 self.last_error = f"peer {self.peer_text}: {event.reason}"
-                log.warning("peer link: %s: %s", self.name, self.last_error)
-                return None, None
+                if isinstance(event, AuthFailed):
+                    self.last_error = (f"peer {self.peer_text}: authentication of peer failed: "
+                                       f"{event.reason}")
+                return event, None
             elif isinstance(event, HandshakeDone):
                 self.last_error = ""
                 return event, bitmap

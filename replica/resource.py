@@ -73,6 +73,7 @@ class ResourceRuntime(ResourceEvents):
         self._resync_started = 0.0
         self.size = 0
         self._discard_my_data = False
+        self._standalone_reason = ""          # why the peer link gave up for good
         self._events: queue.Queue = queue.Queue()
         self._threads_stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -318,6 +319,7 @@ class ResourceRuntime(ResourceEvents):
             raise Refusal.NO_NET_CONFIG.error(self.name)
         new = self._request(Request.CONNECT, "connect")
         self._discard_my_data = discard_my_data
+        self._standalone_reason = ""
         self.link = PeerLink(self, node=self.host.name, peer=self.peer_host.name,
                              local_addr=self.host.address, peer_addr=self.peer_host.address,
                              net=self.resource.net)
@@ -382,10 +384,21 @@ class ResourceRuntime(ResourceEvents):
                     uuids=self.md.uuids.with_role(self.state.role is Role.Primary),
                     role=self.state.role, disk=self.state.disk,
                     flags=self.md.uuid_flags(discard_my_data=self._discard_my_data),
-                    bits=self.md.bitmap.count())
+                    bits=self.md.bitmap.count(),
+                    settings=repl.LinkSettings.from_net(self.resource.net))
 
     def encoded_bitmap(self) -> bytes:
         return self.md.bitmap.encode()
+
+    def discard_network_config(self, link: PeerLink, why: str) -> None:
+        """The handshake failed for good (authentication, incompatible net settings): StandAlone
+        until the next `connect`, as DRBD does; the PeerLink thread ends after this."""
+        with self.lock:
+            if self.link is not link:
+                return                      # disconnected meanwhile, or a newer link
+            self.link = None
+            self._standalone_reason = why
+            self._set_state(apply_split_brain(self.state), "network configuration discarded")
 
     def link_established(self, sock, done: repl.HandshakeDone, peer_bitmap) -> bool:
         """Apply the handshake's verdict; attach C to the socket. False: stay StandAlone."""
@@ -405,6 +418,7 @@ class ResourceRuntime(ResourceEvents):
                                         f"{done.peer.data_size} bytes")
                 self._set_state(apply_split_brain(self.state), "data size mismatch")
                 self.link = None
+                self._standalone_reason = f"peer {peer}: data size mismatch"
                 return False
             if v.decision.drops_connection:
                 if v.split_brain:
@@ -414,6 +428,7 @@ class ResourceRuntime(ResourceEvents):
                     log.error("%s: %s (peer %s): dropping connection", self.name, v.reason, peer)
                 self._set_state(apply_split_brain(self.state), str(v.decision))
                 self.link = None
+                self._standalone_reason = f"peer {peer}: {v.reason}"
                 if v.handler:
                     self._run_handler(v.handler)
                 return False
@@ -611,7 +626,7 @@ class ResourceRuntime(ResourceEvents):
             "nbd_uri": self.endpoint.nbd_uri(self.name),
             "stats": st,
             "last_resync": self.last_resync,
-            "link_error": self.link.last_error if self.link else "",
+            "link_error": self.link.last_error if self.link else self._standalone_reason,
         }
         if self.md is not None:
             out["uuids"] = self.md.uuids.text()

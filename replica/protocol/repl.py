@@ -11,16 +11,20 @@ Handshake (both sides run the same machine; `is_initiator` is the side that conn
     START ──(HELLO [+ AUTH_CHALLENGE] queued at creation)──> WAIT_HELLO
     WAIT_HELLO  ──peer HELLO, versions overlap──> WAIT_AUTH (secret set) | DECIDE
                 ──no common version / both initiators──> FAILED (HandshakeFailed, REFUSE sent)
+                ──cram-hmac-alg differs──> FAILED (AuthFailed, REFUSE AUTH sent)
     WAIT_AUTH   ──peer AUTH_CHALLENGE──> send AUTH_RESPONSE (HMAC of it, our side's label)
                 ──peer AUTH_RESPONSE verifies──> DECIDE (Authenticated)
                 ──alg/secret mismatch, bad response, reflected challenge──> FAILED (AuthFailed)
-    DECIDE      emit PeerHello, sync_handshake() on both tuples, send SYNC_DECISION
+    DECIDE      net settings differ (protocol, after-sb-*, allow-two-primaries,
+                data-integrity-alg, discard-my-data on both) ──> FAILED (Incompatible,
+                REFUSE INCOMPATIBLE sent; DRBD's receive_protocol() checks, both sides see it)
+                else emit PeerHello, sync_handshake() on both tuples, send SYNC_DECISION
                 ──> WAIT_DECISION
     WAIT_DECISION ──peer decision == mirror of ours──> WAIT_BITMAP (bitmap resync) | DONE
                   ──mismatch──> FAILED (HandshakeFailed)
     WAIT_BITMAP ──peer BITMAP ... BITMAP_LAST──> DONE (PeerBitmap, then HandshakeDone)
     any         ──EOF──> FAILED (HandshakeFailed "connection closed by peer")
-    any         ──peer REFUSE──> FAILED (PeerRefused with the peer's reason)
+    any         ──peer REFUSE──> FAILED (PeerRefused with the peer's reason and RefuseCode)
     any         ──malformed/unexpected frame──> ERROR (RemoteProtocolError raised)
 
 Authentication is mutual challenge-response (DRBD `cram-hmac-alg` + `shared-secret`): each side
@@ -31,6 +35,10 @@ author, and the HELLO (UUIDs, role, size) is authenticated too, not only the con
 challenge equal to our own is refused outright. Digests are
 computed by the injected `mac(alg, key, msg)` (replica.auth, `cryptography`) and compared with
 `hmac.compare_digest`. Nothing the peer says (PeerHello) is reported before it authenticated.
+
+AuthFailed and Incompatible are final, as in DRBD ("Authentication of peer failed", "incompatible
+communication protocols"): the driver goes StandAlone instead of retrying; the REFUSE it sends
+carries the RefuseCode so that a peer which has not noticed yet does the same.
 """
 import hmac
 import struct
@@ -40,8 +48,8 @@ from dataclasses import dataclass
 from replica.bitmap import Bitmap, max_encoded_size
 from replica.errors import LocalProtocolError, RemoteProtocolError
 from replica.protocol import repl_wire as wire
-from replica.protocol.repl_wire import (BITMAP_LAST, DataFlag, Feature, ReplPacket, WireDisk,
-                                        WireRole)
+from replica.protocol.repl_wire import (BITMAP_LAST, DataFlag, Feature, NetFlag, RefuseCode,
+                                        ReplPacket, WireDisk, WireProtocol, WireRole)
 from replica.states import DiskState, Role
 from replica.uuids import (GenerationUuids, SplitBrainPolicy, SyncDecision, SyncVerdict, UuidFlag,
                            UuidReport, sync_handshake)
@@ -185,6 +193,44 @@ class ReplDecoder:
 # --- HELLO and control bodies ----------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
+class LinkSettings:
+    """The net options both nodes must share (DRBD's P_PROTOCOL); a mismatch is refused."""
+
+    protocol: str = "C"
+    allow_two_primaries: bool = False
+    after_sb_0pri: str = "disconnect"
+    after_sb_1pri: str = "disconnect"
+    after_sb_2pri: str = "disconnect"
+    data_integrity_alg: str = ""         # empty: off
+
+    @classmethod
+    def from_net(cls, net) -> "LinkSettings":
+        """From any object with the config's net option attribute names."""
+        return cls(net.protocol, net.allow_two_primaries, net.after_sb_0pri, net.after_sb_1pri,
+                   net.after_sb_2pri, net.data_integrity_alg or "")
+
+    def mismatches(self, peer: "LinkSettings") -> list[str]:
+        """One phrase per setting that differs, in DRBD's words; empty if compatible."""
+        out = []
+        if self.protocol != peer.protocol:
+            out.append(f"incompatible communication protocols: local protocol {self.protocol}, "
+                       f"peer protocol {peer.protocol}")
+        for name in ("after_sb_0pri", "after_sb_1pri", "after_sb_2pri", "allow_two_primaries",
+                     "data_integrity_alg"):
+            mine, theirs = getattr(self, name), getattr(peer, name)
+            if mine != theirs:
+                out.append(f"incompatible {name.replace('_', '-')} settings: local "
+                           f"{_setting_text(mine)}, peer {_setting_text(theirs)}")
+        return out
+
+
+def _setting_text(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return value or "off"
+
+
+@dataclass(frozen=True, slots=True)
 class HelloInfo:
     """What a node announces on connect (its side of DRBD's P_PROTOCOL/P_UUIDS/P_SIZES/P_STATE)."""
 
@@ -196,6 +242,7 @@ class HelloInfo:
     flags: UuidFlag = UuidFlag(0)
     features: Feature = wire.FEATURES_ALL
     bits: int = 0                        # dirty blocks in our bitmap (after-sb policies)
+    settings: LinkSettings = LinkSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,29 +258,65 @@ def encode_hello(info: HelloInfo, alg: str, initiator: bool,
                  version_min: int = wire.PROTOCOL_VERSION_MIN,
                  version_max: int = wire.PROTOCOL_VERSION_MAX) -> bytes:
     name = info.node_name.encode("utf-8")
-    algb = alg.encode("ascii")
-    if not 0 < len(name) <= wire.NODE_NAME_MAX or len(algb) > wire.ALG_NAME_MAX:
-        raise LocalProtocolError(f"repl: HELLO: bad node name or alg: {info.node_name!r} {alg!r}")
+    st = info.settings
+    try:
+        algb = alg.encode("ascii")
+        policies = [p.encode("ascii") for p in (st.after_sb_0pri, st.after_sb_1pri,
+                                                st.after_sb_2pri)]
+        integrity = st.data_integrity_alg.encode("ascii")
+        proto = WireProtocol[st.protocol]
+    except (UnicodeEncodeError, KeyError):
+        raise LocalProtocolError(f"repl: HELLO: bad alg or net settings: {alg!r} {st}") from None
+    if (not 0 < len(name) <= wire.NODE_NAME_MAX or len(algb) > wire.ALG_NAME_MAX
+            or len(integrity) > wire.ALG_NAME_MAX
+            or any(len(p) > wire.POLICY_MAX for p in policies)):
+        raise LocalProtocolError(f"repl: HELLO: bad node name, alg or net settings: "
+                                 f"{info.node_name!r} {alg!r} {st}")
     u = info.uuids
+    net_flags = NetFlag.ALLOW_TWO_PRIMARIES if st.allow_two_primaries else NetFlag(0)
     body = wire.HELLO_FIXED.pack(version_min, version_max, int(info.features), info.data_size,
                                  u.current, u.bitmap, u.history[0], u.history[1], info.bits,
                                  int(info.flags),
                                  _ROLE_TO_WIRE[info.role], _DISK_TO_WIRE[info.disk], len(name),
-                                 len(algb)) + name + algb
+                                 len(algb), proto, int(net_flags), *map(len, policies),
+                                 len(integrity)) + name + algb + b"".join(policies) + integrity
     return encode_frame(Frame(ReplPacket.HELLO, flags=1 if initiator else 0, payload=body))
 
 
-def decode_hello(frame: Frame) -> _Hello:
-    p = frame.payload
-    (vmin, vmax, features, size, cur, bm, h0, h1, bits, uflags, role, disk, name_len,
-     alg_len) = wire.HELLO_FIXED.unpack_from(p)
-    if len(p) != wire.HELLO_FIXED.size + name_len + alg_len:
-        raise RemoteProtocolError(f"repl: invalid HELLO: length={len(p)}, name_len={name_len} "
-                                  f"alg_len={alg_len}")
-    if name_len == 0 or alg_len > wire.ALG_NAME_MAX:
-        raise RemoteProtocolError(f"repl: invalid HELLO: name_len={name_len} alg_len={alg_len}")
+def hello_versions(frame: Frame) -> tuple[int, int]:
+    """The version range a HELLO of any protocol version announces (its first 4 bytes)."""
+    vmin, vmax = wire.VERSIONS.unpack_from(frame.payload)
     if vmin > vmax:
         raise RemoteProtocolError(f"repl: invalid HELLO: version range {vmin}..{vmax}")
+    return vmin, vmax
+
+
+def decode_hello(frame: Frame) -> _Hello:
+    """A HELLO of this layout (check hello_versions() first); RemoteProtocolError if malformed."""
+    p = frame.payload
+    if len(p) < wire.HELLO_FIXED.size:
+        raise RemoteProtocolError(f"repl: invalid HELLO: length={len(p)}, expected at least "
+                                  f"{wire.HELLO_FIXED.size}")
+    (vmin, vmax, features, size, cur, bm, h0, h1, bits, uflags, role, disk, name_len,
+     alg_len, proto, net_flags, *lens) = wire.HELLO_FIXED.unpack_from(p)
+    policy_lens, integrity_len = lens[:3], lens[3]
+    if len(p) != wire.HELLO_FIXED.size + name_len + alg_len + sum(lens):
+        raise RemoteProtocolError(f"repl: invalid HELLO: length={len(p)}, name_len={name_len} "
+                                  f"alg_len={alg_len} settings_len={sum(lens)}")
+    if (name_len == 0 or alg_len > wire.ALG_NAME_MAX or integrity_len > wire.ALG_NAME_MAX
+            or not all(0 < n <= wire.POLICY_MAX for n in policy_lens)):
+        raise RemoteProtocolError(f"repl: invalid HELLO: name_len={name_len} alg_len={alg_len} "
+                                  f"after-sb lengths={policy_lens} "
+                                  f"data-integrity-alg length={integrity_len}")
+    if vmin > vmax:
+        raise RemoteProtocolError(f"repl: invalid HELLO: version range {vmin}..{vmax}")
+    try:
+        proto_e = WireProtocol(proto)
+    except ValueError:
+        raise RemoteProtocolError(f"repl: invalid HELLO: protocol={proto}") from None
+    if net_flags & ~int(NetFlag.ALLOW_TWO_PRIMARIES):
+        raise RemoteProtocolError(f"repl: invalid HELLO: net_flags=0x{net_flags:02x} has "
+                                  "unknown bits")
     try:
         role_e = _WIRE_TO_ROLE[WireRole(role)]
     except ValueError:
@@ -243,15 +326,24 @@ def decode_hello(frame: Frame) -> _Hello:
     except ValueError:
         raise RemoteProtocolError(f"repl: invalid HELLO: disk={disk}") from None
     off = wire.HELLO_FIXED.size
+    fields = []
+    for n in (name_len, alg_len, *lens):
+        fields.append(p[off:off + n])
+        off += n
     try:
-        name = p[off:off + name_len].decode("utf-8")
-        alg = p[off + name_len:].decode("ascii")
+        name = fields[0].decode("utf-8")
+        alg, asb0, asb1, asb2, integrity = (f.decode("ascii") for f in fields[1:])
     except UnicodeDecodeError as e:
-        raise RemoteProtocolError(f"repl: invalid HELLO: node name or alg: {e.reason}") from None
-    if not name.isprintable() or not alg.isprintable():
-        raise RemoteProtocolError("repl: invalid HELLO: unprintable node name or alg")
+        raise RemoteProtocolError(f"repl: invalid HELLO: node name, alg or net settings: "
+                                  f"{e.reason}") from None
+    if not all(x.isprintable() for x in (name, alg, asb0, asb1, asb2, integrity)):
+        raise RemoteProtocolError("repl: invalid HELLO: unprintable node name, alg or net "
+                                  "settings")
+    settings = LinkSettings(proto_e.name, bool(net_flags & NetFlag.ALLOW_TWO_PRIMARIES), asb0,
+                            asb1, asb2, integrity)
     info = HelloInfo(name, size, GenerationUuids(cur, bm, (h0, h1)), role_e, disk_e,
-                     UuidFlag(uflags & 0xF), Feature(features & int(wire.FEATURES_ALL)), bits)
+                     UuidFlag(uflags & 0xF), Feature(features & int(wire.FEATURES_ALL)), bits,
+                     settings)
     return _Hello(info, vmin, vmax, alg, bool(frame.flags & 1))
 
 
@@ -280,8 +372,8 @@ def decode_uuids(frame: Frame) -> tuple[GenerationUuids, UuidFlag]:
     return GenerationUuids(cur, bm, (h0, h1)), UuidFlag(fl & 0xF)
 
 
-def encode_refuse(reason: str) -> bytes:
-    return encode_frame(Frame(ReplPacket.REFUSE,
+def encode_refuse(reason: str, code: RefuseCode = RefuseCode.OTHER) -> bytes:
+    return encode_frame(Frame(ReplPacket.REFUSE, aux=int(code),
                               payload=reason.encode("utf-8")[:wire.REFUSE_MAX]))
 
 
@@ -328,8 +420,21 @@ class HandshakeFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class Incompatible:
+    """The peer's net settings differ from ours (LinkSettings.mismatches, joined by '; ')."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class PeerRefused:
     reason: str
+    code: RefuseCode = RefuseCode.OTHER
+
+    @property
+    def final(self) -> bool:
+        """The peer went StandAlone (authentication failed, incompatible settings)."""
+        return self.code is not RefuseCode.OTHER
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +450,8 @@ class HandshakeDone:
     features: Feature
 
 
-_TERMINAL = (AuthFailed, HandshakeFailed, PeerRefused, HandshakeDone)
+_TERMINAL = (AuthFailed, HandshakeFailed, Incompatible, PeerRefused, HandshakeDone)
+_REFUSE_CODE = {AuthFailed: RefuseCode.AUTH, Incompatible: RefuseCode.INCOMPATIBLE}
 
 
 class ReplHandshake:
@@ -435,7 +541,8 @@ class ReplHandshake:
     def _fail(self, event, refuse: bool = True) -> None:
         self.state = "FAILED"
         if refuse:
-            self._out += encode_refuse(event.reason)
+            self._out += encode_refuse(event.reason,
+                                       _REFUSE_CODE.get(type(event), RefuseCode.OTHER))
         self._events.append(event)
 
     def _unexpected(self, frame: Frame) -> None:
@@ -445,13 +552,19 @@ class ReplHandshake:
         t = frame.type
         if t is ReplPacket.REFUSE:
             reason = frame.payload.decode("utf-8", "replace")
-            self._fail(PeerRefused(f"peer refused the connection: {reason}"), refuse=False)
+            try:
+                code = RefuseCode(frame.aux)
+            except ValueError:
+                code = RefuseCode.OTHER
+            self._fail(PeerRefused(f"peer refused the connection: {reason}", code),
+                       refuse=False)
             return
         if self.state == "WAIT_HELLO":
             if t is not ReplPacket.HELLO:
                 self._unexpected(frame)
             self._peer_hello_payload = frame.payload
-            self._on_hello(decode_hello(frame))
+            if self._versions_agree(*hello_versions(frame)):
+                self._on_hello(decode_hello(frame))
         elif self.state == "WAIT_AUTH":
             if t is ReplPacket.AUTH_CHALLENGE:
                 self._on_challenge(frame.payload)
@@ -473,15 +586,16 @@ class ReplHandshake:
         else:
             self._unexpected(frame)
 
-    def _on_hello(self, h: _Hello) -> None:
-        self._peer_hello = h
-        lo = max(h.version_min, wire.PROTOCOL_VERSION_MIN)
-        hi = min(h.version_max, wire.PROTOCOL_VERSION_MAX)
-        if lo > hi:
+    def _versions_agree(self, vmin: int, vmax: int) -> bool:
+        if max(vmin, wire.PROTOCOL_VERSION_MIN) > min(vmax, wire.PROTOCOL_VERSION_MAX):
             self._fail(HandshakeFailed(
                 f"protocol version mismatch: we speak {wire.PROTOCOL_VERSION_MIN}.."
-                f"{wire.PROTOCOL_VERSION_MAX}, peer speaks {h.version_min}..{h.version_max}"))
-            return
+                f"{wire.PROTOCOL_VERSION_MAX}, peer speaks {vmin}..{vmax}"))
+            return False
+        return True
+
+    def _on_hello(self, h: _Hello) -> None:
+        self._peer_hello = h
         if h.initiator == self.is_initiator:
             self._fail(HandshakeFailed("both sides claim to have " +
                                        ("initiated" if h.initiator else "accepted") +
@@ -523,13 +637,19 @@ class ReplHandshake:
         expected = self._mac(self._alg, self._secret, self._label(not self.is_initiator) +
                              self._challenge + self._peer_hello_payload)
         if not hmac.compare_digest(response, expected):
-            self._fail(AuthFailed("authentication of peer failed: wrong shared-secret "
-                                  f"(cram-hmac-alg {self._alg})"))
+            self._fail(AuthFailed(f"wrong shared-secret (cram-hmac-alg {self._alg})"))
             return
         self._peer_authed = True
 
     def _decide(self) -> None:
         info = self._peer_hello.info
+        problems = self.local.settings.mismatches(info.settings)
+        if UuidFlag.DISCARD_MY_DATA in self.local.flags & info.flags:
+            problems.append("incompatible discard-my-data settings: both sides have "
+                            "discard-my-data set")
+        if problems:
+            self._fail(Incompatible("; ".join(problems)))
+            return
         self.peer = info
         self._events.append(PeerHello(info))
         loc = self.local

@@ -15,8 +15,11 @@ can validate and log them. Handshake and control packets (0x40 and up) are Pytho
 
 Bodies of handshake packets (all big-endian):
 
-    HELLO           HELLO_FIXED, then node name (name_len bytes, UTF-8) and cram-hmac-alg
-                    name (alg_len bytes, ASCII; empty = no authentication)
+    HELLO           HELLO_FIXED, then node name (name_len bytes, UTF-8), cram-hmac-alg name
+                    (alg_len bytes, ASCII; empty = no authentication), after-sb-0pri,
+                    after-sb-1pri, after-sb-2pri and data-integrity-alg (ASCII, each with its
+                    length in HELLO_FIXED; empty alg = off). The version pair comes first so
+                    that any future layout can still be told "protocol version mismatch"
     AUTH_CHALLENGE  payload: random challenge, CHALLENGE_MIN..CHALLENGE_MAX bytes
     AUTH_RESPONSE   payload: HMAC digest, RESPONSE_MIN..RESPONSE_MAX bytes
     SYNC_DECISION   no payload; aux = decision (SyncDecision.hg as signed 32-bit), offset = rule
@@ -28,7 +31,8 @@ Bodies of handshake packets (all big-endian):
     OUTDATE         no payload: "mark your disk Outdated" (fencing / graceful disconnect)
     OUTDATE_REPLY   no payload; aux = 0 done, else errno-like refusal code
     DISCONNECT      no payload: graceful disconnect follows
-    REFUSE          payload: one UTF-8 line, why the sender drops the connection
+    REFUSE          payload: one UTF-8 line, why the sender drops the connection; aux = a
+                    RefuseCode (the peer gave up for good on AUTH and INCOMPATIBLE)
 """
 import enum
 import struct
@@ -40,8 +44,9 @@ assert HEADER_SIZE == 32
 
 MAX_PAYLOAD = 64 * 1024 * 1024        # any length above this is a protocol violation
 
-PROTOCOL_VERSION_MIN = 1
-PROTOCOL_VERSION_MAX = 1
+PROTOCOL_VERSION_MIN = 2             # 2: HELLO carries the net settings both sides must share
+PROTOCOL_VERSION_MAX = 2
+VERSIONS = struct.Struct(">HH")      # the first 4 bytes of every HELLO, in every version
 
 
 class ReplPacket(enum.IntEnum):
@@ -114,14 +119,36 @@ class WireDisk(enum.IntEnum):
     UPTODATE = 8
 
 
+class WireProtocol(enum.IntEnum):
+    """The replication protocol letter (`net { protocol A|B|C; }`), as DRBD numbers it."""
+
+    A = 1
+    B = 2
+    C = 3
+
+
+class NetFlag(enum.IntFlag):
+    ALLOW_TWO_PRIMARIES = 0x01
+
+
+class RefuseCode(enum.IntEnum):
+    """REFUSE aux: why the sender drops the connection."""
+
+    OTHER = 0                 # e.g. version mismatch, malformed frame: the sender retries
+    AUTH = 1                  # authentication failed: the sender went StandAlone
+    INCOMPATIBLE = 2          # net settings differ (protocol...): the sender went StandAlone
+
+
 # HELLO fixed part: version_min u16, version_max u16, features u32, data_size u64,
 # current u64, bitmap u64, history0 u64, history1 u64, bits u64 (dirty blocks in the bitmap,
 # DRBD's "bits:" used by after-sb policies), uuid_flags u32, role u8, disk u8, name_len u8,
-# alg_len u8.
-HELLO_FIXED = struct.Struct(">HHIQQQQQQIBBBB")
-HELLO_MAX = HELLO_FIXED.size + 255 + 255
+# alg_len u8, protocol u8 (WireProtocol), net_flags u8 (NetFlag), asb0_len u8, asb1_len u8,
+# asb2_len u8, integrity_alg_len u8.
+HELLO_FIXED = struct.Struct(">HHIQQQQQQIBBBBBBBBBB")
 NODE_NAME_MAX = 255
-ALG_NAME_MAX = 32
+ALG_NAME_MAX = 64
+POLICY_MAX = 80                       # "discard-node-" + a node name
+HELLO_MAX = HELLO_FIXED.size + NODE_NAME_MAX + 2 * ALG_NAME_MAX + 3 * POLICY_MAX
 
 UUIDS_BODY = struct.Struct(">QQQQI")
 
@@ -137,7 +164,7 @@ BITMAP_SLICE = 1024 * 1024            # encoder's slice size; the decoder accept
 PAYLOAD_LIMITS: dict[ReplPacket, tuple[int, int]] = {
     ReplPacket.DATA: (0, MAX_PAYLOAD),
     ReplPacket.RS_DATA: (0, MAX_PAYLOAD),
-    ReplPacket.HELLO: (HELLO_FIXED.size, HELLO_MAX),
+    ReplPacket.HELLO: (VERSIONS.size, HELLO_MAX),   # the rest is checked once versions match
     ReplPacket.AUTH_CHALLENGE: (CHALLENGE_MIN, CHALLENGE_MAX),
     ReplPacket.AUTH_RESPONSE: (RESPONSE_MIN, RESPONSE_MAX),
     ReplPacket.BITMAP: (0, MAX_PAYLOAD),

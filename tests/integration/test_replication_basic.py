@@ -162,7 +162,14 @@ def test_invalidate_resyncs_the_whole_local_disk(nodes):
     assert t.disks_equal(size)
 
 
-def test_wrong_shared_secret_is_refused_and_logged():
+def _never_connected(t):
+    logs = t.log("alpha") + t.log("beta")
+    assert "connection Connecting -> Connected" not in logs, logs[-3000:]
+
+
+def test_wrong_shared_secret_goes_standalone_and_connect_retries():
+    """DRBD: "Authentication of peer failed", "Discarding network configuration.", StandAlone,
+    no retry until `connect`. Garbage from the peer's address is only logged (no StandAlone)."""
     requires_root()
     base = "protocol C; ping-int 3; ping-timeout 5; timeout 8; connect-int 1; cram-hmac-alg sha1;"
     with TwoNodes(size=16 * MiB, net=base, node_net={"alpha": 'shared-secret "right";',
@@ -170,17 +177,27 @@ def test_wrong_shared_secret_is_refused_and_logged():
         for node in NODES:
             t.ctl(node, "create-md", "r0")
             t.ctl(node, "up", "r0")
-        deadline = time.monotonic() + 4
-        while time.monotonic() < deadline:
-            for node in NODES:
-                st = t.status(node)
-                assert st["connection"] != "Connected"
-                assert st["connection"] in ("Connecting", "StandAlone")
-            time.sleep(0.2)
-        logs = t.log("alpha") + t.log("beta")
-        assert "wrong shared-secret" in logs
-        assert "Connected" not in logs.replace("Connecting", "")
-        # garbage from the peer's address: one log line naming the peer, the daemon carries on
+        for node in NODES:
+            st = t.wait(node, lambda s: s["connection"] == "StandAlone", "StandAlone", 15)
+            assert "wrong shared-secret" in st["link_error"] or \
+                "peer refused the connection" in st["link_error"], st
+            log = t.log(node)
+            assert "Authentication of peer failed" in log
+            assert log.index("Authentication of peer failed") < \
+                log.index("Discarding network configuration.")
+            assert t.ctl(node, "cstate", "r0").stdout == "StandAlone\n"
+        assert "Authentication of peer failed: wrong shared-secret (cram-hmac-alg sha1)" in \
+            t.log("alpha") + t.log("beta")
+        # no retry: with connect-int 1 a retrying node would log another failure by now
+        counts = [t.log(n).count("Authentication of peer failed") for n in NODES]
+        time.sleep(3)
+        assert [t.log(n).count("Authentication of peer failed") for n in NODES] == counts
+        assert all(t.status(n)["connection"] == "StandAlone" for n in NODES)
+
+        # `connect` on beta (the acceptor) listens again; garbage from alpha's address is
+        # logged naming the peer, and beta carries on Connecting
+        t.ctl("beta", "connect", "r0")
+        t.wait("beta", lambda s: s["connection"] == "Connecting", "Connecting again", 10)
         probe = ("import socket; s = socket.create_connection(('%s', 7789)); "
                  "s.sendall(b'GARBAGE!' * 8); s.close()" % t.addr["beta"])
         sh("ip", "netns", "exec", t.ns["alpha"], sys.executable, "-c", probe)
@@ -188,7 +205,50 @@ def test_wrong_shared_secret_is_refused_and_logged():
                "the garbage to be logged", 10)
         line = [x for x in t.log("beta").splitlines() if "magic=0x47415242" in x][0]
         assert f"handshake with alpha ({t.addr['alpha']}:7789)" in line
+        time.sleep(1.5)
         assert t.status("beta")["connection"] == "Connecting"
+
+        # `connect` on alpha retries the handshake: it fails again, both StandAlone again
+        t.ctl("alpha", "connect", "r0")
+        for node in NODES:
+            t.wait(node, lambda s: s["connection"] == "StandAlone" and
+                   t.log(node).count("Authentication of peer failed") > counts[NODES.index(node)],
+                   "a second authentication failure", 15)
+        _never_connected(t)
+
+
+def test_different_protocols_are_incompatible_on_both_sides():
+    requires_root()
+    net = "ping-int 3; ping-timeout 5; timeout 8; connect-int 1;"
+    with TwoNodes(size=16 * MiB, net=net, node_net={"alpha": "protocol A;",
+                                                    "beta": "protocol C;"}) as t:
+        for node in NODES:
+            t.ctl(node, "create-md", "r0")
+            t.ctl(node, "up", "r0")
+        theirs = {"alpha": "C", "beta": "A"}
+        for node in NODES:
+            st = t.wait(node, lambda s: s["connection"] == "StandAlone", "StandAlone", 15)
+            other = NODES[1 - NODES.index(node)]
+            want = (f"peer {other} ({t.addr[other]}:7789): incompatible communication protocols: "
+                    f"local protocol {theirs[other]}, peer protocol {theirs[node]}")
+            assert want in t.log(node), t.log(node)[-3000:]
+            assert st["link_error"].endswith(want.split(": ", 1)[1]) or \
+                "peer refused the connection" in st["link_error"], st
+            assert st["role"] == "Secondary" and st["peer_role"] == "Unknown"
+        _never_connected(t)
+        # the same protocol on both sides (fixed config, daemons restarted) connects
+        for node in NODES:
+            pid = t.daemon_pid(node)
+            t.ctl(node, "down", "r0")                # the last resource down: replicad exits
+            deadline = time.monotonic() + 10
+            while pid and os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+                time.sleep(0.05)
+        t.node_net = {}
+        t.net = "protocol C; " + net
+        for node in NODES:
+            t.write_config(node)
+            t.ctl(node, "up", "r0")
+        t.wait_connected(timeout=20)
 
 
 @pytest.mark.parametrize("protocol", ["A", "B"])

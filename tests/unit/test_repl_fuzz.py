@@ -160,3 +160,22 @@ def test_forged_auth_never_authenticates(challenge_resp_a, noise):
         encode_frame(Frame(ReplPacket.AUTH_RESPONSE, payload=resp))
     events, _ = drive(victim, data, [])
     assert not any(isinstance(e, Authenticated) for e in events)
+
+
+@FUZZ
+@given(st.integers(2, 2), st.binary(max_size=600), st.data())
+def test_hello_body_mutations_raise_only_remote_protocol_error(version, tail, data):
+    """HELLO payloads of the current version with arbitrary or mutated bodies: decode_hello
+    returns a HelloInfo or raises RemoteProtocolError, nothing else."""
+    valid = bytearray(encode_hello(HelloInfo("beta", SIZE, GenerationUuids(0x20)), "sha1",
+                                   False)[wire.HEADER_SIZE:])
+    for _ in range(data.draw(st.integers(0, 4))):
+        pos = data.draw(st.integers(0, len(valid) - 1))
+        valid[pos] = data.draw(st.integers(0, 255))
+    for body in (wire.VERSIONS.pack(version, version) + tail, bytes(valid)):
+        try:
+            hello = decode_hello(Frame(ReplPacket.HELLO, payload=body))
+        except RemoteProtocolError as e:
+            assert str(e).startswith("repl: invalid HELLO")
+        else:
+            assert hello.info.settings.protocol in ("A", "B", "C")

@@ -2,6 +2,7 @@
 """Peer-link codec and connect handshake: golden header bytes, validation errors, mutual auth with
 right/wrong secrets and mismatched algorithms, version mismatch, sync decisions and bitmap
 exchange, both directions (initiator and acceptor)."""
+import dataclasses
 import hashlib
 import hmac
 import random
@@ -14,10 +15,11 @@ from replica.bitmap import Bitmap
 from replica.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from replica.protocol import repl_wire as wire
 from replica.protocol.repl import (CLOSED, NEED_DATA, AuthFailed, Authenticated, Frame,
-                                   HandshakeDone, HandshakeFailed, HelloInfo, PeerBitmap,
-                                   PeerHello, PeerRefused, ReplDecoder, ReplHandshake,
-                                   decode_state, decode_uuids, encode_bitmap, encode_frame,
-                                   encode_hello, encode_simple, encode_state, encode_uuids)
+                                   HandshakeDone, HandshakeFailed, HelloInfo, Incompatible,
+                                   LinkSettings, PeerBitmap, PeerHello, PeerRefused, ReplDecoder,
+                                   ReplHandshake, decode_hello, decode_state, decode_uuids,
+                                   encode_bitmap, encode_frame, encode_hello, encode_refuse,
+                                   encode_simple, encode_state, encode_uuids)
 from replica.protocol.repl_wire import ReplPacket
 from replica.states import DiskState, Role
 from replica.uuids import GenerationUuids, SyncDecision, UuidFlag
@@ -168,10 +170,22 @@ def test_wrong_secret_refused_both_sides_without_peer_hello(a_initiates):
     b = make(info("mallory", GenerationUuids(A)), secret=b"wrong", initiator=not a_initiates,
              seed=1)
     ea, eb = run_pair(a, b)
-    assert ea == [AuthFailed("authentication of peer failed: wrong shared-secret "
-                             "(cram-hmac-alg sha256)")]
+    assert ea == [AuthFailed("wrong shared-secret (cram-hmac-alg sha256)")]
     assert kinds(eb) in (["AuthFailed"], ["PeerRefused"])
     assert a.peer is None and a.state == "FAILED"
+    c = make(info("alpha", GenerationUuids(A)), secret=b"right", initiator=True)
+    d = make(info("mallory", GenerationUuids(A)), secret=b"wrong", initiator=False, seed=1)
+    d.receive_data(c.data_to_send())
+    c.receive_data(d.data_to_send())
+    drain(c)
+    d.receive_data(c.data_to_send())             # c's response: d finds it wrong and refuses
+    assert kinds(drain(d)) == ["AuthFailed"]
+    refuse = ReplDecoder()
+    refuse.receive_data(d.data_to_send())
+    frames = []
+    while (f := refuse.next_event()) is not NEED_DATA:
+        frames.append(f)
+    assert frames[-1].type is ReplPacket.REFUSE and frames[-1].aux == wire.RefuseCode.AUTH
 
 
 def test_mismatched_algorithms_refused():
@@ -226,10 +240,20 @@ def test_response_reflection_fails():
 def test_protocol_version_mismatch_refused_with_reason():
     a = make(info("alpha", GenerationUuids(A)), initiator=True)
     a.receive_data(encode_hello(info("future", GenerationUuids(A)), "sha256", initiator=False,
-                                version_min=2, version_max=3))
+                                version_min=3, version_max=4))
     (ev,) = drain(a)
-    assert ev == HandshakeFailed("protocol version mismatch: we speak 1..1, peer speaks 2..3")
+    assert ev == HandshakeFailed("protocol version mismatch: we speak 2..2, peer speaks 3..4")
     assert b"protocol version mismatch" in a.data_to_send()     # REFUSE told the peer why
+
+
+def test_version_1_hello_of_another_layout_is_a_version_mismatch():
+    """A version-1 HELLO (no net settings, shorter fixed part) is told apart by its first 4
+    bytes, not rejected as malformed."""
+    v1 = struct.pack(">HHIQQQQQQIBBBB", 1, 1, 0x1F, SIZE, A, 0, 0, 0, 0, 0, 2, 8, 4, 0) + b"beta"
+    a = make(info("alpha", GenerationUuids(A)), secret=None, initiator=True)
+    a.receive_data(encode_frame(Frame(ReplPacket.HELLO, payload=v1)))
+    assert drain(a) == [HandshakeFailed("protocol version mismatch: we speak 2..2, peer "
+                                        "speaks 1..1")]
 
 
 def test_both_initiators_refused():
@@ -240,8 +264,9 @@ def test_both_initiators_refused():
 
 def test_peer_refusal_and_eof():
     a = make(info("alpha", GenerationUuids(A)), initiator=True)
-    a.receive_data(encode_frame(Frame(ReplPacket.REFUSE, payload=b"go away")))
+    a.receive_data(encode_frame(Frame(ReplPacket.REFUSE, payload=b"go away", aux=77)))
     assert drain(a) == [PeerRefused("peer refused the connection: go away")]
+    assert not PeerRefused("x").final       # an unknown code is not final: keep retrying
     b = make(info("alpha", GenerationUuids(A)), initiator=True)
     b.receive_data(b"")
     assert drain(b) == [HandshakeFailed("connection closed by peer during WAIT_HELLO")]
@@ -414,12 +439,87 @@ def test_different_sizes_bitmap_fits_our_device():
 
 
 def test_golden_hello_bytes():
-    """Locks the HELLO layout of repl_wire.py (protocol version 1)."""
+    """Locks the HELLO layout of repl_wire.py (protocol version 2)."""
+    settings = LinkSettings("B", True, "discard-zero-changes", "consensus", "disconnect", "crc32c")
     raw = encode_hello(HelloInfo("a", 1 << 20, GenerationUuids(0x11, 0x22, (0x33, 0x44)),
                                  Role.Primary, DiskState.UpToDate, UuidFlag.CRASHED_PRIMARY,
-                                 bits=5), "sha1", True)
+                                 bits=5, settings=settings), "sha1", True)
     assert raw.hex() == (
-        "52504c31" "0040" "0001" "0000000000000000" "0000000000000000" "00000045" "00000000"
-        "0001" "0001" "0000001f" "0000000000100000" "0000000000000011" "0000000000000022"
+        "52504c31" "0040" "0001" "0000000000000000" "0000000000000000" "00000078" "00000000"
+        "0002" "0002" "0000001f" "0000000000100000" "0000000000000011" "0000000000000022"
         "0000000000000033" "0000000000000044" "0000000000000005" "00000002" "01" "08" "01" "04"
-        "61" "73686131")
+        "02" "01" "14" "09" "0a" "06" + b"a" .hex() + b"sha1".hex() +
+        b"discard-zero-changes".hex() + b"consensus".hex() + b"disconnect".hex() +
+        b"crc32c".hex())
+    dec = ReplDecoder()
+    dec.receive_data(raw)
+    assert decode_hello(dec.next_event()).info.settings == settings
+
+
+# --- net settings both sides must share (DRBD's P_PROTOCOL checks) -----------------------------
+
+def with_settings(hello, **kw):
+    return dataclasses.replace(hello, settings=dataclasses.replace(hello.settings, **kw))
+
+
+@pytest.mark.parametrize("secret", [b"FooFunFactory", None])
+@pytest.mark.parametrize("a_initiates", [True, False])
+def test_different_protocols_refused_on_both_sides(secret, a_initiates):
+    a = make(with_settings(info("alpha", GenerationUuids(A)), protocol="A"), secret=secret,
+             initiator=a_initiates)
+    b = make(info("beta", GenerationUuids(A)), secret=secret, initiator=not a_initiates)
+    ea, eb = run_pair(a, b)
+    assert ea[-1] == Incompatible("incompatible communication protocols: local protocol A, "
+                                  "peer protocol C")
+    assert eb[-1] == Incompatible("incompatible communication protocols: local protocol C, "
+                                  "peer protocol A")
+    for h, events in ((a, ea), (b, eb)):
+        assert h.state == "FAILED" and h.peer is None
+        assert "PeerHello" not in kinds(events) and "HandshakeDone" not in kinds(events)
+    # the REFUSE the peer gets (if it had not noticed yet) says it is final
+    a2 = make(info("alpha", GenerationUuids(A)), secret=None, initiator=True)
+    a2.receive_data(encode_refuse("incompatible communication protocols",
+                                  wire.RefuseCode.INCOMPATIBLE))
+    (ev,) = drain(a2)
+    assert ev.final and ev.code is wire.RefuseCode.INCOMPATIBLE
+
+
+def test_every_shared_setting_is_compared():
+    a = make(with_settings(info("alpha", GenerationUuids(A)), allow_two_primaries=True,
+                           after_sb_0pri="discard-zero-changes", after_sb_1pri="consensus",
+                           after_sb_2pri="violently-as0p", data_integrity_alg="sha1"),
+             secret=None, initiator=True)
+    b = make(info("beta", GenerationUuids(A)), secret=None, initiator=False)
+    ea, _ = run_pair(a, b)
+    assert ea == [Incompatible(
+        "incompatible after-sb-0pri settings: local discard-zero-changes, peer disconnect; "
+        "incompatible after-sb-1pri settings: local consensus, peer disconnect; "
+        "incompatible after-sb-2pri settings: local violently-as0p, peer disconnect; "
+        "incompatible allow-two-primaries settings: local yes, peer no; "
+        "incompatible data-integrity-alg settings: local sha1, peer off")]
+
+
+def test_same_settings_connect_and_discard_my_data_on_both_sides_refused():
+    same = dict(protocol="B", allow_two_primaries=True, after_sb_0pri="discard-node-alpha")
+    a = make(with_settings(info("alpha", GenerationUuids(A)), **same), initiator=True)
+    b = make(with_settings(info("beta", GenerationUuids(A)), **same), initiator=False)
+    ea, eb = run_pair(a, b)
+    assert kinds(ea)[-1] == kinds(eb)[-1] == "HandshakeDone"
+    assert ea[-1].peer.settings == LinkSettings("B", True, "discard-node-alpha")
+    c = make(info("alpha", GenerationUuids(B, A), flags=UuidFlag.DISCARD_MY_DATA),
+             initiator=True)
+    d = make(info("beta", GenerationUuids(C, A), flags=UuidFlag.DISCARD_MY_DATA),
+             initiator=False)
+    ec, ed = run_pair(c, d)
+    assert ec[-1] == ed[-1] == Incompatible("incompatible discard-my-data settings: both sides "
+                                            "have discard-my-data set")
+
+
+def test_link_settings_from_config():
+    from replica.config import parse_config
+    cfg = parse_config("""resource r0 { net { protocol A; allow-two-primaries yes;
+        after-sb-1pri discard-secondary; data-integrity-alg crc32c; }
+        on a { disk /d; address 10.0.0.1:7789; } on b { disk /d; address 10.0.0.2:7789; } }""")
+    assert LinkSettings.from_net(cfg.resources["r0"].net) == LinkSettings(
+        "A", True, "disconnect", "discard-secondary", "disconnect", "crc32c")
+    assert LinkSettings.from_net(cfg.resources["r0"].net.__class__()) == LinkSettings()
