@@ -278,7 +278,7 @@ def cmd_nbd_uri(ctl: Ctl, name: str) -> int:
 
 
 def cmd_dump(ctl: Ctl, name: str) -> int:
-    from replica.config import dump_config
+    from replica.config_dump import dump_config
     print(dump_config(ctl.config), end="")
     return 0
 

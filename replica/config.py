@@ -1,16 +1,17 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """replica.conf: drbd.conf(5) syntax -> frozen dataclasses; every error names file and line.
 
-Owns the resource file format and nothing else: tokenizer, a generic statement tree, the keyword
-tables with DRBD's defaults and units, inheritance, validation and `dump_config`.
+Owns the meaning of the resource file: the data model, the keyword tables with DRBD's defaults
+and units, include, inheritance and validation. The layers below and beside it:
 
-    text --tokenize--> tokens --_parse_block--> _Stmt tree --_Builder--> Config
+    text --config_syntax.tokenize--> tokens --parse_block--> Statement tree --_Builder--> Config
                                                    (include "glob" is expanded at top level)
+    option words --config_values (IntValue, SizeValue, ...)--> typed values
+    Config --config_dump.dump_config--> normalised drbd.conf text
 
-Grammar (drbd.conf-8.4(5)/9.0(5) "FILE FORMAT"): sections `keyword [name] { ... }`, options
-`keyword value... ;`, `#` comments, double-quoted strings (\\" \\\\ \\n \\t escapes), a `skip` prefix
-disables a statement, `include "glob";` only outside sections (relative to the including file).
-Inheritance: common -> resource -> on HOST -> volume (per option, not per section).
+Grammar (drbd.conf-8.4(5)/9.0(5) "FILE FORMAT", see config_syntax): `include "glob";` only
+outside sections (relative to the including file). Inheritance: common -> resource -> on HOST ->
+volume (per option, not per section).
 
 Units follow DRBD: ping-int/connect-int in seconds; ping-timeout, timeout, c-plan-ahead,
 c-delay-target, disk-timeout in tenths of a second; resync-rate, c-max-rate, c-min-rate in KiB/s;
@@ -29,112 +30,12 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field
 
+from replica.config_syntax import parse_statements, read_statements
+from replica.config_values import (ALG, FLAG, RATE, SECONDS, TENTHS, BadValue,
+                                   EnumValue, IntValue, K, SizeValue, StrValue, one_value, option)
 from replica.errors import ConfigError
 
-_MAX_DEPTH = 6
 _MAX_INCLUDE_DEPTH = 16
-_K = 1024
-
-
-# -- value parsers: one per kind of DRBD value, each with its inverse for dump_config ----------
-
-class _Bad(Exception):
-    """A value is wrong; the builder adds `file:line: context: keyword:` in front."""
-
-
-def _one(args: list[str]) -> str:
-    if len(args) != 1:
-        extra = " (missing ';'?)" if len(args) > 1 else ""
-        raise _Bad(f"expected one value, got {len(args)}: '{' '.join(args)}'{extra}")
-    return args[0]
-
-
-class _Int:
-    """Integer in DRBD's unit; stored as int, or as float seconds n / div (div 10: tenths)."""
-
-    def __init__(self, lo, hi, unit="", div=None):
-        self.lo, self.hi, self.unit, self.div = lo, hi, unit, div
-
-    def parse(self, args):
-        tok = _one(args)
-        what = f"an integer {self.lo}..{self.hi}" + (f" {self.unit}" if self.unit else "")
-        if not re.fullmatch(r"[0-9]{1,19}", tok) or not self.lo <= int(tok) <= self.hi:
-            raise _Bad(f"expected {what}, got '{tok}'")
-        return int(tok) if self.div is None else int(tok) / self.div
-
-    def format(self, v):
-        return str(v if self.div is None else round(v * self.div))
-
-
-class _Size:
-    """Size or rate with optional K/M/G suffix; `base` is the unit of a bare number in bytes."""
-    _MULT = {"": None, "k": _K, "m": _K ** 2, "g": _K ** 3, "s": 512}
-    _NAMES = {1: "bytes", 512: "sectors", _K: "KiB"}
-
-    def __init__(self, lo, hi, base, what="a size"):
-        self.lo, self.hi, self.base, self.what = lo, hi, base, what
-
-    def parse(self, args):
-        tok = _one(args)
-        m = re.fullmatch(r"([0-9]{1,19})([kKmMgGsS]?)", tok)
-        value = int(m[1]) * (self._MULT[m[2].lower()] or self.base) if m else -1
-        if not self.lo <= value <= self.hi:
-            raise _Bad(f"expected {self.what} {self.format(self.lo)}..{self.format(self.hi)} (K, M or "
-                       f"G suffix; bare numbers in {self._NAMES[self.base]}), got '{tok}'")
-        return value
-
-    def format(self, v):
-        for suffix, mult in (("G", _K ** 3), ("M", _K ** 2), ("K", _K)):
-            if v and v % mult == 0:
-                return f"{v // mult}{suffix}"
-        return str(v // self.base)
-
-
-class _Enum:
-    def __init__(self, *values, pattern=None):
-        self.values, self.pattern = values, pattern
-
-    def parse(self, args):
-        tok = _one(args)
-        if tok in self.values or (self.pattern and re.fullmatch(self.pattern, tok)):
-            return tok
-        raise _Bad(f"expected one of {', '.join(self.values)}, got '{tok}'")
-
-    def format(self, v):
-        return v
-
-
-class _Bool:
-    """`flag;` or `flag yes|no;` (drbd.conf boolean options)."""
-
-    def parse(self, args):
-        if args and (len(args) > 1 or args[0] not in ("yes", "no")):
-            raise _Bad(f"expected yes or no, got '{' '.join(args)}'")
-        return not args or args[0] == "yes"
-
-    def format(self, v):
-        return "yes" if v else "no"
-
-
-class _Str(_Enum):
-    def __init__(self, maxlen=4096, pattern=None, expected="a string"):
-        self.maxlen, self.pattern, self.expected = maxlen, pattern, expected
-
-    def parse(self, args):
-        tok = _one(args)
-        if not tok or len(tok) > self.maxlen or (self.pattern and not re.fullmatch(self.pattern, tok)):
-            raise _Bad(f"expected {self.expected}, got '{tok}'")
-        return tok
-
-
-_SECS, _TENTHS, _FLAG = "seconds", "tenths of a second", _Bool()
-_ALG = _Str(64, r"[a-z0-9()_-]+", "a kernel hash algorithm name")
-_RATE = _Size(0, 4 * _K ** 3, _K, "a rate in bytes/s")
-
-
-def _opt(keyword, parser, default):
-    """A NetOptions/DiskOptions field: its drbd.conf keyword, value parser and DRBD default."""
-    return field(default=default, metadata={"keyword": keyword, "parser": parser})
 
 
 # -- public data model ------------------------------------------------------------------------
@@ -182,69 +83,69 @@ class HostSection:
 @dataclass(frozen=True)
 class NetOptions:
     """`net {}`: ranges from drbd_limits.h, defaults from drbd.conf(5), times in seconds."""
-    protocol: str = _opt("protocol", _Enum("A", "B", "C"), "C")
-    cram_hmac_alg: str | None = _opt("cram-hmac-alg", _Enum("sha1", "sha256", "sha512"), None)
-    shared_secret: str | None = _opt("shared-secret", _Str(64, None, "a secret of 1..64 characters"), None)
-    ping_int_s: float = _opt("ping-int", _Int(1, 120, _SECS, 1), 10.0)
-    ping_timeout_s: float = _opt("ping-timeout", _Int(1, 300, _TENTHS, 10), 0.5)
-    timeout_s: float = _opt("timeout", _Int(1, 600, _TENTHS, 10), 6.0)
-    connect_int_s: float = _opt("connect-int", _Int(1, 120, _SECS, 1), 10.0)
-    socket_check_timeout_s: float = _opt("socket-check-timeout", _Int(0, 300, _TENTHS, 10), 0.0)
-    max_buffers: int = _opt("max-buffers", _Int(32, 131072), 2048)
-    max_epoch_size: int = _opt("max-epoch-size", _Int(1, 20000), 2048)
-    sndbuf_size: int = _opt("sndbuf-size", _Size(0, 128 * _K ** 2, 1), 0)  # bytes, 0 = autotune
-    rcvbuf_size: int = _opt("rcvbuf-size", _Size(0, 128 * _K ** 2, 1), 0)
-    ko_count: int = _opt("ko-count", _Int(0, 200), 7)
-    after_sb_0pri: str = _opt("after-sb-0pri", _Enum(
+    protocol: str = option("protocol", EnumValue("A", "B", "C"), "C")
+    cram_hmac_alg: str | None = option("cram-hmac-alg", EnumValue("sha1", "sha256", "sha512"), None)
+    shared_secret: str | None = option("shared-secret", StrValue(64, None, "a secret of 1..64 characters"), None)
+    ping_int_s: float = option("ping-int", IntValue(1, 120, SECONDS, 1), 10.0)
+    ping_timeout_s: float = option("ping-timeout", IntValue(1, 300, TENTHS, 10), 0.5)
+    timeout_s: float = option("timeout", IntValue(1, 600, TENTHS, 10), 6.0)
+    connect_int_s: float = option("connect-int", IntValue(1, 120, SECONDS, 1), 10.0)
+    socket_check_timeout_s: float = option("socket-check-timeout", IntValue(0, 300, TENTHS, 10), 0.0)
+    max_buffers: int = option("max-buffers", IntValue(32, 131072), 2048)
+    max_epoch_size: int = option("max-epoch-size", IntValue(1, 20000), 2048)
+    sndbuf_size: int = option("sndbuf-size", SizeValue(0, 128 * K ** 2, 1), 0)  # bytes, 0 = autotune
+    rcvbuf_size: int = option("rcvbuf-size", SizeValue(0, 128 * K ** 2, 1), 0)
+    ko_count: int = option("ko-count", IntValue(0, 200), 7)
+    after_sb_0pri: str = option("after-sb-0pri", EnumValue(
         "disconnect", "discard-younger-primary", "discard-older-primary", "discard-zero-changes",
         "discard-least-changes", "discard-node-NODENAME", pattern=r"discard-node-[A-Za-z0-9_.-]+"),
         "disconnect")
-    after_sb_1pri: str = _opt("after-sb-1pri", _Enum(
+    after_sb_1pri: str = option("after-sb-1pri", EnumValue(
         "disconnect", "consensus", "violently-as0p", "discard-secondary", "call-pri-lost-after-sb"),
         "disconnect")
-    after_sb_2pri: str = _opt("after-sb-2pri", _Enum(
+    after_sb_2pri: str = option("after-sb-2pri", EnumValue(
         "disconnect", "violently-as0p", "call-pri-lost-after-sb"), "disconnect")
-    rr_conflict: str = _opt("rr-conflict", _Enum("disconnect", "call-pri-lost", "violently"), "disconnect")
-    always_asbp: bool = _opt("always-asbp", _FLAG, False)
-    allow_two_primaries: bool = _opt("allow-two-primaries", _FLAG, False)
-    tcp_cork: bool = _opt("tcp-cork", _FLAG, True)
-    use_rle: bool = _opt("use-rle", _FLAG, True)
-    verify_alg: str | None = _opt("verify-alg", _ALG, None)
-    csums_alg: str | None = _opt("csums-alg", _ALG, None)
-    csums_after_crash_only: bool = _opt("csums-after-crash-only", _FLAG, False)
-    data_integrity_alg: str | None = _opt("data-integrity-alg", _ALG, None)
-    on_congestion: str = _opt("on-congestion", _Enum("block", "pull-ahead", "disconnect"), "block")
-    congestion_fill: int = _opt("congestion-fill", _Size(0, 10 * _K ** 3, 512), 0)  # bytes
-    congestion_extents: int | None = _opt("congestion-extents", _Int(67, 65534), None)  # None: al-extents
+    rr_conflict: str = option("rr-conflict", EnumValue("disconnect", "call-pri-lost", "violently"), "disconnect")
+    always_asbp: bool = option("always-asbp", FLAG, False)
+    allow_two_primaries: bool = option("allow-two-primaries", FLAG, False)
+    tcp_cork: bool = option("tcp-cork", FLAG, True)
+    use_rle: bool = option("use-rle", FLAG, True)
+    verify_alg: str | None = option("verify-alg", ALG, None)
+    csums_alg: str | None = option("csums-alg", ALG, None)
+    csums_after_crash_only: bool = option("csums-after-crash-only", FLAG, False)
+    data_integrity_alg: str | None = option("data-integrity-alg", ALG, None)
+    on_congestion: str = option("on-congestion", EnumValue("block", "pull-ahead", "disconnect"), "block")
+    congestion_fill: int = option("congestion-fill", SizeValue(0, 10 * K ** 3, 512), 0)  # bytes
+    congestion_extents: int | None = option("congestion-extents", IntValue(67, 65534), None)  # None: al-extents
 
 
 @dataclass(frozen=True)
 class DiskOptions:
     """`disk {}` (8.4; 8.3 `syncer {}` maps here): rates in bytes/s, times in seconds."""
-    resync_rate_bps: int = _opt("resync-rate", _Size(_K, 4 * _K ** 3, _K, "a rate in bytes/s"), 250 * _K)
-    al_extents: int = _opt("al-extents", _Int(7, 65534), 1237)
-    al_updates: bool = _opt("al-updates", _FLAG, True)
-    on_io_error: str = _opt("on-io-error", _Enum("pass_on", "call-local-io-error", "detach"), "detach")
-    fencing: str = _opt("fencing", _Enum("dont-care", "resource-only", "resource-and-stonith"), "dont-care")
-    c_plan_ahead_s: float = _opt("c-plan-ahead", _Int(0, 300, _TENTHS, 10), 2.0)
-    c_delay_target_s: float = _opt("c-delay-target", _Int(1, 100, _TENTHS, 10), 1.0)
-    c_fill_target_bytes: int = _opt("c-fill-target", _Size(0, 1000000 * 512, 512), 100 * 512)
-    c_max_rate_bps: int = _opt("c-max-rate", _RATE, 102400 * _K)
-    c_min_rate_bps: int = _opt("c-min-rate", _RATE, 250 * _K)
-    disk_barrier: bool = _opt("disk-barrier", _FLAG, False)
-    disk_flushes: bool = _opt("disk-flushes", _FLAG, True)
-    disk_drain: bool = _opt("disk-drain", _FLAG, True)
-    md_flushes: bool = _opt("md-flushes", _FLAG, True)
-    disk_timeout_s: float = _opt("disk-timeout", _Int(0, 6000, _TENTHS, 10), 0.0)
-    read_balancing: str = _opt("read-balancing", _Enum(
+    resync_rate_bps: int = option("resync-rate", SizeValue(K, 4 * K ** 3, K, "a rate in bytes/s"), 250 * K)
+    al_extents: int = option("al-extents", IntValue(7, 65534), 1237)
+    al_updates: bool = option("al-updates", FLAG, True)
+    on_io_error: str = option("on-io-error", EnumValue("pass_on", "call-local-io-error", "detach"), "detach")
+    fencing: str = option("fencing", EnumValue("dont-care", "resource-only", "resource-and-stonith"), "dont-care")
+    c_plan_ahead_s: float = option("c-plan-ahead", IntValue(0, 300, TENTHS, 10), 2.0)
+    c_delay_target_s: float = option("c-delay-target", IntValue(1, 100, TENTHS, 10), 1.0)
+    c_fill_target_bytes: int = option("c-fill-target", SizeValue(0, 1000000 * 512, 512), 100 * 512)
+    c_max_rate_bps: int = option("c-max-rate", RATE, 102400 * K)
+    c_min_rate_bps: int = option("c-min-rate", RATE, 250 * K)
+    disk_barrier: bool = option("disk-barrier", FLAG, False)
+    disk_flushes: bool = option("disk-flushes", FLAG, True)
+    disk_drain: bool = option("disk-drain", FLAG, True)
+    md_flushes: bool = option("md-flushes", FLAG, True)
+    disk_timeout_s: float = option("disk-timeout", IntValue(0, 6000, TENTHS, 10), 0.0)
+    read_balancing: str = option("read-balancing", EnumValue(
         "prefer-local", "prefer-remote", "round-robin", "least-pending", "when-congested-remote",
         *(f"{n}-striping" for n in ("32K", "64K", "128K", "256K", "512K", "1M"))), "prefer-local")
-    resync_after: str | None = _opt("resync-after", _Str(128, r"[A-Za-z0-9_.+-]+(/[0-9]+)?",
+    resync_after: str | None = option("resync-after", StrValue(128, r"[A-Za-z0-9_.+-]+(/[0-9]+)?",
                                                          "RESOURCE[/VOLUME]"), None)
-    size_bytes: int | None = _opt("size", _Size(0, 1 << 62, 512), None)
-    rs_discard_granularity: int = _opt("rs-discard-granularity", _Size(0, _K ** 2, 1), 0)
-    discard_zeroes_if_aligned: bool = _opt("discard-zeroes-if-aligned", _FLAG, True)
-    disable_write_same: bool = _opt("disable-write-same", _FLAG, False)
+    size_bytes: int | None = option("size", SizeValue(0, 1 << 62, 512), None)
+    rs_discard_granularity: int = option("rs-discard-granularity", SizeValue(0, K ** 2, 1), 0)
+    discard_zeroes_if_aligned: bool = option("discard-zeroes-if-aligned", FLAG, True)
+    disable_write_same: bool = option("disable-write-same", FLAG, False)
 
 
 @dataclass(frozen=True)
@@ -290,102 +191,6 @@ class Config:
                               f"(have: {', '.join(self.resources) or 'none'})") from None
 
 
-# -- tokenizer and statement tree -------------------------------------------------------------
-
-_TOKEN_RE = re.compile(r'''(?P<ws>[ \t\r\f\v]+)|(?P<nl>\n)|(?P<comment>\#[^\n]*)|(?P<punct>[{};])
-    |(?P<string>"(?:[^"\\\n]|\\[^\n])*")|(?P<word>[^\s{};"\#]+)|(?P<bad>.)''', re.X | re.S)
-_UNESCAPE = {"n": "\n", "t": "\t"}
-_ESCAPE = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t"}
-
-
-@dataclass
-class _Tok:
-    kind: str  # "word" | "string" | "{" | "}" | ";" | "eof"
-    value: str
-    line: int
-
-
-def _tokenize(text: str, path: str) -> list[_Tok]:
-    toks, line = [], 1
-    for m in _TOKEN_RE.finditer(text):
-        kind, value = m.lastgroup, m.group()
-        if kind == "nl":
-            line += 1
-        elif kind == "punct":
-            toks.append(_Tok(value, value, line))
-        elif kind == "string":
-            body = re.sub(r"\\(.)", lambda e: _UNESCAPE.get(e.group(1), e.group(1)), value[1:-1])
-            if "\0" in body:
-                raise ConfigError(f"{path}:{line}: NUL character in string {value!r}")
-            toks.append(_Tok("string", body, line))
-        elif kind == "word":
-            if any(ord(c) < 32 or ord(c) == 127 for c in value):
-                raise ConfigError(f"{path}:{line}: invalid control character in {value!r}")
-            toks.append(_Tok("word", value, line))
-        elif kind == "bad":
-            what = "unterminated string" if value == '"' else f"invalid character {value!r}"
-            raise ConfigError(f"{path}:{line}: {what}")
-    toks.append(_Tok("eof", "", line))
-    return toks
-
-
-@dataclass
-class _Stmt:
-    key: str
-    args: list[str]
-    line: int
-    file: str
-    body: list[_Stmt] | None  # None: option ended by ';'
-
-
-def _label(key: str, args: list[str]) -> str:
-    if key in ("resource", "on") and args:
-        return f"{key} '{args[0]}'"
-    return " ".join([key, *args])
-
-
-def _parse_block(toks: list[_Tok], pos: int, path: str, ctx: list[str],
-                 opened: _Tok | None) -> tuple[list[_Stmt], int]:
-    """Statements up to the '}' closing `opened` (or EOF at top level); returns (stmts, next pos)."""
-    where = ": ".join(ctx) + ": " if ctx else ""
-    if len(ctx) > _MAX_DEPTH:
-        raise ConfigError(f"{path}:{opened.line}: {where}sections nested too deeply")
-    stmts: list[_Stmt] = []
-    while True:
-        tok = toks[pos]
-        if tok.kind == "eof":
-            if opened is None:
-                return stmts, pos
-            raise ConfigError(f"{path}:{tok.line}: {where}unexpected end of file: section opened "
-                              f"at line {opened.line} is not closed (missing '}}')")
-        if tok.kind == "}":
-            if opened is None:
-                raise ConfigError(f"{path}:{tok.line}: unexpected '}}' (no section is open)")
-            return stmts, pos + 1
-        if tok.kind != "word":
-            got = f'"{tok.value}"' if tok.kind == "string" else tok.value
-            raise ConfigError(f"{path}:{tok.line}: {where}expected a keyword, got '{got}'")
-        pos += 1
-        args, last = [], tok
-        while toks[pos].kind in ("word", "string"):
-            last = toks[pos]
-            args.append(last.value)
-            pos += 1
-        end = toks[pos]
-        shown = " ".join([tok.value, *args])
-        if end.kind == ";":
-            stmts.append(_Stmt(tok.value, args, tok.line, path, None))
-            pos += 1
-        elif end.kind == "{":
-            body, pos = _parse_block(toks, pos + 1, path, [*ctx, _label(tok.value, args)], end)
-            stmts.append(_Stmt(tok.value, args, tok.line, path, body))
-        else:
-            got = "end of file" if end.kind == "eof" else f"'{end.value}'"
-            raise ConfigError(f"{path}:{last.line}: {where}{tok.value}: missing ';' after "
-                              f"'{shown}' (got {got})")
-        if stmts[-1].key == "skip":  # drbd.conf: "skip" disables the statement it prefixes
-            stmts.pop()
-
 
 # -- keyword tables ----------------------------------------------------------------------------
 
@@ -403,22 +208,22 @@ SYNCER_KEYWORDS = {  # DRBD 8.3 `syncer {}` -> where 8.4 put it (drbdadm-84 does
     "c-min-rate": ("disk", "c-min-rate"), "cpu-mask": ("options", "cpu-mask"),
     "on-no-data-accessible": ("options", "on-no-data-accessible"),
 }
-_TIMEOUT = _Int(0, 1000000, _SECS)
+_TIMEOUT = IntValue(0, 1000000, SECONDS)
 STARTUP_KEYWORDS = {"wfc-timeout": _TIMEOUT, "degr-wfc-timeout": _TIMEOUT,
-                    "outdated-wfc-timeout": _TIMEOUT, "wait-after-sb": _FLAG,
-                    "stacked-timeouts": _FLAG,
-                    "become-primary-on": _Str(253, None, "a host name or both")}
-_QUORUM = _Str(8, r"off|majority|all|[0-9]+", "off, majority, all or N")
-OPTIONS_KEYWORDS = {"cpu-mask": _Str(64, r"[0-9a-fA-F,]+", "a hexadecimal cpu mask"),
-                    "on-no-data-accessible": _Enum("io-error", "suspend-io"), "auto-promote": _FLAG,
+                    "outdated-wfc-timeout": _TIMEOUT, "wait-after-sb": FLAG,
+                    "stacked-timeouts": FLAG,
+                    "become-primary-on": StrValue(253, None, "a host name or both")}
+_QUORUM = StrValue(8, r"off|majority|all|[0-9]+", "off, majority, all or N")
+OPTIONS_KEYWORDS = {"cpu-mask": StrValue(64, r"[0-9a-fA-F,]+", "a hexadecimal cpu mask"),
+                    "on-no-data-accessible": EnumValue("io-error", "suspend-io"), "auto-promote": FLAG,
                     "quorum": _QUORUM, "quorum-minimum-redundancy": _QUORUM,
-                    "on-no-quorum": _Enum("io-error", "suspend-io"),
-                    "peer-ack-window": _Size(2 * _K, 2 * _K ** 3, 512), "peer-ack-delay": _Int(1, 10000, "ms"),
-                    "twopc-timeout": _Int(50, 600, _TENTHS), "max-io-depth": _Int(4, 4096)}
-GLOBAL_KEYWORDS = {"usage-count": _Enum("yes", "no", "ask"), "minor-count": _Int(1, 1048575),
-                   "dialog-refresh": _Int(0, 600, _SECS), "disable-ip-verification": _FLAG,
-                   "udev-always-use-vnr": _FLAG, "cmd-timeout-short": _Int(0, 1000000, _SECS),
-                   "cmd-timeout-medium": _Int(0, 1000000, _SECS), "cmd-timeout-long": _Int(0, 1000000, _SECS)}
+                    "on-no-quorum": EnumValue("io-error", "suspend-io"),
+                    "peer-ack-window": SizeValue(2 * K, 2 * K ** 3, 512), "peer-ack-delay": IntValue(1, 10000, "ms"),
+                    "twopc-timeout": IntValue(50, 600, TENTHS), "max-io-depth": IntValue(4, 4096)}
+GLOBAL_KEYWORDS = {"usage-count": EnumValue("yes", "no", "ask"), "minor-count": IntValue(1, 1048575),
+                   "dialog-refresh": IntValue(0, 600, SECONDS), "disable-ip-verification": FLAG,
+                   "udev-always-use-vnr": FLAG, "cmd-timeout-short": IntValue(0, 1000000, SECONDS),
+                   "cmd-timeout-medium": IntValue(0, 1000000, SECONDS), "cmd-timeout-long": IntValue(0, 1000000, SECONDS)}
 HANDLERS = ("pri-on-incon-degr", "pri-lost-after-sb", "pri-lost", "fence-peer", "unfence-peer",
             "local-io-error", "initial-split-brain", "split-brain", "before-resync-target",
             "after-resync-target", "before-resync-source", "out-of-sync", "quorum-lost", "disconnected")
@@ -440,11 +245,11 @@ def _parse_device(args):
             and int(rest[1]) <= 1048575:
         minor, rest = int(rest[1]), []
     if rest or not args:
-        raise _Bad(f"expected /dev/drbdN, /dev/nbdN, 'minor N' or 'PATH minor N' "
+        raise BadValue(f"expected /dev/drbdN, /dev/nbdN, 'minor N' or 'PATH minor N' "
                    f"(N 0..1048575), got '{' '.join(args)}'")
     derived = re.fullmatch(r"/dev/drbd([0-9]{1,7})", dev or "")
     if derived and minor is not None and minor != int(derived[1]):
-        raise _Bad(f"device name '{dev}' does not match minor {minor}")
+        raise BadValue(f"device name '{dev}' does not match minor {minor}")
     return dev, (int(derived[1]) if derived else minor)
 
 
@@ -455,7 +260,7 @@ def _parse_meta_disk(args):
         path, rest = m[1], m[2]
     m = re.fullmatch(r"\[([0-9]{1,4})\]", rest)
     if not path or (rest and not m) or path.startswith("[") or (path == "internal" and rest):
-        raise _Bad(f"expected internal, PATH or PATH [INDEX], got '{' '.join(args)}'")
+        raise BadValue(f"expected internal, PATH or PATH [INDEX], got '{' '.join(args)}'")
     return path, (int(m[1]) if m else None)
 
 
@@ -463,7 +268,7 @@ def _parse_address(args):
     family = args[0] if len(args) == 2 else None
     if len(args) not in (1, 2) or family not in (None, "ipv4", "ipv6"):
         hint = f"address family '{family}' is not supported; " if len(args) == 2 else ""
-        raise _Bad(f"{hint}expected [ipv4|ipv6] IP:PORT, got '{' '.join(args)}'")
+        raise BadValue(f"{hint}expected [ipv4|ipv6] IP:PORT, got '{' '.join(args)}'")
     m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+)):([0-9]{1,5})", args[-1])
     try:
         ip = ipaddress.ip_address(m[1] or m[2]) if m else None
@@ -471,15 +276,15 @@ def _parse_address(args):
         ip = None
     if ip is None or not 1 <= int(m[3]) <= 65535 or (family and family != f"ipv{ip.version}") \
             or (m[1] and ip.version != 6):
-        raise _Bad(f"expected [ipv4|ipv6] IP:PORT (IPv6 as ipv6 [ADDR]:PORT), got '{' '.join(args)}'")
+        raise BadValue(f"expected [ipv4|ipv6] IP:PORT (IPv6 as ipv6 [ADDR]:PORT), got '{' '.join(args)}'")
     return (m[1] or m[2], int(m[3])), f"ipv{ip.version}"
 
 
 def _parse_export(args):
-    tok = _one(args)
+    tok = one_value(args)
     if tok.startswith("unix:"):
         if not tok[5:].startswith("/"):
-            raise _Bad(f"expected unix:/ABSOLUTE/PATH, got '{tok}'")
+            raise BadValue(f"expected unix:/ABSOLUTE/PATH, got '{tok}'")
         return Endpoint("unix", path=tok[5:])
     m = re.fullmatch(r"(?:tcp:)?(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9_.-]+)):([0-9]{1,5})", tok)
     if m and m[1]:
@@ -488,7 +293,7 @@ def _parse_export(args):
         except ValueError:
             m = None
     if not m or not 1 <= int(m[3]) <= 65535:
-        raise _Bad(f"expected unix:/PATH, HOST:PORT or [IPV6]:PORT, got '{tok}'")
+        raise BadValue(f"expected unix:/PATH, HOST:PORT or [IPV6]:PORT, got '{tok}'")
     return Endpoint("tcp", host=m[1] or m[2], port=int(m[3]))
 
 
@@ -497,9 +302,9 @@ def _parse_host_keyword(key, args, values):
     if key == "device":
         values["device"], values["minor"] = _parse_device(args)
     elif key == "disk":
-        tok = _one(args)
+        tok = one_value(args)
         if tok == "none":
-            raise _Bad("diskless nodes ('disk none') are not supported")
+            raise BadValue("diskless nodes ('disk none') are not supported")
         values["disk"] = tok
     elif key in ("meta-disk", "flexible-meta-disk"):
         values["meta_disk"], values["meta_index"] = _parse_meta_disk(args)
@@ -508,7 +313,7 @@ def _parse_host_keyword(key, args, values):
     elif key == "export":
         values["export"] = _parse_export(args)
     elif key == "node-id":
-        values["node_id"] = _Int(0, 31).parse(args)
+        values["node_id"] = IntValue(0, 31).parse(args)
 
 
 # -- builder: statement tree -> Config -------------------------------------------------------------
@@ -586,7 +391,7 @@ class _Builder:
                                   f"{_MAX_INCLUDE_DEPTH})")
             if os.path.isdir(name):
                 continue
-            self.top(_read_tree(name), [*include_stack, real])
+            self.top(read_statements(name), [*include_stack, real])
 
     def value(self, st, ctx, table, into, seen, section, raw=False):
         """Parse one option statement with `table` into `into` (by field, or keyword if raw)."""
@@ -600,7 +405,7 @@ class _Builder:
             self.fail(st, ctx, f"{st.key}: duplicate option (first at line {seen[section, fieldname]})")
         try:
             v = parser.parse(st.args)
-        except _Bad as e:
+        except BadValue as e:
             self.fail(st, ctx, f"{st.key}: {e}")
         into[fieldname] = parser.format(v) if raw else v
         seen[section, fieldname] = st.line
@@ -646,8 +451,8 @@ class _Builder:
 
     def volume_number(self, st, ctx):
         try:
-            return _Int(0, 65534).parse(st.args)
-        except _Bad as e:
+            return IntValue(0, 65534).parse(st.args)
+        except BadValue as e:
             self.fail(st, ctx, f"volume: {e}")
 
     def host_option(self, sc, st, ctx):
@@ -658,7 +463,7 @@ class _Builder:
             self.fail(st, ctx, f"{st.key}: duplicate option (first at line {sc.seen['host', key]})")
         try:
             _parse_host_keyword(st.key, st.args, sc.host)
-        except _Bad as e:
+        except BadValue as e:
             self.fail(st, ctx, f"{st.key}: {e}")
         sc.seen["host", key] = st.line
 
@@ -671,7 +476,7 @@ class _Builder:
         if section == "handlers":
             if st.key not in HANDLERS:
                 self.fail(st, ctx, f"unknown handler '{st.key}' (known: {', '.join(HANDLERS)})")
-            table = {st.key: _Str(4096, None, "a command")}
+            table = {st.key: StrValue(4096, None, "a command")}
         else:
             table = {"net": NET_KEYWORDS, "disk": DISK_KEYWORDS, "startup": STARTUP_KEYWORDS,
                      "options": OPTIONS_KEYWORDS}[section]
@@ -752,20 +557,12 @@ class _Builder:
         return Config(path=path, resources=self.resources, global_options=self.global_options)
 
 
-def _read_tree(path: str) -> list[_Stmt]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read config: {getattr(e, 'strerror', None) or e}") from e
-    return _parse_block(_tokenize(text, path), 0, path, [], None)[0]
-
 
 def parse_config(text: str, path: str = "<string>") -> Config:
     """Parse replica.conf text; `include` globs resolve relative to the directory of `path`."""
     b = _Builder()
     stack = [os.path.realpath(path)] if path != "<string>" else []
-    b.top(_parse_block(_tokenize(text, path), 0, path, [], None)[0], stack)
+    b.top(parse_statements(text, path), stack)
     return b.finish(path)
 
 
@@ -773,71 +570,5 @@ def load_config(path: str | os.PathLike) -> Config:
     """Read and parse a config file (and its includes); OSError becomes ConfigError."""
     path = os.fspath(path)
     b = _Builder()
-    b.top(_read_tree(path), [os.path.realpath(path)])
+    b.top(read_statements(path), [os.path.realpath(path)])
     return b.finish(path)
-
-
-# -- dump ----------------------------------------------------------------------------------------
-
-def _quote(s: str) -> str:
-    if re.fullmatch(r"[A-Za-z0-9_./:+@=,\[\]-]+", s) and s not in ("skip", "include"):
-        return s
-    return '"' + "".join(_ESCAPE.get(c, c) for c in s) + '"'
-
-
-def _dump_options(table, obj, defaults, indent, always=()):
-    lines = []
-    for kw, (fname, parser) in table.items():
-        v = getattr(obj, fname)
-        if v is not None and (v != getattr(defaults, fname) or kw in always):
-            lines.append(f"{indent}{kw} {_quote(parser.format(v))};")
-    return lines
-
-
-def _dump_dict(d, indent, flags=()):
-    return [f"{indent}{k};" if k in flags else f"{indent}{k} {_quote(v)};" for k, v in d.items()]
-
-
-def dump_config(config: Config) -> str:
-    """Normalised drbd.conf text: inheritance flattened, defaults omitted; parses back to `config`."""
-    out = [f"# {config.path}: normalised by replica (common values folded into each resource)"]
-    if config.global_options:
-        flags = [k for k, p in GLOBAL_KEYWORDS.items() if isinstance(p, _Bool)]
-        out += ["global {", *_dump_dict(config.global_options, "    ", flags), "}", ""]
-    for r in config.resources.values():
-        out.append(f"resource {r.name} {{")
-        sections = [("net", _dump_options(NET_KEYWORDS, r.net, NetOptions(), " " * 8, ("protocol",))),
-                    ("disk", _dump_options(DISK_KEYWORDS, r.disk, DiskOptions(), " " * 8)),
-                    ("handlers", _dump_dict(r.handlers, " " * 8)),
-                    ("startup", _dump_dict(r.startup, " " * 8)),
-                    ("options", _dump_dict(r.options, " " * 8))]
-        for name, lines in sections:
-            if lines:
-                out += [f"    {name} {{", *lines, "    }"]
-        for h in r.hosts.values():
-            out.append(f"    on {_quote(h.name)} {{")
-            if h.node_id is not None:
-                out.append(f"        node-id {h.node_id};")
-            vol = []
-            if h.device or h.minor is not None:
-                derived = re.fullmatch(r"/dev/drbd([0-9]+)", h.device or "")
-                parts = [_quote(h.device)] if h.device else []
-                if h.minor is not None and not derived:
-                    parts += ["minor", str(h.minor)]
-                vol.append(f"device {' '.join(parts)};")
-            vol.append(f"disk {_quote(h.disk)};")
-            idx = f" [{h.meta_index}]" if h.meta_index is not None else ""
-            vol.append(f"meta-disk {_quote(h.meta_disk)}{idx};")
-            if h.volume is not None:
-                out += [f"        volume {h.volume} {{", *(" " * 12 + s for s in vol), "        }"]
-            else:
-                out += [" " * 8 + s for s in vol]
-            if h.address:
-                ip = f"[{h.address[0]}]" if h.address_family == "ipv6" else h.address[0]
-                out.append(f"        address {h.address_family} {ip}:{h.address[1]};")
-            if h.export:
-                tcp = "tcp:" if h.export.kind == "tcp" and h.export.host == "unix" else ""
-                out.append(f"        export {_quote(tcp + str(h.export))};")
-            out.append("    }")
-        out += ["}", ""]
-    return "\n".join(out)

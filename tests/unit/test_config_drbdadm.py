@@ -17,7 +17,8 @@ import subprocess
 
 import pytest
 
-from replica.config import dump_config, load_config, parse_config
+from replica.config import load_config, parse_config
+from replica.config_dump import dump_config
 from tests.conftest import requires_commands
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data"

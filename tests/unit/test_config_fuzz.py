@@ -13,7 +13,8 @@ import tempfile
 
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from replica.config import DiskOptions, NetOptions, dump_config, parse_config
+from replica.config import DiskOptions, NetOptions, parse_config
+from replica.config_dump import dump_config
 from replica.errors import ConfigError
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data"

@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from replica.config import (Config, DiskOptions, Endpoint, NetOptions, dump_config, load_config,
-                            parse_config)
+from replica.config import Config, DiskOptions, Endpoint, NetOptions, load_config, parse_config
+from replica.config_dump import dump_config
 from replica.errors import ConfigError
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data"
