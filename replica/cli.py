@@ -157,6 +157,7 @@ def cmd_create_md(ctl: Ctl, name: str) -> int:
 
 def cmd_dump_md(ctl: Ctl, name: str) -> int:
     from replica import metadata
+    from replica.metadata_dump import dump_md, format_dump_md
     for res in ctl.resource_names(name):
         resource = ctl.config.resource(res)
         reply = ctl.call("dump-md", resource=res) if ctl.daemon_running else {"attached": False}
@@ -165,7 +166,7 @@ def cmd_dump_md(ctl: Ctl, name: str) -> int:
         else:
             host = resource.host(ctl.where.node)
             with metadata.open_md(host.disk, host.meta_disk, apply_al=False) as md:
-                text, data = metadata.format_dump_md(md), metadata.dump_md(md)
+                text, data = format_dump_md(md), dump_md(md)
         if ctl.args.json:
             print(json.dumps(data, indent=2))
         else:

@@ -35,6 +35,7 @@ from replica.config import Endpoint, Resource
 from replica.errors import ReplicaError
 from replica.events import (ResourceEvents, encode_full_sync_request, encode_state,
                             encode_sync_uuid)
+from replica.metadata_dump import dump_md, format_dump_md
 from replica.mirror import Engine
 from replica.nbd_server import ExportServer
 from replica.peer_link import PeerLink, ResyncRunner
@@ -598,7 +599,7 @@ class ResourceRuntime(ResourceEvents):
     def dump_md(self) -> dict:
         self._need_disk()
         with self.md_lock:
-            return {"text": md_mod.format_dump_md(self.md), "json": md_mod.dump_md(self.md)}
+            return {"text": format_dump_md(self.md), "json": dump_md(self.md)}
 
     # --- status -----------------------------------------------------------------------------
 
