@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Replication peer link, sans-I/O: frame codec, control messages and the connect handshake.
+"""Replication peer link, sans-I/O: the connect handshake (and the peer link's public API).
 
-Owns: `ReplDecoder` (bytes -> validated `Frame`s, any peer link packet), the `encode_*`
-helpers, and `ReplHandshake`, the h11-style state machine run on every new TCP connection
-before the C data path takes the socket. Layouts: repl_wire.py. No I/O, clock or logging: the
-caller (peer_link.py) feeds bytes, sends `data_to_send()`, logs events naming the peer.
+Owns `ReplHandshake`, the h11-style state machine run on every new TCP connection before the C
+data path takes the socket, and its events. Frames and packet bodies: repl_codec.py (re-exported
+here, so `replica.protocol.repl` stays the one import for the peer link); layouts: repl_wire.py.
+No I/O, clock or logging: the caller (peer_link.py) feeds bytes, sends `data_to_send()`, logs
+events naming the peer.
 
 Handshake (both sides run the same machine; `is_initiator` is the side that connected)::
 
@@ -48,353 +49,29 @@ from dataclasses import dataclass
 from replica.bitmap import Bitmap, max_encoded_size
 from replica.errors import LocalProtocolError, RemoteProtocolError
 from replica.protocol import repl_wire as wire
-from replica.protocol.repl_wire import (BITMAP_LAST, DataFlag, Feature, NetFlag, RefuseCode,
-                                        ReplPacket, WireDisk, WireProtocol, WireRole)
+from replica.protocol.repl_codec import (CLOSED, NEED_DATA, DecodedHello, Frame, HelloInfo,
+                                         LinkSettings, ReplDecoder, decode_hello, decode_state,
+                                         decode_uuids, encode_bitmap, encode_frame, encode_hello,
+                                         encode_refuse, encode_simple, encode_state, encode_uuids,
+                                         hello_versions)
+from replica.protocol.repl_wire import BITMAP_LAST, Feature, RefuseCode, ReplPacket
 from replica.states import DiskState, Role
-from replica.uuids import (GenerationUuids, SplitBrainPolicy, SyncDecision, SyncVerdict, UuidFlag,
-                           UuidReport, sync_handshake)
+from replica.uuids import (SplitBrainPolicy, SyncDecision, SyncVerdict, UuidFlag, UuidReport,
+                           sync_handshake)
+
+__all__ = [  # the codec's names are part of this module's API
+    "CLOSED", "NEED_DATA", "Frame", "HelloInfo", "LinkSettings", "ReplDecoder", "decode_hello",
+    "decode_state", "decode_uuids", "encode_bitmap", "encode_frame", "encode_hello",
+    "encode_refuse", "encode_simple", "encode_state", "encode_uuids", "hello_versions",
+    "Authenticated", "AuthFailed", "HandshakeDone", "HandshakeFailed", "Incompatible",
+    "PeerBitmap", "PeerHello", "PeerRefused", "ReplHandshake", "AUTH_LABEL"]
 
 AUTH_LABEL = b"replica-ha RPL1 auth v1:"
 
 Mac = Callable[[str, bytes, bytes], bytes]
 
-
-class _Sentinel:
-    def __init__(self, name: str):
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-NEED_DATA = _Sentinel("NEED_DATA")
-CLOSED = _Sentinel("CLOSED")
-
-_ROLE_TO_WIRE = {Role.Unknown: WireRole.UNKNOWN, Role.Primary: WireRole.PRIMARY,
-                 Role.Secondary: WireRole.SECONDARY}
-_WIRE_TO_ROLE = {v: k for k, v in _ROLE_TO_WIRE.items()}
-_DISK_TO_WIRE = {d: WireDisk[d.name.upper()] for d in DiskState}
-_WIRE_TO_DISK = {v: k for k, v in _DISK_TO_WIRE.items()}
-_ALLOWED_FLAGS = {ReplPacket.DATA: DataFlag.FUA, ReplPacket.TRIM: DataFlag.FUA,
-                  ReplPacket.ZEROES: DataFlag.FUA | DataFlag.NO_HOLE,
-                  ReplPacket.BITMAP: BITMAP_LAST, ReplPacket.HELLO: 0x1}
 _SIGNED32 = struct.Struct(">i")
 _UNSIGNED32 = struct.Struct(">I")
-
-
-# --- frames ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    type: ReplPacket
-    flags: int = 0
-    id: int = 0
-    offset: int = 0
-    aux: int = 0
-    payload: bytes = b""
-
-
-def encode_frame(frame: Frame) -> bytes:
-    """Header + payload; raises LocalProtocolError if the frame breaks the wire rules."""
-    try:
-        _check_frame(frame.type, frame.flags, len(frame.payload), ctx="encode")
-    except RemoteProtocolError as e:
-        raise LocalProtocolError(str(e)) from None
-    return wire.HEADER.pack(wire.REPL_MAGIC, frame.type, frame.flags, frame.id, frame.offset,
-                            len(frame.payload), frame.aux) + frame.payload
-
-
-def _check_frame(ptype: ReplPacket, flags: int, length: int, ctx: str = "invalid frame") -> None:
-    lo, hi = wire.PAYLOAD_LIMITS.get(ptype, (0, 0))
-    if not lo <= length <= hi:
-        raise RemoteProtocolError(f"repl: {ctx}: {ptype.name}: length={length} "
-                                  f"outside {lo}..{hi}")
-    if flags & ~int(_ALLOWED_FLAGS.get(ptype, 0)):
-        raise RemoteProtocolError(f"repl: {ctx}: {ptype.name}: flags=0x{flags:04x} "
-                                  f"has unknown bits")
-
-
-class ReplDecoder:
-    """Stream decoder for peer-link frames: `receive_data(bytes)`, then `next_event()`.
-
-    Returns a Frame, NEED_DATA, or CLOSED after EOF (b"") on a frame boundary. Every field is
-    validated as soon as the 32-byte header is complete, before any payload is buffered.
-    """
-
-    def __init__(self, max_payload: int = wire.MAX_PAYLOAD):
-        self._buf = bytearray()
-        self._eof = False
-        self._header = None
-        self._error: RemoteProtocolError | None = None
-        self.max_payload = min(max_payload, wire.MAX_PAYLOAD)
-
-    def receive_data(self, data: bytes) -> None:
-        if self._eof and data:
-            raise LocalProtocolError("repl: receive_data after EOF")
-        if data:
-            self._buf += data
-        else:
-            self._eof = True
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
-    def take_buffered(self) -> bytes:
-        """Hand the unparsed bytes over (e.g. to the C data path after the handshake)."""
-        data, self._buf = bytes(self._buf), bytearray()
-        return data
-
-    def next_event(self):
-        if self._error is not None:
-            raise self._error
-        try:
-            return self._next()
-        except RemoteProtocolError as e:
-            self._error = e
-            raise
-
-    def _next(self):
-        if self._header is None:
-            if len(self._buf) < wire.HEADER_SIZE:
-                return self._need()
-            magic, ptype, flags, fid, offset, length, aux = wire.HEADER.unpack_from(self._buf)
-            if magic != wire.REPL_MAGIC:
-                raise RemoteProtocolError(f"repl: invalid frame: magic=0x{magic:08x}, "
-                                          f"expected 0x{wire.REPL_MAGIC:08x} (\"RPL1\")")
-            try:
-                ptype = ReplPacket(ptype)
-            except ValueError:
-                raise RemoteProtocolError(f"repl: invalid frame: type=0x{ptype:04x}: "
-                                          "unknown packet type") from None
-            if length > self.max_payload:
-                raise RemoteProtocolError(f"repl: invalid frame: {ptype.name}: length={length} "
-                                          f"exceeds {self.max_payload}")
-            _check_frame(ptype, flags, length)
-            self._header = (ptype, flags, fid, offset, length, aux)
-            del self._buf[:wire.HEADER_SIZE]
-        ptype, flags, fid, offset, length, aux = self._header
-        if len(self._buf) < length:
-            return self._need()
-        payload = bytes(self._buf[:length])
-        del self._buf[:length]
-        self._header = None
-        return Frame(ptype, flags, fid, offset, aux, payload)
-
-    def _need(self):
-        if self._eof:
-            if self._buf or self._header is not None:
-                raise RemoteProtocolError("repl: connection closed in the middle of a frame: "
-                                          f"{len(self._buf)} bytes buffered")
-            return CLOSED
-        return NEED_DATA
-
-
-# --- HELLO and control bodies ----------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class LinkSettings:
-    """The net options both nodes must share (DRBD's P_PROTOCOL); a mismatch is refused."""
-
-    protocol: str = "C"
-    allow_two_primaries: bool = False
-    after_sb_0pri: str = "disconnect"
-    after_sb_1pri: str = "disconnect"
-    after_sb_2pri: str = "disconnect"
-    data_integrity_alg: str = ""         # empty: off
-
-    @classmethod
-    def from_net(cls, net) -> "LinkSettings":
-        """From any object with the config's net option attribute names."""
-        return cls(net.protocol, net.allow_two_primaries, net.after_sb_0pri, net.after_sb_1pri,
-                   net.after_sb_2pri, net.data_integrity_alg or "")
-
-    def mismatches(self, peer: "LinkSettings") -> list[str]:
-        """One phrase per setting that differs, in DRBD's words; empty if compatible."""
-        out = []
-        if self.protocol != peer.protocol:
-            out.append(f"incompatible communication protocols: local protocol {self.protocol}, "
-                       f"peer protocol {peer.protocol}")
-        for name in ("after_sb_0pri", "after_sb_1pri", "after_sb_2pri", "allow_two_primaries",
-                     "data_integrity_alg"):
-            mine, theirs = getattr(self, name), getattr(peer, name)
-            if mine != theirs:
-                out.append(f"incompatible {name.replace('_', '-')} settings: local "
-                           f"{_setting_text(mine)}, peer {_setting_text(theirs)}")
-        return out
-
-
-def _setting_text(value) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return value or "off"
-
-
-@dataclass(frozen=True, slots=True)
-class HelloInfo:
-    """What a node announces on connect (its side of DRBD's P_PROTOCOL/P_UUIDS/P_SIZES/P_STATE)."""
-
-    node_name: str
-    data_size: int
-    uuids: GenerationUuids
-    role: Role = Role.Secondary
-    disk: DiskState = DiskState.Inconsistent
-    flags: UuidFlag = UuidFlag(0)
-    features: Feature = wire.FEATURES_ALL
-    bits: int = 0                        # dirty blocks in our bitmap (after-sb policies)
-    settings: LinkSettings = LinkSettings()
-
-
-@dataclass(frozen=True, slots=True)
-class _Hello:
-    info: HelloInfo
-    version_min: int
-    version_max: int
-    alg: str
-    initiator: bool
-
-
-def encode_hello(info: HelloInfo, alg: str, initiator: bool,
-                 version_min: int = wire.PROTOCOL_VERSION_MIN,
-                 version_max: int = wire.PROTOCOL_VERSION_MAX) -> bytes:
-    name = info.node_name.encode("utf-8")
-    st = info.settings
-    try:
-        algb = alg.encode("ascii")
-        policies = [p.encode("ascii") for p in (st.after_sb_0pri, st.after_sb_1pri,
-                                                st.after_sb_2pri)]
-        integrity = st.data_integrity_alg.encode("ascii")
-        proto = WireProtocol[st.protocol]
-    except (UnicodeEncodeError, KeyError):
-        raise LocalProtocolError(f"repl: HELLO: bad alg or net settings: {alg!r} {st}") from None
-    if (not 0 < len(name) <= wire.NODE_NAME_MAX or len(algb) > wire.ALG_NAME_MAX
-            or len(integrity) > wire.ALG_NAME_MAX
-            or any(len(p) > wire.POLICY_MAX for p in policies)):
-        raise LocalProtocolError(f"repl: HELLO: bad node name, alg or net settings: "
-                                 f"{info.node_name!r} {alg!r} {st}")
-    u = info.uuids
-    net_flags = NetFlag.ALLOW_TWO_PRIMARIES if st.allow_two_primaries else NetFlag(0)
-    body = wire.HELLO_FIXED.pack(version_min, version_max, int(info.features), info.data_size,
-                                 u.current, u.bitmap, u.history[0], u.history[1], info.bits,
-                                 int(info.flags),
-                                 _ROLE_TO_WIRE[info.role], _DISK_TO_WIRE[info.disk], len(name),
-                                 len(algb), proto, int(net_flags), *map(len, policies),
-                                 len(integrity)) + name + algb + b"".join(policies) + integrity
-    return encode_frame(Frame(ReplPacket.HELLO, flags=1 if initiator else 0, payload=body))
-
-
-def hello_versions(frame: Frame) -> tuple[int, int]:
-    """The version range a HELLO of any protocol version announces (its first 4 bytes)."""
-    vmin, vmax = wire.VERSIONS.unpack_from(frame.payload)
-    if vmin > vmax:
-        raise RemoteProtocolError(f"repl: invalid HELLO: version range {vmin}..{vmax}")
-    return vmin, vmax
-
-
-def decode_hello(frame: Frame) -> _Hello:
-    """A HELLO of this layout (check hello_versions() first); RemoteProtocolError if malformed."""
-    p = frame.payload
-    if len(p) < wire.HELLO_FIXED.size:
-        raise RemoteProtocolError(f"repl: invalid HELLO: length={len(p)}, expected at least "
-                                  f"{wire.HELLO_FIXED.size}")
-    (vmin, vmax, features, size, cur, bm, h0, h1, bits, uflags, role, disk, name_len,
-     alg_len, proto, net_flags, *lens) = wire.HELLO_FIXED.unpack_from(p)
-    policy_lens, integrity_len = lens[:3], lens[3]
-    if len(p) != wire.HELLO_FIXED.size + name_len + alg_len + sum(lens):
-        raise RemoteProtocolError(f"repl: invalid HELLO: length={len(p)}, name_len={name_len} "
-                                  f"alg_len={alg_len} settings_len={sum(lens)}")
-    if (name_len == 0 or alg_len > wire.ALG_NAME_MAX or integrity_len > wire.ALG_NAME_MAX
-            or not all(0 < n <= wire.POLICY_MAX for n in policy_lens)):
-        raise RemoteProtocolError(f"repl: invalid HELLO: name_len={name_len} alg_len={alg_len} "
-                                  f"after-sb lengths={policy_lens} "
-                                  f"data-integrity-alg length={integrity_len}")
-    if vmin > vmax:
-        raise RemoteProtocolError(f"repl: invalid HELLO: version range {vmin}..{vmax}")
-    try:
-        proto_e = WireProtocol(proto)
-    except ValueError:
-        raise RemoteProtocolError(f"repl: invalid HELLO: protocol={proto}") from None
-    if net_flags & ~int(NetFlag.ALLOW_TWO_PRIMARIES):
-        raise RemoteProtocolError(f"repl: invalid HELLO: net_flags=0x{net_flags:02x} has "
-                                  "unknown bits")
-    try:
-        role_e = _WIRE_TO_ROLE[WireRole(role)]
-    except ValueError:
-        raise RemoteProtocolError(f"repl: invalid HELLO: role={role}") from None
-    try:
-        disk_e = _WIRE_TO_DISK[WireDisk(disk)]
-    except ValueError:
-        raise RemoteProtocolError(f"repl: invalid HELLO: disk={disk}") from None
-    off = wire.HELLO_FIXED.size
-    fields = []
-    for n in (name_len, alg_len, *lens):
-        fields.append(p[off:off + n])
-        off += n
-    try:
-        name = fields[0].decode("utf-8")
-        alg, asb0, asb1, asb2, integrity = (f.decode("ascii") for f in fields[1:])
-    except UnicodeDecodeError as e:
-        raise RemoteProtocolError(f"repl: invalid HELLO: node name, alg or net settings: "
-                                  f"{e.reason}") from None
-    if not all(x.isprintable() for x in (name, alg, asb0, asb1, asb2, integrity)):
-        raise RemoteProtocolError("repl: invalid HELLO: unprintable node name, alg or net "
-                                  "settings")
-    settings = LinkSettings(proto_e.name, bool(net_flags & NetFlag.ALLOW_TWO_PRIMARIES), asb0,
-                            asb1, asb2, integrity)
-    info = HelloInfo(name, size, GenerationUuids(cur, bm, (h0, h1)), role_e, disk_e,
-                     UuidFlag(uflags & 0xF), Feature(features & int(wire.FEATURES_ALL)), bits,
-                     settings)
-    return _Hello(info, vmin, vmax, alg, bool(frame.flags & 1))
-
-
-def encode_state(role: Role, disk: DiskState, current_uuid: int) -> bytes:
-    """STATE: a role or disk change (e.g. the peer became Primary)."""
-    return encode_frame(Frame(ReplPacket.STATE, offset=current_uuid,
-                              aux=_ROLE_TO_WIRE[role] << 8 | _DISK_TO_WIRE[disk]))
-
-
-def decode_state(frame: Frame) -> tuple[Role, DiskState, int]:
-    try:
-        role = _WIRE_TO_ROLE[WireRole(frame.aux >> 8)]
-        disk = _WIRE_TO_DISK[WireDisk(frame.aux & 0xFF)]
-    except ValueError:
-        raise RemoteProtocolError(f"repl: invalid STATE: aux=0x{frame.aux:08x}") from None
-    return role, disk, frame.offset
-
-
-def encode_uuids(uuids: GenerationUuids, flags: UuidFlag = UuidFlag(0)) -> bytes:
-    return encode_frame(Frame(ReplPacket.UUIDS, payload=wire.UUIDS_BODY.pack(
-        uuids.current, uuids.bitmap, uuids.history[0], uuids.history[1], int(flags))))
-
-
-def decode_uuids(frame: Frame) -> tuple[GenerationUuids, UuidFlag]:
-    cur, bm, h0, h1, fl = wire.UUIDS_BODY.unpack(frame.payload)
-    return GenerationUuids(cur, bm, (h0, h1)), UuidFlag(fl & 0xF)
-
-
-def encode_refuse(reason: str, code: RefuseCode = RefuseCode.OTHER) -> bytes:
-    return encode_frame(Frame(ReplPacket.REFUSE, aux=int(code),
-                              payload=reason.encode("utf-8")[:wire.REFUSE_MAX]))
-
-
-def encode_simple(ptype: ReplPacket, *, offset: int = 0, aux: int = 0, fid: int = 0) -> bytes:
-    """A header-only packet (PING, PING_ACK, SYNC_UUID, OUTDATE, DISCONNECT, RS_DONE...)."""
-    return encode_frame(Frame(ptype, id=fid, offset=offset, aux=aux))
-
-
-def encode_bitmap(encoded: bytes, slice_size: int = wire.BITMAP_SLICE) -> bytes:
-    """The encoded bitmap as BITMAP frames of at most `slice_size` payload bytes."""
-    out = bytearray()
-    total = len(encoded)
-    pos = 0
-    while True:
-        chunk = encoded[pos:pos + slice_size]
-        last = pos + len(chunk) >= total
-        out += encode_frame(Frame(ReplPacket.BITMAP, flags=BITMAP_LAST if last else 0,
-                                  offset=pos, aux=total, payload=chunk))
-        pos += len(chunk)
-        if last:
-            return bytes(out)
 
 
 # --- handshake events -------------------------------------------------------------------------
@@ -485,7 +162,7 @@ class ReplHandshake:
         self._events: list = []
         self.state = "WAIT_HELLO"
         self.peer: HelloInfo | None = None
-        self._peer_hello: _Hello | None = None
+        self._peer_hello: DecodedHello | None = None
         self._peer_authed = secret is None
         self._peer_challenge_answered = secret is None
         self.verdict: SyncVerdict | None = None
@@ -594,7 +271,7 @@ class ReplHandshake:
             return False
         return True
 
-    def _on_hello(self, h: _Hello) -> None:
+    def _on_hello(self, h: DecodedHello) -> None:
         self._peer_hello = h
         if h.initiator == self.is_initiator:
             self._fail(HandshakeFailed("both sides claim to have " +
