@@ -484,6 +484,16 @@ def test_different_protocols_refused_on_both_sides(secret, a_initiates):
     assert ev.final and ev.code is wire.RefuseCode.INCOMPATIBLE
 
 
+def test_settings_are_compared_only_after_authentication():
+    """As in DRBD (auth in conn_connect, P_PROTOCOL after it): a peer with the wrong secret is an
+    authentication failure, whatever its settings; nothing it says is reported."""
+    a = make(with_settings(info("alpha", GenerationUuids(A)), protocol="A"), secret=b"right",
+             initiator=True)
+    b = make(info("mallory", GenerationUuids(A)), secret=b"wrong", initiator=False, seed=1)
+    ea, _ = run_pair(a, b)
+    assert kinds(ea) == ["AuthFailed"] and a.peer is None
+
+
 def test_every_shared_setting_is_compared():
     a = make(with_settings(info("alpha", GenerationUuids(A)), allow_two_primaries=True,
                            after_sb_0pri="discard-zero-changes", after_sb_1pri="consensus",
