@@ -543,24 +543,86 @@ int rm_engine_zero(rm_engine *eng, uint32_t count, uint64_t offset, int may_trim
     return rc < 0 ? rc : local_zero(eng, count, offset, may_trim, fua);
 }
 
-/* Write `length` bytes arriving on `sock` to the disk at `offset`, the first `have` of them
- * already received into `prefix`. splice(2) moves the socket's pages into the pipe and copies
- * them once into the page cache, where recv + pwrite would copy twice. The stream is always
- * consumed: returns 0 with the local write's result in *write_rc, or a negative errno when the
- * socket failed (the connection is then lost anyway). */
-int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *prefix, uint32_t have,
-                        uint64_t offset, uint32_t length, int fua, int *write_rc)
+/* Move `in` bytes from the pipe to the disk at *off. Keeps the stream in step on a disk error
+ * (drains what the pipe holds) and returns that error once; 0 otherwise. */
+static int pipe_to_disk(rm_engine *eng, int pipefd[2], uint64_t *off, size_t in, uint64_t start, uint64_t total)
 {
-    uint64_t off = offset;
-    uint32_t left = length;
     int rc = 0;
 
+    while (in > 0) {
+        loff_t pos = (loff_t)*off;
+        ssize_t out = splice(pipefd[0], NULL, eng->fd, &pos, in, SPLICE_F_MOVE);
+        if (out < 0 && errno == EINTR)
+            continue;
+        if (out <= 0) {
+            char sink[65536];
+            ssize_t n = read(pipefd[0], sink, in < sizeof sink ? in : sizeof sink);
+            if (rc == 0)
+                rc = io_error(eng, out < 0 ? errno : EIO, start, total);
+            out = n > 0 ? n : (ssize_t)in;
+        } else {
+            STAT_ADD(eng, bytes_written, (uint64_t)out);
+        }
+        *off += (uint64_t)out;
+        in -= (size_t)out;
+    }
+    return rc;
+}
+
+static void drain_pipe(int pipefd[2], size_t len)
+{
+    char sink[65536];
+
+    while (len > 0) {
+        ssize_t n = read(pipefd[0], sink, len < sizeof sink ? len : sizeof sink);
+        if (n <= 0)
+            break;
+        len -= (size_t)n;
+    }
+}
+
+/* Write `length` bytes arriving on `sock` to the disk at `offset`, the first `have` of them
+ * already received into `prefix`. splice(2) moves the socket's pages into the pipe and copies
+ * them once into the page cache, where recv + pwrite would copy twice.
+ *
+ * whole_first: the rest of the payload must fit in the pipe; it is all received before any byte
+ * reaches the disk, so a client that vanishes mid-payload changes nothing (the NBD frontend's
+ * rule, as with a buffered write). Otherwise the payload streams through (the peer receiver:
+ * a torn frame there is covered by the sender's bitmap or activity log).
+ *
+ * Returns 0 with the local write's result in *write_rc once the stream is consumed, or a
+ * negative errno when the socket failed (the connection is lost anyway). */
+int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *prefix, uint32_t have,
+                        uint64_t offset, uint32_t length, int fua, int whole_first, int *write_rc)
+{
+    uint64_t off = offset;
+    uint32_t left = length - have;
+    size_t queued = 0;
+    int rc = 0;
+
+    if (whole_first) {
+        while (queued < left) {
+            ssize_t in = splice(sock, NULL, pipefd[1], NULL, left - queued, SPLICE_F_MOVE);
+            if (in < 0 && errno == EINTR)
+                continue;
+            if (in <= 0) {
+                drain_pipe(pipefd, queued);
+                return in == 0 ? -ECONNRESET : -errno;
+            }
+            queued += (size_t)in;
+        }
+    }
     if (have) {
         rc = local_pwrite(eng, prefix, have, off, 0);
         off += have;
-        left -= have;
         if (rc == 0)
             __atomic_fetch_sub(&eng->stats.writes, 1, __ATOMIC_RELAXED);  /* one request, counted below */
+    }
+    if (whole_first) {
+        int prc = pipe_to_disk(eng, pipefd, &off, queued, offset, length);
+        if (rc == 0)
+            rc = prc;
+        left = 0;
     }
     while (left > 0) {
         ssize_t in = splice(sock, NULL, pipefd[1], NULL, left, SPLICE_F_MOVE);
@@ -569,24 +631,9 @@ int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *pre
         if (in <= 0)
             return in == 0 ? -ECONNRESET : -errno;
         left -= (uint32_t)in;
-        while (in > 0) {
-            loff_t pos = (loff_t)off;
-            ssize_t out = splice(pipefd[0], NULL, eng->fd, &pos, (size_t)in, SPLICE_F_MOVE);
-            if (out < 0 && errno == EINTR)
-                continue;
-            if (out <= 0) {
-                /* Keep the stream in step: drain what the pipe holds, remember the error. */
-                char sink[65536];
-                ssize_t n = read(pipefd[0], sink, (size_t)in < sizeof sink ? (size_t)in : sizeof sink);
-                if (rc == 0)
-                    rc = io_error(eng, out < 0 ? errno : EIO, offset, length);
-                out = n > 0 ? n : in;
-            } else {
-                STAT_ADD(eng, bytes_written, (uint64_t)out);
-            }
-            off += (uint64_t)out;
-            in -= out;
-        }
+        int prc = pipe_to_disk(eng, pipefd, &off, (size_t)in, offset, length);
+        if (rc == 0)
+            rc = prc;
     }
     if (rc == 0) {
         STAT_ADD(eng, writes, 1);
@@ -597,12 +644,16 @@ int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *pre
     return 0;
 }
 
+/* A pipe for splice, as large as the system allows up to 1 MiB; returns its capacity or -errno. */
 int engine_open_pipe(int pipefd[2])
 {
+    int cap;
+
     if (pipe2(pipefd, O_CLOEXEC) < 0)
         return -errno;
     fcntl(pipefd[1], F_SETPIPE_SZ, 1024 * 1024);  /* best effort: fewer round trips per MiB */
-    return 0;
+    cap = fcntl(pipefd[1], F_GETPIPE_SZ);
+    return cap > 0 ? cap : 65536;
 }
 
 /* Read exactly len bytes: first those already received in buf[*start, end), then straight from

@@ -53,6 +53,7 @@ struct conn {
     char *payload;
     size_t payload_cap;
     int pipe[2];               /* for spliced writes, opened on first use */
+    size_t pipe_cap;           /* its capacity: larger payloads take the buffered path */
 };
 
 static inline uint16_t get16(const unsigned char *p) { return (uint16_t)(p[0] << 8 | p[1]); }
@@ -285,6 +286,19 @@ static int do_read_locked(struct conn *c, const unsigned char *cookie, uint64_t 
     return rc;
 }
 
+static int open_pipe(struct conn *c)
+{
+    int cap;
+
+    if (c->pipe[0] >= 0)
+        return 1;
+    cap = engine_open_pipe(c->pipe);
+    if (cap < 0)
+        return 0;
+    c->pipe_cap = (size_t)cap;
+    return 1;
+}
+
 /* A large write: socket -> pipe -> disk, one copy (see engine_splice_write), then to the peer
  * straight from the page cache. */
 static int splice_write(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len,
@@ -295,7 +309,7 @@ static int splice_write(struct conn *c, const unsigned char *cookie, uint64_t of
 
     engine_al_wait(c->eng, offset, len);
     rc = engine_splice_write(c->eng, c->fd, c->pipe, c->in + c->in_start, (uint32_t)have, offset, len,
-                             fua, &wrc);
+                             fua, 1, &wrc);
     c->in_start = c->in_end;
     if (rc < 0) {
         *end = rc == -ECONNRESET ? RM_END_PROTOCOL : RM_END_SOCKET;
@@ -342,8 +356,8 @@ static int handle_request(struct conn *c, int *end)
             return -EOVERFLOW;
         }
         if (len >= SPLICE_MIN && !(flags & ~NBD_CMD_FLAG_FUA) && c->in_end - c->in_start < len &&
-            engine_check_range(c->eng, offset, len, 1) == 0 &&
-            (c->pipe[0] >= 0 || engine_open_pipe(c->pipe) == 0))
+            open_pipe(c) && len - (c->in_end - c->in_start) <= c->pipe_cap &&
+            engine_check_range(c->eng, offset, len, 1) == 0)
             return splice_write(c, cookie, offset, len, flags & NBD_CMD_FLAG_FUA, end);
         rc = get_payload(c, len, &data);
         if (rc < 0) {

@@ -9,6 +9,7 @@ import os
 import socket
 import struct
 import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -229,6 +230,9 @@ def test_serve_large_write_takes_the_splice_path_and_survives_a_vanishing_client
     assert s.reply() == (0, 1, b"")
     assert engine.pread(len(data), 4096) == data
     s.sock.sendall(REQUEST.pack(REQUEST_MAGIC, 0, WRITE, 2, 0, 512 * 1024) + b"y" * 1000)
+    time.sleep(0.05)   # let the server start splicing what has arrived
+    s.sock.sendall(b"y" * 100_000)
     s.sock.shutdown(socket.SHUT_WR)
     assert s.finish().reason == "protocol error"
     assert engine.stats()["writes"] == 1
+    assert engine.pread(4096, 0) == bytes(4096)  # a half-received write is never applied
