@@ -70,6 +70,7 @@ cat > "$WORK/replica.conf" <<EOF
 resource r0 {
     protocol C;
     net { ping-int 1; ping-timeout 5; timeout 5; connect-int 2; cram-hmac-alg sha256; shared-secret "demo-secret"; }
+    disk { resync-rate 100M; }
     on ha1 { disk $DISKS/ha1.img; meta-disk internal; address 10.0.17.1:7789; export unix:$WORK/ha1/r0.sock; }
     on ha2 { disk $DISKS/ha2.img; meta-disk internal; address 10.0.17.2:7789; export unix:$WORK/ha2/r0.sock; }
 }
@@ -148,7 +149,7 @@ rm -f "$WORK/ha1/run/kvstore.pid"
 ip -n "$PFX-ha1" link set eth0 up
 ctl ha1 up r0
 wait_for 30 "ha1 UpToDate again" state_is ha1 dstate UpToDate/UpToDate
-grep -h "resync finished" "$WORK/ha1/replica/replicad.log" "$WORK/ha2/replica/replicad.log" | tail -1 || true
+grep -h "resync finished:" "$WORK/ha2/replica/replicad.log" | tail -1 | sed "s/^.*replicad\[[0-9]*\]: //" || true
 start_hbd ha1
 wait_for 40 "ha1 serves the database again" served_by ha1
 echo "client: GET / -> $(client "http://$VIP/")"
