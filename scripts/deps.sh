@@ -20,6 +20,15 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Debian's heartbeat keeps runtime directories under /run (tmpfiles.d): after a reboot without
+# systemd they are gone, and the real-daemon tests copy them. Recreate them when missing.
+if [[ -f /usr/lib/tmpfiles.d/heartbeat.conf && ! -d /run/heartbeat ]]; then
+    systemd-tmpfiles --create /usr/lib/tmpfiles.d/heartbeat.conf 2>/dev/null || {
+        install -d -m 0750 -o hacluster -g haclient /run/heartbeat /run/heartbeat/ccm \
+            /run/heartbeat/crm /run/heartbeat/dopd /run/crm
+    }
+fi
+
 if [[ ! -x $venv/bin/python ]]; then
     echo "deps: creating $venv with $($python --version)"
     "$python" -m venv "$venv"
