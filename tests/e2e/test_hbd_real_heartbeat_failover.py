@@ -27,6 +27,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import requires_commands, requires_root  # noqa: E402
+from tests.real_heartbeat_ns import kill_namespace, pin_mount_namespace
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -48,41 +49,6 @@ exit 2
 
 def run(*argv, check=True):
     return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=30)
-
-
-# The mount namespace of a real heartbeat is how its children are found for the kill. Its
-# inode number could be reused by a new namespace once the old one is gone (every `ip netns
-# exec` makes one), so an fd is held on it from start to kill: while pinned, the link names
-# only the namespace we created, and only processes we started can be in it.
-_PINNED_NS: dict[str, int] = {}
-
-
-def pin_mount_namespace(pid: int) -> str:
-    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
-    link = os.readlink(f"/proc/{pid}/ns/mnt")
-    if link in _PINNED_NS:
-        os.close(fd)
-    else:
-        _PINNED_NS[link] = fd
-    return link
-
-
-def unpin_mount_namespace(link) -> None:
-    fd = _PINNED_NS.pop(link, None)
-    if fd is not None:
-        os.close(fd)
-
-
-def mntns_pids(link):
-    pids = []
-    for e in os.listdir("/proc"):
-        if e.isdigit():
-            try:
-                if os.readlink(f"/proc/{e}/ns/mnt") == link:
-                    pids.append(int(e))
-            except OSError:
-                pass
-    return pids
 
 
 class RealHeartbeat:
@@ -131,23 +97,11 @@ class RealHeartbeat:
         raise AssertionError("real heartbeat did not start in its own mount namespace")
 
     def kill(self):
-        if self.mntns and self.mntns not in _PINNED_NS:
-            self.mntns = None  # never kill by an unpinned namespace: it may be someone else's now
-        for _ in range(3):
-            pids = mntns_pids(self.mntns) if self.mntns else []
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.2)
+        kill_namespace(self.mntns)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
         if self.proc is not None:
             self.proc.wait(timeout=10)
-        unpin_mount_namespace(self.mntns)
         self.proc = self.mntns = None
 
     def log(self):

@@ -27,6 +27,7 @@ import time
 import pytest
 
 from conftest import requires_commands, requires_root
+from tests.real_heartbeat_ns import kill_namespace, pin_mount_namespace
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -118,59 +119,9 @@ def run(*argv, check=True, **kw):
     return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=30, **kw)
 
 
-# The mount namespace of a real heartbeat is how its children are found for the kill. Its
-# inode number could be reused by a new namespace once the old one is gone (every `ip netns
-# exec` makes one), so an fd is held on it from start to kill: while pinned, the link names
-# only the namespace we created, and only processes we started can be in it.
-_PINNED_NS: dict[str, int] = {}
-
-
-def pin_mount_namespace(pid: int) -> str:
-    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
-    link = os.readlink(f"/proc/{pid}/ns/mnt")
-    if link in _PINNED_NS:
-        os.close(fd)
-    else:
-        _PINNED_NS[link] = fd
-    return link
-
-
-def unpin_mount_namespace(link) -> None:
-    fd = _PINNED_NS.pop(link, None)
-    if fd is not None:
-        os.close(fd)
-
-
-def ns_pids(mntns_link):
-    """Every process whose mount namespace is `mntns_link` (the node's private one)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.readlink(f"/proc/{entry}/ns/mnt") == mntns_link:
-                    pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
-
-
 def kill_node(master_pid, mntns_link):
     """SIGKILL the daemon and every child in its mount namespace (heartbeat-wire.md 1)."""
-    if mntns_link is None or mntns_link not in _PINNED_NS:
-        return  # never kill by an unpinned namespace: it may be someone else's now
-    try:
-        for _ in range(3):
-            pids = ns_pids(mntns_link)
-            if not pids:
-                return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.2)
-    finally:
-        unpin_mount_namespace(mntns_link)
+    kill_namespace(mntns_link)
 
 
 @pytest.fixture
