@@ -136,6 +136,10 @@ def main(argv=None) -> int:
         else:
             print(str(e), file=sys.stderr)
         return 3
+    except BrokenPipeError:
+        # The reader went away (`hbctl status | head`): stop quietly, as ls or cat do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:
         print(f"hbctl: {args.cmd}: {e}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ unknown/unconfigured resources 10.
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -343,6 +344,10 @@ def main(argv=None) -> int:
     ctl = Ctl(where, args)
     try:
         return args.handler(ctl, args.resource)
+    except BrokenPipeError:
+        # The reader went away (`replicactl status | head`): stop quietly, as ls or cat do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ReplicaError, OSError) as exc:
         text = str(exc)
         refusal = refusal_in(text)

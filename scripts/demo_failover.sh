@@ -26,16 +26,12 @@ declare -A HBD=()
 cleanup() {
     set +e
     for n in "${!HBD[@]}"; do kill -9 "${HBD[$n]}" 2>/dev/null; wait "${HBD[$n]}" 2>/dev/null; done
-    for ns in ha1 ha2 cli sw; do
-        for pid in $(ip netns pids "$PFX-$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
-        ip netns del "$PFX-$ns" 2>/dev/null
-    done
+    remove_lan
     if [ -n "${KEEP_DEMO:-}" ]; then echo "logs kept in $WORK"; rm -rf "$DISKS"; else rm -rf "$WORK" "$DISKS"; fi
 }
 trap cleanup EXIT INT TERM
+. "$REPO/scripts/lib/demo_lan.sh"
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-inns() { local n=$1; shift; ip netns exec "$PFX-$n" "$@"; }
 ctl() { local n=$1; shift; inns "$n" "$REPO/.venv/bin/replicactl" --config "$WORK/replica.conf" --node "$n" \
             --run-dir "$WORK/$n/replica" "$@"; }
 hbctl() { local n=$1; shift; "$PYTHON" -m hbd.ctl --run-dir "$WORK/$n/run" "$@"; }
@@ -54,16 +50,7 @@ served_by() { [[ $(client "http://$VIP/") == *"served by $1" ]]; }
 state_is() { [ "$(ctl "$1" "$2" r0 2>/dev/null)" = "$3" ]; }   # state_is NODE cstate|dstate|role VALUE
 
 say "network: ha1, ha2 and a client on one bridge (namespaces $PFX-*)"
-for ns in ha1 ha2 cli sw; do ip netns add "$PFX-$ns"; ip -n "$PFX-$ns" link set lo up; done
-ip -n "$PFX-sw" link add br0 type bridge && ip -n "$PFX-sw" link set br0 up
-i=0
-for n in ha1 ha2 cli; do
-    case $n in ha1) a=10.0.17.1;; ha2) a=10.0.17.2;; cli) a=10.0.17.100;; esac
-    ip -n "$PFX-sw" link add "p$i" type veth peer name eth0 netns "$PFX-$n"
-    ip -n "$PFX-sw" link set "p$i" master br0 up
-    ip -n "$PFX-$n" addr add "$a/24" dev eth0 && ip -n "$PFX-$n" link set eth0 up
-    i=$((i + 1))
-done
+make_lan
 
 say "replication: resource r0, a 64 MiB disk per node (tmpfs), protocol C"
 cat > "$WORK/replica.conf" <<EOF

@@ -24,28 +24,15 @@ declare -A PIDS=()
 cleanup() {
     set +e
     for n in "${!PIDS[@]}"; do kill -9 "${PIDS[$n]}" 2>/dev/null; wait "${PIDS[$n]}" 2>/dev/null; done
-    for ns in ha1 ha2 cli sw; do
-        for pid in $(ip netns pids "$PFX-$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
-        ip netns del "$PFX-$ns" 2>/dev/null
-    done
+    remove_lan
     rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
+. "$REPO/scripts/lib/demo_lan.sh"
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-inns() { local n=$1; shift; ip netns exec "$PFX-$n" "$@"; }
 
 say "network: two nodes and a client on one bridge"
-for ns in ha1 ha2 cli sw; do ip netns add "$PFX-$ns"; ip -n "$PFX-$ns" link set lo up; done
-ip -n "$PFX-sw" link add br0 type bridge && ip -n "$PFX-sw" link set br0 up
-i=0
-for n in ha1 ha2 cli; do
-    case $n in ha1) a=10.0.17.1;; ha2) a=10.0.17.2;; cli) a=10.0.17.100;; esac
-    ip -n "$PFX-sw" link add "p$i" type veth peer name eth0 netns "$PFX-$n"
-    ip -n "$PFX-sw" link set "p$i" master br0 up
-    ip -n "$PFX-$n" addr add "$a/24" dev eth0 && ip -n "$PFX-$n" link set eth0 up
-    i=$((i + 1))
-done
+make_lan
 
 for n in ha1 ha2; do
     d=$WORK/$n; mkdir -p "$d/ha.d/resource.d" "$d/run" "$d/www"
