@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -23,7 +24,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-RUNTIME_S = int(os.environ.get("BENCH_RUNTIME", "5"))
+RUNTIME_S = int(os.environ.get("BENCH_RUNTIME", "4"))
+# The host's timing drifts by 2-3x within minutes (the loopback round trip has been seen at 14 and
+# at 54 µs), so each comparison runs REPEATS rounds alternating the two servers, and reports the
+# median of each: both sides see the same weather.
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 FILE_SIZE = 512 << 20
 BIN = Path(sys.executable).parent
 console = Console(width=150)
@@ -68,6 +73,16 @@ def fio(uri: str | None, rw: str, bs: str, qd: int, filename: str | None = None)
     pct = side["lat_ns"].get("percentile", {})
     return {"MiB/s": side["bw"] / 1024, "IOPS": side["iops"],
             "p50": pct.get("50.000000", 0) / 1000, "p99": pct.get("99.000000", 0) / 1000}
+
+
+def paired(uri_a: str, uri_b: str, rw: str, bs: str, qd: int) -> tuple[dict, dict]:
+    """Medians of REPEATS alternating fio runs against two servers."""
+    runs_a, runs_b = [], []
+    for _ in range(REPEATS):
+        runs_a.append(fio(uri_a, rw, bs, qd))
+        runs_b.append(fio(uri_b, rw, bs, qd))
+    median = lambda runs: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    return median(runs_a), median(runs_b)
 
 
 def loopback_tcp_limits() -> tuple[float | None, float | None]:
@@ -207,7 +222,7 @@ REPL_JOBS = [
 ]
 
 
-def replication_table(work: Path, servers: list, kit: dict, tcp_mibs, rtt_us):
+def replication_table(work: Path, servers: list, kit, tcp_mibs, rtt_us):
     """Protocols A, B, C between two replicad on loopback vs unreplicated nbdkit file, and a
     full 1 GiB resync vs the loopback TCP limit."""
     table = Table(title="replication: Primary -> Secondary over loopback TCP, vs nbdkit file (unreplicated)")
@@ -219,8 +234,7 @@ def replication_table(work: Path, servers: list, kit: dict, tcp_mibs, rtt_us):
         servers.append(pair)
         try:
             for label, rw, bs, qd in REPL_JOBS:
-                ours = fio(pair.uri, rw, bs, qd)
-                ref = kit[label]
+                ours, ref = paired(pair.uri, kit.uri, rw, bs, qd)
                 if qd == 1:
                     limit = ref["p50"] + 2 * rtt_us if rtt_us else None
                     ok = limit is not None and ours["p50"] <= limit
@@ -285,14 +299,15 @@ def main() -> int:
         kit = Nbdkit(work, kit_disk)
         servers.append(kit)
 
-        table = Table(title=f"replicad vs nbdkit file — fio {RUNTIME_S}s per job, backing files on tmpfs, unix sockets")
+        table = Table(title=f"replicad vs nbdkit file — fio {RUNTIME_S}s per job, median of {REPEATS} alternating "
+                            "runs, backing files on tmpfs, unix sockets")
         for col in ("test", "replicad", "nbdkit file", "ratio", "target", "ok"):
             table.add_column(col, justify="left" if col == "test" else "right")
         failures = 0
         ours_results = {}
         for label, rw, bs, qd, metric in JOBS:
-            a = ours_results[label] = fio(ours.uri, rw, bs, qd)
-            b = fio(kit.uri, rw, bs, qd)
+            a, b = paired(ours.uri, kit.uri, rw, bs, qd)
+            ours_results[label] = a
             if metric == "latency":
                 ratio = a["p50"] / b["p50"]
                 ok = ratio <= 1.1
@@ -325,8 +340,7 @@ def main() -> int:
         limits.add_row("loopback TCP round trip p50 (sockperf)", fmt(rtt, "µs") if rtt else "n/a (no sockperf)", "")
         console.print(table)
         console.print(limits)
-        kit_results = {label: fio(kit.uri, rw, bs, qd) for label, rw, bs, qd in REPL_JOBS}
-        repl, repl_failures, repl_targets = replication_table(work, servers, kit_results, mibs, rtt)
+        repl, repl_failures, repl_targets = replication_table(work, servers, kit, mibs, rtt)
         console.print(repl)
         total = len(JOBS) + 1 + repl_targets
         console.print(f"bench: {total - failures - repl_failures} of {total} targets met")
