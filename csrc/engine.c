@@ -597,32 +597,20 @@ int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *pre
 {
     uint64_t off = offset;
     uint32_t left = length - have;
-    size_t queued = 0;
     int rc = 0;
 
     if (whole_first) {
-        while (queued < left) {
-            ssize_t in = splice(sock, NULL, pipefd[1], NULL, left - queued, SPLICE_F_MOVE);
-            if (in < 0 && errno == EINTR)
-                continue;
-            if (in <= 0) {
-                drain_pipe(pipefd, queued);
-                return in == 0 ? -ECONNRESET : -errno;
-            }
-            queued += (size_t)in;
-        }
+        rc = engine_splice_receive(sock, pipefd, left);
+        if (rc < 0)
+            return rc;
+        *write_rc = engine_splice_commit(eng, pipefd, prefix, have, offset, length, fua);
+        return 0;
     }
     if (have) {
         rc = local_pwrite(eng, prefix, have, off, 0);
         off += have;
         if (rc == 0)
             __atomic_fetch_sub(&eng->stats.writes, 1, __ATOMIC_RELAXED);  /* one request, counted below */
-    }
-    if (whole_first) {
-        int prc = pipe_to_disk(eng, pipefd, &off, queued, offset, length);
-        if (rc == 0)
-            rc = prc;
-        left = 0;
     }
     while (left > 0) {
         ssize_t in = splice(sock, NULL, pipefd[1], NULL, left, SPLICE_F_MOVE);
@@ -642,6 +630,48 @@ int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *pre
     }
     *write_rc = rc;
     return 0;
+}
+
+/* Receive exactly `length` bytes from `sock` into the pipe (which must hold them); on a socket
+ * failure the pipe is drained and -errno (-ECONNRESET at EOF) returned. */
+int engine_splice_receive(int sock, int pipefd[2], uint32_t length)
+{
+    size_t queued = 0;
+
+    while (queued < length) {
+        ssize_t in = splice(sock, NULL, pipefd[1], NULL, length - queued, SPLICE_F_MOVE);
+        if (in < 0 && errno == EINTR)
+            continue;
+        if (in <= 0) {
+            int err = in == 0 ? ECONNRESET : errno;
+            drain_pipe(pipefd, queued);
+            return -err;
+        }
+        queued += (size_t)in;
+    }
+    return 0;
+}
+
+/* Write a received payload to the disk: the `have` bytes in `prefix`, then the rest from the
+ * pipe (engine_splice_receive). Returns the local write's result (0 or -errno). */
+int engine_splice_commit(rm_engine *eng, int pipefd[2], const void *prefix, uint32_t have,
+                         uint64_t offset, uint32_t length, int fua)
+{
+    uint64_t off = offset + have;
+    int rc = have ? local_pwrite(eng, prefix, have, offset, 0) : 0;
+    int prc;
+
+    if (have && rc == 0)
+        __atomic_fetch_sub(&eng->stats.writes, 1, __ATOMIC_RELAXED);  /* one request, counted below */
+    prc = pipe_to_disk(eng, pipefd, &off, length - have, offset, length);
+    if (rc == 0)
+        rc = prc;
+    if (rc == 0) {
+        STAT_ADD(eng, writes, 1);
+        if (fua)
+            rc = local_flush(eng);
+    }
+    return rc;
 }
 
 /* A pipe for splice, as large as the system allows up to 1 MiB; returns its capacity or -errno. */

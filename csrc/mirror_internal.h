@@ -116,6 +116,9 @@ int local_flush(rm_engine *eng);
 
 int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *prefix, uint32_t have,
                         uint64_t offset, uint32_t length, int fua, int whole_first, int *write_rc);
+int engine_splice_receive(int sock, int pipefd[2], uint32_t length);
+int engine_splice_commit(rm_engine *eng, int pipefd[2], const void *prefix, uint32_t have,
+                         uint64_t offset, uint32_t length, int fua);
 int engine_open_pipe(int pipefd[2]);
 int sendfile_range(rm_engine *eng, int sock, uint64_t offset, uint64_t length, uint64_t *sent);
 int recv_exact_buffered(int fd, const void *buf, size_t *start, size_t end, void *dst, size_t len);
@@ -129,6 +132,7 @@ int engine_submit(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
                   const void *data, uint32_t count, uint64_t offset, int fua, int may_trim, int *rc);
 int engine_mirror(rm_engine *eng, struct rm_origin *o, const unsigned char cookie[8], enum rm_op op,
                   const void *data, uint32_t count, uint64_t offset, int fua, int may_trim);
+int engine_peer_live(rm_engine *eng);
 /* Send the frames batched for the peer (frontends call it before blocking on their client). */
 void engine_flush_peer(rm_engine *eng);
 

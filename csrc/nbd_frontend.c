@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <pthread.h>
 #include <sys/uio.h>
@@ -39,6 +40,18 @@
 /* Payload buffers above this size are released after use, to keep RSS small between bursts. */
 #define KEEP_PAYLOAD (4 * 1024 * 1024)
 
+#define WRITE_BEHIND 2
+
+struct wjob {
+    int pipe[2];               /* the payload, received whole (engine_splice_receive) */
+    char *prefix;              /* the payload's first bytes, already read with the header */
+    const char *prefix_at;     /* where they are: prefix, or still in the reader's buffer */
+    uint32_t have, len;
+    uint64_t offset;
+    int fua;
+    unsigned char cookie[8];
+};
+
 struct conn {
     struct rm_origin origin;   /* first: the peer link completes requests through it */
     rm_engine *eng;
@@ -52,8 +65,17 @@ struct conn {
     size_t out_len;
     char *payload;
     size_t payload_cap;
-    int pipe[2];               /* for spliced writes, opened on first use */
-    size_t pipe_cap;           /* its capacity: larger payloads take the buffered path */
+    /* Write-behind for large writes: this thread receives a payload into a job's pipe while the
+     * writer thread puts the previous one on the disk (and to the peer). Started on first use. */
+    struct wjob jobs[WRITE_BEHIND];
+    size_t job_cap;            /* smallest job pipe: larger payloads take the buffered path */
+    unsigned wq_head, wq_count; /* queued jobs, guarded by wlock */
+    int writer_state;          /* 0 not started, 1 running, -1 could not start */
+    int header_only;           /* read one request header at a time (after a large write) */
+    int writer_stop;
+    pthread_t writer;
+    pthread_mutex_t wlock;
+    pthread_cond_t wcond;      /* a job was queued, or one finished */
 };
 
 static inline uint16_t get16(const unsigned char *p) { return (uint16_t)(p[0] << 8 | p[1]); }
@@ -286,40 +308,148 @@ static int do_read_locked(struct conn *c, const unsigned char *cookie, uint64_t 
     return rc;
 }
 
-static int open_pipe(struct conn *c)
+/* One received write: to the disk, then to the peer from the page cache it just reached (or
+ * marked out of sync without a peer), or answered now. */
+static void run_job(struct conn *c, struct wjob *j)
 {
-    int cap;
+    int wrc;
 
-    if (c->pipe[0] >= 0)
-        return 1;
-    cap = engine_open_pipe(c->pipe);
-    if (cap < 0)
+    engine_al_wait(c->eng, j->offset, j->len);
+    wrc = engine_splice_commit(c->eng, j->pipe, j->prefix_at, j->have, j->offset, j->len, j->fua);
+    if (!(wrc == 0 && engine_mirror(c->eng, &c->origin, j->cookie, RM_OP_WRITE, NULL, j->len, j->offset,
+                                    j->fua, 0) == RM_SUBMIT_LATER))
+        queue_reply(c, wrc, j->cookie);
+}
+
+/* The writer thread: jobs in arrival order, each through run_job. */
+static void *writer_main(void *arg)
+{
+    struct conn *c = arg;
+
+    for (;;) {
+        struct wjob *j;
+
+        pthread_mutex_lock(&c->wlock);
+        while (!c->wq_count && !c->writer_stop)
+            pthread_cond_wait(&c->wcond, &c->wlock);
+        if (!c->wq_count) {
+            pthread_mutex_unlock(&c->wlock);
+            return NULL;
+        }
+        j = &c->jobs[c->wq_head];
+        pthread_mutex_unlock(&c->wlock);
+
+        run_job(c, j);
+        origin_flush(&c->origin);   /* the reader may be blocked in recv: answer now */
+
+        pthread_mutex_lock(&c->wlock);
+        c->wq_head = (c->wq_head + 1) % WRITE_BEHIND;
+        c->wq_count--;
+        pthread_cond_broadcast(&c->wcond);
+        pthread_mutex_unlock(&c->wlock);
+    }
+}
+
+static int start_writer(struct conn *c)
+{
+    if (c->writer_state)
+        return c->writer_state > 0;
+    c->writer_state = -1;
+    c->job_cap = SIZE_MAX;
+    for (int i = 0; i < WRITE_BEHIND; i++) {
+        struct wjob *j = &c->jobs[i];
+        int cap = engine_open_pipe(j->pipe);
+        if (cap < 0)
+            return 0;
+        if ((size_t)cap < c->job_cap)
+            c->job_cap = (size_t)cap;
+        if (!(j->prefix = malloc(IN_SIZE)))
+            return 0;
+    }
+    if (pthread_create(&c->writer, NULL, writer_main, c) != 0)
         return 0;
-    c->pipe_cap = (size_t)cap;
+    c->writer_state = 1;
     return 1;
 }
 
-/* A large write: socket -> pipe -> disk, one copy (see engine_splice_write), then to the peer
- * straight from the page cache. */
+static void stop_writer(struct conn *c)
+{
+    if (c->writer_state > 0) {
+        pthread_mutex_lock(&c->wlock);
+        c->writer_stop = 1;
+        pthread_cond_broadcast(&c->wcond);
+        pthread_mutex_unlock(&c->wlock);
+        pthread_join(c->writer, NULL);   /* it finishes the queued jobs first */
+    }
+    for (int i = 0; i < WRITE_BEHIND; i++) {
+        if (c->jobs[i].pipe[0] >= 0) {
+            close(c->jobs[i].pipe[0]);
+            close(c->jobs[i].pipe[1]);
+        }
+        free(c->jobs[i].prefix);
+    }
+}
+
+/* Requests that change the disk outside the write-behind queue wait for it to empty, so a
+ * client's writes are applied in the order it sent them. */
+static void wait_writes(struct conn *c)
+{
+    if (c->writer_state <= 0)
+        return;
+    pthread_mutex_lock(&c->wlock);
+    while (c->wq_count)
+        pthread_cond_wait(&c->wcond, &c->wlock);
+    pthread_mutex_unlock(&c->wlock);
+}
+
+/* A large write: received whole into a job's pipe (a client vanishing mid-payload changes
+ * nothing), then queued for the writer thread, which puts it on the disk with one copy
+ * (engine_splice_commit) and sends it to the peer from the page cache. */
 static int splice_write(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len,
                         int fua, int *end)
 {
     size_t have = c->in_end - c->in_start;
-    int wrc, rc;
+    struct wjob *j;
+    int rc;
 
-    engine_al_wait(c->eng, offset, len);
-    rc = engine_splice_write(c->eng, c->fd, c->pipe, c->in + c->in_start, (uint32_t)have, offset, len,
-                             fua, 1, &wrc);
-    c->in_start = c->in_end;
+    pthread_mutex_lock(&c->wlock);
+    while (c->wq_count == WRITE_BEHIND)
+        pthread_cond_wait(&c->wcond, &c->wlock);
+    j = &c->jobs[(c->wq_head + c->wq_count) % WRITE_BEHIND];   /* free: only we touch it now */
+    pthread_mutex_unlock(&c->wlock);
+
+    rc = engine_splice_receive(c->fd, j->pipe, len - (uint32_t)have);
     if (rc < 0) {
+        c->in_start = c->in_end;
         *end = rc == -ECONNRESET ? RM_END_PROTOCOL : RM_END_SOCKET;
         return rc;
     }
-    /* Mirrored from the page cache it just reached (or marked out of sync without a peer). */
-    if (wrc == 0 && engine_mirror(c->eng, &c->origin, cookie, RM_OP_WRITE, NULL, len, offset, fua, 0) ==
-                    RM_SUBMIT_LATER)
+    j->have = (uint32_t)have;
+    j->len = len;
+    j->offset = offset;
+    j->fua = fua;
+    memcpy(j->cookie, cookie, 8);
+    c->header_only = 1;   /* the next requests are likely large writes too: keep payloads in the socket */
+
+    /* Inline when nothing more has come from the client (queue depth 1: a hand-off would only
+     * add a wake-up), and when mirroring (measured: the peer link's own threads already fill
+     * both cores, and a fifth thread costs more than the overlap gains). */
+    int pending = 0;
+    if (engine_peer_live(c->eng) || (ioctl(c->fd, FIONREAD, &pending) == 0 && pending == 0)) {
+        wait_writes(c);
+        j->prefix_at = c->in + c->in_start;
+        run_job(c, j);
+        c->in_start = c->in_end;
         return 0;
-    return queue_reply(c, wrc, cookie);
+    }
+    memcpy(j->prefix, c->in + c->in_start, have);
+    j->prefix_at = j->prefix;
+    c->in_start = c->in_end;
+    pthread_mutex_lock(&c->wlock);
+    c->wq_count++;
+    pthread_cond_broadcast(&c->wcond);
+    pthread_mutex_unlock(&c->wlock);
+    return 0;
 }
 
 /* One request whose 28-byte header is buffered. Returns 0 to go on, 1 on NBD_CMD_DISC, or a
@@ -338,6 +468,7 @@ static int handle_request(struct conn *c, int *end)
 
     memcpy(cookie, h + 8, 8);
     c->in_start += NBD_REQUEST_SIZE;
+    c->header_only = 0;   /* splice_write sets it again */
     if (magic != NBD_REQUEST_MAGIC) {
         *end = RM_END_PROTOCOL;
         return -EPROTO;
@@ -356,9 +487,10 @@ static int handle_request(struct conn *c, int *end)
             return -EOVERFLOW;
         }
         if (len >= SPLICE_MIN && !(flags & ~NBD_CMD_FLAG_FUA) && c->in_end - c->in_start < len &&
-            open_pipe(c) && len - (c->in_end - c->in_start) <= c->pipe_cap &&
+            start_writer(c) && len - (c->in_end - c->in_start) <= c->job_cap &&
             engine_check_range(c->eng, offset, len, 1) == 0)
             return splice_write(c, cookie, offset, len, flags & NBD_CMD_FLAG_FUA, end);
+        wait_writes(c);
         rc = get_payload(c, len, &data);
         if (rc < 0) {
             *end = rc == -ECONNRESET ? RM_END_PROTOCOL : RM_END_SOCKET;
@@ -371,16 +503,20 @@ static int handle_request(struct conn *c, int *end)
         release_big_payload(c);
         return rc;
     case NBD_CMD_FLUSH:
+        wait_writes(c);
         return submit(c, cookie, RM_OP_FLUSH, NULL, 0, 0, 0);
     case NBD_CMD_TRIM:
         if (flags & ~NBD_CMD_FLAG_FUA)
             return queue_reply(c, -EINVAL, cookie);
+        wait_writes(c);
         return submit(c, cookie, RM_OP_TRIM, NULL, len, offset, flags | NBD_CMD_FLAG_NO_HOLE);
     case NBD_CMD_WRITE_ZEROES:
         if (flags & ~(NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE))
             return queue_reply(c, -EINVAL, cookie);
+        wait_writes(c);
         return submit(c, cookie, RM_OP_ZERO, NULL, len, offset, flags);
     case NBD_CMD_DISC:
+        wait_writes(c);
         return 1;
     default:
         /* Commands we never advertised (CACHE, BLOCK_STATUS...) carry no payload. */
@@ -425,7 +561,10 @@ static int serve(struct conn *c, int *err)
             c->in_end -= c->in_start;
             c->in_start = 0;
         }
-        n = recv(c->fd, c->in + c->in_end, IN_SIZE - c->in_end, 0);
+        /* After a large write, read just the next header: if it is another large write, its
+         * payload then goes to the disk by splice instead of through this buffer. */
+        n = recv(c->fd, c->in + c->in_end, c->header_only ? NBD_REQUEST_SIZE - (c->in_end - c->in_start)
+                                                          : IN_SIZE - c->in_end, 0);
         if (n == 0) {
             *err = c->in_end ? ECONNRESET : 0;
             return c->in_end ? RM_END_PROTOCOL : RM_END_EOF;
@@ -442,7 +581,8 @@ static int serve(struct conn *c, int *err)
 
 int rm_serve_nbd(rm_engine *eng, int client_fd, const char *initial, size_t initial_len, int *err)
 {
-    struct conn c = { .eng = eng, .fd = client_fd, .pipe = { -1, -1 } };
+    struct conn c = { .eng = eng, .fd = client_fd,
+                      .jobs = { { .pipe = { -1, -1 } }, { .pipe = { -1, -1 } } } };
     int rc, end;
 
     c.origin.complete = origin_complete;
@@ -467,11 +607,14 @@ int rm_serve_nbd(rm_engine *eng, int client_fd, const char *initial, size_t init
     }
     pthread_mutex_init(&c.out_lock, NULL);
     pthread_cond_init(&c.drained, NULL);
+    pthread_mutex_init(&c.wlock, NULL);
+    pthread_cond_init(&c.wcond, NULL);
     memcpy(c.in, initial, initial_len);
     c.in_end = initial_len;
     end = serve(&c, err);
     if (__atomic_load_n(&eng->shutting_down, __ATOMIC_RELAXED) && end != RM_END_DISC)
         end = RM_END_SHUTDOWN;
+    stop_writer(&c);
     /* Requests still waiting for the peer refer to this connection: wait for their answers
      * (an ack, or the sweep when the link fails) before the buffers go away. */
     engine_flush_peer(eng);
@@ -483,14 +626,12 @@ int rm_serve_nbd(rm_engine *eng, int client_fd, const char *initial, size_t init
     pthread_mutex_unlock(&c.out_lock);
     pthread_cond_destroy(&c.drained);
     pthread_mutex_destroy(&c.out_lock);
+    pthread_cond_destroy(&c.wcond);
+    pthread_mutex_destroy(&c.wlock);
 out:
     engine_remove_client(eng, client_fd);
     free(c.in);
     free(c.out);
     free(c.payload);
-    if (c.pipe[0] >= 0) {
-        close(c.pipe[0]);
-        close(c.pipe[1]);
-    }
     return end;
 }

@@ -78,6 +78,11 @@ static int peer_live(struct rm_peer *p)
     return __atomic_load_n(&p->attached, __ATOMIC_ACQUIRE) && !__atomic_load_n(&p->dead, __ATOMIC_ACQUIRE);
 }
 
+int engine_peer_live(rm_engine *eng)
+{
+    return peer_live(&eng->peer);
+}
+
 /* ---- sending (send_lock held) ---- */
 
 static int send_all_locked(rm_engine *eng, const struct iovec *iov_in, int iovcnt)

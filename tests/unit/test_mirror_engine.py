@@ -236,3 +236,24 @@ def test_serve_large_write_takes_the_splice_path_and_survives_a_vanishing_client
     assert s.finish().reason == "protocol error"
     assert engine.stats()["writes"] == 1
     assert engine.pread(4096, 0) == bytes(4096)  # a half-received write is never applied
+
+
+def test_pipelined_large_writes_keep_their_order(engine):
+    """Large writes queued behind each other (the write-behind thread) and a small write after
+    them to the same blocks: the client's order is the disk's order."""
+    s = Session(engine)
+    size = 256 * 1024
+    batch = b"".join(REQUEST.pack(REQUEST_MAGIC, 0, WRITE, i, 0, size) + bytes([i + 1]) * size
+                     for i in range(6))
+    batch += REQUEST.pack(REQUEST_MAGIC, 0, WRITE, 6, 4096, 10) + b"small-last"
+    batch += REQUEST.pack(REQUEST_MAGIC, 0, FLUSH, 7, 0, 0)
+    sender = threading.Thread(target=s.sock.sendall, args=(batch,))
+    sender.start()
+    replies = sorted(s.reply()[:2] for _ in range(8))
+    sender.join()
+    assert replies == [(0, i) for i in range(8)]
+    assert engine.pread(4096, 0) == bytes([6]) * 4096
+    assert engine.pread(10, 4096) == b"small-last"
+    assert engine.pread(4096, size - 4096) == bytes([6]) * 4096
+    s.send(DISC)
+    assert s.finish().clean
