@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Finding and killing a real heartbeat daemon (Debian's, run in a private mount namespace).
+"""Running Debian's real heartbeat daemon in tests: two namespaces joined by veth, a private copy
+of the package's state directories, and finding and killing the daemon afterwards.
 
 heartbeat forks helper processes, so a test finds them all by the mount namespace the daemon was
 started in (heartbeat-wire.md 1). That namespace's inode number could be reused by a new one
@@ -7,8 +8,11 @@ once the old one is gone (every `ip netns exec` makes one), so an fd is held on 
 kill: while pinned, the link names only the namespace the test created, and only processes the
 test started can be in it.
 """
+import contextlib
 import os
+import shutil
 import signal
+import subprocess
 import time
 
 _PINNED_NS: dict[str, int] = {}
@@ -65,3 +69,49 @@ def kill_namespace(link) -> None:
             time.sleep(0.2)
     finally:
         unpin_mount_namespace(link)
+
+
+@contextlib.contextmanager
+def veth_namespace_pair(tag: str, subnet: int):
+    """Namespaces {tag}{n}a/b joined by veth (eth0 each, 10.{subnet}.{n}.1 and .2/24, with a
+    broadcast address); yields (ns_a, ns_b, ip_a, ip_b) and deletes both namespaces afterwards."""
+    n = os.getpid() % 200 + 20
+    a, b = f"{tag}{n}a", f"{tag}{n}b"
+    made = []
+
+    def run(*argv):
+        subprocess.run(argv, check=True, capture_output=True, text=True, timeout=30)
+    try:
+        for ns in (a, b):
+            run("ip", "netns", "add", ns)
+            made.append(ns)
+        run("ip", "link", "add", f"{tag}tmp0", "netns", a, "type", "veth", "peer", "name", f"{tag}tmp1",
+            "netns", b)
+        for ns, ifname, addr in ((a, f"{tag}tmp0", f"10.{subnet}.{n}.1/24"),
+                                 (b, f"{tag}tmp1", f"10.{subnet}.{n}.2/24")):
+            run("ip", "-n", ns, "link", "set", ifname, "name", "eth0")
+            run("ip", "-n", ns, "addr", "add", addr, "brd", "+", "dev", "eth0")   # bcast needs x.y.z.255
+            run("ip", "-n", ns, "link", "set", "eth0", "up")
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        yield a, b, f"10.{subnet}.{n}.1", f"10.{subnet}.{n}.2"
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def copy_heartbeat_state(base) -> tuple:
+    """A private copy of the package's /etc/ha.d, /var/lib/heartbeat and /run/heartbeat under
+    `base` (bind-mounted over the real ones in the daemon's mount namespace); returns the
+    (etc, lib, run, log) directories."""
+    etc, lib, runp, log = base / "etc", base / "lib", base / "run", base / "log"
+    shutil.copytree("/etc/ha.d", etc, symlinks=True)
+    subprocess.run(["cp", "-a", "/var/lib/heartbeat", str(lib)], check=True)
+    shutil.rmtree(lib / "cores", ignore_errors=True)   # stale cores from earlier runs are not ours
+    (lib / "cores").mkdir()
+    for f in ("hb_uuid", "hb_generation", "hostcache", "delhostcache"):
+        (lib / f).unlink(missing_ok=True)
+    runp.mkdir()
+    subprocess.run(["cp", "-a", "/run/heartbeat", str(runp / "heartbeat")], check=True)
+    (runp / "resource-agents").mkdir()
+    log.mkdir()
+    return etc, lib, runp, log

@@ -17,7 +17,6 @@ real heartbeat hands hbsvc2 back.
 """
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +26,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import requires_commands, requires_root  # noqa: E402
-from tests.real_heartbeat_ns import kill_namespace, pin_mount_namespace
+from tests.real_heartbeat_ns import (copy_heartbeat_state, kill_namespace, pin_mount_namespace,
+                                     veth_namespace_pair)
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -56,17 +56,7 @@ class RealHeartbeat:
         self.ns, self.base = ns, base
         self.proc = None
         self.mntns = None
-        etc, lib, runp, log = base / "etc", base / "lib", base / "run", base / "log"
-        shutil.copytree("/etc/ha.d", etc, symlinks=True)
-        subprocess.run(["cp", "-a", "/var/lib/heartbeat", str(lib)], check=True)
-        shutil.rmtree(lib / "cores", ignore_errors=True)
-        (lib / "cores").mkdir()
-        for f in ("hb_uuid", "hb_generation", "hostcache", "delhostcache"):
-            (lib / f).unlink(missing_ok=True)
-        runp.mkdir()
-        subprocess.run(["cp", "-a", "/run/heartbeat", str(runp / "heartbeat")], check=True)
-        (runp / "resource-agents").mkdir()
-        log.mkdir()
+        etc, _, _, _ = copy_heartbeat_state(base)
         (etc / "ha.cf").write_text(
             "logfile /var/log/ha-log\ndebugfile /var/log/ha-debug\nuse_logd no\n"
             f"keepalive 1\ndeadtime {DEADTIME_S}\nwarntime 3\ninitdead 10\nudpport 694\n"
@@ -115,23 +105,8 @@ def pair(tmp_path):
     requires_commands("ip", "unshare")
     if not os.access(HEARTBEAT, os.X_OK) or not os.path.isdir("/etc/ha.d/resource.d"):
         pytest.skip(f"needs the real heartbeat daemon at {HEARTBEAT} (apt-get install heartbeat)")
-    n = os.getpid() % 200 + 20
-    a, b = f"hbx{n}a", f"hbx{n}b"
-    made = []
-    try:
-        for ns in (a, b):
-            run("ip", "netns", "add", ns)
-            made.append(ns)
-        run("ip", "link", "add", "hbxtmp0", "netns", a, "type", "veth", "peer", "name", "hbxtmp1", "netns", b)
-        for ns, ifname, addr in ((a, "hbxtmp0", f"10.97.{n}.1/24"), (b, "hbxtmp1", f"10.97.{n}.2/24")):
-            run("ip", "-n", ns, "link", "set", ifname, "name", "eth0")
-            run("ip", "-n", ns, "addr", "add", addr, "dev", "eth0")
-            run("ip", "-n", ns, "link", "set", "eth0", "up")
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        yield a, b, f"10.97.{n}.1", f"10.97.{n}.2"
-    finally:
-        for ns in made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    with veth_namespace_pair("hbx", 97) as namespaces:
+        yield namespaces
 
 
 def wait_for(pred, timeout):

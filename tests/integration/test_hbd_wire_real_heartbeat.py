@@ -18,7 +18,6 @@ import json
 import os
 import pathlib
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +26,8 @@ import time
 import pytest
 
 from conftest import requires_commands, requires_root
-from tests.real_heartbeat_ns import kill_namespace, pin_mount_namespace
+from tests.real_heartbeat_ns import (copy_heartbeat_state, kill_namespace, pin_mount_namespace,
+                                     veth_namespace_pair)
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -130,39 +130,13 @@ def two_namespaces():
     requires_commands("ip", "unshare", "nsenter", "cl_status")
     if not os.access(HEARTBEAT, os.X_OK):
         pytest.skip(f"needs the real heartbeat daemon at {HEARTBEAT} (apt-get install heartbeat)")
-    n = os.getpid() % 200 + 20
-    a, b = f"hbw{n}a", f"hbw{n}b"
-    made = []
-    try:
-        for ns in (a, b):
-            run("ip", "netns", "add", ns)
-            made.append(ns)
-        run("ip", "link", "add", "hbwtmp0", "netns", a, "type", "veth", "peer", "name", "hbwtmp1", "netns", b)
-        for ns, ifname, addr in ((a, "hbwtmp0", f"10.98.{n}.1/24"), (b, "hbwtmp1", f"10.98.{n}.2/24")):
-            run("ip", "-n", ns, "link", "set", ifname, "name", "eth0")
-            run("ip", "-n", ns, "addr", "add", addr, "brd", "+", "dev", "eth0")   # bcast needs x.y.z.255
-            run("ip", "-n", ns, "link", "set", "eth0", "up")
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        yield a, b, f"10.98.{n}.1", f"10.98.{n}.2"
-    finally:
-        for ns in made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    with veth_namespace_pair("hbw", 98) as namespaces:
+        yield namespaces
 
 
 def make_node_dir(base: pathlib.Path, peer_ip: str, method_line: str, medium: str = "ucast") -> pathlib.Path:
     """A private copy of the package's /etc/ha.d, /var/lib/heartbeat and /run/heartbeat."""
-    etc, lib, runp, log = base / "etc", base / "lib", base / "run", base / "log"
-    shutil.copytree("/etc/ha.d", etc, symlinks=True)
-    subprocess.run(["cp", "-a", "/var/lib/heartbeat", str(lib)], check=True)
-    for sub in ("cores",):  # stale cores from earlier runs are not ours to copy
-        shutil.rmtree(lib / sub, ignore_errors=True)
-        (lib / sub).mkdir()
-    for f in ("hb_uuid", "hb_generation", "hostcache", "delhostcache"):
-        (lib / f).unlink(missing_ok=True)
-    runp.mkdir()
-    subprocess.run(["cp", "-a", "/run/heartbeat", str(runp / "heartbeat")], check=True)
-    (runp / "resource-agents").mkdir()
-    log.mkdir()
+    etc, _, _, _ = copy_heartbeat_state(base)
     (etc / "ha.cf").write_text(
         "logfile /var/log/ha-log\ndebugfile /var/log/ha-debug\nuse_logd no\n"
         f"keepalive 1\ndeadtime {DEADTIME_S}\nwarntime 3\ninitdead 10\nudpport 694\n"
