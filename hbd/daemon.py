@@ -56,6 +56,7 @@ from hbd.media import Media
 from hbd.protocol.membership import (Membership, MessageReceived, NodeDead, NodeLate, NodeRestarted,
                                      NodeUp, PacketDropped)
 from hbd.resources import ResourceRunner, resource_dirs, script_env
+from replica.daemonize import daemonize
 from replica.errors import ConfigError, ReplicaError
 
 DEFAULT_CONFIG_DIR = "/etc/ha.d"
@@ -445,20 +446,6 @@ def check_pidfile(path: str) -> None:
     except OSError:
         return
     raise ReplicaError(f"already running: pid {pid} ({path})")
-
-
-def daemonize() -> None:
-    if os.fork() > 0:
-        os._exit(0)
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    os.chdir("/")
-    fd = os.open(os.devnull, os.O_RDWR)
-    for n in (0, 1, 2):
-        os.dup2(fd, n)
-    if fd > 2:
-        os.close(fd)
 
 
 def parse_args(argv):

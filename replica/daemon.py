@@ -18,6 +18,7 @@ import threading
 from replica import locations
 from replica.config import load_config
 from replica.control import ControlError, ControlServer
+from replica.daemonize import daemonize
 from replica.errors import ReplicaError
 from replica.resource import ResourceRuntime
 
@@ -177,20 +178,6 @@ def setup_logging(where: locations.Locations, foreground: bool) -> None:
                   args.exc_type.__name__, args.exc_value,
                   exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
     threading.excepthook = log_thread_crash
-
-
-def daemonize() -> None:
-    """Classic double fork: detach from the terminal and the caller's session."""
-    if os.fork() > 0:
-        os._exit(0)
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    os.chdir("/")
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
 
 
 def main(argv=None) -> int:
