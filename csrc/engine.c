@@ -581,37 +581,43 @@ static void drain_pipe(int pipefd[2], size_t len)
     }
 }
 
-/* Write `length` bytes arriving on `sock` to the disk at `offset`, the first `have` of them
+/* The part of a payload already read with its header goes first: counted as part of the one
+ * write request that finish_write() counts. */
+static int write_prefix(rm_engine *eng, const void *prefix, uint32_t have, uint64_t offset)
+{
+    int rc = have ? local_pwrite(eng, prefix, have, offset, 0) : 0;
+
+    if (have && rc == 0)
+        __atomic_fetch_sub(&eng->stats.writes, 1, __ATOMIC_RELAXED);
+    return rc;
+}
+
+static int finish_write(rm_engine *eng, int rc, int fua)
+{
+    if (rc == 0) {
+        STAT_ADD(eng, writes, 1);
+        if (fua)
+            rc = local_flush(eng);
+    }
+    return rc;
+}
+
+/* Stream `length` bytes arriving on `sock` to the disk at `offset`, the first `have` of them
  * already received into `prefix`. splice(2) moves the socket's pages into the pipe and copies
- * them once into the page cache, where recv + pwrite would copy twice.
- *
- * whole_first: the rest of the payload must fit in the pipe; it is all received before any byte
- * reaches the disk, so a client that vanishes mid-payload changes nothing (the NBD frontend's
- * rule, as with a buffered write). Otherwise the payload streams through (the peer receiver:
- * a torn frame there is covered by the sender's bitmap or activity log).
+ * them once into the page cache, where recv + pwrite would copy twice. Bytes reach the disk as
+ * they arrive: for the peer receiver, where a torn frame is covered by the sender's bitmap or
+ * activity log. (The NBD frontend must not apply half a write: it receives whole first, with
+ * engine_splice_receive, then engine_splice_commit.)
  *
  * Returns 0 with the local write's result in *write_rc once the stream is consumed, or a
  * negative errno when the socket failed (the connection is lost anyway). */
 int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *prefix, uint32_t have,
-                        uint64_t offset, uint32_t length, int fua, int whole_first, int *write_rc)
+                        uint64_t offset, uint32_t length, int fua, int *write_rc)
 {
-    uint64_t off = offset;
+    uint64_t off = offset + have;
     uint32_t left = length - have;
-    int rc = 0;
+    int rc = write_prefix(eng, prefix, have, offset);
 
-    if (whole_first) {
-        rc = engine_splice_receive(sock, pipefd, left);
-        if (rc < 0)
-            return rc;
-        *write_rc = engine_splice_commit(eng, pipefd, prefix, have, offset, length, fua);
-        return 0;
-    }
-    if (have) {
-        rc = local_pwrite(eng, prefix, have, off, 0);
-        off += have;
-        if (rc == 0)
-            __atomic_fetch_sub(&eng->stats.writes, 1, __ATOMIC_RELAXED);  /* one request, counted below */
-    }
     while (left > 0) {
         ssize_t in = splice(sock, NULL, pipefd[1], NULL, left, SPLICE_F_MOVE);
         if (in < 0 && errno == EINTR)
@@ -623,12 +629,7 @@ int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *pre
         if (rc == 0)
             rc = prc;
     }
-    if (rc == 0) {
-        STAT_ADD(eng, writes, 1);
-        if (fua)
-            rc = local_flush(eng);
-    }
-    *write_rc = rc;
+    *write_rc = finish_write(eng, rc, fua);
     return 0;
 }
 
@@ -658,20 +659,10 @@ int engine_splice_commit(rm_engine *eng, int pipefd[2], const void *prefix, uint
                          uint64_t offset, uint32_t length, int fua)
 {
     uint64_t off = offset + have;
-    int rc = have ? local_pwrite(eng, prefix, have, offset, 0) : 0;
-    int prc;
+    int rc = write_prefix(eng, prefix, have, offset);
+    int prc = pipe_to_disk(eng, pipefd, &off, length - have, offset, length);
 
-    if (have && rc == 0)
-        __atomic_fetch_sub(&eng->stats.writes, 1, __ATOMIC_RELAXED);  /* one request, counted below */
-    prc = pipe_to_disk(eng, pipefd, &off, length - have, offset, length);
-    if (rc == 0)
-        rc = prc;
-    if (rc == 0) {
-        STAT_ADD(eng, writes, 1);
-        if (fua)
-            rc = local_flush(eng);
-    }
-    return rc;
+    return finish_write(eng, rc ? rc : prc, fua);
 }
 
 /* A pipe for splice, as large as the system allows up to 1 MiB; returns its capacity or -errno. */

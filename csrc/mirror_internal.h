@@ -115,7 +115,7 @@ int local_zero(rm_engine *eng, uint32_t count, uint64_t offset, int may_trim, in
 int local_flush(rm_engine *eng);
 
 int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *prefix, uint32_t have,
-                        uint64_t offset, uint32_t length, int fua, int whole_first, int *write_rc);
+                        uint64_t offset, uint32_t length, int fua, int *write_rc);
 int engine_splice_receive(int sock, int pipefd[2], uint32_t length);
 int engine_splice_commit(rm_engine *eng, int pipefd[2], const void *prefix, uint32_t have,
                          uint64_t offset, uint32_t length, int fua);

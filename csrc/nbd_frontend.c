@@ -247,6 +247,15 @@ static int do_read(struct conn *c, const unsigned char *cookie, uint64_t offset,
     return rc;
 }
 
+/* A successful reply header, sent now (with the batch before it) so its data can follow
+ * directly on the socket. out_lock held. */
+static int send_ok_header_locked(struct conn *c, const unsigned char *cookie)
+{
+    int rc = queue_reply_locked(c, 0, cookie);
+
+    return rc < 0 ? rc : flush_out(c);
+}
+
 /* A large read: the reply header, then the data straight from the page cache (sendfile), one
  * copy fewer than pread + send. Once the header is out, a failing disk can only end the
  * connection; the error is still counted and reported to Python. out_lock held. */
@@ -257,11 +266,7 @@ static int sendfile_read_locked(struct conn *c, const unsigned char *cookie, uin
 
     if (rc < 0)
         return queue_reply_locked(c, rc, cookie);
-    if (c->out_len + NBD_REPLY_SIZE > OUT_SIZE && (rc = flush_out(c)) < 0)
-        return rc;
-    fill_reply((unsigned char *)c->out + c->out_len, 0, cookie);
-    c->out_len += NBD_REPLY_SIZE;
-    if ((rc = flush_out(c)) < 0)
+    if ((rc = send_ok_header_locked(c, cookie)) < 0)
         return rc;
     rc = sendfile_range(c->eng, c->fd, offset, len, &sent);
     STAT_ADD(c->eng, bytes_read, sent);
@@ -297,11 +302,7 @@ static int do_read_locked(struct conn *c, const unsigned char *cookie, uint64_t 
         rc = rm_engine_pread(c->eng, c->payload, len, offset);
     if (rc < 0)
         return queue_reply_locked(c, rc, cookie);
-    if (c->out_len + NBD_REPLY_SIZE > OUT_SIZE && (rc = flush_out(c)) < 0)
-        return rc;
-    fill_reply((unsigned char *)c->out + c->out_len, 0, cookie);
-    c->out_len += NBD_REPLY_SIZE;
-    rc = flush_out(c);
+    rc = send_ok_header_locked(c, cookie);
     if (rc == 0 && (rc = send_all(c->fd, c->payload, len)) < 0)
         c->send_failed = 1;
     release_big_payload(c);
