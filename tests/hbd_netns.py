@@ -269,3 +269,17 @@ class Lab:
                 return time.monotonic() - t0
             time.sleep(interval_s)
         return None
+
+
+def running_lab(tmp_path, *commands):
+    """For a pytest fixture (`yield from running_lab(tmp_path, "ip")`): a set-up Lab, closed
+    afterwards even when the test fails; skips without root or the named commands."""
+    from conftest import requires_commands, requires_root
+    requires_root()
+    requires_commands(*commands)
+    lab = Lab(str(tmp_path))
+    try:
+        lab.setup()
+        yield lab
+    finally:
+        lab.close()

@@ -10,8 +10,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from conftest import requires_commands, requires_root  # noqa: E402
-from hbd_netns import Lab  # noqa: E402
+from hbd_netns import running_lab  # noqa: E402
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 BUSY_S = 60
@@ -19,14 +18,7 @@ BUSY_S = 60
 
 @pytest.fixture
 def lab(tmp_path):
-    requires_root()
-    requires_commands("ip")
-    lab = Lab(str(tmp_path))
-    try:
-        lab.setup()
-        yield lab
-    finally:
-        lab.close()
+    yield from running_lab(tmp_path, "ip")
 
 
 def test_busy_cpus_do_not_cause_false_failover(lab):

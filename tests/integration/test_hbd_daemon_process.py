@@ -5,27 +5,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from conftest import requires_commands, requires_root  # noqa: E402
-from hbd_netns import PYTHON, REPO, Lab  # noqa: E402
+from hbd_netns import PYTHON, REPO, running_lab  # noqa: E402
 
 pytestmark = pytest.mark.root
 
 
 @pytest.fixture
 def lab(tmp_path):
-    requires_root()
-    requires_commands("ip")
-    lab = Lab(str(tmp_path))
-    try:
-        lab.setup()
-        yield lab
-    finally:
-        lab.close()
+    yield from running_lab(tmp_path, "ip")
 
 
 def hbd(lab, n, *extra):

@@ -8,7 +8,6 @@ node names (ha1/ha2 via --node), haresources and authkeys are the seed's.  See t
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,8 +15,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from conftest import requires_commands, requires_root  # noqa: E402
-from hbd_netns import VIP, Lab  # noqa: E402
+from hbd_netns import running_lab  # noqa: E402
 
 pytestmark = pytest.mark.root
 
@@ -27,14 +25,7 @@ DEADTIME_S = 1.0
 
 @pytest.fixture
 def lab(tmp_path):
-    requires_root()
-    requires_commands("ip", "ping")
-    lab = Lab(str(tmp_path))
-    try:
-        lab.setup()
-        yield lab
-    finally:
-        lab.close()
+    yield from running_lab(tmp_path, "ip", "ping")
 
 
 def boot(lab, auto_failback="on", **kw):
