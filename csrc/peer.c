@@ -85,7 +85,7 @@ int engine_peer_live(rm_engine *eng)
 
 /* ---- sending (send_lock held) ---- */
 
-static int send_all_locked(rm_engine *eng, const struct iovec *iov_in, int iovcnt)
+static int send_all_locked(rm_engine *eng, const struct iovec *iov_in, int iovcnt, int flags)
 {
     struct rm_peer *p = &eng->peer;
     struct iovec iov[2];
@@ -96,7 +96,7 @@ static int send_all_locked(rm_engine *eng, const struct iovec *iov_in, int iovcn
     memcpy(iov, iov_in, (size_t)iovcnt * sizeof *iov);
     for (i = 0; i < iovcnt;) {
         struct msghdr msg = { .msg_iov = iov + i, .msg_iovlen = (size_t)(iovcnt - i) };
-        ssize_t n = sendmsg(p->fd, &msg, MSG_NOSIGNAL);
+        ssize_t n = sendmsg(p->fd, &msg, MSG_NOSIGNAL | flags);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -117,7 +117,8 @@ static int send_all_locked(rm_engine *eng, const struct iovec *iov_in, int iovcn
     return 0;
 }
 
-static int sbuf_flush_locked(rm_engine *eng)
+/* flags: MSG_MORE when a payload follows at once (the header then shares its TCP segment). */
+static int sbuf_send_locked(rm_engine *eng, int flags)
 {
     struct rm_peer *p = &eng->peer;
     struct iovec iov = { p->sbuf, p->sbuf_len };
@@ -125,7 +126,7 @@ static int sbuf_flush_locked(rm_engine *eng)
 
     if (p->sbuf_len == 0)
         return 0;
-    rc = send_all_locked(eng, &iov, 1);
+    rc = send_all_locked(eng, &iov, 1, flags);
     p->sbuf_len = 0;
     return rc;
 }
@@ -138,7 +139,7 @@ static int queue_header_locked(rm_engine *eng, const struct rpl_header *h)
 
     if (p->send_failed || p->fd < 0)
         return -ENOTCONN;
-    if (p->sbuf_len + RPL_HEADER_SIZE > SBUF_SIZE && (rc = sbuf_flush_locked(eng)) < 0)
+    if (p->sbuf_len + RPL_HEADER_SIZE > SBUF_SIZE && (rc = sbuf_send_locked(eng, 0)) < 0)
         return rc;
     rpl_pack(p->sbuf + p->sbuf_len, h);
     p->sbuf_len += RPL_HEADER_SIZE;
@@ -155,7 +156,7 @@ static int send_frame_locked(rm_engine *eng, const struct rpl_header *h, const v
     if (p->send_failed || p->fd < 0)
         return -ENOTCONN;
     if (h->length <= SBUF_DIRECT) {
-        if (p->sbuf_len + need > SBUF_SIZE && (rc = sbuf_flush_locked(eng)) < 0)
+        if (p->sbuf_len + need > SBUF_SIZE && (rc = sbuf_send_locked(eng, 0)) < 0)
             return rc;
         rpl_pack(p->sbuf + p->sbuf_len, h);
         if (h->length)
@@ -163,11 +164,11 @@ static int send_frame_locked(rm_engine *eng, const struct rpl_header *h, const v
         p->sbuf_len += need;
         return 0;
     }
-    if ((rc = sbuf_flush_locked(eng)) < 0)
+    if ((rc = sbuf_send_locked(eng, 0)) < 0)
         return rc;
     rpl_pack(hdr, h);
     struct iovec iov[2] = { { hdr, RPL_HEADER_SIZE }, { (void *)payload, h->length } };
-    return send_all_locked(eng, iov, 2);
+    return send_all_locked(eng, iov, 2, 0);
 }
 
 void engine_flush_peer(rm_engine *eng)
@@ -177,17 +178,22 @@ void engine_flush_peer(rm_engine *eng)
     if (!__atomic_load_n(&p->attached, __ATOMIC_ACQUIRE))
         return;
     pthread_mutex_lock(&p->send_lock);
-    sbuf_flush_locked(eng);
+    sbuf_send_locked(eng, 0);
     pthread_mutex_unlock(&p->send_lock);
 }
 
-/* send_lock held: the device range [offset, offset + length) straight from the backing fd. */
-static int sendfile_all(rm_engine *eng, uint64_t offset, uint32_t length)
+/* send_lock held: a frame whose payload is the device range [h->offset, + h->length), sent
+ * straight from the backing fd (sendfile: no copy through user space). The batched frames and
+ * this header go out with MSG_MORE, so they share the payload's first TCP segment. */
+static int send_range_frame_locked(rm_engine *eng, const struct rpl_header *h)
 {
     struct rm_peer *p = &eng->peer;
     uint64_t sent;
-    int rc = sendfile_range(eng, p->fd, offset, length, &sent);
+    int rc;
 
+    if ((rc = queue_header_locked(eng, h)) < 0 || (rc = sbuf_send_locked(eng, MSG_MORE)) < 0)
+        return rc;
+    rc = sendfile_range(eng, p->fd, h->offset, h->length, &sent);
     STAT_ADD(eng, peer_bytes_sent, sent);
     if (rc < 0) {
         p->send_failed = 1;
@@ -204,7 +210,7 @@ static int send_frame(rm_engine *eng, const struct rpl_header *h, const void *pa
     pthread_mutex_lock(&p->send_lock);
     rc = send_frame_locked(eng, h, payload);
     if (rc == 0 && flush)
-        rc = sbuf_flush_locked(eng);
+        rc = sbuf_send_locked(eng, 0);
     pthread_mutex_unlock(&p->send_lock);
     return rc;
 }
@@ -344,11 +350,7 @@ int engine_mirror(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
         h.flags |= RPL_FLAG_FUA;
     if (op == RM_OP_WRITE && data == NULL) {
         pthread_mutex_lock(&p->send_lock);
-        sent = queue_header_locked(eng, &h);
-        if (sent == 0)
-            sent = sbuf_flush_locked(eng);
-        if (sent == 0)
-            sent = sendfile_all(eng, offset, count);
+        sent = send_range_frame_locked(eng, &h);
         pthread_mutex_unlock(&p->send_lock);
     } else {
         sent = send_frame(eng, &h, data, 0);
@@ -389,6 +391,8 @@ struct receiver {
     int ntouched;
     int pipe[2];            /* for splice: socket -> pipe -> backing fd, one copy instead of two */
     int spliced_rc;         /* result of the local write done by splice_payload */
+    int header_only;        /* after a spliced payload: read the next header alone, so a large
+                             * payload that follows stays in the socket for splice */
 };
 
 /* Large DATA/RS_DATA payloads go from the socket to the disk by splice (engine_splice_write). */
@@ -562,7 +566,8 @@ static int receive_loop(struct receiver *r, int *proto, uint64_t *bad_type)
                 r->end -= r->start;
                 r->start = 0;
             }
-            ssize_t n = recv(p->fd, r->buf + r->end, RBUF_SIZE - r->end, 0);
+            size_t want = r->header_only ? RPL_HEADER_SIZE - r->end : RBUF_SIZE - r->end;
+            ssize_t n = recv(p->fd, r->buf + r->end, want, 0);
             if (n == 0)
                 return r->end ? -ECONNRESET : 0;
             if (n < 0) {
@@ -593,6 +598,7 @@ static int receive_loop(struct receiver *r, int *proto, uint64_t *bad_type)
             if ((rc = splice_payload(r, &h, h.flags & RPL_FLAG_FUA)) < 0)
                 return rc;
             payload = NULL;
+            r->header_only = 1;
         } else {
             if (r->payload_cap < h.length) {
                 free(r->payload);
@@ -606,6 +612,8 @@ static int receive_loop(struct receiver *r, int *proto, uint64_t *bad_type)
             STAT_SET(eng, peer_last_rx_ns, now_ns());
             payload = r->payload;
         }
+        if (payload)
+            r->header_only = 0;
         rc = handle_frame(r, &h, payload, proto);
         if (rc < 0) {
             *bad_type = h.type;
@@ -731,12 +739,8 @@ int rm_resync_send(rm_engine *eng, uint64_t offset, uint32_t length)
      * queued by a concurrent application write (see the file comment). sendfile() moves the
      * blocks from the page cache to the socket without a copy through user space. */
     pthread_mutex_lock(&p->send_lock);
-    rc = queue_header_locked(eng, &(struct rpl_header){ .type = RPL_RS_DATA, .id = offset,
-                                                       .offset = offset, .length = length });
-    if (rc == 0)
-        rc = sbuf_flush_locked(eng);
-    if (rc == 0)
-        rc = sendfile_all(eng, offset, length);
+    rc = send_range_frame_locked(eng, &(struct rpl_header){ .type = RPL_RS_DATA, .id = offset,
+                                                           .offset = offset, .length = length });
     pthread_mutex_unlock(&p->send_lock);
     if (rc == 0)
         STAT_ADD(eng, resync_bytes_sent, length);
