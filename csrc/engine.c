@@ -46,8 +46,10 @@ rm_engine *rm_engine_new(int backing_fd, uint64_t size, int flags)
         free(eng);
         return NULL;
     }
+    eng->al_nextents = (size + RM_AL_EXTENT_SIZE - 1) / RM_AL_EXTENT_SIZE;
+    eng->al_refs = calloc(eng->al_nextents + 1, sizeof *eng->al_refs);
     peer_init(&eng->peer);
-    if (!eng->peer.sbuf || !eng->peer.slots) {
+    if (!eng->al_refs || !eng->peer.sbuf || !eng->peer.slots) {
         rm_engine_free(eng);
         return NULL;
     }
@@ -68,6 +70,7 @@ void rm_engine_free(rm_engine *eng)
     close(eng->ev_pipe[1]);
     free(eng->al_hot);
     free(eng->al_asked);
+    free(eng->al_refs);
     free(eng->clients);
     free(eng);
 }
@@ -234,8 +237,7 @@ void engine_clear_dirty(rm_engine *eng, uint64_t offset, uint64_t length)
 
 int rm_engine_enable_al(rm_engine *eng)
 {
-    uint64_t n = (eng->size + RM_AL_EXTENT_SIZE - 1) / RM_AL_EXTENT_SIZE;
-    size_t words = (size_t)((n + 63) / 64) + 1;
+    size_t words = (size_t)((eng->al_nextents + 63) / 64) + 1;
 
     pthread_mutex_lock(&eng->al_lock);
     if (!eng->al_hot) {
@@ -245,11 +247,15 @@ int rm_engine_enable_al(rm_engine *eng)
             pthread_mutex_unlock(&eng->al_lock);
             return -ENOMEM;
         }
-        eng->al_nextents = n;
     }
     eng->al_enabled = 1;
     pthread_mutex_unlock(&eng->al_lock);
     return 0;
+}
+
+static int al_is_hot(rm_engine *eng, uint64_t e)
+{
+    return (eng->al_hot[e >> 6] >> (e & 63)) & 1;
 }
 
 int rm_al_set_hot(rm_engine *eng, uint64_t extent, int hot)
@@ -269,34 +275,97 @@ int rm_al_set_hot(rm_engine *eng, uint64_t extent, int hot)
     return 0;
 }
 
+int rm_al_evict(rm_engine *eng, uint64_t extent, uint32_t timeout_ms)
+{
+    struct timespec until;
+    int rc = rm_al_set_hot(eng, extent, 0);
+
+    if (rc < 0)
+        return rc;
+    clock_gettime(CLOCK_REALTIME, &until);   /* al_cond's clock */
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&eng->al_lock);
+    __atomic_add_fetch(&eng->al_evicting, 1, __ATOMIC_SEQ_CST);
+    while (rc == 0 && __atomic_load_n(&eng->al_refs[extent], __ATOMIC_SEQ_CST))
+        rc = -pthread_cond_timedwait(&eng->al_cond, &eng->al_lock, &until);
+    if (rc == -ETIMEDOUT && !__atomic_load_n(&eng->al_refs[extent], __ATOMIC_SEQ_CST))
+        rc = 0;
+    __atomic_sub_fetch(&eng->al_evicting, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&eng->al_lock);
+    return rc;
+}
+
+static void al_range(rm_engine *eng, uint64_t offset, uint64_t length, uint64_t *first, uint64_t *last)
+{
+    *first = offset / RM_AL_EXTENT_SIZE;
+    *last = (offset + length - 1) / RM_AL_EXTENT_SIZE;
+    if (*last >= eng->al_nextents)
+        *last = eng->al_nextents - 1;
+}
+
 /* Before a write reaches the disk, every extent it touches must be in a committed AL
- * transaction, so that after a crash of this Primary only AL extents need a resync. */
-void engine_al_wait(rm_engine *eng, uint64_t offset, uint64_t length)
+ * transaction, so that after a crash of this Primary only AL extents need a resync. The write
+ * then holds a reference on those extents, so none leaves the AL while it is in flight. The
+ * references are taken under al_lock once all extents are hot together: rm_al_evict marks an
+ * extent cold under the same lock, so it either sees the reference or the writer sees it cold. */
+void engine_al_begin(rm_engine *eng, uint64_t offset, uint64_t length)
 {
     uint64_t e, first, last;
+    int all_hot;
 
-    if (!__atomic_load_n(&eng->al_enabled, __ATOMIC_ACQUIRE) || length == 0)
+    if (length == 0 || eng->al_nextents == 0)
         return;
-    first = offset / RM_AL_EXTENT_SIZE;
-    last = (offset + length - 1) / RM_AL_EXTENT_SIZE;
-    pthread_mutex_lock(&eng->al_lock);
-    for (e = first; e <= last && e < eng->al_nextents; e++) {
-        uint64_t bit = 1ull << (e & 63);
-        if (eng->al_hot[e >> 6] & bit)
-            continue;
-        STAT_ADD(eng, al_misses, 1);
-        while (eng->al_enabled && !(eng->al_hot[e >> 6] & bit)) {
-            if (!(eng->al_asked[e >> 6] & bit)) {
-                eng->al_asked[e >> 6] |= bit;
-                pthread_mutex_unlock(&eng->al_lock);
-                engine_post_event(eng, RM_EV_AL_MISS, 0, e, 1);
-                pthread_mutex_lock(&eng->al_lock);
-                continue;
-            }
-            pthread_cond_wait(&eng->al_cond, &eng->al_lock);
-        }
+    al_range(eng, offset, length, &first, &last);
+    if (!__atomic_load_n(&eng->al_enabled, __ATOMIC_ACQUIRE)) {
+        for (e = first; e <= last; e++)
+            __atomic_add_fetch(&eng->al_refs[e], 1, __ATOMIC_SEQ_CST);
+        return;
     }
+    pthread_mutex_lock(&eng->al_lock);
+    do {
+        all_hot = 1;
+        for (e = first; e <= last; e++) {
+            if (al_is_hot(eng, e))
+                continue;
+            STAT_ADD(eng, al_misses, 1);
+            all_hot = 0;
+            while (eng->al_enabled && !al_is_hot(eng, e)) {
+                if (!(eng->al_asked[e >> 6] & (1ull << (e & 63)))) {
+                    eng->al_asked[e >> 6] |= 1ull << (e & 63);
+                    pthread_mutex_unlock(&eng->al_lock);
+                    engine_post_event(eng, RM_EV_AL_MISS, 0, e, 1);
+                    pthread_mutex_lock(&eng->al_lock);
+                    continue;
+                }
+                pthread_cond_wait(&eng->al_cond, &eng->al_lock);
+            }
+        }
+    } while (!all_hot && eng->al_enabled);   /* an earlier extent may have gone cold meanwhile */
+    for (e = first; e <= last; e++)
+        __atomic_add_fetch(&eng->al_refs[e], 1, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&eng->al_lock);
+}
+
+void engine_al_end(rm_engine *eng, uint64_t offset, uint64_t length)
+{
+    uint64_t e, first, last;
+    int wake = 0;
+
+    if (length == 0 || eng->al_nextents == 0)
+        return;
+    al_range(eng, offset, length, &first, &last);
+    for (e = first; e <= last; e++)
+        wake |= __atomic_sub_fetch(&eng->al_refs[e], 1, __ATOMIC_SEQ_CST) == 0;
+    if (wake && __atomic_load_n(&eng->al_evicting, __ATOMIC_SEQ_CST)) {
+        pthread_mutex_lock(&eng->al_lock);
+        pthread_cond_broadcast(&eng->al_cond);
+        pthread_mutex_unlock(&eng->al_lock);
+    }
 }
 
 /* ---- client registry: lets `down` end every connection at once ---- */

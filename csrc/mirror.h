@@ -115,6 +115,11 @@ int rm_engine_set_bitmap(rm_engine *eng, void *words, uint64_t nbits);
  * committed an AL transaction and called rm_al_set_hot(extent, 1). nextents = ceil(size / 4 MiB). */
 int rm_engine_enable_al(rm_engine *eng);
 int rm_al_set_hot(rm_engine *eng, uint64_t extent, int hot);
+/* Take `extent` out of the AL: mark it cold (new writes to it wait, RM_EV_AL_MISS), then wait
+ * up to timeout_ms until every write already past the gate is done locally and acknowledged by
+ * the peer (or marked out of sync): 0, or -ETIMEDOUT with the extent left cold. Only after 0
+ * may Python commit the transaction that drops it. */
+int rm_al_evict(rm_engine *eng, uint64_t extent, uint32_t timeout_ms);
 
 /* ---- peer link ---- */
 /* Hand a connected, authenticated peer socket to C and start its receiver thread. From then on,

@@ -4,7 +4,7 @@
  *
  * Lock order (never take one to the left while holding one to the right):
  *     peer.pending_lock -> origin out_lock      peer.send_lock (alone)
- *     al_lock (alone)    ev_lock (alone)        lock (client registry, alone) */
+ *     peer.pending_lock -> al_lock              ev_lock (alone)        lock (client registry, alone) */
 #ifndef RM_MIRROR_INTERNAL_H
 #define RM_MIRROR_INTERNAL_H
 
@@ -83,6 +83,8 @@ struct rm_engine {
     uint64_t al_nextents;
     uint64_t *al_hot;       /* bit per extent: hot (covered by a committed AL transaction) */
     uint64_t *al_asked;     /* bit per extent: AL_MISS already posted */
+    uint32_t *al_refs;      /* per extent: writes past the gate and not yet done (atomic) */
+    int al_evicting;        /* an rm_al_evict waits for an extent's writes to finish (atomic) */
     pthread_mutex_t al_lock;
     pthread_cond_t al_cond;
 
@@ -107,7 +109,10 @@ void engine_remove_client(rm_engine *eng, int fd);
 void engine_post_event(rm_engine *eng, int type, int err, uint64_t offset, uint64_t length);
 void engine_mark_dirty(rm_engine *eng, uint64_t offset, uint64_t length);
 void engine_clear_dirty(rm_engine *eng, uint64_t offset, uint64_t length);
-void engine_al_wait(rm_engine *eng, uint64_t offset, uint64_t length);
+/* Every write takes its extents with engine_al_begin before it reaches the disk and gives them
+ * back with engine_al_end once it is done here and on the peer (acked, or marked out of sync). */
+void engine_al_begin(rm_engine *eng, uint64_t offset, uint64_t length);
+void engine_al_end(rm_engine *eng, uint64_t offset, uint64_t length);
 /* Local I/O without permission checks (the peer link applies a Primary's writes on a Secondary). */
 int local_pwrite(rm_engine *eng, const void *buf, uint32_t count, uint64_t offset, int fua);
 int local_trim(rm_engine *eng, uint32_t count, uint64_t offset, int fua);

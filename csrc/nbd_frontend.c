@@ -315,8 +315,10 @@ static void run_job(struct conn *c, struct wjob *j)
 {
     int wrc;
 
-    engine_al_wait(c->eng, j->offset, j->len);
+    engine_al_begin(c->eng, j->offset, j->len);
     wrc = engine_splice_commit(c->eng, j->pipe, j->prefix_at, j->have, j->offset, j->len, j->fua);
+    if (wrc < 0)
+        engine_al_end(c->eng, j->offset, j->len);   /* not mirrored: the client sees the error */
     if (!(wrc == 0 && engine_mirror(c->eng, &c->origin, j->cookie, RM_OP_WRITE, NULL, j->len, j->offset,
                                     j->fua, 0) == RM_SUBMIT_LATER))
         queue_reply(c, wrc, j->cookie);
@@ -433,10 +435,12 @@ static int splice_write(struct conn *c, const unsigned char *cookie, uint64_t of
     c->header_only = 1;   /* the next requests are likely large writes too: keep payloads in the socket */
 
     /* Inline when nothing more has come from the client (queue depth 1: a hand-off would only
-     * add a wake-up), and when mirroring (measured: the peer link's own threads already fill
-     * both cores, and a fifth thread costs more than the overlap gains). */
+     * add a wake-up). Otherwise the writer thread does the disk and the peer halves while this
+     * one receives the next payload: the client can only send while someone reads its socket.
+     * (Measured at 1 MiB QD16, protocol C: 0.71x nbdkit against 0.67x when mirrored writes
+     * were done inline, six alternating runs each.) */
     int pending = 0;
-    if (engine_peer_live(c->eng) || (ioctl(c->fd, FIONREAD, &pending) == 0 && pending == 0)) {
+    if (ioctl(c->fd, FIONREAD, &pending) == 0 && pending == 0) {
         wait_writes(c);
         j->prefix_at = c->in + c->in_start;
         run_job(c, j);

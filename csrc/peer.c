@@ -250,6 +250,8 @@ static void finish_slot_locked(rm_engine *eng, struct rm_pending *s, int rc, str
             s->origin->flush(s->origin);
         }
     }
+    if (!s->is_flush)
+        engine_al_end(eng, s->offset, s->length);   /* acked, or marked out of sync by the caller */
     s->busy = 0;
     s->origin = NULL;
     p->npending--;
@@ -276,7 +278,7 @@ int engine_submit(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
             *rc = (op == RM_OP_TRIM && r == -ENOSPC) ? -EINVAL : r;
             return RM_SUBMIT_DONE;
         }
-        engine_al_wait(eng, offset, count);
+        engine_al_begin(eng, offset, count);
     }
     switch (op) {
     case RM_OP_WRITE: r = local_pwrite(eng, data, count, offset, fua); break;
@@ -285,13 +287,29 @@ int engine_submit(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
     default: STAT_ADD(eng, flushes, 1); r = local_flush(eng); break;
     }
     *rc = r;
-    if (r < 0)
+    if (r < 0) {
+        if (op != RM_OP_FLUSH)
+            engine_al_end(eng, offset, count);
         return RM_SUBMIT_DONE;   /* a failed local write is not mirrored; the client sees the error */
+    }
     return engine_mirror(eng, o, cookie, op, data, count, offset, fua, may_trim);
 }
 
+/* A request that will not reach the peer: its blocks are out of sync (marked before its AL
+ * references go, so an eviction stores them), and it is done. */
+static int unmirrored(rm_engine *eng, enum rm_op op, uint64_t offset, uint32_t count)
+{
+    if (op != RM_OP_FLUSH) {
+        engine_mark_dirty(eng, offset, count);
+        engine_al_end(eng, offset, count);
+    }
+    return RM_SUBMIT_DONE;
+}
+
 /* The peer half of a request whose local half succeeded. A WRITE with data == NULL takes its
- * payload from the disk it was just written to (sendfile: no copy through user space). */
+ * payload from the disk it was just written to (sendfile: no copy through user space). A
+ * disk-changing request holds AL references (engine_al_begin) that are given back here when it
+ * never reaches the peer, else when its slot finishes. */
 int engine_mirror(rm_engine *eng, struct rm_origin *o, const unsigned char cookie[8], enum rm_op op,
                   const void *data, uint32_t count, uint64_t offset, int fua, int may_trim)
 {
@@ -307,17 +325,13 @@ int engine_mirror(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
     pthread_mutex_lock(&p->pending_lock);
     if (!peer_live(p)) {
         pthread_mutex_unlock(&p->pending_lock);
-        if (op != RM_OP_FLUSH)
-            engine_mark_dirty(eng, offset, count);
-        return RM_SUBMIT_DONE;
+        return unmirrored(eng, op, offset, count);
     }
     while (p->slots[p->next_id % PENDING_SLOTS].busy && peer_live(p))
         pthread_cond_wait(&p->slot_free, &p->pending_lock);
     if (!peer_live(p)) {
         pthread_mutex_unlock(&p->pending_lock);
-        if (op != RM_OP_FLUSH)
-            engine_mark_dirty(eng, offset, count);
-        return RM_SUBMIT_DONE;
+        return unmirrored(eng, op, offset, count);
     }
     id = p->next_id++;
     s = &p->slots[id % PENDING_SLOTS];
@@ -369,11 +383,9 @@ int engine_mirror(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
         p->npending--;
         pthread_cond_broadcast(&p->slot_free);
         pthread_mutex_unlock(&p->pending_lock);
-        if (op != RM_OP_FLUSH)
-            engine_mark_dirty(eng, offset, count);
         if (!replied)
             __atomic_fetch_sub(&o->inflight, 1, __ATOMIC_RELAXED);
-        return RM_SUBMIT_DONE;
+        return unmirrored(eng, op, offset, count);
     }
     pthread_mutex_unlock(&p->pending_lock);
     return replied ? RM_SUBMIT_DONE : RM_SUBMIT_LATER;  /* the sweep answered (or will) */

@@ -208,17 +208,27 @@ class ResourceEvents:
                     self._events.put(ev)
 
     def _al_miss(self, extent: int) -> None:
+        """A writer waits for `extent`. When the AL is full its least recently used extent
+        leaves: C marks it cold and waits for the writes in flight to it (acknowledged by the
+        peer or marked out of sync) before the transaction that drops it is written, as DRBD
+        waits for an extent's reference count. The wait happens outside md_lock, so the
+        monitor can still time the peer out and end those writes."""
         with self.md_lock:
-            before = set(self.md.al_hot)
+            victim = self.md.al_victim(extent)
+        if victim is not None:
+            while not self.engine.al_evict(victim, timeout_s=0.2):
+                if self._threads_stop.is_set():
+                    self.engine.al_set_hot(victim, True)     # still in the on-disk AL
+                    return
+        with self.md_lock:
             try:
-                self.md.al_begin_io(extent)
-                self.md.al_complete_io(extent)
+                self.md.al_make_hot(extent, can_evict=lambda e: e == victim)
             except (md_mod.MetadataError, OSError, ValueError) as exc:
                 log.error("%s: activity log: extent %d: %s", self.name, extent, exc)
+                if victim is not None:
+                    self.engine.al_set_hot(victim, True)     # the transaction did not drop it
                 return
-            for victim in before - set(self.md.al_hot):
-                self.engine.al_set_hot(victim, False)
-            self.engine.al_set_hot(extent, True)
+        self.engine.al_set_hot(extent, True)
 
     def _monitor(self) -> None:
         while not self._threads_stop.is_set():

@@ -448,6 +448,13 @@ class Metadata:
             return None
         return self._activate(extent, can_evict, refs=0)
 
+    def al_victim(self, extent: int) -> int | None:
+        """The extent al_make_hot(extent) would evict first (the least recently used), or None
+        when `extent` is hot already or the AL has room: the caller drains it beforehand."""
+        if extent in self._al_hot or len(self._al_hot) < self.sb.al_extents:
+            return None
+        return next(iter(self._al_hot))
+
     @staticmethod
     def _check_extent(extent: int) -> None:
         if not 0 <= extent < 2**32:

@@ -5,6 +5,7 @@ Arguments are checked here, buffers go in with ffi.from_buffer (no copy), and a 
 becomes an OSError with context. cffi releases the GIL around every C call, so a thread blocked
 in serve_nbd() does not hold up the rest of the daemon.
 """
+import errno
 import os
 from dataclasses import dataclass
 
@@ -151,6 +152,16 @@ class Engine:
 
     def al_set_hot(self, extent: int, hot: bool = True) -> None:
         _check(lib.rm_al_set_hot(self._handle, extent, int(hot)), f"activity log: extent {extent}")
+
+    def al_evict(self, extent: int, timeout_s: float) -> bool:
+        """Mark `extent` cold and wait for the writes already past the gate to finish here and
+        on the peer. True when none is left (the AL transaction may drop it), False on timeout
+        (the extent stays cold: writes to it wait for the next AL miss to be served)."""
+        rc = lib.rm_al_evict(self._handle, extent, max(0, int(timeout_s * 1000)))
+        if rc == -errno.ETIMEDOUT:
+            return False
+        _check(rc, f"activity log: evict extent {extent}")
+        return True
 
     def peer_attach(self, fd: int, protocol: str) -> None:
         if protocol not in PROTOCOLS:

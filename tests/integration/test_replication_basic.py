@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """Two replicad nodes in two network namespaces: initial sync, mirrored writes, CLI outputs,
 refusals, skip-initial-sync, authentication and the resync rate limit."""
+import json
 import os
 import sys
 import time
@@ -274,6 +275,40 @@ def test_protocols_a_and_b_mirror_writes(protocol):
         assert sent >= 16
         # protocol A completes before the peer has the data: wait until it applied every frame
         t.wait("beta", lambda s: s["stats"]["peer_frames_applied"] >= sent, "writes applied")
+        assert t.disks_equal(size), f"first difference at {t.first_difference(size)}"
+
+
+def test_full_activity_log_evicts_extents_with_writes_in_flight():
+    """al-extents 7 on a disk of 8 extents: concurrent writes over all of them keep the AL
+    evicting. An eviction waits for the writes in flight to its extent (acknowledged by the
+    peer) before the transaction that drops it; nothing stalls and nothing diverges."""
+    requires_root()
+    requires_module("nbd")
+    with TwoNodes(size=32 * MiB, net=SECRET_NET, disk="al-extents 7;") as t:
+        t.create_and_up()
+        t.ctl("alpha", "new-current-uuid", "--clear-bitmap", "r0")
+        t.wait_synced(timeout=10)
+        t.ctl("alpha", "primary", "r0")
+        nbd, h = nbd_connect(t.uri("alpha"))
+        try:
+            for rnd in range(4):
+                for extent in range(8):
+                    h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(os.urandom(64 * 1024))),
+                                 extent * 4 * MiB + rnd * 64 * 1024)
+            deadline = time.monotonic() + 30
+            while h.aio_in_flight() > 0:
+                assert time.monotonic() < deadline, "writes stalled behind the activity log"
+                h.poll(1000)
+            h.flush()
+        finally:
+            h.shutdown()
+        stats = t.status("alpha")["stats"]
+        assert stats["al_misses"] >= 8 + 3          # every extent missed once, evictions after
+        dump = json.loads(t.ctl("alpha", "dump-md", "--json", "r0").stdout)
+        assert len(dump["al_hot"]) == 7
+        assert "activity log" not in t.log("alpha")  # no AL error was logged
+        size = t.data_size()
+        t.wait("beta", lambda s: s["stats"]["peer_frames_applied"] >= stats["peer_writes_sent"], "applied")
         assert t.disks_equal(size), f"first difference at {t.first_difference(size)}"
 
 

@@ -300,3 +300,79 @@ def test_large_writes_while_disconnected_are_marked_dirty(pair_c):
     s.finish()
     assert os.pread(pair_c.pfd, len(data), 2 << 20) == data
     assert list(pair_c.pbm.iter_dirty_extents(4 << 20)) == [(2 << 20, 1 << 20)]
+
+
+def read_frame(sock):
+    """One frame from the Primary, read by hand: (header fields, payload)."""
+    head = b""
+    while len(head) < HEADER.size:
+        head += sock.recv(HEADER.size - len(head))
+    fields = HEADER.unpack(head)
+    payload = b""
+    while len(payload) < fields[5]:
+        payload += sock.recv(fields[5] - len(payload))
+    return fields, payload
+
+
+@pytest.fixture
+def primary_hand_peer(tmp_path):
+    """A Primary under protocol C whose peer is this test: nothing is acked until we say so."""
+    eng, fd, bitmap = make_engine(tmp_path, "primary")
+    a, b = socket.socketpair()
+    eng.peer_attach(a.fileno(), "C")
+    eng.enable_al()
+    yield eng, bitmap, b
+    eng.close()
+    a.close()
+    b.close()
+    os.close(fd)
+
+
+def test_al_eviction_waits_for_the_writes_in_flight_to_its_extent(primary_hand_peer):
+    """DRBD keeps an extent in the AL while writes to it are in flight: were it dropped first,
+    a crash of this Primary could leave a block written here, never acked by the peer, outside
+    both the AL and the bitmap."""
+    eng, _, peer = primary_hand_peer
+    eng.al_set_hot(0)
+    s = Session(eng)
+    s.send(WRITE, 4096, 4, b"late", cookie=7)
+    (magic, ptype, _, frame_id, offset, length, _), payload = read_frame(peer)
+    assert (ptype, offset, payload) == (0x01, 4096, b"late")
+
+    assert eng.al_evict(0, timeout_s=0.1) is False           # the write is still in flight
+    evicted = []
+    waiter = threading.Thread(target=lambda: evicted.append(eng.al_evict(0, timeout_s=5)))
+    waiter.start()
+    time.sleep(0.1)
+    assert waiter.is_alive()
+    peer.sendall(HEADER.pack(magic, 0x11, 0, frame_id, offset, 0, 0))   # WRITE_ACK
+    waiter.join(5)
+    assert evicted == [True]
+    assert s.reply()[1] == 7
+
+    # Cold now: the next write to extent 0 waits for a new AL transaction.
+    s.send(WRITE, 8192, 4, b"next", cookie=8)
+    assert wait_for(lambda: any(e.type == "al_miss" and e.offset == 0 for e in eng.next_events()))
+    assert select.select([s.sock], [], [], 0.1)[0] == []
+    eng.al_set_hot(0)
+    (_, _, _, frame_id, offset, _, _), _ = read_frame(peer)
+    peer.sendall(HEADER.pack(magic, 0x11, 0, frame_id, offset, 0, 0))
+    assert s.reply()[1] == 8
+    s.send(DISC)
+    s.finish()
+
+
+def test_al_eviction_after_link_loss_finds_the_write_marked_out_of_sync(primary_hand_peer):
+    eng, bitmap, peer = primary_hand_peer
+    eng.al_set_hot(1)
+    s = Session(eng)
+    s.send(WRITE, (4 << 20) + 512, 3, b"abc", cookie=9)
+    read_frame(peer)
+    assert eng.al_evict(1, timeout_s=0.1) is False
+    peer.shutdown(socket.SHUT_RDWR)                            # the link dies: the sweep ends it
+    assert eng.al_evict(1, timeout_s=5) is True
+    assert s.reply()[1] == 9
+    assert wait_for(lambda: eng.stats()["peer_connected"] == 0)
+    assert bitmap.count() == 1                                # its block, before the AL lets go
+    s.send(DISC)
+    s.finish()
