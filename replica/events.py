@@ -295,9 +295,13 @@ class ResourceEvents:
             elif last_rx and now_ns - last_rx > net.ping_int_s * 1e9:
                 self._ping_sent_ns = now_ns
                 self.engine.peer_ping()
+            # DRBD's request timer: one request unanswered for ko-count * timeout expels the
+            # peer (0 disables it; a silent peer is still caught by the pings above).
             oldest = st.get("peer_oldest_pending_ns", 0)
-            if oldest and now_ns - oldest > net.timeout_s * 1e9:
-                self._lost(f"no acknowledgement within timeout {net.timeout_s:g} s")
+            waited_ms = (now_ns - oldest) // 1_000_000 if oldest else 0
+            if net.ko_count and waited_ms > net.ko_count * net.timeout_s * 1000:
+                self._lost(f"Remote failed to finish a request within {waited_ms}ms > ko-count "
+                           f"({net.ko_count}) * timeout ({round(net.timeout_s * 10)} * 0.1s)")
                 return
             if self.progress is not None:
                 self.progress.update(self.progress.total_bytes - self.md.bitmap.dirty_bytes(), now)

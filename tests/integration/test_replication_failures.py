@@ -3,6 +3,7 @@
 resync bounded by the activity log), link loss (only the dirty part resyncs), split brain
 (detected on both sides, handler run, nothing merged, --discard-my-data resolves it)."""
 import os
+import signal
 import threading
 import time
 
@@ -197,3 +198,35 @@ def test_split_brain_detected_nothing_merged_discard_my_data_resolves(synced):
     assert t.read_disk("beta", 0, MiB) == common
     assert t.disks_equal(size), f"first difference at {t.first_difference(size)}"
     assert t.ctl("alpha", "role", "r0").stdout == "Primary/Secondary\n"
+
+
+def test_ko_count_expels_a_peer_that_stops_answering_writes():
+    """DRBD's request timer: one write unanswered for ko-count * timeout drops the link, even
+    though the peer's TCP stack still acknowledges (a frozen daemon, pings far apart). The write
+    completes on the Primary, out of sync, and the resync after reconnecting carries it."""
+    requires_root()
+    requires_module("nbd")
+    import nbd
+    net = "protocol C; ping-int 120; ping-timeout 5; timeout 10; ko-count 2; connect-int 2;"
+    with TwoNodes(size=16 * MiB, net=net) as t:
+        t.create_and_up()
+        t.ctl("alpha", "new-current-uuid", "--clear-bitmap", "r0")
+        t.wait_synced(timeout=10)
+        t.ctl("alpha", "primary", "r0")
+        beta = t.daemon_pid("beta")
+        h = nbd.NBD()
+        h.connect_uri(t.uri("alpha"))
+        os.kill(beta, signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            h.pwrite(os.urandom(BLOCK), 3 * MiB)       # waits for the ack that never comes
+            took = time.monotonic() - start
+            assert 2.0 <= took < 6.0, took
+            assert "Remote failed to finish a request within" in t.log("alpha")
+            assert "> ko-count (2) * timeout (10 * 0.1s)" in t.log("alpha")
+            assert t.status("alpha")["connection"] != "Connected"
+        finally:
+            os.kill(beta, signal.SIGCONT)
+            h.shutdown()
+        t.wait_synced(timeout=30)
+        assert t.disks_equal(t.data_size()), f"first difference at {t.first_difference(t.data_size())}"
