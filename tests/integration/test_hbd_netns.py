@@ -52,8 +52,12 @@ def assert_takeover(lab, node, since, bound_s=None):
     `since` (CLOCK_MONOTONIC, as the journal's "mono"), not counting this harness's polling."""
     bound_s = DEADTIME_S + 1.0 if bound_s is None else bound_s
     assert lab.wait_for(lambda: lab.holds_all(node), bound_s + 5) is not None, lab.log_text(node)
-    done = [r["mono"] for r in journal(lab, node)
-            if r["event"] == "group" and r["new"] == "started" and r["mono"] > since]
+
+    def started():   # the journal line follows the last resource's start by a moment
+        return [r["mono"] for r in journal(lab, node)
+                if r["event"] == "group" and r["new"] == "started" and r["mono"] > since]
+    lab.wait_for(started, 5)
+    done = started()
     assert done and done[0] - since <= bound_s, (done, since, lab.log_text(node))
     return done[0] - since
 
