@@ -3,8 +3,9 @@
  * Not part of the cffi contract (that is mirror.h).
  *
  * Lock order (never take one to the left while holding one to the right):
- *     peer.pending_lock -> origin out_lock      peer.send_lock (alone)
- *     peer.pending_lock -> al_lock              ev_lock (alone)        lock (client registry, alone) */
+ *     peer.pending_lock -> origin out_lock
+ *     peer.pending_lock -> al_lock              peer.send_lock -> ev_lock (an I/O error event)
+ *     lock (client registry, alone) */
 #ifndef RM_MIRROR_INTERNAL_H
 #define RM_MIRROR_INTERNAL_H
 

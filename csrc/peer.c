@@ -267,32 +267,134 @@ static void flush_touched(struct rm_origin **touched, int *ntouched)
     *ntouched = 0;
 }
 
+static int local_op(rm_engine *eng, enum rm_op op, const void *data, uint32_t count, uint64_t offset,
+                    int fua, int may_trim)
+{
+    switch (op) {
+    case RM_OP_WRITE: return local_pwrite(eng, data, count, offset, fua);
+    case RM_OP_TRIM: return local_trim(eng, count, offset, fua);
+    case RM_OP_ZERO: return local_zero(eng, count, offset, may_trim, fua);
+    default: STAT_ADD(eng, flushes, 1); return local_flush(eng);
+    }
+}
+
+static void frame_for(struct rpl_header *h, uint64_t id, enum rm_op op, uint32_t count, uint64_t offset,
+                      int fua, int may_trim)
+{
+    *h = (struct rpl_header){ .id = id, .offset = offset };
+    switch (op) {
+    case RM_OP_WRITE: h->type = RPL_DATA; h->length = count; break;
+    case RM_OP_TRIM: h->type = RPL_TRIM; h->aux = count; break;
+    case RM_OP_ZERO: h->type = RPL_ZEROES; h->aux = count; h->flags = may_trim ? 0 : RPL_FLAG_NO_HOLE; break;
+    default: h->type = RPL_FLUSH; h->offset = 0; break;
+    }
+    if (fua)
+        h->flags |= RPL_FLAG_FUA;
+}
+
+static int unmirrored(rm_engine *eng, enum rm_op op, uint64_t offset, uint32_t count);
+
+#define NO_SLOT UINT64_MAX
+
+/* A slot for a request not yet on the wire, without an origin: a sweep or an ack that
+ * finishes it before submit_finish attaches one leaves the answer to the submitter. Returns
+ * its id, or NO_SLOT when the link is down. */
+static uint64_t reserve_slot(rm_engine *eng, uint64_t offset, uint32_t count)
+{
+    struct rm_peer *p = &eng->peer;
+    struct rm_pending *s;
+    uint64_t id = NO_SLOT;
+
+    pthread_mutex_lock(&p->pending_lock);
+    while (peer_live(p) && p->slots[p->next_id % PENDING_SLOTS].busy)
+        pthread_cond_wait(&p->slot_free, &p->pending_lock);
+    if (peer_live(p)) {
+        id = p->next_id++;
+        s = &p->slots[id % PENDING_SLOTS];
+        *s = (struct rm_pending){ .busy = 1, .replied = 1, .id = id, .offset = offset, .length = count,
+                                  .sent_ns = now_ns() };
+        if (++p->npending == 1)
+            STAT_SET(eng, peer_oldest_pending_ns, s->sent_ns);
+        STAT_SET(eng, peer_pending, p->npending);
+    }
+    pthread_mutex_unlock(&p->pending_lock);
+    return id;
+}
+
+/* After the send: the ack answers the client (RM_SUBMIT_LATER) if the slot is still ours and
+ * the request fully succeeded here; otherwise the caller answers now with *rc. A request that
+ * never reached the wire gives its slot back and is out of sync. */
+static int submit_finish(rm_engine *eng, uint64_t id, struct rm_origin *o, const unsigned char cookie[8],
+                         enum rm_op op, uint64_t offset, uint32_t count, int sent, int rc)
+{
+    struct rm_peer *p = &eng->peer;
+    struct rm_pending *s = &p->slots[id % PENDING_SLOTS];
+    int later = 0, took = 0;
+
+    pthread_mutex_lock(&p->pending_lock);
+    if (s->busy && s->id == id) {
+        if (sent == 0 && rc == 0 && p->protocol != RM_PROTOCOL_A) {
+            s->replied = 0;
+            s->origin = o;
+            memcpy(s->cookie, cookie, 8);
+            __atomic_fetch_add(&o->inflight, 1, __ATOMIC_RELAXED);
+            later = 1;
+        } else if (sent < 0) {
+            s->busy = 0;
+            p->npending--;
+            pthread_cond_broadcast(&p->slot_free);
+            update_oldest_locked(eng);
+            took = 1;
+        }
+    }
+    pthread_mutex_unlock(&p->pending_lock);
+    if (took)
+        unmirrored(eng, op, offset, count);
+    if (sent == 0)
+        STAT_ADD(eng, peer_writes_sent, 1);
+    return later ? RM_SUBMIT_LATER : RM_SUBMIT_DONE;
+}
+
 int engine_submit(rm_engine *eng, struct rm_origin *o, const unsigned char cookie[8], enum rm_op op,
                   const void *data, uint32_t count, uint64_t offset, int fua, int may_trim, int *rc)
 {
-    int r;
+    struct rm_peer *p = &eng->peer;
+    struct rpl_header h;
+    uint64_t id;
+    int r, sent;
 
-    if (op != RM_OP_FLUSH) {
-        r = engine_check_range(eng, offset, count, 1);
-        if (r < 0) {
-            *rc = (op == RM_OP_TRIM && r == -ENOSPC) ? -EINVAL : r;
-            return RM_SUBMIT_DONE;
-        }
-        engine_al_begin(eng, offset, count);
+    if (op == RM_OP_FLUSH) {
+        *rc = r = local_op(eng, op, NULL, 0, 0, 0, 0);
+        return r < 0 ? RM_SUBMIT_DONE : engine_mirror(eng, o, cookie, op, NULL, 0, 0, 0, 0);
     }
-    switch (op) {
-    case RM_OP_WRITE: r = local_pwrite(eng, data, count, offset, fua); break;
-    case RM_OP_TRIM: r = local_trim(eng, count, offset, fua); break;
-    case RM_OP_ZERO: r = local_zero(eng, count, offset, may_trim, fua); break;
-    default: STAT_ADD(eng, flushes, 1); r = local_flush(eng); break;
-    }
-    *rc = r;
+    r = engine_check_range(eng, offset, count, 1);
     if (r < 0) {
-        if (op != RM_OP_FLUSH)
-            engine_al_end(eng, offset, count);
-        return RM_SUBMIT_DONE;   /* a failed local write is not mirrored; the client sees the error */
+        *rc = (op == RM_OP_TRIM && r == -ENOSPC) ? -EINVAL : r;
+        return RM_SUBMIT_DONE;
     }
-    return engine_mirror(eng, o, cookie, op, data, count, offset, fua, may_trim);
+    engine_al_begin(eng, offset, count);
+    id = reserve_slot(eng, offset, count);
+    if (id == NO_SLOT) {                  /* no link: the local write alone, out of sync */
+        *rc = r = local_op(eng, op, data, count, offset, fua, may_trim);
+        if (r < 0) {
+            engine_al_end(eng, offset, count);
+            return RM_SUBMIT_DONE;        /* the client sees the error */
+        }
+        return unmirrored(eng, op, offset, count);
+    }
+    /* The local write and the frame's place on the wire happen together under send_lock, so
+     * the peer applies overlapping writes from different connections in the order they reached
+     * this disk, as DRBD serializes conflicting requests. (Large writes need not: their frame
+     * is read from the disk at send time.) FUA's flush waits until after the lock. */
+    frame_for(&h, id, op, count, offset, fua, may_trim);
+    pthread_mutex_lock(&p->send_lock);
+    r = local_op(eng, op, data, count, offset, 0, may_trim);
+    sent = r < 0 ? r : send_frame_locked(eng, &h, data);
+    pthread_mutex_unlock(&p->send_lock);
+    if (r == 0 && fua)
+        r = local_flush(eng);
+    *rc = r;
+    return submit_finish(eng, id, o, cookie, op, offset, count, sent, r);
 }
 
 /* A request that will not reach the peer: its blocks are out of sync (marked before its AL
@@ -314,7 +416,7 @@ int engine_mirror(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
                   const void *data, uint32_t count, uint64_t offset, int fua, int may_trim)
 {
     struct rm_peer *p = &eng->peer;
-    struct rpl_header h = { 0 };
+    struct rpl_header h;
     struct rm_pending *s;
     uint64_t id;
     int replied, sent;
@@ -352,16 +454,7 @@ int engine_mirror(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
     STAT_SET(eng, peer_pending, p->npending);
     pthread_mutex_unlock(&p->pending_lock);
 
-    h.id = id;
-    h.offset = offset;
-    switch (op) {
-    case RM_OP_WRITE: h.type = RPL_DATA; h.length = count; break;
-    case RM_OP_TRIM: h.type = RPL_TRIM; h.aux = count; break;
-    case RM_OP_ZERO: h.type = RPL_ZEROES; h.aux = count; h.flags = may_trim ? 0 : RPL_FLAG_NO_HOLE; break;
-    default: h.type = RPL_FLUSH; h.offset = 0; break;
-    }
-    if (fua)
-        h.flags |= RPL_FLAG_FUA;
+    frame_for(&h, id, op, count, offset, fua, may_trim);
     if (op == RM_OP_WRITE && data == NULL) {
         pthread_mutex_lock(&p->send_lock);
         sent = send_range_frame_locked(eng, &h);
