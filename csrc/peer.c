@@ -299,7 +299,7 @@ static int unmirrored(rm_engine *eng, enum rm_op op, uint64_t offset, uint32_t c
 /* A slot for a request not yet on the wire, without an origin: a sweep or an ack that
  * finishes it before submit_finish attaches one leaves the answer to the submitter. Returns
  * its id, or NO_SLOT when the link is down. */
-static uint64_t reserve_slot(rm_engine *eng, uint64_t offset, uint32_t count)
+static uint64_t reserve_slot(rm_engine *eng, int is_flush, uint64_t offset, uint32_t count)
 {
     struct rm_peer *p = &eng->peer;
     struct rm_pending *s;
@@ -311,8 +311,8 @@ static uint64_t reserve_slot(rm_engine *eng, uint64_t offset, uint32_t count)
     if (peer_live(p)) {
         id = p->next_id++;
         s = &p->slots[id % PENDING_SLOTS];
-        *s = (struct rm_pending){ .busy = 1, .replied = 1, .id = id, .offset = offset, .length = count,
-                                  .sent_ns = now_ns() };
+        *s = (struct rm_pending){ .busy = 1, .replied = 1, .is_flush = is_flush, .id = id, .offset = offset,
+                                  .length = count, .sent_ns = now_ns() };
         if (++p->npending == 1)
             STAT_SET(eng, peer_oldest_pending_ns, s->sent_ns);
         STAT_SET(eng, peer_pending, p->npending);
@@ -321,11 +321,12 @@ static uint64_t reserve_slot(rm_engine *eng, uint64_t offset, uint32_t count)
     return id;
 }
 
-/* After the send: the ack answers the client (RM_SUBMIT_LATER) if the slot is still ours and
- * the request fully succeeded here; otherwise the caller answers now with *rc. A request that
- * never reached the wire gives its slot back and is out of sync. */
+/* After the send: the ack answers the client (RM_SUBMIT_LATER) if the slot is still ours, the
+ * request fully succeeded here and its protocol waits for the peer (!replied_now); otherwise
+ * the caller answers now with *rc. A request that never reached the wire gives its slot back
+ * and is out of sync. */
 static int submit_finish(rm_engine *eng, uint64_t id, struct rm_origin *o, const unsigned char cookie[8],
-                         enum rm_op op, uint64_t offset, uint32_t count, int sent, int rc)
+                         enum rm_op op, uint64_t offset, uint32_t count, int sent, int rc, int replied_now)
 {
     struct rm_peer *p = &eng->peer;
     struct rm_pending *s = &p->slots[id % PENDING_SLOTS];
@@ -333,7 +334,7 @@ static int submit_finish(rm_engine *eng, uint64_t id, struct rm_origin *o, const
 
     pthread_mutex_lock(&p->pending_lock);
     if (s->busy && s->id == id) {
-        if (sent == 0 && rc == 0 && p->protocol != RM_PROTOCOL_A) {
+        if (sent == 0 && rc == 0 && !replied_now) {
             s->replied = 0;
             s->origin = o;
             memcpy(s->cookie, cookie, 8);
@@ -350,7 +351,7 @@ static int submit_finish(rm_engine *eng, uint64_t id, struct rm_origin *o, const
     pthread_mutex_unlock(&p->pending_lock);
     if (took)
         unmirrored(eng, op, offset, count);
-    if (sent == 0)
+    if (sent == 0 && op != RM_OP_FLUSH)
         STAT_ADD(eng, peer_writes_sent, 1);
     return later ? RM_SUBMIT_LATER : RM_SUBMIT_DONE;
 }
@@ -373,7 +374,7 @@ int engine_submit(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
         return RM_SUBMIT_DONE;
     }
     engine_al_begin(eng, offset, count);
-    id = reserve_slot(eng, offset, count);
+    id = reserve_slot(eng, 0, offset, count);
     if (id == NO_SLOT) {                  /* no link: the local write alone, out of sync */
         *rc = r = local_op(eng, op, data, count, offset, fua, may_trim);
         if (r < 0) {
@@ -394,7 +395,7 @@ int engine_submit(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
     if (r == 0 && fua)
         r = local_flush(eng);
     *rc = r;
-    return submit_finish(eng, id, o, cookie, op, offset, count, sent, r);
+    return submit_finish(eng, id, o, cookie, op, offset, count, sent, r, p->protocol == RM_PROTOCOL_A);
 }
 
 /* A request that will not reach the peer: its blocks are out of sync (marked before its AL
@@ -417,43 +418,12 @@ int engine_mirror(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
 {
     struct rm_peer *p = &eng->peer;
     struct rpl_header h;
-    struct rm_pending *s;
     uint64_t id;
-    int replied, sent;
+    int sent;
 
-    /* Protocol A answers once the frame is handed to the socket layer; a flush waits for the
-     * peer's stable storage only under protocol C. */
-    replied = p->protocol == RM_PROTOCOL_A || (op == RM_OP_FLUSH && p->protocol != RM_PROTOCOL_C);
-    pthread_mutex_lock(&p->pending_lock);
-    if (!peer_live(p)) {
-        pthread_mutex_unlock(&p->pending_lock);
+    id = reserve_slot(eng, op == RM_OP_FLUSH, offset, count);
+    if (id == NO_SLOT)
         return unmirrored(eng, op, offset, count);
-    }
-    while (p->slots[p->next_id % PENDING_SLOTS].busy && peer_live(p))
-        pthread_cond_wait(&p->slot_free, &p->pending_lock);
-    if (!peer_live(p)) {
-        pthread_mutex_unlock(&p->pending_lock);
-        return unmirrored(eng, op, offset, count);
-    }
-    id = p->next_id++;
-    s = &p->slots[id % PENDING_SLOTS];
-    s->busy = 1;
-    s->replied = replied;
-    s->is_flush = op == RM_OP_FLUSH;
-    s->id = id;
-    s->offset = offset;
-    s->length = count;
-    s->sent_ns = now_ns();
-    s->origin = replied ? NULL : o;
-    memcpy(s->cookie, cookie, 8);
-    if (!replied)
-        __atomic_fetch_add(&o->inflight, 1, __ATOMIC_RELAXED);
-    p->npending++;
-    if (p->npending == 1)
-        STAT_SET(eng, peer_oldest_pending_ns, s->sent_ns);
-    STAT_SET(eng, peer_pending, p->npending);
-    pthread_mutex_unlock(&p->pending_lock);
-
     frame_for(&h, id, op, count, offset, fua, may_trim);
     if (op == RM_OP_WRITE && data == NULL) {
         pthread_mutex_lock(&p->send_lock);
@@ -462,26 +432,10 @@ int engine_mirror(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
     } else {
         sent = send_frame(eng, &h, data, 0);
     }
-    if (sent == 0) {
-        if (op != RM_OP_FLUSH)
-            STAT_ADD(eng, peer_writes_sent, 1);
-        return replied ? RM_SUBMIT_DONE : RM_SUBMIT_LATER;
-    }
-    /* The link failed under us. If the receiver's sweep has not taken our slot yet, take it
-     * back ourselves: the blocks are out of sync and the local write stands. */
-    pthread_mutex_lock(&p->pending_lock);
-    if (s->busy && s->id == id) {
-        s->busy = 0;
-        s->origin = NULL;
-        p->npending--;
-        pthread_cond_broadcast(&p->slot_free);
-        pthread_mutex_unlock(&p->pending_lock);
-        if (!replied)
-            __atomic_fetch_sub(&o->inflight, 1, __ATOMIC_RELAXED);
-        return unmirrored(eng, op, offset, count);
-    }
-    pthread_mutex_unlock(&p->pending_lock);
-    return replied ? RM_SUBMIT_DONE : RM_SUBMIT_LATER;  /* the sweep answered (or will) */
+    /* Protocol A answers once the frame is handed to the socket layer; a flush waits for the
+     * peer's stable storage only under protocol C. */
+    return submit_finish(eng, id, o, cookie, op, offset, count, sent, 0,
+                         p->protocol == RM_PROTOCOL_A || (op == RM_OP_FLUSH && p->protocol != RM_PROTOCOL_C));
 }
 
 /* ---- the receiver thread ---- */

@@ -225,12 +225,15 @@ resource r0 {{
 
     # --- common sequences ----------------------------------------------------------------
 
-    def create_and_up(self) -> None:
+    def create_and_up(self, connected: bool = True) -> None:
+        """create-md and up on both nodes; then wait until they are Connected, unless the test
+        expects them not to connect."""
         for node in NODES:
             self.ctl(node, "create-md", "r0")
         for node in NODES:
             self.ctl(node, "up", "r0")
-        self.wait_connected()
+        if connected:
+            self.wait_connected()
 
     def initial_sync(self, node: str = "alpha", timeout: float = 60.0) -> None:
         self.ctl(node, "primary", "--force", "r0")

@@ -175,9 +175,7 @@ def test_wrong_shared_secret_goes_standalone_and_connect_retries():
     base = "protocol C; ping-int 3; ping-timeout 5; timeout 8; connect-int 1; cram-hmac-alg sha1;"
     with TwoNodes(size=16 * MiB, net=base, node_net={"alpha": 'shared-secret "right";',
                                                      "beta": 'shared-secret "wrong";'}) as t:
-        for node in NODES:
-            t.ctl(node, "create-md", "r0")
-            t.ctl(node, "up", "r0")
+        t.create_and_up(connected=False)
         for node in NODES:
             st = t.wait(node, lambda s: s["connection"] == "StandAlone", "StandAlone", 15)
             assert "wrong shared-secret" in st["link_error"] or \
@@ -223,9 +221,7 @@ def test_different_protocols_are_incompatible_on_both_sides():
     net = "ping-int 3; ping-timeout 5; timeout 8; connect-int 1;"
     with TwoNodes(size=16 * MiB, net=net, node_net={"alpha": "protocol A;",
                                                     "beta": "protocol C;"}) as t:
-        for node in NODES:
-            t.ctl(node, "create-md", "r0")
-            t.ctl(node, "up", "r0")
+        t.create_and_up(connected=False)
         theirs = {"alpha": "C", "beta": "A"}
         for node in NODES:
             st = t.wait(node, lambda s: s["connection"] == "StandAlone", "StandAlone", 15)
