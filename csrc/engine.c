@@ -681,13 +681,14 @@ static int finish_write(rm_engine *eng, int rc, int fua)
  * Returns 0 with the local write's result in *write_rc once the stream is consumed, or a
  * negative errno when the socket failed (the connection is lost anyway). */
 int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *prefix, uint32_t have,
-                        uint64_t offset, uint32_t length, int fua, int *write_rc)
+                        uint64_t offset, uint32_t length, int fua, int *write_rc, struct rm_spin *spin)
 {
     uint64_t off = offset + have;
     uint32_t left = length - have;
     int rc = write_prefix(eng, prefix, have, offset);
 
     while (left > 0) {
+        spin_for_data(sock, spin);
         ssize_t in = splice(sock, NULL, pipefd[1], NULL, left, SPLICE_F_MOVE);
         if (in < 0 && errno == EINTR)
             continue;
@@ -702,13 +703,57 @@ int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *pre
     return 0;
 }
 
+/* A thread asleep on a socket is woken by the sender, and on a virtual machine that wake-up (an
+ * inter-processor interrupt) costs the sender tens of µs. In the middle of a payload the next
+ * segment is usually a few µs away, so the receiver spins briefly first. Measured at 1 MiB QD16
+ * from fio over a unix socket: the NBD reader slept 7 times per MiB, under 2 with a 10 µs spin
+ * (about 3 spins in 4 find data), and protocol C went from 1929 to 2123 MiB/s (eight paired
+ * runs). Spinning pays while at least a third of the spins find data,
+ * so a score tracks that (+2 per spin that found data, -1 per spin in vain): at zero this reader
+ * sleeps at once, trying a spin again every SPIN_PROBE waits (a slow network costs nothing). */
+#define SPIN_NS 10000
+#define SPIN_SCORE_MAX 32
+#define SPIN_PROBE 32
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+void spin_for_data(int sock, struct rm_spin *spin)
+{
+    uint64_t deadline = 0;
+    int avail;
+
+    while (ioctl(sock, FIONREAD, &avail) == 0 && avail == 0) {
+        if (!deadline) {
+            if (spin->score == 0 && ++spin->waits % SPIN_PROBE != 0)
+                return;
+            deadline = now_ns() + SPIN_NS;
+        } else if (now_ns() > deadline) {
+            if (spin->score > 0)
+                spin->score--;
+            return;
+        }
+        for (int i = 0; i < 16; i++)
+            cpu_relax();
+    }
+    if (deadline && spin->score < SPIN_SCORE_MAX)
+        spin->score = spin->score + 2 > SPIN_SCORE_MAX ? SPIN_SCORE_MAX : spin->score + 2;
+}
+
 /* Receive exactly `length` bytes from `sock` into the pipe (which must hold them); on a socket
  * failure the pipe is drained and -errno (-ECONNRESET at EOF) returned. */
-int engine_splice_receive(int sock, int pipefd[2], uint32_t length)
+int engine_splice_receive(int sock, int pipefd[2], uint32_t length, struct rm_spin *spin)
 {
     size_t queued = 0;
 
     while (queued < length) {
+        spin_for_data(sock, spin);
         ssize_t in = splice(sock, NULL, pipefd[1], NULL, length - queued, SPLICE_F_MOVE);
         if (in < 0 && errno == EINTR)
             continue;

@@ -120,9 +120,15 @@ int local_trim(rm_engine *eng, uint32_t count, uint64_t offset, int fua);
 int local_zero(rm_engine *eng, uint32_t count, uint64_t offset, int may_trim, int fua);
 int local_flush(rm_engine *eng);
 
+/* Spinning before sleeping on a socket mid-payload (engine.c, spin_for_data): one per reader. */
+struct rm_spin {
+    unsigned score;   /* how well spinning has paid lately; 0: sleep at once */
+    unsigned waits;   /* waits while score is 0 (every SPIN_PROBE-th spins anyway) */
+};
+void spin_for_data(int sock, struct rm_spin *spin);
 int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *prefix, uint32_t have,
-                        uint64_t offset, uint32_t length, int fua, int *write_rc);
-int engine_splice_receive(int sock, int pipefd[2], uint32_t length);
+                        uint64_t offset, uint32_t length, int fua, int *write_rc, struct rm_spin *spin);
+int engine_splice_receive(int sock, int pipefd[2], uint32_t length, struct rm_spin *spin);
 int engine_splice_commit(rm_engine *eng, int pipefd[2], const void *prefix, uint32_t have,
                          uint64_t offset, uint32_t length, int fua);
 int engine_open_pipe(int pipefd[2]);

@@ -72,6 +72,7 @@ struct conn {
     unsigned wq_head, wq_count; /* queued jobs, guarded by wlock */
     int writer_state;          /* 0 not started, 1 running, -1 could not start */
     int header_only;           /* read one request header at a time (after a large write) */
+    struct rm_spin spin;       /* mid-payload waits (engine_splice_receive) */
     int writer_stop;
     pthread_t writer;
     pthread_mutex_t wlock;
@@ -421,7 +422,7 @@ static int splice_write(struct conn *c, const unsigned char *cookie, uint64_t of
     j = &c->jobs[(c->wq_head + c->wq_count) % WRITE_BEHIND];   /* free: only we touch it now */
     pthread_mutex_unlock(&c->wlock);
 
-    rc = engine_splice_receive(c->fd, j->pipe, len - (uint32_t)have);
+    rc = engine_splice_receive(c->fd, j->pipe, len - (uint32_t)have, &c->spin);
     if (rc < 0) {
         c->in_start = c->in_end;
         *end = rc == -ECONNRESET ? RM_END_PROTOCOL : RM_END_SOCKET;

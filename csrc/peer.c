@@ -452,6 +452,7 @@ struct receiver {
     int spliced_rc;         /* result of the local write done by splice_payload */
     int header_only;        /* after a spliced payload: read the next header alone, so a large
                              * payload that follows stays in the socket for splice */
+    struct rm_spin spin;    /* mid-payload waits (engine_splice_write) */
 };
 
 /* Large DATA/RS_DATA payloads go from the socket to the disk by splice (engine_splice_write). */
@@ -459,7 +460,7 @@ static int splice_payload(struct receiver *r, const struct rpl_header *h, int fu
 {
     size_t have = r->end - r->start;
     int rc = engine_splice_write(r->eng, r->eng->peer.fd, r->pipe, r->buf + r->start, (uint32_t)have,
-                                 h->offset, h->length, fua, &r->spliced_rc);
+                                 h->offset, h->length, fua, &r->spliced_rc, &r->spin);
 
     r->start = r->end;
     STAT_SET(r->eng, peer_last_rx_ns, now_ns());

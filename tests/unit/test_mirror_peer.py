@@ -421,3 +421,46 @@ def test_overlapping_writes_from_several_connections_reach_the_peer_in_disk_orde
     assert wait_for(lambda: pair_c.primary.stats()["peer_pending"] == 0)
     assert pair_c.pbm.count() == 0
     assert pair_c.disk("primary")[:4 * 4096] == pair_c.disk("secondary")[:4 * 4096]
+
+
+def send_slowly(sock, data, piece=16384, pause_s=0.002):
+    """A sender slower than the receiver: the receiver's spin before sleeping finds nothing."""
+    for at in range(0, len(data), piece):
+        sock.sendall(data[at:at + piece])
+        time.sleep(pause_s)
+
+
+def test_large_payloads_that_trickle_in_are_applied_whole_on_both_sides(pair_c):
+    """Large payloads are spliced from the socket while they arrive; a slow client (here 16 KiB
+    every 2 ms, so every wait outlasts the receiver's spin) must change nothing but the speed."""
+    s = Session(pair_c.primary)
+    for cookie, offset in enumerate((0, 3 << 20, 5 << 20)):
+        data = os.urandom(512 << 10)
+        send_slowly(s.sock, REQUEST.pack(REQUEST_MAGIC, 0, WRITE, cookie, offset, len(data)) + data)
+        assert s.reply() == (0, cookie, b"")
+        assert os.pread(pair_c.sfd, len(data), offset) == data   # protocol C: on the peer now
+    fast = os.urandom(2 << 20)
+    s.send(WRITE, 1 << 20, len(fast), fast, cookie=9)
+    assert s.reply() == (0, 9, b"")
+    s.send(DISC)
+    s.finish()
+    assert pair_c.disk("primary") == pair_c.disk("secondary")
+
+
+def test_secondary_applies_a_data_frame_that_trickles_in(tmp_path):
+    """The Secondary's receiver splices a large DATA payload to its disk while it arrives."""
+    eng, fd, _ = make_engine(tmp_path, "secondary", read_only=True)
+    a, b = socket.socketpair()
+    eng.peer_attach(a.fileno(), "C")
+    try:
+        data = os.urandom(768 << 10)
+        send_slowly(b, HEADER.pack(0x52504C31, 0x01, 0, 7, 1 << 20, len(data), 0) + data)
+        b.settimeout(10)
+        fields, _ = read_frame(b)
+        assert (fields[1], fields[3]) == (0x11, 7)          # WRITE_ACK for id 7
+        assert os.pread(fd, len(data), 1 << 20) == data
+    finally:
+        eng.close()
+        a.close()
+        b.close()
+        os.close(fd)
