@@ -638,18 +638,6 @@ static int pipe_to_disk(rm_engine *eng, int pipefd[2], uint64_t *off, size_t in,
     return rc;
 }
 
-static void drain_pipe(int pipefd[2], size_t len)
-{
-    char sink[65536];
-
-    while (len > 0) {
-        ssize_t n = read(pipefd[0], sink, len < sizeof sink ? len : sizeof sink);
-        if (n <= 0)
-            break;
-        len -= (size_t)n;
-    }
-}
-
 /* The part of a payload already read with its header goes first: counted as part of the one
  * write request that finish_write() counts. */
 static int write_prefix(rm_engine *eng, const void *prefix, uint32_t have, uint64_t offset)
@@ -673,15 +661,17 @@ static int finish_write(rm_engine *eng, int rc, int fua)
 
 /* Stream `length` bytes arriving on `sock` to the disk at `offset`, the first `have` of them
  * already received into `prefix`. splice(2) moves the socket's pages into the pipe and copies
- * them once into the page cache, where recv + pwrite would copy twice. Bytes reach the disk as
- * they arrive: for the peer receiver, where a torn frame is covered by the sender's bitmap or
- * activity log. (The NBD frontend must not apply half a write: it receives whole first, with
- * engine_splice_receive, then engine_splice_commit.)
+ * them once into the page cache, where recv + pwrite would copy twice, and bytes reach the disk
+ * as they arrive, so the copy overlaps the sender's (any length: the pipe is drained as it
+ * fills). A torn payload is covered by the Primary's bitmap or activity log on the peer link;
+ * the NBD frontend sends what reached its disk on to the peer.
  *
  * Returns 0 with the local write's result in *write_rc once the stream is consumed, or a
- * negative errno when the socket failed (the connection is lost anyway). */
+ * negative errno when the socket failed, with *write_rc for what arrived and, when `applied` is
+ * given, how many bytes from `offset` on were written (or failed to be). */
 int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *prefix, uint32_t have,
-                        uint64_t offset, uint32_t length, int fua, int *write_rc, struct rm_spin *spin)
+                        uint64_t offset, uint32_t length, int fua, int *write_rc, uint32_t *applied,
+                        struct rm_spin *spin)
 {
     uint64_t off = offset + have;
     uint32_t left = length - have;
@@ -692,14 +682,21 @@ int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *pre
         ssize_t in = splice(sock, NULL, pipefd[1], NULL, left, SPLICE_F_MOVE);
         if (in < 0 && errno == EINTR)
             continue;
-        if (in <= 0)
-            return in == 0 ? -ECONNRESET : -errno;
+        if (in <= 0) {
+            int err = in == 0 ? ECONNRESET : errno;
+            *write_rc = finish_write(eng, rc, 0);
+            if (applied)
+                *applied = length - left;
+            return -err;
+        }
         left -= (uint32_t)in;
         int prc = pipe_to_disk(eng, pipefd, &off, (size_t)in, offset, length);
         if (rc == 0)
             rc = prc;
     }
     *write_rc = finish_write(eng, rc, fua);
+    if (applied)
+        *applied = length;
     return 0;
 }
 
@@ -744,39 +741,6 @@ void spin_for_data(int sock, struct rm_spin *spin)
     }
     if (deadline && spin->score < SPIN_SCORE_MAX)
         spin->score = spin->score + 2 > SPIN_SCORE_MAX ? SPIN_SCORE_MAX : spin->score + 2;
-}
-
-/* Receive exactly `length` bytes from `sock` into the pipe (which must hold them); on a socket
- * failure the pipe is drained and -errno (-ECONNRESET at EOF) returned. */
-int engine_splice_receive(int sock, int pipefd[2], uint32_t length, struct rm_spin *spin)
-{
-    size_t queued = 0;
-
-    while (queued < length) {
-        spin_for_data(sock, spin);
-        ssize_t in = splice(sock, NULL, pipefd[1], NULL, length - queued, SPLICE_F_MOVE);
-        if (in < 0 && errno == EINTR)
-            continue;
-        if (in <= 0) {
-            int err = in == 0 ? ECONNRESET : errno;
-            drain_pipe(pipefd, queued);
-            return -err;
-        }
-        queued += (size_t)in;
-    }
-    return 0;
-}
-
-/* Write a received payload to the disk: the `have` bytes in `prefix`, then the rest from the
- * pipe (engine_splice_receive). Returns the local write's result (0 or -errno). */
-int engine_splice_commit(rm_engine *eng, int pipefd[2], const void *prefix, uint32_t have,
-                         uint64_t offset, uint32_t length, int fua)
-{
-    uint64_t off = offset + have;
-    int rc = write_prefix(eng, prefix, have, offset);
-    int prc = pipe_to_disk(eng, pipefd, &off, length - have, offset, length);
-
-    return finish_write(eng, rc ? rc : prc, fua);
 }
 
 /* A pipe for splice, as large as the system allows up to 1 MiB; returns its capacity or -errno. */

@@ -127,10 +127,8 @@ struct rm_spin {
 };
 void spin_for_data(int sock, struct rm_spin *spin);
 int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *prefix, uint32_t have,
-                        uint64_t offset, uint32_t length, int fua, int *write_rc, struct rm_spin *spin);
-int engine_splice_receive(int sock, int pipefd[2], uint32_t length, struct rm_spin *spin);
-int engine_splice_commit(rm_engine *eng, int pipefd[2], const void *prefix, uint32_t have,
-                         uint64_t offset, uint32_t length, int fua);
+                        uint64_t offset, uint32_t length, int fua, int *write_rc, uint32_t *applied,
+                        struct rm_spin *spin);
 int engine_open_pipe(int pipefd[2]);
 int sendfile_range(rm_engine *eng, int sock, uint64_t offset, uint64_t length, uint64_t *sent);
 int recv_exact_buffered(int fd, const void *buf, size_t *start, size_t end, void *dst, size_t len);

@@ -460,7 +460,7 @@ static int splice_payload(struct receiver *r, const struct rpl_header *h, int fu
 {
     size_t have = r->end - r->start;
     int rc = engine_splice_write(r->eng, r->eng->peer.fd, r->pipe, r->buf + r->start, (uint32_t)have,
-                                 h->offset, h->length, fua, &r->spliced_rc, &r->spin);
+                                 h->offset, h->length, fua, &r->spliced_rc, NULL, &r->spin);
 
     r->start = r->end;
     STAT_SET(r->eng, peer_last_rx_ns, now_ns());

@@ -464,3 +464,17 @@ def test_secondary_applies_a_data_frame_that_trickles_in(tmp_path):
         a.close()
         b.close()
         os.close(fd)
+
+
+def test_a_client_vanishing_mid_payload_leaves_both_disks_equal(pair_c):
+    """What of a torn large write reached the Primary's disk is sent to the peer too."""
+    s = Session(pair_c.primary)
+    s.sock.sendall(REQUEST.pack(REQUEST_MAGIC, 0, WRITE, 1, 1 << 20, 1 << 20) + b"z" * 1000)
+    time.sleep(0.05)   # the Primary splices what has arrived to its disk
+    s.sock.sendall(b"z" * 300_000)
+    s.sock.shutdown(socket.SHUT_WR)
+    assert s.finish().reason == "protocol error"
+    assert wait_for(lambda: pair_c.primary.stats()["peer_pending"] == 0)
+    assert os.pread(pair_c.sfd, 301_000, 1 << 20) == b"z" * 301_000
+    assert pair_c.disk("primary") == pair_c.disk("secondary")
+    assert pair_c.pbm.count() == 0
