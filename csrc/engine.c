@@ -334,9 +334,10 @@ void engine_al_begin(rm_engine *eng, uint64_t offset, uint64_t length)
                 continue;
             STAT_ADD(eng, al_misses, 1);
             all_hot = 0;
+            uint64_t bit = 1ull << (e & 63);
             while (eng->al_enabled && !al_is_hot(eng, e)) {
-                if (!(eng->al_asked[e >> 6] & (1ull << (e & 63)))) {
-                    eng->al_asked[e >> 6] |= 1ull << (e & 63);
+                if (!(eng->al_asked[e >> 6] & bit)) {
+                    eng->al_asked[e >> 6] |= bit;
                     pthread_mutex_unlock(&eng->al_lock);
                     engine_post_event(eng, RM_EV_AL_MISS, 0, e, 1);
                     pthread_mutex_lock(&eng->al_lock);
@@ -705,9 +706,9 @@ int engine_splice_write(rm_engine *eng, int sock, int pipefd[2], const void *pre
  * segment is usually a few µs away, so the receiver spins briefly first. Measured at 1 MiB QD16
  * from fio over a unix socket: the NBD reader slept 7 times per MiB, under 2 with a 10 µs spin
  * (about 3 spins in 4 find data), and protocol C went from 1929 to 2123 MiB/s (eight paired
- * runs). Spinning pays while at least a third of the spins find data,
- * so a score tracks that (+2 per spin that found data, -1 per spin in vain): at zero this reader
- * sleeps at once, trying a spin again every SPIN_PROBE waits (a slow network costs nothing). */
+ * runs). Spinning pays while at least a third of the spins find data, so a score tracks that
+ * (+2 per spin that found data, -1 per spin in vain): at zero this reader sleeps at once, trying
+ * a spin again every SPIN_PROBE waits (a slow network costs nothing). */
 #define SPIN_NS 10000
 #define SPIN_SCORE_MAX 32
 #define SPIN_PROBE 32
@@ -739,7 +740,7 @@ void spin_for_data(int sock, struct rm_spin *spin)
         for (int i = 0; i < 16; i++)
             cpu_relax();
     }
-    if (deadline && spin->score < SPIN_SCORE_MAX)
+    if (deadline)
         spin->score = spin->score + 2 > SPIN_SCORE_MAX ? SPIN_SCORE_MAX : spin->score + 2;
 }
 
