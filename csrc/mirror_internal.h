@@ -14,12 +14,19 @@
 #include <stdint.h>
 
 /* Who asked for a request: a frontend connection. The peer link completes requests through
- * it from the receiver thread, so the frontend never waits for the network itself. */
+ * it from the receiver thread, so the frontend never waits for the network itself.
+ *
+ * Lifetime: `inflight` counts the references the peer link holds, one per request owed an
+ * answer. complete() only queues the answer; the reference is dropped by release(), which
+ * sends what complete() queued and then decrements `inflight`. The frontend frees its
+ * connection once `inflight` is zero, so the caller must not touch `o` after release().
+ * (Decrementing in complete() let a closing connection return from rm_serve_nbd while the
+ * receiver still had it in its batch to flush: the use-after-return behind issue 9's crash.) */
 struct rm_origin {
     void (*complete)(struct rm_origin *o, const unsigned char cookie[8], int rc);
-    void (*flush)(struct rm_origin *o);     /* send what complete() queued */
-    int inflight;                           /* atomic: requests still owed a completion */
-    int needs_flush;                        /* receiver thread only */
+    void (*release)(struct rm_origin *o, int n);   /* send what complete() queued, drop n refs */
+    int inflight;                           /* atomic: references held by the peer link */
+    int batched;                            /* receiver thread only: completions not yet released */
 };
 
 #define PENDING_SLOTS 4096                 /* in flight to the peer at most (DRBD max-buffers) */

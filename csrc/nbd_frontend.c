@@ -168,18 +168,30 @@ static void origin_complete(struct rm_origin *o, const unsigned char cookie[8], 
 
     pthread_mutex_lock(&c->out_lock);
     queue_reply_locked(c, rc, cookie);
-    if (__atomic_sub_fetch(&o->inflight, 1, __ATOMIC_ACQ_REL) == 0)
-        pthread_cond_broadcast(&c->drained);
     pthread_mutex_unlock(&c->out_lock);
 }
 
-static void origin_flush(struct rm_origin *o)
+/* Send what is queued for the client (this thread, the writer, or the receiver). */
+static void flush_replies(struct conn *c)
+{
+    pthread_mutex_lock(&c->out_lock);
+    if (c->out_len)
+        flush_out(c);
+    pthread_mutex_unlock(&c->out_lock);
+}
+
+/* The peer link is done with n of our requests. rm_serve_nbd waits, under out_lock, for the
+ * last reference before the connection goes away, so nothing here touches `c` after the
+ * unlock that lets it go. */
+static void origin_release(struct rm_origin *o, int n)
 {
     struct conn *c = (struct conn *)o;
 
     pthread_mutex_lock(&c->out_lock);
     if (c->out_len)
         flush_out(c);
+    if (__atomic_sub_fetch(&o->inflight, n, __ATOMIC_ACQ_REL) == 0)
+        pthread_cond_broadcast(&c->drained);
     pthread_mutex_unlock(&c->out_lock);
 }
 
@@ -347,7 +359,7 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&c->wlock);
 
         run_job(c, j);
-        origin_flush(&c->origin);   /* the reader may be blocked in recv: answer now */
+        flush_replies(c);   /* the reader may be blocked in recv: answer now */
 
         pthread_mutex_lock(&c->wlock);
         c->wq_head = (c->wq_head + 1) % WRITE_BEHIND;
@@ -484,7 +496,7 @@ static int handle_request(struct conn *c, int *end)
         if (len > RM_MAX_REQUEST) {
             /* We will not read an unbounded payload: answer, then hang up. */
             queue_reply(c, -EOVERFLOW, cookie);
-            origin_flush(&c->origin);
+            flush_replies(c);
             *end = RM_END_PROTOCOL;
             return -EOVERFLOW;
         }
@@ -587,7 +599,7 @@ int rm_serve_nbd(rm_engine *eng, int client_fd, const char *initial, size_t init
     int rc, end;
 
     c.origin.complete = origin_complete;
-    c.origin.flush = origin_flush;
+    c.origin.release = origin_release;
 
     *err = 0;
     if (initial_len > IN_SIZE) {

@@ -236,18 +236,24 @@ static void update_oldest_locked(rm_engine *eng)
     STAT_SET(eng, peer_pending, p->npending);
 }
 
-/* Finish one slot (pending_lock held): answer its origin if still owed, free the slot. */
+/* Finish one slot (pending_lock held): answer its origin if still owed, free the slot. With a
+ * `touched` batch (the receiver thread) the origin's reference is released by flush_touched
+ * once the batch is done, so its answers go out in one send; without one, or when the batch
+ * is full, at once. */
 static void finish_slot_locked(rm_engine *eng, struct rm_pending *s, int rc, struct rm_origin **touched, int *ntouched)
 {
     struct rm_peer *p = &eng->peer;
+    struct rm_origin *o = s->origin;
 
-    if (!s->replied && s->origin) {
-        s->origin->complete(s->origin, s->cookie, rc);
-        if (touched && !s->origin->needs_flush && *ntouched < MAX_TOUCHED) {
-            s->origin->needs_flush = 1;
-            touched[(*ntouched)++] = s->origin;
-        } else if (!touched || !s->origin->needs_flush) {
-            s->origin->flush(s->origin);
+    if (!s->replied && o) {
+        o->complete(o, s->cookie, rc);
+        if (touched && o->batched) {
+            o->batched++;
+        } else if (touched && *ntouched < MAX_TOUCHED) {
+            o->batched = 1;
+            touched[(*ntouched)++] = o;
+        } else {
+            o->release(o, 1);   /* o may be gone from here on */
         }
     }
     if (!s->is_flush)
@@ -261,8 +267,11 @@ static void finish_slot_locked(rm_engine *eng, struct rm_pending *s, int rc, str
 static void flush_touched(struct rm_origin **touched, int *ntouched)
 {
     for (int i = 0; i < *ntouched; i++) {
-        touched[i]->needs_flush = 0;
-        touched[i]->flush(touched[i]);
+        struct rm_origin *o = touched[i];
+        int n = o->batched;
+
+        o->batched = 0;
+        o->release(o, n);       /* the last reference: o may be gone from here on */
     }
     *ntouched = 0;
 }
