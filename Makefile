@@ -9,7 +9,7 @@ APT_PACKAGES := python3-libnbd libnbd-bin nbdkit qemu-utils fio fuse3 libfuse3-d
 	iproute2 iputils-ping arping tcpdump psmisc heartbeat drbd-utils iperf3 sockperf curl qemu-system-x86 busybox-static cpio nbd-client gcc make
 PYTEST_ARGS ?=
 
-.PHONY: deps test test-unit test-integration bench demo clean
+.PHONY: deps test test-unit test-integration sanitize bench demo clean
 
 deps: $(VENV)/.deps-done
 
@@ -19,6 +19,11 @@ $(VENV)/.deps-done: setup.py pyproject.toml csrc/*.c csrc/*.h csrc/build_mirror.
 
 test: deps
 	$(VPY) -m pytest tests $(PYTEST_ARGS)
+	$(MAKE) sanitize
+
+# The C data path built with ASan+UBSan under the tests that stress it (scripts/sanitize.sh).
+sanitize: deps
+	bash scripts/sanitize.sh $(VENV) -q
 
 test-unit: deps
 	$(VPY) -m pytest tests/unit $(PYTEST_ARGS)
