@@ -1,16 +1,28 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """NBD server driver: listen, accept, run the sans-I/O handshake, hand the socket to C.
 
-    accept ──► handshake thread (Python: replica.protocol.nbd, bounded by a timeout)
-                 └─ EnterTransmission ──► engine.serve_nbd(fd)  (C, GIL released, until the client leaves)
+    listener ──► handshake loop (one thread, a selector: accepts and drives every handshake,
+                 │                non-blocking, with replica.protocol.nbd, each bounded by a timeout)
+                 └─ EnterTransmission ──► serving thread: engine.serve_nbd(fd)
+                                          (C, GIL released, until the client leaves)
 
-One thread per connection: the C loop blocks in recv/send without the GIL, so Python threads
-cost nothing per request. A misbehaving client only ever ends its own connection.
+Why one loop for every handshake: a flood of short connections (10,000 connect/close in 0.1 s,
+or hundreds of clients sending garbage) costs one accept and a few microseconds of Python each,
+never a thread; the loop accepts until the kernel's queue is empty every time it wakes, and the
+listen backlog is the kernel's maximum, so a burst does not overflow it (libnbd reports an
+overflowed unix-socket backlog as EAGAIN). Only a connection that reaches the transmission
+phase gets its own thread, where the C loop blocks in recv/send without the GIL, so serving
+threads cost nothing per request and a misbehaving client only ever ends its own connection.
+When nothing happens the loop sleeps in the selector with no timeout.
 """
+import collections
+import errno
 import logging
 import os
+import selectors
 import socket
 import threading
+import time
 
 from replica.errors import RemoteProtocolError
 from replica.mirror import Engine
@@ -20,6 +32,10 @@ from replica.protocol.nbd import (NEED_DATA, ClientAborted, ClientDisconnected, 
 HANDSHAKE_TIMEOUT_S = 30.0
 RECV_CHUNK = 65536
 SOCKET_BUFFER = 4 * 1024 * 1024
+# Out of file descriptors: stop accepting for this long (the clients wait in the backlog).
+EMFILE_PAUSE_S = 0.1
+# Replies a client has not read yet, past which we stop reading its options.
+MAX_UNSENT = 65536
 
 log = logging.getLogger("replicad.nbd")
 
@@ -46,8 +62,24 @@ def open_listener(endpoint) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((endpoint.host, endpoint.port))
-    sock.listen(64)
+    sock.listen(socket.SOMAXCONN)   # the kernel caps it at net.core.somaxconn
+    sock.setblocking(False)
     return sock
+
+
+class _Handshake:
+    """One client in the handshake phase: its socket, codec, unsent bytes and deadline."""
+
+    __slots__ = ("sock", "peer", "conn", "out", "deadline", "initial", "done")
+
+    def __init__(self, sock: socket.socket, peer, conn: NbdServerConnection, deadline: float):
+        self.sock = sock
+        self.peer = peer
+        self.conn = conn
+        self.out = b""
+        self.deadline = deadline
+        self.initial: bytes | None = None   # set once EnterTransmission arrived
+        self.done = False                   # dropped or handed over
 
 
 class ExportServer:
@@ -62,20 +94,30 @@ class ExportServer:
         self._stopping = False
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
-        self._accept_thread = threading.Thread(target=self._accept_loop, name=f"nbd-accept[{name}]",
-                                               daemon=True)
-        self._accept_thread.start()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.listener, selectors.EVENT_READ, None)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._handshakes: dict[int, _Handshake] = {}
+        # Deadlines are accept time + a constant, so arrival order is deadline order: expiry
+        # looks at the front only, whatever the number of clients.
+        self._by_deadline: collections.deque[_Handshake] = collections.deque()
+        self._accept_paused_until = 0.0
+        self._greeting = self._new_codec().data_to_send()
+        self._loop_thread = threading.Thread(target=self._handshake_loop, name=f"nbd-accept[{name}]",
+                                             daemon=True)
+        self._loop_thread.start()
+
+    @property
+    def handshakes_in_progress(self) -> int:
+        return len(self._handshakes)
 
     def stop(self) -> None:
         """Stop accepting, end every connection, and wait for their threads."""
         self._stopping = True
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
+        os.write(self._wake_w, b"x")
+        self._loop_thread.join(timeout=5)
         self.engine.shutdown()
-        self._accept_thread.join(timeout=5)
         with self._lock:
             threads = list(self._threads)
         for thread in threads:
@@ -86,58 +128,180 @@ class ExportServer:
             except FileNotFoundError:
                 pass
 
-    def _accept_loop(self) -> None:
-        while not self._stopping:
+    def _new_codec(self) -> NbdServerConnection:
+        return NbdServerConnection({self.export.name: self.export}, default_export=self.export.name)
+
+    # --- the handshake loop ----------------------------------------------------------------
+
+    def _handshake_loop(self) -> None:
+        try:
+            self._run_loop()
+        except Exception:
+            # A bug here would leave the export silently dead: say so loudly.
+            log.critical("nbd: %s: handshake loop failed: no new clients are accepted", self.name,
+                         exc_info=True)
+            raise
+
+    def _run_loop(self) -> None:
+        try:
+            while not self._stopping:
+                for key, events in self._selector.select(self._next_timeout()):
+                    if key.fileobj is self.listener:
+                        self._accept_all()
+                    elif key.data is not None:
+                        self._service(key.data, events)
+                self._expire(time.monotonic())
+        finally:
+            for hs in list(self._handshakes.values()):
+                self._drop(hs)
+            self._selector.close()
+            self.listener.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _next_timeout(self) -> float | None:
+        while self._by_deadline and self._by_deadline[0].done:
+            self._by_deadline.popleft()
+        deadlines = [self._by_deadline[0].deadline] if self._by_deadline else []
+        if self._accept_paused_until:
+            deadlines.append(self._accept_paused_until)
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _accept_all(self) -> None:
+        """Take every connection the kernel has queued. The greeting goes out at once: a client
+        already gone (a burst of connect/close) costs an accept, a failed send and a close."""
+        while True:
             try:
                 client, addr = self.listener.accept()
-            except OSError:
-                if self._stopping:
-                    return
-                continue
-            peer = addr if addr else "unix"
-            thread = threading.Thread(target=self._serve_client, args=(client, peer),
-                                      name=f"nbd[{self.name}]", daemon=True)
-            with self._lock:
-                self._threads.add(thread)
-            thread.start()
-
-    def _serve_client(self, client: socket.socket, peer) -> None:
-        try:
-            initial = self._handshake(client, peer)
-            if initial is None:
+            except BlockingIOError:
                 return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("nbd: %s: accept: %s: pausing for %.0f ms", self.name,
+                                os.strerror(exc.errno), EMFILE_PAUSE_S * 1000)
+                    self._selector.unregister(self.listener)
+                    self._accept_paused_until = time.monotonic() + EMFILE_PAUSE_S
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                    continue
+                raise
+            try:
+                client.setblocking(False)
+                client.send(self._greeting)   # 18 bytes: always fits an empty socket
+            except OSError:
+                client.close()
+                continue
+            conn = self._new_codec()
+            conn.data_to_send()   # the greeting, sent above
+            hs = _Handshake(client, addr if addr else "unix", conn,
+                            time.monotonic() + HANDSHAKE_TIMEOUT_S)
+            self._handshakes[client.fileno()] = hs
+            self._by_deadline.append(hs)
+            self._selector.register(client, selectors.EVENT_READ, hs)
+
+    def _expire(self, now: float) -> None:
+        if self._accept_paused_until and now >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            self._selector.register(self.listener, selectors.EVENT_READ, None)
+        while self._by_deadline and (self._by_deadline[0].done or self._by_deadline[0].deadline <= now):
+            hs = self._by_deadline.popleft()
+            if not hs.done:
+                log.warning("nbd: %s: client %s: handshake not finished after %.0f s: dropped",
+                            self.name, hs.peer, HANDSHAKE_TIMEOUT_S)
+                self._drop(hs)
+
+    def _service(self, hs: _Handshake, events: int) -> None:
+        """Read what the client sent (when `events` says so) and move its handshake on; a
+        client that breaks the protocol or the connection is dropped, and only it."""
+        try:
+            if events & selectors.EVENT_READ and hs.initial is None:
+                hs.conn.receive_data(hs.sock.recv(RECV_CHUNK))
+            self._advance(hs)
+        except BlockingIOError:
+            pass
+        except (OSError, RemoteProtocolError) as exc:
+            log.info("nbd: %s: client %s: handshake: %s", self.name, hs.peer, exc)
+            self._drop(hs)
+
+    def _advance(self, hs: _Handshake) -> None:
+        """Run the codec until it needs data; send its replies; hand over on EnterTransmission."""
+        while hs.initial is None:
+            event = hs.conn.next_event()
+            hs.out += hs.conn.data_to_send()
+            if event is NEED_DATA:
+                break
+            if isinstance(event, EnterTransmission):
+                log.info("nbd: %s: client %s: connected", self.name, hs.peer)
+                hs.initial = hs.conn.trailing_data
+            elif isinstance(event, OptionRefused):
+                log.debug("nbd: %s: client %s: option refused: %s", self.name, hs.peer, event.reason)
+            elif isinstance(event, (ClientAborted, ClientDisconnected)):
+                self._send_pending(hs)
+                self._drop(hs)
+                return
+        if self._send_pending(hs) and hs.initial is not None:
+            self._hand_over(hs)
+            return
+        # Read more only while the client keeps up with our replies (a client that pipelines
+        # options and never reads them must not grow our buffer).
+        want = selectors.EVENT_WRITE if hs.out else 0
+        if hs.initial is None and len(hs.out) < MAX_UNSENT:
+            want |= selectors.EVENT_READ
+        if self._selector.get_key(hs.sock).events != want:
+            self._selector.modify(hs.sock, want, hs)
+
+    def _send_pending(self, hs: _Handshake) -> bool:
+        """Send what the codec queued; True once nothing is left (the client may not read)."""
+        while hs.out:
+            try:
+                sent = hs.sock.send(hs.out)
+            except BlockingIOError:
+                return False
+            hs.out = hs.out[sent:]
+        return True
+
+    def _drop(self, hs: _Handshake) -> None:
+        self._forget(hs)
+        hs.sock.close()
+
+    def _forget(self, hs: _Handshake) -> None:
+        hs.done = True
+        self._handshakes.pop(hs.sock.fileno(), None)
+        try:
+            self._selector.unregister(hs.sock)
+        except (KeyError, ValueError):
+            pass
+
+    def _hand_over(self, hs: _Handshake) -> None:
+        self._forget(hs)
+        thread = threading.Thread(target=self._serve_client, args=(hs.sock, hs.peer, hs.initial),
+                                  name=f"nbd[{self.name}]", daemon=True)
+        with self._lock:
+            self._threads.add(thread)
+        try:
+            thread.start()
+        except RuntimeError as exc:   # can't start new thread: this client only
+            log.warning("nbd: %s: client %s: %s", self.name, hs.peer, exc)
+            with self._lock:
+                self._threads.discard(thread)
+            hs.sock.close()
+
+    # --- a serving thread ------------------------------------------------------------------
+
+    def _serve_client(self, client: socket.socket, peer, initial: bytes) -> None:
+        try:
+            client.setblocking(True)
             if client.family != socket.AF_UNIX:
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # Room for a few 1 MiB replies in the socket, so the C loop is not woken per 200 KiB.
             client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-            client.settimeout(None)
             result = self.engine.serve_nbd(client.fileno(), initial)
             detail = f": {os.strerror(result.errno)}" if result.errno else ""
             level = logging.INFO if result.clean else logging.WARNING
             log.log(level, "nbd: %s: client %s: %s%s", self.name, peer, result.reason, detail)
-        except (OSError, RemoteProtocolError) as exc:
+        except OSError as exc:
             log.warning("nbd: %s: client %s: %s", self.name, peer, exc)
         finally:
             client.close()
             with self._lock:
                 self._threads.discard(threading.current_thread())
-
-    def _handshake(self, client: socket.socket, peer) -> bytes | None:
-        """Run the option haggling; return bytes read past its end, or None if the client left."""
-        client.settimeout(HANDSHAKE_TIMEOUT_S)
-        conn = NbdServerConnection({self.export.name: self.export}, default_export=self.export.name)
-        while True:
-            event = conn.next_event()
-            # Replies queued while producing this event go out before we wait or hand over.
-            out = conn.data_to_send()
-            if out:
-                client.sendall(out)
-            if event is NEED_DATA:
-                conn.receive_data(client.recv(RECV_CHUNK))
-            elif isinstance(event, EnterTransmission):
-                log.info("nbd: %s: client %s: connected", self.name, peer)
-                return conn.trailing_data
-            elif isinstance(event, OptionRefused):
-                log.debug("nbd: %s: client %s: option refused: %s", self.name, peer, event.reason)
-            elif isinstance(event, (ClientAborted, ClientDisconnected)):
-                return None
