@@ -27,11 +27,11 @@ import sys
 import threading
 import time
 
-from replica import locations
-from replica.config import Config, load_config
+from replica import locations, netif
+from replica.config import Config, HostSection, load_config
 from replica.control import ControlError, ControlServer
 from replica.daemonize import daemonize
-from replica.errors import ReplicaError
+from replica.errors import ConfigError, ReplicaError
 from replica.resource import ResourceRuntime
 
 log = logging.getLogger("replicad")
@@ -39,6 +39,17 @@ log = logging.getLogger("replicad")
 IDLE_EXIT_S = 30.0      # --exit-when-idle: the longest life without a resource in use
 # commands after which a daemon started by replicactl looks whether anything is still in use
 _MAY_LEAVE_IDLE = frozenset({"up", "attach", "connect", "down", "detach", "disconnect"})
+
+
+def check_address_is_local(resource: str, host: HostSection) -> None:
+    """drbdadm's "IP ... not found on this host", before `up`/`connect` binds it (bind() would
+    fail with EADDRNOTAVAIL, or an initiator would connect from another address and be refused
+    by its peer without a word here)."""
+    if host.address is None or netif.is_local_address(host.address[0]):
+        return
+    raise ConfigError(f"{host.where}: resource '{resource}': on '{host.name}': address "
+                      f"{host.address_text}: IP {host.address[0]} not found on this host (no "
+                      f"interface of this network namespace has it)")
 
 
 class Daemon:
@@ -126,6 +137,8 @@ class Daemon:
     def cmd_up(self, req):
         rt = self._runtime(req)
         with rt.lock:
+            if not rt.resource.standalone and rt.link is None:
+                check_address_is_local(rt.name, rt.host)
             rt.up()
             return {"status": rt.status()}
 
@@ -142,6 +155,8 @@ class Daemon:
             raise ReplicaError(f"{rt.name}: {req['cmd']}: a standalone resource (one 'on' "
                                "section) has no metadata and no peer")
         with rt.lock:
+            if req["cmd"] == "connect" and rt.link is None:
+                check_address_is_local(rt.name, rt.host)
             getattr(rt, method)(**{k: bool(req.get(k)) for k in keys})
             return {"status": rt.status()}
 

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """replicad's life as replicactl starts it (issue 9, item 5): a failed `up` leaves no daemon
 behind; each command acts on the --config it was given (a corrected or edited file, another
-path), not on the file the daemon started with."""
+path), not on the file the daemon started with; an `address` that is not on this host is
+reported with file:line before anything binds or connects."""
 import os
 import signal
 import subprocess
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.netns import MiB
+from tests.conftest import requires_commands, requires_root
+from tests.integration.netns import MiB, NODES, TwoNodes
 from tests.integration.replica_fixtures import BIN, write_config
 
 
@@ -104,3 +106,42 @@ def test_failed_up_leaves_no_daemon_and_a_corrected_config_is_used(node, tmp_pat
     for config, res in ((fixed, "r0"), (fixed, "r1"), (other, "r2")):
         assert ctl(config, "down", res).returncode == 0
     assert no_daemon_within(run_dir) == []  # the last down ends it, as before
+
+
+@pytest.mark.parametrize("who", NODES)      # alpha connects (silent before), beta listens
+def test_address_not_on_this_host_is_reported_at_up(who):
+    requires_root()
+    requires_commands("ip")
+    with TwoNodes(size=8 * MiB) as t:
+        conf = t.config(who)
+        good = conf.read_text()
+        stray = f"10.99.{t.subnet}.9"       # in the veth's subnet, on no interface
+        conf.write_text(good.replace(f"address {t.addr[who]}:7789", f"address {stray}:7789"))
+        line = next(i for i, text in enumerate(conf.read_text().splitlines(), 1)
+                    if stray in text)
+        t.ctl(who, "create-md", "r0")
+        res = t.ctl(who, "up", "r0", check=False)
+        assert res.returncode == 1
+        assert res.stderr == (f"replicactl: up: {conf}:{line}: resource 'r0': on '{who}': address "
+                              f"{stray}:7789: IP {stray} not found on this host (no interface of "
+                              f"this network namespace has it)\n")
+        assert daemons_of(t.run_dir(who)) == []
+        assert t.ctl(who, "status", "r0", check=False).returncode == 10   # nothing is up
+
+        conf.write_text(good)               # corrected in place: the next up uses it
+        t.ctl(NODES[1] if who == NODES[0] else NODES[0], "create-md", "r0")
+        for n in NODES:
+            t.ctl(n, "up", "r0")
+        t.wait_connected()
+
+
+def test_wildcard_address_is_not_checked():
+    requires_root()
+    requires_commands("ip")
+    with TwoNodes(size=8 * MiB) as t:
+        conf = t.config("beta")             # beta listens: 0.0.0.0 accepts alpha too
+        conf.write_text(conf.read_text().replace(f"address {t.addr['beta']}:7789",
+                                                 "address 0.0.0.0:7789"))
+        t.ctl("beta", "create-md", "r0")
+        t.ctl("beta", "up", "r0")
+        assert t.status("beta")["connection"] == "Connecting"
