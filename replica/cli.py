@@ -9,6 +9,11 @@ when needed; `create-md` and `dump-md` work on the disk directly while the resou
 Refused state changes print one DRBD sentence on stderr (`r0: State change failed: Need access
 to UpToDate data`) and exit with EXIT_REFUSED, as drbdsetup does; other failures exit 1,
 unknown/unconfigured resources 10.
+
+Every command parses its --config first (errors name file:line, as drbdadm's do) and names that
+file and --node in each request, so replicad acts on the configuration this command was given,
+not on the one it was started with. A daemon that this command started and that is left with
+nothing in use after a failure exits; we wait for it, so nothing stays behind the run dir.
 """
 import argparse
 import json
@@ -53,6 +58,7 @@ class Ctl:
         self.where = where
         self.args = args
         self._config = None
+        self.started_pid: int | None = None    # the replicad this command started, if any
 
     @property
     def config(self):
@@ -67,16 +73,23 @@ class Ctl:
         return [name]
 
     def call(self, cmd: str, **fields) -> dict:
-        return request(self.where.control_socket, cmd, **fields)
+        return request(self.where.control_socket, cmd, config=self.where.config,
+                       node=self.where.node, **fields)
 
     @property
     def daemon_running(self) -> bool:
         return is_daemon_running(self.where.control_socket)
 
-    def ensure_daemon(self) -> None:
+    def check_hosts(self, name: str) -> None:
+        """Every named resource has an `on` section for this node (else file:line says so)."""
+        for res in self.resource_names(name):
+            self.config.resource(res).host(self.where.node)
+
+    def ensure_daemon(self, name: str) -> None:
+        # a broken config is reported here, not by a daemon in the background
+        self.check_hosts(name)
         if self.daemon_running:
             return
-        self.config  # a broken config is reported here, not by a daemon in the background
         cmd = [sys.executable, "-m", "replica.daemon", "--config", self.where.config,
                "--node", self.where.node, "--run-dir", self.where.run_dir, "--exit-when-idle"]
         started = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
@@ -84,11 +97,22 @@ class Ctl:
             raise ReplicaError(started.stderr.strip() or f"replicad exited with status {started.returncode}")
         deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self.daemon_running:
+            try:
+                self.started_pid = request(self.where.control_socket, "ping", timeout_s=5)["pid"]
                 return
-            time.sleep(0.05)
+            except (ControlError, OSError):
+                time.sleep(0.05)
         raise ReplicaError(f"replicad did not answer on {self.where.control_socket} within "
                            f"{DAEMON_START_TIMEOUT_S:.0f} s (see {self.where.log_file})")
+
+    def reap_started_daemon(self) -> None:
+        """After a failure: wait until the replicad we started has exited, if it stopped
+        listening (nothing in use); one that still answers has a resource up and stays."""
+        if self.started_pid is None or self.daemon_running:
+            return
+        deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
+        while _process_alive(self.started_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def status_of(self, name: str | None) -> list[dict]:
         try:
@@ -102,8 +126,17 @@ class Ctl:
         return any(st.get("up") for st in self.status_of(name))
 
 
+def _process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie nobody reaps yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
 def cmd_up(ctl: Ctl, name: str) -> int:
-    ctl.ensure_daemon()
+    ctl.ensure_daemon(name)
     for res in ctl.resource_names(name):
         ctl.call("up", resource=res)
     return 0
@@ -121,7 +154,7 @@ def _verb(verb: str, start_daemon: bool = False, **flags: str) -> Callable:
     """A handler sending `verb` with the boolean options named in `flags` (arg -> request key)."""
     def handler(ctl: Ctl, name: str) -> int:
         if start_daemon:
-            ctl.ensure_daemon()
+            ctl.ensure_daemon(name)
         elif not ctl.daemon_running:
             for res in ctl.resource_names(name):
                 print(f"{res}: No such resource (replicad is not running)", file=sys.stderr)
@@ -349,6 +382,7 @@ def main(argv=None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (ReplicaError, OSError) as exc:
+        ctl.reap_started_daemon()
         text = str(exc)
         refusal = refusal_in(text)
         if refusal is not None:

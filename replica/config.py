@@ -78,6 +78,20 @@ class HostSection:
     volume: int | None = None
     line: int = field(default=0, compare=False)
     file: str = field(default="", compare=False)
+    address_line: int = field(default=0, compare=False)  # the `address` statement's line in `file`
+
+    @property
+    def address_text(self) -> str:
+        """`IP:PORT` (`[IPV6]:PORT`) as drbdadm prints it in messages."""
+        if self.address is None:
+            return ""
+        ip, port = self.address
+        return f"[{ip}]:{port}" if self.address_family == "ipv6" else f"{ip}:{port}"
+
+    @property
+    def where(self) -> str:
+        """`file:line` of the `address` statement (of the `on` section when it has none)."""
+        return f"{self.file}:{self.address_line or self.line}"
 
 
 @dataclass(frozen=True)
@@ -514,7 +528,8 @@ class _Builder:
             if "disk" not in v:
                 self.fail(on, hc, "missing required keyword 'disk'")
             hosts[host] = HostSection(name=host, volume=hs.volume if hs.volume is not None else sc.volume,
-                                      line=on.line, file=on.file, **v)
+                                      line=on.line, file=on.file,
+                                      address_line=hs.seen.get(("host", "address"), 0), **v)
         if not hosts:
             self.fail(st, ctx, "no 'on HOST' section (one for a standalone resource, two for a "
                                "replicated one)")
@@ -538,8 +553,11 @@ class _Builder:
 
     def finish(self, path):
         used: dict[tuple, Resource] = {}
+        ips: dict[tuple, tuple[Resource, HostSection]] = {}
         for r in self.resources.values():
             for h in r.hosts.values():
+                if h.address:
+                    self.check_ip_once(ips, r, h)
                 keys = [("minor", h.minor)] if h.minor is not None else []
                 keys += [("device", h.device)] if h.device else []
                 keys += [("export", str(h.export))] if h.export else []
@@ -555,6 +573,20 @@ class _Builder:
                 raise ConfigError(f"{r.file}:{r.line}: resource '{r.name}': disk: resync-after: "
                                   f"no resource '{after}'")
         return Config(path=path, resources=self.resources, global_options=self.global_options)
+
+    @staticmethod
+    def check_ip_once(ips, r, h):
+        """An IP:PORT belongs to one `on` section in the whole config, as drbdadm checks it: two
+        hosts of one resource on the same address would connect to themselves, and two resources
+        on one address would steal each other's connections."""
+        key = (ipaddress.ip_address(h.address[0]), h.address[1])
+        first_r, first_h = ips.setdefault(key, (r, h))
+        if first_h is h or first_h.name == h.name and first_r is not r:
+            return  # the same host in two resources: reported below with the other duplicates
+        owner = f"on '{first_h.name}'" if first_r is r else \
+            f"resource '{first_r.name}' on '{first_h.name}'"
+        raise ConfigError(f"{h.where}: resource '{r.name}': on '{h.name}': address: conflicting "
+                          f"use of IP '{h.address_text}' (first used at {first_h.where}, {owner})")
 
 
 

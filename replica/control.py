@@ -72,12 +72,18 @@ class ControlServer:
             self.sock.bind(path)
         finally:
             os.umask(old_umask)
+        self._inode = os.stat(path).st_ino
         self.sock.listen(16)
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="control", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
+        """Stop accepting (connections already accepted still get their reply); idempotent.
+        The path is removed only while it is still our socket: once we stopped listening, a
+        new daemon may have bound the same path."""
+        if self._stopping:
+            return
         self._stopping = True
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -85,7 +91,8 @@ class ControlServer:
             pass
         self.sock.close()
         try:
-            os.unlink(self.path)
+            if os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
         except FileNotFoundError:
             pass
 

@@ -3,9 +3,20 @@
 
     replicad [-f] [--config F] [--node N] [--run-dir D] [--exit-when-idle]
 
-It reads replica.conf, listens on RUN_DIR/replicad.sock for replicactl's commands, and brings
-resources up and down on request. Each resource's data path runs in C (replica.mirror); this
-process only decides. SIGTERM/SIGINT take every resource down cleanly and exit.
+It listens on RUN_DIR/replicad.sock for replicactl's commands and brings resources up and down
+on request. Each resource's data path runs in C (replica.mirror); this process only decides.
+SIGTERM/SIGINT take every resource down cleanly and exit.
+
+Configuration, as drbdadm and drbdsetup share it: replicactl parses the file it was given and
+names it (and its node) in every command; the daemon reads that file again for the command, so
+a corrected or edited --config is what a resource comes up with, never the file the daemon was
+started with. A resource in use keeps the configuration it came up with until `down` (DRBD's
+kernel state until `adjust`). The file given at start is checked once and used for commands
+that name none (a replicad run by hand, an older replicactl).
+
+Started by replicactl (--exit-when-idle), the daemon lives only while a resource is in use: a
+failed `up`/`attach` or the last `down`/`detach` ends it, and it stops listening before it
+answers, so the next replicactl starts a fresh daemon instead of reaching a dying one.
 """
 import argparse
 import logging
@@ -14,25 +25,43 @@ import os
 import signal
 import sys
 import threading
+import time
 
-from replica import locations
-from replica.config import load_config
+from replica import locations, netif
+from replica.config import Config, HostSection, load_config
 from replica.control import ControlError, ControlServer
 from replica.daemonize import daemonize
-from replica.errors import ReplicaError
+from replica.errors import ConfigError, ReplicaError
 from replica.resource import ResourceRuntime
 
 log = logging.getLogger("replicad")
+
+IDLE_EXIT_S = 30.0      # --exit-when-idle: the longest life without a resource in use
+# commands after which a daemon started by replicactl looks whether anything is still in use
+_MAY_LEAVE_IDLE = frozenset({"up", "attach", "connect", "down", "detach", "disconnect"})
+
+
+def check_address_is_local(resource: str, host: HostSection) -> None:
+    """drbdadm's "IP ... not found on this host", before `up`/`connect` binds it (bind() would
+    fail with EADDRNOTAVAIL, or an initiator would connect from another address and be refused
+    by its peer without a word here)."""
+    if host.address is None or netif.is_local_address(host.address[0]):
+        return
+    raise ConfigError(f"{host.where}: resource '{resource}': on '{host.name}': address "
+                      f"{host.address_text}: IP {host.address[0]} not found on this host (no "
+                      f"interface of this network namespace has it)")
 
 
 class Daemon:
     def __init__(self, where: locations.Locations, exit_when_idle: bool = False):
         self.where = where
         self.exit_when_idle = exit_when_idle
-        self.config = load_config(where.config)
+        load_config(where.config)  # a broken file stops us here, before we daemonize
         self.resources: dict[str, ResourceRuntime] = {}
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
+        self.control: ControlServer | None = None
+        self._last_command = time.monotonic()
         self.commands = {
             "ping": self.cmd_ping,
             "up": self.cmd_up,
@@ -61,64 +90,92 @@ class Daemon:
         handler = self.commands.get(req["cmd"])
         if handler is None:
             return {"ok": False, "error": f"unknown command {req['cmd']!r} (known: {', '.join(self.commands)})"}
-        try:
-            with self.lock:
-                reply = handler(req)
-        except (ReplicaError, OSError) as exc:
-            log.warning("%s: %s", req["cmd"], exc)
-            return {"ok": False, "error": str(exc)}
-        if self.exit_when_idle and req["cmd"] == "down" and not self._any_up():
-            log.info("no resource is up any more: exiting")
-            self.stop_event.set()
-        return {"ok": True, **reply}
+        with self.lock:
+            try:
+                reply = {"ok": True, **handler(req)}
+            except (ReplicaError, OSError) as exc:
+                log.warning("%s: %s", req["cmd"], exc)
+                reply = {"ok": False, "error": str(exc)}
+            self._last_command = time.monotonic()
+            if self.exit_when_idle and req["cmd"] in _MAY_LEAVE_IDLE and not self._any_in_use():
+                self._exit_idle(f"no resource is in use after {req['cmd']}")
+        return reply
 
-    def _runtime(self, name: str) -> ResourceRuntime:
-        if name not in self.resources:
-            resource = self.config.resource(name)
-            self.resources[name] = ResourceRuntime(resource, self.where.node,
-                                                   self.where.default_export_path(name))
-        return self.resources[name]
+    def _exit_idle(self, why: str) -> None:
+        """Stop listening now (the reply still goes out on its open connection), then exit."""
+        if self.stop_event.is_set():
+            return
+        log.info("%s: exiting", why)
+        if self.control is not None:
+            self.control.close()
+        self.stop_event.set()
 
-    def _any_up(self) -> bool:
-        return any(rt.is_up for rt in self.resources.values())
+    def _config(self, req: dict) -> Config:
+        return load_config(req.get("config") or self.where.config)
+
+    def _runtime(self, req: dict, name: str | None = None) -> ResourceRuntime:
+        """The resource's runtime: as it runs when in use, else built from the command's config."""
+        name = name or req["resource"]
+        node = req.get("node") or self.where.node
+        rt = self.resources.get(name)
+        if rt is not None and _in_use(rt):
+            if rt.host.name != node:
+                raise ReplicaError(f"{name}: this replicad ({self.where.run_dir}) runs it as node "
+                                   f"'{rt.host.name}', not '{node}'")
+            return rt
+        resource = self._config(req).resource(name)
+        rt = ResourceRuntime(resource, node, self.where.default_export_path(name))
+        self.resources[name] = rt
+        return rt
+
+    def _any_in_use(self) -> bool:
+        return any(_in_use(rt) for rt in self.resources.values())
 
     def cmd_ping(self, req):
         return {"pid": os.getpid()}
 
     def cmd_up(self, req):
-        rt = self._runtime(req["resource"])
+        rt = self._runtime(req)
         with rt.lock:
+            if not rt.resource.standalone and rt.link is None:
+                check_address_is_local(rt.name, rt.host)
             rt.up()
             return {"status": rt.status()}
 
     def cmd_down(self, req):
-        rt = self._runtime(req["resource"])
+        rt = self._runtime(req)
         with rt.lock:
             rt.down()
         return {}
 
     def cmd_verb(self, req):
         method, keys = self.verbs[req["cmd"]]
-        rt = self._runtime(req["resource"])
+        rt = self._runtime(req)
         if rt.resource.standalone and req["cmd"] not in ("primary", "secondary"):
             raise ReplicaError(f"{rt.name}: {req['cmd']}: a standalone resource (one 'on' "
                                "section) has no metadata and no peer")
         with rt.lock:
+            if req["cmd"] == "connect" and rt.link is None:
+                check_address_is_local(rt.name, rt.host)
             getattr(rt, method)(**{k: bool(req.get(k)) for k in keys})
             return {"status": rt.status()}
 
     def cmd_dump_md(self, req):
-        rt = self._runtime(req["resource"])
+        rt = self._runtime(req)
         with rt.lock:
             if rt.md is None:
                 return {"attached": False}
             return {"attached": True, **rt.dump_md()}
 
     def cmd_status(self, req):
-        names = [req["resource"]] if req.get("resource") else list(self.config.resources)
+        if req.get("resource"):
+            names = [req["resource"]]
+        else:
+            in_use = [n for n, rt in self.resources.items() if _in_use(rt)]
+            names = [*self._config(req).resources, *in_use]
         out = []
-        for name in names:
-            rt = self._runtime(name)
+        for name in dict.fromkeys(names):
+            rt = self._runtime(req, name)
             with rt.lock:
                 out.append(rt.status())
         return {"resources": out}
@@ -129,16 +186,17 @@ class Daemon:
 
     def run(self) -> int:
         os.makedirs(self.where.run_dir, mode=0o755, exist_ok=True)
-        control = ControlServer(self.where.control_socket, self.handle)
+        self.control = ControlServer(self.where.control_socket, self.handle)
         with open(self.where.pid_file, "w") as f:
             f.write(f"{os.getpid()}\n")
         log.info("started: node %s, config %s, run dir %s", self.where.node, self.where.config,
                  self.where.run_dir)
         try:
             while not self.stop_event.wait(1.0):
-                pass
+                if self.exit_when_idle:
+                    self._exit_if_idle_too_long()
         finally:
-            control.close()
+            self.control.close()
             with self.lock:
                 for rt in self.resources.values():
                     try:
@@ -146,12 +204,36 @@ class Daemon:
                             rt.down(force=True)
                     except (ReplicaError, OSError) as exc:
                         log.error("%s: down at exit: %s", rt.name, exc)
-            try:
-                os.unlink(self.where.pid_file)
-            except FileNotFoundError:
-                pass
+            _remove_pid_file(self.where.pid_file)
             log.info("stopped")
         return 0
+
+    def _exit_if_idle_too_long(self) -> None:
+        """A replicactl killed between starting us and its `up` must not leave us behind."""
+        if not self.lock.acquire(blocking=False):
+            return                          # a command is running
+        try:
+            idle_s = time.monotonic() - self._last_command
+            if idle_s >= IDLE_EXIT_S and not self._any_in_use():
+                self._exit_idle(f"no resource in use for {idle_s:.0f} s")
+        finally:
+            self.lock.release()
+
+
+def _in_use(rt: ResourceRuntime) -> bool:
+    """Anything open or running: disk, metadata, export, peer link (even Diskless)."""
+    return any(x is not None for x in (rt.server, rt.md, rt.link, rt.engine, rt.fd))
+
+
+def _remove_pid_file(path: str) -> None:
+    """Remove our pid file, not the one of a daemon started after we stopped listening."""
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except (FileNotFoundError, ValueError):
+        pass
 
 
 def setup_logging(where: locations.Locations, foreground: bool) -> None:

@@ -147,9 +147,11 @@ def test_options_reach_the_daemon(env):
     finally:
         d.close()
     sent = [r for r in d.requests if r["cmd"] != "ping"]
-    assert sent[0] == {"cmd": "connect", "resource": "r0", "discard_my_data": True}
-    assert sent[1] == {"cmd": "new-current-uuid", "resource": "r0", "clear_bitmap": True}
-    assert sent[2] == {"cmd": "invalidate-remote", "resource": "r0"}
+    # each command names the config and node it was given: the daemon acts on those (drbdadm)
+    given = {"config": str(env["conf"]), "node": "alpha"}
+    assert sent[0] == {"cmd": "connect", "resource": "r0", "discard_my_data": True, **given}
+    assert sent[1] == {"cmd": "new-current-uuid", "resource": "r0", "clear_bitmap": True, **given}
+    assert sent[2] == {"cmd": "invalidate-remote", "resource": "r0", **given}
 
 
 def test_other_errors_exit_1_with_context(env, capsys):

@@ -122,3 +122,18 @@ def test_drbdadm_and_we_reject_the_same_configs(tmp_path, text, line):
     if line is not None:
         assert f"{conf}:{line}: " in str(exc.value)
         assert re.search(rf"(^|/)bad\.conf:{line}: ", proc.stderr, re.M), proc.stderr
+
+
+def test_drbdadm_84_and_we_reject_one_address_for_both_hosts_at_the_same_lines(tmp_path):
+    conf = tmp_path / "same.conf"
+    conf.write_text("resource r0 {\n" + VALID_HOST +
+                    "  on b {\n    device /dev/drbd0;\n    disk /d;\n    meta-disk internal;\n"
+                    "    address 10.0.0.1:7000;\n  }\n}\n")
+    proc = run_dump("84", conf)     # drbdadm 9.22 only says "BAD LUCK, equal hashes"
+    assert proc.returncode != 0
+    assert re.search(r"(^|/)same\.conf:7: conflicting use of IP '10\.0\.0\.1:7000'", proc.stderr, re.M), proc.stderr
+    assert re.search(r"(^|/)same\.conf:2: IP '10\.0\.0\.1:7000' first used here", proc.stderr, re.M), proc.stderr
+    with pytest.raises(Exception) as exc:
+        load_config(conf)
+    assert str(exc.value) == (f"{conf}:7: resource 'r0': on 'b': address: conflicting use of IP "
+                              f"'10.0.0.1:7000' (first used at {conf}:2, on 'a')")

@@ -460,13 +460,43 @@ ERRORS = [
     ("resource r0 { on a { disk /d0; export unix:/s; } }\nresource r1 {\n on a { disk /d1; export unix:/s; } }\n",
      "r.conf:3: resource 'r1': on 'a': export unix:/s is also used by resource 'r0' (r.conf:1)"),
     ("resource r0 { on a { disk /d0; address 10.0.0.1:7000; } }\nresource r1 {\n on a { disk /d1; address 10.0.0.1:7000; } }\n",
-     "r.conf:3: resource 'r1': on 'a': address 10.0.0.1:7000 is also used by resource 'r0' (r.conf:1)"),
+     "r.conf:3: resource 'r1': on 'a': address 10.0.0.1:7000 is also used by resource 'r0' (r.conf:1)"),    # one IP:PORT for two `on` sections (drbdadm-84: "conflicting use of IP '...' ... first used
+    # here"), located at both `address` statements
+    (R0 + "  on a {\n    disk /d;\n    address 10.1.1.31:7789;\n  }\n"
+     "  on b {\n    disk /d;\n    address 10.1.1.31:7789;\n  }\n}\n",
+     "r.conf:8: resource 'r0': on 'b': address: conflicting use of IP '10.1.1.31:7789' (first used "
+     "at r.conf:4, on 'a')"),
+    (R0 + "  on a { disk /d; address ipv6 [fd00::1]:7000; }\n"
+     "  on b { disk /d; address ipv6 [fd00:0:0::1]:7000; }\n}\n",
+     "r.conf:3: resource 'r0': on 'b': address: conflicting use of IP '[fd00:0:0::1]:7000' (first "
+     "used at r.conf:2, on 'a')"),
+    (R0 + HOST_A + HOST_B + "}\nresource r1 {\n  on c { disk /d; address 127.0.0.2:7000; }\n"
+     "  on d { disk /d; address 127.0.0.4:7000; }\n}\n",
+     "r.conf:6: resource 'r1': on 'c': address: conflicting use of IP '127.0.0.2:7000' (first used "
+     "at r.conf:3, resource 'r0' on 'b')"),
 ]
 
 
 @pytest.mark.parametrize("text, message", ERRORS, ids=[str(i) for i in range(len(ERRORS))])
 def test_error_messages(text, message):
     assert error_of(text) == message
+
+
+def test_same_ip_on_another_port_is_fine_and_conflicts_name_the_included_file(tmp_path):
+    r = one(host="address 127.0.0.1:7000;")
+    assert r.host("a").address_text == "127.0.0.1:7000"
+    ok = parse_config(R0 + "  on a { disk /d; address 10.0.0.1:7000; }\n"
+                      "  on b { disk /d; address 10.0.0.1:7001; }\n}\n", "r.conf")
+    assert ok.resource("r0").host("b").address == ("10.0.0.1", 7001)
+    (tmp_path / "main.conf").write_text('include "r*.res";\n')
+    (tmp_path / "r0.res").write_text(R0 + HOST_A + HOST_B + "}\n")
+    (tmp_path / "r1.res").write_text("resource r1 {\n  on c {\n    disk /d;\n"
+                                     "    address 127.0.0.1:7000;\n  }\n  on d { disk /d; address 127.0.0.9:7000; }\n}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(tmp_path / "main.conf")
+    assert str(exc.value) == (f"{tmp_path}/r1.res:4: resource 'r1': on 'c': address: conflicting "
+                              f"use of IP '127.0.0.1:7000' (first used at {tmp_path}/r0.res:2, "
+                              f"resource 'r0' on 'a')")
 
 
 def test_every_error_is_a_config_error_with_location():
