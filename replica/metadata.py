@@ -220,6 +220,7 @@ class Metadata:
         self.md_start = md_start
         self.bitmap = Bitmap(sb.data_size)
         self.torn_bitmap_pages: list[int] = []
+        self._bm_page_csum: dict[int, bytes] = {}     # page -> checksum of what is on disk
         self._al_hot: "OrderedDict[int, int]" = OrderedDict()   # extent -> in-flight count
         self._al_seq = 0
         self._al_slot_seq: list[int] = []
@@ -324,16 +325,20 @@ class Metadata:
                 continue
             if ok:
                 mv[lo:hi] = payload[:hi - lo]
+                self._bm_page_csum[page] = csum
             else:
                 self.torn_bitmap_pages.append(page)
                 first = lo * 8
                 self.bitmap.set_bits(first, min(self.bitmap.nbits, hi * 8))
         return self.bitmap
 
-    def store_bitmap(self, offset: int = 0, length: int | None = None) -> int:
+    def store_bitmap(self, offset: int = 0, length: int | None = None, *,
+                     changed_only: bool = False) -> int:
         """Write the bitmap pages covering data bytes [offset, offset+length) and fsync.
 
         Returns the number of pages written. Without arguments, writes all pages.
+        `changed_only`: skip pages equal to what this object last read or wrote there (the
+        periodic store during a resync rewrites only what the resync changed).
         """
         if length is None:
             pages = range(self.sb.bm_pages)
@@ -345,11 +350,19 @@ class Metadata:
             bits_per_page = BM_PAYLOAD * 8
             pages = range(first_bit // bits_per_page,
                           min(self.sb.bm_pages, last_bit // bits_per_page + 1))
+        written = 0
         for page in pages:
-            os.pwrite(self.fd, self._pack_bm_page(page), self._bm_page_offset(page))
-        os.fsync(self.fd)
-        self.bm_writes += len(pages)
-        return len(pages)
+            raw = self._pack_bm_page(page)
+            csum = raw[-CSUM:]
+            if changed_only and self._bm_page_csum.get(page) == csum:
+                continue
+            os.pwrite(self.fd, raw, self._bm_page_offset(page))
+            self._bm_page_csum[page] = csum
+            written += 1
+        if written or not changed_only:
+            os.fsync(self.fd)
+        self.bm_writes += written
+        return written
 
     # --- activity log -----------------------------------------------------------------------
 

@@ -347,3 +347,24 @@ def test_al_make_hot_for_the_c_engine(tmp_path):
     with pytest.raises(ValueError, match="extent out of range"):
         with open_md(p) as md:
             md.al_make_hot(-1, can_evict=lambda e: True)
+
+
+def test_store_bitmap_changed_only_writes_the_pages_that_changed(tmp_path):
+    p = make_file(tmp_path / "disk", 256 * MiB)        # 65536 bits: 3 bitmap pages
+    bits_per_page = mdmod.BM_PAYLOAD * 8
+    with create_md(p, al_extents=7) as md:
+        assert md.sb.bm_pages == 3
+        assert md.store_bitmap(changed_only=True) == 0              # as created
+        md.bitmap.set_bits(bits_per_page + 5, bits_per_page + 9)    # page 1 only
+        writes = md.bm_writes
+        assert md.store_bitmap(changed_only=True) == 1
+        assert md.bm_writes == writes + 1
+        assert md.store_bitmap(changed_only=True) == 0
+        assert md.store_bitmap() == 3                               # a full store still writes all
+    with open_md(p, apply_al=False) as md:
+        assert md.bitmap.count() == 4
+        assert md.store_bitmap(changed_only=True) == 0              # known from load_bitmap
+        md.bitmap.clear_bits(bits_per_page + 5, bits_per_page + 6)
+        assert md.store_bitmap(changed_only=True) == 1
+    with open_md(p, apply_al=False) as md:
+        assert md.bitmap.count() == 3
