@@ -12,6 +12,7 @@ Owns:
     monitor (every 0.1 s, under `lock`): queue ──► peer_lost/peer_protocol/io_error/peer_control
                                          tick  ──► ping-int/ping-timeout/timeout, resync
                                                    progress, bitmap persisted every 2 s
+                                                   (0.5 s during a resync)
 
 Control messages (frame type, fields)::
 
@@ -45,6 +46,7 @@ log = logging.getLogger("replicad.resource")
 
 HANDLER_TIMEOUT_S = 60.0
 BITMAP_PERSIST_S = 2.0
+BITMAP_PERSIST_RESYNC_S = 0.5     # changed pages only: one small write + fsync per interval
 _ROLE_WIRE = {Role.Unknown: WireRole.UNKNOWN, Role.Primary: WireRole.PRIMARY,
               Role.Secondary: WireRole.SECONDARY}
 _WIRE_ROLE = {int(v): k for k, v in _ROLE_WIRE.items()}
@@ -305,7 +307,9 @@ class ResourceEvents:
                 return
             if self.progress is not None:
                 self.progress.update(self.progress.total_bytes - self.md.bitmap.dirty_bytes(), now)
-        if now - self._bm_stored_at >= BITMAP_PERSIST_S:
+        # during a resync the bitmap is what a crashed node resumes from: keep it close
+        if now - self._bm_stored_at >= (BITMAP_PERSIST_RESYNC_S if s.repl.is_resync
+                                        else BITMAP_PERSIST_S):
             self._store_bitmap()
 
     def _run_handler(self, which: str) -> None:

@@ -29,6 +29,10 @@ Crash safety (a write torn at any byte leaves the old or the new state readable)
   it, the bitmap pages covering it are written and fsynced. Replay marks the union of the two
   newest valid transactions dirty, so a torn newest transaction falls back to its predecessor,
   which covers every extent any completed write could have touched.
+- Clean shutdown (DRBD's "clean" flag): bitmap stored, an empty AL transaction, then the
+  superblock flag AL_CLEAN; the first extent to enter the AL clears the flag before its
+  transaction. Open replays the AL only without AL_CLEAN (a crash), so a clean stop resyncs
+  what the bitmap says and no more.
 - Bitmap pages: 4064 payload bytes + index + checksum per 4 KiB page. A page that fails its
   checksum reads back as all dirty (more resync, never less); its extents are also in the AL.
 """
@@ -220,6 +224,7 @@ class Metadata:
         self.md_start = md_start
         self.bitmap = Bitmap(sb.data_size)
         self.torn_bitmap_pages: list[int] = []
+        self._bm_page_csum: dict[int, bytes] = {}     # page -> checksum of what is on disk
         self._al_hot: "OrderedDict[int, int]" = OrderedDict()   # extent -> in-flight count
         self._al_seq = 0
         self._al_slot_seq: list[int] = []
@@ -324,16 +329,20 @@ class Metadata:
                 continue
             if ok:
                 mv[lo:hi] = payload[:hi - lo]
+                self._bm_page_csum[page] = csum
             else:
                 self.torn_bitmap_pages.append(page)
                 first = lo * 8
                 self.bitmap.set_bits(first, min(self.bitmap.nbits, hi * 8))
         return self.bitmap
 
-    def store_bitmap(self, offset: int = 0, length: int | None = None) -> int:
+    def store_bitmap(self, offset: int = 0, length: int | None = None, *,
+                     changed_only: bool = False) -> int:
         """Write the bitmap pages covering data bytes [offset, offset+length) and fsync.
 
         Returns the number of pages written. Without arguments, writes all pages.
+        `changed_only`: skip pages equal to what this object last read or wrote there (the
+        periodic store during a resync rewrites only what the resync changed).
         """
         if length is None:
             pages = range(self.sb.bm_pages)
@@ -345,11 +354,19 @@ class Metadata:
             bits_per_page = BM_PAYLOAD * 8
             pages = range(first_bit // bits_per_page,
                           min(self.sb.bm_pages, last_bit // bits_per_page + 1))
+        written = 0
         for page in pages:
-            os.pwrite(self.fd, self._pack_bm_page(page), self._bm_page_offset(page))
-        os.fsync(self.fd)
-        self.bm_writes += len(pages)
-        return len(pages)
+            raw = self._pack_bm_page(page)
+            csum = raw[-CSUM:]
+            if changed_only and self._bm_page_csum.get(page) == csum:
+                continue
+            os.pwrite(self.fd, raw, self._bm_page_offset(page))
+            self._bm_page_csum[page] = csum
+            written += 1
+        if written or not changed_only:
+            os.fsync(self.fd)
+        self.bm_writes += written
+        return written
 
     # --- activity log -----------------------------------------------------------------------
 
@@ -381,12 +398,21 @@ class Metadata:
             out.update(ext)
         return out
 
+    @property
+    def al_clean(self) -> bool:
+        """The last shutdown was clean: bitmap stored, then the AL emptied (AL_CLEAN)."""
+        return MdFlag.AL_CLEAN in self.sb.flags
+
     def apply_al(self) -> int:
         """drbdmeta apply-al: mark replayed AL extents dirty, persist, start an empty AL.
 
-        Returns the number of extents applied. Called on attach/open.
+        Returns the number of extents applied. Called on attach/open. After a clean shutdown
+        there is nothing to apply: the bitmap on disk is complete (DRBD's "clean" flag). The
+        replay must not run then, since it also takes the transaction before the newest, which
+        still lists the extents that were hot before the shutdown emptied the AL.
         """
-        extents = self.al_replay_extents()
+        logged = self.al_replay_extents()              # also finds the sequence number
+        extents = set() if self.al_clean else logged
         for e in sorted(extents):
             off = e * AL_EXTENT_SIZE
             if off >= self.sb.data_size:
@@ -472,10 +498,12 @@ class Metadata:
             if off < self.sb.data_size:
                 self.store_bitmap(off, min(AL_EXTENT_SIZE, self.sb.data_size - off))
             del self._al_hot[victim]
+        if MdFlag.AL_CLEAN in self.sb.flags:
+            # not clean from before the first write the transaction below allows: a crash
+            # after it must apply the AL
+            self.set_flags(clear=MdFlag.AL_CLEAN)
         self._al_hot[extent] = refs
         self._write_al_tx()
-        if MdFlag.AL_CLEAN in self.sb.flags:
-            self.set_flags(clear=MdFlag.AL_CLEAN)     # the AL is in use: not clean any more
         return victim
 
     def al_complete_io(self, extent: int) -> None:
@@ -489,7 +517,9 @@ class Metadata:
         return list(self._al_hot)
 
     def clean_shutdown(self) -> None:
-        """Persist the bitmap, empty the AL and mark it clean (drbdadm down)."""
+        """Persist the bitmap, empty the AL and mark it clean (drbdadm down/detach, the
+        daemon's SIGTERM). In this order: a crash at any point leaves AL_CLEAN unset and the
+        next open applies the AL; after it the next open trusts the bitmap alone."""
         if any(self._al_hot.values()):
             raise MetadataError(f"activity log: {self.name}: shutdown with I/O in flight")
         self.store_bitmap()
@@ -561,7 +591,8 @@ def create_md(backing, meta: str = "internal", *, al_extents: int = AL_EXTENTS_D
 
 
 def open_md(backing, meta: str = "internal", *, apply_al: bool = True) -> Metadata:
-    """Open existing metadata (the newest valid superblock), load the bitmap, replay the AL."""
+    """Open existing metadata (the newest valid superblock), load the bitmap, and replay the
+    AL unless the last shutdown was clean."""
     external = meta != "internal"
     target = meta if external else backing
     fd, own, name = _open(target)

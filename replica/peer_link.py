@@ -26,6 +26,12 @@ UUIDs belong to the owner (replica.resource.ResourceRuntime); this module moves 
       pass: for each dirty extent in linear order: wait for tokens (resync-rate), resync_send()
       end of pass: wait until every RS_DATA sent was acknowledged (C clears the bits)
       bitmap empty ──► owner.resync_finished()    else ──► next pass
+
+    A runner lives for one connection (the owner starts a new one after a reconnect). C's
+    resync_bytes_sent/acked count since the engine started, across connections: what went out
+    on a connection that died is never acknowledged, so the runner waits only for its own
+    bytes, counted from the counters' values when it started. Its blocks are still dirty in
+    the bitmap (C clears a bit on RS_DONE only), so the new connection's pass sends them again.
 """
 import logging
 import socket
@@ -284,6 +290,9 @@ class ResyncRunner:
         self._thread = threading.Thread(target=self._run, name=f"resync[{owner.name}]",
                                         daemon=True)
         self.bytes_sent = 0
+        st = engine.stats()
+        self._sent_base = st.get("resync_bytes_sent", 0)
+        self._acked_base = st.get("resync_bytes_acked", 0)
 
     def start(self) -> None:
         self._thread.start()
@@ -319,8 +328,9 @@ class ResyncRunner:
         deadline = time.monotonic() + ACK_WAIT_S
         while not self._stop.is_set():
             st = self.engine.stats()
-            if st.get("resync_bytes_acked", 0) >= st.get("resync_bytes_sent", 0) \
-                    or not st.get("peer_connected", 1):
+            acked = st.get("resync_bytes_acked", 0) - self._acked_base
+            sent = st.get("resync_bytes_sent", 0) - self._sent_base
+            if acked >= sent or not st.get("peer_connected", 1):
                 return bool(st.get("peer_connected", 1))
             if time.monotonic() > deadline:
                 log.warning("resync: %s: acknowledgements missing after %.0f s: rescanning",

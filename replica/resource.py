@@ -327,7 +327,7 @@ class ResourceRuntime(ResourceConnection, ResourceEvents):
             return
         with self.md_lock:
             try:
-                self.md.store_bitmap()
+                self.md.store_bitmap(changed_only=not force)
             except OSError as exc:
                 log.error("%s: bitmap: %s", self.name, exc)
                 return

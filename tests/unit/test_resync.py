@@ -155,3 +155,40 @@ def test_progress_percent_rate_eta():
     assert slow.rate_bps < 0.6 * MiB and slow.avg_rate_bps > slow.rate_bps
     done = ResyncProgress(0, 0.0).report(1.0)
     assert done == ProgressReport(0, 0, 100.0, 0.0, 0.0, 0.0)
+
+
+class _FakeEngine:
+    """C's resync counters, cumulative since the engine started: `lost` bytes went out on a
+    connection that died and will never be acknowledged. The peer acknowledges every RS_DATA of
+    this connection at once (C clears the bits on RS_DONE)."""
+
+    def __init__(self, bitmap: Bitmap, lost: int):
+        self.bitmap = bitmap
+        self.sent, self.acked = lost, 0
+
+    def stats(self) -> dict:
+        return {"resync_bytes_sent": self.sent, "resync_bytes_acked": self.acked,
+                "peer_connected": 1}
+
+    def resync_send(self, offset: int, length: int) -> None:
+        self.sent += length
+        self.bitmap.clear_range(offset, length)
+        self.acked += length
+
+
+def test_resync_runner_waits_only_for_its_own_connection_s_acknowledgements():
+    import threading
+
+    from replica.peer_link import ResyncRunner
+    bm = Bitmap(8 * MiB)
+    bm.set_range(MiB, 3 * MiB)
+    finished = threading.Event()
+    owner = type("Owner", (), {"name": "r0", "resync_finished": lambda self, r: finished.set()})()
+    engine = _FakeEngine(bm, lost=2 * MiB)
+    runner = ResyncRunner(owner, engine, bm, rate_bps=0)
+    runner.start()
+    try:
+        assert finished.wait(5.0), "the runner waited for bytes sent on a dead connection"
+    finally:
+        runner.stop()
+    assert bm.count() == 0 and runner.bytes_sent == 3 * MiB
