@@ -134,7 +134,9 @@ int rm_peer_detach(rm_engine *eng);
  * cap is too small; at most 64 KiB per frame, 256 frames queued). */
 int rm_peer_send_control(rm_engine *eng, const void *frame, uint32_t length);
 int rm_peer_recv_control(rm_engine *eng, void *buf, uint32_t cap);
-/* Send a PING; the peer answers PING_ACK, and every frame received refreshes peer_last_rx_ns. */
+/* Send a PING; the peer answers PING_ACK, and every frame received refreshes peer_last_rx_ns.
+ * Returns -EBUSY at once, sending nothing, while another send holds the link (it may be blocked
+ * on a dead peer: the caller's ping-timeout still runs). */
 int rm_peer_ping(rm_engine *eng);
 /* SyncSource: read [offset, offset + length) locally and send it as RS_DATA (length <= 8 MiB).
  * The target writes it, clears its bits and answers RS_DONE; the source then clears its own bits.

@@ -788,11 +788,22 @@ int rm_peer_detach(rm_engine *eng)
 
 int rm_peer_ping(rm_engine *eng)
 {
+    struct rm_peer *p = &eng->peer;
     struct rpl_header h = { .type = RPL_PING };
+    int rc;
 
-    if (!peer_live(&eng->peer))
+    if (!peer_live(p))
         return -ENOTCONN;
-    return send_frame(eng, &h, NULL, 1);
+    /* Never wait behind another send: on a dead link a resync chunk or a large write blocks in
+     * sendmsg with send_lock held until TCP gives up, and the caller (Python's monitor) must stay
+     * free to notice the silence and detach, which unblocks that send. */
+    if (pthread_mutex_trylock(&p->send_lock) != 0)
+        return -EBUSY;
+    rc = send_frame_locked(eng, &h, NULL);
+    if (rc == 0)
+        rc = sbuf_send_locked(eng, 0);
+    pthread_mutex_unlock(&p->send_lock);
+    return rc;
 }
 
 int rm_resync_send(rm_engine *eng, uint64_t offset, uint32_t length)

@@ -172,8 +172,14 @@ class Engine:
         """Drop the link; blocks until C's receiver has swept every pending request."""
         lib.rm_peer_detach(self._handle)
 
-    def peer_ping(self) -> None:
-        _check(lib.rm_peer_ping(self._handle), "peer ping")
+    def peer_ping(self) -> bool:
+        """Send a PING; False when skipped because another send holds the link (a send blocked
+        on a dead peer must not block the caller, whose ping-timeout still runs)."""
+        rc = lib.rm_peer_ping(self._handle)
+        if rc == -errno.EBUSY:
+            return False
+        _check(rc, "peer ping")
+        return True
 
     def resync_send(self, offset: int, length: int) -> None:
         _check(lib.rm_resync_send(self._handle, offset, length), f"resync send: offset={offset} length={length}")

@@ -37,9 +37,10 @@ def test_resync_after_a_link_blip_goes_on_at_the_configured_rate():
         _wait_done(t, 0.2)
         t.link(False)
         cut = time.monotonic()
-        # the SyncTarget drops the link on its ping timeout (the SyncSource may sit in a send
-        # to the full socket until the link is back, and find the connection reset then)
-        t.wait("beta", lambda s: s["connection"] != "Connected", "beta notices the cut", 10)
+        # both sides drop the link on their ping timeout: the SyncSource's resync send sits
+        # blocked on the full socket, but its monitor (and `status`) must not wait behind it
+        for node in ("beta", "alpha"):
+            t.wait(node, lambda s: s["connection"] != "Connected", f"{node} notices the cut", 10)
         time.sleep(max(0.0, 2.0 - (time.monotonic() - cut)))
         remaining = t.status("beta")["out_of_sync_bytes"]
         t.link(True)

@@ -478,3 +478,34 @@ def test_a_client_vanishing_mid_payload_leaves_both_disks_equal(pair_c):
     assert os.pread(pair_c.sfd, 301_000, 1 << 20) == b"z" * 301_000
     assert pair_c.disk("primary") == pair_c.disk("secondary")
     assert pair_c.pbm.count() == 0
+
+
+def test_ping_never_waits_behind_a_send_blocked_on_a_dead_peer(primary_hand_peer):
+    """A resync chunk to a peer that stopped reading blocks in sendmsg with the send lock held.
+    The ping must not queue behind it: the monitor that calls it has to stay free to notice the
+    silence (ping-timeout) and detach, which is what unblocks the send (issue 9: a link cut
+    mid-resync froze the SyncSource's monitor and `status` until TCP gave up)."""
+    eng, _, peer = primary_hand_peer
+    failures: list[OSError] = []
+
+    def send_chunks():
+        try:
+            for _ in range(2):
+                eng.resync_send(0, 8 << 20)
+        except OSError as exc:
+            failures.append(exc)
+    sender = threading.Thread(target=send_chunks, daemon=True)
+    sender.start()
+    wait_for(lambda: eng.stats()["peer_bytes_sent"] > 0)
+    time.sleep(0.2)   # the socket buffers are full: the sender is blocked in sendmsg
+    assert sender.is_alive()
+    result = []
+    pinger = threading.Thread(target=lambda: result.append(eng.peer_ping()), daemon=True)
+    pinger.start()
+    pinger.join(2)
+    assert not pinger.is_alive(), "peer_ping waited behind the blocked send"
+    assert result == [False]
+    eng.peer_detach()   # what the monitor does after ping-timeout: the send fails at once
+    sender.join(5)
+    assert not sender.is_alive()
+    assert failures, "the send on the detached link should have failed"
