@@ -135,7 +135,14 @@ def _process_alive(pid: int) -> bool:
         return False
 
 
+def print_config_warnings(ctl: Ctl) -> None:
+    """Options we accept but do not yet honour as DRBD does: never silently ignored."""
+    for warning in ctl.config.warnings:
+        print(f"replicactl: warning: {warning}", file=sys.stderr)
+
+
 def cmd_up(ctl: Ctl, name: str) -> int:
+    print_config_warnings(ctl)
     ctl.ensure_daemon(name)
     for res in ctl.resource_names(name):
         ctl.call("up", resource=res)
@@ -314,6 +321,7 @@ def cmd_nbd_uri(ctl: Ctl, name: str) -> int:
 
 def cmd_dump(ctl: Ctl, name: str) -> int:
     from replica.config_dump import dump_config
+    print_config_warnings(ctl)
     print(dump_config(ctl.config), end="")
     return 0
 

@@ -196,6 +196,9 @@ class Config:
     path: str = field(compare=False)
     resources: dict[str, Resource]
     global_options: dict[str, str] = field(default_factory=dict)
+    # `file:line: ...: KEYWORD: not supported yet (...)`, one per statement that sets an option
+    # we accept but do not yet honour as DRBD does (see NOT_YET); `up` and `dump` print them
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def resource(self, name: str) -> Resource:
         try:
@@ -243,6 +246,69 @@ HANDLERS = ("pri-on-incon-degr", "pri-lost-after-sb", "pri-lost", "fence-peer", 
             "after-resync-target", "before-resync-source", "out-of-sync", "quorum-lost", "disconnected")
 HOST_KEYWORDS = ("device", "disk", "meta-disk", "flexible-meta-disk", "address", "export", "node-id")
 _SECTIONS = ("net", "disk", "syncer", "handlers", "startup", "options")
+
+
+@dataclass(frozen=True)
+class NotYet:
+    """An option accepted for drbd.conf compatibility that does not yet do what DRBD does with
+    it. Setting it to `same` (the value whose behaviour ours already is), when given, is fine."""
+    why: str
+    same: object = None
+
+
+_NO_EFFECT = "replicad has no such setting"
+# (section, keyword) -> NotYet. Everything else the parser accepts is implemented. Remove an
+# entry in the commit that makes the keyword work (tests/unit/test_config_not_yet.py checks
+# that each entry is still unused by the code, so the table cannot go stale the other way).
+NOT_YET: dict[tuple[str, str], NotYet] = {
+    **{("net", k): NotYet(why) for k, why in {
+        "socket-check-timeout": "the peer connection is not probed before use",
+        "max-buffers": "in-flight requests to the peer are capped at 4096",
+        "max-epoch-size": "replicad has no write epochs",
+        "verify-alg": "online verify is not implemented",
+        "csums-alg": "checksum-based resync is not implemented",
+        "csums-after-crash-only": "checksum-based resync is not implemented",
+        "data-integrity-alg": "data frames carry no digest; only both sides' settings are compared",
+        "on-congestion": "a congested link always blocks",
+        "congestion-fill": "a congested link always blocks",
+        "congestion-extents": "a congested link always blocks",
+    }.items()},
+    ("net", "tcp-cork"): NotYet("replicad batches frames with MSG_MORE", True),
+    ("net", "use-rle"): NotYet("the bitmap is exchanged uncompressed", True),
+    **{("disk", k): NotYet(why) for k, why in {
+        "c-delay-target": "the resync rate is fixed, by resync-rate",
+        "c-fill-target": "the resync rate is fixed, by resync-rate",
+        "c-max-rate": "the resync rate is fixed, by resync-rate",
+        "c-min-rate": "application I/O is not given priority over resync",
+        "disk-timeout": "local requests are not timed out",
+        "resync-after": "resyncs of different resources are not ordered",
+        "size": "the whole backing disk is used",
+    }.items()},
+    ("disk", "c-plan-ahead"): NotYet("the resync rate is fixed, by resync-rate", 0),
+    ("disk", "disk-barrier"): NotYet("replicad orders writes with flushes", False),
+    ("disk", "disk-flushes"): NotYet("replicad always flushes the backing disk", True),
+    ("disk", "disk-drain"): NotYet("replicad always drains", True),
+    ("disk", "md-flushes"): NotYet("metadata writes are always flushed", True),
+    ("disk", "read-balancing"): NotYet("reads are always served locally", "prefer-local"),
+    ("disk", "rs-discard-granularity"): NotYet("resync writes every block", 0),
+    **{("handlers", k): NotYet("this handler is never called") for k in (
+        "pri-on-incon-degr", "fence-peer", "unfence-peer", "before-resync-target",
+        "after-resync-target", "before-resync-source", "out-of-sync", "quorum-lost",
+        "disconnected")},
+    **{("startup", k): NotYet("replicactl wait-connect is not implemented") for k in (
+        "wfc-timeout", "degr-wfc-timeout", "outdated-wfc-timeout", "stacked-timeouts")},
+    ("startup", "wait-after-sb"): NotYet("replicactl wait-connect is not implemented"),
+    ("startup", "become-primary-on"): NotYet("`up` never promotes"),
+    **{("options", k): NotYet(_NO_EFFECT) for k in (
+        "cpu-mask", "on-no-data-accessible", "auto-promote", "quorum", "quorum-minimum-redundancy",
+        "on-no-quorum", "peer-ack-window", "peer-ack-delay", "twopc-timeout", "max-io-depth")},
+    **{("global", k): NotYet(_NO_EFFECT) for k in (
+        "minor-count", "dialog-refresh", "disable-ip-verification", "udev-always-use-vnr",
+        "cmd-timeout-short", "cmd-timeout-medium", "cmd-timeout-long")},
+    ("global", "usage-count"): NotYet("replica-ha counts no usage", "no"),
+    ("host", "device"): NotYet("no block device is created: the resource is served over NBD, "
+                               "see 'export'"),
+}
 _UNSUPPORTED = ("connection", "connection-mesh", "floating", "stacked-on-top-of", "path")
 _NAME_RE = r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}"
 
@@ -352,6 +418,15 @@ class _Builder:
         self.common: _Scope | None = None
         self.common_at = None
         self.resources: dict[str, Resource] = {}
+        self.warnings: list[str] = []
+
+    def warn_if_not_yet(self, st, ctx, section, value):
+        """Note a statement setting an option we accept but do not yet honour (NOT_YET)."""
+        entry = NOT_YET.get((section, st.key))
+        if entry is None or entry.same is not None and value == entry.same:
+            return
+        self.warnings.append(f"{st.file}:{st.line}: {': '.join(ctx)}: {st.key}: not supported "
+                             f"yet ({entry.why})")
 
     def fail(self, st, ctx, msg):
         raise ConfigError(f"{st.file}:{st.line}: {': '.join([*ctx, msg])}")
@@ -423,6 +498,7 @@ class _Builder:
             self.fail(st, ctx, f"{st.key}: {e}")
         into[fieldname] = parser.format(v) if raw else v
         seen[section, fieldname] = st.line
+        self.warn_if_not_yet(st, ctx, section, parser.format(v) if raw else v)
 
     def scope(self, stmts, ctx, level):
         """Collect the statements of common / resource / on / volume into a _Scope."""
@@ -480,6 +556,7 @@ class _Builder:
         except BadValue as e:
             self.fail(st, ctx, f"{st.key}: {e}")
         sc.seen["host", key] = st.line
+        self.warn_if_not_yet(st, ctx, "host", None)
 
     def section_option(self, sc, section, st, ctx):
         if section == "syncer":
@@ -572,7 +649,8 @@ class _Builder:
             if after and after not in self.resources:
                 raise ConfigError(f"{r.file}:{r.line}: resource '{r.name}': disk: resync-after: "
                                   f"no resource '{after}'")
-        return Config(path=path, resources=self.resources, global_options=self.global_options)
+        return Config(path=path, resources=self.resources, global_options=self.global_options,
+                      warnings=tuple(self.warnings))
 
     @staticmethod
     def check_ip_once(ips, r, h):

@@ -136,6 +136,8 @@ class Daemon:
 
     def cmd_up(self, req):
         rt = self._runtime(req)
+        for warning in self._config(req).warnings:
+            log.warning("%s", warning)
         with rt.lock:
             if not rt.resource.standalone and rt.link is None:
                 check_address_is_local(rt.name, rt.host)

@@ -23,7 +23,6 @@ truncate -s 64M "$work/disk.img"
 cat > "$work/replica.conf" <<CONF
 resource r0 {
     on demo {
-        device    /dev/nbd0;
         disk      $work/disk.img;
         meta-disk internal;
         export    unix:$work/r0.sock;
