@@ -47,7 +47,7 @@ class StopGroup:
 @dataclass(frozen=True, slots=True)
 class SendMessage:
     msg_type: str
-    fields: dict
+    fields: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
