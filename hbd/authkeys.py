@@ -42,7 +42,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from replica.errors import ConfigError
+from hacommon.errors import ConfigError
 
 METHODS = ("crc", "md5", "sha1", "sha256")
 MAX_AUTH_INDEX = 15  # heartbeat MAXAUTH 16: ids 0..15

@@ -38,7 +38,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from replica.errors import ConfigError
+from hacommon.errors import ConfigError
 
 
 @dataclass(frozen=True)

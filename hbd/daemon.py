@@ -47,7 +47,7 @@ import time
 from hbd import ipaddr, stonith
 from hbd.authkeys import load_authkeys
 from hbd.config import load_ha_config
-from hbd.control import ControlSocket
+from hbd.control import ControlCommands, open_control_socket
 from hbd.groups import (FenceNode, GroupChanged, GroupManager, Notice, Reannounce, SendMessage,
                         ShutdownComplete, StartGroup, StopGroup)
 from hbd.haresources import load_haresources
@@ -56,8 +56,8 @@ from hbd.media import Media
 from hbd.protocol.membership import (Membership, MessageReceived, NodeDead, NodeLate, NodeRestarted,
                                      NodeUp, PacketDropped)
 from hbd.resources import ResourceRunner, resource_dirs, script_env
-from replica.daemonize import daemonize
-from replica.errors import ConfigError, ReplicaError
+from hacommon.daemonize import daemonize
+from hacommon.errors import ConfigError, HaError
 
 DEFAULT_CONFIG_DIR = "/etc/ha.d"
 DEFAULT_RUN_DIR = "/run/hbd"
@@ -167,7 +167,7 @@ class Daemon:
             try:
                 n = ipaddr.send_gratuitous_arp(ifname, address, count, interval_ms)
                 log.debug("gratuitous arp: %s on %s: %d frames sent", address, ifname, n)
-            except (ReplicaError, OSError) as e:
+            except (HaError, OSError) as e:
                 log.warning("gratuitous arp: %s on %s: %s", address, ifname, e)
         threading.Thread(target=send, name=f"garp-{address}", daemon=True).start()
 
@@ -184,7 +184,7 @@ class Daemon:
                             self._log("info", f"gratuitous arp: re-announcing {addr} on {ifname}")
                             ipaddr.send_gratuitous_arp(ifname, addr, self.cfg.gratuitous_arp_count,
                                                        self.cfg.gratuitous_arp_interval_ms)
-                except (ReplicaError, OSError) as e:
+                except (HaError, OSError) as e:
                     log.warning("gratuitous arp: re-announce %s: %s", res, e)
         threading.Thread(target=send, name=f"reannounce-{group.name}", daemon=True).start()
 
@@ -199,7 +199,7 @@ class Daemon:
                 self._log("crit", f"group {g.name!r}: non-idle at start-up ({' '.join(running)} running "
                                   f"or unknown): stopping it before joining the cluster")
                 if not await self.runner.stop_group(g):
-                    raise ReplicaError(f"hbd: start-up: group {g.name!r} cannot be stopped: refusing to join")
+                    raise HaError(f"hbd: start-up: group {g.name!r} cannot be stopped: refusing to join")
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -224,8 +224,8 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_shutdown)
         loop.add_signal_handler(signal.SIGUSR1, self.dump_state)
         loop.add_signal_handler(signal.SIGHUP, self.config_check)
-        control = ControlSocket(self, self.run_dir)
-        await control.open()
+        control = open_control_socket(self.run_dir, ControlCommands(
+            node=self.node, membership=self.m, groups=self.g, journal=self.journal, kick=self.kick), loop)
         worker = asyncio.create_task(self._op_worker())
         try:
             self._pump()
@@ -388,7 +388,7 @@ class Daemon:
         try:
             load_all(self.config_dir, self.node)
             self._log("info", "SIGHUP: configuration OK; restart hbd to apply changes")
-        except ReplicaError as e:
+        except HaError as e:
             self._log("crit", f"SIGHUP: configuration invalid, keeping the running one: {e}")
 
 
@@ -445,7 +445,7 @@ def check_pidfile(path: str) -> None:
                 return
     except OSError:
         return
-    raise ReplicaError(f"already running: pid {pid} ({path})")
+    raise HaError(f"already running: pid {pid} ({path})")
 
 
 def parse_args(argv):
@@ -476,7 +476,7 @@ def main(argv=None) -> int:
     try:
         os.makedirs(run_dir, mode=0o755, exist_ok=True)
         check_pidfile(pid_path)
-    except (OSError, ReplicaError) as e:
+    except (OSError, HaError) as e:
         print(f"hbd: {e}", file=sys.stderr)
         return 1
     if not args.foreground:
@@ -491,7 +491,7 @@ def main(argv=None) -> int:
     except ConfigError as e:
         log.critical("configuration error: %s", e)
         return EXIT_CONFIG
-    except (ReplicaError, OSError) as e:
+    except (HaError, OSError) as e:
         log.critical("%s", e)
         return 1
     finally:

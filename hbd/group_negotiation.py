@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from replica.errors import StateChangeRefused
+from hacommon.errors import StateChangeRefused
 
 from .group_actions import COMPLEMENT, HOLD_VALUES, GroupState, Phase
 

@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from replica.errors import ConfigError
+from hacommon.errors import ConfigError
 
 from .group_actions import (COMPLEMENT, HOLD_VALUES, Action, FenceNode, GroupChanged, GroupState, Notice,
                             Phase, Reannounce, SendMessage, ShutdownComplete, StartGroup, StopGroup)

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from replica.errors import ConfigError
+from hacommon.errors import ConfigError
 
 _IP_GLOB = re.compile(r"[0-9].*\.[0-9].*\.[0-9].*\.[0-9].*\Z", re.DOTALL)
 _SCRIPT_RE = re.compile(r"[A-Za-z0-9_.+-][A-Za-z0-9_.+@-]*\Z")

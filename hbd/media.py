@@ -16,7 +16,7 @@ import struct
 import time
 
 from hbd import ipaddr
-from replica.errors import ConfigError
+from hacommon.errors import ConfigError
 
 log = logging.getLogger("hbd")
 

@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from replica.errors import ConfigError
+from hacommon.errors import ConfigError
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 120.0

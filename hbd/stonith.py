@@ -29,7 +29,7 @@ import shlex
 from dataclasses import dataclass
 
 from hbd.resources import ScriptResult, run_script
-from replica.errors import ConfigError
+from hacommon.errors import ConfigError
 
 STONITH_TIMEOUT_S = 60.0
 SYSTEM_DIRS = ("/usr/lib/stonith/plugins/external", "/usr/lib/x86_64-linux-gnu/stonith/plugins/external")

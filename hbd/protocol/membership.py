@@ -65,7 +65,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence, Union
 
-from replica.errors import LocalProtocolError
+from hacommon.errors import LocalProtocolError
 
 from .packets import BadPacket, HbMessage, decode_message, encode_message
 

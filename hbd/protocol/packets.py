@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence, Union
 
-from replica.errors import LocalProtocolError, RemoteProtocolError
+from hacommon.errors import LocalProtocolError, RemoteProtocolError
 
 if TYPE_CHECKING:  # pragma: no cover - only for annotations; keeps this module I/O-free
     from hbd.authkeys import AuthKeys

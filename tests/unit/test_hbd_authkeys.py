@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from hbd.authkeys import AuthKeys, AuthMethod, crc32_heartbeat, load_authkeys, parse_authkeys
-from replica.errors import ConfigError
+from hacommon.errors import ConfigError
 
 SEED = pathlib.Path(__file__).resolve().parents[1] / "data" / "seed"
 # heartbeat-reference.md 1.4 test vector

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from hbd.groups import (FenceNode, GroupChanged, GroupManager, GroupState, Notice, Phase, SendMessage,
                         ShutdownComplete, StartGroup, StopGroup)
-from replica.errors import ConfigError, StateChangeRefused
+from hacommon.errors import ConfigError, StateChangeRefused
 
 
 @dataclass(frozen=True)

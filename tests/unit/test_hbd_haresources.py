@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from hbd.haresources import (ResourceGroup, ResourceSpec, load_haresources, parse_haresources,
                              parse_resource)
-from replica.errors import ConfigError
+from hacommon.errors import ConfigError
 
 SEED = pathlib.Path(__file__).resolve().parents[1] / "data" / "seed"
 

@@ -9,7 +9,7 @@ from hbd.authkeys import parse_authkeys
 from hbd.protocol.membership import (Membership, MessageReceived, NodeDead, NodeLate, NodeRestarted, NodeUp,
                                      PacketDropped)
 from hbd.protocol.packets import decode_message, encode_message
-from replica.errors import LocalProtocolError
+from hacommon.errors import LocalProtocolError
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "data"
 SHA1 = parse_authkeys("auth 2\n2 sha1 mahnamahna\n")

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from hbd.authkeys import parse_authkeys
 from hbd.protocol.packets import BadPacket, HbMessage, decode_message, encode_message, nvpair_text
-from replica.errors import LocalProtocolError, RemoteProtocolError
+from hacommon.errors import LocalProtocolError, RemoteProtocolError
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "data"
 SHA1 = parse_authkeys("auth 2\n2 sha1 mahnamahna\n")

@@ -11,7 +11,7 @@ import pytest
 from hbd.haresources import parse_haresources
 from hbd.resources import (ResourceRunner, ScriptResult, builtin_resource_dir, find_script, resource_dirs,
                            run_script, script_env, status_says_running)
-from replica.errors import ConfigError
+from hacommon.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = os.path.join(REPO, "scripts", "resource.d")

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from hbd.ipaddr import ARPOP_REPLY, ARPOP_REQUEST, IpSpec, build_garp, parse_ip_spec
 from hbd.journal import Journal, format_record, read_journal
-from replica.errors import ConfigError
+from hacommon.errors import ConfigError
 
 
 @pytest.mark.parametrize("text,spec", [

@@ -7,7 +7,7 @@ import pytest
 
 from hbd.config import parse_ha_config
 from hbd.stonith import device_status, fence, get_hosts, load_devices
-from replica.errors import ConfigError
+from hacommon.errors import ConfigError
 
 PLUGIN = """#!/bin/sh
 case "$1" in
