@@ -9,7 +9,7 @@ from hbd.haresources import (ResourceGroup, ResourceSpec, load_haresources, pars
                              parse_resource)
 from hacommon.errors import ConfigError
 
-SEED = pathlib.Path(__file__).resolve().parents[1] / "data" / "seed"
+SEED = pathlib.Path(__file__).resolve().parents[2] / "examples" / "seed"
 
 
 def test_seed_file_verbatim():
