@@ -185,7 +185,7 @@ def _parse_index(word: str, where: str) -> int:
     return int(word)
 
 
-def load_authkeys(config_dir, check_mode: bool = True) -> AuthKeys:
+def load_authkeys(config_dir: str | os.PathLike[str], check_mode: bool = True) -> AuthKeys:
     """Read DIR/authkeys; refuse it when group or others may read it (heartbeat does)."""
     path = os.path.join(os.fspath(config_dir), "authkeys")
     try:

@@ -33,7 +33,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import TYPE_CHECKING, Sequence, Union, overload
 
 from hacommon.errors import LocalProtocolError, RemoteProtocolError
 
@@ -84,6 +84,11 @@ class HbMessage:
             if k == name:
                 return v
         return default
+
+    @overload
+    def get_str(self, name: str, default: str) -> str: ...
+    @overload
+    def get_str(self, name: str, default: None = None) -> str | None: ...
 
     def get_str(self, name: str, default: str | None = None) -> str | None:
         v = self.get(name)
