@@ -25,7 +25,6 @@ from typing import Any
 
 from hacommon.control import ControlServer, Reply
 from hacommon.errors import HaError, StateChangeRefused
-
 from hbd.groups import GroupManager
 from hbd.journal import Journal, read_journal
 from hbd.protocol.membership import Membership

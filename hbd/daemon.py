@@ -45,20 +45,38 @@ import threading
 import time
 from collections.abc import Sequence
 
+from hacommon.daemonize import daemonize
+from hacommon.errors import ConfigError, HaError
 from hbd import ipaddr, stonith
 from hbd.authkeys import AuthKeys, load_authkeys
 from hbd.config import HaConfig, load_ha_config
 from hbd.control import ControlCommands, open_control_socket
-from hbd.groups import (Action, FenceNode, GroupChanged, GroupManager, Notice, Reannounce, SendMessage,
-                        ShutdownComplete, StartGroup, StopGroup)
+from hbd.groups import (
+    Action,
+    FenceNode,
+    GroupChanged,
+    GroupManager,
+    Notice,
+    Reannounce,
+    SendMessage,
+    ShutdownComplete,
+    StartGroup,
+    StopGroup,
+)
 from hbd.haresources import ResourceGroup, load_haresources
 from hbd.journal import Journal
 from hbd.media import Media
-from hbd.protocol.membership import (Event, Membership, MessageReceived, NodeDead, NodeLate, NodeRestarted,
-                                     NodeUp, PacketDropped)
+from hbd.protocol.membership import (
+    Event,
+    Membership,
+    MessageReceived,
+    NodeDead,
+    NodeLate,
+    NodeRestarted,
+    NodeUp,
+    PacketDropped,
+)
 from hbd.resources import InProcessScript, ResourceRunner, resource_dirs, script_env
-from hacommon.daemonize import daemonize
-from hacommon.errors import ConfigError, HaError
 
 DEFAULT_CONFIG_DIR = "/etc/ha.d"
 DEFAULT_RUN_DIR = "/run/hbd"
@@ -255,7 +273,7 @@ class Daemon:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), min(delay, 1.0))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 now = time.monotonic()
                 t = self.m.get_timer()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+
 class GroupState(enum.Enum):
     STOPPED = "stopped"
     STARTING = "starting"

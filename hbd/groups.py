@@ -68,8 +68,21 @@ from typing import Any, Protocol
 
 from hacommon.errors import ConfigError
 
-from .group_actions import (COMPLEMENT, HOLD_VALUES, Action, FenceNode, GroupChanged, GroupState, Notice,
-                            Phase, Reannounce, SendMessage, ShutdownComplete, StartGroup, StopGroup)
+from .group_actions import (
+    COMPLEMENT,
+    HOLD_VALUES,
+    Action,
+    FenceNode,
+    GroupChanged,
+    GroupState,
+    Notice,
+    Phase,
+    Reannounce,
+    SendMessage,
+    ShutdownComplete,
+    StartGroup,
+    StopGroup,
+)
 from .group_negotiation import STANDBY_INIT_TIMEOUT_S, STANDBY_TOTAL_TIMEOUT_S, PeerNegotiation, Standby
 
 __all__ = ["GroupManager", "GroupState", "Phase", "Action", "StartGroup", "StopGroup", "SendMessage",

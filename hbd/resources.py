@@ -40,8 +40,8 @@ import re
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from hacommon.errors import ConfigError
 from hbd.config import HaConfig
@@ -137,7 +137,7 @@ async def run_script(argv: list[str], *, timeout_s: float, env: Mapping[str, str
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
         timed_out = False
-    except asyncio.TimeoutError:
+    except TimeoutError:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -199,7 +199,7 @@ class ResourceRunner:
             argv = (path, *res.args, action)
             try:
                 rc, text = await asyncio.wait_for(asyncio.to_thread(handler, tuple(res.args), action), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return ScriptResult(argv, -1, "", True, time.monotonic() - t0)
             return ScriptResult(argv, rc, text, False, time.monotonic() - t0)
         return await run_script([path, *res.args, action], timeout_s=timeout, env=self.env)

@@ -28,8 +28,8 @@ import os
 import shlex
 from dataclasses import dataclass
 
-from hbd.resources import ScriptResult, run_script
 from hacommon.errors import ConfigError
+from hbd.resources import ScriptResult, run_script
 
 STONITH_TIMEOUT_S = 60.0
 SYSTEM_DIRS = ("/usr/lib/stonith/plugins/external", "/usr/lib/x86_64-linux-gnu/stonith/plugins/external")
@@ -100,7 +100,7 @@ async def _run(dev: StonithDevice, action: str, *args: str, timeout_s: float) ->
             return ScriptResult((dev.path, action, *args), -1,
                                 f"plugin wants {len(names)} parameter(s) ({' '.join(names)}), "
                                 f"ha.cf gives {len(dev.params)}", False, 0.0)
-        env.update(zip(names, dev.params))
+        env.update(zip(names, dev.params, strict=True))
     return await run_script([dev.path, action, *args], timeout_s=timeout_s, env=env)
 
 

@@ -81,7 +81,7 @@ class Lab:
         self._up = False
 
     # --- topology --------------------------------------------------------------------------
-    def setup(self) -> "Lab":
+    def setup(self) -> Lab:
         self._up = True
         for ns in self.ns.values():
             sh("ip", "netns", "add", ns)

@@ -62,8 +62,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any
 
 from hacommon.errors import LocalProtocolError
 
@@ -118,7 +119,7 @@ class PacketDropped:
     detail: str = ""
 
 
-Event = Union[NodeUp, NodeLate, NodeDead, NodeRestarted, MessageReceived, PacketDropped]
+Event = NodeUp | NodeLate | NodeDead | NodeRestarted | MessageReceived | PacketDropped
 
 
 @dataclass

@@ -5,10 +5,11 @@ import pathlib
 import shutil
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hbd.authkeys import AuthKeys, AuthMethod, crc32_heartbeat, load_authkeys, parse_authkeys
 from hacommon.errors import ConfigError
+from hbd.authkeys import AuthKeys, AuthMethod, crc32_heartbeat, load_authkeys, parse_authkeys
 
 SEED = pathlib.Path(__file__).resolve().parents[2] / "examples" / "seed"
 # heartbeat-reference.md 1.4 test vector

@@ -3,10 +3,11 @@
 import pathlib
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hbd.config import HaConfig, Mcast, Ucast, load_ha_config, parse_ha_config, parse_time_s
 from hacommon.errors import ConfigError
+from hbd.config import HaConfig, Mcast, Ucast, load_ha_config, parse_ha_config, parse_time_s
 
 SEED = pathlib.Path(__file__).resolve().parents[2] / "examples" / "seed"
 MIN = "bcast eth0\nnode ha1 ha2\n"

@@ -3,11 +3,11 @@
 import pathlib
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hbd.haresources import (ResourceGroup, ResourceSpec, load_haresources, parse_haresources,
-                             parse_resource)
 from hacommon.errors import ConfigError
+from hbd.haresources import ResourceGroup, ResourceSpec, load_haresources, parse_haresources, parse_resource
 
 SEED = pathlib.Path(__file__).resolve().parents[2] / "examples" / "seed"
 
