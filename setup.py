@@ -8,7 +8,7 @@ setup(
     name="replica-ha",
     version="0.1.0",
     description="High availability for ordinary Linux servers: replicated disks over NBD and heartbeat failover",
-    packages=find_packages(include=["replica", "replica.*", "hbd", "hbd.*"]),
+    packages=find_packages(include=["replica", "replica.*", "hbd", "hbd.*", "hacommon", "hacommon.*"]),
     python_requires=">=3.11",
     setup_requires=["cffi>=1.15"],
     cffi_modules=["csrc/build_mirror.py:ffibuilder"],

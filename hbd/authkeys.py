@@ -42,7 +42,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from replica.errors import ConfigError
+from hacommon.errors import ConfigError
 
 METHODS = ("crc", "md5", "sha1", "sha256")
 MAX_AUTH_INDEX = 15  # heartbeat MAXAUTH 16: ids 0..15
@@ -143,9 +143,11 @@ def parse_authkeys(text: str, path: str = "authkeys") -> AuthKeys:
             rest = words[1:]
         elif words[0] in METHODS:
             if active_index is None:
-                raise ConfigError(f"{where}: method line without an entry number: expected 'N {words[0]} KEY', got {line!r}")
+                raise ConfigError(f"{where}: method line without an entry number: "
+                                  f"expected 'N {words[0]} KEY', got {line!r}")
             if active_index in methods:
-                raise ConfigError(f"{where}: method line without an entry number: entry {active_index} is already defined, expected 'N {words[0]} KEY'")
+                raise ConfigError(f"{where}: method line without an entry number: "
+                                  f"entry {active_index} is already defined, expected 'N {words[0]} KEY'")
             index = active_index
             rest = words
             warnings.append(f"{where}: method line without an entry number taken as entry {active_index} "
@@ -156,7 +158,8 @@ def parse_authkeys(text: str, path: str = "authkeys") -> AuthKeys:
             raise ConfigError(f"{where}: entry {index}: missing method: expected one of {', '.join(METHODS)}")
         name = rest[0].lower()
         if name not in METHODS:
-            raise ConfigError(f"{where}: entry {index}: unknown method {rest[0]!r}: expected one of {', '.join(METHODS)}")
+            raise ConfigError(f"{where}: entry {index}: unknown method {rest[0]!r}: "
+                              f"expected one of {', '.join(METHODS)}")
         if index in methods:
             raise ConfigError(f"{where}: entry {index}: defined twice")
         if name == "crc":
@@ -185,7 +188,7 @@ def _parse_index(word: str, where: str) -> int:
     return int(word)
 
 
-def load_authkeys(config_dir, check_mode: bool = True) -> AuthKeys:
+def load_authkeys(config_dir: str | os.PathLike[str], check_mode: bool = True) -> AuthKeys:
     """Read DIR/authkeys; refuse it when group or others may read it (heartbeat does)."""
     path = os.path.join(os.fspath(config_dir), "authkeys")
     try:

@@ -38,7 +38,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from replica.errors import ConfigError
+from hacommon.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -480,7 +480,7 @@ def parse_ha_config(text: str, path: str = "ha.cf") -> HaConfig:
     return parser.finish()
 
 
-def load_ha_config(config_dir) -> HaConfig:
+def load_ha_config(config_dir: str | os.PathLike[str]) -> HaConfig:
     """Read and parse DIR/ha.cf."""
     path = os.path.join(os.fspath(config_dir), "ha.cf")
     try:

@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""hbd's control socket: RUN_DIR/hbd.sock, one JSON request line in, one JSON answer line out.
+"""hbd's control commands: what hbctl may ask through RUN_DIR/hbd.sock, and the answers.
 
-The server side of hbctl (hbd.ctl).  Requests and answers::
+The socket itself (JSON lines, mode 0600, limits) is hacommon.control's
+ControlServer; this module owns hbd's command table and the hop from the
+server's thread onto the daemon's event loop.  Requests and answers::
 
     {"cmd": "status", "journal": N}   -> {"ok": true, "node", "pid", "membership", "groups", "journal"}
     {"cmd": "nodestatus", "node": X}  -> {"ok": true, "status": "up|active|dead|init|..."}
@@ -9,87 +11,87 @@ The server side of hbctl (hbd.ctl).  Requests and answers::
     {"cmd": "standby"|"takeover", "which": "all|local|foreign"}  -> {"ok": true} or
                                          {"ok": false, "error": "<the refusal sentence>"}
 
-Standby and takeover requests are journaled (accepted or refused).  The socket
-is mode 0600: only root may move resources.
+Standby and takeover requests are journaled (accepted or refused).  Only root
+may move resources (the socket is mode 0600).
 """
 from __future__ import annotations
 
 import asyncio
-import json
+import concurrent.futures
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
-from replica.errors import ReplicaError, StateChangeRefused
-
-from hbd.journal import read_journal
+from hacommon.control import ControlServer, Reply
+from hacommon.errors import HaError, StateChangeRefused
+from hbd.groups import GroupManager
+from hbd.journal import Journal, read_journal
+from hbd.protocol.membership import Membership
 
 SOCKET_NAME = "hbd.sock"
+ANSWER_TIMEOUT_S = 10.0     # the loop answers at once unless it is stuck
 
 
-class ControlSocket:
-    """Serves hbctl for one Daemon (its membership `m`, groups `g`, `journal`, `kick()`)."""
+class ControlCommands:
+    """hbctl's commands over one running daemon: its membership, groups and journal.
 
-    def __init__(self, daemon, run_dir: str):
-        self.daemon = daemon
-        self.path = os.path.join(run_dir, SOCKET_NAME)
-        self._server: asyncio.AbstractServer | None = None
+    Runs on the daemon's event loop only; `kick` tells the loop that a request moved something."""
 
-    async def open(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        self._server = await asyncio.start_unix_server(self._on_client, path=self.path)
-        os.chmod(self.path, 0o600)
+    def __init__(self, *, node: str, membership: Membership, groups: GroupManager, journal: Journal,
+                 kick: Callable[[], None]):
+        self.node = node
+        self.membership = membership
+        self.groups = groups
+        self.journal = journal
+        self.kick = kick
 
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-    async def _on_client(self, reader, writer) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            try:
-                req = json.loads(line)
-                resp = self.handle_request(req if isinstance(req, dict) else {})
-            except (ValueError, TypeError):
-                resp = {"ok": False, "error": "control: bad request: expected one JSON object per line"}
-            writer.write(json.dumps(resp, default=str).encode() + b"\n")
-            await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    def handle_request(self, req: dict) -> dict:
-        d = self.daemon
+    def handle_request(self, req: dict[str, Any]) -> Reply:
         cmd = req.get("cmd")
         now = time.monotonic()
         if cmd == "status":
-            return {"ok": True, "node": d.node, "pid": os.getpid(), "membership": d.m.snapshot(),
-                    "groups": d.g.snapshot(),
-                    "journal": read_journal(d.journal.path, limit=int(req.get("journal", 15)))}
+            return {"ok": True, "node": self.node, "pid": os.getpid(), "membership": self.membership.snapshot(),
+                    "groups": self.groups.snapshot(),
+                    "journal": read_journal(self.journal.path, limit=int(req.get("journal", 15)))}
         if cmd == "nodestatus":
             try:
-                return {"ok": True, "status": d.m.node_status(str(req.get("node", "")))}
-            except ReplicaError as e:
+                return {"ok": True, "status": self.membership.node_status(str(req.get("node", "")))}
+            except HaError as e:
                 return {"ok": False, "error": f"nodestatus: {e}"}
         if cmd == "rscstatus":
-            return {"ok": True, "rscstatus": d.g.rscstatus()}
+            return {"ok": True, "rscstatus": self.groups.rscstatus()}
         if cmd in ("standby", "takeover"):
             which = str(req.get("which", "all"))
             try:
-                (d.g.request_standby if cmd == "standby" else d.g.request_takeover)(which, now)
+                if cmd == "standby":
+                    self.groups.request_standby(which, now)
+                else:
+                    self.groups.request_takeover(which, now)
             except StateChangeRefused as e:
-                d.journal.record("request", what=cmd, which=which, result="refused", detail=str(e))
+                self.journal.record("request", what=cmd, which=which, result="refused", detail=str(e))
                 return {"ok": False, "error": str(e)}
-            d.journal.record("request", what=cmd, which=which, result="ok")
-            d.kick()
+            self.journal.record("request", what=cmd, which=which, result="ok")
+            self.kick()
             return {"ok": True}
         return {"ok": False, "error": f"control: unknown command {cmd!r}"}
 
+
+def open_control_socket(run_dir: str, commands: ControlCommands,
+                        loop: asyncio.AbstractEventLoop) -> ControlServer:
+    """Serve `commands` on RUN_DIR/hbd.sock; each request is answered on `loop`'s thread."""
+
+    def on_request(req: dict[str, Any]) -> Reply:      # the server's connection thread
+        answer: concurrent.futures.Future[Reply] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                answer.set_result(commands.handle_request(req))
+            except BaseException as e:      # handed to the waiting thread, which re-raises it
+                answer.set_exception(e)
+        loop.call_soon_threadsafe(run)
+        try:
+            return answer.result(ANSWER_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            return {"ok": False, "error": f"control: hbd did not answer within {ANSWER_TIMEOUT_S:g} s"}
+
+    return ControlServer(os.path.join(run_dir, SOCKET_NAME), on_request, name="hbd")

@@ -17,12 +17,13 @@ prints "Heartbeat is stopped on this machine."); 2 usage.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import socket
 import sys
 import time
+from typing import Any
 
+from hacommon.control import BadReply, ControlError, NotListening, exchange
+from hbd.control import SOCKET_NAME
 from hbd.journal import format_record
 
 DEFAULT_RUN_DIR = "/run/hbd"
@@ -30,29 +31,18 @@ NO_CHANGE_GIVE_UP_S = 15.0   # the peer ignores a standby request while it is in
 
 
 class NotRunning(Exception):
-    pass
+    """hbd does not answer on its control socket (exit code 3)."""
 
 
-def request(run_dir: str, req: dict, timeout_s: float = 10.0) -> dict:
-    path = os.path.join(run_dir, "hbd.sock")
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout_s)
+def request(run_dir: str, req: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
+    """One request to the hbd of `run_dir` (hacommon.control); NotRunning if it cannot answer."""
+    path = os.path.join(run_dir, SOCKET_NAME)
     try:
-        s.connect(path)
-    except (FileNotFoundError, ConnectionRefusedError) as e:
+        return exchange(path, req, timeout_s)
+    except NotListening as e:
         raise NotRunning(f"hbctl: hbd is not running: {path}: {e.strerror}") from None
-    with s:
-        s.sendall(json.dumps(req).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    try:
-        return json.loads(buf)
-    except ValueError:
-        raise NotRunning(f"hbctl: bad answer from hbd at {path}: {buf[:80]!r}") from None
+    except BadReply as e:
+        raise NotRunning(f"hbctl: bad answer from hbd at {path}: {e.data[:80]!r}") from None
 
 
 def print_status(st: dict) -> None:
@@ -78,7 +68,7 @@ def print_status(st: dict) -> None:
             print("  " + format_record(rec))
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hbctl", description="query and steer a running hbd")
     p.add_argument("--run-dir", default=os.environ.get("HBD_RUN_DIR", DEFAULT_RUN_DIR))
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -140,7 +130,7 @@ def main(argv=None) -> int:
         # The reader went away (`hbctl status | head`): stop quietly, as ls or cat do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as e:
+    except (ControlError, OSError) as e:
         print(f"hbctl: {args.cmd}: {e}", file=sys.stderr)
         return 1
 

@@ -43,21 +43,40 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 
+from hacommon.daemonize import daemonize
+from hacommon.errors import ConfigError, HaError
 from hbd import ipaddr, stonith
-from hbd.authkeys import load_authkeys
-from hbd.config import load_ha_config
-from hbd.control import ControlSocket
-from hbd.groups import (FenceNode, GroupChanged, GroupManager, Notice, Reannounce, SendMessage,
-                        ShutdownComplete, StartGroup, StopGroup)
-from hbd.haresources import load_haresources
+from hbd.authkeys import AuthKeys, load_authkeys
+from hbd.config import HaConfig, load_ha_config
+from hbd.control import ControlCommands, open_control_socket
+from hbd.groups import (
+    Action,
+    FenceNode,
+    GroupChanged,
+    GroupManager,
+    Notice,
+    Reannounce,
+    SendMessage,
+    ShutdownComplete,
+    StartGroup,
+    StopGroup,
+)
+from hbd.haresources import ResourceGroup, load_haresources
 from hbd.journal import Journal
 from hbd.media import Media
-from hbd.protocol.membership import (Membership, MessageReceived, NodeDead, NodeLate, NodeRestarted,
-                                     NodeUp, PacketDropped)
-from hbd.resources import ResourceRunner, resource_dirs, script_env
-from replica.daemonize import daemonize
-from replica.errors import ConfigError, ReplicaError
+from hbd.protocol.membership import (
+    Event,
+    Membership,
+    MessageReceived,
+    NodeDead,
+    NodeLate,
+    NodeRestarted,
+    NodeUp,
+    PacketDropped,
+)
+from hbd.resources import InProcessScript, ResourceRunner, resource_dirs, script_env
 
 DEFAULT_CONFIG_DIR = "/etc/ha.d"
 DEFAULT_RUN_DIR = "/run/hbd"
@@ -70,7 +89,7 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
 log = logging.getLogger("hbd")
 
 
-def load_all(config_dir: str, node: str):
+def load_all(config_dir: str, node: str) -> tuple[HaConfig, tuple[ResourceGroup, ...], AuthKeys]:
     """(HaConfig, groups, AuthKeys) or ConfigError."""
     cfg = load_ha_config(config_dir)
     if node.lower() not in [n.lower() for n in cfg.nodes]:
@@ -81,7 +100,8 @@ def load_all(config_dir: str, node: str):
     return cfg, groups, keys
 
 
-def config_report(cfg, groups, keys, node: str, config_dir: str) -> str:
+def config_report(cfg: HaConfig, groups: Sequence[ResourceGroup], keys: AuthKeys, node: str,
+                  config_dir: str) -> str:
     dirs = resource_dirs(config_dir)
     runner = ResourceRunner(dirs=dirs, env={}, log=lambda level, text: None)
     lines = [f"ha.cf: {cfg.path}",
@@ -131,7 +151,13 @@ def next_generation(run_dir: str) -> int:
 # --- the daemon ---------------------------------------------------------------------------
 
 class Daemon:
-    def __init__(self, cfg, groups, keys, *, node: str, config_dir: str, run_dir: str):
+    """One hbd: the loop, the wiring of membership, groups, runner and journal (module docstring).
+
+    Membership and GroupManager are born in run() (they need the generation and the clock);
+    `m` and `g` raise before that."""
+
+    def __init__(self, cfg: HaConfig, groups: Sequence[ResourceGroup], keys: AuthKeys, *, node: str,
+                 config_dir: str, run_dir: str) -> None:
         self.cfg, self.groups_cfg, self.keys = cfg, groups, keys
         self.node = node.lower()
         self.config_dir, self.run_dir = config_dir, run_dir
@@ -144,17 +170,30 @@ class Daemon:
         self.devices = stonith.load_devices(cfg, self.node, config_dir)
         self.by_key = {g.name: g for g in groups}
         self.media = Media(cfg)
-        self.m: Membership | None = None
-        self.g: GroupManager | None = None
-        self._ops: asyncio.Queue | None = None
-        self._wake: asyncio.Event | None = None
-        self._done: asyncio.Event | None = None
+        self._m: Membership | None = None
+        self._g: GroupManager | None = None
+        # asyncio primitives bind to the running loop on first use (Python >= 3.10)
+        self._ops: asyncio.Queue[StartGroup | StopGroup] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._done = asyncio.Event()
         self._drop_logged: dict[str, float] = {}
         self._shutting_down = False
 
-    def _ipaddr_handler(self, prog: str):
+    @property
+    def m(self) -> Membership:
+        if self._m is None:
+            raise HaError("hbd: membership used before the daemon runs")
+        return self._m
+
+    @property
+    def g(self) -> GroupManager:
+        if self._g is None:
+            raise HaError("hbd: groups used before the daemon runs")
+        return self._g
+
+    def _ipaddr_handler(self, prog: str) -> InProcessScript:
         """IPaddr/IPaddr2 in-process (no interpreter start-up on the failover path)."""
-        def handler(args: tuple, action: str) -> tuple[int, str]:
+        def handler(args: tuple[str, ...], action: str) -> tuple[int, str]:
             if len(args) != 1:
                 return 2, f"{prog}: expected one argument ip[/nbits[/dev[:label]][/bcast]], got {len(args)}"
             return ipaddr.perform(args[0], action, prog=prog, garp_count=self.cfg.gratuitous_arp_count,
@@ -167,11 +206,11 @@ class Daemon:
             try:
                 n = ipaddr.send_gratuitous_arp(ifname, address, count, interval_ms)
                 log.debug("gratuitous arp: %s on %s: %d frames sent", address, ifname, n)
-            except (ReplicaError, OSError) as e:
+            except (HaError, OSError) as e:
                 log.warning("gratuitous arp: %s on %s: %s", address, ifname, e)
         threading.Thread(target=send, name=f"garp-{address}", daemon=True).start()
 
-    def _reannounce(self, group) -> None:
+    def _reannounce(self, group: ResourceGroup) -> None:
         """Gratuitous ARP again for the group's addresses (where they are configured now)."""
         def send() -> None:
             for res in group.resources:
@@ -184,7 +223,7 @@ class Daemon:
                             self._log("info", f"gratuitous arp: re-announcing {addr} on {ifname}")
                             ipaddr.send_gratuitous_arp(ifname, addr, self.cfg.gratuitous_arp_count,
                                                        self.cfg.gratuitous_arp_interval_ms)
-                except (ReplicaError, OSError) as e:
+                except (HaError, OSError) as e:
                     log.warning("gratuitous arp: re-announce %s: %s", res, e)
         threading.Thread(target=send, name=f"reannounce-{group.name}", daemon=True).start()
 
@@ -199,23 +238,22 @@ class Daemon:
                 self._log("crit", f"group {g.name!r}: non-idle at start-up ({' '.join(running)} running "
                                   f"or unknown): stopping it before joining the cluster")
                 if not await self.runner.stop_group(g):
-                    raise ReplicaError(f"hbd: start-up: group {g.name!r} cannot be stopped: refusing to join")
+                    raise HaError(f"hbd: start-up: group {g.name!r} cannot be stopped: refusing to join")
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        self._ops, self._wake, self._done = asyncio.Queue(), asyncio.Event(), asyncio.Event()
         generation = next_generation(self.run_dir)
         self.journal.record("daemon", state="start", generation=generation)
         self._log("info", f"hbd {self.node}: starting, generation {generation}, "
                           f"keepalive {self.cfg.keepalive_s:g}s deadtime {self.cfg.deadtime_s:g}s")
         await self.release_non_idle()
         now = time.monotonic()
-        self.m = Membership(self.node, self.cfg.nodes, keepalive_s=self.cfg.keepalive_s,
+        self._m = Membership(self.node, self.cfg.nodes, keepalive_s=self.cfg.keepalive_s,
                             warntime_s=self.cfg.warntime_s, deadtime_s=self.cfg.deadtime_s,
                             initdead_s=self.cfg.initdead_s, authkeys=self.keys, generation=generation,
                             now=now, udpport=self.cfg.udpport, wall_clock_offset=time.time() - now,
                             max_rexmit_delay_s=self.cfg.max_rexmit_delay_ms / 1000.0)
-        self.g = GroupManager(self.node, [n.lower() for n in self.cfg.nodes], self.groups_cfg,
+        self._g = GroupManager(self.node, [n.lower() for n in self.cfg.nodes], self.groups_cfg,
                               auto_failback=self.cfg.auto_failback, stonith_configured=bool(self.devices),
                               initdead_s=self.cfg.initdead_s, now=now)
         for s in self.media.socks:
@@ -224,8 +262,8 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_shutdown)
         loop.add_signal_handler(signal.SIGUSR1, self.dump_state)
         loop.add_signal_handler(signal.SIGHUP, self.config_check)
-        control = ControlSocket(self, self.run_dir)
-        await control.open()
+        control = open_control_socket(self.run_dir, ControlCommands(
+            node=self.node, membership=self.m, groups=self.g, journal=self.journal, kick=self.kick), loop)
         worker = asyncio.create_task(self._op_worker())
         try:
             self._pump()
@@ -235,7 +273,7 @@ class Daemon:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), min(delay, 1.0))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 now = time.monotonic()
                 t = self.m.get_timer()
@@ -290,7 +328,7 @@ class Daemon:
             self.m.receive_datagram(data, addr, time.monotonic())
         self.kick()
 
-    def _on_membership_event(self, e, now: float) -> None:
+    def _on_membership_event(self, e: Event, now: float) -> None:
         g = self.g
         if isinstance(e, NodeUp):
             self._log("info", f"node {e.node}: status up (generation {e.generation})")
@@ -319,7 +357,7 @@ class Daemon:
                 self._drop_logged[e.reason] = now
                 self._log("warn", f"membership: packet dropped from {e.addr}: {e.reason}: {e.detail}")
 
-    def _on_group_action(self, a) -> None:
+    def _on_group_action(self, a: Action) -> None:
         if isinstance(a, SendMessage):
             if a.msg_type == "shutdone":
                 self.m.send_shutdone()
@@ -388,13 +426,13 @@ class Daemon:
         try:
             load_all(self.config_dir, self.node)
             self._log("info", "SIGHUP: configuration OK; restart hbd to apply changes")
-        except ReplicaError as e:
+        except HaError as e:
             self._log("crit", f"SIGHUP: configuration invalid, keeping the running one: {e}")
 
 
 # --- process plumbing ---------------------------------------------------------------------
 
-def setup_logging(cfg, node: str, foreground: bool) -> None:
+def setup_logging(cfg: HaConfig, node: str, foreground: bool) -> None:
     log.handlers.clear()
     log.setLevel(logging.DEBUG)
     log.propagate = False
@@ -406,12 +444,12 @@ def setup_logging(cfg, node: str, foreground: bool) -> None:
               file=sys.stderr)
     elif cfg.logfacility and cfg.logfacility != "none":
         try:
-            h = logging.handlers.SysLogHandler(
+            syslog = logging.handlers.SysLogHandler(
                 address="/dev/log", facility=logging.handlers.SysLogHandler.facility_names.get(
                     cfg.logfacility, logging.handlers.SysLogHandler.LOG_DAEMON))
-            h.setFormatter(logging.Formatter(f"hbd[%(process)d]: {node}: %(levelname)s: %(message)s"))
-            h.setLevel(logging.INFO)
-            log.addHandler(h)
+            syslog.setFormatter(logging.Formatter(f"hbd[%(process)d]: {node}: %(levelname)s: %(message)s"))
+            syslog.setLevel(logging.INFO)
+            log.addHandler(syslog)
         except OSError as e:
             print(f"hbd: logfacility {cfg.logfacility}: syslog unavailable: {e.strerror}", file=sys.stderr)
     for path, level in ((cfg.logfile, logging.INFO), (cfg.debugfile, logging.DEBUG)):
@@ -421,10 +459,10 @@ def setup_logging(cfg, node: str, foreground: bool) -> None:
             h.setLevel(level)
             log.addHandler(h)
     if foreground:
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(fmt_file)
-        h.setLevel(logging.INFO)
-        log.addHandler(h)
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setFormatter(fmt_file)
+        stderr.setLevel(logging.INFO)
+        log.addHandler(stderr)
 
 
 def check_pidfile(path: str) -> None:
@@ -445,10 +483,10 @@ def check_pidfile(path: str) -> None:
                 return
     except OSError:
         return
-    raise ReplicaError(f"already running: pid {pid} ({path})")
+    raise HaError(f"already running: pid {pid} ({path})")
 
 
-def parse_args(argv):
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="hbd", description="Heartbeat-compatible cluster daemon")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr too")
     p.add_argument("--config-dir", default=os.environ.get("HBD_CONFIG_DIR", DEFAULT_CONFIG_DIR))
@@ -458,7 +496,7 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     node = args.node.lower()
     try:
@@ -476,7 +514,7 @@ def main(argv=None) -> int:
     try:
         os.makedirs(run_dir, mode=0o755, exist_ok=True)
         check_pidfile(pid_path)
-    except (OSError, ReplicaError) as e:
+    except (OSError, HaError) as e:
         print(f"hbd: {e}", file=sys.stderr)
         return 1
     if not args.foreground:
@@ -491,7 +529,7 @@ def main(argv=None) -> int:
     except ConfigError as e:
         log.critical("configuration error: %s", e)
         return EXIT_CONFIG
-    except (ReplicaError, OSError) as e:
+    except (HaError, OSError) as e:
         log.critical("%s", e)
         return 1
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+
 class GroupState(enum.Enum):
     STOPPED = "stopped"
     STARTING = "starting"
@@ -47,7 +48,7 @@ class StopGroup:
 @dataclass(frozen=True, slots=True)
 class SendMessage:
     msg_type: str
-    fields: dict
+    fields: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)

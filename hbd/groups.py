@@ -7,8 +7,9 @@ calls with ``now`` (monotonic seconds) passed in, outputs are actions pulled wit
 ``next_action()``.  It never runs a script, sends a packet or reads a clock.
 It owns the decision table (membership, fencing, timers, takeover, failback,
 shutdown) and the start/stop bookkeeping; what each peer message means and the
-standby exchange live in hbd.group_negotiation (the base class
-PeerNegotiation), the states and actions in hbd.group_actions (re-exported).
+standby exchange live in hbd.group_negotiation (``PeerNegotiation``, held as
+``self.negotiation``; it calls back only through the public methods of the
+``GroupOwner`` protocol), the states and actions in hbd.group_actions (re-exported).
 
 Inputs (the daemon calls these)::
 
@@ -61,15 +62,28 @@ Rules (Heartbeat 3.0 semantics, heartbeat-reference.md 1.2, 1.6, 1.7):
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Protocol
 
-from replica.errors import ConfigError
+from hacommon.errors import ConfigError
 
-from .group_actions import (COMPLEMENT, HOLD_VALUES, Action, FenceNode, GroupChanged, GroupState, Notice,
-                            Phase, Reannounce, SendMessage, ShutdownComplete, StartGroup, StopGroup)
-from .group_negotiation import (STANDBY_INIT_TIMEOUT_S, STANDBY_TOTAL_TIMEOUT_S, PeerNegotiation,
-                                _Standby)
+from .group_actions import (
+    COMPLEMENT,
+    HOLD_VALUES,
+    Action,
+    FenceNode,
+    GroupChanged,
+    GroupState,
+    Notice,
+    Phase,
+    Reannounce,
+    SendMessage,
+    ShutdownComplete,
+    StartGroup,
+    StopGroup,
+)
+from .group_negotiation import STANDBY_INIT_TIMEOUT_S, STANDBY_TOTAL_TIMEOUT_S, PeerNegotiation, Standby
 
 __all__ = ["GroupManager", "GroupState", "Phase", "Action", "StartGroup", "StopGroup", "SendMessage",
            "FenceNode", "GroupChanged", "Notice", "ShutdownComplete", "Reannounce", "HOLD_VALUES",
@@ -82,6 +96,15 @@ FAILED_START_HANDOFF_S = 30.0  # ResourceManager: "sleep 30; hb_standby" after a
 LEGACY_ASK_WAIT_S = 5.0      # legacy: a returning node asks for its groups or takes them unasked
 
 
+class GroupSpec(Protocol):
+    """What the manager reads of a group (hbd.haresources.ResourceGroup): its key and preferred node."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def node(self) -> str: ...
+
+
 @dataclass(slots=True)
 class _Fence:
     node: str
@@ -91,18 +114,18 @@ class _Fence:
 
 
 
-class GroupManager(PeerNegotiation):
+class GroupManager:
     """Two-node haresources ownership machine (see the module docstring)."""
 
-    def __init__(self, node: str, nodes: Iterable[str], groups: Iterable, *, auto_failback: str,
-                 stonith_configured: bool, initdead_s: float, now: float):
+    def __init__(self, node: str, nodes: Iterable[str], groups: Iterable[GroupSpec], *, auto_failback: str,
+                 stonith_configured: bool, initdead_s: float, now: float) -> None:
         self.node = node
-        nodes = tuple(dict.fromkeys(nodes))
-        peers = tuple(n for n in nodes if n != node)
-        if node not in nodes:
-            raise ConfigError(f"groups: node {node!r} is not listed in ha.cf: nodes={' '.join(nodes)}")
+        names = tuple(dict.fromkeys(nodes))
+        peers = tuple(n for n in names if n != node)
+        if node not in names:
+            raise ConfigError(f"groups: node {node!r} is not listed in ha.cf: nodes={' '.join(names)}")
         if len(peers) > 1:
-            raise ConfigError(f"groups: haresources mode supports two nodes: nodes={' '.join(nodes)}")
+            raise ConfigError(f"groups: haresources mode supports two nodes: nodes={' '.join(names)}")
         if auto_failback not in ("on", "off", "legacy"):
             raise ConfigError(f"groups: auto_failback must be on, off or legacy: got {auto_failback!r}")
         self.peer: str | None = peers[0] if peers else None
@@ -116,7 +139,6 @@ class GroupManager(PeerNegotiation):
         self.peer_status = "unknown"            # unknown | up | dead
         self.peer_hold: frozenset[str] | None = None   # keys the peer reported holding
         self.peer_stable = False
-        self.standby: _Standby | None = None
         self.fence: _Fence | None = None
         self._initdead_at = now + initdead_s
         self._failback_at: float | None = None
@@ -126,17 +148,23 @@ class GroupManager(PeerNegotiation):
         self._failback_armed = False             # auto_failback acts when the peer (re)joins only
         self._legacy_release_at: float | None = None
         self._after_ops: list[Callable[[], None]] = []
-        self._actions: deque = deque()
+        self._actions: deque[Action] = deque()
         self._now = now
+        self.negotiation = PeerNegotiation(self)
         for g in self.groups:
-            if g.node not in nodes:
-                self._note("warn", f"group {g.name!r}: preferred node {g.node!r} is not in ha.cf; "
+            if g.node not in names:
+                self.note("warn", f"group {g.name!r}: preferred node {g.node!r} is not in ha.cf; "
                                    f"it is started only by takeover")
         if self.peer is None:
-            self._note("info", "no peer in ha.cf: acquiring every group")
-            self._become_stable_after(self._start_keys(self._keys(lambda g: True), "single node"))
+            self.note("info", "no peer in ha.cf: acquiring every group")
+            self._become_stable_after(self.start_keys(self._keys(lambda g: True), "single node"))
 
     # --- queries --------------------------------------------------------------------------
+
+    @property
+    def standby(self) -> Standby | None:
+        """The standby exchange in progress, if any (owned by the negotiation)."""
+        return self.negotiation.standby
 
     def is_local(self, key: str) -> bool:
         return self.by_key[key].node == self.node
@@ -154,12 +182,12 @@ class GroupManager(PeerNegotiation):
 
     def rscstatus(self) -> str:
         """cl_status rscstatus: the hold set, or 'transition' while anything moves."""
-        if self._busy() or self.standby is not None or self.phase is not Phase.STABLE:
+        if self._busy() or self.negotiation.standby is not None or self.phase is not Phase.STABLE:
             return "transition"
         return self.rsc_hold()
 
     def is_stable(self) -> bool:
-        return self.phase is Phase.STABLE and not self._busy() and self.standby is None
+        return self.phase is Phase.STABLE and not self._busy() and self.negotiation.standby is None
 
     def next_action(self) -> Action | None:
         return self._actions.popleft() if self._actions else None
@@ -170,8 +198,8 @@ class GroupManager(PeerNegotiation):
             timers.append(self._initdead_at)
         if self.fence is not None and not self.fence.running and self.fence.retry_at is not None:
             timers.append(self.fence.retry_at)
-        if self.standby is not None:
-            timers.append(self.standby.deadline)
+        if self.negotiation.standby is not None:
+            timers.append(self.negotiation.standby.deadline)
         if self._failback_at is not None:
             timers.append(self._failback_at)
         if self._handoff_at is not None:
@@ -180,14 +208,14 @@ class GroupManager(PeerNegotiation):
             timers.append(self._legacy_release_at)
         return min(timers) if timers else None
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
+        sb = self.negotiation.standby
         return {
             "node": self.node, "peer": self.peer, "phase": self.phase.value,
             "peer_status": self.peer_status, "auto_failback": self.auto_failback,
             "rscstatus": self.rscstatus(),
             "peer_hold": sorted(self.peer_hold) if self.peer_hold is not None else None,
-            "standby": None if self.standby is None else
-            {"role": self.standby.role, "which": self.standby.which, "keys": list(self.standby.keys)},
+            "standby": None if sb is None else {"role": sb.role, "which": sb.which, "keys": list(sb.keys)},
             "fencing": None if self.fence is None else {"node": self.fence.node, "attempts": self.fence.attempts},
             "groups": [{"key": g.name, "node": g.node, "state": self.state[g.name].value}
                        for g in self.groups],
@@ -204,16 +232,16 @@ class GroupManager(PeerNegotiation):
         self.peer_hold = None
         self.peer_stable = False
         if self.fence is not None:
-            self._note("warn", f"node {node!r} came back before it was fenced: takeover cancelled")
+            self.note("warn", f"node {node!r} came back before it was fenced: takeover cancelled")
             self.fence = None
         self._failback_armed = True
         if was == "dead":
-            self._note("info", f"node {node!r} returned: exchanging resource reports")
-        self._send("starting", {})
-        self._send_report("node_up")
+            self.note("info", f"node {node!r} returned: exchanging resource reports")
+        self.send("starting", {})
+        self.send_report("node_up")
         if self.auto_failback == "legacy" and self.phase is Phase.INIT:
             self._acquire_local("req_our_resources()")
-        elif self.auto_failback == "legacy" and self._peer_groups_held():
+        elif self.auto_failback == "legacy" and self.peer_groups_held():
             # heartbeat's legacy req_our_resources always acquires the node's own groups: by asking
             # (ip-request, answered below) or, when it saw no active peer yet, by taking them unasked
             self._legacy_release_at = now + LEGACY_ASK_WAIT_S
@@ -229,20 +257,20 @@ class GroupManager(PeerNegotiation):
         self._legacy_release_at = None
         self.peer_stable = False
         self._failback_at = None
-        if self.standby is not None:
-            self._note("warn", f"standby request cancelled: node {node!r} is gone")
-            self.standby = None
+        if self.negotiation.standby is not None:
+            self.note("warn", f"standby request cancelled: node {node!r} is gone")
+            self.negotiation.cancel_standby()
         if self.phase in (Phase.SHUTTING_DOWN, Phase.DOWN):
             return
         if clean:
-            self._note("info", f"node {node!r} shut down cleanly (shutdone): taking over at once")
+            self.note("info", f"node {node!r} shut down cleanly (shutdone): taking over at once")
             self._take_over(node, "shutdone")
         elif self.stonith_configured:
-            self._note("warn", f"node {node!r} is dead: fencing it before takeover")
+            self.note("warn", f"node {node!r} is dead: fencing it before takeover")
             self.fence = _Fence(node=node, running=True, attempts=1)
             self._emit(FenceNode(node))
         else:
-            self._note("warn", f"node {node!r} is dead: no STONITH device configured, "
+            self.note("warn", f"node {node!r} is dead: no STONITH device configured, "
                                f"shared disks are not protected")
             self._take_over(node, "mach_down")
 
@@ -254,13 +282,13 @@ class GroupManager(PeerNegotiation):
         if self.fence is None or self.fence.node != node:
             return
         if ok:
-            self._note("info", f"node {node!r} fenced after {self.fence.attempts} attempt(s)")
+            self.note("info", f"node {node!r} fenced after {self.fence.attempts} attempt(s)")
             self.fence = None
             self._take_over(node, "mach_down")
         else:
             self.fence.running = False
             self.fence.retry_at = now + FENCE_RETRY_S
-            self._note("crit", f"fencing node {node!r} failed (attempt {self.fence.attempts}): "
+            self.note("crit", f"fencing node {node!r} failed (attempt {self.fence.attempts}): "
                                f"takeover withheld, retrying in {FENCE_RETRY_S:g} s")
 
     def shutdown(self, now: float) -> None:
@@ -269,26 +297,42 @@ class GroupManager(PeerNegotiation):
         if self.phase in (Phase.SHUTTING_DOWN, Phase.DOWN):
             return
         self.phase = Phase.SHUTTING_DOWN
-        self.standby = None
+        self.negotiation.cancel_standby()
         self.fence = None
         self._failback_at = None
         keys = [g.name for g in reversed(self.groups)
                 if self.state[g.name] is not GroupState.STOPPED]
-        self._note("info", "shutting down: releasing all resources")
-        self._stop_keys(keys, "shutdown")
+        self.note("info", "shutting down: releasing all resources")
+        self.stop_keys(keys, "shutdown")
 
         def finish() -> None:
             failed = [k for k in keys if self.state[k] is GroupState.FAILED]
             self.phase = Phase.DOWN
             if failed:
-                self._note("crit", f"resources failed to stop: {' '.join(failed)}: "
+                self.note("crit", f"resources failed to stop: {' '.join(failed)}: "
                                    f"not sending shutdone; the peer must fence this node")
                 self._emit(ShutdownComplete(clean=False))
                 return
-            self._send("resource", {"rsc_hold": "none", "rtype": "full", "isstable": "0", "info": "shutdown"})
-            self._send("shutdone", {"st": "dead"})
+            self.send("resource", {"rsc_hold": "none", "rtype": "full", "isstable": "0", "info": "shutdown"})
+            self.send("shutdone", {"st": "dead"})
             self._emit(ShutdownComplete(clean=True))
-        self._after(finish)
+        self.after(finish)
+
+    # --- inputs: peer messages and the administrator (hbd.group_negotiation) --------------
+
+    def receive_message(self, node: str, msg_type: str, fields: Mapping[str, str], now: float) -> None:
+        self._now = now
+        self.negotiation.receive_message(node, msg_type, fields, now)
+
+    def request_standby(self, which: str, now: float) -> None:
+        """hb_standby [all|foreign|local]: give those groups to the peer (StateChangeRefused if not now)."""
+        self._now = now
+        self.negotiation.request_standby(which, now)
+
+    def request_takeover(self, which: str, now: float) -> None:
+        """hb_takeover [all|foreign|local]: ask the peer for those groups (StateChangeRefused if not now)."""
+        self._now = now
+        self.negotiation.request_takeover(which, now)
 
     # --- inputs: runner results and timers -------------------------------------------------
 
@@ -302,10 +346,10 @@ class GroupManager(PeerNegotiation):
         self._now = now
         if self.phase is Phase.INIT and self.peer is not None and now >= self._initdead_at:
             if self.peer_status != "up":
-                self._note("warn", f"initdead expired without hearing {self.peer!r}")
+                self.note("warn", f"initdead expired without hearing {self.peer!r}")
                 self.node_dead(self.peer, now)
             else:
-                self._note("warn", f"initdead expired without a resource report from {self.peer!r}: "
+                self.note("warn", f"initdead expired without a resource report from {self.peer!r}: "
                                    f"acquiring local resources")
                 self._acquire_local("req_our_resources()")
         if self.fence is not None and not self.fence.running and self.fence.retry_at is not None \
@@ -314,10 +358,11 @@ class GroupManager(PeerNegotiation):
             self.fence.retry_at = None
             self.fence.attempts += 1
             self._emit(FenceNode(self.fence.node))
-        if self.standby is not None and now >= self.standby.deadline:
-            self._note("warn", f"standby request cancelled: no answer from {self.peer!r}")
-            self.standby = None
-            if self.auto_failback == "on" and self.standby is None and self.peer_status == "up":
+        sb = self.negotiation.standby
+        if sb is not None and now >= sb.deadline:
+            self.note("warn", f"standby request cancelled: no answer from {self.peer!r}")
+            self.negotiation.cancel_standby()
+            if self.auto_failback == "on" and self.negotiation.standby is None and self.peer_status == "up":
                 self._failback_armed = True
                 self._failback_at = now + FAILBACK_RETRY_S
         if self._failback_at is not None and now >= self._failback_at:
@@ -328,33 +373,95 @@ class GroupManager(PeerNegotiation):
             self._maybe_hand_off_failed()
         if self._legacy_release_at is not None and now >= self._legacy_release_at:
             self._legacy_release_at = None
-            keys = [k for k in self._peer_groups_held() if self.state[k] is GroupState.STARTED]
+            keys = [k for k in self.peer_groups_held() if self.state[k] is GroupState.STARTED]
             if keys and self.peer_status == "up" and self.phase is Phase.STABLE:
-                self._note("warn", f"node {self.peer!r} did not ask for {' '.join(keys)}: it took them "
+                self.note("warn", f"node {self.peer!r} did not ask for {' '.join(keys)}: it took them "
                                    f"itself (legacy): releasing our copy")
-                self._stop_keys(keys, "peer acquired its own group")
-                self._after(lambda: self._send_report("partition"))
+                self.stop_keys(keys, "peer acquired its own group")
+                self.after(lambda: self.send_report("partition"))
+
+    # --- GroupOwner: what hbd.group_negotiation asks of and tells the manager ---------------
+
+    def has_group(self, key: str) -> bool:
+        return key in self.by_key
+
+    def preferred_node(self, key: str) -> str:
+        return self.by_key[key].node
+
+    def group_state(self, key: str) -> GroupState:
+        return self.state[key]
+
+    def is_fencing(self) -> bool:
+        return self.fence is not None
+
+    def peer_groups_held(self) -> list[str]:
+        """The groups we hold whose preferred node is the peer."""
+        return [k for k in self.held_keys() if self.by_key[k].node == self.peer]
+
+    def peer_restarted(self) -> None:
+        """The peer said ``starting``: forget its hold set; failback may act again."""
+        self._failback_armed = True
+        self.peer_hold = None
+        self.peer_stable = False
+
+    def peer_reported(self, hold: frozenset[str], stable: bool) -> None:
+        """The peer's ``resource`` report: it holds these groups, stable or not."""
+        if self.peer_status == "unknown":
+            self.peer_status = "up"
+        self.peer_hold = hold
+        self.peer_stable = stable
+
+    def continue_after_report(self) -> None:
+        """After a peer report: acquire our groups (start-up), or adopt orphans and fail back."""
+        if self.phase is Phase.INIT:
+            self._acquire_local("req_our_resources()")
+        elif self.phase is Phase.STABLE:
+            self._adopt_orphans()
+            self._maybe_auto_failback()
+
+    def standby_taken(self, keys: Iterable[str]) -> None:
+        """The peer released these groups to us by standby: never hand them back after a failed start."""
+        self._got_by_standby |= set(keys)
+        self._given_away -= set(keys)
+
+    def standby_given(self, keys: Iterable[str]) -> None:
+        """We released these groups to the peer by standby: it holds them, do not adopt them back."""
+        self.peer_hold = (self.peer_hold or frozenset()) | frozenset(keys)
+        self._given_away |= set(keys)
+
+    def peer_released(self, key: str) -> None:
+        """The peer gave this group up (legacy ip-request-resp)."""
+        if self.peer_hold is not None:
+            self.peer_hold = self.peer_hold - {key}
+
+    def cancel_legacy_release(self) -> None:
+        """The peer asked for or took its groups itself: the legacy fallback timer has no work left."""
+        if self._legacy_release_at is not None and not self.peer_groups_held():
+            self._legacy_release_at = None
+
+    def reannounce(self, key: str) -> None:
+        self._emit(Reannounce(key))
 
     # --- internals -------------------------------------------------------------------------
 
     def _emit(self, action: Action) -> None:
         self._actions.append(action)
 
-    def _note(self, level: str, text: str) -> None:
+    def note(self, level: str, text: str) -> None:
         self._emit(Notice(level, text))
 
-    def _send(self, msg_type: str, fields: dict) -> None:
+    def send(self, msg_type: str, fields: Mapping[str, str]) -> None:
         if self.peer is not None:
             self._emit(SendMessage(msg_type, dict(fields)))
 
-    def _send_report(self, info: str) -> None:
-        self._send("resource", {"rsc_hold": self.rsc_hold(), "rtype": "full",
+    def send_report(self, info: str) -> None:
+        self.send("resource", {"rsc_hold": self.rsc_hold(), "rtype": "full",
                                 "isstable": "1" if self.is_stable() else "0", "info": info})
 
-    def _keys(self, pred) -> list[str]:
+    def _keys(self, pred: Callable[[GroupSpec], bool]) -> list[str]:
         return [g.name for g in self.groups if pred(g)]
 
-    def _keys_for_hold(self, hold: str, relative_to: str) -> list[str]:
+    def keys_for_hold(self, hold: str, relative_to: str) -> list[str]:
         if hold == "all":
             return self._keys(lambda g: True)
         if hold == "local":
@@ -369,7 +476,7 @@ class GroupManager(PeerNegotiation):
             self.state[key] = new
             self._emit(GroupChanged(key, old, new, reason))
 
-    def _start_keys(self, keys: Iterable[str], reason: str) -> bool:
+    def start_keys(self, keys: Iterable[str], reason: str) -> bool:
         any_started = False
         for key in keys:
             self._queued[key] += 1
@@ -378,7 +485,7 @@ class GroupManager(PeerNegotiation):
             any_started = True
         return any_started
 
-    def _stop_keys(self, keys: Iterable[str], reason: str) -> None:
+    def stop_keys(self, keys: Iterable[str], reason: str) -> None:
         for key in keys:
             self._queued[key] += 1
             self._set_state(key, GroupState.STOPPING, reason)
@@ -387,7 +494,7 @@ class GroupManager(PeerNegotiation):
     def _busy(self) -> bool:
         return any(self._queued.values())
 
-    def _after(self, fn: Callable[[], None]) -> None:
+    def after(self, fn: Callable[[], None]) -> None:
         """Run fn once no group operation is queued (now, if none is)."""
         if self._busy():
             self._after_ops.append(fn)
@@ -418,9 +525,9 @@ class GroupManager(PeerNegotiation):
             if self.phase is Phase.INIT:
                 self.phase = Phase.STABLE
             if self.phase is Phase.STABLE:
-                self._send_report(info)
+                self.send_report(info)
                 self._maybe_auto_failback()
-        self._after(finish)
+        self.after(finish)
 
     def _acquire_local(self, info: str) -> None:
         """nice_failback: take our groups the peer does not hold.  legacy (heartbeat's
@@ -430,26 +537,27 @@ class GroupManager(PeerNegotiation):
         mine = self._keys(lambda g: g.node == self.node and self.state[g.name] is GroupState.STOPPED)
         if self.auto_failback == "legacy" and self.peer_status == "up":
             for k in mine:
-                self._note("info", f"asking {self.peer!r} for group {k!r} (legacy failback)")
-                self._send("ip-request", {"ipaddr": k})
+                self.note("info", f"asking {self.peer!r} for group {k!r} (legacy failback)")
+                self.send("ip-request", {"ipaddr": k})
             self._become_stable_after(False, info)
             return
         free = [k for k in mine if k not in held_by_peer]
-        self._become_stable_after(self._start_keys(free, "local group, not held by peer"), info)
+        self._become_stable_after(self.start_keys(free, "local group, not held by peer"), info)
 
     def _adopt_orphans(self) -> None:
         """Stable, peer up and reporting: start our local groups that nobody holds."""
-        if self.peer_hold is None or not self.peer_stable or self.standby is not None or self._busy():
+        peer_hold = self.peer_hold
+        if peer_hold is None or not self.peer_stable or self.negotiation.standby is not None or self._busy():
             return
-        orphans = self._keys(lambda g: g.node == self.node and g.name not in self.peer_hold
+        orphans = self._keys(lambda g: g.node == self.node and g.name not in peer_hold
                              and g.name not in self._given_away and self.state[g.name] is GroupState.STOPPED)
         if orphans:
-            self._start_keys(orphans, "local group held by nobody")
-            self._after(lambda: self._send_report("req_our_resources()"))
+            self.start_keys(orphans, "local group held by nobody")
+            self.after(lambda: self.send_report("req_our_resources()"))
 
     def _take_over(self, node: str, info: str) -> None:
         keys = self._keys(lambda g: self.state[g.name] in (GroupState.STOPPED, GroupState.FAILED))
-        self._start_keys(keys, f"takeover from {node}")
+        self.start_keys(keys, f"takeover from {node}")
         self._become_stable_after(True, info) if keys else self._become_stable_after(False, info)
 
     def _maybe_hand_off_failed(self) -> None:
@@ -463,7 +571,7 @@ class GroupManager(PeerNegotiation):
             return
         which = "all" if len(failed) == len(self.groups) else (
             "local" if all(self.is_local(k) for k in failed) else "foreign")
-        self._ask_standby(which, failed, f"giving failed group(s) to {self.peer!r}", "warn")
+        self.negotiation.ask_standby(which, failed, f"giving failed group(s) to {self.peer!r}", self._now, "warn")
 
     def _maybe_auto_failback(self) -> None:
         """auto_failback on: hand foreign groups back once their node is up and stable."""
@@ -479,4 +587,5 @@ class GroupManager(PeerNegotiation):
             self._failback_at = self._now + FAILBACK_RETRY_S
             return
         self._failback_armed = False
-        self._ask_standby("foreign", foreign, f"auto_failback: handing groups back to {self.peer!r}")
+        self.negotiation.ask_standby("foreign", foreign, f"auto_failback: handing groups back to {self.peer!r}",
+                                     self._now)

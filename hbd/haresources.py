@@ -25,10 +25,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
-from replica.errors import ConfigError
+from hacommon.errors import ConfigError
 
 _IP_GLOB = re.compile(r"[0-9].*\.[0-9].*\.[0-9].*\.[0-9].*\Z", re.DOTALL)
 _SCRIPT_RE = re.compile(r"[A-Za-z0-9_.+-][A-Za-z0-9_.+@-]*\Z")
@@ -143,7 +143,8 @@ def parse_haresources(text: str, path: str = "haresources",
     return tuple(groups)
 
 
-def load_haresources(config_dir, nodes: Sequence[str] | None = None) -> tuple[ResourceGroup, ...]:
+def load_haresources(config_dir: str | os.PathLike[str],
+                     nodes: Sequence[str] | None = None) -> tuple[ResourceGroup, ...]:
     """Read and parse DIR/haresources (a missing file is an error: v1 mode needs it)."""
     path = os.path.join(os.fspath(config_dir), "haresources")
     try:

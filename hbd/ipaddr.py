@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute, NetlinkError
 
-from replica.errors import ConfigError, ReplicaError
+from hacommon.errors import ConfigError, HaError
 
 ETH_P_ARP = 0x0806
 ARPOP_REQUEST = 1
@@ -44,7 +44,7 @@ ARPOP_REPLY = 2
 BROADCAST_MAC = b"\xff" * 6
 
 
-class IpAddrError(ReplicaError):
+class IpAddrError(HaError):
     """Adding/removing an address failed (message: `ipaddr: <what>: <details>`)."""
 
 

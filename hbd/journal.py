@@ -36,7 +36,7 @@ class Journal:
         self._f = open(path, "a", encoding="utf-8", buffering=1)
 
     def record(self, event: str, **fields) -> dict:
-        rec = {"ts": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        rec = {"ts": datetime.datetime.now(datetime.UTC).isoformat(),
                "mono": round(time.monotonic(), 6), "node": self.node, "event": event}
         rec.update(fields)
         self._f.write(json.dumps(rec, sort_keys=False, default=str) + "\n")

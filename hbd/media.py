@@ -15,8 +15,9 @@ import socket
 import struct
 import time
 
+from hacommon.errors import ConfigError
 from hbd import ipaddr
-from replica.errors import ConfigError
+from hbd.config import HaConfig
 
 log = logging.getLogger("hbd")
 
@@ -24,7 +25,7 @@ log = logging.getLogger("hbd")
 class Media:
     """UDP sockets for bcast / ucast (udpport) and mcast lines; send() goes out on all of them."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: HaConfig) -> None:
         self.cfg = cfg
         self.socks: list[socket.socket] = []
         self.targets: list[tuple[socket.socket, tuple[str, int]]] = []

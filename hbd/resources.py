@@ -40,10 +40,12 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
-from replica.errors import ConfigError
+from hacommon.errors import ConfigError
+from hbd.config import HaConfig
+from hbd.haresources import ResourceGroup, ResourceSpec
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 120.0
@@ -66,7 +68,7 @@ def builtin_resource_dir() -> str | None:
     return None
 
 
-def resource_dirs(config_dir: str, environ: dict | None = None) -> tuple[str, ...]:
+def resource_dirs(config_dir: str, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     env = os.environ if environ is None else environ
     dirs = [os.path.join(config_dir, "resource.d")]
     extra = env.get("HBD_RESOURCE_DIRS")
@@ -123,7 +125,7 @@ def status_says_running(result: ScriptResult) -> bool | None:
     return None
 
 
-async def run_script(argv: list[str], *, timeout_s: float, env: dict) -> ScriptResult:
+async def run_script(argv: list[str], *, timeout_s: float, env: Mapping[str, str]) -> ScriptResult:
     """Run argv in its own process group; kill the group on timeout."""
     t0 = time.monotonic()
     try:
@@ -135,7 +137,7 @@ async def run_script(argv: list[str], *, timeout_s: float, env: dict) -> ScriptR
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
         timed_out = False
-    except asyncio.TimeoutError:
+    except TimeoutError:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -143,8 +145,12 @@ async def run_script(argv: list[str], *, timeout_s: float, env: dict) -> ScriptR
         out, _ = await proc.communicate()
         timed_out = True
     text = (out or b"").decode("utf-8", "replace").strip()
-    rc = -1 if timed_out else proc.returncode
+    rc = -1 if timed_out or proc.returncode is None else proc.returncode
     return ScriptResult(tuple(argv), rc, text, timed_out, time.monotonic() - t0)
+
+
+# hbd's own scripts run in-process: fn(args, action) -> (exit code, output)
+InProcessScript = Callable[[tuple[str, ...], str], tuple[int, str]]
 
 
 class ResourceRunner:
@@ -154,11 +160,11 @@ class ResourceRunner:
     receives one record per resource transition.
     """
 
-    def __init__(self, *, dirs: Iterable[str], env: dict, log: Callable[[str, str], None],
-                 journal: Callable[..., None] | None = None, start_timeout_s: float = START_TIMEOUT_S,
+    def __init__(self, *, dirs: Iterable[str], env: Mapping[str, str], log: Callable[[str, str], None],
+                 journal: Callable[..., object] | None = None, start_timeout_s: float = START_TIMEOUT_S,
                  stop_timeout_s: float = STOP_TIMEOUT_S, status_timeout_s: float = STATUS_TIMEOUT_S,
                  stop_retry_max: int = STOP_RETRY_MAX, stop_retry_interval_s: float = STOP_RETRY_INTERVAL_S,
-                 inprocess: dict | None = None):
+                 inprocess: Mapping[str, InProcessScript] | None = None) -> None:
         self.dirs = tuple(dirs)
         # name -> fn(args, action) -> (rc, output): hbd's own scripts run in-process (in a thread)
         # when the search path resolves to hbd's copy; an admin's script of the same name wins.
@@ -173,7 +179,7 @@ class ResourceRunner:
         self.stop_retry_max = stop_retry_max
         self.stop_retry_interval_s = stop_retry_interval_s
 
-    def check_group(self, group) -> None:
+    def check_group(self, group: ResourceGroup) -> None:
         """Raise ConfigError naming the haresources line if any script is missing."""
         for res in group.resources:
             try:
@@ -181,7 +187,7 @@ class ResourceRunner:
             except ConfigError as e:
                 raise ConfigError(f"haresources:{group.line}: resource {str(res)!r}: {e}") from None
 
-    async def run(self, res, action: str) -> ScriptResult:
+    async def run(self, res: ResourceSpec, action: str) -> ScriptResult:
         try:
             path = find_script(res.name, self.dirs)
         except ConfigError as e:
@@ -193,17 +199,17 @@ class ResourceRunner:
             argv = (path, *res.args, action)
             try:
                 rc, text = await asyncio.wait_for(asyncio.to_thread(handler, tuple(res.args), action), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return ScriptResult(argv, -1, "", True, time.monotonic() - t0)
             return ScriptResult(argv, rc, text, False, time.monotonic() - t0)
         return await run_script([path, *res.args, action], timeout_s=timeout, env=self.env)
 
-    async def is_running(self, res) -> bool | None:
+    async def is_running(self, res: ResourceSpec) -> bool | None:
         return status_says_running(await self.run(res, "status"))
 
-    async def start_group(self, group) -> bool:
+    async def start_group(self, group: ResourceGroup) -> bool:
         """Start left to right; on a failure stop what this call started, in reverse."""
-        started = []
+        started: list[ResourceSpec] = []
         for res in group.resources:
             if await self.is_running(res) is True:
                 self.log("info", f"resource {str(res)!r}: already running, not started again")
@@ -223,14 +229,14 @@ class ResourceRunner:
                          duration_s=round(result.duration_s, 3))
         return True
 
-    async def stop_group(self, group) -> bool:
+    async def stop_group(self, group: ResourceGroup) -> bool:
         """Stop right to left; True when every resource is stopped."""
         ok = True
         for res in reversed(group.resources):
             ok = await self._stop_one(group, res) and ok
         return ok
 
-    async def _stop_one(self, group, res) -> bool:
+    async def _stop_one(self, group: ResourceGroup, res: ResourceSpec) -> bool:
         for attempt in range(1, self.stop_retry_max + 1):
             result = await self.run(res, "stop")
             if result.ok:
@@ -252,11 +258,12 @@ class ResourceRunner:
         self.journal("resource", group=group.name, resource=str(res), action="stop", result="failed")
         return False
 
-    async def group_status(self, group) -> list[tuple[str, bool | None]]:
+    async def group_status(self, group: ResourceGroup) -> list[tuple[str, bool | None]]:
         return [(str(res), await self.is_running(res)) for res in group.resources]
 
 
-def script_env(base: dict, *, config_dir: str, node: str, run_dir: str, cfg=None) -> dict:
+def script_env(base: Mapping[str, str], *, config_dir: str, node: str, run_dir: str,
+               cfg: HaConfig | None = None) -> dict[str, str]:
     """Environment for resource scripts (documented in the module docstring)."""
     env = dict(base)
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

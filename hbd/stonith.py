@@ -28,8 +28,8 @@ import os
 import shlex
 from dataclasses import dataclass
 
+from hacommon.errors import ConfigError
 from hbd.resources import ScriptResult, run_script
-from replica.errors import ConfigError
 
 STONITH_TIMEOUT_S = 60.0
 SYSTEM_DIRS = ("/usr/lib/stonith/plugins/external", "/usr/lib/x86_64-linux-gnu/stonith/plugins/external")
@@ -91,19 +91,21 @@ def load_devices(cfg, node: str, config_dir: str, environ: dict | None = None) -
 
 
 async def _run(dev: StonithDevice, action: str, *args: str, timeout_s: float) -> ScriptResult:
+    if dev.path is None:    # the null device: its callers answer without a script
+        return ScriptResult((dev.type, action, *args), -1, f"stonith: {dev.type}: no plugin script", False, 0.0)
     env = dict(os.environ)
-    names = await _config_names(dev, timeout_s)
+    names = await _config_names(dev.path, timeout_s)
     if names is not None:
         if len(names) != len(dev.params):
-            return ScriptResult((dev.path or dev.type, action, *args), -1,
+            return ScriptResult((dev.path, action, *args), -1,
                                 f"plugin wants {len(names)} parameter(s) ({' '.join(names)}), "
                                 f"ha.cf gives {len(dev.params)}", False, 0.0)
-        env.update(zip(names, dev.params))
+        env.update(zip(names, dev.params, strict=True))
     return await run_script([dev.path, action, *args], timeout_s=timeout_s, env=env)
 
 
-async def _config_names(dev: StonithDevice, timeout_s: float) -> list[str] | None:
-    r = await run_script([dev.path, "getconfignames"], timeout_s=timeout_s, env=dict(os.environ))
+async def _config_names(path: str, timeout_s: float) -> list[str] | None:
+    r = await run_script([path, "getconfignames"], timeout_s=timeout_s, env=dict(os.environ))
     if not r.ok:
         return None
     return r.output.split()

@@ -30,7 +30,7 @@ import time
 from replica import locations, netif
 from replica.config import Config, HostSection, load_config
 from replica.control import ControlError, ControlServer
-from replica.daemonize import daemonize
+from hacommon.daemonize import daemonize
 from replica.errors import ConfigError, ReplicaError
 from replica.resource import ResourceRuntime
 
@@ -188,7 +188,7 @@ class Daemon:
 
     def run(self) -> int:
         os.makedirs(self.where.run_dir, mode=0o755, exist_ok=True)
-        self.control = ControlServer(self.where.control_socket, self.handle)
+        self.control = ControlServer(self.where.control_socket, self.handle, name="replicad")
         with open(self.where.pid_file, "w") as f:
             f.write(f"{os.getpid()}\n")
         log.info("started: node %s, config %s, run dir %s", self.where.node, self.where.config,

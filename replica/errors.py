@@ -1,22 +1,11 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Exception hierarchy for replica. Messages follow `<context>: <what failed>: <details>`."""
+"""Exception hierarchy for replica: hacommon.errors under replica's names.
 
+Messages follow `<context>: <what failed>: <details>`.  ``ReplicaError`` is
+``hacommon.errors.HaError`` itself (not a subclass), so replica and hbd raise and
+catch one hierarchy.
+"""
+from hacommon.errors import ConfigError, LocalProtocolError, RemoteProtocolError, StateChangeRefused
+from hacommon.errors import HaError as ReplicaError
 
-class ReplicaError(Exception):
-    """Base of every error replica raises on purpose."""
-
-
-class ConfigError(ReplicaError):
-    """A configuration file is wrong; the message starts with `file:line:`."""
-
-
-class LocalProtocolError(ReplicaError):
-    """We tried to misuse a protocol (a bug on our side or a caller's)."""
-
-
-class RemoteProtocolError(ReplicaError):
-    """The peer or client sent something the protocol does not allow."""
-
-
-class StateChangeRefused(ReplicaError):
-    """A role/state change was refused; the message is one DRBD-style sentence."""
+__all__ = ["ReplicaError", "ConfigError", "LocalProtocolError", "RemoteProtocolError", "StateChangeRefused"]

@@ -13,8 +13,8 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,7 +81,9 @@ def paired(uri_a: str, uri_b: str, rw: str, bs: str, qd: int) -> tuple[dict, dic
     for _ in range(REPEATS):
         runs_a.append(fio(uri_a, rw, bs, qd))
         runs_b.append(fio(uri_b, rw, bs, qd))
-    median = lambda runs: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+    def median(runs):
+        return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     return median(runs_a), median(runs_b)
 
 

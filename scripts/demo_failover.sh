@@ -78,10 +78,10 @@ say "heartbeat: the seed's ha.cf and authkeys (timing shortened), haresources \"
 for n in ha1 ha2; do
     d=$WORK/$n; mkdir -p "$d/ha.d/resource.d" "$d/run"
     sed -e 's/^keepalive .*/keepalive 200ms/' -e 's/^deadtime .*/deadtime 2/' \
-        "$REPO/tests/data/seed/ha.cf" > "$d/ha.d/ha.cf"
+        "$REPO/examples/seed/ha.cf" > "$d/ha.d/ha.cf"
     printf 'initdead 4\nauto_failback on\n' >> "$d/ha.d/ha.cf"
     echo "ha1 $VIP datadisk kvstore" > "$d/ha.d/haresources"
-    install -m 600 "$REPO/tests/data/seed/authkeys" "$d/ha.d/authkeys"
+    install -m 600 "$REPO/examples/seed/authkeys" "$d/ha.d/authkeys"
     cat > "$d/ha.d/resource.d/kvstore" <<EOF
 #!/bin/sh
 # LSB script for the demo database, bound to the VIP, its records on r0 (this node's export)

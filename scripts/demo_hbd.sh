@@ -37,10 +37,10 @@ make_lan
 for n in ha1 ha2; do
     d=$WORK/$n; mkdir -p "$d/ha.d/resource.d" "$d/run" "$d/www"
     sed -e 's/^keepalive .*/keepalive 200ms/' -e 's/^deadtime .*/deadtime 1/' \
-        "$REPO/tests/data/seed/ha.cf" > "$d/ha.d/ha.cf"
+        "$REPO/examples/seed/ha.cf" > "$d/ha.d/ha.cf"
     printf 'initdead 2\nauto_failback on\n' >> "$d/ha.d/ha.cf"
     echo "ha1 $VIP httpd" > "$d/ha.d/haresources"
-    install -m 600 "$REPO/tests/data/seed/authkeys" "$d/ha.d/authkeys"
+    install -m 600 "$REPO/examples/seed/authkeys" "$d/ha.d/authkeys"
     echo "served by $n" > "$d/www/index.html"
     cat > "$d/ha.d/resource.d/httpd" <<EOF
 #!/bin/sh

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """Measure hbd failover time: last heartbeat of the dead node -> the VIP answers on the survivor.
 
-Runs two hbd (ha1, ha2) in network namespaces with the seed's files (tests/hbd_netns.py), a
+Runs two hbd (ha1, ha2) in network namespaces with the seed's files (scripts/hbd_lab.py), a
 client namespace on the same bridge runs a probe that (a) timestamps every heartbeat datagram
 from ha1 (UDP 694) and (b) pings the VIP every 20 ms with raw ICMP.  ha1 "dies" by losing its
 link (ip link set eth0 down), so only ha2 can answer.  All clocks are CLOCK_MONOTONIC (shared
@@ -28,10 +28,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tests"))
 
 from hbd.journal import read_journal  # noqa: E402
-from hbd_netns import VIP, Lab  # noqa: E402
+from scripts.hbd_lab import VIP, Lab  # noqa: E402
 
 PROBE = r"""
 import json, os, select, socket, struct, sys, time

@@ -62,12 +62,16 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any
 
-from replica.errors import LocalProtocolError
+from hacommon.errors import LocalProtocolError
 
-from .packets import BadPacket, HbMessage, decode_message, encode_message
+from .packets import BadPacket, FieldValue, HbMessage, decode_message, encode_message
+
+if TYPE_CHECKING:  # pragma: no cover - only for annotations; keeps this module I/O-free
+    from hbd.authkeys import AuthKeys
 
 FLOWCONTROL_LIMIT = 250        # heartbeat: MAXMSGHIST / 2; bigger gaps reset tracking
 MAX_REXMIT_BATCH = 50          # heartbeat: at most 50 retransmissions per request
@@ -115,7 +119,7 @@ class PacketDropped:
     detail: str = ""
 
 
-Event = Union[NodeUp, NodeLate, NodeDead, NodeRestarted, MessageReceived, PacketDropped]
+Event = NodeUp | NodeLate | NodeDead | NodeRestarted | MessageReceived | PacketDropped
 
 
 @dataclass
@@ -139,7 +143,7 @@ class Membership:
     """Membership of `node` among `nodes` (ha.cf `node` lines, ourselves included)."""
 
     def __init__(self, node: str, nodes: Sequence[str], *, keepalive_s: float, warntime_s: float,
-                 deadtime_s: float, initdead_s: float, authkeys, generation: int, now: float,
+                 deadtime_s: float, initdead_s: float, authkeys: AuthKeys, generation: int, now: float,
                  udpport: int = 694, uuid: bytes | None = None, hopfudge: int = 1,
                  max_rexmit_delay_s: float = 0.25, history_size: int = 500,
                  wall_clock_offset: float = 0.0, load_average: str = "0.00 0.00 0.00 1/1 1") -> None:
@@ -175,9 +179,9 @@ class Membership:
             "suppressed_after_shutdone")}
         self._now = now
         self._seq = 0
-        self._history: OrderedDict[int, list] = OrderedDict()  # seq -> [datagram, last sent at]
+        self._history: OrderedDict[int, list[Any]] = OrderedDict()  # seq -> [datagram, last sent at]
         self._out: list[bytes] = []
-        self._events: deque = deque()
+        self._events: deque[Event] = deque()
         self._pending_drops = 0
         self._next_heartbeat = now
         self._peers: dict[str, _Peer] = {}
@@ -213,7 +217,7 @@ class Membership:
     def peer_dead_s(self, node: str) -> float:
         return self._peers[node.lower()].dead_s
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         """A JSON-able picture for `hbctl status` and SIGUSR1 dumps."""
         return {
             "node": self.node, "status": self.local_status, "generation": self.generation, "seq": self._seq,
@@ -318,6 +322,7 @@ class Membership:
             self._drop("dropped_unknown_node", addr, f"message {msg.type!r} from unknown node {msg.origin!r}")
             return
         gen = msg.generation
+        assert gen is not None      # decode_message refuses a message without 'hg'
         if peer.generation is not None and gen < peer.generation:
             self._drop("dropped_old_generation", addr,
                        f"{msg.type} from {src}: generation {gen:x} older than {peer.generation:x} (replay?)")
@@ -333,9 +338,11 @@ class Membership:
             if for_us:
                 self._handle_control(peer, msg, now)
             return
+        seq = msg.seq
+        assert seq is not None      # decode_message refuses a non-NS_ message without 'seq'
         first_missing = min(peer.missing) if peer.missing else None
-        if not self._accept_seq(peer, msg.seq, now):
-            self._drop("dropped_replay", addr, f"{msg.type} from {src}: seq {msg.seq:x} already seen", event=False)
+        if not self._accept_seq(peer, seq, now):
+            self._drop("dropped_replay", addr, f"{msg.type} from {src}: seq {seq:x} already seen", event=False)
             return
         self.counters["accepted"] += 1
         peer.last_heard = now
@@ -346,7 +353,7 @@ class Membership:
         if msg.type == "status" and "protocol" in msg:
             peer.flow_control = True
         if peer.flow_control and not self.closed:
-            self._maybe_ack(peer, msg.seq, first_missing)
+            self._maybe_ack(peer, seq, first_missing)
         if msg.deadtime_ms:
             peer.dead_s = max(msg.deadtime_ms / 1000.0, self.keepalive_s * 2)
         status = msg.status if msg.type == "status" else None
@@ -417,7 +424,9 @@ class Membership:
         """
         if first_missing is not None and seq == first_missing:
             # a gap's first hole was filled: ack the highest trigger-aligned seq now complete
-            upto = min(peer.missing) - 1 if peer.missing else peer.last_seq
+            last = peer.last_seq
+            assert last is not None     # _accept_seq just accepted seq, so a last seq exists
+            upto = min(peer.missing) - 1 if peer.missing else last
             x = upto % ACK_MSG_DIV
             ack = (upto // ACK_MSG_DIV - (0 if x >= peer.ack_trigger else 1)) * ACK_MSG_DIV + peer.ack_trigger
             if ack >= first_missing:
@@ -496,7 +505,7 @@ class Membership:
         nxt = self._next_heartbeat + self.keepalive_s
         self._next_heartbeat = nxt if nxt > now else now + self.keepalive_s
 
-    def _send(self, msg_type: str, own: list, own_first: bool = False) -> None:
+    def _send(self, msg_type: str, own: list[tuple[str, FieldValue]], own_first: bool = False) -> None:
         # heartbeat puts `dest` before `t` in repnodes (heartbeat-wire.md 4)
         fields = own[:1] + [("t", msg_type)] + own[1:] if own_first else [("t", msg_type)] + list(own)
         dest = next((v for k, v in own if k == "dest"), None)

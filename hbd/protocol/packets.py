@@ -32,10 +32,11 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import TYPE_CHECKING, overload
 
-from replica.errors import LocalProtocolError, RemoteProtocolError
+from hacommon.errors import LocalProtocolError, RemoteProtocolError
 
 if TYPE_CHECKING:  # pragma: no cover - only for annotations; keeps this module I/O-free
     from hbd.authkeys import AuthKeys
@@ -51,7 +52,7 @@ MAX_MESSAGE_SIZE = 256 * 1024  # cluster-glue MAXMSG
 # the control fields heartbeat appends to every cluster message, in order
 CONTROL_FIELDS = ("destuuid", "src", "srcuuid", "seq", "hg", "ts", "ld", "ttl", "auth")
 
-FieldValue = Union[str, bytes]
+FieldValue = str | bytes
 
 _NAME_RE = re.compile(rb"[A-Za-z0-9_.\-]{1,64}\Z")
 _HEX_RE = re.compile(r"[0-9a-fA-F]{1,16}\Z")
@@ -84,6 +85,11 @@ class HbMessage:
             if k == name:
                 return v
         return default
+
+    @overload
+    def get_str(self, name: str, default: str) -> str: ...
+    @overload
+    def get_str(self, name: str, default: None = None) -> str | None: ...
 
     def get_str(self, name: str, default: str | None = None) -> str | None:
         v = self.get(name)
@@ -158,7 +164,7 @@ def _netstring(payload: bytes) -> bytes:
     return b"%d:%s," % (len(payload), payload)
 
 
-def encode_message(fields: Sequence[tuple[str, FieldValue]], authkeys: "AuthKeys") -> bytes:
+def encode_message(fields: Sequence[tuple[str, FieldValue]], authkeys: AuthKeys) -> bytes:
     """The datagram heartbeat would send for `fields`, with inner auth and trailer.
 
     An `auth` field in `fields` is ignored (it is recomputed and put last).
@@ -218,7 +224,7 @@ def _split_field(raw: bytes, what: str) -> tuple[str, bytes]:
     return name.decode("ascii"), raw[eq + 1:]
 
 
-def _decode_netstring(data: bytes, authkeys: "AuthKeys") -> HbMessage:
+def _decode_netstring(data: bytes, authkeys: AuthKeys) -> HbMessage:
     pos = len(NETSTRING_START)
     fields: list[tuple[str, FieldValue]] = []
     while True:
@@ -256,7 +262,7 @@ def _decode_netstring(data: bytes, authkeys: "AuthKeys") -> HbMessage:
     return _checked(HbMessage(tuple(fields), "netstring"))
 
 
-def _decode_classic(data: bytes, authkeys: "AuthKeys") -> HbMessage:
+def _decode_classic(data: bytes, authkeys: AuthKeys) -> HbMessage:
     if data.endswith(b"\0"):
         data = data[:-1]
     if not data.endswith(CLASSIC_END):
@@ -318,7 +324,7 @@ def _checked(msg: HbMessage) -> HbMessage:
     return msg
 
 
-def decode_message(data: bytes, authkeys: "AuthKeys") -> HbMessage:
+def decode_message(data: bytes, authkeys: AuthKeys) -> HbMessage:
     """Parse and authenticate one datagram; raises BadPacket, nothing else."""
     if len(data) > MAX_MESSAGE_SIZE:
         raise BadPacket("malformed", f"datagram too long: {len(data)} bytes, at most {MAX_MESSAGE_SIZE}")

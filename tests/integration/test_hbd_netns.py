@@ -3,7 +3,7 @@
 
 Only the timing lines of ha.cf are replaced (keepalive 200ms, deadtime 1 s, initdead 2 s, and
 auto_failback where a test is about it); interface (eth0), addresses (10.0.17.0/24, VIP 10.0.17.26),
-node names (ha1/ha2 via --node), haresources and authkeys are the seed's.  See tests/hbd_netns.py.
+node names (ha1/ha2 via --node), haresources and authkeys are the seed's.  See scripts/hbd_lab.py.
 """
 import json
 import os

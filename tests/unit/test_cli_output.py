@@ -109,7 +109,7 @@ class FakeDaemon:
     def __init__(self, env, reply):
         self.requests = []
         self.reply = reply
-        self.server = ControlServer(str(env["run"] / "replicad.sock"), self.handle)
+        self.server = ControlServer(str(env["run"] / "replicad.sock"), self.handle, name="replicad")
 
     def handle(self, req):
         self.requests.append(req)

@@ -5,12 +5,13 @@ import pathlib
 import shutil
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from hacommon.errors import ConfigError
 from hbd.authkeys import AuthKeys, AuthMethod, crc32_heartbeat, load_authkeys, parse_authkeys
-from replica.errors import ConfigError
 
-SEED = pathlib.Path(__file__).resolve().parents[1] / "data" / "seed"
+SEED = pathlib.Path(__file__).resolve().parents[2] / "examples" / "seed"
 # heartbeat-reference.md 1.4 test vector
 BODY = b"t=status\nst=active\nsrc=ha1\nseq=1\nhg=3\nts=3e8a1b2c\nld=0.00 0.01 0.05 1/60 1234\nttl=3\n"
 DOC_EXAMPLE = "auth 2\n1 crc\n2 sha1 HI!\n3 md5 Hello!\n"

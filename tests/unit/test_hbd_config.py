@@ -3,12 +3,13 @@
 import pathlib
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from hacommon.errors import ConfigError
 from hbd.config import HaConfig, Mcast, Ucast, load_ha_config, parse_ha_config, parse_time_s
-from replica.errors import ConfigError
 
-SEED = pathlib.Path(__file__).resolve().parents[1] / "data" / "seed"
+SEED = pathlib.Path(__file__).resolve().parents[2] / "examples" / "seed"
 MIN = "bcast eth0\nnode ha1 ha2\n"
 
 

@@ -3,11 +3,22 @@
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hbd.groups import (FenceNode, GroupChanged, GroupManager, GroupState, Notice, Phase, SendMessage,
-                        ShutdownComplete, StartGroup, StopGroup)
-from replica.errors import ConfigError, StateChangeRefused
+from hacommon.errors import ConfigError, StateChangeRefused
+from hbd.groups import (
+    FenceNode,
+    GroupChanged,
+    GroupManager,
+    GroupState,
+    Notice,
+    Phase,
+    SendMessage,
+    ShutdownComplete,
+    StartGroup,
+    StopGroup,
+)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SEED = os.path.join(REPO, "tests", "data", "seed")
+SEED = os.path.join(REPO, "examples", "seed")
 LSB = "#!/bin/sh\ncase $1 in start|stop) exit 0;; status) echo stopped; exit 3;; esac\nexit 2\n"
 
 

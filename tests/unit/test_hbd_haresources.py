@@ -3,13 +3,13 @@
 import pathlib
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hbd.haresources import (ResourceGroup, ResourceSpec, load_haresources, parse_haresources,
-                             parse_resource)
-from replica.errors import ConfigError
+from hacommon.errors import ConfigError
+from hbd.haresources import ResourceGroup, ResourceSpec, load_haresources, parse_haresources, parse_resource
 
-SEED = pathlib.Path(__file__).resolve().parents[1] / "data" / "seed"
+SEED = pathlib.Path(__file__).resolve().parents[2] / "examples" / "seed"
 
 
 def test_seed_file_verbatim():

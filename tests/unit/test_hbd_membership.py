@@ -3,13 +3,21 @@
 import pathlib
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from hacommon.errors import LocalProtocolError
 from hbd.authkeys import parse_authkeys
-from hbd.protocol.membership import (Membership, MessageReceived, NodeDead, NodeLate, NodeRestarted, NodeUp,
-                                     PacketDropped)
+from hbd.protocol.membership import (
+    Membership,
+    MessageReceived,
+    NodeDead,
+    NodeLate,
+    NodeRestarted,
+    NodeUp,
+    PacketDropped,
+)
 from hbd.protocol.packets import decode_message, encode_message
-from replica.errors import LocalProtocolError
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "data"
 SHA1 = parse_authkeys("auth 2\n2 sha1 mahnamahna\n")

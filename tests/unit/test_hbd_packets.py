@@ -6,11 +6,12 @@ import hmac
 import pathlib
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from hacommon.errors import LocalProtocolError, RemoteProtocolError
 from hbd.authkeys import parse_authkeys
 from hbd.protocol.packets import BadPacket, HbMessage, decode_message, encode_message, nvpair_text
-from replica.errors import LocalProtocolError, RemoteProtocolError
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "data"
 SHA1 = parse_authkeys("auth 2\n2 sha1 mahnamahna\n")

@@ -8,10 +8,18 @@ import sys
 
 import pytest
 
+from hacommon.errors import ConfigError
 from hbd.haresources import parse_haresources
-from hbd.resources import (ResourceRunner, ScriptResult, builtin_resource_dir, find_script, resource_dirs,
-                           run_script, script_env, status_says_running)
-from replica.errors import ConfigError
+from hbd.resources import (
+    ResourceRunner,
+    ScriptResult,
+    builtin_resource_dir,
+    find_script,
+    resource_dirs,
+    run_script,
+    script_env,
+    status_says_running,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = os.path.join(REPO, "scripts", "resource.d")

@@ -4,11 +4,12 @@ hbd.journal round trip."""
 import struct
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from hacommon.errors import ConfigError
 from hbd.ipaddr import ARPOP_REPLY, ARPOP_REQUEST, IpSpec, build_garp, parse_ip_spec
 from hbd.journal import Journal, format_record, read_journal
-from replica.errors import ConfigError
 
 
 @pytest.mark.parametrize("text,spec", [

@@ -1,13 +1,12 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """hbd.stonith: ha.cf stonith/stonith_host selection, null and external plugins (real scripts)."""
 import asyncio
-from dataclasses import dataclass
 
 import pytest
 
+from hacommon.errors import ConfigError
 from hbd.config import parse_ha_config
 from hbd.stonith import device_status, fence, get_hosts, load_devices
-from replica.errors import ConfigError
 
 PLUGIN = """#!/bin/sh
 case "$1" in

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Detaching a daemon from its caller, shared by replicad and hbd (both run with -f otherwise)."""
+"""Detaching a daemon from its caller, shared by replicad and hbd (both stay in the foreground with -f)."""
 import os
 
 

@@ -1,0 +1,178 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The control socket of both daemons: one JSON object per line, each way, over a unix socket.
+
+    request:  {"cmd": "status", ...}
+    reply:    {"ok": true, ...}  or  {"ok": false, "error": "<one sentence>"}
+
+replicad (RUN_DIR/replicad.sock, driven by replicactl) and hbd (RUN_DIR/hbd.sock,
+driven by hbctl) both serve it with ``ControlServer``; both CLIs ask with
+``exchange``.  What the commands mean is the daemon's business (a handler
+function); this module owns the framing, the limits, the socket's life and mode.
+
+Rules:
+
+* One request per connection, at most ``MAX_MESSAGE`` bytes, read within
+  ``READ_TIMEOUT_S``; a request that is not a JSON object with a string ``cmd`` is
+  answered ``control: malformed request: ...`` without calling the handler.
+* The socket is mode 0600 (created under umask 0o177): only root, or the
+  daemon's user, may steer the daemon.
+* A server refuses to start while another daemon still answers on the path; it
+  removes the path on close only while the path is still its own socket.
+* The handler runs on the server's per-connection thread.  A daemon with an
+  event loop hops onto its loop from there (hbd.control does).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from hacommon.errors import HaError
+
+MAX_MESSAGE = 1 << 20
+READ_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = 5.0
+
+Reply = dict[str, Any]
+Handler = Callable[[dict[str, Any]], Reply]
+
+
+class ControlError(HaError):
+    """The daemon refused a command or could not be reached; the message says which."""
+
+
+class NotListening(ControlError):
+    """Nothing accepts connections on the control socket (the daemon is not running)."""
+
+    def __init__(self, path: str, strerror: str):
+        super().__init__(f"control: no daemon answers on {path}: {strerror}")
+        self.path = path
+        self.strerror = strerror
+
+
+class BadReply(ControlError):
+    """The daemon closed the connection without a reply, or the reply is not a JSON object."""
+
+    def __init__(self, path: str, data: bytes):
+        super().__init__(f"control: bad reply on {path}: {data[:80]!r}")
+        self.path = path
+        self.data = data
+
+
+def exchange(path: str, req: Mapping[str, Any], timeout_s: float = 60.0) -> Reply:
+    """Send one request to the daemon at `path`; return its reply object, ``ok`` true or not.
+
+    Raises NotListening, BadReply, ControlError (reply too large) or OSError (timeout, reset)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise NotListening(path, exc.strerror or str(exc)) from exc
+        sock.sendall(json.dumps(dict(req)).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > MAX_MESSAGE:
+                raise ControlError(f"control: reply from {path} is over {MAX_MESSAGE} bytes")
+    finally:
+        sock.close()
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        raise BadReply(path, data) from None
+    if not isinstance(reply, dict):
+        raise BadReply(path, data)
+    return reply
+
+
+def is_answering(path: str) -> bool:
+    """True while a daemon answers on `path` (any reply to ``ping`` counts, even a refusal)."""
+    try:
+        exchange(path, {"cmd": "ping"}, timeout_s=PROBE_TIMEOUT_S)
+        return True
+    except (ControlError, OSError):
+        return False
+
+
+class ControlServer:
+    """Accepts control connections and passes each request dict to handler(request) -> reply dict.
+
+    `name` is the daemon's name for the "already running" refusal (replicad, hbd)."""
+
+    def __init__(self, path: str, handler: Handler, *, name: str):
+        self.path = path
+        self.handler = handler
+        if os.path.exists(path):
+            if is_answering(path):
+                raise ControlError(f"{name} is already running (it answers on {path})")
+            os.unlink(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            self.sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        self._inode = os.stat(path).st_ino
+        self.sock.listen(16)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="control", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop accepting (connections already accepted still get their reply); idempotent.
+        The path is removed only while it is still our socket: once we stopped listening, a
+        new daemon may have bound the same path."""
+        if self._stopping:
+            return
+        self._stopping = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        try:
+            if os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                if self._stopping:
+                    return
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(READ_TIMEOUT_S)
+            data = b""
+            try:
+                while not data.endswith(b"\n") and len(data) < MAX_MESSAGE:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                try:
+                    req = json.loads(data)
+                    if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+                        raise ValueError("expected an object with a string 'cmd'")
+                except ValueError as exc:
+                    reply: Reply = {"ok": False, "error": f"control: malformed request: {exc}"}
+                else:
+                    conn.settimeout(None)
+                    reply = self.handler(req)
+                conn.sendall(json.dumps(reply, default=str).encode() + b"\n")
+            except OSError:
+                return
