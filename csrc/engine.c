@@ -427,8 +427,34 @@ static int io_error(rm_engine *eng, int err, uint64_t offset, uint64_t length)
 {
     STAT_ADD(eng, io_errors, 1);
     __atomic_store_n(&eng->stats.last_errno, err, __ATOMIC_RELAXED);
+    /* FAIL_OVER: out of use before anyone is told, so no later request reads this disk */
+    if (__atomic_load_n(&eng->on_io_error, __ATOMIC_ACQUIRE) == RM_ON_IO_ERROR_FAIL_OVER)
+        __atomic_store_n(&eng->disk_failed, 1, __ATOMIC_SEQ_CST);
     engine_post_event(eng, RM_EV_IO_ERROR, err, offset, length);
     return -err;
+}
+
+int rm_engine_set_on_io_error(rm_engine *eng, int mode)
+{
+    if (mode != RM_ON_IO_ERROR_PASS_ON && mode != RM_ON_IO_ERROR_FAIL_OVER)
+        return -EINVAL;
+    __atomic_store_n(&eng->on_io_error, mode, __ATOMIC_RELEASE);
+    return 0;
+}
+
+int engine_disk_failed(rm_engine *eng)
+{
+    return __atomic_load_n(&eng->disk_failed, __ATOMIC_SEQ_CST);
+}
+
+int rm_engine_disk_failed(rm_engine *eng)
+{
+    return engine_disk_failed(eng);
+}
+
+void rm_engine_set_disk_failed(rm_engine *eng, int failed)
+{
+    __atomic_store_n(&eng->disk_failed, failed != 0, __ATOMIC_SEQ_CST);
 }
 
 /* Range check shared by every request: NBD says EINVAL for reads/trims past the end and

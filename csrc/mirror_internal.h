@@ -34,6 +34,17 @@ struct rm_pending {
     uint64_t sent_ns;
     struct rm_origin *origin;
     unsigned char cookie[8];
+    int not_local;          /* sent with RPL_FLAG_NOT_LOCAL: only the peer's write counts */
+};
+
+/* A read served by the peer while this disk is out of use (engine_remote_read). */
+struct rm_read_wait {
+    struct rm_read_wait *next;
+    uint64_t id;
+    void *buf;
+    uint32_t len;
+    int rc;
+    int done;
 };
 
 struct rm_peer {
@@ -59,6 +70,12 @@ struct rm_peer {
     unsigned char *control[256];
     uint32_t control_len[256];
     unsigned control_head, control_count;
+
+    /* reads waiting for READ_REPLY (a Diskless node): read_lock guards the list */
+    pthread_mutex_t read_lock;
+    pthread_cond_t read_done;
+    struct rm_read_wait *reads;
+    uint64_t next_read_id;
 };
 
 struct rm_engine {
@@ -96,6 +113,9 @@ struct rm_engine {
     unsigned ev_head, ev_count;
 
     struct rm_peer peer;
+
+    int on_io_error;        /* RM_ON_IO_ERROR_* (atomic) */
+    int disk_failed;        /* atomic: the disk is out of use, requests go to the peer */
 };
 
 #define STAT_ADD(eng, field, n) __atomic_fetch_add(&(eng)->stats.field, (n), __ATOMIC_RELAXED)
@@ -145,6 +165,11 @@ int engine_mirror(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
 int engine_peer_live(rm_engine *eng);
 /* Send the frames batched for the peer (frontends call it before blocking on their client). */
 void engine_flush_peer(rm_engine *eng);
+
+/* Disk failures (mirror.h, on-io-error). engine_remote_read: [offset, +count) from the peer
+ * (blocks until READ_REPLY or the link fails): 0, or -EIO without a live peer. */
+int engine_disk_failed(rm_engine *eng);
+int engine_remote_read(rm_engine *eng, void *buf, uint32_t count, uint64_t offset);
 
 /* peer.c */
 void peer_init(struct rm_peer *peer);
