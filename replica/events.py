@@ -213,6 +213,9 @@ class ResourceEvents:
         peer or marked out of sync) before the transaction that drops it is written, as DRBD
         waits for an extent's reference count. The wait happens outside md_lock, so the
         monitor can still time the peer out and end those writes."""
+        if self.engine.disk_failed():
+            self.engine.al_set_hot(extent, True)    # no disk to log to: nothing to replay
+            return
         with self.md_lock:
             victim = self.md.al_victim(extent)
         if victim is not None:
@@ -262,6 +265,7 @@ class ResourceEvents:
         elif ev.type == "io_error":
             log.error("%s: local I/O error: offset=%d length=%d: %s", self.name, ev.offset,
                       ev.length, os.strerror(ev.err) if ev.err else "error")
+            self._on_io_error(ev)
         elif ev.type == "peer_control":
             while self.engine is not None:
                 raw = self.engine.recv_control()
