@@ -156,3 +156,9 @@ int rm_resync_send(rm_engine *eng, uint64_t offset, uint32_t length);
 int rm_engine_set_on_io_error(rm_engine *eng, int mode);
 int rm_engine_disk_failed(rm_engine *eng);
 void rm_engine_set_disk_failed(rm_engine *eng, int failed);
+/* Handing the disk back after the resync that follows a re-attach. Writes sent to the peer
+ * alone are counted (rm_engine_remote_writes); one sent after `since` (read before asking for
+ * the resync) may not be on this disk although the resync is done, so the disk is handed back
+ * only if none was: 0, or -EAGAIN (still out of use: resync again). Atomic against writers. */
+uint64_t rm_engine_remote_writes(rm_engine *eng);
+int rm_engine_reuse_disk(rm_engine *eng, uint64_t since);

@@ -116,6 +116,8 @@ struct rm_engine {
 
     int on_io_error;        /* RM_ON_IO_ERROR_* (atomic) */
     int disk_failed;        /* atomic: the disk is out of use, requests go to the peer */
+    pthread_mutex_t fail_lock;  /* disk_failed's check + remote_writes++ vs rm_engine_reuse_disk */
+    uint64_t remote_writes;     /* writes sent to the peer alone (fail_lock) */
 };
 
 #define STAT_ADD(eng, field, n) __atomic_fetch_add(&(eng)->stats.field, (n), __ATOMIC_RELAXED)
@@ -169,6 +171,8 @@ void engine_flush_peer(rm_engine *eng);
 /* Disk failures (mirror.h, on-io-error). engine_remote_read: [offset, +count) from the peer
  * (blocks until READ_REPLY or the link fails): 0, or -EIO without a live peer. */
 int engine_disk_failed(rm_engine *eng);
+/* A write about to be submitted: 1 if it must go to the peer alone (counted), 0 if not. */
+int engine_enter_remote_only(rm_engine *eng);
 int engine_remote_read(rm_engine *eng, void *buf, uint32_t count, uint64_t offset);
 
 /* peer.c */

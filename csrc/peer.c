@@ -387,7 +387,7 @@ int engine_submit(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
         return RM_SUBMIT_DONE;
     }
     engine_al_begin(eng, offset, count);
-    if (engine_disk_failed(eng))
+    if (engine_enter_remote_only(eng))
         return submit_remote_only(eng, o, cookie, op, data, count, offset, fua, may_trim, rc);
     id = reserve_slot(eng, 0, offset, count);
     if (id == NO_SLOT) {                  /* no link: the local write alone, out of sync */
@@ -409,6 +409,9 @@ int engine_submit(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
     if (r < 0 && engine_disk_failed(eng)) {
         /* The disk just failed (FAIL_OVER): this write goes to the peer alone. */
         pthread_mutex_unlock(&p->send_lock);
+        pthread_mutex_lock(&eng->fail_lock);
+        eng->remote_writes++;
+        pthread_mutex_unlock(&eng->fail_lock);
         return retry_on_peer(eng, id, o, cookie, op, data, count, offset, fua, may_trim, rc);
     }
     sent = r < 0 ? r : send_frame_locked(eng, &h, data);

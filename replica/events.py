@@ -170,6 +170,8 @@ class ResourceEvents:
                 self._set_state(replace(s, disk=DiskState.UpToDate, peer_disk=DiskState.UpToDate),
                                 "initial sync skipped")
             elif s.repl.is_sync_target:
+                if not self.disk_usable_after_resync():
+                    return
                 self._finish_progress()
                 self.md.bitmap.clear_all()
                 self._set_uuids(self.md.uuids.finish_resync_target(msg.uuids), "resync finished")

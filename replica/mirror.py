@@ -112,6 +112,18 @@ class Engine:
     def set_disk_failed(self, failed: bool) -> None:
         lib.rm_engine_set_disk_failed(self._handle, 1 if failed else 0)
 
+    def remote_writes(self) -> int:
+        """Writes sent to the peer alone while the disk was out of use (monotonic)."""
+        return int(lib.rm_engine_remote_writes(self._handle))
+
+    def reuse_disk(self, since: int) -> bool:
+        """Hand the disk back unless a write went to the peer alone after `since`."""
+        rc = lib.rm_engine_reuse_disk(self._handle, since)
+        if rc == -errno.EAGAIN:
+            return False
+        _check(rc, "reuse disk")
+        return True
+
     def shutdown(self) -> None:
         """End every connection being served; later serve_nbd() calls return at once."""
         lib.rm_engine_shutdown(self._handle)

@@ -92,6 +92,7 @@ class ResourceRuntime(ResourceConnection, ResourceEvents):
         self.size = 0
         self._discard_my_data = False
         self._standalone_reason = ""          # why the peer link gave up for good
+        self._remote_writes_at = 0            # engine.remote_writes() when a resync was asked
         self._events: queue.Queue = queue.Queue()
         self._threads_stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -130,10 +131,6 @@ class ResourceRuntime(ResourceConnection, ResourceEvents):
             log.info("%s: %s%s", self.name, ", ".join(changes), f" ({why})" if why else "")
         if self.engine is not None and old.role != new.role:
             self._apply_role_to_export()
-        if (self.engine is not None and new.disk is DiskState.UpToDate
-                and old.disk is not DiskState.UpToDate and self.engine.disk_failed()):
-            self.engine.set_disk_failed(False)    # resynced after attach: the disk serves again
-            log.info("%s: disk back in use after the resync", self.name)
         self._persist_flags()
 
     def _request(self, req: Request, what: str, **kw) -> ResourceState:
@@ -408,9 +405,31 @@ class ResourceRuntime(ResourceConnection, ResourceEvents):
                  "from the peer", self.name, self.host.disk)
         s = self.state
         if s.is_connected and s.peer_disk is DiskState.UpToDate:
-            self._set_state(replace(s, repl=ReplState.StartingSyncT), "attach")
-            self._send_state()
-            self._send(encode_full_sync_request())
+            self._request_resync_after_failure("attach")
+
+    def _request_resync_after_failure(self, why: str) -> None:
+        """Ask the UpToDate peer for a full resync of this re-attached disk. Writes go on to
+        the peer alone meanwhile (the peer marks them); any sent from here on may race the
+        resync, so the disk is handed back only if none was (`disk_usable_after_resync`)."""
+        self._remote_writes_at = self.engine.remote_writes()
+        self._set_state(replace(self.state, repl=ReplState.StartingSyncT), why)
+        self._send_state()
+        self._send(encode_full_sync_request())
+
+    def disk_usable_after_resync(self) -> bool:
+        """The SyncTarget's resync is done: True if the disk may serve I/O (always, unless it
+        is a re-attached failed disk that got writes it may have missed: then resync again)."""
+        if not self.engine.disk_failed():
+            return True
+        if self.engine.reuse_disk(self._remote_writes_at):
+            log.info("%s: disk back in use after the resync", self.name)
+            return True
+        log.warning("%s: writes reached only the peer during the resync: resyncing again",
+                    self.name)
+        self._finish_progress()
+        self._set_state(replace(self.state, repl=ReplState.Established), "resync incomplete")
+        self._request_resync_after_failure("resync again")
+        return False
 
     # --- user requests ------------------------------------------------------------------------
 

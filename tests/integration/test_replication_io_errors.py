@@ -89,12 +89,21 @@ def test_primary_disk_fails_under_detach_goes_diskless_and_serves_through_the_pe
             oos = t.status("beta")["out_of_sync_bytes"]
             assert oos >= BLOCK + 4096 + MiB + BLOCK, oos
 
-            # repair, attach: Inconsistent, SyncTarget, then UpToDate and identical
+            # repair, attach: Inconsistent, SyncTarget, then UpToDate and identical; writes
+            # during the resync reach the peer alone and are never lost to it
             fs.repair()
             st = t.status("alpha")
             t.ctl("alpha", "attach", "r0")
+            during = {}
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                off = (16 + len(during) % 8) * MiB + (len(during) // 8) * BLOCK
+                during[off] = os.urandom(BLOCK)
+                h.pwrite(during[off], off)
             t.wait("alpha", lambda s: s["disk_state"] == "UpToDate"
                    and s["replication"] == "Established", "alpha resynced", 60)
+            for off, data in during.items():
+                assert t.read_disk("alpha", off, BLOCK) == data, off
             log = t.log("alpha")
             assert "disk Diskless -> Inconsistent" in log, log[-3000:]
             assert "SyncTarget" in log

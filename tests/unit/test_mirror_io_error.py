@@ -168,6 +168,7 @@ def test_disk_back_in_use_after_python_clears_the_flag(pair):
     s.send(DISC)
     s.finish()
     assert os.pread(pair.pfd, BLOCK, BLOCK) == b"y" * BLOCK
+    assert pair.primary.remote_writes() == 1
     with pytest.raises(ValueError, match="on-io-error: expected one of pass_on, fail_over"):
         pair.primary.set_on_io_error("detach")
 
@@ -293,3 +294,24 @@ def test_fuzz_the_new_frames_never_crash_the_decoder():
         except RemoteProtocolError as exc:
             assert str(exc).startswith("repl")
     run()
+
+
+def test_disk_is_handed_back_only_if_no_write_went_to_the_peer_alone_since(pair):
+    """After the resync of a re-attached disk: a write sent to the peer alone after the resync
+    was asked for may have raced it, so the disk stays out of use (Python resyncs again)."""
+    pair.primary.set_on_io_error("fail_over")
+    pair.primary.set_disk_failed(True)
+    since = pair.primary.remote_writes()
+    s = Session(pair.primary)
+    s.send(WRITE, 0, BLOCK, b"z" * BLOCK, cookie=1)
+    assert s.reply() == (0, 1, b"")
+    assert not pair.primary.reuse_disk(since)
+    assert pair.primary.disk_failed()
+    assert pair.primary.reuse_disk(pair.primary.remote_writes())
+    assert not pair.primary.disk_failed()
+    s.send(WRITE, BLOCK, BLOCK, b"w" * BLOCK, cookie=2)     # local and mirrored again
+    assert s.reply() == (0, 2, b"")
+    s.send(DISC)
+    s.finish()
+    assert os.pread(pair.pfd, BLOCK, BLOCK) == b"w" * BLOCK
+    assert os.pread(pair.pfd, BLOCK, 0) != b"z" * BLOCK      # never reached this disk
