@@ -517,7 +517,9 @@ static void complete_id(struct receiver *r, uint64_t id, int mark_dirty)
     if (s->busy && s->id == id) {
         if (mark_dirty && !s->is_flush)
             engine_mark_dirty(eng, s->offset, s->length);
-        finish_slot_locked(eng, s, mark_dirty && s->not_local ? -EIO : 0, r->touched, &r->ntouched);
+        if (mark_dirty && s->not_local)
+            s->not_local = -1;      /* failed: retry_on_peer reads it if it answers itself */
+        finish_slot_locked(eng, s, s->not_local < 0 ? -EIO : 0, r->touched, &r->ntouched);
         update_oldest_locked(eng);
     }
     pthread_mutex_unlock(&p->pending_lock);
@@ -756,6 +758,8 @@ static void *receiver_main(void *arg)
             continue;
         if (!s->is_flush)
             engine_mark_dirty(eng, s->offset, s->length);
+        if (s->not_local)
+            s->not_local = -1;
         finish_slot_locked(eng, s, s->not_local ? -EIO : 0, r.touched, &r.ntouched);
         if (r.ntouched == MAX_TOUCHED)
             flush_touched(r.touched, &r.ntouched);
@@ -933,6 +937,15 @@ static int retry_on_peer(rm_engine *eng, uint64_t id, struct rm_origin *o, const
                         (p->protocol == RM_PROTOCOL_A && op != RM_OP_FLUSH) ||
                         (op == RM_OP_FLUSH && p->protocol != RM_PROTOCOL_C));
     *rc = sent < 0 ? -EIO : 0;
+    if (ret == RM_SUBMIT_DONE && sent == 0) {
+        /* answered here: the peer may have refused it (NEG_ACK, link lost) before the origin
+         * was attached; a freed slot keeps its fields until it is reserved again (new id) */
+        pthread_mutex_lock(&p->pending_lock);
+        struct rm_pending *s = &p->slots[id % PENDING_SLOTS];
+        if (!s->busy && s->id == id && s->not_local < 0)
+            *rc = -EIO;
+        pthread_mutex_unlock(&p->pending_lock);
+    }
     return ret;
 }
 

@@ -315,3 +315,18 @@ def test_disk_is_handed_back_only_if_no_write_went_to_the_peer_alone_since(pair)
     s.finish()
     assert os.pread(pair.pfd, BLOCK, BLOCK) == b"w" * BLOCK
     assert os.pread(pair.pfd, BLOCK, 0) != b"z" * BLOCK      # never reached this disk
+
+
+def test_write_fails_when_neither_disk_took_it(pair):
+    """Primary failed over, then the peer's disk fails too: its NEG_ACK means no disk has the
+    write, so the client gets EIO (never a success for data that is nowhere)."""
+    pair.primary.set_on_io_error("fail_over")
+    pair.secondary.set_on_io_error("fail_over")
+    pair.primary.set_disk_failed(True)
+    pair.secondary.set_disk_failed(True)
+    s = Session(pair.primary)
+    for i in range(20):
+        s.send(WRITE, i * BLOCK, BLOCK, os.urandom(BLOCK), cookie=i)
+        assert s.reply() == (errno.EIO, i, b"")
+    s.send(DISC)
+    s.finish()
