@@ -42,6 +42,7 @@ rm_engine *rm_engine_new(int backing_fd, uint64_t size, int flags)
     pthread_mutex_init(&eng->al_lock, NULL);
     pthread_cond_init(&eng->al_cond, NULL);
     pthread_mutex_init(&eng->ev_lock, NULL);
+    pthread_mutex_init(&eng->fail_lock, NULL);
     if (pipe2(eng->ev_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
         free(eng);
         return NULL;
@@ -66,6 +67,7 @@ void rm_engine_free(rm_engine *eng)
     pthread_mutex_destroy(&eng->al_lock);
     pthread_cond_destroy(&eng->al_cond);
     pthread_mutex_destroy(&eng->ev_lock);
+    pthread_mutex_destroy(&eng->fail_lock);
     close(eng->ev_pipe[0]);
     close(eng->ev_pipe[1]);
     free(eng->al_hot);
@@ -427,8 +429,73 @@ static int io_error(rm_engine *eng, int err, uint64_t offset, uint64_t length)
 {
     STAT_ADD(eng, io_errors, 1);
     __atomic_store_n(&eng->stats.last_errno, err, __ATOMIC_RELAXED);
+    /* FAIL_OVER: out of use before anyone is told, so no later request reads this disk */
+    if (__atomic_load_n(&eng->on_io_error, __ATOMIC_ACQUIRE) == RM_ON_IO_ERROR_FAIL_OVER)
+        __atomic_store_n(&eng->disk_failed, 1, __ATOMIC_SEQ_CST);
     engine_post_event(eng, RM_EV_IO_ERROR, err, offset, length);
     return -err;
+}
+
+int rm_engine_set_on_io_error(rm_engine *eng, int mode)
+{
+    if (mode != RM_ON_IO_ERROR_PASS_ON && mode != RM_ON_IO_ERROR_FAIL_OVER)
+        return -EINVAL;
+    __atomic_store_n(&eng->on_io_error, mode, __ATOMIC_RELEASE);
+    return 0;
+}
+
+int engine_disk_failed(rm_engine *eng)
+{
+    return __atomic_load_n(&eng->disk_failed, __ATOMIC_SEQ_CST);
+}
+
+int rm_engine_disk_failed(rm_engine *eng)
+{
+    return engine_disk_failed(eng);
+}
+
+void rm_engine_set_disk_failed(rm_engine *eng, int failed)
+{
+    pthread_mutex_lock(&eng->fail_lock);
+    __atomic_store_n(&eng->disk_failed, failed != 0, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&eng->fail_lock);
+}
+
+int engine_enter_remote_only(rm_engine *eng)
+{
+    int failed;
+
+    if (!engine_disk_failed(eng))
+        return 0;                 /* handing back takes the lock; a stale 1 is re-checked */
+    pthread_mutex_lock(&eng->fail_lock);
+    failed = engine_disk_failed(eng);
+    if (failed)
+        eng->remote_writes++;
+    pthread_mutex_unlock(&eng->fail_lock);
+    return failed;
+}
+
+uint64_t rm_engine_remote_writes(rm_engine *eng)
+{
+    uint64_t n;
+
+    pthread_mutex_lock(&eng->fail_lock);
+    n = eng->remote_writes;
+    pthread_mutex_unlock(&eng->fail_lock);
+    return n;
+}
+
+int rm_engine_reuse_disk(rm_engine *eng, uint64_t since)
+{
+    int rc = -EAGAIN;
+
+    pthread_mutex_lock(&eng->fail_lock);
+    if (eng->remote_writes == since) {
+        __atomic_store_n(&eng->disk_failed, 0, __ATOMIC_SEQ_CST);
+        rc = 0;
+    }
+    pthread_mutex_unlock(&eng->fail_lock);
+    return rc;
 }
 
 /* Range check shared by every request: NBD says EINVAL for reads/trims past the end and

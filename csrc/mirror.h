@@ -142,3 +142,25 @@ int rm_peer_ping(rm_engine *eng);
  * The target writes it, clears its bits and answers RS_DONE; the source then clears its own bits.
  * Returns 0, or -ENOTCONN without a peer, or -errno. */
 int rm_resync_send(rm_engine *eng, uint64_t offset, uint32_t length);
+
+/* ---- local disk failures (disk { on-io-error }) ----
+ * Python picks the mode; C only applies it to the request at hand.
+ * PASS_ON: a failed request fails (the client sees the errno) and its blocks are marked out of
+ * sync; the disk stays in use. FAIL_OVER (Python's `detach` and `call-local-io-error`): the
+ * first error takes the disk out of use at once (rm_engine_disk_failed() = 1, then
+ * RM_EV_IO_ERROR), before any later request could read a block it failed to write; from then
+ * on reads are served by the peer (READ_REQUEST) and writes go to the peer alone, flagged so
+ * the peer marks them out of sync for us; the failing write itself is retried on the peer.
+ * Without a peer such a request fails with EIO. Python clears the flag once the disk is
+ * attached again and resynced (SyncTarget done). */
+#define RM_ON_IO_ERROR_PASS_ON 0
+#define RM_ON_IO_ERROR_FAIL_OVER 1
+int rm_engine_set_on_io_error(rm_engine *eng, int mode);
+int rm_engine_disk_failed(rm_engine *eng);
+void rm_engine_set_disk_failed(rm_engine *eng, int failed);
+/* Handing the disk back after the resync that follows a re-attach. Writes sent to the peer
+ * alone are counted (rm_engine_remote_writes); one sent after `since` (read before asking for
+ * the resync) may not be on this disk although the resync is done, so the disk is handed back
+ * only if none was: 0, or -EAGAIN (still out of use: resync again). Atomic against writers. */
+uint64_t rm_engine_remote_writes(rm_engine *eng);
+int rm_engine_reuse_disk(rm_engine *eng, uint64_t since);

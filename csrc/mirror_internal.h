@@ -41,6 +41,17 @@ struct rm_pending {
     uint64_t sent_ns;
     struct rm_origin *origin;
     unsigned char cookie[8];
+    int not_local;          /* sent with RPL_FLAG_NOT_LOCAL: only the peer's write counts */
+};
+
+/* A read served by the peer while this disk is out of use (engine_remote_read). */
+struct rm_read_wait {
+    struct rm_read_wait *next;
+    uint64_t id;
+    void *buf;
+    uint32_t len;
+    int rc;
+    int done;
 };
 
 struct rm_peer {
@@ -66,6 +77,12 @@ struct rm_peer {
     unsigned char *control[256];
     uint32_t control_len[256];
     unsigned control_head, control_count;
+
+    /* reads waiting for READ_REPLY (a Diskless node): read_lock guards the list */
+    pthread_mutex_t read_lock;
+    pthread_cond_t read_done;
+    struct rm_read_wait *reads;
+    uint64_t next_read_id;
 };
 
 struct rm_engine {
@@ -103,6 +120,11 @@ struct rm_engine {
     unsigned ev_head, ev_count;
 
     struct rm_peer peer;
+
+    int on_io_error;        /* RM_ON_IO_ERROR_* (atomic) */
+    int disk_failed;        /* atomic: the disk is out of use, requests go to the peer */
+    pthread_mutex_t fail_lock;  /* disk_failed's check + remote_writes++ vs rm_engine_reuse_disk */
+    uint64_t remote_writes;     /* writes sent to the peer alone (fail_lock) */
 };
 
 #define STAT_ADD(eng, field, n) __atomic_fetch_add(&(eng)->stats.field, (n), __ATOMIC_RELAXED)
@@ -152,6 +174,13 @@ int engine_mirror(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
 int engine_peer_live(rm_engine *eng);
 /* Send the frames batched for the peer (frontends call it before blocking on their client). */
 void engine_flush_peer(rm_engine *eng);
+
+/* Disk failures (mirror.h, on-io-error). engine_remote_read: [offset, +count) from the peer
+ * (blocks until READ_REPLY or the link fails): 0, or -EIO without a live peer. */
+int engine_disk_failed(rm_engine *eng);
+/* A write about to be submitted: 1 if it must go to the peer alone (counted), 0 if not. */
+int engine_enter_remote_only(rm_engine *eng);
+int engine_remote_read(rm_engine *eng, void *buf, uint32_t count, uint64_t offset);
 
 /* peer.c */
 void peer_init(struct rm_peer *peer);

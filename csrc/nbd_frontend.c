@@ -252,15 +252,19 @@ static int get_payload(struct conn *c, uint32_t len, const char **data)
 }
 
 static int do_read_locked(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len);
+static int do_remote_read(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len);
+#define READ_FROM_PEER 2   /* do_read_locked: the disk failed under this read, ask the peer */
 
 static int do_read(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len)
 {
     int rc;
 
+    if (engine_disk_failed(c->eng))
+        return do_remote_read(c, cookie, offset, len);
     pthread_mutex_lock(&c->out_lock);
     rc = do_read_locked(c, cookie, offset, len);
     pthread_mutex_unlock(&c->out_lock);
-    return rc;
+    return rc == READ_FROM_PEER ? do_remote_read(c, cookie, offset, len) : rc;
 }
 
 /* A successful reply header, sent now (with the batch before it) so its data can follow
@@ -307,6 +311,8 @@ static int do_read_locked(struct conn *c, const unsigned char *cookie, uint64_t 
         /* Small read: data goes straight behind its reply header in the batch. */
         unsigned char *hdr = (unsigned char *)c->out + c->out_len;
         rc = rm_engine_pread(c->eng, hdr + NBD_REPLY_SIZE, len, offset);
+        if (rc < 0 && engine_disk_failed(c->eng))
+            return READ_FROM_PEER;
         fill_reply(hdr, nbd_errno(rc), cookie);
         c->out_len += NBD_REPLY_SIZE + (rc < 0 ? 0 : len);
         return 0;
@@ -316,11 +322,36 @@ static int do_read_locked(struct conn *c, const unsigned char *cookie, uint64_t 
     rc = ensure_payload(c, len);
     if (rc == 0)
         rc = rm_engine_pread(c->eng, c->payload, len, offset);
+    if (rc < 0 && engine_disk_failed(c->eng))
+        return READ_FROM_PEER;
     if (rc < 0)
         return queue_reply_locked(c, rc, cookie);
     rc = send_ok_header_locked(c, cookie);
     if (rc == 0 && (rc = send_all(c->fd, c->payload, len)) < 0)
         c->send_failed = 1;
+    release_big_payload(c);
+    return rc;
+}
+
+/* The disk is out of use (on-io-error): the peer serves the read. Not under out_lock: the
+ * receiver thread that brings the data also completes this connection's writes. */
+static int do_remote_read(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len)
+{
+    int rc = len > RM_MAX_REQUEST ? -EINVAL : engine_check_range(c->eng, offset, len, 0);
+
+    if (rc == 0 && (rc = ensure_payload(c, len)) == 0)
+        rc = engine_remote_read(c->eng, c->payload, len, offset);
+    pthread_mutex_lock(&c->out_lock);
+    if (rc < 0) {
+        rc = queue_reply_locked(c, rc, cookie);
+    } else if (c->out_len + NBD_REPLY_SIZE + len <= OUT_SIZE) {
+        fill_reply((unsigned char *)c->out + c->out_len, 0, cookie);
+        memcpy(c->out + c->out_len + NBD_REPLY_SIZE, c->payload, len);
+        c->out_len += NBD_REPLY_SIZE + len;
+    } else if ((rc = send_ok_header_locked(c, cookie)) == 0 && (rc = send_all(c->fd, c->payload, len)) < 0) {
+        c->send_failed = 1;
+    }
+    pthread_mutex_unlock(&c->out_lock);
     release_big_payload(c);
     return rc;
 }
@@ -333,8 +364,12 @@ static void run_job(struct conn *c, struct wjob *j)
 
     if (wrc == 0 && j->fua)
         wrc = local_flush(c->eng);
-    if (wrc < 0)
-        engine_al_end(c->eng, j->offset, j->len);   /* not mirrored: the client sees the error */
+    if (wrc < 0) {
+        /* not mirrored: the client sees the error; the payload may have partly reached this
+         * disk, so its blocks are out of sync */
+        engine_mark_dirty(c->eng, j->offset, j->len);
+        engine_al_end(c->eng, j->offset, j->len);
+    }
     if (!(wrc == 0 && engine_mirror(c->eng, &c->origin, j->cookie, RM_OP_WRITE, NULL, j->len, j->offset,
                                     j->fua, 0) == RM_SUBMIT_LATER))
         queue_reply(c, wrc, j->cookie);
@@ -501,7 +536,7 @@ static int handle_request(struct conn *c, int *end)
             return -EOVERFLOW;
         }
         if (len >= SPLICE_MIN && !(flags & ~NBD_CMD_FLAG_FUA) && c->in_end - c->in_start < len &&
-            start_writer(c) &&
+            !engine_disk_failed(c->eng) && start_writer(c) &&
             engine_check_range(c->eng, offset, len, 1) == 0)
             return splice_write(c, cookie, offset, len, flags & NBD_CMD_FLAG_FUA, end);
         wait_writes(c);

@@ -49,6 +49,9 @@ void peer_init(struct rm_peer *p)
     p->sbuf = malloc(SBUF_SIZE);
     p->slots = calloc(PENDING_SLOTS, sizeof *p->slots);
     p->next_id = 1;
+    pthread_mutex_init(&p->read_lock, NULL);
+    pthread_cond_init(&p->read_done, NULL);
+    p->next_read_id = 1;
 }
 
 static void drop_control_frames(struct rm_peer *p)
@@ -69,6 +72,8 @@ void peer_destroy(struct rm_peer *p)
     pthread_mutex_destroy(&p->pending_lock);
     pthread_cond_destroy(&p->slot_free);
     pthread_mutex_destroy(&p->control_lock);
+    pthread_mutex_destroy(&p->read_lock);
+    pthread_cond_destroy(&p->read_done);
     free(p->sbuf);
     free(p->slots);
 }
@@ -302,6 +307,12 @@ static void frame_for(struct rpl_header *h, uint64_t id, enum rm_op op, uint32_t
 }
 
 static int unmirrored(rm_engine *eng, enum rm_op op, uint64_t offset, uint32_t count);
+static int submit_remote_only(rm_engine *eng, struct rm_origin *o, const unsigned char cookie[8],
+                              enum rm_op op, const void *data, uint32_t count, uint64_t offset, int fua,
+                              int may_trim, int *rc);
+static int retry_on_peer(rm_engine *eng, uint64_t id, struct rm_origin *o, const unsigned char cookie[8],
+                         enum rm_op op, const void *data, uint32_t count, uint64_t offset, int fua,
+                         int may_trim, int *rc);
 
 #define NO_SLOT UINT64_MAX
 
@@ -373,6 +384,8 @@ int engine_submit(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
     uint64_t id;
     int r, sent;
 
+    if (op == RM_OP_FLUSH && engine_disk_failed(eng))
+        return submit_remote_only(eng, o, cookie, op, NULL, 0, 0, 0, 0, rc);
     if (op == RM_OP_FLUSH) {
         *rc = r = local_op(eng, op, NULL, 0, 0, 0, 0);
         return r < 0 ? RM_SUBMIT_DONE : engine_mirror(eng, o, cookie, op, NULL, 0, 0, 0, 0);
@@ -383,10 +396,13 @@ int engine_submit(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
         return RM_SUBMIT_DONE;
     }
     engine_al_begin(eng, offset, count);
+    if (engine_enter_remote_only(eng))
+        return submit_remote_only(eng, o, cookie, op, data, count, offset, fua, may_trim, rc);
     id = reserve_slot(eng, 0, offset, count);
     if (id == NO_SLOT) {                  /* no link: the local write alone, out of sync */
         *rc = r = local_op(eng, op, data, count, offset, fua, may_trim);
         if (r < 0) {
+            engine_mark_dirty(eng, offset, count);   /* it may have partly reached the disk */
             engine_al_end(eng, offset, count);
             return RM_SUBMIT_DONE;        /* the client sees the error */
         }
@@ -399,6 +415,14 @@ int engine_submit(rm_engine *eng, struct rm_origin *o, const unsigned char cooki
     frame_for(&h, id, op, count, offset, fua, may_trim);
     pthread_mutex_lock(&p->send_lock);
     r = local_op(eng, op, data, count, offset, 0, may_trim);
+    if (r < 0 && engine_disk_failed(eng)) {
+        /* The disk just failed (FAIL_OVER): this write goes to the peer alone. */
+        pthread_mutex_unlock(&p->send_lock);
+        pthread_mutex_lock(&eng->fail_lock);
+        eng->remote_writes++;
+        pthread_mutex_unlock(&eng->fail_lock);
+        return retry_on_peer(eng, id, o, cookie, op, data, count, offset, fua, may_trim, rc);
+    }
     sent = r < 0 ? r : send_frame_locked(eng, &h, data);
     pthread_mutex_unlock(&p->send_lock);
     if (r == 0 && fua)
@@ -502,7 +526,9 @@ static void complete_id(struct receiver *r, uint64_t id, int mark_dirty)
     if (s->busy && s->id == id) {
         if (mark_dirty && !s->is_flush)
             engine_mark_dirty(eng, s->offset, s->length);
-        finish_slot_locked(eng, s, 0, r->touched, &r->ntouched);
+        if (mark_dirty && s->not_local)
+            s->not_local = -1;      /* failed: retry_on_peer reads it if it answers itself */
+        finish_slot_locked(eng, s, s->not_local < 0 ? -EIO : 0, r->touched, &r->ntouched);
         update_oldest_locked(eng);
     }
     pthread_mutex_unlock(&p->pending_lock);
@@ -512,6 +538,10 @@ static int in_range(rm_engine *eng, uint64_t offset, uint64_t length)
 {
     return offset <= eng->size && length <= eng->size - offset;
 }
+
+static void serve_remote_read(rm_engine *eng, const struct rpl_header *req);
+static void complete_remote_read(rm_engine *eng, const struct rpl_header *h, const unsigned char *payload);
+static void fail_remote_reads(rm_engine *eng);
 
 /* Apply one frame. Returns 0, or a negative errno that ends the link (*proto set when the
  * peer broke the protocol rather than the socket failing). */
@@ -539,7 +569,9 @@ static int handle_frame(struct receiver *r, const struct rpl_header *h, const un
             if (r->end - r->start < RPL_HEADER_SIZE)
                 engine_flush_peer(eng);
         }
-        if (h->type == RPL_DATA)
+        if (engine_disk_failed(eng))
+            rc = h->type == RPL_FLUSH ? 0 : -EIO;   /* out of use: the Primary marks it */
+        else if (h->type == RPL_DATA)
             rc = payload ? local_pwrite(eng, payload, h->length, h->offset, fua) : r->spliced_rc;
         else if (h->type == RPL_TRIM)
             rc = local_trim(eng, h->aux, h->offset, fua);
@@ -548,6 +580,8 @@ static int handle_frame(struct receiver *r, const struct rpl_header *h, const un
         else
             rc = local_flush(eng);
         STAT_ADD(eng, peer_frames_applied, 1);
+        if (rc == 0 && (h->flags & RPL_FLAG_NOT_LOCAL) && h->type != RPL_FLUSH)
+            engine_mark_dirty(eng, h->offset, h->type == RPL_DATA ? h->length : h->aux);
         if (rc < 0)
             queue_ack(eng, RPL_NEG_ACK, h, (uint32_t)-rc);
         else if (h->type == RPL_FLUSH)
@@ -562,6 +596,16 @@ static int handle_frame(struct receiver *r, const struct rpl_header *h, const un
         return 0;
     case RPL_NEG_ACK:
         complete_id(r, h->id, 1);
+        return 0;
+    case RPL_READ_REQUEST:
+        if (h->length || h->aux > RM_MAX_REQUEST || !in_range(eng, h->offset, h->aux)) {
+            *proto = 1;
+            return -EPROTO;
+        }
+        serve_remote_read(eng, h);
+        return 0;
+    case RPL_READ_REPLY:
+        complete_remote_read(eng, h, payload);
         return 0;
     case RPL_PING:
         queue_ack(eng, RPL_PING_ACK, h, 0);
@@ -663,7 +707,8 @@ static int receive_loop(struct receiver *r, int *proto, uint64_t *bad_type)
             payload = r->buf + r->start;
             r->start += h.length;
         } else if (r->pipe[0] >= 0 && h.length >= SPLICE_MIN && (h.type == RPL_DATA || h.type == RPL_RS_DATA) &&
-                   __atomic_load_n(&eng->read_only, __ATOMIC_ACQUIRE) && in_range(eng, h.offset, h.length)) {
+                   __atomic_load_n(&eng->read_only, __ATOMIC_ACQUIRE) && in_range(eng, h.offset, h.length) &&
+                   !engine_disk_failed(eng)) {
             if ((rc = splice_payload(r, &h, h.flags & RPL_FLAG_FUA)) < 0)
                 return rc;
             payload = NULL;
@@ -722,13 +767,16 @@ static void *receiver_main(void *arg)
             continue;
         if (!s->is_flush)
             engine_mark_dirty(eng, s->offset, s->length);
-        finish_slot_locked(eng, s, 0, r.touched, &r.ntouched);
+        if (s->not_local)
+            s->not_local = -1;
+        finish_slot_locked(eng, s, s->not_local ? -EIO : 0, r.touched, &r.ntouched);
         if (r.ntouched == MAX_TOUCHED)
             flush_touched(r.touched, &r.ntouched);
     }
     update_oldest_locked(eng);
     pthread_mutex_unlock(&p->pending_lock);
     flush_touched(r.touched, &r.ntouched);
+    fail_remote_reads(eng);
     shutdown(p->fd, SHUT_RDWR);
     STAT_SET(eng, peer_connected, 0);
     engine_post_event(eng, proto ? RM_EV_PEER_PROTOCOL : RM_EV_PEER_LOST, rc < 0 ? -rc : 0,
@@ -859,4 +907,155 @@ int rm_peer_recv_control(rm_engine *eng, void *buf, uint32_t cap)
     }
     pthread_mutex_unlock(&p->control_lock);
     return len;
+}
+
+/* ---- a failed disk (mirror.h, on-io-error): requests served by the peer ---- */
+
+/* The request goes to the peer alone, flagged NOT_LOCAL (the peer marks its blocks out of sync
+ * for us), and succeeds only when the peer wrote it: a NEG_ACK or a lost link answer EIO, since
+ * no disk has it then. Without a peer there is nowhere to write: EIO (DRBD's
+ * on-no-data-accessible io-error). The AL references taken by the caller are given back with
+ * the slot, as for any mirrored write. */
+static int submit_remote_only(rm_engine *eng, struct rm_origin *o, const unsigned char cookie[8],
+                              enum rm_op op, const void *data, uint32_t count, uint64_t offset, int fua,
+                              int may_trim, int *rc)
+{
+    uint64_t id = reserve_slot(eng, op == RM_OP_FLUSH, offset, count);
+
+    if (id == NO_SLOT) {
+        if (op != RM_OP_FLUSH) {
+            engine_mark_dirty(eng, offset, count);
+            engine_al_end(eng, offset, count);
+        }
+        *rc = -EIO;
+        return RM_SUBMIT_DONE;
+    }
+    return retry_on_peer(eng, id, o, cookie, op, data, count, offset, fua, may_trim, rc);
+}
+
+/* Slot `id` is reserved and not on the wire: send the request as NOT_LOCAL. Our own bitmap also
+ * records the blocks (a write that failed here may have partly reached this disk). */
+static int retry_on_peer(rm_engine *eng, uint64_t id, struct rm_origin *o, const unsigned char cookie[8],
+                         enum rm_op op, const void *data, uint32_t count, uint64_t offset, int fua,
+                         int may_trim, int *rc)
+{
+    struct rm_peer *p = &eng->peer;
+    struct rpl_header h;
+    int sent, ret;
+
+    pthread_mutex_lock(&p->pending_lock);
+    p->slots[id % PENDING_SLOTS].not_local = 1;
+    pthread_mutex_unlock(&p->pending_lock);
+    frame_for(&h, id, op, count, offset, fua, may_trim);
+    if (op != RM_OP_FLUSH) {
+        h.flags |= RPL_FLAG_NOT_LOCAL;
+        engine_mark_dirty(eng, offset, count);
+    }
+    sent = send_frame(eng, &h, data, 0);
+    /* Protocol A answers at the send; otherwise the peer's ack (a flush: C's, as usual). */
+    ret = submit_finish(eng, id, o, cookie, op, offset, count, sent, 0,
+                        (p->protocol == RM_PROTOCOL_A && op != RM_OP_FLUSH) ||
+                        (op == RM_OP_FLUSH && p->protocol != RM_PROTOCOL_C));
+    *rc = sent < 0 ? -EIO : 0;
+    if (ret == RM_SUBMIT_DONE && sent == 0) {
+        /* answered here: the peer may have refused it (NEG_ACK, link lost) before the origin
+         * was attached; a freed slot keeps its fields until it is reserved again (new id) */
+        pthread_mutex_lock(&p->pending_lock);
+        struct rm_pending *s = &p->slots[id % PENDING_SLOTS];
+        if (!s->busy && s->id == id && s->not_local < 0)
+            *rc = -EIO;
+        pthread_mutex_unlock(&p->pending_lock);
+    }
+    return ret;
+}
+
+/* Receiver thread: the Diskless peer reads [offset, + aux) from our disk. */
+static void serve_remote_read(rm_engine *eng, const struct rpl_header *req)
+{
+    struct rm_peer *p = &eng->peer;
+    struct rpl_header h = { .type = RPL_READ_REPLY, .id = req->id, .offset = req->offset };
+
+    pthread_mutex_lock(&p->send_lock);
+    if (engine_disk_failed(eng) || req->aux == 0) {
+        h.aux = req->aux ? EIO : 0;
+        send_frame_locked(eng, &h, NULL);
+    } else {
+        h.length = req->aux;
+        if (send_range_frame_locked(eng, &h) == 0) {
+            STAT_ADD(eng, reads, 1);
+            STAT_ADD(eng, bytes_read, req->aux);
+        }
+    }
+    pthread_mutex_unlock(&p->send_lock);
+}
+
+static void complete_remote_read(rm_engine *eng, const struct rpl_header *h, const unsigned char *payload)
+{
+    struct rm_peer *p = &eng->peer;
+    struct rm_read_wait **pw, *w = NULL;
+
+    pthread_mutex_lock(&p->read_lock);
+    for (pw = &p->reads; *pw; pw = &(*pw)->next) {
+        if ((*pw)->id == h->id) {
+            w = *pw;
+            *pw = w->next;
+            break;
+        }
+    }
+    if (w) {
+        if (h->aux)
+            w->rc = -(int)h->aux;
+        else if (h->length != w->len)
+            w->rc = -EIO;
+        else
+            memcpy(w->buf, payload, w->len);
+        w->done = 1;
+        pthread_cond_broadcast(&p->read_done);
+    }
+    pthread_mutex_unlock(&p->read_lock);
+}
+
+/* The link is gone (dead is set, so no new read registers): every waiting read fails. */
+static void fail_remote_reads(rm_engine *eng)
+{
+    struct rm_peer *p = &eng->peer;
+
+    pthread_mutex_lock(&p->read_lock);
+    while (p->reads) {
+        p->reads->rc = -EIO;
+        p->reads->done = 1;
+        p->reads = p->reads->next;
+    }
+    pthread_cond_broadcast(&p->read_done);
+    pthread_mutex_unlock(&p->read_lock);
+}
+
+int engine_remote_read(rm_engine *eng, void *buf, uint32_t count, uint64_t offset)
+{
+    struct rm_peer *p = &eng->peer;
+    struct rm_read_wait w = { .buf = buf, .len = count };
+    struct rpl_header h = { .type = RPL_READ_REQUEST, .offset = offset, .aux = count };
+
+    if (count == 0)
+        return 0;
+    pthread_mutex_lock(&p->read_lock);
+    if (!peer_live(p)) {
+        pthread_mutex_unlock(&p->read_lock);
+        return -EIO;
+    }
+    w.id = h.id = p->next_read_id++;
+    w.next = p->reads;
+    p->reads = &w;
+    pthread_mutex_unlock(&p->read_lock);
+    if (send_frame(eng, &h, NULL, 1) < 0)
+        complete_remote_read(eng, &(struct rpl_header){ .id = w.id, .aux = EIO }, NULL);
+    pthread_mutex_lock(&p->read_lock);
+    while (!w.done)
+        pthread_cond_wait(&p->read_done, &p->read_lock);
+    pthread_mutex_unlock(&p->read_lock);
+    if (w.rc == 0) {
+        STAT_ADD(eng, reads, 1);
+        STAT_ADD(eng, bytes_read, count);
+    }
+    return w.rc;
 }

@@ -20,10 +20,12 @@ enum rpl_type {
     RPL_TRIM = 0x02,       /* aux = range length */
     RPL_ZEROES = 0x03,     /* aux = range length; flags FUA, NO_HOLE */
     RPL_FLUSH = 0x04,
+    RPL_READ_REQUEST = 0x05, /* a Diskless node reads through its peer: aux = length */
     RPL_RECV_ACK = 0x10,   /* protocol B: id received */
     RPL_WRITE_ACK = 0x11,  /* protocols A and C: id written */
     RPL_FLUSH_ACK = 0x12,
     RPL_NEG_ACK = 0x13,    /* aux = errno of the peer's failed write */
+    RPL_READ_REPLY = 0x14, /* answers READ_REQUEST id: payload = data at offset, or aux = errno */
     RPL_PING = 0x20,
     RPL_PING_ACK = 0x21,
     RPL_RS_REQUEST = 0x30,
@@ -34,6 +36,8 @@ enum rpl_type {
 
 #define RPL_FLAG_FUA 0x0001
 #define RPL_FLAG_NO_HOLE 0x0002
+#define RPL_FLAG_NOT_LOCAL 0x0004  /* DATA/TRIM/ZEROES: the sender's disk failed and does not have
+                                    * this write: the receiver marks its blocks out of sync */
 
 struct rpl_header {
     uint16_t type, flags;

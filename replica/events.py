@@ -172,6 +172,8 @@ class ResourceEvents:
                 self._set_state(replace(s, disk=DiskState.UpToDate, peer_disk=DiskState.UpToDate),
                                 "initial sync skipped")
             elif s.repl.is_sync_target:
+                if not self.disk_usable_after_resync():
+                    return
                 self._finish_progress()
                 self.md.bitmap.clear_all()
                 self._set_uuids(self.md.uuids.finish_resync_target(msg.uuids), "resync finished")
@@ -215,6 +217,9 @@ class ResourceEvents:
         peer or marked out of sync) before the transaction that drops it is written, as DRBD
         waits for an extent's reference count. The wait happens outside md_lock, so the
         monitor can still time the peer out and end those writes."""
+        if self.engine.disk_failed():
+            self.engine.al_set_hot(extent, True)    # no disk to log to: nothing to replay
+            return
         with self.md_lock:
             victim = self.md.al_victim(extent)
         if victim is not None:
@@ -264,6 +269,7 @@ class ResourceEvents:
         elif ev.type == "io_error":
             log.error("%s: local I/O error: offset=%d length=%d: %s", self.name, ev.offset,
                       ev.length, os.strerror(ev.err) if ev.err else "error")
+            self._on_io_error(ev)
         elif ev.type == "peer_control":
             while self.engine is not None:
                 raw = self.engine.recv_control()

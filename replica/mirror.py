@@ -39,6 +39,10 @@ EVENT_NAMES = {
 
 MAX_CONTROL_FRAME = 32 + 64 * 1024
 
+# disk { on-io-error }: what C does with the request that failed (the rest is Python's)
+ON_IO_ERROR_MODES = {"pass_on": lib.RM_ON_IO_ERROR_PASS_ON,
+                     "fail_over": lib.RM_ON_IO_ERROR_FAIL_OVER}
+
 
 def _check(rc, what):
     if rc < 0:
@@ -81,6 +85,7 @@ class Engine:
         self.size = size
         self._bitmap = None  # keeps the shared buffer alive while C holds a pointer into it
         self._bitmap_ref = None
+        self._retired: list = []
 
     def close(self) -> None:
         if self._handle is not None:
@@ -90,6 +95,34 @@ class Engine:
 
     def set_read_only(self, read_only: bool) -> None:
         lib.rm_engine_set_read_only(self._handle, 1 if read_only else 0)
+
+    def set_on_io_error(self, mode: str) -> None:
+        """`pass_on`: a failed request fails, its blocks are marked out of sync. `fail_over`:
+        the first local error takes the disk out of use (disk_failed()) and requests go to the
+        peer from then on (see csrc/mirror.h)."""
+        if mode not in ON_IO_ERROR_MODES:
+            raise ValueError(f"mirror: on-io-error: expected one of "
+                             f"{', '.join(ON_IO_ERROR_MODES)}, got {mode!r}")
+        _check(lib.rm_engine_set_on_io_error(self._handle, ON_IO_ERROR_MODES[mode]),
+               f"on-io-error {mode}")
+
+    def disk_failed(self) -> bool:
+        return bool(lib.rm_engine_disk_failed(self._handle))
+
+    def set_disk_failed(self, failed: bool) -> None:
+        lib.rm_engine_set_disk_failed(self._handle, 1 if failed else 0)
+
+    def remote_writes(self) -> int:
+        """Writes sent to the peer alone while the disk was out of use (monotonic)."""
+        return int(lib.rm_engine_remote_writes(self._handle))
+
+    def reuse_disk(self, since: int) -> bool:
+        """Hand the disk back unless a write went to the peer alone after `since`."""
+        rc = lib.rm_engine_reuse_disk(self._handle, since)
+        if rc == -errno.EAGAIN:
+            return False
+        _check(rc, "reuse disk")
+        return True
 
     def shutdown(self) -> None:
         """End every connection being served; later serve_nbd() calls return at once."""
@@ -145,6 +178,9 @@ class Engine:
         """Share replica.bitmap.Bitmap's buffer with C (64-bit little-endian words)."""
         ref = ffi.from_buffer(bitmap.buffer, require_writable=True)
         _check(lib.rm_engine_set_bitmap(self._handle, ref, bitmap.nbits), f"set bitmap: nbits={bitmap.nbits}")
+        if self._bitmap is not None:
+            # a C thread may still hold the old pointer for one bit update: keep it alive
+            self._retired.append((self._bitmap, self._bitmap_ref))
         self._bitmap, self._bitmap_ref = bitmap, ref
 
     def enable_al(self) -> None:

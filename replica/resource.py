@@ -54,6 +54,18 @@ from replica.uuids import MdFlag, UuidFlag
 log = logging.getLogger("replicad.resource")
 
 
+def engine_io_error_mode(on_io_error: str) -> str:
+    """disk { on-io-error } -> what C does with the failing request (replica.mirror): pass_on
+    passes the error on; detach and call-local-io-error (the handler runs, then detach, as in
+    DRBD) stop using the disk at the first error and fail over to the peer."""
+    if on_io_error == "pass_on":
+        return "pass_on"
+    if on_io_error in ("detach", "call-local-io-error"):
+        return "fail_over"
+    raise ValueError(f"{on_io_error!r}: on-io-error: expected one of pass_on, "
+                     "call-local-io-error, detach")
+
+
 
 class ResourceRuntime(ResourceConnection, ResourceEvents):
     def __init__(self, resource: Resource, node: str, default_export_path: str, rng=os.urandom):
@@ -80,6 +92,7 @@ class ResourceRuntime(ResourceConnection, ResourceEvents):
         self.size = 0
         self._discard_my_data = False
         self._standalone_reason = ""          # why the peer link gave up for good
+        self._remote_writes_at = 0            # engine.remote_writes() when a resync was asked
         self._events: queue.Queue = queue.Queue()
         self._threads_stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -256,6 +269,9 @@ class ResourceRuntime(ResourceConnection, ResourceEvents):
     # --- attach/detach -----------------------------------------------------------------------
 
     def attach(self) -> None:
+        if self.md is not None and self.state.disk is DiskState.Diskless:
+            self._reattach_failed_disk()
+            return
         if self.md is not None:
             raise Refusal.DISK_CONFIGURED.error(self.name)
         self.fd = self._open_disk()
@@ -273,6 +289,7 @@ class ResourceRuntime(ResourceConnection, ResourceEvents):
             self.engine.set_bitmap(self.md.bitmap)
             if self.resource.disk.al_updates:
                 self.engine.enable_al()
+            self.engine.set_on_io_error(engine_io_error_mode(self.resource.disk.on_io_error))
             new = self._request(Request.ATTACH, "attach", attach=self.md.attach_info())
             self.server = ExportServer(self.name, self.endpoint, self.engine, self._export_info())
         except BaseException:
@@ -319,8 +336,8 @@ class ResourceRuntime(ResourceConnection, ResourceEvents):
         self._threads = []
 
     def _store_bitmap(self, force: bool = False) -> None:
-        if self.md is None:
-            return
+        if self.md is None or self.state.disk is DiskState.Diskless:
+            return                          # a failed disk: its metadata is left alone
         count = self.md.bitmap.count()
         if not force and count == self._bm_stored_count:
             self._bm_stored_at = time.monotonic()
@@ -333,6 +350,86 @@ class ResourceRuntime(ResourceConnection, ResourceEvents):
                 return
         self._bm_stored_count = count
         self._bm_stored_at = time.monotonic()
+
+    # --- local disk failure (disk { on-io-error }) ------------------------------------------------
+
+    def _on_io_error(self, ev) -> None:
+        """C reported a local I/O error. pass_on: the client got the error and C marked the
+        blocks out of sync; nothing else changes. detach / call-local-io-error (after running
+        the `local-io-error` handler): C already stopped using the disk (fail_over); the disk
+        goes Diskless, as DRBD's "Local IO failed ... Detaching...", and a Primary goes on
+        through the peer."""
+        policy = self.resource.disk.on_io_error
+        if policy == "pass_on":
+            log.error("%s: on-io-error pass_on: error passed on, blocks marked out of sync: "
+                      "offset=%d length=%d", self.name, ev.offset, ev.length)
+            return
+        if self.md is None or self.state.disk is DiskState.Diskless:
+            return
+        if policy == "call-local-io-error":
+            self._run_handler("local-io-error")
+        self.engine.set_disk_failed(True)   # e.g. a read error C found after its reply began
+        log.error("%s: Local IO failed in %s. Detaching...", self.name,
+                  "write" if ev.length else "flush")
+        self._store_bitmap(force=True)      # the blocks that may differ, while md is usable
+        with self.md_lock:
+            try:                            # never claim UpToDate for this disk again
+                self.md.set_flags(clear=MdFlag.CONSISTENT | MdFlag.WAS_UP_TO_DATE)
+            except (md_mod.MetadataError, OSError) as exc:
+                log.error("%s: detach: metadata: %s", self.name, exc)
+        self._set_state(self._request(Request.IO_ERROR, "io-error"),
+                        "local I/O error, on-io-error " + policy)
+        self._send_state()
+        if self.state.role is Role.Primary:
+            log.warning("%s: Diskless Primary: reads and writes go to the peer%s", self.name,
+                        "" if self.state.peer_disk is DiskState.UpToDate
+                        else " (no UpToDate peer: I/O fails with EIO)")
+
+    def _reattach_failed_disk(self) -> None:
+        """`attach` after an I/O error detached the disk: the repaired disk comes back
+        Inconsistent and becomes SyncTarget of a full resync (as `invalidate` does), and serves
+        I/O again once that is done. The backing fd stayed open (and locked) meanwhile."""
+        with self.md_lock:
+            try:
+                md = md_mod.open_md(self.host.disk, self.host.meta_disk, apply_al=True)
+                md.set_flags(clear=MdFlag.CONSISTENT | MdFlag.WAS_UP_TO_DATE)
+            except (md_mod.MetadataError, OSError) as exc:
+                raise ReplicaError(f"{self.name}: attach: {exc}") from None
+            self.md.close()
+            self.md = md
+        self.engine.set_bitmap(self.md.bitmap)
+        self.md.bitmap.set_all()
+        self._set_state(replace(self.state, disk=DiskState.Inconsistent), "attach")
+        self._store_bitmap(force=True)
+        log.info("%s: attached: disk %s again after an I/O error: Inconsistent, full resync "
+                 "from the peer", self.name, self.host.disk)
+        s = self.state
+        if s.is_connected and s.peer_disk is DiskState.UpToDate:
+            self._request_resync_after_failure("attach")
+
+    def _request_resync_after_failure(self, why: str) -> None:
+        """Ask the UpToDate peer for a full resync of this re-attached disk. Writes go on to
+        the peer alone meanwhile (the peer marks them); any sent from here on may race the
+        resync, so the disk is handed back only if none was (`disk_usable_after_resync`)."""
+        self._remote_writes_at = self.engine.remote_writes()
+        self._set_state(replace(self.state, repl=ReplState.StartingSyncT), why)
+        self._send_state()
+        self._send(encode_full_sync_request())
+
+    def disk_usable_after_resync(self) -> bool:
+        """The SyncTarget's resync is done: True if the disk may serve I/O (always, unless it
+        is a re-attached failed disk that got writes it may have missed: then resync again)."""
+        if not self.engine.disk_failed():
+            return True
+        if self.engine.reuse_disk(self._remote_writes_at):
+            log.info("%s: disk back in use after the resync", self.name)
+            return True
+        log.warning("%s: writes reached only the peer during the resync: resyncing again",
+                    self.name)
+        self._finish_progress()
+        self._set_state(replace(self.state, repl=ReplState.Established), "resync incomplete")
+        self._request_resync_after_failure("resync again")
+        return False
 
     # --- user requests ------------------------------------------------------------------------
 

@@ -72,8 +72,8 @@ class ResourceConnection:
             self.runner.stop()
             self.runner = None
         self.progress = None
-        if self.md is not None and needs_new_current_uuid(old, new, forced=False,
-                                                          bitmap_uuid=self.md.uuids.bitmap):
+        if self.md is not None and old.disk is not DiskState.Diskless and needs_new_current_uuid(
+                old, new, forced=False, bitmap_uuid=self.md.uuids.bitmap):
             self._new_current_uuid(f"{why}: Primary without peer")
         self._set_state(new, why)
         self._store_bitmap()

@@ -20,6 +20,8 @@ Rule 2: a handler runs its guards first; the first failing guard returns a `Refu
     DEMOTE   refused: device open for writing                -> DEVICE_IN_USE
     DETACH   refused: Primary without an UpToDate peer        -> NO_UP_TO_DATE_DISK
     OUTDATE  refused: Connected -> CONNECTED_OUTDATES; Primary -> NO_UP_TO_DATE_DISK
+    IO_ERROR never refused (the disk is gone whatever the role): disk -> Diskless; a Primary
+             keeps its role and reaches the data through the peer (or not at all)
 
 Lifecycle of the connection (drbd 9 names)::
 
@@ -50,6 +52,7 @@ class Request(enum.Enum):
     RESUME_SYNC = "resume-sync"
     CONNECTION_LOST = "connection-lost"      # network event, not a user request
     SYNC_FINISHED = "sync-finished"          # resync event: the last block was written
+    IO_ERROR = "io-error"                    # disk event: on-io-error detach took the disk away
 
     def __str__(self) -> str:
         return self.value
@@ -176,6 +179,12 @@ def _detach(s: ResourceState, _f: bool, _a) -> Result:
     return replace(s, disk=DiskState.Diskless)
 
 
+def _io_error(s: ResourceState, _f: bool, _a) -> Result:
+    # a resync involving this disk cannot go on: the peer learns Diskless and stops it
+    repl = ReplState.Established if s.is_connected else ReplState.Off
+    return replace(s, disk=DiskState.Diskless, repl=repl, susp_user=False)
+
+
 def _connect(s: ResourceState, _f: bool, _a) -> Result:
     if s.conn is not ConnState.StandAlone:
         return Refusal.NET_CONFIGURED
@@ -273,7 +282,7 @@ _BY_REQUEST: dict[Request, Handler] = {
     Request.INVALIDATE: _invalidate, Request.INVALIDATE_REMOTE: _invalidate_remote,
     Request.OUTDATE: _outdate, Request.PAUSE_SYNC: _pause_sync,
     Request.RESUME_SYNC: _resume_sync, Request.CONNECTION_LOST: _connection_lost,
-    Request.SYNC_FINISHED: _sync_finished,
+    Request.SYNC_FINISHED: _sync_finished, Request.IO_ERROR: _io_error,
 }
 
 # The table. Both local roles accept every request; the guards inside differ by role.

@@ -33,8 +33,9 @@ _ROLE_TO_WIRE = {Role.Unknown: WireRole.UNKNOWN, Role.Primary: WireRole.PRIMARY,
 _WIRE_TO_ROLE = {v: k for k, v in _ROLE_TO_WIRE.items()}
 _DISK_TO_WIRE = {d: WireDisk[d.name.upper()] for d in DiskState}
 _WIRE_TO_DISK = {v: k for k, v in _DISK_TO_WIRE.items()}
-_ALLOWED_FLAGS = {ReplPacket.DATA: DataFlag.FUA, ReplPacket.TRIM: DataFlag.FUA,
-                  ReplPacket.ZEROES: DataFlag.FUA | DataFlag.NO_HOLE,
+_ALLOWED_FLAGS = {ReplPacket.DATA: DataFlag.FUA | DataFlag.NOT_LOCAL,
+                  ReplPacket.TRIM: DataFlag.FUA | DataFlag.NOT_LOCAL,
+                  ReplPacket.ZEROES: DataFlag.FUA | DataFlag.NO_HOLE | DataFlag.NOT_LOCAL,
                   ReplPacket.BITMAP: BITMAP_LAST, ReplPacket.HELLO: 0x1}
 
 

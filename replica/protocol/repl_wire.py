@@ -54,10 +54,12 @@ class ReplPacket(enum.IntEnum):
     TRIM = 0x02
     ZEROES = 0x03
     FLUSH = 0x04
+    READ_REQUEST = 0x05       # a Diskless node reads through its peer: aux = length
     RECV_ACK = 0x10
     WRITE_ACK = 0x11
     FLUSH_ACK = 0x12
     NEG_ACK = 0x13
+    READ_REPLY = 0x14         # answers READ_REQUEST id: payload = the data, or aux = errno
     PING = 0x20
     PING_ACK = 0x21
     RS_REQUEST = 0x30
@@ -82,6 +84,7 @@ class DataFlag(enum.IntFlag):
 
     FUA = 0x0001
     NO_HOLE = 0x0002          # ZEROES: write zeroes, do not punch a hole
+    NOT_LOCAL = 0x0004        # the sender's disk failed and lacks this write: mark it out of sync
 
 
 BITMAP_LAST = 0x0001                  # BITMAP flags: this slice ends the encoding
@@ -164,6 +167,7 @@ BITMAP_SLICE = 1024 * 1024            # encoder's slice size; the decoder accept
 PAYLOAD_LIMITS: dict[ReplPacket, tuple[int, int]] = {
     ReplPacket.DATA: (0, MAX_PAYLOAD),
     ReplPacket.RS_DATA: (0, MAX_PAYLOAD),
+    ReplPacket.READ_REPLY: (0, MAX_PAYLOAD),
     ReplPacket.HELLO: (VERSIONS.size, HELLO_MAX),   # the rest is checked once versions match
     ReplPacket.AUTH_CHALLENGE: (CHALLENGE_MIN, CHALLENGE_MAX),
     ReplPacket.AUTH_RESPONSE: (RESPONSE_MIN, RESPONSE_MAX),

@@ -38,7 +38,8 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 class TwoNodes:
     def __init__(self, size: int = 32 * MiB, net: str = DEFAULT_NET, disk: str = "",
                  handlers: str = "", node_net: dict[str, str] | None = None,
-                 root: str = "/dev/shm", external_md: bool = False):
+                 root: str = "/dev/shm", external_md: bool = False,
+                 disk_dirs: dict[str, Path] | None = None):
         n = next(_counter)
         self.prefix = f"rpl{os.getpid() % 100000}x{n}"
         self.subnet = (os.getpid() * 7 + n) % 200 + 20
@@ -50,6 +51,7 @@ class TwoNodes:
         self.net, self.disk_opts, self.handlers = net, disk, handlers
         self.node_net = node_net or {}
         self.external_md = external_md
+        self.disk_dirs = disk_dirs or {}     # node -> directory of its backing file (a test's mount)
         self._made_ns: list[str] = []
 
     # --- setup / teardown ---------------------------------------------------------------
@@ -125,6 +127,8 @@ resource r0 {{
         return self.dir / node / "replica.conf"
 
     def disk_path(self, node: str) -> Path:
+        if node in self.disk_dirs:
+            return self.disk_dirs[node] / f"{self.prefix}-{node}.img"
         return self.dir / f"{node}.img"
 
     def run_dir(self, node: str) -> Path:

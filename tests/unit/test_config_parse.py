@@ -576,3 +576,42 @@ def test_equality_ignores_file_and_line():
     b = parse_config("\n\n\nresource r0 {\n on a {\n disk /d; } }", os.path.join("x", "two.conf"))
     assert a == b
     assert a.resource("r0").line != b.resource("r0").line
+
+
+# -- on-io-error and the local-io-error handler (issue 9 item 2) ---------------------------------
+
+def test_on_io_error_default_inheritance_and_engine_mode():
+    from replica.resource import engine_io_error_mode
+    text = """\
+common { disk { on-io-error pass_on; } handlers { local-io-error "/sbin/notify io $DRBD_RESOURCE"; } }
+resource r0 { on a { disk /d; } }
+resource r1 { disk { on-io-error call-local-io-error; } on a { disk /d; } }
+resource r2 { on a { disk /d; } }
+"""
+    cfg = parse_config(text, "r.conf")
+    assert cfg.resource("r0").disk.on_io_error == "pass_on"
+    assert cfg.resource("r1").disk.on_io_error == "call-local-io-error"
+    assert cfg.resource("r1").handlers == {"local-io-error": "/sbin/notify io $DRBD_RESOURCE"}
+    assert one().disk.on_io_error == "detach"                  # DRBD's default
+    assert "on-io-error call-local-io-error;" in dump_config(cfg)
+    modes = {p: engine_io_error_mode(p) for p in ("pass_on", "detach", "call-local-io-error")}
+    assert modes == {"pass_on": "pass_on", "detach": "fail_over", "call-local-io-error": "fail_over"}
+    with pytest.raises(ValueError, match="'panic': on-io-error: expected one of"):
+        engine_io_error_mode("panic")
+
+
+@pytest.mark.parametrize("text,message", [
+    (R0 + "  disk { on-io-error; }\n}\n",
+     "r.conf:2: resource 'r0': disk: on-io-error: expected one value, got 0: ''"),
+    (R0 + "  disk {\n on-io-error detach pass_on; }\n}\n",
+     "r.conf:3: resource 'r0': disk: on-io-error: expected one value, got 2: 'detach pass_on' "
+     "(missing ';'?)"),
+    (R0 + "  net { on-io-error detach; }\n}\n",
+     "r.conf:2: resource 'r0': net: unknown keyword 'on-io-error'"),
+    (R0 + "  disk { on-io-error detach; on-io-error pass_on; }\n}\n",
+     "r.conf:2: resource 'r0': disk: on-io-error: duplicate option (first at line 2)"),
+    (R0 + "  handlers { local-io-error; }\n}\n",
+     "r.conf:2: resource 'r0': handlers: local-io-error: expected one value, got 0: ''"),
+])
+def test_on_io_error_errors_name_file_and_line(text, message):
+    assert error_of(text) == message

@@ -108,7 +108,10 @@ def test_decoder_frames_split_anywhere():
     (struct.pack(">IHHQQII", wire.REPL_MAGIC, 0x20, 0, 0, 0, 4, 0), r"PING: length=4 outside 0..0"),
     (struct.pack(">IHHQQII", wire.REPL_MAGIC, 0x02, 0, 0, 0, 512, 0), r"TRIM: length=512"),
     (struct.pack(">IHHQQII", wire.REPL_MAGIC, 0x01, 2, 0, 0, 0, 0), r"DATA: flags=0x0002"),
-    (struct.pack(">IHHQQII", wire.REPL_MAGIC, 0x03, 4, 0, 0, 0, 0), r"ZEROES: flags=0x0004"),
+    (struct.pack(">IHHQQII", wire.REPL_MAGIC, 0x03, 8, 0, 0, 0, 0), r"ZEROES: flags=0x0008"),
+    (struct.pack(">IHHQQII", wire.REPL_MAGIC, 0x04, 4, 0, 0, 0, 0), r"FLUSH: flags=0x0004"),
+    (struct.pack(">IHHQQII", wire.REPL_MAGIC, 0x05, 0, 0, 0, 4, 0), r"READ_REQUEST: length=4 outside 0..0"),
+    (struct.pack(">IHHQQII", wire.REPL_MAGIC, 0x14, 1, 0, 0, 0, 0), r"READ_REPLY: flags=0x0001"),
     (struct.pack(">IHHQQII", wire.REPL_MAGIC, 0x41, 0, 0, 0, 3, 0), r"AUTH_CHALLENGE: length=3"),
 ])
 def test_decoder_rejects_bad_headers_naming_the_field(raw, match):

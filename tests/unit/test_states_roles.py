@@ -199,3 +199,23 @@ def test_split_brain_goes_standalone():
     sb = apply_split_brain(request(CONNECTED, Request.PROMOTE))
     assert sb.conn is ConnState.StandAlone and sb.peer_role is Role.Unknown
     assert sb.role is Role.Primary
+
+
+# --- on-io-error: a failed disk (issue 9 item 2) -------------------------------------------------
+
+@pytest.mark.parametrize("role", [Role.Primary, Role.Secondary])
+def test_io_error_detaches_whatever_the_role_and_peer(role):
+    up = replace(CONNECTED, role=role, disk=DiskState.UpToDate, peer_disk=DiskState.UpToDate)
+    new = request(up, Request.IO_ERROR)
+    assert (new.role, new.disk, new.conn, new.repl) == (role, DiskState.Diskless,
+                                                        ConnState.Connected, ReplState.Established)
+    # a user's detach of that Primary would be refused; a failing disk is not asked
+    alone = replace(up, conn=ConnState.Connecting, repl=ReplState.Off, peer_disk=DiskState.DUnknown)
+    assert request(alone, Request.DETACH) in (Refusal.NO_UP_TO_DATE_DISK, replace(
+        alone, disk=DiskState.Diskless))
+    assert request(alone, Request.IO_ERROR).disk is DiskState.Diskless
+    # a resync using this disk ends with it
+    syncing = replace(up, repl=ReplState.SyncSource, susp_user=True)
+    assert (request(syncing, Request.IO_ERROR).repl, request(syncing, Request.IO_ERROR).susp_user) \
+        == (ReplState.Established, False)
+    assert (role, Request.IO_ERROR) in _TRANSITIONS
