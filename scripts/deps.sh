@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 # Set up a fresh Debian 12 machine for replica-ha, idempotently:
 #   1. the apt packages named on the command line (only those missing: no apt-get update otherwise),
-#   2. a virtualenv with the project installed editable (this builds the C extension),
+#   2. a virtualenv with the project installed editable (this builds the C extension) and the
+#      test-time tools (pytest, hypothesis; ruff and mypy for `make lint`),
 #   3. libnbd's Python binding (Debian's python3-libnbd) made importable from the venv.
 # usage: scripts/deps.sh PYTHON VENV PACKAGE...
 set -euo pipefail
@@ -34,7 +35,7 @@ if [[ ! -x $venv/bin/python ]]; then
     "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
-"$venv/bin/python" -m pip install -q cffi pytest pytest-timeout hypothesis cryptography pyroute2 rich
+"$venv/bin/python" -m pip install -q cffi pytest pytest-timeout hypothesis cryptography pyroute2 rich ruff mypy
 "$venv/bin/python" -m pip install -q --no-build-isolation -e .
 
 # python3-libnbd installs for Debian's python3; the module is ABI-compatible with any CPython of

@@ -31,6 +31,7 @@ sys.path.insert(0, REPO)
 
 from hbd.journal import read_journal  # noqa: E402
 from scripts.hbd_lab import VIP, Lab  # noqa: E402
+from scripts.waiting import wait_for  # noqa: E402
 
 PROBE = r"""
 import json, os, select, socket, struct, sys, time
@@ -84,8 +85,7 @@ def one_run(workdir: str, keepalive: str, deadtime: float, initdead: float, run:
                                         "initdead": f"{initdead:g}", "auto_failback": "on"})
         lab.start_hbd("ha1")
         lab.start_hbd("ha2")
-        if lab.wait_for(lambda: lab.holds_all("ha1"), initdead + 30) is None:
-            raise RuntimeError("ha1 never took its group:\n" + lab.log_text("ha1"))
+        wait_for(lambda: lab.holds_all("ha1"), "ha1 to take its group", initdead + 30, details=lab.logs_text)
         probe = subprocess.Popen(["ip", "netns", "exec", lab.ns["cli"], sys.executable, "-c", PROBE, VIP,
                                   "10.0.17.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -96,8 +96,7 @@ def one_run(workdir: str, keepalive: str, deadtime: float, initdead: float, run:
             time.sleep(max(1.0, 2 * float(keepalive.rstrip("ms")) / (1000 if keepalive.endswith("ms") else 1)))
             t_fail = time.monotonic()
             lab.link("ha1", up=False)
-            if lab.wait_for(lambda: lab.holds_all("ha2"), deadtime + 30) is None:
-                raise RuntimeError("ha2 never took over:\n" + lab.log_text("ha2"))
+            wait_for(lambda: lab.holds_all("ha2"), "ha2 to take over", deadtime + 30, details=lab.logs_text)
             time.sleep(1.0)
         finally:
             probe.send_signal(signal.SIGTERM)

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """Two-node hbd lab in network namespaces, for integration/e2e tests and scripts/failover_timing.py.
 
-Topology (every name carries a unique prefix, everything is deleted by close())::
+Topology (scripts/lab.py's switched_lan; every name carries a unique prefix; close() kills every
+process started here and deletes every namespace, even after a failed setup)::
 
     PFX-ha1 [eth0 10.0.17.1/24] --veth--+
     PFX-ha2 [eth0 10.0.17.2/24] --veth--+-- br0 in PFX-sw (a switch)
@@ -22,7 +23,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+from typing import IO
+
+from scripts.lab import NetLab
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = os.path.join(REPO, "examples", "seed")
@@ -67,63 +70,41 @@ esac
 """
 
 
-def sh(*argv: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, check=check, capture_output=capture, text=True)
-
-
 class Lab:
     def __init__(self, workdir: str, prefix: str | None = None):
         self.dir = workdir
         self.prefix = prefix or f"hbt{os.getpid() % 100000}"
-        self.ns = {n: f"{self.prefix}-{n}" for n in ("ha1", "ha2", "cli", "sw")}
+        self.net = NetLab(self.prefix)
+        self.ns = {n: self.net.ns(n) for n in ("ha1", "ha2", "cli", "sw")}
         self.procs: dict[str, subprocess.Popen] = {}
-        self.logs: dict[str, object] = {}
-        self._up = False
+        self.logs: list[IO[str]] = []
 
     # --- topology --------------------------------------------------------------------------
     def setup(self) -> Lab:
-        self._up = True
-        for ns in self.ns.values():
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sw = self.ns["sw"]
-        sh("ip", "-n", sw, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", sw, "link", "set", "br0", "up")
-        for i, n in enumerate(("ha1", "ha2", "cli")):
-            port = f"p{i}"
-            sh("ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", self.ns[n])
-            sh("ip", "-n", sw, "link", "set", port, "master", "br0", "up")
-            sh("ip", "-n", self.ns[n], "addr", "add", f"{ADDRS[n]}/24", "dev", "eth0")
-            sh("ip", "-n", self.ns[n], "link", "set", "eth0", "up")
+        try:
+            self.net.switched_lan({n: f"{ADDRS[n]}/24" for n in ("ha1", "ha2", "cli")})
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def close(self) -> None:
-        for name in list(self.procs):
-            self.kill(name, signal.SIGKILL)
-        for n in ("ha1", "ha2"):
-            # background ARP senders we started through IPaddr (own session, our netns only)
-            try:
-                out = sh("ip", "netns", "pids", self.ns[n], check=False).stdout.split()
-            except OSError:
-                out = []
-            for pid in out:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-        if self._up:
-            for ns in self.ns.values():
-                sh("ip", "netns", "del", ns, check=False)
-            self._up = False
-        for f in self.logs.values():
-            f.close()
+        """hbd gets SIGKILL by PID, then the lab removes what is left in the namespaces (the
+        ARP senders IPaddr started) and the namespaces."""
+        try:
+            for name in list(self.procs):
+                self.kill(name, signal.SIGKILL)
+        finally:
+            self.net.close()
+            for f in self.logs:
+                f.close()
+            self.logs = []
 
     def exec(self, n: str, *argv: str, check: bool = False, timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.ns[n], *argv], capture_output=True, text=True,
-                              check=check, timeout=timeout)
+        return self.net.run(self.ns[n], *argv, check=check, timeout=timeout)
 
     def link(self, n: str, up: bool) -> None:
-        sh("ip", "-n", self.ns[n], "link", "set", "eth0", "up" if up else "down")
+        self.net.set_link(self.ns[n], "eth0", up)
 
     # --- node files -----------------------------------------------------------------------
     def node_dir(self, n: str) -> str:
@@ -192,10 +173,10 @@ class Lab:
         env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["REPLICACTL"] = os.path.join(self.node_dir(n), "replicactl")
         log = open(os.path.join(self.node_dir(n), "hbd.log"), "a")
-        self.logs[n + str(len(self.logs))] = log
-        p = subprocess.Popen(["ip", "netns", "exec", self.ns[n], PYTHON, "-m", "hbd", "-f",
-                              "--config-dir", self.config_dir(n), "--node", n, "--run-dir", self.run_dir(n),
-                              *extra], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        self.logs.append(log)
+        p = self.net.popen(self.ns[n], [PYTHON, "-m", "hbd", "-f", "--config-dir", self.config_dir(n),
+                                        "--node", n, "--run-dir", self.run_dir(n), *extra],
+                           stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         self.procs[n] = p
         return p
 
@@ -261,12 +242,6 @@ class Lab:
         out = self.exec(n, "cat", "/sys/class/net/eth0/address").stdout.strip()
         return out
 
-    def wait_for(self, pred, timeout_s: float, interval_s: float = 0.05) -> float | None:
-        """Seconds until pred() was true, or None on timeout."""
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout_s:
-            if pred():
-                return time.monotonic() - t0
-            time.sleep(interval_s)
-        return None
-
+    def logs_text(self, *nodes: str) -> str:
+        """The hbd logs of `nodes` (default both), for timeout messages."""
+        return "\n".join(f"--- {n} hbd.log ---\n{self.log_text(n)[-3000:]}" for n in nodes or ("ha1", "ha2"))

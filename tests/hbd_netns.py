@@ -12,7 +12,7 @@ __all__ = ["ADDRS", "PYTHON", "REPO", "SEED", "VIP", "Lab", "running_lab"]
 def running_lab(tmp_path, *commands: str) -> Iterator[Lab]:
     """For a pytest fixture (`yield from running_lab(tmp_path, "ip")`): a set-up Lab, closed
     afterwards even when the test fails; skips without root or the named commands."""
-    from conftest import requires_commands, requires_root
+    from tests.conftest import requires_commands, requires_root
     requires_root()
     requires_commands(*commands)
     lab = Lab(str(tmp_path))

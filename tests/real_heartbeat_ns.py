@@ -15,6 +15,8 @@ import signal
 import subprocess
 import time
 
+from scripts.lab import NetLab
+
 _PINNED_NS: dict[str, int] = {}
 
 
@@ -73,30 +75,14 @@ def kill_namespace(link) -> None:
 
 @contextlib.contextmanager
 def veth_namespace_pair(tag: str, subnet: int):
-    """Namespaces {tag}{n}a/b joined by veth (eth0 each, 10.{subnet}.{n}.1 and .2/24, with a
-    broadcast address); yields (ns_a, ns_b, ip_a, ip_b) and deletes both namespaces afterwards."""
+    """Namespaces {tag}{n}-a/b joined by veth (scripts/lab.py; eth0 each, 10.{subnet}.{n}.1 and .2/24,
+    with a broadcast address); yields (ns_a, ns_b, ip_a, ip_b); the lab kills what is left inside
+    and deletes both namespaces afterwards."""
     n = os.getpid() % 200 + 20
-    a, b = f"{tag}{n}a", f"{tag}{n}b"
-    made = []
-
-    def run(*argv):
-        subprocess.run(argv, check=True, capture_output=True, text=True, timeout=30)
-    try:
-        for ns in (a, b):
-            run("ip", "netns", "add", ns)
-            made.append(ns)
-        run("ip", "link", "add", f"{tag}tmp0", "netns", a, "type", "veth", "peer", "name", f"{tag}tmp1",
-            "netns", b)
-        for ns, ifname, addr in ((a, f"{tag}tmp0", f"10.{subnet}.{n}.1/24"),
-                                 (b, f"{tag}tmp1", f"10.{subnet}.{n}.2/24")):
-            run("ip", "-n", ns, "link", "set", ifname, "name", "eth0")
-            run("ip", "-n", ns, "addr", "add", addr, "brd", "+", "dev", "eth0")   # bcast needs x.y.z.255
-            run("ip", "-n", ns, "link", "set", "eth0", "up")
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        yield a, b, f"10.{subnet}.{n}.1", f"10.{subnet}.{n}.2"
-    finally:
-        for ns in made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    ip_a, ip_b = f"10.{subnet}.{n}.1", f"10.{subnet}.{n}.2"
+    with NetLab(f"{tag}{n}") as lab:
+        a, b = lab.veth_pair("a", "b", f"{ip_a}/24", f"{ip_b}/24", broadcast=True)   # bcast needs x.y.z.255
+        yield a, b, ip_a, ip_b
 
 
 def copy_heartbeat_state(base) -> tuple:

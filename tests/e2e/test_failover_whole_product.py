@@ -15,6 +15,8 @@ import pytest
 
 from tests.conftest import requires_commands, requires_module, requires_root
 
+pytestmark = pytest.mark.root
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "demo_failover.sh"
 
 

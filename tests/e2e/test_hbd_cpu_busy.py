@@ -4,13 +4,12 @@ under load is heartbeat's classic split-brain cause, heartbeat-reference.md sect
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hbd_netns import running_lab  # noqa: E402
+from scripts.waiting import wait_for
+from tests.hbd_netns import running_lab
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 BUSY_S = 60
@@ -26,7 +25,7 @@ def test_busy_cpus_do_not_cause_false_failover(lab):
         lab.write_config(n, timing={"keepalive": "1", "deadtime": "5", "initdead": "10", "auto_failback": "on"})
     lab.start_hbd("ha1")
     lab.start_hbd("ha2")
-    assert lab.wait_for(lambda: lab.holds_all("ha1"), 30) is not None, lab.log_text("ha1")
+    wait_for(lambda: lab.holds_all("ha1"), "ha1 to hold the VIP, disk and services", 30, details=lab.logs_text)
     ncpu = os.cpu_count() or 2
     hogs = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(ncpu)]
     try:

@@ -24,10 +24,9 @@ import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from conftest import requires_commands, requires_root  # noqa: E402
-from tests.real_heartbeat_ns import (copy_heartbeat_state, kill_namespace, pin_mount_namespace,
-                                     veth_namespace_pair)
+from scripts.waiting import wait_for
+from tests.conftest import requires_commands, requires_root
+from tests.real_heartbeat_ns import copy_heartbeat_state, kill_namespace, pin_mount_namespace, veth_namespace_pair
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -109,15 +108,6 @@ def pair(tmp_path):
         yield namespaces
 
 
-def wait_for(pred, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.mark.parametrize("mode", ["on", "legacy"])
 def test_real_heartbeat_and_hbd_fail_over_to_each_other(pair, tmp_path, mode):
     ns_a, ns_b, ip_a, ip_b = pair
@@ -153,21 +143,21 @@ def test_real_heartbeat_and_hbd_fail_over_to_each_other(pair, tmp_path, mode):
     try:
         ours = start_hbd()
         real.start()
-        assert wait_for(lambda: has("ha1", "hbsvc1") and has("ha2", "hbsvc2"), 40), logs()
+        wait_for(lambda: has("ha1", "hbsvc1") and has("ha2", "hbsvc2"), "each node to run its own service", 40, details=logs)
         assert not has("ha2", "hbsvc1") and not has("ha1", "hbsvc2")
 
         # the real daemon dies: hbd takes hbsvc1 over after deadtime
         real.kill()
         (state / "ha1-hbsvc1").unlink()            # the "node" is gone with its service
         t0 = time.monotonic()
-        assert wait_for(lambda: has("ha2", "hbsvc1"), DEADTIME_S + 3), logs()
+        wait_for(lambda: has("ha2", "hbsvc1"), "hbd (ha2) to take hbsvc1 over", DEADTIME_S + 3, details=logs)
         assert time.monotonic() - t0 <= DEADTIME_S + 3
 
         # it comes back: hbd hands hbsvc1 back
         real.start()
-        assert wait_for(lambda: has("ha1", "hbsvc1"), 60), logs()
+        wait_for(lambda: has("ha1", "hbsvc1"), "the real heartbeat (ha1) to start hbsvc1 again", 60, details=logs)
         t_real = time.monotonic()
-        assert wait_for(lambda: not has("ha2", "hbsvc1"), 60), logs()
+        wait_for(lambda: not has("ha2", "hbsvc1"), "hbd (ha2) to give hbsvc1 back", 60, details=logs)
         overlap_s = time.monotonic() - t_real
         assert has("ha1", "hbsvc1") and has("ha2", "hbsvc2") and not has("ha1", "hbsvc2")
         if mode == "legacy":
@@ -184,13 +174,13 @@ def test_real_heartbeat_and_hbd_fail_over_to_each_other(pair, tmp_path, mode):
         time.sleep(2)
         ours.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
-        assert wait_for(lambda: has("ha1", "hbsvc2"), DEADTIME_S), logs()
+        wait_for(lambda: has("ha1", "hbsvc2"), "the real heartbeat (ha1) to take hbsvc2 over", DEADTIME_S, details=logs)
         assert time.monotonic() - t0 < DEADTIME_S
         assert ours.wait(timeout=20) == 0 and not has("ha2", "hbsvc2")
 
         # hbd comes back: the real heartbeat hands hbsvc2 back to it
         ours = start_hbd()
-        assert wait_for(lambda: has("ha2", "hbsvc2") and not has("ha1", "hbsvc2"), 60), logs()
+        wait_for(lambda: has("ha2", "hbsvc2") and not has("ha1", "hbsvc2"), "hbsvc2 to move back to hbd (ha2)", 60, details=logs)
         assert has("ha1", "hbsvc1") and not has("ha2", "hbsvc1")
     finally:
         real.kill()

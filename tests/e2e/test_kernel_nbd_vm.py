@@ -23,12 +23,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import requires_commands, requires_root
 from tests.e2e.vm.cpio import CpioWriter
 from tests.e2e.vm.guest import GuestRun, run_guest
-from tests.e2e.vm.image import build_boot_image, ImageUnavailable, module_load_order, parse_modinfo
+from tests.e2e.vm.image import ImageUnavailable, build_boot_image, module_load_order, parse_modinfo
 from tests.integration.replica_fixtures import serve_resource
 
 MiB = 1 << 20

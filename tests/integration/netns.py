@@ -8,8 +8,9 @@ accepts). Backing files and run directories are on tmpfs under /dev/shm/PFX; eac
 export is a unix socket there, so NBD clients run on the host, outside the namespaces.
 `replicactl` runs inside the node's namespace (`ip netns exec`) and starts `replicad` there.
 
-close() always cleans up: every process left in the two namespaces (all started by us: the
-namespaces are ours), the namespaces (which removes the veth pair), the tmpfs directory.
+The namespaces, the veth pair and their cleanup are scripts/lab.py's NetLab: close() always kills
+every process left in the two namespaces (all started by us: the namespaces are ours), deletes the
+namespaces (which removes the veth pair), then the tmpfs directory. Waiting is scripts/waiting.py.
 """
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from scripts.lab import NetLab, kill_namespace_processes
+from scripts.waiting import wait_for
 
 BIN = Path(sys.executable).parent
 NODES = ("alpha", "beta")
@@ -44,7 +46,8 @@ class TwoNodes:
         self.prefix = f"rpl{os.getpid() % 100000}x{n}"
         self.subnet = (os.getpid() * 7 + n) % 200 + 20
         self.dir = Path(root) / self.prefix
-        self.ns = {"alpha": f"{self.prefix}-a", "beta": f"{self.prefix}-b"}
+        self.lab = NetLab(self.prefix)
+        self.ns = {"alpha": self.lab.ns("a"), "beta": self.lab.ns("b")}
         self.veth = {"alpha": f"v{self.prefix[3:]}a"[-15:], "beta": f"v{self.prefix[3:]}b"[-15:]}
         self.addr = {"alpha": f"10.99.{self.subnet}.1", "beta": f"10.99.{self.subnet}.2"}
         self.size = size
@@ -52,11 +55,10 @@ class TwoNodes:
         self.node_net = node_net or {}
         self.external_md = external_md
         self.disk_dirs = disk_dirs or {}     # node -> directory of its backing file (a test's mount)
-        self._made_ns: list[str] = []
 
     # --- setup / teardown ---------------------------------------------------------------
 
-    def __enter__(self) -> "TwoNodes":
+    def __enter__(self) -> TwoNodes:
         try:
             self.start()
         except BaseException:
@@ -69,16 +71,9 @@ class TwoNodes:
 
     def start(self) -> None:
         self.dir.mkdir(parents=True)
+        self.lab.veth_pair("a", "b", f"{self.addr['alpha']}/24", f"{self.addr['beta']}/24",
+                           if_a=self.veth["alpha"], if_b=self.veth["beta"])
         for node in NODES:
-            sh("ip", "netns", "add", self.ns[node])
-            self._made_ns.append(self.ns[node])
-            sh("ip", "-n", self.ns[node], "link", "set", "lo", "up")
-        sh("ip", "link", "add", self.veth["alpha"], "netns", self.ns["alpha"], "type", "veth",
-           "peer", "name", self.veth["beta"], "netns", self.ns["beta"])
-        for node in NODES:
-            sh("ip", "-n", self.ns[node], "addr", "add", f"{self.addr[node]}/24", "dev",
-               self.veth[node])
-            sh("ip", "-n", self.ns[node], "link", "set", self.veth[node], "up")
             (self.dir / node).mkdir()
             with open(self.disk_path(node), "wb") as f:
                 f.truncate(self.size)
@@ -102,24 +97,10 @@ resource r0 {{
 """)
 
     def close(self) -> None:
-        for node in NODES:
-            ns = self.ns[node]
-            if ns not in self._made_ns:
-                continue
-            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            deadline = time.monotonic() + 5
-            while pids and time.monotonic() < deadline:
-                pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
-                time.sleep(0.05)
-        for ns in self._made_ns:
-            sh("ip", "netns", "del", ns, check=False)
-        self._made_ns = []
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            self.lab.close()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     # --- per node ------------------------------------------------------------------------
 
@@ -164,32 +145,26 @@ resource r0 {{
 
     def kill_daemon(self, node: str) -> None:
         """kill -9 every process of the node's namespace (its replicad, our handlers)."""
-        for pid in sh("ip", "netns", "pids", self.ns[node], check=False).stdout.split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and sh("ip", "netns", "pids", self.ns[node],
-                                                  check=False).stdout.split():
-            time.sleep(0.05)
+        kill_namespace_processes(self.ns[node], timeout_s=10)
 
     def link(self, up: bool) -> None:
-        sh("ip", "-n", self.ns["alpha"], "link", "set", self.veth["alpha"], "up" if up else "down")
+        self.lab.set_link(self.ns["alpha"], self.veth["alpha"], up)
 
     def wait(self, node: str, pred, what: str, timeout: float = 30.0) -> dict:
-        deadline = time.monotonic() + timeout
-        st: dict = {}
-        while time.monotonic() < deadline:
-            st = self.status(node)
-            if st and pred(st):
-                return st
-            time.sleep(0.1)
-        keys = ("role", "peer_role", "connection", "replication", "disk_state", "peer_disk_state",
-                "link_error")
-        raise AssertionError(f"{node}: timed out after {timeout:.0f} s waiting for {what}; last "
-                             f"status: {json.dumps({k: st.get(k) for k in keys})}"
-                             f"\n--- log ---\n{self.log(node)[-3000:]}")
+        """The node's status once pred(status) holds; on timeout the last status and log tail."""
+        last: dict = {}
+
+        def check() -> dict | None:
+            nonlocal last
+            last = self.status(node)
+            return last if last and pred(last) else None
+
+        def details() -> str:
+            keys = ("role", "peer_role", "connection", "replication", "disk_state",
+                    "peer_disk_state", "link_error")
+            return (f"{node}: last status: {json.dumps({k: last.get(k) for k in keys})}"
+                    f"\n--- log ---\n{self.log(node)[-3000:]}")
+        return wait_for(check, f"{node}: {what}", timeout, interval_s=0.1, details=details)
 
     def wait_synced(self, timeout: float = 60.0) -> None:
         for node in NODES:

@@ -4,9 +4,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from scripts.waiting import WaitTimeout, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -62,12 +63,7 @@ def serve_resource(tmp: Path, size: int = 64 << 20, export: str | None = None):
     finally:
         served.ctl("down", "r0", check=False)
         if pid is not None:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.05)
-            else:
+            try:
+                wait_for(lambda: not os.path.exists(f"/proc/{pid}"), f"replicad {pid} to exit after down", 10)
+            except WaitTimeout:
                 os.kill(pid, signal.SIGKILL)

@@ -7,12 +7,14 @@ exactly those blocks; killed with SIGKILL, by the 15 whole extents of its activi
 import os
 import re
 import signal
-import time
 
 import pytest
 
+from scripts.waiting import wait_for
 from tests.conftest import requires_commands, requires_module, requires_root
 from tests.integration.netns import MiB, TwoNodes
+
+pytestmark = pytest.mark.root
 
 AL_EXTENT = 4 * MiB
 EXTENTS = 15
@@ -59,14 +61,7 @@ def _out_of_sync_at_attach(t: TwoNodes) -> int:
 def _stop_with(t: TwoNodes, sig: int) -> None:
     pid = t.daemon_pid("alpha")
     os.kill(pid, sig)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"replicad {pid} did not exit on signal {sig}")
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), f"replicad {pid} to exit on signal {sig}", 20)
 
 
 def _up_and_resync(t: TwoNodes, expect_oos: int, exact: bool) -> None:

@@ -6,13 +6,13 @@ reported with file:line before anything binds or connects."""
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from scripts.waiting import wait_for
 from tests.conftest import requires_commands, requires_root
-from tests.integration.netns import MiB, NODES, TwoNodes
+from tests.integration.netns import NODES, MiB, TwoNodes
 from tests.integration.replica_fixtures import BIN, write_config
 
 
@@ -32,10 +32,10 @@ def daemons_of(run_dir: Path) -> list[int]:
 
 
 def no_daemon_within(run_dir: Path, timeout: float = 5.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (pids := daemons_of(run_dir)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return pids
+    """[] once no replicad of `run_dir` is left; raises naming the survivors otherwise."""
+    wait_for(lambda: not daemons_of(run_dir), f"every replicad of {run_dir} to exit", timeout,
+             details=lambda: f"still running: {daemons_of(run_dir)}")
+    return []
 
 
 @pytest.fixture
@@ -108,6 +108,7 @@ def test_failed_up_leaves_no_daemon_and_a_corrected_config_is_used(node, tmp_pat
     assert no_daemon_within(run_dir) == []  # the last down ends it, as before
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("who", NODES)      # alpha connects (silent before), beta listens
 def test_address_not_on_this_host_is_reported_at_up(who):
     requires_root()
@@ -135,6 +136,7 @@ def test_address_not_on_this_host_is_reported_at_up(who):
         t.wait_connected()
 
 
+@pytest.mark.root
 def test_wildcard_address_is_not_checked():
     requires_root()
     requires_commands("ip")

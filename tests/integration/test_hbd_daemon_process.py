@@ -4,12 +4,11 @@ state dump, SIGHUP config check, refuses a second instance, SIGTERM releases eve
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hbd_netns import PYTHON, REPO, running_lab  # noqa: E402
+from scripts.waiting import wait_for
+from tests.hbd_netns import PYTHON, REPO, running_lab
 
 pytestmark = pytest.mark.root
 
@@ -40,23 +39,24 @@ def test_daemonized_hbd_lifecycle(lab):
                 return int(f.read())
         except (OSError, ValueError):
             return None
-    assert lab.wait_for(lambda: read_pid() is not None, 10) is not None
+    wait_for(lambda: read_pid() is not None, "hbd's pid file", 10, details=lab.logs_text)
     pid = read_pid()
     try:
         # alone: after initdead it takes every group (peer never heard)
-        assert lab.wait_for(lambda: lab.holds_all("ha1"), 10) is not None
+        wait_for(lambda: lab.holds_all("ha1"), "ha1 to hold the VIP, disk and services", 10, details=lab.logs_text)
         r2 = hbd(lab, "ha1")
         assert r2.returncode == 1 and r2.stderr.startswith(f"hbd: already running: pid {pid} ("), r2.stderr
         os.kill(pid, signal.SIGUSR1)
         os.kill(pid, signal.SIGHUP)
-        assert lab.wait_for(lambda: "SIGHUP: configuration OK" in open(logfile).read(), 5) is not None
+        wait_for(lambda: "SIGHUP: configuration OK" in open(logfile).read(), "the SIGHUP config test in the log", 5,
+                 details=lab.logs_text)
         text = open(logfile).read()
         assert "state dump: groups" in text and "node ha2: dead after deadtime_s=1" in text
         assert "hbd[" in text.splitlines()[0]
         assert lab.hbctl("ha1", "rscstatus").stdout.strip() == "local"
     finally:
         os.kill(pid, signal.SIGTERM)
-    assert lab.wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 15) is not None
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), f"hbd pid {pid} to exit", 15, details=lab.logs_text)
     assert lab.holds_none("ha1") and not os.path.exists(pidfile)
     assert not os.path.exists(os.path.join(lab.run_dir("ha1"), "hbd.sock"))
     assert os.path.getsize(debugfile) >= os.path.getsize(logfile) > 0

@@ -13,8 +13,8 @@ import textwrap
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from conftest import requires_commands, requires_root  # noqa: E402
+from scripts.lab import NetLab
+from tests.conftest import requires_commands, requires_root
 
 pytestmark = pytest.mark.root
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,26 +28,14 @@ def sh(*argv, check=True):
 def netns():
     requires_root()
     requires_commands("ip")
-    a, b = f"hbip{os.getpid()}a", f"hbip{os.getpid()}b"
-    try:
-        sh("ip", "netns", "add", a)
-        sh("ip", "netns", "add", b)
-        sh("ip", "-n", a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b)
-        sh("ip", "-n", a, "addr", "add", "10.9.0.1/24", "dev", "eth0")
-        sh("ip", "-n", b, "addr", "add", "10.9.0.2/24", "dev", "eth0")
+    with NetLab(f"hbip{os.getpid()}") as lab:
+        a, b = lab.veth_pair("a", "b", "10.9.0.1/24", "10.9.0.2/24")
         # a second link (the kernel here has no dummy module): veth dum0 <-> nsB:peer1
-        sh("ip", "-n", a, "link", "add", "dum0", "type", "veth", "peer", "name", "peer1", "netns", b)
-        sh("ip", "-n", b, "link", "set", "peer1", "up")
-        sh("ip", "-n", a, "addr", "add", "192.168.77.1/24", "dev", "dum0")
-        for ns in (a, b):
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", a, "link", "set", "eth0", "up")
-        sh("ip", "-n", a, "link", "set", "dum0", "up")
-        sh("ip", "-n", b, "link", "set", "eth0", "up")
+        lab.add_veth(a, "dum0", b, "peer1")
+        lab.set_link(b, "peer1", True)
+        lab.add_address(a, "dum0", "192.168.77.1/24")
+        lab.set_link(a, "dum0", True)
         yield a, b
-    finally:
-        sh("ip", "netns", "del", a, check=False)
-        sh("ip", "netns", "del", b, check=False)
 
 
 def in_ns(ns, code, timeout=30):

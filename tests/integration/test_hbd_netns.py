@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hbd_netns import running_lab  # noqa: E402
+from scripts.waiting import wait_for
+from tests.hbd_netns import running_lab
 
 pytestmark = pytest.mark.root
 
@@ -33,8 +33,8 @@ def boot(lab, auto_failback="on", **kw):
         lab.write_config(n, timing=dict(FAST, auto_failback=auto_failback), **kw)
     lab.start_hbd("ha1")
     lab.start_hbd("ha2")
-    assert lab.wait_for(lambda: lab.holds_all("ha1"), 15) is not None, lab.log_text("ha1")
-    assert lab.wait_for(lambda: both_active(lab), 15) is not None, lab.log_text("ha1") + lab.log_text("ha2")
+    wait_for(lambda: lab.holds_all("ha1"), "ha1 to hold the VIP, disk and services", 15, details=lab.logs_text)
+    wait_for(lambda: both_active(lab), "both nodes active, ha2 holding nothing", 15, details=lab.logs_text)
     assert lab.holds_none("ha2")
 
 
@@ -51,12 +51,13 @@ def assert_takeover(lab, node, since, bound_s=None):
     """`node` holds VIP + services; the daemon finished the takeover within deadtime + 1 s of
     `since` (CLOCK_MONOTONIC, as the journal's "mono"), not counting this harness's polling."""
     bound_s = DEADTIME_S + 1.0 if bound_s is None else bound_s
-    assert lab.wait_for(lambda: lab.holds_all(node), bound_s + 5) is not None, lab.log_text(node)
+    wait_for(lambda: lab.holds_all(node), f"{node} to hold the VIP, disk and services", bound_s + 5,
+             details=lab.logs_text)
 
     def started():   # the journal line follows the last resource's start by a moment
         return [r["mono"] for r in journal(lab, node)
                 if r["event"] == "group" and r["new"] == "started" and r["mono"] > since]
-    lab.wait_for(started, 5)
+    wait_for(started, f"{node}'s journal to record the group started", 5, details=lab.logs_text)
     done = started()
     assert done and done[0] - since <= bound_s, (done, since, lab.log_text(node))
     return done[0] - since
@@ -82,7 +83,7 @@ def test_vip_and_services_on_ha1_kill9_failover_then_failback(lab):
     lab.kill("ha1", signal.SIGKILL)
     assert_takeover(lab, "ha2", t0)
     # gratuitous ARP moved the client's neighbour entry to ha2 (ha1's kernel still has the VIP)
-    assert lab.wait_for(lambda: lab.cli_neighbor_mac() == lab.mac("ha2"), 2) is not None
+    wait_for(lambda: lab.cli_neighbor_mac() == lab.mac("ha2"), "the client's ARP entry for the VIP to name ha2", 2, details=lab.logs_text)
     assert lab.ping_vip()
     assert lab.hbctl("ha2", "nodestatus", "ha1").stdout.strip() == "dead"
     events = [(r["event"], r.get("peer"), r.get("state")) for r in journal(lab, "ha2")]
@@ -90,9 +91,8 @@ def test_vip_and_services_on_ha1_kill9_failover_then_failback(lab):
 
     # ha1 comes back: it releases what the killed daemon left behind, then auto_failback on
     lab.start_hbd("ha1")
-    assert lab.wait_for(lambda: lab.holds_all("ha1") and lab.holds_none("ha2"), 15) is not None, \
-        lab.log_text("ha1") + lab.log_text("ha2")
-    assert lab.wait_for(lambda: lab.cli_neighbor_mac() == lab.mac("ha1"), 3) is not None
+    wait_for(lambda: lab.holds_all("ha1") and lab.holds_none("ha2"), "ha1 to hold the group and ha2 nothing", 15, details=lab.logs_text)
+    wait_for(lambda: lab.cli_neighbor_mac() == lab.mac("ha1"), "the client's ARP entry for the VIP to name ha1", 3, details=lab.logs_text)
     assert lab.ping_vip()
     assert "non-idle at start-up" in lab.log_text("ha1")
 
@@ -106,10 +106,9 @@ def test_link_down_failover_and_partition_heal(lab):
     assert lab.cli_neighbor_mac() == lab.mac("ha2")
     # heal: both held the group; the non-preferred side (ha2) gives way, exactly one holder remains
     lab.link("ha1", up=True)
-    ok = lab.wait_for(lambda: lab.holds_all("ha1") and lab.holds_none("ha2"), 15)
-    assert ok is not None, lab.log_text("ha1") + lab.log_text("ha2")
+    wait_for(lambda: lab.holds_all("ha1") and lab.holds_none("ha2"), "ha1 to hold the group and ha2 nothing", 15, details=lab.logs_text)
     assert "returning after partition" in lab.log_text("ha2")
-    assert lab.wait_for(lambda: lab.ping_vip(), 5) is not None
+    wait_for(lambda: lab.ping_vip(), "the VIP to answer ping", 5, details=lab.logs_text)
 
 
 def test_auto_failback_off_stays_then_takeover_and_standby(lab):
@@ -118,19 +117,20 @@ def test_auto_failback_off_stays_then_takeover_and_standby(lab):
     lab.kill("ha1", signal.SIGKILL)
     assert_takeover(lab, "ha2", t0)
     lab.start_hbd("ha1")
-    assert lab.wait_for(lambda: lab.hbctl("ha2", "nodestatus", "ha1").stdout.strip() == "active", 10)
+    wait_for(lambda: lab.hbctl("ha2", "nodestatus", "ha1").stdout.strip() == "active", "ha2 to see ha1 active", 10,
+             details=lab.logs_text)
     time.sleep(3)
     assert lab.holds_all("ha2") and lab.holds_none("ha1")          # auto_failback off: stays
     t0 = time.monotonic()
     r = lab.hbctl("ha1", "takeover")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Taking over [all]." in r.stdout
-    assert lab.wait_for(lambda: lab.holds_all("ha1") and lab.holds_none("ha2"), 10) is not None
+    wait_for(lambda: lab.holds_all("ha1") and lab.holds_none("ha2"), "ha1 to hold the group and ha2 nothing", 10, details=lab.logs_text)
     moved_s = time.monotonic() - t0
     assert lab.ping_vip()
     r = lab.hbctl("ha1", "standby")
     assert r.returncode == 0 and "Going standby [all]." in r.stdout, r.stdout + r.stderr
-    assert lab.wait_for(lambda: lab.holds_all("ha2") and lab.holds_none("ha1"), 10) is not None
+    wait_for(lambda: lab.holds_all("ha2") and lab.holds_none("ha1"), "ha2 to hold the group and ha1 nothing", 10, details=lab.logs_text)
     assert lab.ping_vip()
     r = lab.hbctl("ha1", "standby")
     assert r.returncode == 1 and "holds no all resources to give up" in r.stderr
@@ -145,12 +145,12 @@ def test_clean_sigterm_peer_takes_over_at_once(lab):
         lab.write_config(n, timing=dict(slow))
     lab.start_hbd("ha1")
     lab.start_hbd("ha2")
-    assert lab.wait_for(lambda: lab.holds_all("ha1"), 20) is not None, lab.log_text("ha1")
-    assert lab.wait_for(lambda: both_active(lab), 20) is not None, lab.log_text("ha2")
+    wait_for(lambda: lab.holds_all("ha1"), "ha1 to hold the VIP, disk and services", 20, details=lab.logs_text)
+    wait_for(lambda: both_active(lab), "both nodes active, ha2 holding nothing", 20, details=lab.logs_text)
     t0 = time.monotonic()
     lab.kill("ha1", signal.SIGTERM, wait=False)
-    t = lab.wait_for(lambda: lab.holds_all("ha2"), 5)
-    assert t is not None and t < 5, lab.log_text("ha2")      # far less than deadtime (10 s)
+    # far less than deadtime (10 s)
+    wait_for(lambda: lab.holds_all("ha2"), "ha2 to hold the VIP, disk and services", 5, details=lab.logs_text)
     lab.procs["ha1"].wait(timeout=20)
     assert lab.procs["ha1"].returncode == 0
     assert lab.holds_none("ha1")
@@ -167,8 +167,8 @@ def test_failed_start_is_rolled_back_and_reported(lab):
     lab.start_hbd("ha1")
     lab.start_hbd("ha2")
     failed = lambda: any(r["event"] == "group" and r["new"] == "failed" for r in journal(lab, "ha1"))  # noqa
-    assert lab.wait_for(failed, 15) is not None, lab.log_text("ha1")
-    assert lab.wait_for(lambda: joined(lab), 15) is not None, lab.log_text("ha2")
+    wait_for(failed, "ha1's journal to record the group failed", 15, details=lab.logs_text)
+    wait_for(lambda: joined(lab), "ha1 and ha2 to see each other active", 15, details=lab.logs_text)
     assert lab.holds_none("ha1")                       # VIP, datadisk and httpd were stopped again
     with open(os.path.join(lab.run_dir("ha1"), "svc-log")) as f:
         log = f.read().split("\n")
@@ -233,8 +233,8 @@ def test_stonith_external_fences_before_takeover_and_withholds_while_failing(lab
         lab.write_stonith_plugin(n)
     lab.start_hbd("ha1")
     lab.start_hbd("ha2")
-    assert lab.wait_for(lambda: lab.holds_all("ha1"), 15) is not None, lab.log_text("ha1")
-    assert lab.wait_for(lambda: both_active(lab), 15) is not None, lab.log_text("ha2")
+    wait_for(lambda: lab.holds_all("ha1"), "ha1 to hold the VIP, disk and services", 15, details=lab.logs_text)
+    wait_for(lambda: both_active(lab), "both nodes active, ha2 holding nothing", 15, details=lab.logs_text)
     fail_flag = os.path.join(lab.node_dir("ha2"), "stonith-fail")
     calls = os.path.join(lab.node_dir("ha2"), "stonith-calls")
     open(fail_flag, "w").close()
@@ -244,7 +244,7 @@ def test_stonith_external_fences_before_takeover_and_withholds_while_failing(lab
     with open(calls) as f:
         assert f.read().splitlines()[0] == "reset ha1"
     os.unlink(fail_flag)
-    assert lab.wait_for(lambda: lab.holds_all("ha2"), 10) is not None, lab.log_text("ha2")
+    wait_for(lambda: lab.holds_all("ha2"), "ha2 to hold the VIP, disk and services", 10, details=lab.logs_text)
     with open(calls) as f:
         assert len(f.read().splitlines()) >= 2
     results = [r["result"] for r in journal(lab, "ha2") if r["event"] == "stonith"]
@@ -260,17 +260,16 @@ def test_seed_default_legacy_auto_failback(lab):
         assert "auto_failback" not in f.read()
     lab.start_hbd("ha1")
     lab.start_hbd("ha2")
-    assert lab.wait_for(lambda: lab.holds_all("ha1"), 15) is not None, lab.log_text("ha1")
-    assert lab.wait_for(lambda: both_active(lab), 15) is not None, lab.log_text("ha2")
+    wait_for(lambda: lab.holds_all("ha1"), "ha1 to hold the VIP, disk and services", 15, details=lab.logs_text)
+    wait_for(lambda: both_active(lab), "both nodes active, ha2 holding nothing", 15, details=lab.logs_text)
     t0 = time.monotonic()
     lab.kill("ha1", signal.SIGKILL)
     assert_takeover(lab, "ha2", t0)
     lab.start_hbd("ha1")
-    ok = lab.wait_for(lambda: lab.holds_all("ha1") and lab.holds_none("ha2"), 15)
-    assert ok is not None, lab.log_text("ha1") + lab.log_text("ha2")
+    wait_for(lambda: lab.holds_all("ha1") and lab.holds_none("ha2"), "ha1 to hold the group and ha2 nothing", 15, details=lab.logs_text)
     assert "legacy failback" in lab.log_text("ha1")
     assert "asks for group '10.0.17.26': giving it up" in lab.log_text("ha2")
-    assert lab.wait_for(lambda: lab.ping_vip(), 3) is not None
+    wait_for(lambda: lab.ping_vip(), "the VIP to answer ping", 3, details=lab.logs_text)
 
 
 def test_frozen_node_sigstop_then_resume_converges(lab):
@@ -282,12 +281,11 @@ def test_frozen_node_sigstop_then_resume_converges(lab):
     lab.kill("ha1", signal.SIGSTOP, wait=False)
     try:
         assert_takeover(lab, "ha2", t0)
-        assert lab.wait_for(lambda: lab.cli_neighbor_mac() == lab.mac("ha2"), 2) is not None
+        wait_for(lambda: lab.cli_neighbor_mac() == lab.mac("ha2"), "the client's ARP entry for the VIP to name ha2", 2, details=lab.logs_text)
     finally:
         lab.kill("ha1", signal.SIGCONT, wait=False)
-    ok = lab.wait_for(lambda: lab.holds_all("ha1") and lab.holds_none("ha2"), 15)
-    assert ok is not None, lab.log_text("ha1") + lab.log_text("ha2")
-    assert lab.wait_for(lambda: lab.cli_neighbor_mac() == lab.mac("ha1"), 5) is not None
+    wait_for(lambda: lab.holds_all("ha1") and lab.holds_none("ha2"), "ha1 to hold the group and ha2 nothing", 15, details=lab.logs_text)
+    wait_for(lambda: lab.cli_neighbor_mac() == lab.mac("ha1"), "the client's ARP entry for the VIP to name ha1", 5, details=lab.logs_text)
     assert lab.ping_vip()
     time.sleep(2)
     assert lab.holds_all("ha1") and lab.holds_none("ha2")
@@ -304,8 +302,8 @@ def test_mcast_and_ucast_media(lab, medium):
             f.write(text.replace("\nbcast eth0\n", "\n" + medium.format(peer=peer) + "\n"))
     lab.start_hbd("ha1")
     lab.start_hbd("ha2")
-    assert lab.wait_for(lambda: lab.holds_all("ha1"), 15) is not None, lab.log_text("ha1")
-    assert lab.wait_for(lambda: both_active(lab), 15) is not None, lab.log_text("ha2")
+    wait_for(lambda: lab.holds_all("ha1"), "ha1 to hold the VIP, disk and services", 15, details=lab.logs_text)
+    wait_for(lambda: both_active(lab), "both nodes active, ha2 holding nothing", 15, details=lab.logs_text)
     t0 = time.monotonic()
     lab.kill("ha1", signal.SIGKILL)
     assert_takeover(lab, "ha2", t0)

@@ -25,9 +25,9 @@ import time
 
 import pytest
 
-from conftest import requires_commands, requires_root
-from tests.real_heartbeat_ns import (copy_heartbeat_state, kill_namespace, pin_mount_namespace,
-                                     veth_namespace_pair)
+from scripts.waiting import wait_for
+from tests.conftest import requires_commands, requires_root
+from tests.real_heartbeat_ns import copy_heartbeat_state, kill_namespace, pin_mount_namespace, veth_namespace_pair
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -175,7 +175,7 @@ class Driver:
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
 
-    def wait_for(self, event, timeout, after=0):
+    def next_event(self, event, timeout, after=0):
         """The first event named `event` among those after index `after`, waiting up to `timeout` s."""
         deadline = time.monotonic() + timeout
         while True:
@@ -200,6 +200,18 @@ class Driver:
         self.proc.wait(timeout=10)
 
 
+def pin_heartbeat_namespace(hb):
+    """Pin the mount namespace of the real heartbeat once it runs (ip netns exec -> unshare -> sh ->
+    exec heartbeat, all the same PID); returns the pinned link."""
+    def comm_is_heartbeat():
+        try:
+            return pathlib.Path(f"/proc/{hb.pid}/comm").read_text().strip() == "heartbeat"
+        except OSError:
+            return False
+    wait_for(comm_is_heartbeat, "the real heartbeat to enter its own mount namespace", 5, interval_s=0.1)
+    return pin_mount_namespace(hb.pid)
+
+
 def cl_status(master_pid, *args):
     r = subprocess.run(["nsenter", "-t", str(master_pid), "-m", "-u", "-n", "cl_status", *args],
                        capture_output=True, text=True, timeout=20)
@@ -219,41 +231,28 @@ def test_real_heartbeat_and_our_membership_see_each_other(two_namespaces, tmp_pa
     mntns = None
     try:
         driver = Driver(ns_b, ip_a, 60, tmp_path, keyfile)
-        assert driver.wait_for("ready", 10), "driver did not start"
+        assert driver.next_event("ready", 10), "driver did not start"
         hb = start_real_heartbeat(ns_a, node_dir)
         started = time.monotonic()
-        for _ in range(50):
-            try:  # ip netns exec -> unshare -> sh -> exec heartbeat, all the same PID
-                if pathlib.Path(f"/proc/{hb.pid}/comm").read_text().strip() == "heartbeat":
-                    mntns = pin_mount_namespace(hb.pid)
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
-        assert mntns, "real heartbeat did not enter its own mount namespace"
-        up = driver.wait_for("NodeUp", 20)
+        mntns = pin_heartbeat_namespace(hb)
+        up = driver.next_event("NodeUp", 20)
         log = node_dir / "log" / "ha-log"
         assert up is not None, f"our Membership never saw ha1; ha-log tail:\n{log.read_text()[-3000:] if log.exists() else '-'}"
         assert up["node"] == "ha1"
-        status = None
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            status = cl_status(hb.pid, "nodestatus", "ha2")
-            if status == "active":
-                break
-            time.sleep(0.5)
+        wait_for(lambda: cl_status(hb.pid, "nodestatus", "ha2") == "active", "real heartbeat to see ha2 active", 15,
+                 interval_s=0.5, details=lambda: f"cl_status: {cl_status(hb.pid, 'nodestatus', 'ha2')!r}; ha-log tail:\n"
+                                                 f"{log.read_text()[-3000:] if log.exists() else '-'}")
         text = log.read_text() if log.exists() else ""
-        assert status == "active", f"real heartbeat says ha2 is {status!r}; ha-log tail:\n{text[-3000:]}"
         assert "failed authentication" not in text and "authtoken does not match" not in text, text[-3000:]
         assert "Link ha2:eth0 up" in text, text[-3000:]
-        assert driver.wait_for("NodeDead", 0.1) is None, "ha1 declared dead while running"
+        assert driver.next_event("NodeDead", 0.1) is None, "ha1 declared dead while running"
 
         # heartbeat announces dt = deadtime + 2 s during its first 5 s (heartbeat-wire.md 4) and
         # receivers honour it, as we do; kill it once it announces the plain deadtime
         time.sleep(max(0.0, started + 7 - time.monotonic()))
         kill_node(hb.pid, mntns)
         killed_at = time.monotonic()
-        dead = driver.wait_for("NodeDead", DEADTIME_S + 5)
+        dead = driver.next_event("NodeDead", DEADTIME_S + 5)
         assert dead is not None, "our Membership never declared ha1 dead after it was killed"
         assert dead["node"] == "ha1" and dead["graceful"] is False
         assert dead["since_last_packet"] <= DEADTIME_S + 1.0, dead
@@ -274,17 +273,13 @@ def start_pair(ns_a, ns_b, ip_a, ip_b, tmp_path, method_line=f"2 sha1 {KEY}"):
     keyfile = tmp_path / "authkeys-ours"
     keyfile.write_text(f"auth {method_line.split()[0]}\n{method_line}\n")
     driver = Driver(ns_b, ip_a, 90, tmp_path, keyfile)
-    assert driver.wait_for("ready", 10), "driver did not start"
+    assert driver.next_event("ready", 10), "driver did not start"
     hb = start_real_heartbeat(ns_a, node_dir)
-    mntns = None
-    for _ in range(50):
-        try:  # ip netns exec -> unshare -> sh -> exec heartbeat, all the same PID
-            if pathlib.Path(f"/proc/{hb.pid}/comm").read_text().strip() == "heartbeat":
-                mntns = pin_mount_namespace(hb.pid)
-                break
-        except OSError:
-            pass
-        time.sleep(0.1)
+    try:
+        mntns = pin_heartbeat_namespace(hb)
+    except BaseException:
+        stop_pair(driver, hb, None)
+        raise
     return driver, hb, mntns, node_dir / "log" / "ha-log"
 
 
@@ -305,7 +300,7 @@ def test_real_heartbeat_rexmit_both_ways_and_its_graceful_shutdown(two_namespace
         driver, hb, mntns, log = start_pair(*two_namespaces, tmp_path)
         started = time.monotonic()
         assert mntns, "real heartbeat did not start"
-        assert driver.wait_for("NodeUp", 20), "our Membership never saw ha1"
+        assert driver.next_event("NodeUp", 20), "our Membership never saw ha1"
         time.sleep(max(0.0, started + 7 - time.monotonic()))
         assert cl_status(hb.pid, "nodestatus", "ha2") == "active"
 
@@ -313,10 +308,10 @@ def test_real_heartbeat_rexmit_both_ways_and_its_graceful_shutdown(two_namespace
         driver.command("blackout 2.2")   # loses 2 datagrams each way
         time.sleep(4.0)
         driver.command("counters")
-        c = driver.wait_for("counters", 5, after=mark)
+        c = driver.next_event("counters", 5, after=mark)
         assert c is not None
         text = log.read_text()
-        assert driver.wait_for("NodeDead", 0, after=mark) is None
+        assert driver.next_event("NodeDead", 0, after=mark) is None
         assert c["counters"]["rexmit_requested"] >= 1, c          # we asked ha1 for what we missed
         assert c["counters"]["rexmit_sent"] >= 1, (c, text[-2000:])  # and answered ha1's NS_rexmit
         assert c["snapshot"]["peers"]["ha1"]["missing"] == [], c
@@ -329,7 +324,7 @@ def test_real_heartbeat_rexmit_both_ways_and_its_graceful_shutdown(two_namespace
         mark = len(driver.events)
         os.kill(hb.pid, signal.SIGTERM)
         sent_at = time.monotonic()
-        dead = driver.wait_for("NodeDead", 5, after=mark)
+        dead = driver.next_event("NodeDead", 5, after=mark)
         assert dead is not None and dead["node"] == "ha1" and dead["graceful"] is True, driver.events[mark:]
         assert dead["t"] - sent_at < 3.0
         got = [e.get("type") for e in driver.events[mark:] if e["event"] == "MessageReceived"]
@@ -345,7 +340,7 @@ def test_our_shutdone_is_a_clean_goodbye_for_the_real_heartbeat(two_namespaces, 
         driver, hb, mntns, log = start_pair(*two_namespaces, tmp_path)
         started = time.monotonic()
         assert mntns, "real heartbeat did not start"
-        assert driver.wait_for("NodeUp", 20), "our Membership never saw ha1"
+        assert driver.next_event("NodeUp", 20), "our Membership never saw ha1"
         time.sleep(max(0.0, started + 7 - time.monotonic()))
         assert cl_status(hb.pid, "nodestatus", "ha2") == "active"
         driver.command("shutdone")

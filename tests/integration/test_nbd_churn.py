@@ -208,7 +208,7 @@ def assert_alive(lab: TwoNodes, pid: int, what: str) -> None:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        raise AssertionError(f"replicad died after {what}\n--- log ---\n{lab.log('alpha')[-3000:]}")
+        raise AssertionError(f"replicad died after {what}\n--- log ---\n{lab.log('alpha')[-3000:]}") from None
     assert lab.daemon_pid("alpha") == pid
     nbd = requires_module("nbd")
     h = nbd.NBD()

@@ -1,14 +1,13 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """Malformed and vanishing clients against a live replicad: each only ends its own connection."""
-import os
 import socket
 import struct
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scripts.waiting import wait_for
 from tests.conftest import requires_module
 from tests.integration.replica_fixtures import serve_resource
 
@@ -60,9 +59,7 @@ def test_client_vanishing_mid_write_leaves_others_alone(served):
         bad = open_transmission(served)
         bad.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 1, 1, 0, 1 << 20) + b"x" * 1000)
         bad.close()  # gone in the middle of a 1 MiB payload
-        deadline = time.monotonic() + 10
-        while other.pread(6, 0) != b"x" * 6 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: other.pread(6, 0) == b"x" * 6, "the cut write's first bytes on disk", 10, interval_s=0.01)
         assert other.pread(1001, 0) == b"x" * 1000 + b"\0"
         other.pwrite(b"after!", 0)
         assert other.pread(6, 0) == b"after!"

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """Two replicad nodes in two network namespaces: initial sync, mirrored writes, CLI outputs,
 refusals, skip-initial-sync, authentication and the resync rate limit."""
+import itertools
 import json
 import os
 import sys
@@ -8,8 +9,11 @@ import time
 
 import pytest
 
+from scripts.waiting import wait_for
 from tests.conftest import requires_commands, requires_module, requires_root
-from tests.integration.netns import MiB, NODES, TwoNodes, sh
+from tests.integration.netns import NODES, MiB, TwoNodes, sh
+
+pytestmark = pytest.mark.root
 
 SECRET_NET = ('protocol C; ping-int 3; ping-timeout 5; timeout 15; connect-int 2; '
               'cram-hmac-alg sha256; shared-secret "FooFunFactory";')
@@ -210,7 +214,7 @@ def test_wrong_shared_secret_goes_standalone_and_connect_retries():
         # `connect` on alpha retries the handshake: it fails again, both StandAlone again
         t.ctl("alpha", "connect", "r0")
         for node in NODES:
-            t.wait(node, lambda s: s["connection"] == "StandAlone" and
+            t.wait(node, lambda s, node=node: s["connection"] == "StandAlone" and
                    t.log(node).count("Authentication of peer failed") > counts[NODES.index(node)],
                    "a second authentication failure", 15)
         _never_connected(t)
@@ -237,9 +241,7 @@ def test_different_protocols_are_incompatible_on_both_sides():
         for node in NODES:
             pid = t.daemon_pid(node)
             t.ctl(node, "down", "r0")                # the last resource down: replicad exits
-            deadline = time.monotonic() + 10
-            while pid and os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_for(lambda pid=pid: not pid or not os.path.exists(f"/proc/{pid}"), f"{node}: replicad {pid} to exit", 10)
         t.node_net = {}
         t.net = "protocol C; " + net
         for node in NODES:
@@ -309,33 +311,40 @@ def test_full_activity_log_evicts_extents_with_writes_in_flight():
 
 
 @pytest.mark.slow
-def test_resync_rate_20M_is_within_10_percent():
+def test_resync_at_a_low_rate_is_paced():
+    """resync-rate 20M on 128 MiB: the resync is paced, not its exact speed (that is `make bench`'s
+    job). Unpaced, tmpfs to tmpfs, it takes well under a second; paced, it must take at least
+    size / (1.5 x rate) = 4.3 s and progress gradually, with percent and ETA in `status`. Only
+    upper bounds on speed are asserted: a slow or busy machine can never make pacing look broken."""
     requires_root()
-    with TwoNodes(size=128 * MiB, disk="resync-rate 20M;") as t:
+    size_mib, rate = 128, 20 * MiB
+    with TwoNodes(size=size_mib * MiB, disk="resync-rate 20M;") as t:
         t.create_and_up()
         size = t.data_size()
         t.ctl("alpha", "primary", "--force", "r0")
-        samples = []                 # (time, bytes received by the SyncTarget) inside the sync
-        deadline = time.monotonic() + 30
-        while True:
-            t0 = time.monotonic()
+        t0 = time.monotonic()
+        samples = []                 # (time, bytes received by the SyncTarget, progress) inside the sync
+
+        def synced() -> bool:
+            before = time.monotonic()
             st = t.status("beta")
-            now = (t0 + time.monotonic()) / 2
-            if st["disk_state"] == "UpToDate":
-                break
+            now = (before + time.monotonic()) / 2
             got = st["stats"]["resync_bytes_received"]
             if st["replication"] == "SyncTarget" and 0 < got < size:
                 samples.append((now, got, st["resync"]))
-            assert time.monotonic() < deadline, "resync did not finish"
-            time.sleep(0.2)
+            return st["disk_state"] == "UpToDate"
+        wait_for(synced, "beta UpToDate after the full resync", 60, interval_s=0.2, details=lambda: t.log("alpha")[-3000:])
+        took = time.monotonic() - t0
+        assert took >= size / (1.5 * rate), f"{size_mib} MiB resynced in {took:.1f} s: resync-rate 20M not applied"
+        # gradual: many samples in between, each step far from the whole disk at once
         assert len(samples) >= 5, samples
+        steps = [b - a for (_, a, _), (_, b, _) in itertools.pairwise(samples)]
+        assert max(steps) < size / 3, steps
         (ta, ba, _), (tb, bb, progress) = samples[0], samples[-1]
-        rate = 20 * MiB
-        measured = (bb - ba) / (tb - ta)
-        assert abs(measured - rate) / rate < 0.10, f"{measured / MiB:.2f} MiB/s"
+        assert (bb - ba) / (tb - ta) <= 1.5 * rate, f"{(bb - ba) / (tb - ta) / MiB:.1f} MiB/s at resync-rate 20M"
         assert 0 < progress["percent"] < 100 and progress["eta_s"] is not None
         last = t.status("alpha")["last_resync"]
-        assert last["bytes"] == size and abs(last["rate_bps"] - rate) / rate < 0.10
+        assert last["bytes"] == size and 0 < last["rate_bps"] <= 1.5 * rate, last
         assert "peer-disk:UpToDate" in t.ctl("alpha", "status", "--verbose", "r0").stdout
         assert t.disks_equal(size)
 

@@ -10,7 +10,9 @@ import time
 import pytest
 
 from tests.conftest import requires_commands, requires_module, requires_root
-from tests.integration.netns import MiB, NODES, TwoNodes
+from tests.integration.netns import NODES, MiB, TwoNodes
+
+pytestmark = pytest.mark.root
 
 BLOCK = 64 * 1024
 AL_EXTENT = 4 * MiB
@@ -178,7 +180,7 @@ def test_split_brain_detected_nothing_merged_discard_my_data_resolves(synced):
     for node in NODES:
         t.wait(node, lambda s: s["connection"] == "StandAlone", "split brain → StandAlone")
         assert "Split-Brain detected but unresolved, dropping connection!" in t.log(node)
-        t.wait(node, lambda s: (t.dir / node / "split-brain.called").exists(), "handler ran", 10)
+        t.wait(node, lambda s, node=node: (t.dir / node / "split-brain.called").exists(), "handler ran", 10)
         assert (t.dir / node / "split-brain.called").read_text() == "r0 r0\n"
     # nothing merged: each side still has only its own changes
     assert t.read_disk("alpha", 4 * MiB, MiB) == a_data

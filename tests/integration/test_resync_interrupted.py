@@ -7,10 +7,14 @@ import os
 import re
 import time
 
-from replica import metadata
+import pytest
 
+from replica import metadata
+from scripts.waiting import wait_for
 from tests.conftest import requires_commands, requires_root
 from tests.integration.netns import MiB, TwoNodes
+
+pytestmark = pytest.mark.root
 
 # pings every second, 0.5 s to answer: a 2 s blip is noticed on both sides and drops the link
 BLIP_NET = "protocol C; ping-int 1; ping-timeout 5; timeout 5; connect-int 1;"
@@ -81,9 +85,8 @@ def test_resync_resumes_from_the_bitmap_after_a_sync_source_crash():
         # kill -9 the SyncSource midway, 1.5 s after it last stored its bitmap: what it did
         # since then is lost with it, and is sent again (a bitmap stored every 2 s loses 6 MiB)
         stored = _bitmap_on_disk(t.disk_path("alpha"))
-        deadline = time.monotonic() + 5
-        while _bitmap_on_disk(t.disk_path("alpha")) == stored and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: _bitmap_on_disk(t.disk_path("alpha")) != stored, "alpha to store its bitmap", 5,
+                 interval_s=0.02)
         time.sleep(1.5)
         remaining = t.status("beta")["out_of_sync_bytes"]
         t.kill_daemon("alpha")

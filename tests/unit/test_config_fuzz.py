@@ -11,7 +11,8 @@ import pathlib
 import re
 import tempfile
 
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from replica.config import DiskOptions, NetOptions, parse_config
 from replica.config_dump import dump_config

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from replica.config import (DISK_KEYWORDS, NET_KEYWORDS, NOT_YET, STARTUP_KEYWORDS, parse_config)
+from replica.config import DISK_KEYWORDS, NET_KEYWORDS, NOT_YET, STARTUP_KEYWORDS, parse_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HOSTS = """

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from replica.config import Config, DiskOptions, Endpoint, NetOptions, load_config, parse_config
+from replica.config import Config, DiskOptions, Endpoint, NetOptions, Resource, load_config, parse_config
 from replica.config_dump import dump_config
 from replica.errors import ConfigError
 
@@ -16,7 +16,7 @@ KIB, MIB, GIB = 1024, 1024 ** 2, 1024 ** 3
 MINIMAL = "resource r0 {{ {res} on a {{ disk /d; {host} }} }}"
 
 
-def one(res="", host="") -> "Resource":
+def one(res="", host="") -> Resource:
     return parse_config(MINIMAL.format(res=res, host=host), "r.conf").resource("r0")
 
 

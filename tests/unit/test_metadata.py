@@ -12,8 +12,16 @@ from hypothesis import strategies as st
 
 import replica.metadata as mdmod
 from replica.bitmap import BLOCK_SIZE
-from replica.metadata import (AL_EXTENT_SIZE, PAGE, MetadataError, MetadataExists, create_md,
-                              data_size_for, md_size_for, open_md)
+from replica.metadata import (
+    AL_EXTENT_SIZE,
+    PAGE,
+    MetadataError,
+    MetadataExists,
+    create_md,
+    data_size_for,
+    md_size_for,
+    open_md,
+)
 from replica.metadata_dump import dump_md, format_dump_md
 from replica.uuids import UUID_JUST_CREATED, GenerationUuids, MdFlag
 

@@ -22,7 +22,7 @@ import pytest
 
 from replica.mirror import Engine
 from tests.unit.test_mirror_engine import DISC, FLUSH, READ, WRITE, Session
-from tests.unit.test_mirror_peer import HEADER, SIZE, Pair, make_engine, wait_for
+from tests.unit.test_mirror_peer import HEADER, SIZE, Pair, make_engine, settled
 
 BLOCK = 4096
 
@@ -132,7 +132,7 @@ def test_fail_over_serves_writes_and_reads_through_the_peer(pair):
     s.send(DISC)
     s.finish()
     # the peer knows what this disk lacks; so does this node's own bitmap
-    assert wait_for(lambda: pair.sbm.count() == 2 + 256)
+    settled(lambda: pair.sbm.count() == 2 + 256, "the secondary to mark 258 blocks")
     assert (3 * BLOCK, 2 * BLOCK) in list(pair.sbm.iter_dirty_extents(2 * BLOCK))
     assert pair.pbm.count() >= 2 + 256
     assert io_events(pair.primary)
@@ -208,7 +208,7 @@ def test_read_request_is_answered_with_read_reply(tmp_path):
         assert payload == data
         # out of range: a protocol error, the link is dropped
         b.sendall(HEADER.pack(0x52504C31, 0x05, 0, 78, SIZE - BLOCK, 0, 2 * BLOCK))
-        assert wait_for(lambda: any(ev.type == "peer_protocol" for ev in eng.next_events()))
+        settled(lambda: any(ev.type == "peer_protocol" for ev in eng.next_events()), "a peer_protocol event")
     finally:
         eng.close()
         a.close()

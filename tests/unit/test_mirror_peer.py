@@ -16,6 +16,7 @@ import pytest
 
 from replica.bitmap import Bitmap
 from replica.mirror import Engine
+from scripts.waiting import wait_for
 from tests.unit.test_mirror_engine import DISC, FLUSH, FUA, READ, REQUEST, REQUEST_MAGIC, WRITE, Session
 
 SIZE = 8 << 20
@@ -76,13 +77,9 @@ def pair_c(tmp_path):
     p.close()
 
 
-def wait_for(pred, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.005)
-    return pred()
+def settled(pred, what: str):
+    """The C threads are quick: wait up to 5 s, polling every 5 ms."""
+    return wait_for(pred, what, 5.0, interval_s=0.005)
 
 
 def test_writes_reach_the_secondary_under_every_protocol(pair):
@@ -95,8 +92,8 @@ def test_writes_reach_the_secondary_under_every_protocol(pair):
     assert s.reply()[1] == 999
     s.send(DISC)
     s.finish()
-    assert wait_for(lambda: pair.secondary.stats()["peer_frames_applied"] >= len(blocks))
-    assert wait_for(lambda: pair.primary.stats()["peer_pending"] == 0)
+    settled(lambda: pair.secondary.stats()["peer_frames_applied"] >= len(blocks), "pair.secondary.stats()['peer_frames_applied'] >= len(blocks)")
+    settled(lambda: pair.primary.stats()["peer_pending"] == 0, "pair.primary.stats()['peer_pending'] == 0")
     assert pair.disk("primary") == pair.disk("secondary")
     assert pair.pbm.count() == 0
 
@@ -157,7 +154,7 @@ def test_lost_link_marks_dirty_and_resync_clears_both_sides(pair_c):
     pair_c.sbm.merge(pair_c.pbm)   # the handshake's bitmap exchange, done by hand here
     for offset, length in pair_c.pbm.iter_dirty_extents(1 << 20):
         pair_c.primary.resync_send(offset, length)
-    assert wait_for(lambda: pair_c.pbm.count() == 0 and pair_c.sbm.count() == 0)
+    settled(lambda: pair_c.pbm.count() == 0 and pair_c.sbm.count() == 0, "pair_c.pbm.count() == 0 and pair_c.sbm.count() == 0")
     st = pair_c.primary.stats()
     assert st["resync_bytes_sent"] == st["resync_bytes_acked"] == 4 * 4096
     assert pair_c.secondary.stats()["resync_bytes_received"] == 4 * 4096
@@ -193,7 +190,7 @@ def test_garbage_from_peer_is_a_protocol_event_not_a_crash(tmp_path):
     primary.peer_attach(a.fileno(), "C")
     try:
         b.sendall(b"\x00" * 64)
-        assert wait_for(lambda: primary.stats()["peer_connected"] == 0)
+        settled(lambda: primary.stats()["peer_connected"] == 0, "primary.stats()['peer_connected'] == 0")
         events = primary.next_events()
         assert [e.type for e in events] == ["peer_protocol"]
         primary.pwrite(b"still fine", 0)
@@ -210,7 +207,7 @@ def test_data_frame_to_a_primary_is_refused(tmp_path):
     primary.peer_attach(a.fileno(), "C")
     try:
         b.sendall(HEADER.pack(0x52504C31, 0x01, 0, 1, 0, 4, 0) + b"evil")
-        assert wait_for(lambda: primary.stats()["peer_connected"] == 0)
+        settled(lambda: primary.stats()["peer_connected"] == 0, "primary.stats()['peer_connected'] == 0")
         assert primary.next_events()[0].type == "peer_protocol"
         assert primary.pread(4, 0) == bytes(4)
     finally:
@@ -225,8 +222,8 @@ def test_control_frames_pass_through_in_order(pair_c):
     for f in frames:
         pair_c.primary.send_control(f)
     seen = []
-    assert wait_for(lambda: seen.extend(e for e in pair_c.secondary.next_events() if e.type == "peer_control")
-                    or len(seen) == 3)
+    settled(lambda: seen.extend(e for e in pair_c.secondary.next_events() if e.type == "peer_control")
+            or len(seen) == 3, "3 peer_control events")
     assert [(e.offset, e.length) for e in seen] == [(0x45, 5)] * 3
     assert [pair_c.secondary.recv_control() for _ in frames] == frames
     assert pair_c.secondary.recv_control() is None
@@ -241,7 +238,7 @@ def test_activity_log_gates_writes_to_cold_extents(pair_c):
     s.send(WRITE, 4096, 4, b"warm", cookie=1)
     assert s.reply()[1] == 1  # extent 0 is hot: no wait
     s.send(WRITE, (4 << 20) + 4096, 4, b"cold", cookie=2)
-    assert wait_for(lambda: any(e.type == "al_miss" and e.offset == 1 for e in pair_c.primary.next_events()))
+    settled(lambda: any(e.type == "al_miss" and e.offset == 1 for e in pair_c.primary.next_events()), "any(e.type == 'al_miss' and e.offset == 1 for e in pair_c.primary.next_events())")
     assert select.select([s.sock], [], [], 0.2)[0] == []  # still waiting for the AL transaction
     assert os.pread(pair_c.pfd, 4, (4 << 20) + 4096) == bytes(4)
     pair_c.primary.al_set_hot(1)
@@ -255,7 +252,7 @@ def test_ping_refreshes_last_rx(pair_c):
     before = pair_c.primary.stats()["peer_last_rx_ns"]
     time.sleep(0.01)
     pair_c.primary.peer_ping()
-    assert wait_for(lambda: pair_c.primary.stats()["peer_last_rx_ns"] > before)
+    settled(lambda: pair_c.primary.stats()["peer_last_rx_ns"] > before, "pair_c.primary.stats()['peer_last_rx_ns'] > before")
 
 
 def test_concurrent_connections_and_resync_keep_disks_identical(pair_c):
@@ -286,7 +283,7 @@ def test_concurrent_connections_and_resync_keep_disks_identical(pair_c):
     stop.set()
     for t in threads:
         t.join()
-    assert wait_for(lambda: pair_c.pbm.count() == 0 and pair_c.primary.stats()["peer_pending"] == 0)
+    settled(lambda: pair_c.pbm.count() == 0 and pair_c.primary.stats()["peer_pending"] == 0, "pair_c.pbm.count() == 0 and pair_c.primary.stats()['peer_pending'] == 0")
     assert pair_c.disk("primary") == pair_c.disk("secondary")
 
 
@@ -352,7 +349,7 @@ def test_al_eviction_waits_for_the_writes_in_flight_to_its_extent(primary_hand_p
 
     # Cold now: the next write to extent 0 waits for a new AL transaction.
     s.send(WRITE, 8192, 4, b"next", cookie=8)
-    assert wait_for(lambda: any(e.type == "al_miss" and e.offset == 0 for e in eng.next_events()))
+    settled(lambda: any(e.type == "al_miss" and e.offset == 0 for e in eng.next_events()), "any(e.type == 'al_miss' and e.offset == 0 for e in eng.next_events())")
     assert select.select([s.sock], [], [], 0.1)[0] == []
     eng.al_set_hot(0)
     (_, _, _, frame_id, offset, _, _), _ = read_frame(peer)
@@ -372,7 +369,7 @@ def test_al_eviction_after_link_loss_finds_the_write_marked_out_of_sync(primary_
     peer.shutdown(socket.SHUT_RDWR)                            # the link dies: the sweep ends it
     assert eng.al_evict(1, timeout_s=5) is True
     assert s.reply()[1] == 9
-    assert wait_for(lambda: eng.stats()["peer_connected"] == 0)
+    settled(lambda: eng.stats()["peer_connected"] == 0, "eng.stats()['peer_connected'] == 0")
     assert bitmap.count() == 1                                # its block, before the AL lets go
     s.send(DISC)
     s.finish()
@@ -418,7 +415,7 @@ def test_overlapping_writes_from_several_connections_reach_the_peer_in_disk_orde
     for t in threads:
         t.join()
     assert not errors
-    assert wait_for(lambda: pair_c.primary.stats()["peer_pending"] == 0)
+    settled(lambda: pair_c.primary.stats()["peer_pending"] == 0, "pair_c.primary.stats()['peer_pending'] == 0")
     assert pair_c.pbm.count() == 0
     assert pair_c.disk("primary")[:4 * 4096] == pair_c.disk("secondary")[:4 * 4096]
 
@@ -474,7 +471,7 @@ def test_a_client_vanishing_mid_payload_leaves_both_disks_equal(pair_c):
     s.sock.sendall(b"z" * 300_000)
     s.sock.shutdown(socket.SHUT_WR)
     assert s.finish().reason == "protocol error"
-    assert wait_for(lambda: pair_c.primary.stats()["peer_pending"] == 0)
+    settled(lambda: pair_c.primary.stats()["peer_pending"] == 0, "pair_c.primary.stats()['peer_pending'] == 0")
     assert os.pread(pair_c.sfd, 301_000, 1 << 20) == b"z" * 301_000
     assert pair_c.disk("primary") == pair_c.disk("secondary")
     assert pair_c.pbm.count() == 0
@@ -496,7 +493,7 @@ def test_ping_never_waits_behind_a_send_blocked_on_a_dead_peer(primary_hand_peer
             failures.append(exc)
     sender = threading.Thread(target=send_chunks, daemon=True)
     sender.start()
-    wait_for(lambda: eng.stats()["peer_bytes_sent"] > 0)
+    settled(lambda: eng.stats()["peer_bytes_sent"] > 0, "eng.stats()['peer_bytes_sent'] > 0")
     time.sleep(0.2)   # the socket buffers are full: the sender is blocked in sendmsg
     assert sender.is_alive()
     result = []

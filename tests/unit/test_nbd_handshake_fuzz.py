@@ -5,6 +5,7 @@ Whatever the client sends, the server side must only ever return NEED_DATA or on
 events, or raise RemoteProtocolError; never another exception, never a hang, never more than one
 option's worth of buffered input, and its output must always be well-framed option replies.
 """
+import itertools
 import struct
 
 import pytest
@@ -51,7 +52,7 @@ def info_go(name: bytes, requests=()) -> bytes:
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 def drive(chunks, max_option_length=4096, eof=True, exports=EXPORTS, default_export="disk"):

@@ -11,9 +11,21 @@ from replica.auth import hmac_digest
 from replica.bitmap import Bitmap
 from replica.errors import RemoteProtocolError
 from replica.protocol import repl_wire as wire
-from replica.protocol.repl import (CLOSED, NEED_DATA, Authenticated, Frame, HandshakeDone,
-                                   HelloInfo, ReplDecoder, ReplHandshake, decode_hello,
-                                   decode_state, decode_uuids, encode_frame, encode_hello)
+from replica.protocol.repl import (
+    CLOSED,
+    NEED_DATA,
+    Authenticated,
+    Frame,
+    HandshakeDone,
+    HelloInfo,
+    ReplDecoder,
+    ReplHandshake,
+    decode_hello,
+    decode_state,
+    decode_uuids,
+    encode_frame,
+    encode_hello,
+)
 from replica.protocol.repl_wire import ReplPacket
 from replica.states import DiskState, Role
 from replica.uuids import GenerationUuids

@@ -14,12 +14,33 @@ from replica.auth import SUPPORTED_ALGS, check_net_auth, hmac_digest, new_challe
 from replica.bitmap import Bitmap
 from replica.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from replica.protocol import repl_wire as wire
-from replica.protocol.repl import (CLOSED, NEED_DATA, AuthFailed, Authenticated, Frame,
-                                   HandshakeDone, HandshakeFailed, HelloInfo, Incompatible,
-                                   LinkSettings, PeerBitmap, PeerHello, PeerRefused, ReplDecoder,
-                                   ReplHandshake, decode_hello, decode_state, decode_uuids,
-                                   encode_bitmap, encode_frame, encode_hello, encode_refuse,
-                                   encode_simple, encode_state, encode_uuids)
+from replica.protocol.repl import (
+    CLOSED,
+    NEED_DATA,
+    Authenticated,
+    AuthFailed,
+    Frame,
+    HandshakeDone,
+    HandshakeFailed,
+    HelloInfo,
+    Incompatible,
+    LinkSettings,
+    PeerBitmap,
+    PeerHello,
+    PeerRefused,
+    ReplDecoder,
+    ReplHandshake,
+    decode_hello,
+    decode_state,
+    decode_uuids,
+    encode_bitmap,
+    encode_frame,
+    encode_hello,
+    encode_refuse,
+    encode_simple,
+    encode_state,
+    encode_uuids,
+)
 from replica.protocol.repl_wire import ReplPacket
 from replica.states import DiskState, Role
 from replica.uuids import GenerationUuids, SyncDecision, UuidFlag

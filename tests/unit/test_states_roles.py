@@ -5,8 +5,17 @@ from dataclasses import replace
 import pytest
 
 from replica.errors import StateChangeRefused
-from replica.roles import (AttachInfo, Request, ResourceState, _TRANSITIONS, apply_handshake,
-                           apply_split_brain, needs_new_current_uuid, request, request_or_raise)
+from replica.roles import (
+    _TRANSITIONS,
+    AttachInfo,
+    Request,
+    ResourceState,
+    apply_handshake,
+    apply_split_brain,
+    needs_new_current_uuid,
+    request,
+    request_or_raise,
+)
 from replica.states import ConnState, DiskState, Refusal, ReplState, Role
 
 CONNECTED = ResourceState(role=Role.Secondary, peer_role=Role.Secondary, conn=ConnState.Connected,

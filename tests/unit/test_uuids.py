@@ -7,9 +7,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replica.uuids import (UUID_JUST_CREATED, UUID_NEW_BM_OFFSET, GenerationUuids,
-                           SplitBrainPolicy, SyncDecision as D, UuidFlag, UuidReport,
-                           sync_handshake, uuid_compare)
+from replica.uuids import (
+    UUID_JUST_CREATED,
+    UUID_NEW_BM_OFFSET,
+    GenerationUuids,
+    SplitBrainPolicy,
+    UuidFlag,
+    UuidReport,
+    sync_handshake,
+    uuid_compare,
+)
+from replica.uuids import SyncDecision as D
 
 A, B, C, X, Y, Z = (0x1111111111111110, 0x2222222222222220, 0x3333333333333330,
                     0xAAAAAAAAAAAAAAA0, 0xBBBBBBBBBBBBBBB0, 0xCCCCCCCCCCCCCCC0)

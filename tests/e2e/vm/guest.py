@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.e2e.vm.cpio import CpioWriter
-from tests.e2e.vm.image import BootImage, build_boot_image, ImageUnavailable
+from tests.e2e.vm.image import BootImage, ImageUnavailable, build_boot_image
 
 HERE = Path(__file__).resolve().parent
 GUEST_MARGIN_S = 30
