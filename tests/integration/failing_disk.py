@@ -26,7 +26,7 @@ class FillableTmpfs:
         self.path: Path | None = None
         self._mounted = False
 
-    def __enter__(self) -> "FillableTmpfs":
+    def __enter__(self) -> FillableTmpfs:
         self.path = Path(tempfile.mkdtemp(prefix="rplfail", dir="/tmp"))
         try:
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size},mode=0755", "tmpfs",

@@ -235,6 +235,7 @@ def test_read_request_to_a_failed_disk_replies_eio(tmp_path):
 
 def test_c_and_python_agree_on_the_new_wire_names():
     from pathlib import Path
+
     from replica.protocol.repl_wire import DataFlag, ReplPacket
     text = (Path(__file__).resolve().parents[2] / "csrc" / "wire.h").read_text()
 
@@ -267,7 +268,9 @@ def test_python_codec_reads_and_writes_the_new_frames():
 
 
 def test_fuzz_the_new_frames_never_crash_the_decoder():
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
     from replica.errors import RemoteProtocolError
     from replica.protocol.repl_codec import CLOSED, NEED_DATA, Frame, ReplDecoder, encode_frame
     from replica.protocol.repl_wire import DataFlag, ReplPacket
