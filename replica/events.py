@@ -1,11 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """What happens to a replicated resource between commands: C's events and the peer's control frames.
 
-Owns:
-- the control messages exchanged after the handshake, as events (`decode_control` turns one
-  whole frame from C's control queue into one of them, or raises RemoteProtocolError; the
-  `encode_*` helpers build them), and
-- `ResourceEvents`, the part of ResourceRuntime run by its two background threads:
+Owns `ResourceEvents`, the part of ResourceRuntime run by its two background threads (the
+control messages themselves are replica.protocol.repl_control's):
 
     event reader: select() on C's event fd ─┬─ al_miss ──► AL transaction (md_lock), set hot
                                             └─ others ──► queue
@@ -13,17 +10,6 @@ Owns:
                                          tick  ──► ping-int/ping-timeout/timeout, resync
                                                    progress, bitmap persisted every 2 s
                                                    (0.5 s during a resync)
-
-Control messages (frame type, fields)::
-
-    PeerState       STATE         aux = role << 8 | disk           role/disk changed
-    SyncUuid        SYNC_UUID     offset = sync UUID, aux = full   SyncSource starts a resync
-    PeerUuids       UUIDS         tuple + flags                    resync finished (target adopts
-                                                                   it) or SKIP_INITIAL_SYNC
-    FullSyncRequest SYNC_DECISION aux = FullSyncSource             `invalidate` on the peer
-    Outdate         OUTDATE                                        graceful disconnect of a Primary
-    PeerDisconnect  DISCONNECT                                     `disconnect` on the peer
-    PeerRefuse      REFUSE        payload = reason                 the peer drops the link
 """
 import logging
 import os
@@ -32,119 +18,22 @@ import select
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from replica import metadata as md_mod
 from replica.errors import RemoteProtocolError, ReplicaError
-from replica.protocol import repl
-from replica.protocol.repl_wire import ReplPacket, WireDisk, WireRole
+from replica.protocol.repl_control import (ControlMessage, FullSyncRequest, Outdate,
+                                           PeerDisconnect, PeerRefuse, PeerState, PeerUuids,
+                                           SyncUuid, decode_control)
 from replica.roles import Request
 from replica.states import DiskState, Refusal, ReplState, Role
-from replica.uuids import GenerationUuids, SyncDecision, UuidFlag
+from replica.uuids import UuidFlag
 
 log = logging.getLogger("replicad.resource")
 
 HANDLER_TIMEOUT_S = 60.0
 BITMAP_PERSIST_S = 2.0
 BITMAP_PERSIST_RESYNC_S = 0.5     # changed pages only: one small write + fsync per interval
-_ROLE_WIRE = {Role.Unknown: WireRole.UNKNOWN, Role.Primary: WireRole.PRIMARY,
-              Role.Secondary: WireRole.SECONDARY}
-_WIRE_ROLE = {int(v): k for k, v in _ROLE_WIRE.items()}
-_DISK_WIRE = {d: WireDisk[d.name.upper()] for d in DiskState}
-_WIRE_DISK = {int(v): k for k, v in _DISK_WIRE.items()}
-_FULL_SYNC_SOURCE = SyncDecision.FullSyncSource.hg & 0xFFFFFFFF
-
-
-# --- control messages --------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class PeerState:
-    role: Role
-    disk: DiskState
-
-
-@dataclass(frozen=True, slots=True)
-class SyncUuid:
-    uuid: int
-    full: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PeerUuids:
-    uuids: GenerationUuids
-    flags: UuidFlag
-
-
-@dataclass(frozen=True, slots=True)
-class FullSyncRequest:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Outdate:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class PeerDisconnect:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class PeerRefuse:
-    reason: str
-
-
-ControlMessage = (PeerState | SyncUuid | PeerUuids | FullSyncRequest | Outdate | PeerDisconnect
-                  | PeerRefuse)
-
-
-def decode_control(raw: bytes) -> ControlMessage:
-    """One whole control frame (header + payload) -> its message; RemoteProtocolError otherwise."""
-    dec = repl.ReplDecoder(max_payload=64 * 1024)
-    dec.receive_data(raw)
-    dec.receive_data(b"")
-    frame = dec.next_event()
-    if not isinstance(frame, repl.Frame) or dec.buffered:
-        raise RemoteProtocolError(f"repl: control frame: expected exactly one frame in "
-                                  f"{len(raw)} bytes")
-    t = frame.type
-    if t is ReplPacket.STATE:
-        role, disk = _WIRE_ROLE.get((frame.aux >> 8) & 0xFF), _WIRE_DISK.get(frame.aux & 0xFF)
-        if role is None or disk is None or frame.aux >> 16:
-            raise RemoteProtocolError(f"repl: STATE: invalid role/disk: aux=0x{frame.aux:08x}")
-        return PeerState(role, disk)
-    if t is ReplPacket.SYNC_UUID:
-        if frame.aux not in (0, 1) or frame.offset in (0, 4):
-            raise RemoteProtocolError(f"repl: SYNC_UUID: invalid: uuid={frame.offset:016X} "
-                                      f"aux={frame.aux}")
-        return SyncUuid(frame.offset, bool(frame.aux))
-    if t is ReplPacket.UUIDS:
-        uuids, flags = repl.decode_uuids(frame)
-        return PeerUuids(uuids, flags)
-    if t is ReplPacket.SYNC_DECISION and frame.aux == _FULL_SYNC_SOURCE:
-        return FullSyncRequest()
-    if t is ReplPacket.OUTDATE:
-        return Outdate()
-    if t is ReplPacket.DISCONNECT:
-        return PeerDisconnect()
-    if t is ReplPacket.REFUSE:
-        return PeerRefuse(frame.payload.decode("utf-8", "replace"))
-    raise RemoteProtocolError(f"repl: unexpected control frame {t.name} (aux={frame.aux}) after "
-                              "the handshake")
-
-
-def encode_state(role: Role, disk: DiskState, current_uuid: int) -> bytes:
-    return repl.encode_simple(ReplPacket.STATE, offset=current_uuid,
-                              aux=(_ROLE_WIRE[role] << 8) | _DISK_WIRE[disk])
-
-
-def encode_sync_uuid(uuid: int, full: bool) -> bytes:
-    return repl.encode_simple(ReplPacket.SYNC_UUID, offset=uuid, aux=int(full))
-
-
-def encode_full_sync_request() -> bytes:
-    return repl.encode_simple(ReplPacket.SYNC_DECISION, aux=_FULL_SYNC_SOURCE)
 
 
 class ResourceEvents:

@@ -35,7 +35,6 @@ UUIDs belong to the owner (replica.resource.ResourceRuntime); this module moves 
 """
 import logging
 import socket
-import struct
 import threading
 import time
 
@@ -43,9 +42,19 @@ from replica.auth import hmac_digest, new_challenge
 from replica.bitmap import Bitmap
 from replica.errors import LocalProtocolError, RemoteProtocolError
 from replica.protocol import repl_wire as wire
-from replica.protocol.repl import (NEED_DATA, Authenticated, AuthFailed, HandshakeDone,
-                                   HandshakeFailed, Incompatible, PeerBitmap, PeerHello,
-                                   PeerRefused, ReplHandshake)
+from replica.protocol.repl import (
+    NEED_DATA,
+    Authenticated,
+    AuthFailed,
+    HandshakeDone,
+    HandshakeFailed,
+    Incompatible,
+    PeerBitmap,
+    PeerHello,
+    PeerRefused,
+    ReplHandshake,
+)
+from replica.protocol.repl_codec import frame_length
 from replica.protocol.repl_wire import RefuseCode
 from replica.resync import TokenBucket
 from replica.uuids import SplitBrainPolicy
@@ -53,7 +62,6 @@ from replica.uuids import SplitBrainPolicy
 HANDSHAKE_TIMEOUT_S = 30.0
 HANDSHAKE_FRAME_MAX = 4 * 1024 * 1024     # bitmap slices are 1 MiB; anything bigger is hostile
 ACK_WAIT_S = 60.0
-_LENGTH = struct.Struct(">I")
 
 log = logging.getLogger("replicad.peer")
 
@@ -73,15 +81,7 @@ def read_frame(sock: socket.socket) -> bytes:
     head = _recv_exact(sock, wire.HEADER_SIZE)
     if len(head) < wire.HEADER_SIZE:
         return head
-    magic = _LENGTH.unpack_from(head, 0)[0]
-    if magic != wire.REPL_MAGIC:
-        raise RemoteProtocolError(f"repl: invalid frame: magic=0x{magic:08x}, expected "
-                                  f"0x{wire.REPL_MAGIC:08x} (\"RPL1\")")
-    length = _LENGTH.unpack_from(head, 24)[0]
-    if length > HANDSHAKE_FRAME_MAX:
-        raise RemoteProtocolError(f"repl handshake: frame of {length} bytes exceeds "
-                                  f"{HANDSHAKE_FRAME_MAX}")
-    return head + _recv_exact(sock, length)
+    return head + _recv_exact(sock, frame_length(head, HANDSHAKE_FRAME_MAX))
 
 
 class PeerLink:

@@ -38,7 +38,8 @@ from dataclasses import replace
 from replica import metadata as md_mod
 from replica.config import Endpoint, Resource
 from replica.errors import ReplicaError
-from replica.events import ResourceEvents, encode_full_sync_request
+from replica.events import ResourceEvents
+from replica.protocol.repl_control import FullSyncRequest, encode_control
 from replica.metadata_dump import dump_md, format_dump_md
 from replica.mirror import Engine
 from replica.nbd_server import ExportServer
@@ -414,7 +415,7 @@ class ResourceRuntime(ResourceConnection, ResourceEvents):
         self._remote_writes_at = self.engine.remote_writes()
         self._set_state(replace(self.state, repl=ReplState.StartingSyncT), why)
         self._send_state()
-        self._send(encode_full_sync_request())
+        self._send(encode_control(FullSyncRequest()))
 
     def disk_usable_after_resync(self) -> bool:
         """The SyncTarget's resync is done: True if the disk may serve I/O (always, unless it
@@ -465,7 +466,7 @@ class ResourceRuntime(ResourceConnection, ResourceEvents):
         new = self._request(Request.INVALIDATE, "invalidate")
         if new.is_connected:
             self._set_state(new, "invalidate")
-            self._send(encode_full_sync_request())
+            self._send(encode_control(FullSyncRequest()))
         else:
             self.md.bitmap.set_all()
             self._store_bitmap(force=True)

@@ -20,9 +20,9 @@ import logging
 import time
 from dataclasses import replace
 
-from replica.events import encode_state, encode_sync_uuid
 from replica.peer_link import PeerLink, ResyncRunner
 from replica.protocol import repl
+from replica.protocol.repl_control import PeerState, SyncUuid, encode_control
 from replica.protocol.repl_wire import ReplPacket
 from replica.resync import ResyncProgress
 from replica.roles import (Request, ResourceState, apply_handshake, apply_split_brain,
@@ -96,7 +96,8 @@ class ResourceConnection:
 
     def _send_state(self) -> None:
         if self.state.is_connected:
-            self._send(encode_state(self.state.role, self.state.disk, self.md.uuids.current))
+            self._send(encode_control(PeerState(self.state.role, self.state.disk,
+                                                self.md.uuids.current)))
 
     # --- peer link callbacks (PeerLink thread) ---------------------------------------------
 
@@ -191,7 +192,7 @@ class ResourceConnection:
         uuids, sync_uuid = self.md.uuids.start_resync_source(self.rng)
         self._set_uuids(uuids, "resync start (SyncSource)")
         self._store_bitmap(force=True)
-        self._send(encode_sync_uuid(sync_uuid, full))
+        self._send(encode_control(SyncUuid(sync_uuid, full)))
         self._set_state(replace(self.state, repl=ReplState.SyncSource,
                                 peer_disk=DiskState.Inconsistent), "resync start")
         total = self.md.bitmap.dirty_bytes()

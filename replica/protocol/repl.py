@@ -49,20 +49,32 @@ from dataclasses import dataclass
 from replica.bitmap import Bitmap, max_encoded_size
 from replica.errors import LocalProtocolError, RemoteProtocolError
 from replica.protocol import repl_wire as wire
-from replica.protocol.repl_codec import (CLOSED, NEED_DATA, DecodedHello, Frame, HelloInfo,
-                                         LinkSettings, ReplDecoder, decode_hello, decode_state,
-                                         decode_uuids, encode_bitmap, encode_frame, encode_hello,
-                                         encode_refuse, encode_simple, encode_state, encode_uuids,
-                                         hello_versions)
+from replica.protocol.repl_codec import (
+    CLOSED,
+    NEED_DATA,
+    DecodedHello,
+    Frame,
+    HelloInfo,
+    LinkSettings,
+    ReplDecoder,
+    decode_hello,
+    decode_uuids,
+    encode_bitmap,
+    encode_frame,
+    encode_hello,
+    encode_refuse,
+    encode_simple,
+    encode_uuids,
+    hello_versions,
+)
 from replica.protocol.repl_wire import BITMAP_LAST, Feature, RefuseCode, ReplPacket
 from replica.states import DiskState, Role
-from replica.uuids import (SplitBrainPolicy, SyncDecision, SyncVerdict, UuidFlag, UuidReport,
-                           sync_handshake)
+from replica.uuids import SplitBrainPolicy, SyncDecision, SyncVerdict, UuidFlag, UuidReport, sync_handshake
 
 __all__ = [  # the codec's names are part of this module's API
     "CLOSED", "NEED_DATA", "Frame", "HelloInfo", "LinkSettings", "ReplDecoder", "decode_hello",
-    "decode_state", "decode_uuids", "encode_bitmap", "encode_frame", "encode_hello",
-    "encode_refuse", "encode_simple", "encode_state", "encode_uuids", "hello_versions",
+    "decode_uuids", "encode_bitmap", "encode_frame", "encode_hello",
+    "encode_refuse", "encode_simple", "encode_uuids", "hello_versions",
     "Authenticated", "AuthFailed", "HandshakeDone", "HandshakeFailed", "Incompatible",
     "PeerBitmap", "PeerHello", "PeerRefused", "ReplHandshake", "AUTH_LABEL"]
 

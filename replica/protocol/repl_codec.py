@@ -3,16 +3,25 @@
 
 Owns: `ReplDecoder` (bytes -> validated `Frame`s, any peer link packet; NEED_DATA, CLOSED),
 `encode_frame`, and the encoders/decoders of each body: HELLO (`HelloInfo` with the
-`LinkSettings` both sides must share), STATE, UUIDS, REFUSE, BITMAP slices and header-only
-packets. Layouts: repl_wire.py. The connect handshake built on it: repl.py. No I/O, clock or
+`LinkSettings` both sides must share), UUIDS, REFUSE, BITMAP slices and header-only
+packets. Control messages after the handshake: repl_control.py. Layouts: repl_wire.py. The connect handshake built on it: repl.py. No I/O, clock or
 logging; every malformed input raises RemoteProtocolError naming the field.
 """
 from dataclasses import dataclass
 
 from replica.errors import LocalProtocolError, RemoteProtocolError
 from replica.protocol import repl_wire as wire
-from replica.protocol.repl_wire import (BITMAP_LAST, DataFlag, Feature, NetFlag, RefuseCode,
-                                        ReplPacket, WireDisk, WireProtocol, WireRole)
+from replica.protocol.repl_wire import (
+    BITMAP_LAST,
+    DataFlag,
+    Feature,
+    NetFlag,
+    RefuseCode,
+    ReplPacket,
+    WireDisk,
+    WireProtocol,
+    WireRole,
+)
 from replica.states import DiskState, Role
 from replica.uuids import GenerationUuids, UuidFlag
 
@@ -30,9 +39,26 @@ CLOSED = _Sentinel("CLOSED")
 
 _ROLE_TO_WIRE = {Role.Unknown: WireRole.UNKNOWN, Role.Primary: WireRole.PRIMARY,
                  Role.Secondary: WireRole.SECONDARY}
-_WIRE_TO_ROLE = {v: k for k, v in _ROLE_TO_WIRE.items()}
+_WIRE_TO_ROLE: dict[int, Role] = {int(v): k for k, v in _ROLE_TO_WIRE.items()}
 _DISK_TO_WIRE = {d: WireDisk[d.name.upper()] for d in DiskState}
-_WIRE_TO_DISK = {v: k for k, v in _DISK_TO_WIRE.items()}
+_WIRE_TO_DISK: dict[int, DiskState] = {int(v): k for k, v in _DISK_TO_WIRE.items()}
+
+
+def role_to_wire(role: Role) -> int:
+    return int(_ROLE_TO_WIRE[role])
+
+
+def disk_to_wire(disk: DiskState) -> int:
+    return int(_DISK_TO_WIRE[disk])
+
+
+def role_from_wire(value: int) -> Role | None:
+    """The Role numbered `value` on the wire, None if no role has that number."""
+    return _WIRE_TO_ROLE.get(value)
+
+
+def disk_from_wire(value: int) -> DiskState | None:
+    return _WIRE_TO_DISK.get(value)
 _ALLOWED_FLAGS = {ReplPacket.DATA: DataFlag.FUA | DataFlag.NOT_LOCAL,
                   ReplPacket.TRIM: DataFlag.FUA | DataFlag.NOT_LOCAL,
                   ReplPacket.ZEROES: DataFlag.FUA | DataFlag.NO_HOLE | DataFlag.NOT_LOCAL,
@@ -49,6 +75,19 @@ class Frame:
     offset: int = 0
     aux: int = 0
     payload: bytes = b""
+
+
+def frame_length(header: bytes, max_payload: int) -> int:
+    """The payload length announced by one whole frame header (HEADER_SIZE bytes), for a driver
+    that must read exactly one frame and no byte beyond it; RemoteProtocolError on a bad magic
+    or a length above `max_payload`."""
+    magic, _t, _f, _id, _o, length, _a = wire.HEADER.unpack(header)
+    if magic != wire.REPL_MAGIC:
+        raise RemoteProtocolError(f"repl: invalid frame: magic=0x{magic:08x}, expected "
+                                  f"0x{wire.REPL_MAGIC:08x} (\"RPL1\")")
+    if length > max_payload:
+        raise RemoteProtocolError(f"repl handshake: frame of {length} bytes exceeds {max_payload}")
+    return int(length)
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -302,21 +341,6 @@ def decode_hello(frame: Frame) -> DecodedHello:
                      UuidFlag(uflags & 0xF), Feature(features & int(wire.FEATURES_ALL)), bits,
                      settings)
     return DecodedHello(info, vmin, vmax, alg, bool(frame.flags & 1))
-
-
-def encode_state(role: Role, disk: DiskState, current_uuid: int) -> bytes:
-    """STATE: a role or disk change (e.g. the peer became Primary)."""
-    return encode_frame(Frame(ReplPacket.STATE, offset=current_uuid,
-                              aux=_ROLE_TO_WIRE[role] << 8 | _DISK_TO_WIRE[disk]))
-
-
-def decode_state(frame: Frame) -> tuple[Role, DiskState, int]:
-    try:
-        role = _WIRE_TO_ROLE[WireRole(frame.aux >> 8)]
-        disk = _WIRE_TO_DISK[WireDisk(frame.aux & 0xFF)]
-    except ValueError:
-        raise RemoteProtocolError(f"repl: invalid STATE: aux=0x{frame.aux:08x}") from None
-    return role, disk, frame.offset
 
 
 def encode_uuids(uuids: GenerationUuids, flags: UuidFlag = UuidFlag(0)) -> bytes:
