@@ -130,7 +130,7 @@ class Daemon:
         for warning in self._config(req).warnings:
             log.warning("%s", warning)
         with rt.lock:
-            if not rt.resource.standalone and rt.link is None:
+            if not rt.resource.standalone and not rt.has_link:
                 check_address_is_local(rt.name, rt.host)
             rt.up()
             return {"status": rt.status()}
@@ -148,7 +148,7 @@ class Daemon:
             raise ReplicaError(f"{rt.name}: {req['cmd']}: a standalone resource (one 'on' "
                                "section) has no metadata and no peer")
         with rt.lock:
-            if req["cmd"] == "connect" and rt.link is None:
+            if req["cmd"] == "connect" and not rt.has_link:
                 check_address_is_local(rt.name, rt.host)
             run(rt, req)
             return {"status": rt.status()}
@@ -156,7 +156,7 @@ class Daemon:
     def cmd_dump_md(self, req: Request) -> Reply:
         rt = self._runtime(req)
         with rt.lock:
-            if rt.md is None:
+            if not rt.disk.has_md:
                 return {"attached": False}
             return {"attached": True, **rt.dump_md()}
 
@@ -241,8 +241,7 @@ VERBS: dict[str, Callable[[ResourceRuntime, Request], None]] = {
 
 
 def _in_use(rt: ResourceRuntime) -> bool:
-    """Anything open or running: disk, metadata, export, peer link (even Diskless)."""
-    return any(x is not None for x in (rt.server, rt.md, rt.link, rt.engine, rt.fd))
+    return rt.in_use
 
 
 def _remove_pid_file(path: str) -> None:

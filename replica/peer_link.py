@@ -168,7 +168,7 @@ class PeerLink:
                 return None
         try:
             s, addr = self._listener.accept()
-        except (socket.timeout, OSError):
+        except (TimeoutError, OSError):
             return None
         if addr[0] != self.peer_addr[0]:
             log.warning("peer link: %s: refused connection from %s:%d: not the peer address %s",
