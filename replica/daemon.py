@@ -261,7 +261,7 @@ def setup_logging(where: locations.Locations, foreground: bool) -> None:
     root.setLevel(logging.INFO)
     plain = logging.Formatter("replicad[%(process)d]: %(message)s")
     if foreground:
-        handlers = [logging.StreamHandler(sys.stderr)]
+        handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     else:
         handlers = [logging.FileHandler(where.log_file)]
         if os.path.exists("/dev/log"):

@@ -149,8 +149,7 @@ class PeerLink:
             s.close()
             raise OSError(exc.errno, f"peer link: {self.name}: cannot listen on "
                           f"{self.local_addr[0]}:{self.local_addr[1]}: {exc.strerror}") from None
-        s.listen(4)
-        s.settimeout(0.5)
+        s.listen(4)                 # blocking accept: no wake-up while nobody connects
         return s
 
     def _connect_once(self) -> socket.socket | None:
@@ -166,8 +165,10 @@ class PeerLink:
                 self.last_error = f"connect to {self.peer_text}: {exc.strerror or exc}"
                 self._stopping.wait(self.net.connect_int_s)
                 return None
+        if self._listener is None:
+            return None
         try:
-            s, addr = self._listener.accept()
+            s, addr = self._listener.accept()    # blocks; stop() shuts the listener down
         except (TimeoutError, OSError):
             return None
         if addr[0] != self.peer_addr[0]:

@@ -4,10 +4,12 @@
 Owns: `ReplDecoder` (bytes -> validated `Frame`s, any peer link packet; NEED_DATA, CLOSED),
 `encode_frame`, and the encoders/decoders of each body: HELLO (`HelloInfo` with the
 `LinkSettings` both sides must share), UUIDS, REFUSE, BITMAP slices and header-only
-packets. Control messages after the handshake: repl_control.py. Layouts: repl_wire.py. The connect handshake built on it: repl.py. No I/O, clock or
+packets. Control messages after the handshake: repl_control.py.
+Layouts: repl_wire.py. The connect handshake built on it: repl.py. No I/O, clock or
 logging; every malformed input raises RemoteProtocolError naming the field.
 """
 from dataclasses import dataclass
+from typing import Protocol
 
 from replica.errors import LocalProtocolError, RemoteProtocolError
 from replica.protocol import repl_wire as wire
@@ -32,6 +34,23 @@ class _Sentinel:
 
     def __repr__(self) -> str:
         return self.name
+
+
+class NetOptions(Protocol):
+    """The net options a LinkSettings is made from (replica.config's net section)."""
+
+    @property
+    def protocol(self) -> str: ...
+    @property
+    def allow_two_primaries(self) -> bool: ...
+    @property
+    def after_sb_0pri(self) -> str: ...
+    @property
+    def after_sb_1pri(self) -> str: ...
+    @property
+    def after_sb_2pri(self) -> str: ...
+    @property
+    def data_integrity_alg(self) -> str | None: ...
 
 
 NEED_DATA = _Sentinel("NEED_DATA")
@@ -120,7 +139,7 @@ class ReplDecoder:
     def __init__(self, max_payload: int = wire.MAX_PAYLOAD):
         self._buf = bytearray()
         self._eof = False
-        self._header = None
+        self._header: tuple[ReplPacket, int, int, int, int, int] | None = None
         self._error: RemoteProtocolError | None = None
         self.max_payload = min(max_payload, wire.MAX_PAYLOAD)
 
@@ -141,7 +160,7 @@ class ReplDecoder:
         data, self._buf = bytes(self._buf), bytearray()
         return data
 
-    def next_event(self):
+    def next_event(self) -> "Frame | _Sentinel":
         if self._error is not None:
             raise self._error
         try:
@@ -150,7 +169,7 @@ class ReplDecoder:
             self._error = e
             raise
 
-    def _next(self):
+    def _next(self) -> "Frame | _Sentinel":
         if self._header is None:
             if len(self._buf) < wire.HEADER_SIZE:
                 return self._need()
@@ -159,15 +178,15 @@ class ReplDecoder:
                 raise RemoteProtocolError(f"repl: invalid frame: magic=0x{magic:08x}, "
                                           f"expected 0x{wire.REPL_MAGIC:08x} (\"RPL1\")")
             try:
-                ptype = ReplPacket(ptype)
+                packet = ReplPacket(ptype)
             except ValueError:
                 raise RemoteProtocolError(f"repl: invalid frame: type=0x{ptype:04x}: "
                                           "unknown packet type") from None
             if length > self.max_payload:
-                raise RemoteProtocolError(f"repl: invalid frame: {ptype.name}: length={length} "
+                raise RemoteProtocolError(f"repl: invalid frame: {packet.name}: length={length} "
                                           f"exceeds {self.max_payload}")
-            _check_frame(ptype, flags, length)
-            self._header = (ptype, flags, fid, offset, length, aux)
+            _check_frame(packet, flags, length)
+            self._header = (packet, flags, fid, offset, length, aux)
             del self._buf[:wire.HEADER_SIZE]
         ptype, flags, fid, offset, length, aux = self._header
         if len(self._buf) < length:
@@ -177,7 +196,7 @@ class ReplDecoder:
         self._header = None
         return Frame(ptype, flags, fid, offset, aux, payload)
 
-    def _need(self):
+    def _need(self) -> _Sentinel:
         if self._eof:
             if self._buf or self._header is not None:
                 raise RemoteProtocolError("repl: connection closed in the middle of a frame: "
@@ -200,14 +219,14 @@ class LinkSettings:
     data_integrity_alg: str = ""         # empty: off
 
     @classmethod
-    def from_net(cls, net) -> "LinkSettings":
+    def from_net(cls, net: "NetOptions") -> "LinkSettings":
         """From any object with the config's net option attribute names."""
         return cls(net.protocol, net.allow_two_primaries, net.after_sb_0pri, net.after_sb_1pri,
                    net.after_sb_2pri, net.data_integrity_alg or "")
 
     def mismatches(self, peer: "LinkSettings") -> list[str]:
         """One phrase per setting that differs, in DRBD's words; empty if compatible."""
-        out = []
+        out: list[str] = []
         if self.protocol != peer.protocol:
             out.append(f"incompatible communication protocols: local protocol {self.protocol}, "
                        f"peer protocol {peer.protocol}")
@@ -220,7 +239,7 @@ class LinkSettings:
         return out
 
 
-def _setting_text(value) -> str:
+def _setting_text(value: str | bool) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     return value or "off"
