@@ -152,7 +152,8 @@ class ReplHandshake:
     `mac(alg, key, msg) -> digest` is required when `secret` is set. PeerBitmap carries the
     peer's bitmap sized for OUR device (blocks past the smaller device dropped), ready to
     merge. `challenge` is the random challenge we send (CHALLENGE_SIZE bytes from the caller's
-    CSPRNG). `bitmap_source()` returns our encoded bitmap (Bitmap.encode()) and is called only if a bitmap resync was decided.
+    CSPRNG). `bitmap_source()` returns our encoded bitmap (Bitmap.encode()) and is called only
+    if a bitmap resync was decided.
     """
 
     def __init__(self, local: HelloInfo, *, secret: bytes | None = None, alg: str | None = None,
