@@ -3,7 +3,8 @@
 
 Owns: `PeerLink` (one thread per resource keeping the TCP link to the peer up) and
 `ResyncRunner` (one thread per running resync on the SyncSource). Decisions about states and
-UUIDs belong to the owner (replica.resource.ResourceRuntime); this module moves bytes.
+UUIDs belong to the owners (replica.connection.PeerConnection for the link,
+replica.sync.ResyncControl for the runner); this module moves bytes.
 
     PeerLink thread (one side connects, the other accepts: the node whose name sorts first
     connects, so both sides agree without a race)::
