@@ -7,6 +7,7 @@ its `mac` callable), challenge generation, and validation of a configured secret
 `shared-secret` to 64 characters). Comparing digests is done in constant time by the handshake.
 """
 import os
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
@@ -14,7 +15,8 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 from replica.errors import ConfigError
 from replica.protocol.repl_wire import CHALLENGE_SIZE
 
-_ALGS = {"sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha512": hashes.SHA512}
+_ALGS: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha512": hashes.SHA512}
 SUPPORTED_ALGS = tuple(_ALGS)
 SHARED_SECRET_MAX = 64
 

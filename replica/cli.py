@@ -6,9 +6,9 @@
 Commands are declared in one table (drbdadm's adm_cmd): name, handler, whether they need a
 resource, their options, and a one-line summary for usage. `up` and `attach` start the daemon
 when needed; `create-md` and `dump-md` work on the disk directly while the resource is down.
-Refused state changes print one DRBD sentence on stderr (`r0: State change failed: Need access
-to UpToDate data`) and exit with EXIT_REFUSED, as drbdsetup does; other failures exit 1,
-unknown/unconfigured resources 10.
+Refused state changes (the reply names the Refusal) print one DRBD sentence on stderr
+(`r0: State change failed: Need access to UpToDate data`) and exit with EXIT_REFUSED, as
+drbdsetup does; other failures exit 1, unknown/unconfigured resources 10.
 
 Every command parses its --config first (errors name file:line, as drbdadm's do) and names that
 file and --node in each request, so replicad acts on the configuration this command was given,
@@ -21,14 +21,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from replica import locations
 from replica.config import load_config
 from replica.control import ControlError, is_daemon_running, request
 from replica.errors import ReplicaError
-from replica.states import Refusal
+from replica.states import Refusal, Refused
 
 DAEMON_START_TIMEOUT_S = 15.0
 EXIT_ERROR = 1
@@ -43,14 +43,6 @@ class Command:
     needs_resource: bool
     summary: str
     options: tuple[tuple[str, str], ...] = field(default=())   # (flag, help)
-
-
-def refusal_in(message: str) -> Refusal | None:
-    """The Refusal whose sentence ends `message`, if the daemon refused a state change."""
-    for r in Refusal:
-        if message.endswith(r.sentence):
-            return r
-    return None
 
 
 class Ctl:
@@ -389,15 +381,13 @@ def main(argv=None) -> int:
         # The reader went away (`replicactl status | head`): stop quietly, as ls or cat do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Refused as exc:
+        ctl.reap_started_daemon()
+        print(f"{exc.context}: State change failed: {exc.refusal.sentence}", file=sys.stderr)
+        return EXIT_REFUSED
     except (ReplicaError, OSError) as exc:
         ctl.reap_started_daemon()
-        text = str(exc)
-        refusal = refusal_in(text)
-        if refusal is not None:
-            res = text[:-len(refusal.sentence)].rstrip(": ") or args.resource
-            print(f"{res}: State change failed: {refusal.sentence}", file=sys.stderr)
-            return EXIT_REFUSED
-        print(f"replicactl: {args.command}: {text}", file=sys.stderr)
+        print(f"replicactl: {args.command}: {exc}", file=sys.stderr)
         return EXIT_ERROR
 
 

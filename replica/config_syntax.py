@@ -73,7 +73,7 @@ def parse_block(toks: list[Token], pos: int, path: str, ctx: list[str],
     """Statements up to the '}' closing `opened` (or EOF at top level); returns (stmts, next pos)."""
     where = ": ".join(ctx) + ": " if ctx else ""
     if len(ctx) > MAX_DEPTH:
-        raise ConfigError(f"{path}:{opened.line}: {where}sections nested too deeply")
+        raise ConfigError(f"{path}:{opened.line if opened else 0}: {where}sections nested too deeply")
     stmts: list[Statement] = []
     while True:
         tok = toks[pos]

@@ -26,15 +26,19 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
+from hacommon.daemonize import daemonize
 from replica import locations, netif
 from replica.config import Config, HostSection, load_config
-from replica.control import ControlError, ControlServer
-from hacommon.daemonize import daemonize
+from replica.control import ControlError, ControlServer, error_reply
 from replica.errors import ConfigError, ReplicaError
 from replica.resource import ResourceRuntime
 
 log = logging.getLogger("replicad")
+Request = dict[str, Any]
+Reply = dict[str, Any]
 
 IDLE_EXIT_S = 30.0      # --exit-when-idle: the longest life without a resource in use
 # commands after which a daemon started by replicactl looks whether anything is still in use
@@ -62,31 +66,18 @@ class Daemon:
         self.stop_event = threading.Event()
         self.control: ControlServer | None = None
         self._last_command = time.monotonic()
-        self.commands = {
+        self.commands: dict[str, Callable[[Request], Reply]] = {
             "ping": self.cmd_ping,
             "up": self.cmd_up,
             "down": self.cmd_down,
             "status": self.cmd_status,
             "shutdown": self.cmd_shutdown,
             "dump-md": self.cmd_dump_md,
+            **{verb: self.cmd_verb for verb in VERBS},
         }
-        # drbdadm verbs that map to one ResourceRuntime method each: (method, request keys)
-        self.verbs = {
-            "attach": ("attach", ()),
-            "detach": ("detach", ()),
-            "connect": ("connect", ("discard_my_data",)),
-            "disconnect": ("disconnect", ()),
-            "primary": ("primary", ("force",)),
-            "secondary": ("secondary", ()),
-            "invalidate": ("invalidate", ()),
-            "invalidate-remote": ("invalidate_remote", ()),
-            "new-current-uuid": ("new_current_uuid", ("clear_bitmap",)),
-        }
-        for verb in self.verbs:
-            self.commands[verb] = self.cmd_verb
 
     # Commands from replicactl: each returns a reply dict or raises ReplicaError.
-    def handle(self, req: dict) -> dict:
+    def handle(self, req: Request) -> Reply:
         handler = self.commands.get(req["cmd"])
         if handler is None:
             return {"ok": False, "error": f"unknown command {req['cmd']!r} (known: {', '.join(self.commands)})"}
@@ -95,7 +86,7 @@ class Daemon:
                 reply = {"ok": True, **handler(req)}
             except (ReplicaError, OSError) as exc:
                 log.warning("%s: %s", req["cmd"], exc)
-                reply = {"ok": False, "error": str(exc)}
+                reply = error_reply(exc)
             self._last_command = time.monotonic()
             if self.exit_when_idle and req["cmd"] in _MAY_LEAVE_IDLE and not self._any_in_use():
                 self._exit_idle(f"no resource is in use after {req['cmd']}")
@@ -131,45 +122,45 @@ class Daemon:
     def _any_in_use(self) -> bool:
         return any(_in_use(rt) for rt in self.resources.values())
 
-    def cmd_ping(self, req):
+    def cmd_ping(self, req: Request) -> Reply:
         return {"pid": os.getpid()}
 
-    def cmd_up(self, req):
+    def cmd_up(self, req: Request) -> Reply:
         rt = self._runtime(req)
         for warning in self._config(req).warnings:
             log.warning("%s", warning)
         with rt.lock:
-            if not rt.resource.standalone and rt.link is None:
+            if not rt.resource.standalone and not rt.has_link:
                 check_address_is_local(rt.name, rt.host)
             rt.up()
             return {"status": rt.status()}
 
-    def cmd_down(self, req):
+    def cmd_down(self, req: Request) -> Reply:
         rt = self._runtime(req)
         with rt.lock:
             rt.down()
         return {}
 
-    def cmd_verb(self, req):
-        method, keys = self.verbs[req["cmd"]]
+    def cmd_verb(self, req: Request) -> Reply:
+        run = VERBS[req["cmd"]]
         rt = self._runtime(req)
         if rt.resource.standalone and req["cmd"] not in ("primary", "secondary"):
             raise ReplicaError(f"{rt.name}: {req['cmd']}: a standalone resource (one 'on' "
                                "section) has no metadata and no peer")
         with rt.lock:
-            if req["cmd"] == "connect" and rt.link is None:
+            if req["cmd"] == "connect" and not rt.has_link:
                 check_address_is_local(rt.name, rt.host)
-            getattr(rt, method)(**{k: bool(req.get(k)) for k in keys})
+            run(rt, req)
             return {"status": rt.status()}
 
-    def cmd_dump_md(self, req):
+    def cmd_dump_md(self, req: Request) -> Reply:
         rt = self._runtime(req)
         with rt.lock:
-            if rt.md is None:
+            if not rt.disk.has_md:
                 return {"attached": False}
             return {"attached": True, **rt.dump_md()}
 
-    def cmd_status(self, req):
+    def cmd_status(self, req: Request) -> Reply:
         if req.get("resource"):
             names = [req["resource"]]
         else:
@@ -182,7 +173,7 @@ class Daemon:
                 out.append(rt.status())
         return {"resources": out}
 
-    def cmd_shutdown(self, req):
+    def cmd_shutdown(self, req: Request) -> Reply:
         self.stop_event.set()
         return {}
 
@@ -194,9 +185,9 @@ class Daemon:
         log.info("started: node %s, config %s, run dir %s", self.where.node, self.where.config,
                  self.where.run_dir)
         try:
-            while not self.stop_event.wait(1.0):
-                if self.exit_when_idle:
-                    self._exit_if_idle_too_long()
+            # no periodic wake-up: sleep until stopped, or until the idle-exit deadline is due
+            while not self.stop_event.wait(self._idle_wait_s()):
+                self._exit_if_idle_too_long()
         finally:
             self.control.close()
             with self.lock:
@@ -210,21 +201,47 @@ class Daemon:
             log.info("stopped")
         return 0
 
+    def _idle_wait_s(self) -> float | None:
+        """Seconds until the idle-exit deadline (None: no deadline, wait for stop_event)."""
+        if not self.exit_when_idle:
+            return None
+        return max(0.05, self._last_command + IDLE_EXIT_S - time.monotonic())
+
     def _exit_if_idle_too_long(self) -> None:
-        """A replicactl killed between starting us and its `up` must not leave us behind."""
+        """A replicactl killed between starting us and its `up` must not leave us behind.
+        While a command runs or a resource is in use the deadline moves on by IDLE_EXIT_S (the
+        command that leaves nothing in use ends the daemon itself, in handle())."""
         if not self.lock.acquire(blocking=False):
-            return                          # a command is running
+            self._last_command = time.monotonic()       # a command is running
+            return
         try:
-            idle_s = time.monotonic() - self._last_command
-            if idle_s >= IDLE_EXIT_S and not self._any_in_use():
+            now = time.monotonic()
+            idle_s = now - self._last_command
+            if self._any_in_use():
+                self._last_command = now
+            elif idle_s >= IDLE_EXIT_S:
                 self._exit_idle(f"no resource in use for {idle_s:.0f} s")
         finally:
             self.lock.release()
 
 
+# drbdadm verbs that are one ResourceRuntime request each; boolean options come as request keys
+VERBS: dict[str, Callable[[ResourceRuntime, Request], None]] = {
+    "attach": lambda rt, req: rt.attach(),
+    "detach": lambda rt, req: rt.detach(),
+    "connect": lambda rt, req: rt.connect(discard_my_data=bool(req.get("discard_my_data"))),
+    "disconnect": lambda rt, req: rt.disconnect(),
+    "primary": lambda rt, req: rt.primary(force=bool(req.get("force"))),
+    "secondary": lambda rt, req: rt.secondary(),
+    "invalidate": lambda rt, req: rt.invalidate(),
+    "invalidate-remote": lambda rt, req: rt.invalidate_remote(),
+    "new-current-uuid": lambda rt, req: rt.new_current_uuid(
+        clear_bitmap=bool(req.get("clear_bitmap"))),
+}
+
+
 def _in_use(rt: ResourceRuntime) -> bool:
-    """Anything open or running: disk, metadata, export, peer link (even Diskless)."""
-    return any(x is not None for x in (rt.server, rt.md, rt.link, rt.engine, rt.fd))
+    return rt.in_use
 
 
 def _remove_pid_file(path: str) -> None:
@@ -244,7 +261,7 @@ def setup_logging(where: locations.Locations, foreground: bool) -> None:
     root.setLevel(logging.INFO)
     plain = logging.Formatter("replicad[%(process)d]: %(message)s")
     if foreground:
-        handlers = [logging.StreamHandler(sys.stderr)]
+        handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     else:
         handlers = [logging.FileHandler(where.log_file)]
         if os.path.exists("/dev/log"):

@@ -40,6 +40,7 @@ import hashlib
 import os
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from replica.bitmap import BLOCK_SIZE, Bitmap, bits_for, buffer_bytes_for
@@ -225,7 +226,7 @@ class Metadata:
         self.bitmap = Bitmap(sb.data_size)
         self.torn_bitmap_pages: list[int] = []
         self._bm_page_csum: dict[int, bytes] = {}     # page -> checksum of what is on disk
-        self._al_hot: "OrderedDict[int, int]" = OrderedDict()   # extent -> in-flight count
+        self._al_hot: OrderedDict[int, None] = OrderedDict()   # hot extents, least recent first
         self._al_seq = 0
         self._al_slot_seq: list[int] = []
         self.al_writes = 0
@@ -443,36 +444,20 @@ class Metadata:
             return range(0)
         return range(offset // AL_EXTENT_SIZE, (offset + length - 1) // AL_EXTENT_SIZE + 1)
 
-    def al_begin_io(self, extent: int) -> bool:
-        """Make `extent` hot before a write to it; True if an AL transaction was written.
-
-        Reference-counted: pair every call with al_complete_io(extent). When the AL is full,
-        the least recently used extent without I/O in flight leaves it: its bitmap pages are
-        written first (fsync), then the transaction. Raises MetadataError when every extent
-        has I/O in flight (the caller must wait for completions, as DRBD blocks).
-        """
-        if extent in self._al_hot:
-            self._check_extent(extent)
-            self._al_hot[extent] += 1
-            self._al_hot.move_to_end(extent)
-            return False
-        self._activate(extent, lambda e: self._al_hot[e] == 0, refs=1)
-        return True
-
-    def al_make_hot(self, extent: int, *, can_evict) -> int | None:
-        """Make `extent` hot for a data path that counts its own in-flight writes (csrc).
+    def al_make_hot(self, extent: int, *, can_evict: Callable[[int], bool]) -> int | None:
+        """Make `extent` hot; the C engine counts the writes in flight to each extent.
 
         `can_evict(e)` must return True only for an extent the C engine has already marked
         cold (rm_al_set_hot(e, 0)) and that has no write in flight: its bitmap pages are
         written before the transaction that drops it. Returns the evicted extent (None if
         there was room), for the log and for the engine. Raises MetadataError if nothing can
-        be evicted. No reference counting: al_complete_io is not used in this mode.
+        be evicted.
         """
         if extent in self._al_hot:
             self._check_extent(extent)
             self._al_hot.move_to_end(extent)
             return None
-        return self._activate(extent, can_evict, refs=0)
+        return self._activate(extent, can_evict)
 
     def al_victim(self, extent: int) -> int | None:
         """The extent al_make_hot(extent) would evict first (the least recently used), or None
@@ -486,7 +471,7 @@ class Metadata:
         if not 0 <= extent < 2**32:
             raise ValueError(f"activity log: extent out of range: {extent}")
 
-    def _activate(self, extent: int, evictable, refs: int) -> int | None:
+    def _activate(self, extent: int, evictable: Callable[[int], bool]) -> int | None:
         self._check_extent(extent)
         victim = None
         if len(self._al_hot) >= self.sb.al_extents:
@@ -502,15 +487,9 @@ class Metadata:
             # not clean from before the first write the transaction below allows: a crash
             # after it must apply the AL
             self.set_flags(clear=MdFlag.AL_CLEAN)
-        self._al_hot[extent] = refs
+        self._al_hot[extent] = None
         self._write_al_tx()
         return victim
-
-    def al_complete_io(self, extent: int) -> None:
-        n = self._al_hot.get(extent)
-        if not n:
-            raise ValueError(f"activity log: complete without begin: extent {extent}")
-        self._al_hot[extent] = n - 1
 
     @property
     def al_hot(self) -> list[int]:
@@ -520,8 +499,6 @@ class Metadata:
         """Persist the bitmap, empty the AL and mark it clean (drbdadm down/detach, the
         daemon's SIGTERM). In this order: a crash at any point leaves AL_CLEAN unset and the
         next open applies the AL; after it the next open trusts the bitmap alone."""
-        if any(self._al_hot.values()):
-            raise MetadataError(f"activity log: {self.name}: shutdown with I/O in flight")
         self.store_bitmap()
         self._al_hot.clear()
         self._write_al_tx()

@@ -27,7 +27,8 @@ def dump_md(md: Metadata) -> dict:
         "uuid": {"current": _hex(sb.uuids.current), "bitmap": _hex(sb.uuids.bitmap),
                  "history": [_hex(h) for h in sb.uuids.history]},
         "flags": int(sb.flags),
-        "flag_names": [f.name.lower().replace("_", "-") for f in MdFlag if f in sb.flags],
+        "flag_names": [(f.name or "").lower().replace("_", "-") for f in MdFlag
+                       if f in sb.flags],
         "al_extents": sb.al_extents,
         "al_hot": sorted(md.al_hot),
         "la_size_sect": sb.data_size // SECTOR,

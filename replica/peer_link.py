@@ -3,7 +3,8 @@
 
 Owns: `PeerLink` (one thread per resource keeping the TCP link to the peer up) and
 `ResyncRunner` (one thread per running resync on the SyncSource). Decisions about states and
-UUIDs belong to the owner (replica.resource.ResourceRuntime); this module moves bytes.
+UUIDs belong to the owners (replica.connection.PeerConnection for the link,
+replica.sync.ResyncControl for the runner); this module moves bytes.
 
     PeerLink thread (one side connects, the other accepts: the node whose name sorts first
     connects, so both sides agree without a race)::
@@ -35,7 +36,6 @@ UUIDs belong to the owner (replica.resource.ResourceRuntime); this module moves 
 """
 import logging
 import socket
-import struct
 import threading
 import time
 
@@ -43,9 +43,19 @@ from replica.auth import hmac_digest, new_challenge
 from replica.bitmap import Bitmap
 from replica.errors import LocalProtocolError, RemoteProtocolError
 from replica.protocol import repl_wire as wire
-from replica.protocol.repl import (NEED_DATA, Authenticated, AuthFailed, HandshakeDone,
-                                   HandshakeFailed, Incompatible, PeerBitmap, PeerHello,
-                                   PeerRefused, ReplHandshake)
+from replica.protocol.repl import (
+    NEED_DATA,
+    Authenticated,
+    AuthFailed,
+    HandshakeDone,
+    HandshakeFailed,
+    Incompatible,
+    PeerBitmap,
+    PeerHello,
+    PeerRefused,
+    ReplHandshake,
+)
+from replica.protocol.repl_codec import frame_length
 from replica.protocol.repl_wire import RefuseCode
 from replica.resync import TokenBucket
 from replica.uuids import SplitBrainPolicy
@@ -53,7 +63,6 @@ from replica.uuids import SplitBrainPolicy
 HANDSHAKE_TIMEOUT_S = 30.0
 HANDSHAKE_FRAME_MAX = 4 * 1024 * 1024     # bitmap slices are 1 MiB; anything bigger is hostile
 ACK_WAIT_S = 60.0
-_LENGTH = struct.Struct(">I")
 
 log = logging.getLogger("replicad.peer")
 
@@ -73,15 +82,7 @@ def read_frame(sock: socket.socket) -> bytes:
     head = _recv_exact(sock, wire.HEADER_SIZE)
     if len(head) < wire.HEADER_SIZE:
         return head
-    magic = _LENGTH.unpack_from(head, 0)[0]
-    if magic != wire.REPL_MAGIC:
-        raise RemoteProtocolError(f"repl: invalid frame: magic=0x{magic:08x}, expected "
-                                  f"0x{wire.REPL_MAGIC:08x} (\"RPL1\")")
-    length = _LENGTH.unpack_from(head, 24)[0]
-    if length > HANDSHAKE_FRAME_MAX:
-        raise RemoteProtocolError(f"repl handshake: frame of {length} bytes exceeds "
-                                  f"{HANDSHAKE_FRAME_MAX}")
-    return head + _recv_exact(sock, length)
+    return head + _recv_exact(sock, frame_length(head, HANDSHAKE_FRAME_MAX))
 
 
 class PeerLink:
@@ -149,8 +150,7 @@ class PeerLink:
             s.close()
             raise OSError(exc.errno, f"peer link: {self.name}: cannot listen on "
                           f"{self.local_addr[0]}:{self.local_addr[1]}: {exc.strerror}") from None
-        s.listen(4)
-        s.settimeout(0.5)
+        s.listen(4)                 # blocking accept: no wake-up while nobody connects
         return s
 
     def _connect_once(self) -> socket.socket | None:
@@ -166,9 +166,11 @@ class PeerLink:
                 self.last_error = f"connect to {self.peer_text}: {exc.strerror or exc}"
                 self._stopping.wait(self.net.connect_int_s)
                 return None
+        if self._listener is None:
+            return None
         try:
-            s, addr = self._listener.accept()
-        except (socket.timeout, OSError):
+            s, addr = self._listener.accept()    # blocks; stop() shuts the listener down
+        except (TimeoutError, OSError):
             return None
         if addr[0] != self.peer_addr[0]:
             log.warning("peer link: %s: refused connection from %s:%d: not the peer address %s",

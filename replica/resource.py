@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""One configured resource at run time on this node: disk, metadata, engine, export, peer link.
+"""One configured resource at run time on this node: the runtime that alone changes its state.
 
 A resource with a single `on` section is standalone: `up` opens the whole disk and serves it
 Primary/UpToDate (no metadata, no peer). A resource with two `on` sections is replicated::
@@ -12,112 +12,91 @@ Primary/UpToDate (no metadata, no peer). A resource with two `on` sections is re
         └── split brain, authentication failed, incompatible net settings (protocol...)
     up = attach + connect;  down = disconnect + detach (clean_shutdown of the metadata)
 
-This module owns the disk side (attach/detach, roles, export, metadata flags, status); the
-connection side (connect/disconnect, handshake verdict, resync start/finish) is the mixin
-replica.resource_connection.ResourceConnection, the background threads replica.events.
+`ResourceRuntime` owns the state: every change goes through `request` (replica.roles: one
+table, DRBD's guards) and `set_state`, which logs it on one line, applies the role to the
+frontend and has the disk persist the metadata flags. It is composed of, each with its own
+constructor and public interface (none calls another's private methods):
 
-Every state change goes through replica.roles (one table, DRBD's guards) and is logged on one
-line; the metadata flags follow the state (`_persist_flags`). Threads: the daemon's command
-threads, `PeerLink`, `ResyncRunner`, the event reader (drains C's event fd; activity-log misses
-are answered there, under `md_lock` only, so a writer waiting in C never waits for `lock`) and
-the monitor (peer events, control frames, ping-int/ping-timeout/timeout, bitmap persistence).
-Lock order: `lock` before `md_lock`. Peer control frames after the handshake:
+    disk      replica.disk.ResourceDisk         backing fd, metadata, engine, AL, bitmap
+    conn      replica.connection.PeerConnection peer link, handshake verdict, control messages
+    sync      replica.sync.ResyncControl        resync now (verify next), progress
+    frontend  replica.frontends.NbdFrontend     the NBD export (a FUSE frontend next)
+    monitor   replica.monitor.ResourceMonitor   C's events, timers (no periodic wake-up)
 
-    STATE        role/disk changed                SYNC_UUID    SyncSource starts (aux 1 = full)
-    UUIDS        resync done (target adopts the   SYNC_DECISION invalidate: "sync me fully"
-                 tuple), or SKIP_INITIAL_SYNC     OUTDATE      graceful disconnect of a Primary
+Threads: the daemon's command threads, the PeerLink, the ResyncRunner, the monitor's two.
+Lock order: `lock` (this runtime), then the disk's `md_lock`. Peer control frames after the
+handshake: replica.protocol.repl_control.
 """
-import fcntl
 import logging
 import os
-import queue
+import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
-from replica import metadata as md_mod
-from replica.config import Endpoint, Resource
+from replica.config import Endpoint, HostSection, Resource
+from replica.connection import PeerConnection
+from replica.disk import ResourceDisk, engine_io_error_mode
 from replica.errors import ReplicaError
-from replica.events import ResourceEvents, encode_full_sync_request
-from replica.metadata_dump import dump_md, format_dump_md
-from replica.mirror import Engine
-from replica.nbd_server import ExportServer
-from replica.peer_link import PeerLink, ResyncRunner
-from replica.resource_connection import ResourceConnection
-from replica.protocol import repl
+from replica.frontends import NbdFrontend
+from replica.mirror import MirrorEvent
+from replica.monitor import ResourceMonitor
 from replica.protocol.nbd import ExportInfo, transmission_flags_for
-from replica.resync import ResyncProgress
+from replica.protocol.repl_control import FullSyncRequest, PeerUuids
 from replica.roles import Request, ResourceState, needs_new_current_uuid, request_or_raise
 from replica.states import ConnState, DiskState, Refusal, ReplState, Role
-from replica.uuids import MdFlag, UuidFlag
+from replica.sync import ResyncControl
+from replica.uuids import UuidFlag
+
+__all__ = ["ResourceRuntime", "engine_io_error_mode"]
 
 log = logging.getLogger("replicad.resource")
 
-
-def engine_io_error_mode(on_io_error: str) -> str:
-    """disk { on-io-error } -> what C does with the failing request (replica.mirror): pass_on
-    passes the error on; detach and call-local-io-error (the handler runs, then detach, as in
-    DRBD) stop using the disk at the first error and fail over to the peer."""
-    if on_io_error == "pass_on":
-        return "pass_on"
-    if on_io_error in ("detach", "call-local-io-error"):
-        return "fail_over"
-    raise ValueError(f"{on_io_error!r}: on-io-error: expected one of pass_on, "
-                     "call-local-io-error, detach")
+HANDLER_TIMEOUT_S = 60.0
 
 
-
-class ResourceRuntime(ResourceConnection, ResourceEvents):
-    def __init__(self, resource: Resource, node: str, default_export_path: str, rng=os.urandom):
+class ResourceRuntime:
+    def __init__(self, resource: Resource, node: str, default_export_path: str,
+                 rng: Callable[[int], bytes] = os.urandom):
         self.resource = resource
         self.name = resource.name
-        self.host = resource.host(node)
-        self.peer_host = resource.peer(node)
+        self.host: HostSection = resource.host(node)
+        self.peer_host: HostSection | None = resource.peer(node)
         self.endpoint = self.host.export or Endpoint(kind="unix", path=default_export_path,
                                                      host=None, port=None)
-        self.rng = rng
         self.lock = threading.RLock()
-        self.md_lock = threading.Lock()
         self.state = ResourceState(allow_two_primaries=resource.net.allow_two_primaries,
                                    fencing=resource.disk.fencing != "dont-care")
-        self.fd: int | None = None
-        self.engine: Engine | None = None
-        self.server: ExportServer | None = None
-        self.md: md_mod.Metadata | None = None
-        self.link: PeerLink | None = None
-        self.runner: ResyncRunner | None = None
-        self.progress: ResyncProgress | None = None
-        self.last_resync: dict | None = None
-        self._resync_started = 0.0
-        self.size = 0
-        self._discard_my_data = False
-        self._standalone_reason = ""          # why the peer link gave up for good
-        self._remote_writes_at = 0            # engine.remote_writes() when a resync was asked
-        self._events: queue.Queue = queue.Queue()
-        self._threads_stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._ping_sent_ns = 0
-        self._attached_ns = 0
-        self._bm_stored_at = 0.0
-        self._bm_stored_count = -1
+        self.disk = ResourceDisk(self.name, resource, self.host, rng)
+        self.frontend = NbdFrontend(self.name, self.endpoint)
+        self.conn = PeerConnection(self)
+        self.sync = ResyncControl(self)
+        self.monitor = ResourceMonitor(self)
 
-    # --- properties -----------------------------------------------------------------------
+    # --- what the daemon asks -------------------------------------------------------------
 
     @property
     def is_up(self) -> bool:
-        return self.server is not None
+        return self.frontend.is_serving
+
+    @property
+    def in_use(self) -> bool:
+        """Anything open or running: disk, metadata, export, peer link (even Diskless)."""
+        return self.frontend.is_serving or self.disk.is_open or self.conn.link is not None
+
+    @property
+    def has_link(self) -> bool:
+        return self.conn.link is not None
 
     @property
     def role(self) -> str:
         return str(self.state.role) if self.is_up else "Unknown"
 
-    @property
-    def ctx(self) -> str:
-        return self.name
+    # --- state changes (the only place that assigns self.state after attach) ------------------
 
-    # --- state changes -----------------------------------------------------------------------
-
-    def _set_state(self, new: ResourceState, why: str = "") -> None:
+    def set_state(self, new: ResourceState, why: str = "") -> None:
         old = self.state
         if new == old:
             return
@@ -129,49 +108,21 @@ class ResourceRuntime(ResourceConnection, ResourceEvents):
         self.state = new
         if changes:
             log.info("%s: %s%s", self.name, ", ".join(changes), f" ({why})" if why else "")
-        if self.engine is not None and old.role != new.role:
+        if self.disk.engine is not None and old.role != new.role:
             self._apply_role_to_export()
-        self._persist_flags()
+        self.disk.persist_flags(new)
+        self.monitor.wake()                  # its deadlines may have changed
 
-    def _request(self, req: Request, what: str, **kw) -> ResourceState:
+    def request(self, req: Request, what: str, **kw: Any) -> ResourceState:
+        """The state `req` leads to (replica.roles), or the Refused error; nothing changes."""
         self.state = replace(self.state, open_rw=self._open_rw())
         return request_or_raise(self.state, req, f"{self.name}", **kw)
 
     def _open_rw(self) -> bool:
-        if self.engine is None or self.state.role is not Role.Primary:
-            return False
-        return self.engine.stats().get("active_connections", 0) > 0
+        return self.state.role is Role.Primary and self.frontend.holders() > 0
 
-    def _persist_flags(self) -> None:
-        if self.md is None:
-            return
-        s = self.state
-        want = {MdFlag.CONSISTENT: s.disk in (DiskState.UpToDate, DiskState.Outdated,
-                                              DiskState.Consistent),
-                MdFlag.WAS_UP_TO_DATE: s.disk is DiskState.UpToDate,
-                MdFlag.PRIMARY_IND: s.role is Role.Primary,
-                MdFlag.CONNECTED_IND: s.is_connected,
-                MdFlag.PEER_OUT_DATED: s.peer_disk is DiskState.Outdated}
-        if s.disk in (DiskState.Diskless, DiskState.Negotiating, DiskState.Attaching):
-            return
-        with self.md_lock:
-            flags = self.md.flags
-            for f, on in want.items():
-                flags = flags | f if on else flags & ~f
-            uuids = self.md.uuids.with_role(s.role is Role.Primary)
-            if flags != self.md.flags or uuids != self.md.uuids:
-                self.md.write_superblock(flags=flags, uuids=uuids)
-
-    def _set_uuids(self, uuids, why: str) -> None:
-        with self.md_lock:
-            uuids = uuids.with_role(self.state.role is Role.Primary)
-            if uuids != self.md.uuids:
-                log.info("%s: uuids %s -> %s (%s)", self.name, self.md.uuids.text(), uuids.text(),
-                         why)
-                self.md.write_superblock(uuids=uuids)
-
-    def _new_current_uuid(self, why: str) -> None:
-        self._set_uuids(self.md.uuids.new_current(self.rng, primary=True), why)
+    def _primary(self) -> bool:
+        return self.state.role is Role.Primary
 
     # --- up/down -----------------------------------------------------------------------------
 
@@ -179,7 +130,7 @@ class ResourceRuntime(ResourceConnection, ResourceEvents):
         if self.resource.standalone:
             self._up_standalone()
             return
-        if self.md is None:
+        if not self.disk.has_md:
             self.attach()
         if self.state.conn is ConnState.StandAlone:
             self.connect()
@@ -189,171 +140,101 @@ class ResourceRuntime(ResourceConnection, ResourceEvents):
         if self.resource.standalone:
             self._down_standalone()
             return
-        if self.md is None:
+        if not self.disk.has_md:
             return
         if not force and self.state.role is Role.Primary and self._open_rw():
             raise Refusal.DEVICE_IN_USE.error(self.name)
-        if self.link is not None:
-            self.disconnect()
+        self.conn.stop_link()
         if self.state.role is Role.Primary:
-            self._set_state(replace(self.state, role=Role.Secondary), "down")
+            self.set_state(replace(self.state, role=Role.Secondary), "down")
         self.detach()
         log.info("%s: down", self.name)
 
     def _up_standalone(self) -> None:
         if self.is_up:
             return
-        self.fd = self._open_disk()
+        engine = self.disk.open_standalone()
         try:
-            self.size = os.lseek(self.fd, 0, os.SEEK_END)
-            self.engine = Engine(self.fd, self.size)
-            self.server = ExportServer(self.name, self.endpoint, self.engine, self._export_info())
+            self.frontend.start(engine, self._export_info())
         except BaseException:
-            self._release()
+            self.disk.close()
             raise
         self.state = ResourceState(role=Role.Primary, disk=DiskState.UpToDate)
-        log.info("%s: up: disk %s (%d bytes) exported at %s", self.name, self.host.disk, self.size,
-                 self.endpoint.nbd_uri(self.name))
+        log.info("%s: up: disk %s (%d bytes) exported at %s", self.name, self.host.disk,
+                 self.disk.size, self.frontend.uri)
 
     def _down_standalone(self) -> None:
         if not self.is_up:
             return
-        self.server.stop()
-        self.server = None
-        if self.engine is not None:
-            self.engine.flush()
-        self._release()
+        self.frontend.stop()
+        if self.disk.engine is not None:
+            self.disk.engine.flush()
+        self.disk.close()
         self.state = ResourceState()
         log.info("%s: down", self.name)
 
-    def _release(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
-        if self.md is not None:
-            self.md.close()
-            self.md = None
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-    def _open_disk(self) -> int:
-        path = self.host.disk
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as exc:
-            raise ReplicaError(f"{self.name}: cannot open disk '{path}': {exc.strerror}") from exc
-        try:
-            # One daemon per disk: a second `up` elsewhere on this machine must not share it.
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ReplicaError(f"{self.name}: disk '{path}' is in use by another process") from None
-        return fd
-
     def _export_info(self) -> ExportInfo:
         ro = self.state.role is not Role.Primary and not self.resource.standalone
-        return ExportInfo(name=self.name, size=self.size,
+        return ExportInfo(name=self.name, size=self.disk.size,
                           transmission_flags=transmission_flags_for(read_only=ro,
                                                                     can_multi_conn=True),
                           description=f"replica resource {self.name} on {self.host.name}")
 
     def _apply_role_to_export(self) -> None:
         ro = self.state.role is not Role.Primary
-        self.engine.set_read_only(ro)
-        if self.server is not None:
-            self.server.export = self._export_info()
-        log.info("%s: export %s: %s", self.name, self.endpoint.nbd_uri(self.name),
+        self.disk.the_engine().set_read_only(ro)
+        self.frontend.set_export(self._export_info())
+        log.info("%s: export %s: %s", self.name, self.frontend.uri,
                  "read-only (Secondary: writes are refused with EPERM)" if ro else "read-write")
 
     # --- attach/detach -----------------------------------------------------------------------
 
     def attach(self) -> None:
-        if self.md is not None and self.state.disk is DiskState.Diskless:
+        if self.disk.has_md and self.state.disk is DiskState.Diskless:
             self._reattach_failed_disk()
             return
-        if self.md is not None:
+        if self.disk.has_md:
             raise Refusal.DISK_CONFIGURED.error(self.name)
-        self.fd = self._open_disk()
+        info = self.disk.attach()
         try:
-            try:
-                self.md = md_mod.open_md(self.host.disk, self.host.meta_disk, apply_al=True)
-            except md_mod.MetadataError as exc:
-                raise ReplicaError(f"{self.name}: attach: {exc}; to initialise it run "
-                                   f"'replicactl create-md {self.name}'") from None
-            if self.md.crashed_primary:
-                log.warning("%s: attach: the node crashed while Primary: activity-log extents "
-                            "are marked out of sync", self.name)
-            self.size = self.md.sb.data_size
-            self.engine = Engine(self.fd, self.size, read_only=True)
-            self.engine.set_bitmap(self.md.bitmap)
-            if self.resource.disk.al_updates:
-                self.engine.enable_al()
-            self.engine.set_on_io_error(engine_io_error_mode(self.resource.disk.on_io_error))
-            new = self._request(Request.ATTACH, "attach", attach=self.md.attach_info())
-            self.server = ExportServer(self.name, self.endpoint, self.engine, self._export_info())
+            new = self.request(Request.ATTACH, "attach", attach=info)
+            self.frontend.start(self.disk.the_engine(), self._export_info())
         except BaseException:
-            self._release()
+            self.disk.close()
             raise
-        self._set_state(new, "attach")
-        self._start_threads()
+        self.set_state(new, "attach")
+        self.monitor.start(self.disk.the_engine())
         log.info("%s: attached: disk %s (%d data bytes, meta-disk %s), uuids %s, %d KiB out of "
                  "sync, exported at %s read-only (Secondary: writes are refused with EPERM)",
-                 self.name, self.host.disk, self.size, self.host.meta_disk, self.md.uuids.text(),
-                 self.md.bitmap.dirty_bytes() // 1024, self.endpoint.nbd_uri(self.name))
+                 self.name, self.host.disk, self.disk.size, self.host.meta_disk,
+                 self.disk.uuids.text(), self.disk.out_of_sync_bytes() // 1024,
+                 self.frontend.uri)
 
     def detach(self) -> None:
-        if self.md is None:
+        if not self.disk.has_md:
             raise Refusal.IS_DISKLESS.error(self.name)
-        new = self._request(Request.DETACH, "detach")
-        if self.link is not None:            # no Diskless-over-the-network mode: drop the link
-            self.disconnect()
-            new = self._request(Request.DETACH, "detach")
-        self._stop_threads()
-        self.server.stop()
-        self.server = None
-        self.engine.flush()
-        with self.md_lock:
-            try:
-                self.md.clean_shutdown()
-            except (md_mod.MetadataError, OSError) as exc:
-                log.error("%s: detach: metadata: %s", self.name, exc)
-        self._set_state(new, "detach")
-        self._release()
-
-    def _start_threads(self) -> None:
-        self._threads_stop.clear()
-        for target, label in ((self._event_reader, "events"), (self._monitor, "monitor")):
-            t = threading.Thread(target=target, name=f"{label}[{self.name}]", daemon=True)
-            t.start()
-            self._threads.append(t)
-
-    def _stop_threads(self) -> None:
-        self._threads_stop.set()
-        for t in self._threads:
-            if t is not threading.current_thread():
-                t.join(timeout=5)
-        self._threads = []
-
-    def _store_bitmap(self, force: bool = False) -> None:
-        if self.md is None or self.state.disk is DiskState.Diskless:
-            return                          # a failed disk: its metadata is left alone
-        count = self.md.bitmap.count()
-        if not force and count == self._bm_stored_count:
-            self._bm_stored_at = time.monotonic()
-            return
-        with self.md_lock:
-            try:
-                self.md.store_bitmap(changed_only=not force)
-            except OSError as exc:
-                log.error("%s: bitmap: %s", self.name, exc)
-                return
-        self._bm_stored_count = count
-        self._bm_stored_at = time.monotonic()
+        new = self.request(Request.DETACH, "detach")
+        if self.conn.link is not None:       # no Diskless-over-the-network mode: drop the link
+            self.conn.disconnect()
+            new = self.request(Request.DETACH, "detach")
+        self.monitor.stop()
+        self.frontend.stop()
+        self.disk.clean_shutdown()
+        self.set_state(new, "detach")
+        self.disk.close()
 
     # --- local disk failure (disk { on-io-error }) ------------------------------------------------
 
-    def _on_io_error(self, ev) -> None:
+    def on_engine_event(self, ev: MirrorEvent) -> None:
+        """One event from C (monitor thread, under `lock`)."""
+        if ev.type == "io_error":
+            log.error("%s: local I/O error: offset=%d length=%d: %s", self.name, ev.offset,
+                      ev.length, os.strerror(ev.err) if ev.err else "error")
+            self._on_io_error(ev)
+        else:
+            self.conn.on_engine_event(ev)
+
+    def _on_io_error(self, ev: MirrorEvent) -> None:
         """C reported a local I/O error. pass_on: the client got the error and C marked the
         blocks out of sync; nothing else changes. detach / call-local-io-error (after running
         the `local-io-error` handler): C already stopped using the disk (fail_over); the disk
@@ -364,22 +245,16 @@ class ResourceRuntime(ResourceConnection, ResourceEvents):
             log.error("%s: on-io-error pass_on: error passed on, blocks marked out of sync: "
                       "offset=%d length=%d", self.name, ev.offset, ev.length)
             return
-        if self.md is None or self.state.disk is DiskState.Diskless:
+        if not self.disk.has_md or self.state.disk is DiskState.Diskless:
             return
         if policy == "call-local-io-error":
-            self._run_handler("local-io-error")
-        self.engine.set_disk_failed(True)   # e.g. a read error C found after its reply began
+            self.run_handler("local-io-error")
         log.error("%s: Local IO failed in %s. Detaching...", self.name,
                   "write" if ev.length else "flush")
-        self._store_bitmap(force=True)      # the blocks that may differ, while md is usable
-        with self.md_lock:
-            try:                            # never claim UpToDate for this disk again
-                self.md.set_flags(clear=MdFlag.CONSISTENT | MdFlag.WAS_UP_TO_DATE)
-            except (md_mod.MetadataError, OSError) as exc:
-                log.error("%s: detach: metadata: %s", self.name, exc)
-        self._set_state(self._request(Request.IO_ERROR, "io-error"),
-                        "local I/O error, on-io-error " + policy)
-        self._send_state()
+        self.disk.fail()
+        self.set_state(self.request(Request.IO_ERROR, "io-error"),
+                       "local I/O error, on-io-error " + policy)
+        self.conn.send_state()
         if self.state.role is Role.Primary:
             log.warning("%s: Diskless Primary: reads and writes go to the peer%s", self.name,
                         "" if self.state.peer_disk is DiskState.UpToDate
@@ -388,99 +263,91 @@ class ResourceRuntime(ResourceConnection, ResourceEvents):
     def _reattach_failed_disk(self) -> None:
         """`attach` after an I/O error detached the disk: the repaired disk comes back
         Inconsistent and becomes SyncTarget of a full resync (as `invalidate` does), and serves
-        I/O again once that is done. The backing fd stayed open (and locked) meanwhile."""
-        with self.md_lock:
-            try:
-                md = md_mod.open_md(self.host.disk, self.host.meta_disk, apply_al=True)
-                md.set_flags(clear=MdFlag.CONSISTENT | MdFlag.WAS_UP_TO_DATE)
-            except (md_mod.MetadataError, OSError) as exc:
-                raise ReplicaError(f"{self.name}: attach: {exc}") from None
-            self.md.close()
-            self.md = md
-        self.engine.set_bitmap(self.md.bitmap)
-        self.md.bitmap.set_all()
-        self._set_state(replace(self.state, disk=DiskState.Inconsistent), "attach")
-        self._store_bitmap(force=True)
+        I/O again once that is done."""
+        self.disk.reattach()
+        self.set_state(replace(self.state, disk=DiskState.Inconsistent), "attach")
+        self.disk.store_bitmap(force=True)
         log.info("%s: attached: disk %s again after an I/O error: Inconsistent, full resync "
                  "from the peer", self.name, self.host.disk)
         s = self.state
         if s.is_connected and s.peer_disk is DiskState.UpToDate:
-            self._request_resync_after_failure("attach")
+            self.sync.request_full_resync("attach")
 
-    def _request_resync_after_failure(self, why: str) -> None:
-        """Ask the UpToDate peer for a full resync of this re-attached disk. Writes go on to
-        the peer alone meanwhile (the peer marks them); any sent from here on may race the
-        resync, so the disk is handed back only if none was (`disk_usable_after_resync`)."""
-        self._remote_writes_at = self.engine.remote_writes()
-        self._set_state(replace(self.state, repl=ReplState.StartingSyncT), why)
-        self._send_state()
-        self._send(encode_full_sync_request())
+    def run_handler(self, which: str) -> None:
+        """Run the `handlers { which }` command in the background (DRBD's helpers)."""
+        cmd = self.resource.handlers.get(which)
+        if not cmd:
+            return
+        env = dict(os.environ, DRBD_RESOURCE=self.name, REPLICA_RESOURCE=self.name,
+                   DRBD_PEER=self.peer_host.name if self.peer_host else "",
+                   DRBD_MY_ADDRESS=self.host.address[0] if self.host.address else "")
+        log.info("%s: helper command: %s %s", self.name, which, cmd)
 
-    def disk_usable_after_resync(self) -> bool:
-        """The SyncTarget's resync is done: True if the disk may serve I/O (always, unless it
-        is a re-attached failed disk that got writes it may have missed: then resync again)."""
-        if not self.engine.disk_failed():
-            return True
-        if self.engine.reuse_disk(self._remote_writes_at):
-            log.info("%s: disk back in use after the resync", self.name)
-            return True
-        log.warning("%s: writes reached only the peer during the resync: resyncing again",
-                    self.name)
-        self._finish_progress()
-        self._set_state(replace(self.state, repl=ReplState.Established), "resync incomplete")
-        self._request_resync_after_failure("resync again")
-        return False
+        def run() -> None:
+            try:
+                rc = subprocess.run(cmd, shell=True, env=env, stdin=subprocess.DEVNULL,
+                                    timeout=HANDLER_TIMEOUT_S).returncode
+                log.info("%s: helper command: %s exit code %d", self.name, which, rc)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                log.error("%s: helper command: %s: %s", self.name, which, exc)
+        threading.Thread(target=run, name=f"handler[{self.name}]", daemon=True).start()
 
     # --- user requests ------------------------------------------------------------------------
 
     def _need_disk(self) -> None:
-        if self.md is None:
+        if not self.disk.has_md:
             raise Refusal.IS_DISKLESS.error(self.name)
+
+    def connect(self, discard_my_data: bool = False) -> None:
+        self.conn.connect(discard_my_data)
+
+    def disconnect(self) -> None:
+        self.conn.disconnect()
 
     def primary(self, force: bool = False) -> None:
         if self.resource.standalone:
             return
         self._need_disk()
         old = self.state
-        new = self._request(Request.PROMOTE, "primary", force=force)
+        new = self.request(Request.PROMOTE, "primary", force=force)
         if new == old:
             return
         forced = force and old.disk is not DiskState.UpToDate
-        if needs_new_current_uuid(old, new, forced=force, bitmap_uuid=self.md.uuids.bitmap):
-            self._new_current_uuid("primary --force" if forced else "Primary without peer")
-        self._set_state(new, "primary --force" if force else "primary")
-        self._send_state()
+        if needs_new_current_uuid(old, new, forced=force, bitmap_uuid=self.disk.uuids.bitmap):
+            self.disk.new_current_uuid("primary --force" if forced else "Primary without peer",
+                                       self._primary())
+        self.set_state(new, "primary --force" if force else "primary")
+        self.conn.send_state()
         if forced and new.is_connected and new.peer_disk is not DiskState.UpToDate:
-            self._begin_source(full=True)
+            self.sync.begin_source(full=True)
 
     def secondary(self) -> None:
         if self.resource.standalone:
             return
         self._need_disk()
-        self._set_state(self._request(Request.DEMOTE, "secondary"), "secondary")
-        self._send_state()
+        self.set_state(self.request(Request.DEMOTE, "secondary"), "secondary")
+        self.conn.send_state()
 
     def invalidate(self) -> None:
         self._need_disk()
-        new = self._request(Request.INVALIDATE, "invalidate")
+        new = self.request(Request.INVALIDATE, "invalidate")
         if new.is_connected:
-            self._set_state(new, "invalidate")
-            self._send(encode_full_sync_request())
+            self.set_state(new, "invalidate")
+            self.conn.send_control(FullSyncRequest())
         else:
-            self.md.bitmap.set_all()
-            self._store_bitmap(force=True)
-            self._set_state(new, "invalidate: full sync from the peer on the next connect")
+            self.disk.set_all_out_of_sync()
+            self.disk.store_bitmap(force=True)
+            self.set_state(new, "invalidate: full sync from the peer on the next connect")
 
     def invalidate_remote(self) -> None:
         self._need_disk()
-        self._request(Request.INVALIDATE_REMOTE, "invalidate-remote")
-        self._begin_source(full=True)
+        self.request(Request.INVALIDATE_REMOTE, "invalidate-remote")
+        self.sync.begin_source(full=True)
 
     def new_current_uuid(self, clear_bitmap: bool = False) -> None:
         self._need_disk()
         if not clear_bitmap:
-            self._set_uuids(self.md.uuids.new_current(self.rng, primary=False),
-                            "new-current-uuid")
+            self.disk.new_current_uuid("new-current-uuid", self._primary(), as_primary=False)
             return
         s = self.state
         if not (s.is_connected and s.repl is ReplState.Established
@@ -489,27 +356,26 @@ class ResourceRuntime(ResourceConnection, ResourceEvents):
                                "pair of just-created disks (Inconsistent/Inconsistent), have "
                                f"{s.cstate_text()} {s.dstate_text()}")
         try:
-            uuids = self.md.uuids.skip_initial_sync(self.rng)
+            uuids = self.disk.uuids.skip_initial_sync(self.disk.rng)
         except ValueError as exc:
             raise ReplicaError(f"{self.name}: {exc}") from None
-        self._set_uuids(uuids, "new-current-uuid --clear-bitmap")
-        self.md.bitmap.clear_all()
-        self._store_bitmap(force=True)
-        self._send(repl.encode_uuids(self.md.uuids, UuidFlag.SKIP_INITIAL_SYNC))
-        self._set_state(replace(s, disk=DiskState.UpToDate, peer_disk=DiskState.UpToDate),
-                        "initial sync skipped")
+        self.disk.set_uuids(uuids, "new-current-uuid --clear-bitmap", self._primary())
+        self.disk.clear_out_of_sync()
+        self.disk.store_bitmap(force=True)
+        self.conn.send_control(PeerUuids(self.disk.uuids, UuidFlag.SKIP_INITIAL_SYNC))
+        self.set_state(replace(s, disk=DiskState.UpToDate, peer_disk=DiskState.UpToDate),
+                       "initial sync skipped")
 
-    def dump_md(self) -> dict:
+    def dump_md(self) -> dict[str, object]:
         self._need_disk()
-        with self.md_lock:
-            return {"text": format_dump_md(self.md), "json": dump_md(self.md)}
+        return self.disk.dump()
 
     # --- status -----------------------------------------------------------------------------
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         s = self.state
-        st = self.engine.stats() if self.engine else None
-        out = {
+        engine = self.disk.engine
+        out: dict[str, Any] = {
             "name": self.name,
             "node": self.host.name,
             "up": self.is_up,
@@ -524,21 +390,18 @@ class ResourceRuntime(ResourceConnection, ResourceEvents):
             "cstate": s.cstate_text() if not self.resource.standalone else "StandAlone",
             "peer": self.peer_host.name if self.peer_host else None,
             "protocol": self.resource.net.protocol,
-            "size": self.size,
+            "size": self.disk.size,
             "read_only": self.is_up and not self.resource.standalone
             and s.role is not Role.Primary,
-            "nbd_uri": self.endpoint.nbd_uri(self.name),
-            "stats": st,
-            "last_resync": self.last_resync,
-            "link_error": self.link.last_error if self.link else self._standalone_reason,
+            "nbd_uri": self.frontend.uri,
+            "stats": engine.stats() if engine else None,
+            "last_resync": self.sync.last_resync,
+            "link_error": self.conn.last_error,
         }
-        if self.md is not None:
-            out["uuids"] = self.md.uuids.text()
-            out["out_of_sync_bytes"] = self.md.bitmap.dirty_bytes()
-        if self.progress is not None:
-            rep = self.progress.report(time.monotonic())
-            out["resync"] = {"percent": round(rep.percent, 2), "done_bytes": rep.done_bytes,
-                             "total_bytes": rep.total_bytes, "rate_bps": round(rep.rate_bps),
-                             "avg_rate_bps": round(rep.avg_rate_bps),
-                             "eta_s": None if rep.eta_s is None else round(rep.eta_s, 1)}
+        if self.disk.has_md:
+            out["uuids"] = self.disk.uuids.text()
+            out["out_of_sync_bytes"] = self.disk.out_of_sync_bytes()
+        resync = self.sync.status(time.monotonic())
+        if resync is not None:
+            out["resync"] = resync
         return out

@@ -128,6 +128,16 @@ class Refusal(enum.Enum):
     def __str__(self) -> str:
         return self.value
 
-    def error(self, context: str) -> StateChangeRefused:
-        """The exception a CLI/daemon raises: `<context>: <sentence>`."""
-        return StateChangeRefused(f"{context}: {self.value}")
+    def error(self, context: str) -> "Refused":
+        """The exception a CLI/daemon raises: `<context>: <sentence>`, carrying the Refusal."""
+        return Refused(self, context)
+
+
+class Refused(StateChangeRefused):
+    """A refused state change: the sentence for people, `.refusal` (its name travels in control
+    replies as "refusal") for machines, `.context` (the resource) for the CLI's message."""
+
+    def __init__(self, refusal: Refusal, context: str):
+        super().__init__(f"{context}: {refusal.sentence}")
+        self.refusal = refusal
+        self.context = context

@@ -48,9 +48,9 @@ from replica.protocol.nbd_wire import NbdClientFlag, NbdFlag, NbdInfo, NbdOpt, N
 class _NeedData:
     """Sentinel type: `next_event` needs more bytes before it can produce an event."""
 
-    _instance = None
+    _instance: "_NeedData | None" = None
 
-    def __new__(cls):
+    def __new__(cls) -> "_NeedData":
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -206,6 +206,9 @@ class OptionRefused:
     reason: str
 
 
+HandshakeEvent = EnterTransmission | ClientAborted | ClientDisconnected | OptionRefused
+
+
 def option_name(option: int) -> str:
     """The spec name of an option number, e.g. `NBD_OPT_GO`, or `option 42` if unknown."""
     try:
@@ -279,7 +282,7 @@ class NbdServerConnection:
         self._outgoing.clear()
         return out
 
-    def next_event(self):
+    def next_event(self) -> HandshakeEvent | _NeedData:
         """The next event, or NEED_DATA; raises RemoteProtocolError on a protocol violation."""
         if self._state is NbdServerState.ERROR:
             raise RemoteProtocolError(self._error)
@@ -301,7 +304,7 @@ class NbdServerConnection:
 
     # --- parsing ---
 
-    def _process(self):
+    def _process(self) -> HandshakeEvent | _NeedData:
         """Consume complete messages until one yields an event or more data is needed."""
         while True:
             if self._state is not NbdServerState.OPTIONS:
@@ -359,7 +362,7 @@ class NbdServerConnection:
 
     # --- option handlers ---
 
-    def _handle_option(self, option: int, data: bytes):
+    def _handle_option(self, option: int, data: bytes) -> HandshakeEvent | None:
         if option == NbdOpt.EXPORT_NAME:
             return self._handle_export_name(data)
         if option == NbdOpt.ABORT:
@@ -383,7 +386,7 @@ class NbdServerConnection:
         return self._refuse(option, NbdRep.ERR_UNSUP,
                             f"{option_name(option)} is not supported by this server")
 
-    def _handle_export_name(self, data: bytes):
+    def _handle_export_name(self, data: bytes) -> HandshakeEvent | None:
         """NBD_OPT_EXPORT_NAME: no error reply exists, so a refusal is a hard disconnect."""
         context = "nbd handshake: NBD_OPT_EXPORT_NAME"
         name, problem = _decode_name(data)
@@ -397,7 +400,7 @@ class NbdServerConnection:
             self._outgoing += bytes(wire.EXPORT_NAME_ZERO_PADDING)
         return self._enter_transmission(export)
 
-    def _handle_list(self, data: bytes):
+    def _handle_list(self, data: bytes) -> HandshakeEvent | None:
         """NBD_OPT_LIST: one NBD_REP_SERVER per export, then NBD_REP_ACK."""
         if data:
             return self._refuse(NbdOpt.LIST, NbdRep.ERR_INVALID,
@@ -409,7 +412,7 @@ class NbdServerConnection:
         self._queue_reply(NbdOpt.LIST, NbdRep.ACK)
         return None
 
-    def _handle_info_go(self, option: int, data: bytes):
+    def _handle_info_go(self, option: int, data: bytes) -> HandshakeEvent | None:
         """NBD_OPT_INFO / NBD_OPT_GO: name, info requests; NBD_REP_INFO..., then ACK or error."""
         label = option_name(option)
         if len(data) < _INFO_GO_FIXED_LENGTH:

@@ -49,20 +49,33 @@ from dataclasses import dataclass
 from replica.bitmap import Bitmap, max_encoded_size
 from replica.errors import LocalProtocolError, RemoteProtocolError
 from replica.protocol import repl_wire as wire
-from replica.protocol.repl_codec import (CLOSED, NEED_DATA, DecodedHello, Frame, HelloInfo,
-                                         LinkSettings, ReplDecoder, decode_hello, decode_state,
-                                         decode_uuids, encode_bitmap, encode_frame, encode_hello,
-                                         encode_refuse, encode_simple, encode_state, encode_uuids,
-                                         hello_versions)
+from replica.protocol.repl_codec import (
+    CLOSED,
+    NEED_DATA,
+    DecodedHello,
+    Frame,
+    HelloInfo,
+    LinkSettings,
+    ReplDecoder,
+    _Sentinel,
+    decode_hello,
+    decode_uuids,
+    encode_bitmap,
+    encode_frame,
+    encode_hello,
+    encode_refuse,
+    encode_simple,
+    encode_uuids,
+    hello_versions,
+)
 from replica.protocol.repl_wire import BITMAP_LAST, Feature, RefuseCode, ReplPacket
 from replica.states import DiskState, Role
-from replica.uuids import (SplitBrainPolicy, SyncDecision, SyncVerdict, UuidFlag, UuidReport,
-                           sync_handshake)
+from replica.uuids import SplitBrainPolicy, SyncDecision, SyncVerdict, UuidFlag, UuidReport, sync_handshake
 
 __all__ = [  # the codec's names are part of this module's API
     "CLOSED", "NEED_DATA", "Frame", "HelloInfo", "LinkSettings", "ReplDecoder", "decode_hello",
-    "decode_state", "decode_uuids", "encode_bitmap", "encode_frame", "encode_hello",
-    "encode_refuse", "encode_simple", "encode_state", "encode_uuids", "hello_versions",
+    "decode_uuids", "encode_bitmap", "encode_frame", "encode_hello",
+    "encode_refuse", "encode_simple", "encode_uuids", "hello_versions",
     "Authenticated", "AuthFailed", "HandshakeDone", "HandshakeFailed", "Incompatible",
     "PeerBitmap", "PeerHello", "PeerRefused", "ReplHandshake", "AUTH_LABEL"]
 
@@ -127,6 +140,8 @@ class HandshakeDone:
     features: Feature
 
 
+HandshakeEvent = (PeerHello | Authenticated | AuthFailed | HandshakeFailed | Incompatible
+                  | PeerRefused | PeerBitmap | HandshakeDone)
 _TERMINAL = (AuthFailed, HandshakeFailed, Incompatible, PeerRefused, HandshakeDone)
 _REFUSE_CODE = {AuthFailed: RefuseCode.AUTH, Incompatible: RefuseCode.INCOMPATIBLE}
 
@@ -135,9 +150,10 @@ class ReplHandshake:
     """One side of the connect handshake. See the module docstring for the lifecycle.
 
     `mac(alg, key, msg) -> digest` is required when `secret` is set. PeerBitmap carries the
-    peer's bitmap sized for OUR device (blocks past the smaller device dropped), ready to merge. `challenge` is the random
-    challenge we send (CHALLENGE_SIZE bytes from the caller's CSPRNG). `bitmap_source()` returns
-    our encoded bitmap (Bitmap.encode()) and is called only if a bitmap resync was decided.
+    peer's bitmap sized for OUR device (blocks past the smaller device dropped), ready to
+    merge. `challenge` is the random challenge we send (CHALLENGE_SIZE bytes from the caller's
+    CSPRNG). `bitmap_source()` returns our encoded bitmap (Bitmap.encode()) and is called only
+    if a bitmap resync was decided.
     """
 
     def __init__(self, local: HelloInfo, *, secret: bytes | None = None, alg: str | None = None,
@@ -159,7 +175,7 @@ class ReplHandshake:
         self.policy = policy
         self._decoder = ReplDecoder()
         self._out = bytearray()
-        self._events: list = []
+        self._events: list[HandshakeEvent] = []
         self.state = "WAIT_HELLO"
         self.peer: HelloInfo | None = None
         self._peer_hello: DecodedHello | None = None
@@ -175,6 +191,28 @@ class ReplHandshake:
         if secret is not None:
             self._out += encode_frame(Frame(ReplPacket.AUTH_CHALLENGE, payload=self._challenge))
 
+    # --- what a later state may rely on (set by an earlier one) ------------------------------
+
+    def _hello(self) -> DecodedHello:
+        if self._peer_hello is None:
+            raise LocalProtocolError(f"repl handshake: {self.state}: no peer HELLO yet")
+        return self._peer_hello
+
+    def _peer_info(self) -> HelloInfo:
+        if self.peer is None:
+            raise LocalProtocolError(f"repl handshake: {self.state}: no peer HELLO yet")
+        return self.peer
+
+    def _decided(self) -> SyncVerdict:
+        if self.verdict is None:
+            raise LocalProtocolError(f"repl handshake: {self.state}: no sync decision yet")
+        return self.verdict
+
+    def _auth_mac(self, data: bytes) -> bytes:
+        if self._mac is None or self._secret is None:
+            raise LocalProtocolError("repl handshake: authentication without a shared-secret")
+        return self._mac(self._alg, self._secret, data)
+
     # --- driver API -----------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
@@ -189,7 +227,7 @@ class ReplHandshake:
         """Bytes received after the handshake ended (the start of the data stream)."""
         return self._decoder.take_buffered()
 
-    def next_event(self):
+    def next_event(self) -> "HandshakeEvent | _Sentinel":
         while not self._events:
             if self.state in ("DONE", "FAILED"):
                 return NEED_DATA
@@ -206,6 +244,8 @@ class ReplHandshake:
                 self._fail(HandshakeFailed(f"connection closed by peer during {self.state}"),
                            refuse=False)
                 break
+            if not isinstance(frame, Frame):
+                raise LocalProtocolError(f"repl handshake: decoder returned {frame!r}")
             try:
                 self._handle(frame)
             except RemoteProtocolError:
@@ -215,7 +255,8 @@ class ReplHandshake:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _fail(self, event, refuse: bool = True) -> None:
+    def _fail(self, event: "AuthFailed | HandshakeFailed | Incompatible | PeerRefused",
+              refuse: bool = True) -> None:
         self.state = "FAILED"
         if refuse:
             self._out += encode_refuse(event.reason,
@@ -250,7 +291,7 @@ class ReplHandshake:
             else:
                 self._unexpected(frame)
             if self.state == "WAIT_AUTH" and self._peer_authed and self._peer_challenge_answered:
-                self._events.append(Authenticated(self._peer_hello.info.node_name))
+                self._events.append(Authenticated(self._hello().info.node_name))
                 self._decide()
         elif self.state == "WAIT_DECISION":
             if t is not ReplPacket.SYNC_DECISION:
@@ -303,23 +344,22 @@ class ReplHandshake:
         if hmac.compare_digest(challenge, self._challenge):
             self._fail(AuthFailed("peer reflected our own challenge"))
             return
-        digest = self._mac(self._alg, self._secret,
-                           self._label(self.is_initiator) + challenge + self._hello_payload)
+        digest = self._auth_mac(self._label(self.is_initiator) + challenge + self._hello_payload)
         self._out += encode_frame(Frame(ReplPacket.AUTH_RESPONSE, payload=digest))
         self._peer_challenge_answered = True
 
     def _on_response(self, response: bytes) -> None:
         if self._peer_authed:
             raise RemoteProtocolError("repl handshake: second AUTH_RESPONSE")
-        expected = self._mac(self._alg, self._secret, self._label(not self.is_initiator) +
-                             self._challenge + self._peer_hello_payload)
+        expected = self._auth_mac(self._label(not self.is_initiator) + self._challenge +
+                                  self._peer_hello_payload)
         if not hmac.compare_digest(response, expected):
             self._fail(AuthFailed(f"wrong shared-secret (cram-hmac-alg {self._alg})"))
             return
         self._peer_authed = True
 
     def _decide(self) -> None:
-        info = self._peer_hello.info
+        info = self._hello().info
         problems = self.local.settings.mismatches(info.settings)
         if UuidFlag.DISCARD_MY_DATA in self.local.flags & info.flags:
             problems.append("incompatible discard-my-data settings: both sides have "
@@ -355,12 +395,12 @@ class ReplHandshake:
         except ValueError:
             raise RemoteProtocolError(f"repl handshake: SYNC_DECISION: unknown decision {hg}") \
                 from None
-        mine = self.verdict.decision
+        verdict = self._decided()
+        mine = verdict.decision
         if mine.drops_connection or peer_d.drops_connection:
             if not mine.drops_connection:
                 # the peer refuses (e.g. it is Primary and would be SyncTarget): so do we
-                self.verdict = SyncVerdict(peer_d.mirror(), self.verdict.rule,
-                                           self.verdict.compare,
+                self.verdict = SyncVerdict(peer_d.mirror(), verdict.rule, verdict.compare,
                                            f"peer decided {peer_d}: dropping connection")
             self._done()
             return
@@ -378,10 +418,11 @@ class ReplHandshake:
         self._done()
 
     def _on_bitmap(self, frame: Frame) -> None:
-        limit = max_encoded_size(-(-self.peer.data_size // 4096))
+        peer = self._peer_info()
+        limit = max_encoded_size(-(-peer.data_size // 4096))
         if frame.aux > limit:
             raise RemoteProtocolError(f"repl handshake: BITMAP: total length {frame.aux} "
-                                      f"exceeds {limit} for data size {self.peer.data_size}")
+                                      f"exceeds {limit} for data size {peer.data_size}")
         if self._bm_total is None:
             self._bm_total = frame.aux
         if frame.aux != self._bm_total or frame.offset != len(self._bm_parts):
@@ -396,13 +437,14 @@ class ReplHandshake:
                 raise RemoteProtocolError(f"repl handshake: BITMAP: last slice at "
                                           f"{len(self._bm_parts)} of {self._bm_total} bytes")
             bm = Bitmap.decode(bytes(self._bm_parts), self.local.data_size,
-                               peer_data_size=self.peer.data_size)
+                               peer_data_size=peer.data_size)
             self._bm_parts = bytearray()
             self._events.append(PeerBitmap(bm))
             self._done()
 
     def _done(self) -> None:
         self.state = "DONE"
-        sizes = [s for s in (self.local.data_size, self.peer.data_size) if s]
-        self._events.append(HandshakeDone(self.verdict, self.peer, min(sizes) if sizes else 0,
-                                          self.local.features & self.peer.features))
+        peer = self._peer_info()
+        sizes = [s for s in (self.local.data_size, peer.data_size) if s]
+        self._events.append(HandshakeDone(self._decided(), peer, min(sizes) if sizes else 0,
+                                          self.local.features & peer.features))

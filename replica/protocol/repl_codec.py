@@ -3,16 +3,27 @@
 
 Owns: `ReplDecoder` (bytes -> validated `Frame`s, any peer link packet; NEED_DATA, CLOSED),
 `encode_frame`, and the encoders/decoders of each body: HELLO (`HelloInfo` with the
-`LinkSettings` both sides must share), STATE, UUIDS, REFUSE, BITMAP slices and header-only
-packets. Layouts: repl_wire.py. The connect handshake built on it: repl.py. No I/O, clock or
+`LinkSettings` both sides must share), UUIDS, REFUSE, BITMAP slices and header-only
+packets. Control messages after the handshake: repl_control.py.
+Layouts: repl_wire.py. The connect handshake built on it: repl.py. No I/O, clock or
 logging; every malformed input raises RemoteProtocolError naming the field.
 """
 from dataclasses import dataclass
+from typing import Protocol
 
 from replica.errors import LocalProtocolError, RemoteProtocolError
 from replica.protocol import repl_wire as wire
-from replica.protocol.repl_wire import (BITMAP_LAST, DataFlag, Feature, NetFlag, RefuseCode,
-                                        ReplPacket, WireDisk, WireProtocol, WireRole)
+from replica.protocol.repl_wire import (
+    BITMAP_LAST,
+    DataFlag,
+    Feature,
+    NetFlag,
+    RefuseCode,
+    ReplPacket,
+    WireDisk,
+    WireProtocol,
+    WireRole,
+)
 from replica.states import DiskState, Role
 from replica.uuids import GenerationUuids, UuidFlag
 
@@ -25,14 +36,48 @@ class _Sentinel:
         return self.name
 
 
+class NetOptions(Protocol):
+    """The net options a LinkSettings is made from (replica.config's net section)."""
+
+    @property
+    def protocol(self) -> str: ...
+    @property
+    def allow_two_primaries(self) -> bool: ...
+    @property
+    def after_sb_0pri(self) -> str: ...
+    @property
+    def after_sb_1pri(self) -> str: ...
+    @property
+    def after_sb_2pri(self) -> str: ...
+    @property
+    def data_integrity_alg(self) -> str | None: ...
+
+
 NEED_DATA = _Sentinel("NEED_DATA")
 CLOSED = _Sentinel("CLOSED")
 
 _ROLE_TO_WIRE = {Role.Unknown: WireRole.UNKNOWN, Role.Primary: WireRole.PRIMARY,
                  Role.Secondary: WireRole.SECONDARY}
-_WIRE_TO_ROLE = {v: k for k, v in _ROLE_TO_WIRE.items()}
+_WIRE_TO_ROLE: dict[int, Role] = {int(v): k for k, v in _ROLE_TO_WIRE.items()}
 _DISK_TO_WIRE = {d: WireDisk[d.name.upper()] for d in DiskState}
-_WIRE_TO_DISK = {v: k for k, v in _DISK_TO_WIRE.items()}
+_WIRE_TO_DISK: dict[int, DiskState] = {int(v): k for k, v in _DISK_TO_WIRE.items()}
+
+
+def role_to_wire(role: Role) -> int:
+    return int(_ROLE_TO_WIRE[role])
+
+
+def disk_to_wire(disk: DiskState) -> int:
+    return int(_DISK_TO_WIRE[disk])
+
+
+def role_from_wire(value: int) -> Role | None:
+    """The Role numbered `value` on the wire, None if no role has that number."""
+    return _WIRE_TO_ROLE.get(value)
+
+
+def disk_from_wire(value: int) -> DiskState | None:
+    return _WIRE_TO_DISK.get(value)
 _ALLOWED_FLAGS = {ReplPacket.DATA: DataFlag.FUA | DataFlag.NOT_LOCAL,
                   ReplPacket.TRIM: DataFlag.FUA | DataFlag.NOT_LOCAL,
                   ReplPacket.ZEROES: DataFlag.FUA | DataFlag.NO_HOLE | DataFlag.NOT_LOCAL,
@@ -49,6 +94,19 @@ class Frame:
     offset: int = 0
     aux: int = 0
     payload: bytes = b""
+
+
+def frame_length(header: bytes, max_payload: int) -> int:
+    """The payload length announced by one whole frame header (HEADER_SIZE bytes), for a driver
+    that must read exactly one frame and no byte beyond it; RemoteProtocolError on a bad magic
+    or a length above `max_payload`."""
+    magic, _t, _f, _id, _o, length, _a = wire.HEADER.unpack(header)
+    if magic != wire.REPL_MAGIC:
+        raise RemoteProtocolError(f"repl: invalid frame: magic=0x{magic:08x}, expected "
+                                  f"0x{wire.REPL_MAGIC:08x} (\"RPL1\")")
+    if length > max_payload:
+        raise RemoteProtocolError(f"repl handshake: frame of {length} bytes exceeds {max_payload}")
+    return int(length)
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -81,7 +139,7 @@ class ReplDecoder:
     def __init__(self, max_payload: int = wire.MAX_PAYLOAD):
         self._buf = bytearray()
         self._eof = False
-        self._header = None
+        self._header: tuple[ReplPacket, int, int, int, int, int] | None = None
         self._error: RemoteProtocolError | None = None
         self.max_payload = min(max_payload, wire.MAX_PAYLOAD)
 
@@ -102,7 +160,7 @@ class ReplDecoder:
         data, self._buf = bytes(self._buf), bytearray()
         return data
 
-    def next_event(self):
+    def next_event(self) -> "Frame | _Sentinel":
         if self._error is not None:
             raise self._error
         try:
@@ -111,7 +169,7 @@ class ReplDecoder:
             self._error = e
             raise
 
-    def _next(self):
+    def _next(self) -> "Frame | _Sentinel":
         if self._header is None:
             if len(self._buf) < wire.HEADER_SIZE:
                 return self._need()
@@ -120,15 +178,15 @@ class ReplDecoder:
                 raise RemoteProtocolError(f"repl: invalid frame: magic=0x{magic:08x}, "
                                           f"expected 0x{wire.REPL_MAGIC:08x} (\"RPL1\")")
             try:
-                ptype = ReplPacket(ptype)
+                packet = ReplPacket(ptype)
             except ValueError:
                 raise RemoteProtocolError(f"repl: invalid frame: type=0x{ptype:04x}: "
                                           "unknown packet type") from None
             if length > self.max_payload:
-                raise RemoteProtocolError(f"repl: invalid frame: {ptype.name}: length={length} "
+                raise RemoteProtocolError(f"repl: invalid frame: {packet.name}: length={length} "
                                           f"exceeds {self.max_payload}")
-            _check_frame(ptype, flags, length)
-            self._header = (ptype, flags, fid, offset, length, aux)
+            _check_frame(packet, flags, length)
+            self._header = (packet, flags, fid, offset, length, aux)
             del self._buf[:wire.HEADER_SIZE]
         ptype, flags, fid, offset, length, aux = self._header
         if len(self._buf) < length:
@@ -138,7 +196,7 @@ class ReplDecoder:
         self._header = None
         return Frame(ptype, flags, fid, offset, aux, payload)
 
-    def _need(self):
+    def _need(self) -> _Sentinel:
         if self._eof:
             if self._buf or self._header is not None:
                 raise RemoteProtocolError("repl: connection closed in the middle of a frame: "
@@ -161,14 +219,14 @@ class LinkSettings:
     data_integrity_alg: str = ""         # empty: off
 
     @classmethod
-    def from_net(cls, net) -> "LinkSettings":
+    def from_net(cls, net: "NetOptions") -> "LinkSettings":
         """From any object with the config's net option attribute names."""
         return cls(net.protocol, net.allow_two_primaries, net.after_sb_0pri, net.after_sb_1pri,
                    net.after_sb_2pri, net.data_integrity_alg or "")
 
     def mismatches(self, peer: "LinkSettings") -> list[str]:
         """One phrase per setting that differs, in DRBD's words; empty if compatible."""
-        out = []
+        out: list[str] = []
         if self.protocol != peer.protocol:
             out.append(f"incompatible communication protocols: local protocol {self.protocol}, "
                        f"peer protocol {peer.protocol}")
@@ -181,7 +239,7 @@ class LinkSettings:
         return out
 
 
-def _setting_text(value) -> str:
+def _setting_text(value: str | bool) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     return value or "off"
@@ -302,21 +360,6 @@ def decode_hello(frame: Frame) -> DecodedHello:
                      UuidFlag(uflags & 0xF), Feature(features & int(wire.FEATURES_ALL)), bits,
                      settings)
     return DecodedHello(info, vmin, vmax, alg, bool(frame.flags & 1))
-
-
-def encode_state(role: Role, disk: DiskState, current_uuid: int) -> bytes:
-    """STATE: a role or disk change (e.g. the peer became Primary)."""
-    return encode_frame(Frame(ReplPacket.STATE, offset=current_uuid,
-                              aux=_ROLE_TO_WIRE[role] << 8 | _DISK_TO_WIRE[disk]))
-
-
-def decode_state(frame: Frame) -> tuple[Role, DiskState, int]:
-    try:
-        role = _WIRE_TO_ROLE[WireRole(frame.aux >> 8)]
-        disk = _WIRE_TO_DISK[WireDisk(frame.aux & 0xFF)]
-    except ValueError:
-        raise RemoteProtocolError(f"repl: invalid STATE: aux=0x{frame.aux:08x}") from None
-    return role, disk, frame.offset
 
 
 def encode_uuids(uuids: GenerationUuids, flags: UuidFlag = UuidFlag(0)) -> bytes:

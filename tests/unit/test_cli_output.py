@@ -57,12 +57,6 @@ def test_role_cstate_dstate_84_format():
     assert cli.render_cstate(status(cstate="SyncSource")) == "SyncSource"
 
 
-def test_refusal_in_matches_each_sentence():
-    for r in Refusal:
-        assert cli.refusal_in(f"r0: {r.sentence}") is r
-    assert cli.refusal_in("r0: cannot open disk '/x': No such file or directory") is None
-
-
 def test_command_table_has_drbdadm_verbs_and_options():
     names = {c.name for c in cli.COMMANDS}
     assert {"create-md", "dump-md", "up", "down", "attach", "detach", "connect", "disconnect",
@@ -128,7 +122,8 @@ class FakeDaemon:
     (("primary", "--force", "r0"), Refusal.TWO_PRIMARIES),
 ])
 def test_refusal_is_one_sentence_and_exit_17(env, capsys, args, refusal):
-    d = FakeDaemon(env, lambda req: {"ok": False, "error": f"r0: {refusal.sentence}"})
+    d = FakeDaemon(env, lambda req: {"ok": False, "error": f"r0: {refusal.sentence}",
+                                      "refusal": refusal.name, "context": "r0"})
     try:
         assert run_cli(env, *args) == cli.EXIT_REFUSED
     finally:
@@ -136,6 +131,17 @@ def test_refusal_is_one_sentence_and_exit_17(env, capsys, args, refusal):
     assert capsys.readouterr().err == f"r0: State change failed: {refusal.sentence}\n"
     assert d.requests[-1]["cmd"] == args[0]
     assert d.requests[-1].get("force", False) == ("--force" in args)
+
+
+def test_a_sentence_without_a_refusal_name_is_an_error_not_a_refusal(env, capsys):
+    # the exit code comes from the reply's "refusal" name, never from matching the sentence
+    sentence = Refusal.NO_UP_TO_DATE_DISK.sentence
+    d = FakeDaemon(env, lambda req: {"ok": False, "error": f"r0: {sentence}"})
+    try:
+        assert run_cli(env, "primary", "r0") == cli.EXIT_ERROR
+    finally:
+        d.close()
+    assert capsys.readouterr().err == f"replicactl: primary: r0: {sentence}\n"
 
 
 def test_options_reach_the_daemon(env):

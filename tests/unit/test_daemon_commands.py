@@ -68,3 +68,17 @@ def test_a_daemon_run_by_hand_stays_after_a_failed_up(files, monkeypatch):
 
 def test_wildcards_are_local_without_asking_netlink():
     assert netif.is_local_address("0.0.0.0") and netif.is_local_address("::")
+
+
+def test_a_refused_command_names_its_refusal_beside_the_sentence(files):
+    a, b, where = files
+    d = Daemon(where)
+    assert d.handle({"cmd": "detach", "resource": "r0"}) == {
+        "ok": False, "error": "r0: Device is diskless, the requested operation requires a disk",
+        "refusal": "IS_DISKLESS", "context": "r0"}
+
+
+def test_commands_are_dispatched_through_the_table_only(files):
+    a, b, where = files
+    reply = Daemon(where).handle({"cmd": "cmd_verb", "resource": "r0"})
+    assert not reply["ok"] and reply["error"].startswith("unknown command 'cmd_verb'")

@@ -155,10 +155,9 @@ def test_superblock_alternates_slots_and_survives_a_smashed_slot(tmp_path):
 def test_activity_log_replay_after_crash(tmp_path):
     p = make_file(tmp_path / "disk", 64 * MiB)
     with create_md(p, al_extents=7) as md:
-        assert md.al_begin_io(2) is True
-        assert md.al_begin_io(2) is False              # already hot: no transaction
-        assert md.al_begin_io(5) is True
-        md.al_complete_io(2)
+        md.al_make_hot(2, can_evict=lambda e: True)
+        md.al_make_hot(2, can_evict=lambda e: True)    # already hot: no transaction
+        md.al_make_hot(5, can_evict=lambda e: True)
         writes = md.al_writes
         # crash: no clean shutdown, bitmap never written
     with open_md(p) as md:
@@ -177,20 +176,14 @@ def test_activity_log_eviction_writes_bitmap_first(tmp_path):
     p = make_file(tmp_path / "disk", 64 * MiB)
     with create_md(p, al_extents=7) as md:
         for e in range(7):
-            md.al_begin_io(e)
-        with pytest.raises(MetadataError, match="all 7 extents have I/O in flight"):
-            md.al_begin_io(8)
+            md.al_make_hot(e, can_evict=lambda e: False)
         md.bitmap.set_range(10 * BLOCK_SIZE, BLOCK_SIZE)   # a write in extent 0
-        md.al_complete_io(0)
         bm_writes = md.bm_writes
-        assert md.al_begin_io(8) is True                   # evicts extent 0
+        assert md.al_make_hot(8, can_evict=lambda e: True) == 0   # evicts extent 0
         assert md.bm_writes == bm_writes + 1 and 0 not in md.al_hot
     with open_md(p, apply_al=False) as md:
         assert md.bitmap.test(10 * BLOCK_SIZE)             # survived via the bitmap page
         assert md.al_replay_extents() >= {1, 2, 3, 4, 5, 6, 8}
-    with pytest.raises(ValueError, match="complete without begin"):
-        with open_md(p) as md:
-            md.al_complete_io(3)
 
 
 def test_dump_md_text_and_json(tmp_path):
@@ -248,15 +241,15 @@ def test_torn_superblock_write_reads_old_or_new(cut):
 def test_torn_al_transaction_keeps_previous_extents(cut):
     with tempfile.TemporaryDirectory() as d:
         p, md = _fresh(d)
-        md.al_begin_io(1)
-        md.al_begin_io(2)
+        md.al_make_hot(1, can_evict=lambda e: True)
+        md.al_make_hot(2, can_evict=lambda e: True)
         cut = min(cut, md.sb.al_tx_size)
         torn = TornWrites(1, cut)
         real = mdmod.os
         mdmod.os = torn.module()
         try:
             with pytest.raises(Crash):
-                md.al_begin_io(3)
+                md.al_make_hot(3, can_evict=lambda e: True)
         finally:
             mdmod.os = real
             md.close()
@@ -299,8 +292,7 @@ def test_crash_during_eviction_never_loses_dirty_blocks(tmp_path, crash_at):
     p = make_file(tmp_path / "disk", 64 * MiB)
     md = create_md(p, al_extents=7)
     for e in range(7):
-        md.al_begin_io(e)
-        md.al_complete_io(e)
+        md.al_make_hot(e, can_evict=lambda e: True)
     md.bitmap.set_range(12 * BLOCK_SIZE, 2 * BLOCK_SIZE)        # written while extent 0 hot
     nth = 1 if crash_at == "bitmap" else 2                       # page write, then AL write
     torn = TornWrites(nth, 100)
@@ -308,7 +300,7 @@ def test_crash_during_eviction_never_loses_dirty_blocks(tmp_path, crash_at):
     mdmod.os = torn.module()
     try:
         with pytest.raises(Crash):
-            md.al_begin_io(9)                                    # evicts extent 0
+            md.al_make_hot(9, can_evict=lambda e: True)                                    # evicts extent 0
     finally:
         mdmod.os = real
         md.close()
@@ -324,7 +316,7 @@ def test_crashed_primary_and_flag_helpers(tmp_path):
         assert md.uuid_flags() == UuidFlag.INCONSISTENT
         assert md.attach_info() == AttachInfo(False, False, False)
         md.set_flags(set_=MdFlag.CONSISTENT | MdFlag.WAS_UP_TO_DATE | MdFlag.PRIMARY_IND)
-        md.al_begin_io(0)
+        md.al_make_hot(0, can_evict=lambda e: True)
         assert MdFlag.AL_CLEAN not in md.flags         # AL in use
     with open_md(p) as md:                              # reopened without demoting: a crash
         assert md.crashed_primary and MdFlag.CRASHED_PRIMARY in md.flags

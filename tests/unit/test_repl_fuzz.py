@@ -21,11 +21,11 @@ from replica.protocol.repl import (
     ReplDecoder,
     ReplHandshake,
     decode_hello,
-    decode_state,
     decode_uuids,
     encode_frame,
     encode_hello,
 )
+from replica.protocol.repl_control import decode_control
 from replica.protocol.repl_wire import ReplPacket
 from replica.states import DiskState, Role
 from replica.uuids import GenerationUuids
@@ -106,12 +106,16 @@ def test_decoder_random_bytes(data, chunks):
             while (f := dec.next_event()) is not NEED_DATA:
                 assert isinstance(f, Frame)
                 assert len(f.payload) <= wire.MAX_PAYLOAD
-                for decode in (decode_hello, decode_state, decode_uuids):
+                for decode in (decode_hello, decode_uuids):
                     try:
                         if (decode is decode_hello and f.type is ReplPacket.HELLO) or \
-                           (decode is decode_state and f.type is ReplPacket.STATE) or \
                            (decode is decode_uuids and f.type is ReplPacket.UUIDS):
                             decode(f)
+                    except RemoteProtocolError:
+                        pass
+                if len(f.payload) <= wire.MAX_CONTROL:
+                    try:
+                        decode_control(encode_frame(f))
                     except RemoteProtocolError:
                         pass
         dec.receive_data(b"")

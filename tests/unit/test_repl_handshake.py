@@ -31,16 +31,15 @@ from replica.protocol.repl import (
     ReplDecoder,
     ReplHandshake,
     decode_hello,
-    decode_state,
     decode_uuids,
     encode_bitmap,
     encode_frame,
     encode_hello,
     encode_refuse,
     encode_simple,
-    encode_state,
     encode_uuids,
 )
+from replica.protocol.repl_control import PeerState, decode_control, encode_control
 from replica.protocol.repl_wire import ReplPacket
 from replica.states import DiskState, Role
 from replica.uuids import GenerationUuids, SyncDecision, UuidFlag
@@ -102,7 +101,7 @@ def test_golden_header_bytes():
 
 def test_decoder_frames_split_anywhere():
     stream = (encode_frame(Frame(ReplPacket.DATA, id=1, offset=0, payload=b"x" * 100)) +
-              encode_simple(ReplPacket.PING) + encode_state(Role.Primary, DiskState.UpToDate, A) +
+              encode_simple(ReplPacket.PING) + encode_control(PeerState(Role.Primary, DiskState.UpToDate, A)) +
               encode_uuids(GenerationUuids(A, B, (C, 0)), UuidFlag.CRASHED_PRIMARY))
     for step in (1, 7, 31, 32, 33, len(stream)):
         dec = ReplDecoder()
@@ -116,7 +115,7 @@ def test_decoder_frames_split_anywhere():
         assert [f.type for f in frames] == [ReplPacket.DATA, ReplPacket.PING, ReplPacket.STATE,
                                             ReplPacket.UUIDS]
         assert frames[0].payload == b"x" * 100
-        assert decode_state(frames[2]) == (Role.Primary, DiskState.UpToDate, A)
+        assert decode_control(encode_frame(frames[2])) == PeerState(Role.Primary, DiskState.UpToDate, A)
         assert decode_uuids(frames[3]) == (GenerationUuids(A, B, (C, 0)),
                                            UuidFlag.CRASHED_PRIMARY)
 

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""The control messages replicad exchanges after the handshake (replica.events): round trips,
+"""The control messages replicad exchanges after the handshake (replica.protocol.repl_control):
+round trips,
 exact refusals of malformed frames, and a hypothesis fuzz of decode_control (garbage in -> a
 RemoteProtocolError, never another exception), plus the handshake frame reader of peer_link."""
 import socket
@@ -9,10 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replica import events
 from replica.errors import RemoteProtocolError
 from replica.peer_link import read_frame
 from replica.protocol import repl
+from replica.protocol import repl_control as events
+from replica.protocol.repl_codec import frame_length
 from replica.protocol.repl_wire import HEADER, REPL_MAGIC, ReplPacket
 from replica.states import DiskState, Role
 from replica.uuids import GenerationUuids, UuidFlag
@@ -21,17 +23,17 @@ from replica.uuids import GenerationUuids, UuidFlag
 @pytest.mark.parametrize("role", [Role.Primary, Role.Secondary, Role.Unknown])
 @pytest.mark.parametrize("disk", list(DiskState))
 def test_state_round_trip(role, disk):
-    assert events.decode_control(events.encode_state(role, disk, 0x1234)) == \
-        events.PeerState(role, disk)
+    msg = events.PeerState(role, disk, 0x1234)
+    assert events.decode_control(events.encode_control(msg)) == msg
 
 
 def test_sync_uuid_uuids_and_simple_messages():
-    assert events.decode_control(events.encode_sync_uuid(0xABCDEF00, True)) == \
+    assert events.decode_control(events.encode_control(events.SyncUuid(0xABCDEF00, True))) == \
         events.SyncUuid(0xABCDEF00, True)
     u = GenerationUuids(0x10, 0x20, (0x30, 0x40))
     assert events.decode_control(repl.encode_uuids(u, UuidFlag.SKIP_INITIAL_SYNC)) == \
         events.PeerUuids(u, UuidFlag.SKIP_INITIAL_SYNC)
-    assert events.decode_control(events.encode_full_sync_request()) == events.FullSyncRequest()
+    assert events.decode_control(events.encode_control(events.FullSyncRequest())) == events.FullSyncRequest()
     assert events.decode_control(repl.encode_simple(ReplPacket.OUTDATE)) == events.Outdate()
     assert events.decode_control(repl.encode_simple(ReplPacket.DISCONNECT)) == \
         events.PeerDisconnect()
@@ -101,6 +103,32 @@ def test_read_frame_reads_exactly_one_frame():
 
 
 def test_state_aux_layout_is_role_high_byte_disk_low_byte():
-    frame = events.encode_state(Role.Primary, DiskState.UpToDate, 5)
+    frame = events.encode_control(events.PeerState(Role.Primary, DiskState.UpToDate, 5))
     aux = struct.unpack(">I", frame[28:32])[0]
     assert aux == (1 << 8) | 8
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.builds(events.PeerState, st.sampled_from(list(Role)), st.sampled_from(list(DiskState)),
+              st.integers(0, 2**64 - 1)),
+    st.builds(events.SyncUuid, st.integers(5, 2**64 - 1), st.booleans()),
+    st.builds(events.PeerUuids, st.builds(GenerationUuids, st.integers(0, 2**64 - 1),
+                                          st.integers(0, 2**64 - 1),
+                                          st.tuples(st.integers(0, 2**64 - 1),
+                                                    st.integers(0, 2**64 - 1))),
+              st.sampled_from([UuidFlag(0), UuidFlag.SKIP_INITIAL_SYNC])),
+    st.just(events.FullSyncRequest()), st.just(events.Outdate()), st.just(events.PeerDisconnect()),
+    st.builds(events.PeerRefuse, st.text(max_size=40))))
+def test_fuzz_every_message_round_trips_through_the_one_codec(msg):
+    assert events.decode_control(events.encode_control(msg)) == msg
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=32, max_size=32))
+def test_fuzz_frame_length_refuses_or_bounds_any_header(head):
+    try:
+        n = frame_length(head, 4096)
+    except RemoteProtocolError:
+        return
+    assert 0 <= n <= 4096

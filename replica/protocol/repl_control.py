@@ -1,0 +1,141 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Replication control messages after the handshake, sans-I/O: one encoder, one decoder.
+
+Owns the messages a connected pair exchanges beside the data stream (C relays each whole
+control frame to Python through its control queue; Python sends them with the engine's
+send_control). `encode_control(msg)` turns a message into one frame, `decode_control(raw)` one
+whole frame into its message or raises RemoteProtocolError naming the field. No I/O, clock or
+logging; layouts in repl_wire.py, the frame codec in repl_codec.py.
+
+    message          frame         fields                            meaning
+    PeerState        STATE         aux = role << 8 | disk,           role/disk changed
+                                   offset = current UUID
+    SyncUuid         SYNC_UUID     offset = sync UUID, aux = full    SyncSource starts a resync
+    PeerUuids        UUIDS         tuple + flags                     resync finished (target adopts
+                                                                     it) or SKIP_INITIAL_SYNC
+    FullSyncRequest  SYNC_DECISION aux = FullSyncSource              `invalidate` on the peer
+    Outdate          OUTDATE                                         graceful disconnect of a Primary
+    PeerDisconnect   DISCONNECT                                      `disconnect` on the peer
+    PeerRefuse       REFUSE        payload = reason                  the peer drops the link
+
+Rules: a frame decodes to exactly one message (trailing bytes are an error); a STATE aux with
+bits above the role byte, an unknown role or disk, a SYNC_UUID with aux other than 0/1 or a
+reserved UUID (0, 4) are refused; any other packet type is unexpected after the handshake.
+"""
+from dataclasses import dataclass
+
+from replica.errors import RemoteProtocolError
+from replica.protocol import repl_wire as wire
+from replica.protocol.repl_codec import (
+    Frame,
+    ReplDecoder,
+    decode_uuids,
+    disk_from_wire,
+    disk_to_wire,
+    encode_frame,
+    encode_refuse,
+    encode_uuids,
+    role_from_wire,
+    role_to_wire,
+)
+from replica.protocol.repl_wire import ReplPacket
+from replica.states import DiskState, Role
+from replica.uuids import GenerationUuids, SyncDecision, UuidFlag
+
+FULL_SYNC_SOURCE = SyncDecision.FullSyncSource.hg & 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class PeerState:
+    role: Role
+    disk: DiskState
+    current_uuid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SyncUuid:
+    uuid: int
+    full: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUuids:
+    uuids: GenerationUuids
+    flags: UuidFlag = UuidFlag(0)
+
+
+@dataclass(frozen=True, slots=True)
+class FullSyncRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Outdate:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDisconnect:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRefuse:
+    reason: str
+
+
+ControlMessage = (PeerState | SyncUuid | PeerUuids | FullSyncRequest | Outdate | PeerDisconnect
+                  | PeerRefuse)
+
+
+def encode_control(msg: ControlMessage) -> bytes:
+    """One control message -> one whole frame."""
+    if isinstance(msg, PeerState):
+        return encode_frame(Frame(ReplPacket.STATE, offset=msg.current_uuid,
+                                  aux=role_to_wire(msg.role) << 8 | disk_to_wire(msg.disk)))
+    if isinstance(msg, SyncUuid):
+        return encode_frame(Frame(ReplPacket.SYNC_UUID, offset=msg.uuid, aux=int(msg.full)))
+    if isinstance(msg, PeerUuids):
+        return encode_uuids(msg.uuids, msg.flags)
+    if isinstance(msg, FullSyncRequest):
+        return encode_frame(Frame(ReplPacket.SYNC_DECISION, aux=FULL_SYNC_SOURCE))
+    if isinstance(msg, Outdate):
+        return encode_frame(Frame(ReplPacket.OUTDATE))
+    if isinstance(msg, PeerDisconnect):
+        return encode_frame(Frame(ReplPacket.DISCONNECT))
+    return encode_refuse(msg.reason)
+
+
+def decode_control(raw: bytes) -> ControlMessage:
+    """One whole control frame (header + payload) -> its message; RemoteProtocolError otherwise."""
+    dec = ReplDecoder(max_payload=wire.MAX_CONTROL)
+    dec.receive_data(raw)
+    dec.receive_data(b"")
+    frame = dec.next_event()
+    if not isinstance(frame, Frame) or dec.buffered:
+        raise RemoteProtocolError(f"repl: control frame: expected exactly one frame in "
+                                  f"{len(raw)} bytes")
+    t = frame.type
+    if t is ReplPacket.STATE:
+        role, disk = role_from_wire((frame.aux >> 8) & 0xFF), disk_from_wire(frame.aux & 0xFF)
+        if role is None or disk is None or frame.aux >> 16:
+            raise RemoteProtocolError(f"repl: STATE: invalid role/disk: aux=0x{frame.aux:08x}")
+        return PeerState(role, disk, frame.offset)
+    if t is ReplPacket.SYNC_UUID:
+        if frame.aux not in (0, 1) or frame.offset in (0, 4):
+            raise RemoteProtocolError(f"repl: SYNC_UUID: invalid: uuid={frame.offset:016X} "
+                                      f"aux={frame.aux}")
+        return SyncUuid(frame.offset, bool(frame.aux))
+    if t is ReplPacket.UUIDS:
+        uuids, flags = decode_uuids(frame)
+        return PeerUuids(uuids, flags)
+    if t is ReplPacket.SYNC_DECISION and frame.aux == FULL_SYNC_SOURCE:
+        return FullSyncRequest()
+    if t is ReplPacket.OUTDATE:
+        return Outdate()
+    if t is ReplPacket.DISCONNECT:
+        return PeerDisconnect()
+    if t is ReplPacket.REFUSE:
+        return PeerRefuse(frame.payload.decode("utf-8", "replace"))
+    raise RemoteProtocolError(f"repl: unexpected control frame {t.name} (aux={frame.aux}) after "
+                              "the handshake")
