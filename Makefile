@@ -11,9 +11,9 @@ PYTEST_ARGS ?=
 # `make lint`: what is clean now stays clean. Each list is one word away from covering more:
 # mypy type-checks these packages (add `replica` once it reports 0 errors; pyproject.toml [tool.mypy]
 # holds the options, strict for the protocol packages);
-MYPY_PACKAGES := hbd hacommon
-# ruff checks the whole tree but these (replica/ is being restructured: drop it when it is clean);
-RUFF_EXCLUDE := replica
+MYPY_PACKAGES := replica hbd hacommon
+# ruff checks the whole tree but these;
+RUFF_EXCLUDE :=
 # the C data path compiles without a warning (gcc, the same flags the extension is held to).
 C_WARNINGS := -std=gnu11 -Wall -Wextra -Wshadow -Wmissing-prototypes -Werror
 

@@ -31,8 +31,21 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from replica.config_syntax import parse_statements, read_statements
-from replica.config_values import (ALG, FLAG, RATE, SECONDS, TENTHS, BadValue,
-                                   EnumValue, IntValue, K, SizeValue, StrValue, one_value, option)
+from replica.config_values import (
+    ALG,
+    FLAG,
+    RATE,
+    SECONDS,
+    TENTHS,
+    BadValue,
+    EnumValue,
+    IntValue,
+    K,
+    SizeValue,
+    StrValue,
+    one_value,
+    option,
+)
 from replica.errors import ConfigError
 
 _MAX_INCLUDE_DEPTH = 16
@@ -240,7 +253,8 @@ OPTIONS_KEYWORDS = {"cpu-mask": StrValue(64, r"[0-9a-fA-F,]+", "a hexadecimal cp
 GLOBAL_KEYWORDS = {"usage-count": EnumValue("yes", "no", "ask"), "minor-count": IntValue(1, 1048575),
                    "dialog-refresh": IntValue(0, 600, SECONDS), "disable-ip-verification": FLAG,
                    "udev-always-use-vnr": FLAG, "cmd-timeout-short": IntValue(0, 1000000, SECONDS),
-                   "cmd-timeout-medium": IntValue(0, 1000000, SECONDS), "cmd-timeout-long": IntValue(0, 1000000, SECONDS)}
+                   "cmd-timeout-medium": IntValue(0, 1000000, SECONDS),
+                   "cmd-timeout-long": IntValue(0, 1000000, SECONDS)}
 HANDLERS = ("pri-on-incon-degr", "pri-lost-after-sb", "pri-lost", "fence-peer", "unfence-peer",
             "local-io-error", "initial-split-brain", "split-brain", "before-resync-target",
             "after-resync-target", "before-resync-source", "out-of-sync", "quorum-lost", "disconnected")

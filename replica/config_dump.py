@@ -7,8 +7,7 @@ that parse_config(dump_config(c)) gives `c` back and drbdadm accepts the text.
 """
 import re
 
-from replica.config import (DISK_KEYWORDS, GLOBAL_KEYWORDS, NET_KEYWORDS, Config, DiskOptions,
-                            NetOptions)
+from replica.config import DISK_KEYWORDS, GLOBAL_KEYWORDS, NET_KEYWORDS, Config, DiskOptions, NetOptions
 from replica.config_syntax import quote
 from replica.config_values import BoolValue
 

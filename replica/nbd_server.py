@@ -26,8 +26,15 @@ import time
 
 from replica.errors import RemoteProtocolError
 from replica.mirror import Engine
-from replica.protocol.nbd import (NEED_DATA, ClientAborted, ClientDisconnected, EnterTransmission,
-                                  ExportInfo, NbdServerConnection, OptionRefused)
+from replica.protocol.nbd import (
+    NEED_DATA,
+    ClientAborted,
+    ClientDisconnected,
+    EnterTransmission,
+    ExportInfo,
+    NbdServerConnection,
+    OptionRefused,
+)
 
 HANDSHAKE_TIMEOUT_S = 30.0
 RECV_CHUNK = 65536

@@ -17,7 +17,7 @@ RTN_LOCAL = 2
 def is_local_address(ip: str) -> bool:
     """Is `ip` one of this network namespace's own addresses (bind() would not fail with
     EADDRNOTAVAIL)? A wildcard (0.0.0.0, ::) is always local."""
-    from pyroute2 import IPRoute     # here only: the config and CLI work without netlink
+    from pyroute2 import IPRoute  # here only: the config and CLI work without netlink
     addr = ipaddress.ip_address(ip)
     if addr.is_unspecified:
         return True

@@ -16,11 +16,8 @@ import enum
 from replica.errors import StateChangeRefused
 
 
-class _Named(str, enum.Enum):
-    """A str enum whose str() is the DRBD name (Python's default would print `Class.NAME`)."""
-
-    def __str__(self) -> str:
-        return self.value
+class _Named(enum.StrEnum):
+    """A str enum whose str() is the DRBD name (a plain Enum would print `Class.NAME`)."""
 
 
 class Role(_Named):
