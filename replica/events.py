@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass, replace
 
 from replica import metadata as md_mod
+from replica import mirror
 from replica.errors import RemoteProtocolError, ReplicaError
 from replica.protocol import repl
 from replica.protocol.repl_wire import ReplPacket, WireDisk, WireRole
@@ -101,7 +102,7 @@ ControlMessage = (PeerState | SyncUuid | PeerUuids | FullSyncRequest | Outdate |
 
 def decode_control(raw: bytes) -> ControlMessage:
     """One whole control frame (header + payload) -> its message; RemoteProtocolError otherwise."""
-    dec = repl.ReplDecoder(max_payload=64 * 1024)
+    dec = repl.ReplDecoder(max_payload=mirror.MAX_CONTROL_PAYLOAD)
     dec.receive_data(raw)
     dec.receive_data(b"")
     frame = dec.next_event()
