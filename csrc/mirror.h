@@ -1,17 +1,25 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* THE C/Python contract of the data path: this file is both the cffi cdef (csrc/build_mirror.py)
- * and the header mirror.c includes, so it must stay cdef-clean: plain prototypes, integer
+ * and the header every csrc/ source includes, so it must stay cdef-clean: plain prototypes, integer
  * #defines and opaque handles, nothing else.
  *
- * Layers (nbdkit's server/plugin split, in miniature):
+ * Layers (nbdkit's frontends over a core, DRBD's objects; tests/unit/test_c_layers.py keeps the
+ * include graph of the C sources to this order, with no cycle):
  *
- *   frontend: NBD transmission phase (rm_serve_nbd)   <- later also the FUSE file frontend
- *        |  one request at a time per connection, replies batched
+ *   frontend     nbd_frontend.c: NBD transmission phase (rm_serve_nbd); later the FUSE file
+ *        |       parses its protocol, calls only the request layer
  *        v
- *   engine: rm_engine: range checks, local pread/pwrite/fdatasync/fallocate, counters
- *        |  (next: every write also framed to the peer link, acks per protocol A/B/C)
+ *   request      request.c: range checks, AL references, local write ordered against the peer
+ *        |       stream, the peer half, completion (replies queued to the frontend's thread);
+ *        |       resource.c: the rm_engine object and this contract's entry points
  *        v
- *   backing fd (regular file or block device)
+ *   connection   connection.c: sender, receiver thread, pending slots, control frames
+ *   device       device.c: local I/O, dirty bitmap, activity-log gate, events, counters
+ *        v
+ *   transport    transport_socket.c (plain socket; TLS next), transport.c helpers
+ *
+ * Only PyInit__mirror and the rm_* names below leave the shared object (csrc/mirror.map).
+ * The thread table and lock order are in csrc/request.h.
  *
  * Return convention: 0 (or a count) on success, -errno on failure; never a message.
  * Python owns every decision (sockets, handshakes, roles, policy); C owns "this request, now". */
@@ -45,6 +53,7 @@ typedef struct rm_stats {
     uint64_t resync_bytes_acked;   /* SyncSource: bytes acknowledged by RS_DONE (bits cleared) */
     uint64_t resync_bytes_received;/* SyncTarget: RS_DATA payload bytes written */
     uint64_t al_misses;            /* writes that waited for an activity-log transaction */
+    uint64_t events_dropped;       /* events lost to a full queue (RM_EV_OVERFLOW told Python) */
 } rm_stats;
 
 /* One event from C to Python, read after the event fd becomes readable. */
@@ -61,14 +70,21 @@ typedef struct rm_event {
 #define RM_PROTOCOL_B 2        /* ... + peer received it (RECV_ACK) */
 #define RM_PROTOCOL_C 3        /* ... + peer wrote it (WRITE_ACK); flush/FUA reach peer's stable storage */
 
-#define RM_BLOCK_SIZE 4096     /* one bitmap bit */
-#define RM_AL_EXTENT_SIZE 4194304
+/* Limits shared with Python (replica/mirror.py reads them from the compiled module). */
+#define RM_BLOCK_SIZE 4096             /* one bitmap bit */
+#define RM_AL_EXTENT_SIZE 4194304      /* one activity-log extent (4 MiB) */
+#define RM_MAX_RESYNC_CHUNK 8388608    /* largest rm_resync_send length (8 MiB) */
+#define RM_FRAME_HEADER_SIZE 32        /* peer link frame header (replica/protocol/repl_wire.py) */
+#define RM_MAX_CONTROL_PAYLOAD 65536   /* largest control frame payload C relays */
+#define RM_MAX_CONTROL_FRAME 65568     /* header + largest payload: rm_peer_recv_control's cap */
 
 #define RM_EV_PEER_LOST 1      /* link failed (err: errno, 0 = peer closed); C has already detached */
 #define RM_EV_IO_ERROR 2       /* local I/O error (offset/length/err) */
 #define RM_EV_AL_MISS 3        /* a writer waits for extent `offset` to be made hot (rm_al_set_hot) */
 #define RM_EV_PEER_PROTOCOL 4  /* malformed/unexpected frame from the peer (offset = frame type); detached */
 #define RM_EV_PEER_CONTROL 5   /* a control frame (type >= 0x40) arrived: fetch it with rm_peer_recv_control */
+#define RM_EV_OVERFLOW 6       /* the queue was full and events were lost (stats.events_dropped):
+                                * rescan: rm_al_rescan, rm_peer_recv_control until empty, stats */
 
 /* Largest payload one request may carry (NBD's customary 32 MiB block-size maximum). */
 #define RM_MAX_REQUEST 33554432
@@ -92,12 +108,15 @@ int rm_engine_shutdown(rm_engine *eng);
  * one of RM_END_*; for RM_END_SOCKET/RM_END_PROTOCOL, *err gets an errno-style detail. */
 int rm_serve_nbd(rm_engine *eng, int client_fd, const char *initial, size_t initial_len, int *err);
 
-/* Engine operations used by every frontend (NBD now, FUSE next). Return 0 or -errno. */
+/* Requests from Python, through the same request layer as every frontend (range checks, AL
+ * references, mirrored to the peer per protocol, completion): they block until the request is
+ * complete as an NBD client's would be. Return 0 or -errno. */
 int rm_engine_pread(rm_engine *eng, void *buf, uint32_t count, uint64_t offset);
 int rm_engine_pwrite(rm_engine *eng, const void *buf, uint32_t count, uint64_t offset, int fua);
-int rm_engine_flush(rm_engine *eng);
 int rm_engine_trim(rm_engine *eng, uint32_t count, uint64_t offset, int fua);
 int rm_engine_zero(rm_engine *eng, uint32_t count, uint64_t offset, int may_trim, int fua);
+/* fdatasync of the local disk alone (Python orders its metadata writes with it). */
+int rm_engine_flush(rm_engine *eng);
 
 /* ---- events: C -> Python ---- */
 /* A file descriptor that is readable while events are queued (a pipe; Python polls it). */
@@ -120,6 +139,9 @@ int rm_al_set_hot(rm_engine *eng, uint64_t extent, int hot);
  * the peer (or marked out of sync): 0, or -ETIMEDOUT with the extent left cold. Only after 0
  * may Python commit the transaction that drops it. */
 int rm_al_evict(rm_engine *eng, uint64_t extent, uint32_t timeout_ms);
+/* After RM_EV_OVERFLOW: post RM_EV_AL_MISS again for every extent a writer still waits for.
+ * Returns how many were posted. */
+int rm_al_rescan(rm_engine *eng);
 
 /* ---- peer link ---- */
 /* Hand a connected, authenticated peer socket to C and start its receiver thread. From then on,
@@ -129,16 +151,16 @@ int rm_peer_attach(rm_engine *eng, int fd, int protocol);
  * write out of sync and complete it locally. The fd stays open: Python owns and closes it. */
 int rm_peer_detach(rm_engine *eng);
 /* Control frames after the handshake (STATE, UUIDS, SYNC_UUID, OUTDATE, DISCONNECT...), built and
- * parsed by Python (replica.protocol.repl): send a whole frame (32-byte header + payload) in order
- * with the data stream; receive the next queued one (returns its length, 0 if none, -ENOSPC if
- * cap is too small; at most 64 KiB per frame, 256 frames queued). */
+ * parsed by Python (replica.protocol.repl): send a whole frame (header + payload) in order with
+ * the data stream; receive the next queued one (returns its length, 0 if none, -ENOSPC if cap
+ * is too small; at most RM_MAX_CONTROL_FRAME bytes per frame, 256 frames queued). */
 int rm_peer_send_control(rm_engine *eng, const void *frame, uint32_t length);
 int rm_peer_recv_control(rm_engine *eng, void *buf, uint32_t cap);
 /* Send a PING; the peer answers PING_ACK, and every frame received refreshes peer_last_rx_ns.
  * Returns -EBUSY at once, sending nothing, while another send holds the link (it may be blocked
  * on a dead peer: the caller's ping-timeout still runs). */
 int rm_peer_ping(rm_engine *eng);
-/* SyncSource: read [offset, offset + length) locally and send it as RS_DATA (length <= 8 MiB).
+/* SyncSource: read [offset, offset + length) locally and send it as RS_DATA (length <= RM_MAX_RESYNC_CHUNK).
  * The target writes it, clears its bits and answers RS_DONE; the source then clears its own bits.
  * Returns 0, or -ENOTCONN without a peer, or -errno. */
 int rm_resync_send(rm_engine *eng, uint64_t offset, uint32_t length);

@@ -1,100 +1,65 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The NBD transmission phase (NBD project doc/proto.md, "Transmission"), one call per connection.
+ * A frontend: it parses and validates NBD requests and calls only the request layer.
  *
- * The loop reads as many request bytes as the socket has, answers every complete request it
+ * The loop reads as many request bytes as the socket has, submits every complete request it
  * holds, and queues the simple replies in one output buffer that goes out in a single send just
- * before the loop would block on the socket again. At queue depth 32 that is one recv and one
- * send for 32 requests; at queue depth 1 nothing waits, since the reply is flushed before the
- * next recv. Write payloads of SPLICE_MIN and more go from the socket to the disk by splice as
- * they arrive (splice_write); other large payloads are read whole (MSG_WAITALL) into a buffer
- * sized to the request. */
+ * before the loop would sleep. At queue depth 32 that is one recv and one send for 32
+ * requests; at queue depth 1 nothing waits, since the reply is flushed before the next recv.
+ * Write payloads of SPLICE_MIN and more still in the socket go to the request layer as a
+ * stream (spliced to the disk as they arrive).
+ *
+ * This thread is the only one that writes to its client socket. Answers owed by the peer
+ * (protocols B and C) or by the write-behind thread arrive through the rm_origin: complete()
+ * appends the reply to `rq` under this connection's own small lock, release() writes the
+ * eventfd only if this thread sleeps (an atomic flag), and this thread sends them before it
+ * sleeps again. While it owes nothing it sleeps in a plain recv; while answers are owed it
+ * sleeps in poll() on the socket and the eventfd. A client that stops reading its replies
+ * blocks only this thread, in its own send. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <pthread.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "mirror.h"
-#include "mirror_internal.h"
-
-#define NBD_REQUEST_MAGIC 0x25609513u
-#define NBD_SIMPLE_REPLY_MAGIC 0x67446698u
-#define NBD_REQUEST_SIZE 28
-#define NBD_REPLY_SIZE 16
-
-#define NBD_CMD_READ 0
-#define NBD_CMD_WRITE 1
-#define NBD_CMD_DISC 2
-#define NBD_CMD_FLUSH 3
-#define NBD_CMD_TRIM 4
-#define NBD_CMD_WRITE_ZEROES 6
-
-#define NBD_CMD_FLAG_FUA (1u << 0)
-#define NBD_CMD_FLAG_NO_HOLE (1u << 1)
+#include "nbd_wire.h"
+#include "request.h"
 
 #define IN_SIZE (256 * 1024)
 #define OUT_SIZE (256 * 1024)
+#define RQ_INITIAL (16 * NBD_REPLY_SIZE * 64)
 /* Payload buffers above this size are released after use, to keep RSS small between bursts. */
 #define KEEP_PAYLOAD (4 * 1024 * 1024)
 
-#define WRITE_BEHIND 2
-
-/* A large write already on this disk (the reader put it there), waiting for its FUA flush and
- * its trip to the peer. */
-struct wjob {
-    uint64_t offset;
-    uint32_t len;
-    int fua;
-    int wrc;                   /* the local write's result */
-    unsigned char cookie[8];
-};
-
 struct conn {
-    struct rm_origin origin;   /* first: the peer link completes requests through it */
+    struct rm_origin origin;   /* first: the connection and the writer complete through it */
     rm_engine *eng;
-    int fd;
-    pthread_mutex_t out_lock;  /* out/out_len, and the socket's send side */
-    pthread_cond_t drained;    /* origin.inflight reached zero */
+    struct rm_transport tp;    /* the client socket */
+    int efd;                   /* eventfd: answers were queued while this thread slept */
+    int sleeping;              /* atomic: this thread is (about to be) in poll() */
     int send_failed;
+
+    /* answers queued by other threads (rq_lock): swapped with rq_spare and sent by this thread */
+    pthread_mutex_t rq_lock;
+    unsigned char *rq, *rq_spare;
+    size_t rq_len, rq_cap, rq_spare_cap;
+    int rq_lost;               /* an answer could not be queued (no memory): end the connection */
+
     char *in;
     size_t in_start, in_end;
-    char *out;
+    char *out;                 /* this thread's own answers, and small read data */
     size_t out_len;
     char *payload;
     size_t payload_cap;
-    /* Write-behind for large writes: this thread streams a payload to the disk as it arrives
-     * (through `pipe`) while the writer thread sends the previous one to the peer. Both are
-     * set up on first use. */
-    int pipe[2];
-    struct wjob jobs[WRITE_BEHIND];
-    unsigned wq_head, wq_count; /* queued jobs, guarded by wlock */
-    int writer_state;          /* 0 not started, 1 running, -1 could not start */
     int header_only;           /* read one request header at a time (after a large write) */
-    struct rm_spin spin;       /* mid-payload waits (engine_splice_write) */
-    int writer_stop;
-    pthread_t writer;
-    pthread_mutex_t wlock;
-    pthread_cond_t wcond;      /* a job was queued, or one finished */
+    struct rm_writeq wq;       /* large streamed writes (request layer) */
 };
-
-static inline uint16_t get16(const unsigned char *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static inline uint32_t get32(const unsigned char *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static inline uint64_t get64(const unsigned char *p) { return (uint64_t)get32(p) << 32 | get32(p + 4); }
-static inline void put32(unsigned char *p, uint32_t v)
-{
-    p[0] = (unsigned char)(v >> 24);
-    p[1] = (unsigned char)(v >> 16);
-    p[2] = (unsigned char)(v >> 8);
-    p[3] = (unsigned char)v;
-}
 
 /* The NBD errno values (proto.md "Error values") coincide with Linux's; anything else is EIO. */
 static uint32_t nbd_errno(int rc)
@@ -109,42 +74,98 @@ static uint32_t nbd_errno(int rc)
     }
 }
 
-static int send_all(int fd, const char *buf, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        buf += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
-/* out_lock held. A client that stopped reading loses its answers, nobody else's. */
-static int flush_out(struct conn *c)
-{
-    int rc = c->send_failed ? -EPIPE : send_all(c->fd, c->out, c->out_len);
-    if (rc < 0)
-        c->send_failed = 1;
-    c->out_len = 0;
-    return rc;
-}
-
 static void fill_reply(unsigned char *p, uint32_t error, const unsigned char *cookie)
 {
-    put32(p, NBD_SIMPLE_REPLY_MAGIC);
-    put32(p + 4, error);
+    put_be32(p, NBD_SIMPLE_REPLY_MAGIC);
+    put_be32(p + 4, error);
     memcpy(p + 8, cookie, 8);
 }
 
-static int queue_reply_locked(struct conn *c, int rc, const unsigned char *cookie)
+/* ---- rm_origin: called by the receiver and the write-behind thread, never blocking ---- */
+
+static void origin_complete(struct rm_origin *o, const unsigned char cookie[8], int rc)
+{
+    struct conn *c = (struct conn *)o;
+
+    pthread_mutex_lock(&c->rq_lock);
+    if (c->rq_len + NBD_REPLY_SIZE > c->rq_cap) {
+        size_t cap = c->rq_cap ? c->rq_cap * 2 : RQ_INITIAL;
+        unsigned char *p = realloc(c->rq, cap);
+        if (p) {
+            c->rq = p;
+            c->rq_cap = cap;
+        }
+    }
+    if (c->rq_len + NBD_REPLY_SIZE <= c->rq_cap) {
+        fill_reply(c->rq + c->rq_len, nbd_errno(rc), cookie);
+        __atomic_store_n(&c->rq_len, c->rq_len + NBD_REPLY_SIZE, __ATOMIC_SEQ_CST);
+    } else {
+        c->rq_lost = 1;
+    }
+    pthread_mutex_unlock(&c->rq_lock);
+}
+
+/* Wake this connection's thread if it sleeps, then drop n references. Both under rq_lock: the
+ * thread frees the connection only after it saw inflight at zero and took rq_lock once more,
+ * so nothing here touches `c` after the unlock that lets it go. */
+static void origin_release(struct rm_origin *o, int n)
+{
+    struct conn *c = (struct conn *)o;
+    uint64_t one = 1;
+
+    pthread_mutex_lock(&c->rq_lock);
+    __atomic_sub_fetch(&o->inflight, n, __ATOMIC_SEQ_CST);
+    if (__atomic_exchange_n(&c->sleeping, 0, __ATOMIC_SEQ_CST)) {
+        if (write(c->efd, &one, sizeof one) < 0) {
+            /* the counter cannot overflow at one write per sleep */
+        }
+    }
+    pthread_mutex_unlock(&c->rq_lock);
+}
+
+/* ---- replies: this thread only ---- */
+
+/* Send this thread's batch and everything other threads queued, in one sendmsg. */
+static int flush_replies(struct conn *c)
+{
+    struct iovec iov[2];
+    int n = 0, rc;
+
+    if (c->send_failed)
+        return -EPIPE;
+    if (__atomic_load_n(&c->rq_len, __ATOMIC_SEQ_CST)) {
+        unsigned char *tmp = c->rq_spare;
+        size_t tmp_cap = c->rq_spare_cap;
+
+        pthread_mutex_lock(&c->rq_lock);
+        if (c->rq_lost) {
+            pthread_mutex_unlock(&c->rq_lock);
+            c->send_failed = 1;
+            return -ENOMEM;
+        }
+        iov[1] = (struct iovec){ c->rq, c->rq_len };
+        c->rq_spare = c->rq;
+        c->rq_spare_cap = c->rq_cap;
+        c->rq = tmp;
+        c->rq_cap = tmp_cap;
+        __atomic_store_n(&c->rq_len, 0, __ATOMIC_SEQ_CST);
+        pthread_mutex_unlock(&c->rq_lock);
+        n = 1;
+    }
+    if (!c->out_len && !n)
+        return 0;
+    iov[0] = (struct iovec){ c->out, c->out_len };
+    rc = transport_send_all(&c->tp, iov, 1 + n, 0, NULL);
+    c->out_len = 0;
+    if (rc < 0)
+        c->send_failed = 1;
+    return rc;
+}
+
+static int queue_reply(struct conn *c, int rc, const unsigned char *cookie)
 {
     if (c->out_len + NBD_REPLY_SIZE > OUT_SIZE) {
-        int src = flush_out(c);
+        int src = flush_replies(c);
         if (src < 0)
             return src;
     }
@@ -153,59 +174,29 @@ static int queue_reply_locked(struct conn *c, int rc, const unsigned char *cooki
     return 0;
 }
 
-static int queue_reply(struct conn *c, int rc, const unsigned char *cookie)
+/* Sleep until the client sent something or an answer was queued for it. Only while answers
+ * are owed: otherwise nobody would wake us, and the caller sleeps in recv. */
+static void sleep_until_ready(struct conn *c)
 {
-    pthread_mutex_lock(&c->out_lock);
-    rc = queue_reply_locked(c, rc, cookie);
-    pthread_mutex_unlock(&c->out_lock);
-    return rc;
+    struct pollfd pfd[2] = { { .fd = c->tp.fd, .events = POLLIN }, { .fd = c->efd, .events = POLLIN } };
+    uint64_t count;
+
+    __atomic_store_n(&c->sleeping, 1, __ATOMIC_SEQ_CST);
+    if (!__atomic_load_n(&c->rq_len, __ATOMIC_SEQ_CST) && __atomic_load_n(&c->origin.inflight, __ATOMIC_SEQ_CST)) {
+        while (poll(pfd, 2, -1) < 0 && errno == EINTR)
+            ;
+    }
+    if (!__atomic_exchange_n(&c->sleeping, 0, __ATOMIC_SEQ_CST) || (pfd[1].revents & POLLIN)) {
+        /* a releaser took the flag: its eventfd write is done or on its way (under rq_lock) */
+        pthread_mutex_lock(&c->rq_lock);
+        pthread_mutex_unlock(&c->rq_lock);
+        if (read(c->efd, &count, sizeof count) < 0) {
+            /* nothing there (EAGAIN): fine */
+        }
+    }
 }
 
-/* rm_origin callbacks, called by the peer link's receiver thread. */
-static void origin_complete(struct rm_origin *o, const unsigned char cookie[8], int rc)
-{
-    struct conn *c = (struct conn *)o;
-
-    pthread_mutex_lock(&c->out_lock);
-    queue_reply_locked(c, rc, cookie);
-    pthread_mutex_unlock(&c->out_lock);
-}
-
-/* Send what is queued for the client (this thread, the writer, or the receiver). */
-static void flush_replies(struct conn *c)
-{
-    pthread_mutex_lock(&c->out_lock);
-    if (c->out_len)
-        flush_out(c);
-    pthread_mutex_unlock(&c->out_lock);
-}
-
-/* The peer link is done with n of our requests. rm_serve_nbd waits, under out_lock, for the
- * last reference before the connection goes away, so nothing here touches `c` after the
- * unlock that lets it go. */
-static void origin_release(struct rm_origin *o, int n)
-{
-    struct conn *c = (struct conn *)o;
-
-    pthread_mutex_lock(&c->out_lock);
-    if (c->out_len)
-        flush_out(c);
-    if (__atomic_sub_fetch(&o->inflight, n, __ATOMIC_ACQ_REL) == 0)
-        pthread_cond_broadcast(&c->drained);
-    pthread_mutex_unlock(&c->out_lock);
-}
-
-/* Submit a disk-changing request; answer now unless the peer link will answer later. */
-static int submit(struct conn *c, const unsigned char *cookie, enum rm_op op, const void *data,
-                  uint32_t len, uint64_t offset, uint16_t flags)
-{
-    int rc;
-
-    if (engine_submit(c->eng, &c->origin, cookie, op, data, len, offset, flags & NBD_CMD_FLAG_FUA,
-                      !(flags & NBD_CMD_FLAG_NO_HOLE), &rc) == RM_SUBMIT_LATER)
-        return 0;
-    return queue_reply(c, rc, cookie);
-}
+/* ---- requests ---- */
 
 static int ensure_payload(struct conn *c, size_t len)
 {
@@ -226,13 +217,6 @@ static void release_big_payload(struct conn *c)
     }
 }
 
-/* Read exactly len bytes, first from what is buffered, then straight from the socket.
- * Returns 0, -ECONNRESET when the client vanished mid-payload, or -errno. */
-static int read_exact(struct conn *c, char *dst, size_t len)
-{
-    return recv_exact_buffered(c->fd, c->in, &c->in_start, c->in_end, dst, len);
-}
-
 /* Locate a write payload: in place when fully buffered (no copy), else read it whole. */
 static int get_payload(struct conn *c, uint32_t len, const char **data)
 {
@@ -246,259 +230,102 @@ static int get_payload(struct conn *c, uint32_t len, const char **data)
     rc = ensure_payload(c, len);
     if (rc < 0)
         return rc;
-    rc = read_exact(c, c->payload, len);
+    rc = transport_recv_exact_buffered(&c->tp, c->in, &c->in_start, c->in_end, c->payload, len);
     *data = c->payload;
     return rc;
 }
 
-static int do_read_locked(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len);
-static int do_remote_read(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len);
-#define READ_FROM_PEER 2   /* do_read_locked: the disk failed under this read, ask the peer */
+/* Submit a disk-changing request; answer now unless the origin will be answered later. */
+static int submit(struct conn *c, const struct rm_request *req, struct rm_stream *stream, int *end)
+{
+    int rc = 0, r = request_submit(c->eng, &c->origin, &c->wq, req, stream, &rc);
+
+    if (r < 0) {
+        *end = r == -ECONNRESET ? RM_END_PROTOCOL : RM_END_SOCKET;
+        return r;
+    }
+    return r == RM_SUBMIT_LATER ? 0 : queue_reply(c, rc, req->cookie);
+}
 
 static int do_read(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len)
 {
-    int rc;
-
-    if (engine_disk_failed(c->eng))
-        return do_remote_read(c, cookie, offset, len);
-    pthread_mutex_lock(&c->out_lock);
-    rc = do_read_locked(c, cookie, offset, len);
-    pthread_mutex_unlock(&c->out_lock);
-    return rc == READ_FROM_PEER ? do_remote_read(c, cookie, offset, len) : rc;
-}
-
-/* A successful reply header, sent now (with the batch before it) so its data can follow
- * directly on the socket. out_lock held. */
-static int send_ok_header_locked(struct conn *c, const unsigned char *cookie)
-{
-    int rc = queue_reply_locked(c, 0, cookie);
-
-    return rc < 0 ? rc : flush_out(c);
-}
-
-/* A large read: the reply header, then the data straight from the page cache (sendfile), one
- * copy fewer than pread + send. Once the header is out, a failing disk can only end the
- * connection; the error is still counted and reported to Python. out_lock held. */
-static int sendfile_read_locked(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len)
-{
-    uint64_t sent;
-    int rc = engine_check_range(c->eng, offset, len, 0);
-
-    if (rc < 0)
-        return queue_reply_locked(c, rc, cookie);
-    if ((rc = send_ok_header_locked(c, cookie)) < 0)
-        return rc;
-    rc = sendfile_range(c->eng, c->fd, offset, len, &sent);
-    STAT_ADD(c->eng, bytes_read, sent);
-    if (rc < 0) {
-        c->send_failed = 1;
-        if (rc == -EIO)
-            engine_post_event(c->eng, RM_EV_IO_ERROR, EIO, offset, len);
-        return rc;
-    }
-    STAT_ADD(c->eng, reads, 1);
-    return 0;
-}
-
-/* out_lock held for the whole reply, so the header and its data go out together. */
-static int do_read_locked(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len)
-{
-    int rc;
+    unsigned char hdr[NBD_REPLY_SIZE];
+    int rc, fatal;
 
     if (len > RM_MAX_REQUEST)
-        return queue_reply_locked(c, -EINVAL, cookie);
-    if (c->out_len + NBD_REPLY_SIZE + len <= OUT_SIZE) {
+        return queue_reply(c, -EINVAL, cookie);
+    if (len <= OUT_SIZE - NBD_REPLY_SIZE) {
         /* Small read: data goes straight behind its reply header in the batch. */
-        unsigned char *hdr = (unsigned char *)c->out + c->out_len;
-        rc = rm_engine_pread(c->eng, hdr + NBD_REPLY_SIZE, len, offset);
-        if (rc < 0 && engine_disk_failed(c->eng))
-            return READ_FROM_PEER;
-        fill_reply(hdr, nbd_errno(rc), cookie);
+        if (c->out_len + NBD_REPLY_SIZE + len > OUT_SIZE && (rc = flush_replies(c)) < 0)
+            return rc;
+        unsigned char *p = (unsigned char *)c->out + c->out_len;
+        rc = request_read(c->eng, p + NBD_REPLY_SIZE, len, offset);
+        fill_reply(p, nbd_errno(rc), cookie);
         c->out_len += NBD_REPLY_SIZE + (rc < 0 ? 0 : len);
         return 0;
     }
-    if (len >= SPLICE_MIN)
-        return sendfile_read_locked(c, cookie, offset, len);
+    if ((rc = flush_replies(c)) < 0)
+        return rc;
+    fill_reply(hdr, 0, cookie);
+    if (len >= SPLICE_MIN) {
+        /* A large read: the reply header, then the data straight from the page cache. */
+        rc = request_read_send(c->eng, &c->tp, hdr, sizeof hdr, offset, len, &fatal);
+        if (rc == 0 || fatal) {
+            if (rc < 0)
+                c->send_failed = 1;
+            return rc;
+        }
+        if (rc != -EAGAIN)
+            return queue_reply(c, rc, cookie);
+    }
     rc = ensure_payload(c, len);
     if (rc == 0)
-        rc = rm_engine_pread(c->eng, c->payload, len, offset);
-    if (rc < 0 && engine_disk_failed(c->eng))
-        return READ_FROM_PEER;
+        rc = request_read(c->eng, c->payload, len, offset);
     if (rc < 0)
-        return queue_reply_locked(c, rc, cookie);
-    rc = send_ok_header_locked(c, cookie);
-    if (rc == 0 && (rc = send_all(c->fd, c->payload, len)) < 0)
+        return queue_reply(c, rc, cookie);
+    struct iovec iov[2] = { { hdr, sizeof hdr }, { c->payload, len } };
+    if ((rc = transport_send_all(&c->tp, iov, 2, 0, NULL)) < 0)
         c->send_failed = 1;
     release_big_payload(c);
     return rc;
 }
 
-/* The disk is out of use (on-io-error): the peer serves the read. Not under out_lock: the
- * receiver thread that brings the data also completes this connection's writes. */
-static int do_remote_read(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len)
-{
-    int rc = len > RM_MAX_REQUEST ? -EINVAL : engine_check_range(c->eng, offset, len, 0);
-
-    if (rc == 0 && (rc = ensure_payload(c, len)) == 0)
-        rc = engine_remote_read(c->eng, c->payload, len, offset);
-    pthread_mutex_lock(&c->out_lock);
-    if (rc < 0) {
-        rc = queue_reply_locked(c, rc, cookie);
-    } else if (c->out_len + NBD_REPLY_SIZE + len <= OUT_SIZE) {
-        fill_reply((unsigned char *)c->out + c->out_len, 0, cookie);
-        memcpy(c->out + c->out_len + NBD_REPLY_SIZE, c->payload, len);
-        c->out_len += NBD_REPLY_SIZE + len;
-    } else if ((rc = send_ok_header_locked(c, cookie)) == 0 && (rc = send_all(c->fd, c->payload, len)) < 0) {
-        c->send_failed = 1;
-    }
-    pthread_mutex_unlock(&c->out_lock);
-    release_big_payload(c);
-    return rc;
-}
-
-/* The second half of a large write, which the reader put on the disk: FUA's flush, then to the
- * peer from the page cache (or marked out of sync without a peer), or answered now. */
-static void run_job(struct conn *c, struct wjob *j)
-{
-    int wrc = j->wrc;
-
-    if (wrc == 0 && j->fua)
-        wrc = local_flush(c->eng);
-    if (wrc < 0) {
-        /* not mirrored: the client sees the error; the payload may have partly reached this
-         * disk, so its blocks are out of sync */
-        engine_mark_dirty(c->eng, j->offset, j->len);
-        engine_al_end(c->eng, j->offset, j->len);
-    }
-    if (!(wrc == 0 && engine_mirror(c->eng, &c->origin, j->cookie, RM_OP_WRITE, NULL, j->len, j->offset,
-                                    j->fua, 0) == RM_SUBMIT_LATER))
-        queue_reply(c, wrc, j->cookie);
-}
-
-/* The writer thread: jobs in arrival order, each through run_job. */
-static void *writer_main(void *arg)
-{
-    struct conn *c = arg;
-
-    for (;;) {
-        struct wjob *j;
-
-        pthread_mutex_lock(&c->wlock);
-        while (!c->wq_count && !c->writer_stop)
-            pthread_cond_wait(&c->wcond, &c->wlock);
-        if (!c->wq_count) {
-            pthread_mutex_unlock(&c->wlock);
-            return NULL;
-        }
-        j = &c->jobs[c->wq_head];
-        pthread_mutex_unlock(&c->wlock);
-
-        run_job(c, j);
-        flush_replies(c);   /* the reader may be blocked in recv: answer now */
-
-        pthread_mutex_lock(&c->wlock);
-        c->wq_head = (c->wq_head + 1) % WRITE_BEHIND;
-        c->wq_count--;
-        pthread_cond_broadcast(&c->wcond);
-        pthread_mutex_unlock(&c->wlock);
-    }
-}
-
-static int start_writer(struct conn *c)
-{
-    if (c->writer_state)
-        return c->writer_state > 0;
-    c->writer_state = -1;
-    if (engine_open_pipe(c->pipe) < 0)
-        return 0;
-    if (pthread_create(&c->writer, NULL, writer_main, c) != 0)
-        return 0;
-    c->writer_state = 1;
-    return 1;
-}
-
-static void stop_writer(struct conn *c)
-{
-    if (c->writer_state > 0) {
-        pthread_mutex_lock(&c->wlock);
-        c->writer_stop = 1;
-        pthread_cond_broadcast(&c->wcond);
-        pthread_mutex_unlock(&c->wlock);
-        pthread_join(c->writer, NULL);   /* it finishes the queued jobs first */
-    }
-    if (c->pipe[0] >= 0) {
-        close(c->pipe[0]);
-        close(c->pipe[1]);
-    }
-}
-
-/* Requests that change the disk outside the write-behind queue wait for it to empty, so a
- * client's writes are applied in the order it sent them. */
-static void wait_writes(struct conn *c)
-{
-    if (c->writer_state <= 0)
-        return;
-    pthread_mutex_lock(&c->wlock);
-    while (c->wq_count)
-        pthread_cond_wait(&c->wcond, &c->wlock);
-    pthread_mutex_unlock(&c->wlock);
-}
-
-/* A large write: streamed to the disk as it arrives (engine_splice_write: one copy, made while
- * the client is still sending), then queued for the writer thread, which sends it to the peer
- * from the page cache while this thread takes the next request. (Measured at 1 MiB QD16,
- * protocol C, eight paired runs: 2046 MiB/s against 1866 when the writer thread also did the
- * local write; this thread had been spinning or asleep most of the time the client sent.) */
-static int splice_write(struct conn *c, const unsigned char *cookie, uint64_t offset, uint32_t len,
-                        int fua, int *end)
+static int do_write(struct conn *c, struct rm_request *req, uint16_t flags, int *end)
 {
     size_t have = c->in_end - c->in_start;
-    uint32_t applied;
-    struct wjob *j;
+    const char *data;
     int rc;
 
-    pthread_mutex_lock(&c->wlock);
-    while (c->wq_count == WRITE_BEHIND)
-        pthread_cond_wait(&c->wcond, &c->wlock);
-    j = &c->jobs[(c->wq_head + c->wq_count) % WRITE_BEHIND];   /* free: only we touch it now */
-    pthread_mutex_unlock(&c->wlock);
-
-    *j = (struct wjob){ .offset = offset, .len = len, .fua = fua };
-    memcpy(j->cookie, cookie, 8);
-    engine_al_begin(c->eng, offset, len);
-    rc = engine_splice_write(c->eng, c->fd, c->pipe, c->in + c->in_start, (uint32_t)have, offset, len, 0,
-                             &j->wrc, &applied, &c->spin);
-    c->in_start = c->in_end;
+    if (req->count > RM_MAX_REQUEST) {
+        /* We will not read an unbounded payload: answer, then hang up. */
+        queue_reply(c, -EOVERFLOW, req->cookie);
+        flush_replies(c);
+        *end = RM_END_PROTOCOL;
+        return -EOVERFLOW;
+    }
+    if (!(flags & ~NBD_CMD_FLAG_FUA) && req->count >= SPLICE_MIN && have < req->count) {
+        /* still arriving: the request layer streams it to the disk */
+        struct rm_stream st = { .tp = &c->tp, .prefix = c->in + c->in_start, .have = (uint32_t)have };
+        c->in_start = c->in_end;
+        rc = submit(c, req, &st, end);
+        /* the next requests are likely large writes too: keep payloads in the socket */
+        c->header_only = 1;
+        return rc;
+    }
+    rc = get_payload(c, req->count, &data);
     if (rc < 0) {
-        /* The client vanished mid-payload. What reached this disk goes to the peer as well (the
-         * answer reaches nobody), so the two disks stay the same. */
-        if (applied)
-            engine_al_begin(c->eng, offset, applied);   /* hot already: a subset of the extents */
-        engine_al_end(c->eng, offset, len);
-        if (applied) {
-            j->len = applied;
-            j->fua = 0;
-            wait_writes(c);
-            run_job(c, j);
-        }
         *end = rc == -ECONNRESET ? RM_END_PROTOCOL : RM_END_SOCKET;
         return rc;
     }
-    c->header_only = 1;   /* the next requests are likely large writes too: keep payloads in the socket */
-
-    /* Inline when nothing more has come from the client (queue depth 1: a hand-off would only
-     * add a wake-up); otherwise the writer thread takes it. */
-    int pending = 0;
-    if (ioctl(c->fd, FIONREAD, &pending) == 0 && pending == 0) {
-        wait_writes(c);
-        run_job(c, j);
-        return 0;
+    if (flags & ~NBD_CMD_FLAG_FUA) {
+        request_count_refused(c->eng);
+        rc = queue_reply(c, -EINVAL, req->cookie);
+    } else {
+        req->data = data;
+        rc = submit(c, req, NULL, end);
     }
-    pthread_mutex_lock(&c->wlock);
-    c->wq_count++;
-    pthread_cond_broadcast(&c->wcond);
-    pthread_mutex_unlock(&c->wlock);
-    return 0;
+    release_big_payload(c);
+    return rc;
 }
 
 /* One request whose 28-byte header is buffered. Returns 0 to go on, 1 on NBD_CMD_DISC, or a
@@ -506,18 +333,15 @@ static int splice_write(struct conn *c, const unsigned char *cookie, uint64_t of
 static int handle_request(struct conn *c, int *end)
 {
     const unsigned char *h = (const unsigned char *)c->in + c->in_start;
-    uint32_t magic = get32(h);
-    uint16_t flags = get16(h + 4);
-    uint16_t type = get16(h + 6);
-    unsigned char cookie[8];
-    uint64_t offset = get64(h + 16);
-    uint32_t len = get32(h + 24);
-    const char *data;
-    int rc;
+    uint32_t magic = get_be32(h);
+    uint16_t flags = get_be16(h + 4);
+    uint16_t type = get_be16(h + 6);
+    struct rm_request req = { .offset = get_be64(h + 16), .count = get_be32(h + 24),
+                              .fua = (flags & NBD_CMD_FLAG_FUA) != 0, .may_trim = !(flags & NBD_CMD_FLAG_NO_HOLE) };
 
-    memcpy(cookie, h + 8, 8);
+    memcpy(req.cookie, h + 8, 8);
     c->in_start += NBD_REQUEST_SIZE;
-    c->header_only = 0;   /* splice_write sets it again */
+    c->header_only = 0;   /* a large write sets it again */
     if (magic != NBD_REQUEST_MAGIC) {
         *end = RM_END_PROTOCOL;
         return -EPROTO;
@@ -525,52 +349,32 @@ static int handle_request(struct conn *c, int *end)
     switch (type) {
     case NBD_CMD_READ:
         if (flags & ~NBD_CMD_FLAG_FUA)
-            return queue_reply(c, -EINVAL, cookie);
-        return do_read(c, cookie, offset, len);
+            return queue_reply(c, -EINVAL, req.cookie);
+        return do_read(c, req.cookie, req.offset, req.count);
     case NBD_CMD_WRITE:
-        if (len > RM_MAX_REQUEST) {
-            /* We will not read an unbounded payload: answer, then hang up. */
-            queue_reply(c, -EOVERFLOW, cookie);
-            flush_replies(c);
-            *end = RM_END_PROTOCOL;
-            return -EOVERFLOW;
-        }
-        if (len >= SPLICE_MIN && !(flags & ~NBD_CMD_FLAG_FUA) && c->in_end - c->in_start < len &&
-            !engine_disk_failed(c->eng) && start_writer(c) &&
-            engine_check_range(c->eng, offset, len, 1) == 0)
-            return splice_write(c, cookie, offset, len, flags & NBD_CMD_FLAG_FUA, end);
-        wait_writes(c);
-        rc = get_payload(c, len, &data);
-        if (rc < 0) {
-            *end = rc == -ECONNRESET ? RM_END_PROTOCOL : RM_END_SOCKET;
-            return rc;
-        }
-        if (flags & ~NBD_CMD_FLAG_FUA)
-            rc = queue_reply(c, -EINVAL, cookie);
-        else
-            rc = submit(c, cookie, RM_OP_WRITE, data, len, offset, flags);
-        release_big_payload(c);
-        return rc;
+        req.op = RM_OP_WRITE;
+        return do_write(c, &req, flags, end);
     case NBD_CMD_FLUSH:
-        wait_writes(c);
-        return submit(c, cookie, RM_OP_FLUSH, NULL, 0, 0, 0);
+        req = (struct rm_request){ .op = RM_OP_FLUSH };
+        memcpy(req.cookie, h + 8, 8);
+        return submit(c, &req, NULL, end);
     case NBD_CMD_TRIM:
         if (flags & ~NBD_CMD_FLAG_FUA)
-            return queue_reply(c, -EINVAL, cookie);
-        wait_writes(c);
-        return submit(c, cookie, RM_OP_TRIM, NULL, len, offset, flags | NBD_CMD_FLAG_NO_HOLE);
+            return queue_reply(c, -EINVAL, req.cookie);
+        req.op = RM_OP_TRIM;
+        req.may_trim = 1;
+        return submit(c, &req, NULL, end);
     case NBD_CMD_WRITE_ZEROES:
         if (flags & ~(NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE))
-            return queue_reply(c, -EINVAL, cookie);
-        wait_writes(c);
-        return submit(c, cookie, RM_OP_ZERO, NULL, len, offset, flags);
+            return queue_reply(c, -EINVAL, req.cookie);
+        req.op = RM_OP_ZERO;
+        return submit(c, &req, NULL, end);
     case NBD_CMD_DISC:
-        wait_writes(c);
         return 1;
     default:
         /* Commands we never advertised (CACHE, BLOCK_STATUS...) carry no payload. */
-        STAT_ADD(c->eng, refused, 1);
-        return queue_reply(c, -EINVAL, cookie);
+        request_count_refused(c->eng);
+        return queue_reply(c, -EINVAL, req.cookie);
     }
 }
 
@@ -586,7 +390,6 @@ static int serve(struct conn *c, int *err)
             rc = handle_request(c, &end);
             if (rc == 1) {
                 *err = 0;
-                engine_flush_peer(c->eng);
                 return RM_END_DISC;
             }
             if (rc < 0) {
@@ -597,10 +400,8 @@ static int serve(struct conn *c, int *err)
         }
         /* Out of complete requests: send the batch (answers, and frames for the peer), then
          * wait for more. */
-        engine_flush_peer(c->eng);
-        pthread_mutex_lock(&c->out_lock);
-        rc = c->out_len ? flush_out(c) : (c->send_failed ? -EPIPE : 0);
-        pthread_mutex_unlock(&c->out_lock);
+        request_flush_peer(c->eng);
+        rc = flush_replies(c);
         if (rc < 0) {
             *err = -rc;
             return RM_END_SOCKET;
@@ -612,74 +413,88 @@ static int serve(struct conn *c, int *err)
         }
         /* After a large write, read just the next header: if it is another large write, its
          * payload then goes to the disk by splice instead of through this buffer. */
-        n = recv(c->fd, c->in + c->in_end, c->header_only ? NBD_REQUEST_SIZE - (c->in_end - c->in_start)
-                                                          : IN_SIZE - c->in_end, 0);
+        size_t want = c->header_only ? NBD_REQUEST_SIZE - c->in_end : IN_SIZE - c->in_end;
+        /* Nobody owes us an answer: sleep in recv. The last releaser queued its answers before
+         * it dropped the count, so one may still be queued: send it first. */
+        int owed = __atomic_load_n(&c->origin.inflight, __ATOMIC_SEQ_CST) > 0;
+        if (!owed && __atomic_load_n(&c->rq_len, __ATOMIC_SEQ_CST))
+            continue;
+        n = c->tp.ops->recv(&c->tp, c->in + c->in_end, want, owed ? MSG_DONTWAIT : 0);
+        if (n == -EAGAIN) {
+            sleep_until_ready(c);
+            continue;
+        }
         if (n == 0) {
             *err = c->in_end ? ECONNRESET : 0;
             return c->in_end ? RM_END_PROTOCOL : RM_END_EOF;
         }
+        if (n == -EINTR)
+            continue;
         if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            *err = errno;
+            *err = (int)-n;
             return RM_END_SOCKET;
         }
         c->in_end += (size_t)n;
     }
 }
 
+/* Requests still waiting for the peer or the write-behind thread refer to this connection:
+ * wait for their answers (an ack, or the sweep when the link fails) before it goes away. */
+static void drain_origin(struct conn *c)
+{
+    request_flush_peer(c->eng);
+    while (__atomic_load_n(&c->origin.inflight, __ATOMIC_SEQ_CST) > 0)
+        sleep_until_ready(c);
+    pthread_mutex_lock(&c->rq_lock);     /* the last releaser has let go */
+    pthread_mutex_unlock(&c->rq_lock);
+}
+
 int rm_serve_nbd(rm_engine *eng, int client_fd, const char *initial, size_t initial_len, int *err)
 {
-    struct conn c = { .eng = eng, .fd = client_fd, .pipe = { -1, -1 } };
+    struct conn c = { .eng = eng, .efd = -1 };
     int rc, end;
 
     c.origin.complete = origin_complete;
     c.origin.release = origin_release;
+    transport_socket_init(&c.tp, client_fd);
 
     *err = 0;
     if (initial_len > IN_SIZE) {
         *err = EOVERFLOW;
         return RM_END_PROTOCOL;
     }
-    rc = engine_add_client(eng, client_fd);
+    rc = request_open_client(eng, &c.tp);
     if (rc < 0) {
         *err = -rc;
         return RM_END_SHUTDOWN;
     }
     c.in = malloc(IN_SIZE);
     c.out = malloc(OUT_SIZE);
-    if (!c.in || !c.out) {
-        *err = ENOMEM;
+    c.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (!c.in || !c.out || c.efd < 0) {
+        *err = c.efd < 0 ? errno : ENOMEM;
         end = RM_END_SOCKET;
         goto out;
     }
-    pthread_mutex_init(&c.out_lock, NULL);
-    pthread_cond_init(&c.drained, NULL);
-    pthread_mutex_init(&c.wlock, NULL);
-    pthread_cond_init(&c.wcond, NULL);
+    pthread_mutex_init(&c.rq_lock, NULL);
+    request_writeq_init(&c.wq, eng, &c.origin);
     memcpy(c.in, initial, initial_len);
     c.in_end = initial_len;
     end = serve(&c, err);
-    if (__atomic_load_n(&eng->shutting_down, __ATOMIC_RELAXED) && end != RM_END_DISC)
+    if (request_shutting_down(eng) && end != RM_END_DISC)
         end = RM_END_SHUTDOWN;
-    stop_writer(&c);
-    /* Requests still waiting for the peer refer to this connection: wait for their answers
-     * (an ack, or the sweep when the link fails) before the buffers go away. */
-    engine_flush_peer(eng);
-    pthread_mutex_lock(&c.out_lock);
-    while (__atomic_load_n(&c.origin.inflight, __ATOMIC_ACQUIRE) > 0)
-        pthread_cond_wait(&c.drained, &c.out_lock);
-    if (c.out_len)
-        flush_out(&c);
-    pthread_mutex_unlock(&c.out_lock);
-    pthread_cond_destroy(&c.drained);
-    pthread_mutex_destroy(&c.out_lock);
-    pthread_cond_destroy(&c.wcond);
-    pthread_mutex_destroy(&c.wlock);
+    request_writeq_destroy(&c.wq);      /* finishes the queued large writes first */
+    drain_origin(&c);
+    flush_replies(&c);
+    pthread_mutex_destroy(&c.rq_lock);
 out:
-    engine_remove_client(eng, client_fd);
+    request_close_client(eng, &c.tp);
+    if (c.efd >= 0)
+        close(c.efd);
     free(c.in);
     free(c.out);
     free(c.payload);
+    free(c.rq);
+    free(c.rq_spare);
     return end;
 }

@@ -27,8 +27,8 @@ import struct
 from collections.abc import Iterator
 
 from replica.errors import RemoteProtocolError
+from replica.mirror import BLOCK_SIZE  # csrc/mirror.h RM_BLOCK_SIZE
 
-BLOCK_SIZE = 4096
 ENC_PLAIN = 0
 ENC_RLE = 1
 _ENC_HEADER = struct.Struct(">BQ")

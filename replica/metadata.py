@@ -43,6 +43,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from replica import mirror
 from replica.bitmap import BLOCK_SIZE, Bitmap, bits_for, buffer_bytes_for
 from replica.errors import ReplicaError
 from replica.roles import AttachInfo
@@ -50,7 +51,7 @@ from replica.uuids import UUID_JUST_CREATED, GenerationUuids, MdFlag, UuidFlag
 
 PAGE = 4096
 SECTOR = 512
-AL_EXTENT_SIZE = 4 * 1024 * 1024
+AL_EXTENT_SIZE = mirror.AL_EXTENT_SIZE
 AL_EXTENTS_DEFAULT = 1237
 AL_EXTENTS_MIN = 7
 AL_EXTENTS_MAX = 65534

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 from replica._mirror import ffi, lib
 
+# Limits and layouts shared with C: read from the compiled contract (csrc/mirror.h), never copied.
 MAX_REQUEST = lib.RM_MAX_REQUEST
+BLOCK_SIZE = lib.RM_BLOCK_SIZE                  # one bitmap bit
+AL_EXTENT_SIZE = lib.RM_AL_EXTENT_SIZE          # one activity-log extent
+MAX_RESYNC_CHUNK = lib.RM_MAX_RESYNC_CHUNK      # largest resync_send() length
+MAX_CONTROL_PAYLOAD = lib.RM_MAX_CONTROL_PAYLOAD
+MAX_CONTROL_FRAME = lib.RM_MAX_CONTROL_FRAME    # header + largest control payload
 
 END_REASONS = {
     lib.RM_END_DISC: "disconnect requested",
@@ -21,11 +27,7 @@ END_REASONS = {
     lib.RM_END_SOCKET: "socket error",
 }
 
-STAT_FIELDS = ("reads", "writes", "flushes", "trims", "zeroes", "bytes_read", "bytes_written",
-               "io_errors", "refused", "connections", "active_connections", "last_errno",
-               "peer_connected", "peer_pending", "peer_writes_sent", "peer_bytes_sent",
-               "peer_frames_applied", "peer_last_rx_ns", "peer_oldest_pending_ns", "dirty_marked",
-               "resync_bytes_sent", "resync_bytes_acked", "resync_bytes_received", "al_misses")
+STAT_FIELDS = tuple(name for name, _ in ffi.typeof("rm_stats").fields)
 
 PROTOCOLS = {"A": lib.RM_PROTOCOL_A, "B": lib.RM_PROTOCOL_B, "C": lib.RM_PROTOCOL_C}
 
@@ -35,9 +37,8 @@ EVENT_NAMES = {
     lib.RM_EV_AL_MISS: "al_miss",
     lib.RM_EV_PEER_PROTOCOL: "peer_protocol",
     lib.RM_EV_PEER_CONTROL: "peer_control",
+    lib.RM_EV_OVERFLOW: "overflow",
 }
-
-MAX_CONTROL_FRAME = 32 + 64 * 1024
 
 # disk { on-io-error }: what C does with the request that failed (the rest is Python's)
 ON_IO_ERROR_MODES = {"pass_on": lib.RM_ON_IO_ERROR_PASS_ON,
@@ -139,7 +140,8 @@ class Engine:
         end = lib.rm_serve_nbd(self._handle, sock_fd, initial, len(initial), err)
         return ServeResult(end, END_REASONS.get(end, f"end code {end}"), int(err[0]))
 
-    # Direct engine operations, for frontends other than NBD and for tests.
+    # Requests from Python: through C's request layer like an NBD client's (range checks,
+    # activity log, mirrored to the peer per protocol); each blocks until it is complete.
     def pread(self, length: int, offset: int) -> bytes:
         buf = bytearray(length)
         _check(lib.rm_engine_pread(self._handle, ffi.from_buffer(buf), length, offset),
@@ -151,6 +153,7 @@ class Engine:
                f"write: offset={offset} length={len(data)}")
 
     def flush(self) -> None:
+        """fdatasync of the local disk alone (metadata ordering)."""
         _check(lib.rm_engine_flush(self._handle), "flush")
 
     def trim(self, length: int, offset: int, fua: bool = False) -> None:
@@ -167,11 +170,18 @@ class Engine:
         return lib.rm_engine_event_fd(self._handle)
 
     def next_events(self) -> list[MirrorEvent]:
+        """Drain C's queue. When it overflowed (events were lost), recover here: writers still
+        waiting for an AL extent are asked for again (rm_al_rescan posts fresh al_miss events)
+        and a peer_control event makes the caller drain the control frames; the `overflow`
+        event itself tells the caller to re-read anything else it learns from stats()."""
         out = ffi.new("rm_event *")
         events = []
         while lib.rm_engine_next_event(self._handle, out):
-            events.append(MirrorEvent(EVENT_NAMES.get(out.type, f"event {out.type}"), int(out.err),
-                                      int(out.offset), int(out.length)))
+            name = EVENT_NAMES.get(out.type, f"event {out.type}")
+            events.append(MirrorEvent(name, int(out.err), int(out.offset), int(out.length)))
+            if out.type == lib.RM_EV_OVERFLOW:
+                events.append(MirrorEvent("peer_control", 0, 0, 0))
+                lib.rm_al_rescan(self._handle)
         return events
 
     def set_bitmap(self, bitmap) -> None:

@@ -39,6 +39,7 @@ import socket
 import threading
 import time
 
+from replica import mirror
 from replica.auth import hmac_digest, new_challenge
 from replica.bitmap import Bitmap
 from replica.errors import LocalProtocolError, RemoteProtocolError
@@ -275,7 +276,7 @@ class PeerLink:
                 return event, bitmap
 
 
-MAX_RESYNC_CHUNK = 8 * 1024 * 1024   # csrc/peer.c MAX_RESYNC_CHUNK
+MAX_RESYNC_CHUNK = mirror.MAX_RESYNC_CHUNK
 
 
 class ResyncRunner:

@@ -231,6 +231,11 @@ class ResourceRuntime:
             log.error("%s: local I/O error: offset=%d length=%d: %s", self.name, ev.offset,
                       ev.length, os.strerror(ev.err) if ev.err else "error")
             self._on_io_error(ev)
+        elif ev.type == "overflow":
+            # C's event queue was full: the reader already rescanned the activity log and
+            # drained the control frames (replica.mirror.Engine.next_events)
+            log.warning("%s: event queue overflowed (%d events dropped in all): rescanned",
+                        self.name, self.disk.engine.stats()["events_dropped"] if self.disk.engine else 0)
         else:
             self.conn.on_engine_event(ev)
 

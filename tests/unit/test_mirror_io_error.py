@@ -237,7 +237,7 @@ def test_c_and_python_agree_on_the_new_wire_names():
     from pathlib import Path
 
     from replica.protocol.repl_wire import DataFlag, ReplPacket
-    text = (Path(__file__).resolve().parents[2] / "csrc" / "wire.h").read_text()
+    text = (Path(__file__).resolve().parents[2] / "csrc" / "repl_wire.h").read_text()
 
     def c_value(name):
         import re

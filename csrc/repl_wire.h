@@ -5,15 +5,17 @@
  *
  * big-endian, 32 bytes; `length` payload bytes follow. Types below 0x40 are the data path's
  * (this directory); 0x40 and up are control frames that C passes to Python untouched. */
-#ifndef RM_WIRE_H
-#define RM_WIRE_H
+#ifndef RM_REPL_WIRE_H
+#define RM_REPL_WIRE_H
 
 #include <stdint.h>
+
+#include "byteorder.h"
 
 #define RPL_MAGIC 0x52504C31u      /* ASCII "RPL1" */
 #define RPL_HEADER_SIZE 32
 #define RPL_MAX_PAYLOAD (64u * 1024 * 1024)
-#define RPL_MAX_CONTROL (64u * 1024)
+#define RPL_MAX_CONTROL RM_MAX_CONTROL_PAYLOAD   /* mirror.h */
 
 enum rpl_type {
     RPL_DATA = 0x01,       /* payload = data at offset; flags FUA */
@@ -45,42 +47,28 @@ struct rpl_header {
     uint32_t length, aux;
 };
 
-static inline void rpl_put16(unsigned char *p, uint16_t v) { p[0] = (unsigned char)(v >> 8); p[1] = (unsigned char)v; }
-static inline void rpl_put32(unsigned char *p, uint32_t v)
-{
-    p[0] = (unsigned char)(v >> 24); p[1] = (unsigned char)(v >> 16);
-    p[2] = (unsigned char)(v >> 8); p[3] = (unsigned char)v;
-}
-static inline void rpl_put64(unsigned char *p, uint64_t v) { rpl_put32(p, (uint32_t)(v >> 32)); rpl_put32(p + 4, (uint32_t)v); }
-static inline uint16_t rpl_get16(const unsigned char *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static inline uint32_t rpl_get32(const unsigned char *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static inline uint64_t rpl_get64(const unsigned char *p) { return (uint64_t)rpl_get32(p) << 32 | rpl_get32(p + 4); }
-
 static inline void rpl_pack(unsigned char *p, const struct rpl_header *h)
 {
-    rpl_put32(p, RPL_MAGIC);
-    rpl_put16(p + 4, h->type);
-    rpl_put16(p + 6, h->flags);
-    rpl_put64(p + 8, h->id);
-    rpl_put64(p + 16, h->offset);
-    rpl_put32(p + 24, h->length);
-    rpl_put32(p + 28, h->aux);
+    put_be32(p, RPL_MAGIC);
+    put_be16(p + 4, h->type);
+    put_be16(p + 6, h->flags);
+    put_be64(p + 8, h->id);
+    put_be64(p + 16, h->offset);
+    put_be32(p + 24, h->length);
+    put_be32(p + 28, h->aux);
 }
 
 /* Returns 0, or -1 when the magic is wrong. */
 static inline int rpl_unpack(const unsigned char *p, struct rpl_header *h)
 {
-    if (rpl_get32(p) != RPL_MAGIC)
+    if (get_be32(p) != RPL_MAGIC)
         return -1;
-    h->type = rpl_get16(p + 4);
-    h->flags = rpl_get16(p + 6);
-    h->id = rpl_get64(p + 8);
-    h->offset = rpl_get64(p + 16);
-    h->length = rpl_get32(p + 24);
-    h->aux = rpl_get32(p + 28);
+    h->type = get_be16(p + 4);
+    h->flags = get_be16(p + 6);
+    h->id = get_be64(p + 8);
+    h->offset = get_be64(p + 16);
+    h->length = get_be32(p + 24);
+    h->aux = get_be32(p + 28);
     return 0;
 }
 

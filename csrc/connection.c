@@ -1,0 +1,850 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* The connection: every write accepted here also goes to the peer, and completes per protocol.
+ *
+ *   request layer (frontend threads)         receiver thread (one per link)
+ *   --------------------------------         ------------------------------
+ *   local write (pwrite/fallocate)           recv frames, batched
+ *   take a pending slot (id)                 DATA/TRIM/ZEROES/FLUSH: apply locally, queue ack
+ *   frame -> send buffer (or writev)         RECV_ACK/WRITE_ACK/FLUSH_ACK: complete slot id
+ *   A: answer now; B/C: answer later  <----  (origin->complete queues, release wakes), NEG_ACK:
+ *   flush send buffer before sleeping        + mark dirty; RS_DATA: write, clear bits, RS_DONE;
+ *                                            RS_DONE: clear bits; control (>= 0x40): for Python
+ *
+ * The local write happens before the frame is queued (request.c holds send_lock across both),
+ * and resync reads happen under the send lock, so the peer sees every block's versions in the
+ * order this node wrote them: a resync block can never overtake a newer application write to
+ * the same block.
+ *
+ * When the link fails the receiver sweeps every pending slot: its blocks are marked out of
+ * sync and the origin gets its answer from the local write alone (a disconnected Primary keeps
+ * serving). Later writes go to the bitmap until Python attaches a new link.
+ *
+ * The receiver never does I/O on a frontend's socket: an origin's complete() appends to that
+ * origin's own reply queue, and release() wakes its thread (request.h, thread table). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "connection.h"
+
+#define SBUF_SIZE (256 * 1024)
+#define SBUF_DIRECT 65536          /* larger payloads skip the send buffer (writev) */
+#define RBUF_SIZE (256 * 1024)
+#define MAX_TOUCHED 64
+
+int conn_init(struct rm_connection *c, struct rm_device *dev)
+{
+    memset(c, 0, sizeof *c);
+    c->dev = dev;
+    c->tp.fd = -1;
+    pthread_mutex_init(&c->send_lock, NULL);
+    pthread_mutex_init(&c->pending_lock, NULL);
+    pthread_cond_init(&c->slot_free, NULL);
+    pthread_mutex_init(&c->control_lock, NULL);
+    c->sbuf = malloc(SBUF_SIZE);
+    c->slots = calloc(PENDING_SLOTS, sizeof *c->slots);
+    c->next_id = 1;
+    pthread_mutex_init(&c->read_lock, NULL);
+    pthread_cond_init(&c->read_done, NULL);
+    c->next_read_id = 1;
+    return c->sbuf && c->slots ? 0 : -ENOMEM;
+}
+
+static void drop_control_frames(struct rm_connection *c)
+{
+    pthread_mutex_lock(&c->control_lock);
+    while (c->control_count) {
+        free(c->control[c->control_head]);
+        c->control_head = (c->control_head + 1) % 256;
+        c->control_count--;
+    }
+    pthread_mutex_unlock(&c->control_lock);
+}
+
+void conn_destroy(struct rm_connection *c)
+{
+    conn_detach(c);
+    drop_control_frames(c);
+    pthread_mutex_destroy(&c->send_lock);
+    pthread_mutex_destroy(&c->pending_lock);
+    pthread_cond_destroy(&c->slot_free);
+    pthread_mutex_destroy(&c->control_lock);
+    pthread_mutex_destroy(&c->read_lock);
+    pthread_cond_destroy(&c->read_done);
+    free(c->sbuf);
+    free(c->slots);
+}
+
+int conn_live(struct rm_connection *c)
+{
+    return __atomic_load_n(&c->attached, __ATOMIC_ACQUIRE) && !__atomic_load_n(&c->dead, __ATOMIC_ACQUIRE);
+}
+
+int conn_protocol(struct rm_connection *c)
+{
+    return c->protocol;
+}
+
+/* ---- sending (send_lock held) ---- */
+
+void conn_send_lock(struct rm_connection *c)
+{
+    pthread_mutex_lock(&c->send_lock);
+}
+
+void conn_send_unlock(struct rm_connection *c)
+{
+    pthread_mutex_unlock(&c->send_lock);
+}
+
+static void send_failed_locked(struct rm_connection *c)
+{
+    c->send_failed = 1;
+    c->tp.ops->shutdown(&c->tp, SHUT_RDWR);  /* the receiver notices and sweeps */
+}
+
+static int send_all_locked(struct rm_connection *c, const struct iovec *iov, int iovcnt, int flags)
+{
+    uint64_t sent = 0;
+    int rc;
+
+    if (c->send_failed || c->tp.fd < 0)
+        return -ENOTCONN;
+    rc = transport_send_all(&c->tp, iov, iovcnt, flags, &sent);
+    STAT_ADD(c->dev, peer_bytes_sent, sent);
+    if (rc < 0)
+        send_failed_locked(c);
+    return rc;
+}
+
+/* flags: MSG_MORE when a payload follows at once (the header then shares its TCP segment). */
+static int sbuf_send_locked(struct rm_connection *c, int flags)
+{
+    struct iovec iov = { c->sbuf, c->sbuf_len };
+    int rc;
+
+    if (c->sbuf_len == 0)
+        return 0;
+    rc = send_all_locked(c, &iov, 1, flags);
+    c->sbuf_len = 0;
+    return rc;
+}
+
+/* Append a header alone; its payload follows by other means (sendfile). */
+static int queue_header_locked(struct rm_connection *c, const struct rpl_header *h)
+{
+    int rc;
+
+    if (c->send_failed || c->tp.fd < 0)
+        return -ENOTCONN;
+    if (c->sbuf_len + RPL_HEADER_SIZE > SBUF_SIZE && (rc = sbuf_send_locked(c, 0)) < 0)
+        return rc;
+    rpl_pack(c->sbuf + c->sbuf_len, h);
+    c->sbuf_len += RPL_HEADER_SIZE;
+    return 0;
+}
+
+int conn_send_frame_locked(struct rm_connection *c, const struct rpl_header *h, const void *payload)
+{
+    size_t need = RPL_HEADER_SIZE + h->length;
+    unsigned char hdr[RPL_HEADER_SIZE];
+    int rc;
+
+    if (c->send_failed || c->tp.fd < 0)
+        return -ENOTCONN;
+    if (h->length <= SBUF_DIRECT) {
+        if (c->sbuf_len + need > SBUF_SIZE && (rc = sbuf_send_locked(c, 0)) < 0)
+            return rc;
+        rpl_pack(c->sbuf + c->sbuf_len, h);
+        if (h->length)
+            memcpy(c->sbuf + c->sbuf_len + RPL_HEADER_SIZE, payload, h->length);
+        c->sbuf_len += need;
+        return 0;
+    }
+    if ((rc = sbuf_send_locked(c, 0)) < 0)
+        return rc;
+    rpl_pack(hdr, h);
+    struct iovec iov[2] = { { hdr, RPL_HEADER_SIZE }, { (void *)payload, h->length } };
+    return send_all_locked(c, iov, 2, 0);
+}
+
+void conn_flush(struct rm_connection *c)
+{
+    if (!__atomic_load_n(&c->attached, __ATOMIC_ACQUIRE))
+        return;
+    pthread_mutex_lock(&c->send_lock);
+    sbuf_send_locked(c, 0);
+    pthread_mutex_unlock(&c->send_lock);
+}
+
+/* send_lock held: a frame whose payload is the device range [h->offset, + h->length), sent
+ * straight from the backing fd (sendfile: no copy through user space). The batched frames and
+ * this header go out with MSG_MORE, so they share the payload's first TCP segment. */
+int conn_send_range_frame_locked(struct rm_connection *c, const struct rpl_header *h)
+{
+    uint64_t sent;
+    int rc;
+
+    if ((rc = queue_header_locked(c, h)) < 0 || (rc = sbuf_send_locked(c, MSG_MORE)) < 0)
+        return rc;
+    rc = device_send_range(c->dev, &c->tp, h->offset, h->length, &sent);
+    STAT_ADD(c->dev, peer_bytes_sent, sent);
+    if (rc < 0)
+        send_failed_locked(c);
+    return rc;
+}
+
+int conn_send_frame(struct rm_connection *c, const struct rpl_header *h, const void *payload, int flush)
+{
+    int rc;
+
+    pthread_mutex_lock(&c->send_lock);
+    rc = conn_send_frame_locked(c, h, payload);
+    if (rc == 0 && flush)
+        rc = sbuf_send_locked(c, 0);
+    pthread_mutex_unlock(&c->send_lock);
+    return rc;
+}
+
+/* ---- pending slots ---- */
+
+static void update_oldest_locked(struct rm_connection *c)
+{
+    uint64_t oldest = 0;
+
+    if (c->npending) {
+        /* Acks come back in order, so the oldest busy slot is near the front. */
+        for (uint64_t id = c->next_id - c->npending; id < c->next_id; id++) {
+            struct rm_pending *s = &c->slots[id % PENDING_SLOTS];
+            if (s->busy && s->id == id) {
+                oldest = s->sent_ns;
+                break;
+            }
+        }
+    }
+    STAT_SET(c->dev, peer_oldest_pending_ns, oldest);
+    STAT_SET(c->dev, peer_pending, c->npending);
+}
+
+/* Finish one slot (pending_lock held): answer its origin if still owed, free the slot. With a
+ * `touched` batch (the receiver thread) the origin's reference is released by flush_touched
+ * once the batch is done, so its owner is woken once per batch; without one, or when the batch
+ * is full, at once. */
+static void finish_slot_locked(struct rm_connection *c, struct rm_pending *s, int rc, struct rm_origin **touched,
+                               int *ntouched)
+{
+    struct rm_origin *o = s->origin;
+
+    if (!s->replied && o) {
+        o->complete(o, s->cookie, rc);
+        if (touched && o->batched) {
+            o->batched++;
+        } else if (touched && *ntouched < MAX_TOUCHED) {
+            o->batched = 1;
+            touched[(*ntouched)++] = o;
+        } else {
+            o->release(o, 1);   /* o may be gone from here on */
+        }
+    }
+    if (!s->is_flush)
+        device_al_end(c->dev, s->offset, s->length);   /* acked, or marked out of sync by the caller */
+    s->busy = 0;
+    s->origin = NULL;
+    c->npending--;
+    pthread_cond_broadcast(&c->slot_free);
+}
+
+static void flush_touched(struct rm_origin **touched, int *ntouched)
+{
+    for (int i = 0; i < *ntouched; i++) {
+        struct rm_origin *o = touched[i];
+        int n = o->batched;
+
+        o->batched = 0;
+        o->release(o, n);       /* the last reference: o may be gone from here on */
+    }
+    *ntouched = 0;
+}
+
+uint64_t conn_reserve_slot(struct rm_connection *c, int is_flush, uint64_t offset, uint32_t count)
+{
+    struct rm_pending *s;
+    uint64_t id = NO_SLOT;
+
+    pthread_mutex_lock(&c->pending_lock);
+    while (conn_live(c) && c->slots[c->next_id % PENDING_SLOTS].busy)
+        pthread_cond_wait(&c->slot_free, &c->pending_lock);
+    if (conn_live(c)) {
+        id = c->next_id++;
+        s = &c->slots[id % PENDING_SLOTS];
+        *s = (struct rm_pending){ .busy = 1, .replied = 1, .is_flush = is_flush, .id = id, .offset = offset,
+                                  .length = count, .sent_ns = now_ns() };
+        if (++c->npending == 1)
+            STAT_SET(c->dev, peer_oldest_pending_ns, s->sent_ns);
+        STAT_SET(c->dev, peer_pending, c->npending);
+    }
+    pthread_mutex_unlock(&c->pending_lock);
+    return id;
+}
+
+void conn_mark_not_local(struct rm_connection *c, uint64_t id)
+{
+    pthread_mutex_lock(&c->pending_lock);
+    c->slots[id % PENDING_SLOTS].not_local = 1;
+    pthread_mutex_unlock(&c->pending_lock);
+}
+
+int conn_bind_slot(struct rm_connection *c, uint64_t id, struct rm_origin *o, const unsigned char cookie[8],
+                   int sent, int wait_ack)
+{
+    struct rm_pending *s = &c->slots[id % PENDING_SLOTS];
+    int ret = SLOT_ANSWER_NOW;
+
+    pthread_mutex_lock(&c->pending_lock);
+    if (s->busy && s->id == id) {
+        if (sent == 0 && wait_ack) {
+            s->replied = 0;
+            s->origin = o;
+            memcpy(s->cookie, cookie, 8);
+            __atomic_fetch_add(&o->inflight, 1, __ATOMIC_RELAXED);
+            ret = SLOT_BOUND;
+        } else if (sent < 0) {
+            s->busy = 0;
+            c->npending--;
+            pthread_cond_broadcast(&c->slot_free);
+            update_oldest_locked(c);
+            ret = SLOT_RETURNED;
+        }
+    }
+    pthread_mutex_unlock(&c->pending_lock);
+    return ret;
+}
+
+/* A freed slot keeps its fields until it is reserved again (with a new id). */
+int conn_slot_failed_remote(struct rm_connection *c, uint64_t id)
+{
+    struct rm_pending *s = &c->slots[id % PENDING_SLOTS];
+    int failed;
+
+    pthread_mutex_lock(&c->pending_lock);
+    failed = !s->busy && s->id == id && s->not_local < 0;
+    pthread_mutex_unlock(&c->pending_lock);
+    return failed;
+}
+
+/* ---- the receiver thread ---- */
+
+struct receiver {
+    struct rm_connection *c;
+    unsigned char *buf;
+    size_t start, end;
+    unsigned char *payload;
+    size_t payload_cap;
+    struct rm_origin *touched[MAX_TOUCHED];
+    int ntouched;
+    int pipe[2];            /* for splice: socket -> pipe -> backing fd, one copy instead of two */
+    int spliced_rc;         /* result of the local write done by splice_payload */
+    int header_only;        /* after a spliced payload: read the next header alone, so a large
+                             * payload that follows stays in the socket for splice */
+    struct rm_spin spin;    /* mid-payload waits (device_splice_write) */
+};
+
+/* Large DATA/RS_DATA payloads go from the socket to the disk by splice (device_splice_write). */
+static int splice_payload(struct receiver *r, const struct rpl_header *h, int fua)
+{
+    size_t have = r->end - r->start;
+    int rc = device_splice_write(r->c->dev, &r->c->tp, r->pipe, r->buf + r->start, (uint32_t)have,
+                                 h->offset, h->length, fua, &r->spliced_rc, NULL, &r->spin);
+
+    r->start = r->end;
+    STAT_SET(r->c->dev, peer_last_rx_ns, now_ns());
+    return rc;
+}
+
+static int recv_exact(struct receiver *r, unsigned char *dst, size_t len)
+{
+    return transport_recv_exact_buffered(&r->c->tp, r->buf, &r->start, r->end, dst, len);
+}
+
+static void queue_ack(struct rm_connection *c, uint16_t type, const struct rpl_header *req, uint32_t aux)
+{
+    struct rpl_header h = { .type = type, .id = req->id, .offset = req->offset, .aux = aux };
+
+    pthread_mutex_lock(&c->send_lock);
+    conn_send_frame_locked(c, &h, NULL);
+    pthread_mutex_unlock(&c->send_lock);
+}
+
+static void complete_id(struct receiver *r, uint64_t id, int mark_dirty)
+{
+    struct rm_connection *c = r->c;
+    struct rm_pending *s;
+
+    pthread_mutex_lock(&c->pending_lock);
+    s = &c->slots[id % PENDING_SLOTS];
+    if (s->busy && s->id == id) {
+        if (mark_dirty && !s->is_flush)
+            device_mark_dirty(c->dev, s->offset, s->length);
+        if (mark_dirty && s->not_local)
+            s->not_local = -1;      /* failed: retry_on_peer reads it if it answers itself */
+        finish_slot_locked(c, s, s->not_local < 0 ? -EIO : 0, r->touched, &r->ntouched);
+        update_oldest_locked(c);
+    }
+    pthread_mutex_unlock(&c->pending_lock);
+}
+
+static int in_range(struct rm_connection *c, uint64_t offset, uint64_t length)
+{
+    return device_in_range(c->dev, offset, length);
+}
+
+static void serve_remote_read(struct rm_connection *c, const struct rpl_header *req);
+static void complete_remote_read(struct rm_connection *c, const struct rpl_header *h, const unsigned char *payload);
+static void fail_remote_reads(struct rm_connection *c);
+
+/* Apply one frame. Returns 0, or a negative errno that ends the link (*proto set when the
+ * peer broke the protocol rather than the socket failing). */
+static int handle_frame(struct receiver *r, const struct rpl_header *h, const unsigned char *payload, int *proto)
+{
+    struct rm_connection *c = r->c;
+    int fua = h->flags & RPL_FLAG_FUA, rc;
+
+    switch (h->type) {
+    case RPL_DATA:
+    case RPL_TRIM:
+    case RPL_ZEROES:
+    case RPL_FLUSH:
+        /* Only a Secondary takes writes from its peer: two writers would diverge. */
+        if (!device_is_read_only(c->dev) ||
+            (h->type != RPL_FLUSH && !in_range(c, h->offset, h->type == RPL_DATA ? h->length : h->aux))) {
+            *proto = 1;
+            return -EPROTO;
+        }
+        if (c->protocol == RM_PROTOCOL_B && h->type != RPL_FLUSH) {
+            queue_ack(c, RPL_RECV_ACK, h, 0);
+            /* "Received" is the whole point of B: say so before the write, unless more frames
+             * are already here (then the batch's acks go out together). */
+            if (r->end - r->start < RPL_HEADER_SIZE)
+                conn_flush(c);
+        }
+        if (device_disk_failed(c->dev))
+            rc = h->type == RPL_FLUSH ? 0 : -EIO;   /* out of use: the Primary marks it */
+        else if (h->type == RPL_DATA)
+            rc = payload ? device_pwrite(c->dev, payload, h->length, h->offset, fua) : r->spliced_rc;
+        else if (h->type == RPL_TRIM)
+            rc = device_trim(c->dev, h->aux, h->offset, fua);
+        else if (h->type == RPL_ZEROES)
+            rc = device_zero(c->dev, h->aux, h->offset, !(h->flags & RPL_FLAG_NO_HOLE), fua);
+        else
+            rc = device_flush(c->dev);
+        STAT_ADD(c->dev, peer_frames_applied, 1);
+        if (rc == 0 && (h->flags & RPL_FLAG_NOT_LOCAL) && h->type != RPL_FLUSH)
+            device_mark_dirty(c->dev, h->offset, h->type == RPL_DATA ? h->length : h->aux);
+        if (rc < 0)
+            queue_ack(c, RPL_NEG_ACK, h, (uint32_t)-rc);
+        else if (h->type == RPL_FLUSH)
+            queue_ack(c, RPL_FLUSH_ACK, h, 0);
+        else if (c->protocol != RM_PROTOCOL_B)
+            queue_ack(c, RPL_WRITE_ACK, h, 0);
+        return 0;
+    case RPL_RECV_ACK:
+    case RPL_WRITE_ACK:
+    case RPL_FLUSH_ACK:
+        complete_id(r, h->id, 0);
+        return 0;
+    case RPL_NEG_ACK:
+        complete_id(r, h->id, 1);
+        return 0;
+    case RPL_READ_REQUEST:
+        if (h->length || h->aux > RM_MAX_REQUEST || !in_range(c, h->offset, h->aux)) {
+            *proto = 1;
+            return -EPROTO;
+        }
+        serve_remote_read(c, h);
+        return 0;
+    case RPL_READ_REPLY:
+        complete_remote_read(c, h, payload);
+        return 0;
+    case RPL_PING:
+        queue_ack(c, RPL_PING_ACK, h, 0);
+        return 0;
+    case RPL_PING_ACK:
+        return 0;
+    case RPL_RS_DATA:
+        if (!in_range(c, h->offset, h->length)) {
+            *proto = 1;
+            return -EPROTO;
+        }
+        rc = payload ? device_pwrite(c->dev, payload, h->length, h->offset, 0) : r->spliced_rc;
+        if (rc == 0) {
+            device_clear_dirty(c->dev, h->offset, h->length);
+            STAT_ADD(c->dev, resync_bytes_received, h->length);
+            queue_ack(c, RPL_RS_DONE, h, h->length);
+        }
+        return 0;
+    case RPL_RS_DONE:
+        if (!in_range(c, h->offset, h->aux)) {
+            *proto = 1;
+            return -EPROTO;
+        }
+        device_clear_dirty(c->dev, h->offset, h->aux);
+        STAT_ADD(c->dev, resync_bytes_acked, h->aux);
+        return 0;
+    default:
+        if (h->type < RPL_CONTROL_MIN || h->length > RPL_MAX_CONTROL) {
+            *proto = 1;
+            return -EPROTO;
+        }
+        pthread_mutex_lock(&c->control_lock);
+        if (c->control_count == 256) {
+            pthread_mutex_unlock(&c->control_lock);
+            *proto = 1;
+            return -ENOBUFS;   /* Python stopped reading: drop the link rather than block */
+        }
+        unsigned char *frame = malloc(RPL_HEADER_SIZE + h->length);
+        if (!frame) {
+            pthread_mutex_unlock(&c->control_lock);
+            return -ENOMEM;
+        }
+        rpl_pack(frame, h);
+        memcpy(frame + RPL_HEADER_SIZE, payload, h->length);
+        unsigned slot = (c->control_head + c->control_count) % 256;
+        c->control[slot] = frame;
+        c->control_len[slot] = RPL_HEADER_SIZE + h->length;
+        c->control_count++;
+        pthread_mutex_unlock(&c->control_lock);
+        device_post_event(c->dev, RM_EV_PEER_CONTROL, 0, h->type, h->length);
+        return 0;
+    }
+}
+
+static int receive_loop(struct receiver *r, int *proto, uint64_t *bad_type)
+{
+    struct rm_connection *c = r->c;
+
+    for (;;) {
+        struct rpl_header h;
+        const unsigned char *payload;
+        int rc;
+
+        if (r->end - r->start < RPL_HEADER_SIZE) {
+            /* Input drained: send the acks and client answers this batch produced. */
+            conn_flush(c);
+            flush_touched(r->touched, &r->ntouched);
+            if (r->start) {
+                memmove(r->buf, r->buf + r->start, r->end - r->start);
+                r->end -= r->start;
+                r->start = 0;
+            }
+            size_t want = r->header_only ? RPL_HEADER_SIZE - r->end : RBUF_SIZE - r->end;
+            ssize_t n = c->tp.ops->recv(&c->tp, r->buf + r->end, want, 0);
+            if (n == 0)
+                return r->end ? -ECONNRESET : 0;
+            if (n == -EINTR)
+                continue;
+            if (n < 0)
+                return (int)n;
+            r->end += (size_t)n;
+            STAT_SET(c->dev, peer_last_rx_ns, now_ns());
+            continue;
+        }
+        if (rpl_unpack(r->buf + r->start, &h) < 0) {
+            *proto = 1;
+            *bad_type = 0;
+            return -EPROTO;
+        }
+        if (h.length > RPL_MAX_PAYLOAD) {
+            *proto = 1;
+            *bad_type = h.type;
+            return -EMSGSIZE;
+        }
+        r->start += RPL_HEADER_SIZE;
+        if (r->end - r->start >= h.length) {
+            payload = r->buf + r->start;
+            r->start += h.length;
+        } else if (r->pipe[0] >= 0 && h.length >= SPLICE_MIN && (h.type == RPL_DATA || h.type == RPL_RS_DATA) &&
+                   device_is_read_only(c->dev) && in_range(c, h.offset, h.length) &&
+                   !device_disk_failed(c->dev)) {
+            if ((rc = splice_payload(r, &h, h.flags & RPL_FLAG_FUA)) < 0)
+                return rc;
+            payload = NULL;
+            r->header_only = 1;
+        } else {
+            if (r->payload_cap < h.length) {
+                free(r->payload);
+                r->payload = malloc(h.length);
+                r->payload_cap = r->payload ? h.length : 0;
+                if (!r->payload)
+                    return -ENOMEM;
+            }
+            if ((rc = recv_exact(r, r->payload, h.length)) < 0)
+                return rc;
+            STAT_SET(c->dev, peer_last_rx_ns, now_ns());
+            payload = r->payload;
+        }
+        if (payload)
+            r->header_only = 0;
+        rc = handle_frame(r, &h, payload, proto);
+        if (rc < 0) {
+            *bad_type = h.type;
+            return rc;
+        }
+        if (r->payload_cap > 4 * 1024 * 1024) {
+            free(r->payload);
+            r->payload = NULL;
+            r->payload_cap = 0;
+        }
+    }
+}
+
+static void *receiver_main(void *arg)
+{
+    struct rm_connection *c = arg;
+    struct receiver r = { .c = c };
+    uint64_t bad_type = 0;
+    int proto = 0, rc;
+
+    r.buf = malloc(RBUF_SIZE);
+    if (transport_open_pipe(r.pipe) < 0)
+        r.pipe[0] = r.pipe[1] = -1;
+    rc = r.buf ? receive_loop(&r, &proto, &bad_type) : -ENOMEM;
+    if (r.pipe[0] >= 0) {
+        close(r.pipe[0]);
+        close(r.pipe[1]);
+    }
+
+    /* Sweep: from here on writes go to the bitmap; everything unacknowledged is out of sync. */
+    pthread_mutex_lock(&c->pending_lock);
+    __atomic_store_n(&c->dead, 1, __ATOMIC_RELEASE);
+    for (unsigned i = 0; i < PENDING_SLOTS; i++) {
+        struct rm_pending *s = &c->slots[i];
+        if (!s->busy)
+            continue;
+        if (!s->is_flush)
+            device_mark_dirty(c->dev, s->offset, s->length);
+        if (s->not_local)
+            s->not_local = -1;
+        finish_slot_locked(c, s, s->not_local ? -EIO : 0, r.touched, &r.ntouched);
+        if (r.ntouched == MAX_TOUCHED)
+            flush_touched(r.touched, &r.ntouched);
+    }
+    update_oldest_locked(c);
+    pthread_mutex_unlock(&c->pending_lock);
+    flush_touched(r.touched, &r.ntouched);
+    fail_remote_reads(c);
+    c->tp.ops->shutdown(&c->tp, SHUT_RDWR);
+    STAT_SET(c->dev, peer_connected, 0);
+    device_post_event(c->dev, proto ? RM_EV_PEER_PROTOCOL : RM_EV_PEER_LOST, rc < 0 ? -rc : 0,
+                      proto ? bad_type : 0, 0);
+    free(r.buf);
+    free(r.payload);
+    return NULL;
+}
+
+/* ---- attach, detach, ping, resync, control frames ---- */
+
+int conn_attach(struct rm_connection *c, int fd, int protocol)
+{
+    int rc;
+
+    if (protocol < RM_PROTOCOL_A || protocol > RM_PROTOCOL_C)
+        return -EINVAL;
+    if (__atomic_load_n(&c->attached, __ATOMIC_ACQUIRE))
+        return -EBUSY;
+    pthread_mutex_lock(&c->send_lock);
+    transport_socket_init(&c->tp, fd);
+    c->protocol = protocol;
+    c->send_failed = 0;
+    c->sbuf_len = 0;
+    pthread_mutex_unlock(&c->send_lock);
+    __atomic_store_n(&c->dead, 0, __ATOMIC_RELEASE);
+    STAT_SET(c->dev, peer_last_rx_ns, now_ns());
+    STAT_SET(c->dev, peer_connected, 1);
+    __atomic_store_n(&c->attached, 1, __ATOMIC_RELEASE);
+    rc = pthread_create(&c->receiver, NULL, receiver_main, c);
+    if (rc) {
+        __atomic_store_n(&c->attached, 0, __ATOMIC_RELEASE);
+        STAT_SET(c->dev, peer_connected, 0);
+        c->tp.fd = -1;
+        return -rc;
+    }
+    return 0;
+}
+
+int conn_detach(struct rm_connection *c)
+{
+    if (!__atomic_load_n(&c->attached, __ATOMIC_ACQUIRE))
+        return 0;
+    c->tp.ops->shutdown(&c->tp, SHUT_RDWR);   /* wakes the receiver; it sweeps and exits */
+    pthread_join(c->receiver, NULL);
+    pthread_mutex_lock(&c->send_lock);
+    c->tp.fd = -1;
+    c->sbuf_len = 0;
+    pthread_mutex_unlock(&c->send_lock);
+    __atomic_store_n(&c->attached, 0, __ATOMIC_RELEASE);
+    drop_control_frames(c);
+    return 0;
+}
+
+int conn_ping(struct rm_connection *c)
+{
+    struct rpl_header h = { .type = RPL_PING };
+    int rc;
+
+    if (!conn_live(c))
+        return -ENOTCONN;
+    /* Never wait behind another send: on a dead link a resync chunk or a large write blocks in
+     * sendmsg with send_lock held until TCP gives up, and the caller (Python's monitor) must stay
+     * free to notice the silence and detach, which unblocks that send. */
+    if (pthread_mutex_trylock(&c->send_lock) != 0)
+        return -EBUSY;
+    rc = conn_send_frame_locked(c, &h, NULL);
+    if (rc == 0)
+        rc = sbuf_send_locked(c, 0);
+    pthread_mutex_unlock(&c->send_lock);
+    return rc;
+}
+
+int conn_resync_send(struct rm_connection *c, uint64_t offset, uint32_t length)
+{
+    int rc;
+
+    if (length == 0 || length > RM_MAX_RESYNC_CHUNK || !in_range(c, offset, length))
+        return -EINVAL;
+    if (!conn_live(c))
+        return -ENOTCONN;
+    /* Read under the send lock: the block version we send cannot be older than one already
+     * queued by a concurrent application write (see the file comment). sendfile() moves the
+     * blocks from the page cache to the socket without a copy through user space. */
+    pthread_mutex_lock(&c->send_lock);
+    rc = conn_send_range_frame_locked(c, &(struct rpl_header){ .type = RPL_RS_DATA, .id = offset,
+                                                           .offset = offset, .length = length });
+    pthread_mutex_unlock(&c->send_lock);
+    if (rc == 0)
+        STAT_ADD(c->dev, resync_bytes_sent, length);
+    return rc;
+}
+
+int conn_send_control(struct rm_connection *c, const void *frame, uint32_t length)
+{
+    struct rpl_header h;
+
+    if (length < RPL_HEADER_SIZE || rpl_unpack(frame, &h) < 0 || h.type < RPL_CONTROL_MIN ||
+        h.length != length - RPL_HEADER_SIZE || h.length > RPL_MAX_CONTROL)
+        return -EINVAL;
+    if (!conn_live(c))
+        return -ENOTCONN;
+    return conn_send_frame(c, &h, (const unsigned char *)frame + RPL_HEADER_SIZE, 1);
+}
+
+int conn_recv_control(struct rm_connection *c, void *buf, uint32_t cap)
+{
+    int len = 0;
+
+    pthread_mutex_lock(&c->control_lock);
+    if (c->control_count) {
+        unsigned slot = c->control_head;
+        if (c->control_len[slot] > cap) {
+            len = -ENOSPC;
+        } else {
+            len = (int)c->control_len[slot];
+            memcpy(buf, c->control[slot], c->control_len[slot]);
+            free(c->control[slot]);
+            c->control_head = (slot + 1) % 256;
+            c->control_count--;
+        }
+    }
+    pthread_mutex_unlock(&c->control_lock);
+    return len;
+}
+
+/* Receiver thread: the Diskless peer reads [offset, + aux) from our disk. */
+static void serve_remote_read(struct rm_connection *c, const struct rpl_header *req)
+{
+    struct rpl_header h = { .type = RPL_READ_REPLY, .id = req->id, .offset = req->offset };
+
+    pthread_mutex_lock(&c->send_lock);
+    if (device_disk_failed(c->dev) || req->aux == 0) {
+        h.aux = req->aux ? EIO : 0;
+        conn_send_frame_locked(c, &h, NULL);
+    } else {
+        h.length = req->aux;
+        if (conn_send_range_frame_locked(c, &h) == 0) {
+            STAT_ADD(c->dev, reads, 1);
+            STAT_ADD(c->dev, bytes_read, req->aux);
+        }
+    }
+    pthread_mutex_unlock(&c->send_lock);
+}
+
+static void complete_remote_read(struct rm_connection *c, const struct rpl_header *h, const unsigned char *payload)
+{
+    struct rm_read_wait **pw, *w = NULL;
+
+    pthread_mutex_lock(&c->read_lock);
+    for (pw = &c->reads; *pw; pw = &(*pw)->next) {
+        if ((*pw)->id == h->id) {
+            w = *pw;
+            *pw = w->next;
+            break;
+        }
+    }
+    if (w) {
+        if (h->aux)
+            w->rc = -(int)h->aux;
+        else if (h->length != w->len)
+            w->rc = -EIO;
+        else
+            memcpy(w->buf, payload, w->len);
+        w->done = 1;
+        pthread_cond_broadcast(&c->read_done);
+    }
+    pthread_mutex_unlock(&c->read_lock);
+}
+
+/* The link is gone (dead is set, so no new read registers): every waiting read fails. */
+static void fail_remote_reads(struct rm_connection *c)
+{
+    pthread_mutex_lock(&c->read_lock);
+    while (c->reads) {
+        c->reads->rc = -EIO;
+        c->reads->done = 1;
+        c->reads = c->reads->next;
+    }
+    pthread_cond_broadcast(&c->read_done);
+    pthread_mutex_unlock(&c->read_lock);
+}
+
+int conn_remote_read(struct rm_connection *c, void *buf, uint32_t count, uint64_t offset)
+{
+    struct rm_read_wait w = { .buf = buf, .len = count };
+    struct rpl_header h = { .type = RPL_READ_REQUEST, .offset = offset, .aux = count };
+
+    if (count == 0)
+        return 0;
+    pthread_mutex_lock(&c->read_lock);
+    if (!conn_live(c)) {
+        pthread_mutex_unlock(&c->read_lock);
+        return -EIO;
+    }
+    w.id = h.id = c->next_read_id++;
+    w.next = c->reads;
+    c->reads = &w;
+    pthread_mutex_unlock(&c->read_lock);
+    if (conn_send_frame(c, &h, NULL, 1) < 0)
+        complete_remote_read(c, &(struct rpl_header){ .id = w.id, .aux = EIO }, NULL);
+    pthread_mutex_lock(&c->read_lock);
+    while (!w.done)
+        pthread_cond_wait(&c->read_done, &c->read_lock);
+    pthread_mutex_unlock(&c->read_lock);
+    if (w.rc == 0) {
+        STAT_ADD(c->dev, reads, 1);
+        STAT_ADD(c->dev, bytes_read, count);
+    }
+    return w.rc;
+}
