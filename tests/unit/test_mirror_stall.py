@@ -66,7 +66,7 @@ def flood(sock, stuck):
         while True:
             sock.sendall(REQUEST.pack(REQUEST_MAGIC, 0, WRITE, i, (i % 512) * 4096, 4096) + payload)
             i += 1
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         stuck.set()
     except OSError:
         pass
