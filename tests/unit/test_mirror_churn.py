@@ -14,23 +14,12 @@ import socket
 import struct
 import threading
 
-from replica.bitmap import Bitmap
-from replica.mirror import Engine
+from tests.unit.test_mirror_peer import SIZE, make_engine
 
-SIZE = 8 << 20
 REQUEST = struct.Struct(">IHHQQI")
 REQUEST_MAGIC, WRITE, FLUSH = 0x25609513, 1, 3
 CLIENTS = 16
 ROUNDS = 60
-
-
-def make_engine(tmp_path, name, read_only=False):
-    fd = os.open(tmp_path / name, os.O_RDWR | os.O_CREAT, 0o600)
-    os.ftruncate(fd, SIZE)
-    eng = Engine(fd, SIZE, read_only=read_only)
-    bitmap = Bitmap(SIZE)
-    eng.set_bitmap(bitmap)
-    return eng, fd, bitmap
 
 
 def vanishing_client(engine, rng, results):

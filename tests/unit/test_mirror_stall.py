@@ -16,23 +16,12 @@ import struct
 import threading
 import time
 
-from replica.bitmap import Bitmap
-from replica.mirror import Engine
+from tests.unit.test_mirror_peer import make_engine
 
-SIZE = 8 << 20
 REQUEST = struct.Struct(">IHHQQI")
 REPLY = struct.Struct(">IIQ")
 REQUEST_MAGIC, WRITE, DISC = 0x25609513, 1, 2
 B_WRITES = 300
-
-
-def make_engine(tmp_path, name, read_only=False):
-    fd = os.open(tmp_path / name, os.O_RDWR | os.O_CREAT, 0o600)
-    os.ftruncate(fd, SIZE)
-    eng = Engine(fd, SIZE, read_only=read_only)
-    bitmap = Bitmap(SIZE)
-    eng.set_bitmap(bitmap)
-    return eng, fd
 
 
 def serve(engine, small_buffers=False):
@@ -73,8 +62,8 @@ def flood(sock, stuck):
 
 
 def test_a_client_that_stops_reading_stalls_only_itself(tmp_path):
-    primary, pfd = make_engine(tmp_path, "primary")
-    secondary, sfd = make_engine(tmp_path, "secondary", read_only=True)
+    primary, pfd, _ = make_engine(tmp_path, "primary")
+    secondary, sfd, _ = make_engine(tmp_path, "secondary", read_only=True)
     a, b = socket.socketpair()
     socks = [a, b]
     try:
