@@ -105,19 +105,15 @@ class ExportServer:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.listener, selectors.EVENT_READ, None)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._handshakes: dict[int, _Handshake] = {}
-        # Deadlines are accept time + a constant, so arrival order is deadline order: expiry
-        # looks at the front only, whatever the number of clients.
+        # Every handshake in progress, in arrival order. Deadlines are accept time + a constant,
+        # so this is deadline order too: expiry looks at the front only, whatever the number
+        # of clients. Finished ones (`done`) leave when they reach the front.
         self._by_deadline: collections.deque[_Handshake] = collections.deque()
         self._accept_paused_until = 0.0
         self._greeting = self._new_codec().data_to_send()
         self._loop_thread = threading.Thread(target=self._handshake_loop, name=f"nbd-accept[{name}]",
                                              daemon=True)
         self._loop_thread.start()
-
-    @property
-    def handshakes_in_progress(self) -> int:
-        return len(self._handshakes)
 
     def stop(self) -> None:
         """Stop accepting, end every connection, and wait for their threads."""
@@ -159,7 +155,7 @@ class ExportServer:
                         self._service(key.data, events)
                 self._expire(time.monotonic())
         finally:
-            for hs in list(self._handshakes.values()):
+            for hs in [hs for hs in self._by_deadline if not hs.done]:
                 self._drop(hs)
             self._selector.close()
             self.listener.close()
@@ -167,8 +163,7 @@ class ExportServer:
             os.close(self._wake_w)
 
     def _next_timeout(self) -> float | None:
-        while self._by_deadline and self._by_deadline[0].done:
-            self._by_deadline.popleft()
+        # _expire ran last: the front of _by_deadline is a handshake still in progress
         deadlines = [self._by_deadline[0].deadline] if self._by_deadline else []
         if self._accept_paused_until:
             deadlines.append(self._accept_paused_until)
@@ -202,7 +197,6 @@ class ExportServer:
             conn.data_to_send()   # the greeting, sent above
             hs = _Handshake(client, addr if addr else "unix", conn,
                             time.monotonic() + HANDSHAKE_TIMEOUT_S)
-            self._handshakes[client.fileno()] = hs
             self._by_deadline.append(hs)
             self._selector.register(client, selectors.EVENT_READ, hs)
 
@@ -273,7 +267,6 @@ class ExportServer:
 
     def _forget(self, hs: _Handshake) -> None:
         hs.done = True
-        self._handshakes.pop(hs.sock.fileno(), None)
         try:
             self._selector.unregister(hs.sock)
         except (KeyError, ValueError):
