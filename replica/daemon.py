@@ -104,8 +104,10 @@ class Daemon:
     def _config(self, req: dict) -> Config:
         return load_config(req.get("config") or self.where.config)
 
-    def _runtime(self, req: dict, name: str | None = None) -> ResourceRuntime:
-        """The resource's runtime: as it runs when in use, else built from the command's config."""
+    def _runtime(self, req: dict, name: str | None = None,
+                 config: Config | None = None) -> ResourceRuntime:
+        """The resource's runtime: as it runs when in use, else built from the command's config
+        (`config` when the caller has already read it)."""
         name = name or req["resource"]
         node = req.get("node") or self.where.node
         rt = self.resources.get(name)
@@ -114,7 +116,7 @@ class Daemon:
                 raise ReplicaError(f"{name}: this replicad ({self.where.run_dir}) runs it as node "
                                    f"'{rt.host.name}', not '{node}'")
             return rt
-        resource = self._config(req).resource(name)
+        resource = (config or self._config(req)).resource(name)
         rt = ResourceRuntime(resource, node, self.where.default_export_path(name))
         self.resources[name] = rt
         return rt
@@ -126,8 +128,9 @@ class Daemon:
         return {"pid": os.getpid()}
 
     def cmd_up(self, req: Request) -> Reply:
-        rt = self._runtime(req)
-        for warning in self._config(req).warnings:
+        config = self._config(req)
+        rt = self._runtime(req, config=config)
+        for warning in config.warnings:
             log.warning("%s", warning)
         with rt.lock:
             if not rt.resource.standalone and not rt.has_link:
@@ -161,14 +164,16 @@ class Daemon:
             return {"attached": True, **rt.dump_md()}
 
     def cmd_status(self, req: Request) -> Reply:
+        config = None
         if req.get("resource"):
             names = [req["resource"]]
         else:
+            config = self._config(req)
             in_use = [n for n, rt in self.resources.items() if _in_use(rt)]
-            names = [*self._config(req).resources, *in_use]
+            names = [*config.resources, *in_use]
         out = []
         for name in dict.fromkeys(names):
-            rt = self._runtime(req, name)
+            rt = self._runtime(req, name, config)
             with rt.lock:
                 out.append(rt.status())
         return {"resources": out}
