@@ -1,11 +1,15 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""The seed's setup end to end: hbd moves the VIP, the replicated disk and a database.
+"""The seed's setup end to end: hbd moves the VIP, the replicated disk, ext4 and a database.
 
 scripts/demo_failover.sh builds three network namespaces, runs replicad and hbd on two nodes
-(haresources "ha1 VIP datadisk kvstore"), stores records through the VIP, kills ha1 the hard
-way, and checks that ha2 serves every acknowledged record; then ha1 returns, resyncs and takes
-the service back, and the two disks must be identical. The script exits non-zero on any of it.
+(haresources "ha1 VIP datadisk::r0 Filesystem::/dev/drbd0::/data::ext4 kvstore"), makes ext4 on
+the first Primary, stores records through the VIP (each an fsynced file), kills ha1 the hard
+way, and checks that ha2 mounts the filesystem (journal replay) and serves every acknowledged
+record; then ha1 returns, resyncs and takes the service back, the two disks must be identical
+and e2fsck clean. The script exits non-zero on any of it; this test also checks that it leaves
+nothing behind: namespaces, /dev/drbd0, loop devices over its files, /data.
 """
+import glob
 import os
 import re
 import subprocess
@@ -13,26 +17,41 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import requires_commands, requires_module, requires_root
+from tests.conftest import requires_commands, requires_root
 
 pytestmark = pytest.mark.root
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "demo_failover.sh"
 
 
+def loop_backing_files() -> list[str]:
+    out = []
+    for path in glob.glob("/sys/block/loop*/loop/backing_file"):
+        try:
+            out.append(Path(path).read_text().strip())
+        except OSError:
+            pass
+    return out
+
+
 @pytest.mark.slow
 def test_failover_keeps_every_acknowledged_record_and_fails_back():
     requires_root()
-    requires_commands("ip", "curl")
-    requires_module("nbd")
-    run = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=300,
+    requires_commands("ip", "curl", "mkfs.ext4", "e2fsck", "nsenter", "findmnt", "flock", "fuser")
+    had = {p: os.path.lexists(p) for p in ("/data", "/dev/drbd0", "/dev/replica/r0")}
+    run = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=400,
                          env={**os.environ, "TERM": "dumb"})
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-4000:]
     assert "records lost in the failover: 0 of 20" in out
+    assert re.search(r"ha1's hbd sees: /dev/\S+ /data\s+ext4", out), out[-4000:]
+    assert re.search(r"ha2's hbd sees: /dev/\S+ /data\s+ext4", out), out[-4000:]
     assert re.search(r"GET / -> 20 records, served by ha2", out), out[-4000:]
     assert re.search(r"GET / -> 25 records, served by ha1", out), out[-4000:]
     assert "the two disks are identical" in out
-    # nothing left behind: the script's namespaces are gone
+    assert "e2fsck -fn on ha1's disk: clean" in out
+    # nothing left behind: namespaces, the device names, loop devices over the run's files, /data
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "hafo" not in left
+    assert not [f for f in loop_backing_files() if "ha-demo" in f]
+    assert {p: os.path.lexists(p) for p in had} == had
