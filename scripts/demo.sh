@@ -5,8 +5,9 @@
 #      write (qemu-io, nbdcopy), status, down;
 #   2. two-node replication in network namespaces (demo_replication.sh);
 #   3. a virtual-IP failover between two hbd nodes (demo_hbd.sh);
-#   4. the whole product: heartbeat moving the VIP, the replicated disk and a database
-#      from a dead node to the survivor and back, no acknowledged record lost (demo_failover.sh).
+#   4. the whole product: heartbeat moving the VIP, the replicated disk (/dev/drbd0), its ext4
+#      filesystem and a database of fsynced files from a dead node to the survivor and back,
+#      no acknowledged record lost, e2fsck clean (demo_failover.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=$here/.venv/bin
