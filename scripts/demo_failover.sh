@@ -24,8 +24,10 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=$REPO/.venv/bin/python
 [ "$(id -u)" = 0 ] || { echo "demo_failover: needs root (network namespaces)" >&2; exit 77; }
-exec 9<"$0"
-flock -w 600 9 || { echo "demo_failover: another run kept /dev/drbd0 for 600 s" >&2; exit 1; }
+if [ -z "${DEMO_FAILOVER_LOCKED:-}" ]; then   # one run at a time (flock -o: the daemons we start
+    export DEMO_FAILOVER_LOCKED=1              # do not inherit the lock's file descriptor)
+    exec flock -o -w 600 "$0" bash "$0" "$@"
+fi
 PFX=hafo$$
 WORK=$(mktemp -d /tmp/ha-demo.XXXXXX)
 DISKS=$(mktemp -d /dev/shm/ha-demo.XXXXXX)
