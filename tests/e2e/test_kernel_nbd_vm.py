@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""The real Linux NBD client (nbd.ko + Debian's nbd-client) against replicad, in a qemu guest.
+"""The real Linux NBD client (nbd.ko) in a qemu guest: Debian's nbd-client against replicad, and
+replicad's own netlink attach code (replica.kernel_nbd) driving nbd.ko with no nbd-client at all.
 
 The host kernel has no nbd module, so Debian's cloud kernel boots under qemu TCG (tests/e2e/vm/)
 and attaches replicad's TCP export on the host's 127.0.0.1 (10.0.2.2 in the guest). The guest
@@ -7,7 +8,13 @@ makes ext4, writes files with fsync and with a sync after each (FLUSH-heavy), ch
 e2fsck, disconnects, reconnects and reads them back. The host then proves the bytes reached
 replicad's backing file: `e2fsck -fn` on it, and a read-only loop mount whose md5s must equal
 the guest's. One boot, ~11 s under TCG on 2 cores, plus a ~4 s boot proving a failing guest is
-reported as a failure. The image builder's parsers (newc cpio, ELF .modinfo, console lines) are
+reported as a failure.
+
+Our attach code runs in the guest on this host's Python (a read-only second disk built by
+tests/e2e/vm/pydisk.py, cached) with our packages in the per-run archive: an Engine on /dev/vdb
+(a raw file here) is attached by KernelNbdBackend, carries ext4 through fsync, sync, umount,
+e2fsck, detach, reattach, a forced detach while mounted and a cleanup after its owner was
+killed; the host then checks the raw file as above. The image builder's parsers (newc cpio, ELF .modinfo, console lines) are
 checked here too, without root and without a VM.
 """
 import contextlib
@@ -28,8 +35,9 @@ from hypothesis import strategies as st
 
 from tests.conftest import requires_commands, requires_root
 from tests.e2e.vm.cpio import CpioWriter
-from tests.e2e.vm.guest import GuestRun, run_guest
-from tests.e2e.vm.image import ImageUnavailable, build_boot_image, module_load_order, parse_modinfo
+from tests.e2e.vm.guest import GuestRun, project_files, run_guest
+from tests.e2e.vm.image import ImageUnavailable, build_boot_image, cache_dir, module_load_order, parse_modinfo
+from tests.e2e.vm.pydisk import build_python_disk
 from tests.integration.replica_fixtures import serve_resource
 
 MiB = 1 << 20
@@ -39,6 +47,9 @@ DATA_KIB = 4096         # ... of 4 MiB random data each
 SYNC_FILES = 24         # small files, each followed by a whole-system sync (NBD FLUSH)
 GUEST_TIMEOUT_S = 90
 SCRIPT = Path(__file__).resolve().parent / "vm" / "nbd_ext4.sh"
+KNBD_SCRIPT = Path(__file__).resolve().parent / "vm" / "knbd_ext4.sh"
+KNBD_GUEST = Path(__file__).resolve().parent / "vm" / "knbd_guest.py"
+KNBD_DISK_SIZE = 64 * MiB
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +58,14 @@ def boot_image():
     requires_commands("timeout", "mount", "umount", "losetup", "e2fsck")
     try:
         return build_boot_image()
+    except ImageUnavailable as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def python_disk(boot_image):
+    try:
+        return build_python_disk(cache_dir())
     except ImageUnavailable as e:
         pytest.skip(str(e))
 
@@ -151,6 +170,59 @@ def test_guest_reports_failure_when_nothing_listens(boot_image, scratch):
     assert [s.split()[0] for s in run.values("STEP")] == ["unknown-export", "connect"], run.tail()
     assert run.values("FAIL")[0].startswith("nbd-client 10.0.2.2 "), run.tail()
     assert run.values("POWEROFF") and run.returncode == 0, run.tail()
+
+
+def _check_backing_file(disk: Path, guest_md5: dict[str, str], scratch: Path) -> dict[str, int]:
+    """Host side: e2fsck -fn the raw file, loop-mount it read-only, compare md5s with the guest's."""
+    fsck = subprocess.run(["e2fsck", "-fn", str(disk)], capture_output=True, text=True, timeout=60)
+    assert fsck.returncode == 0, f"host e2fsck -fn {disk}: exit {fsck.returncode}\n{fsck.stdout}{fsck.stderr}"
+    mnt = scratch / "mnt"
+    mnt.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-o", "ro,loop,noload", "-t", "ext4", str(disk), str(mnt)],
+                   check=True, capture_output=True, timeout=30)
+    try:
+        host_files = {str(p.relative_to(mnt)) for p in mnt.rglob("*") if p.is_file()}
+        host_md5 = {rel: _md5(mnt / rel) for rel in sorted(host_files - {"lost+found"})}
+        sizes = {rel: (mnt / rel).stat().st_size for rel in host_md5}
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True, capture_output=True, timeout=30)
+        _detach_loops(disk)
+    assert host_md5 == guest_md5, "the backing file's files differ from what the guest wrote"
+    return sizes
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_our_netlink_attach_drives_kernel_nbd_ext4(boot_image, python_disk, scratch):
+    """replica.kernel_nbd in the guest: no nbd-client, our Engine and our netlink binding."""
+    disk = scratch / "backing.img"
+    with open(disk, "wb") as f:
+        f.truncate(KNBD_DISK_SIZE)
+    files = project_files()
+    files["/vmtest/knbd_guest.py"] = (KNBD_GUEST.read_bytes(), 0o644)
+    env = {"GUEST_PROGRAM": "/vmtest/knbd_guest.py", "DATA_FILES": 3, "DATA_KIB": 2048, "SYNC_FILES": 8}
+    run = run_guest(boot_image, KNBD_SCRIPT, env, scratch, GUEST_TIMEOUT_S, files=files,
+                    drives=((python_disk, True), (disk, False)))
+    report = f"guest verdict {run.verdict!r}, qemu exit {run.returncode}, {run.elapsed_s:.1f} s; console tail:\n{run.tail()}"
+    assert run.values("INIT"), f"the guest never reached /init: {report}"
+    assert run.passed, report
+    steps = [s.split()[0] for s in run.values("STEP")]
+    assert steps == ["available", "attach", "mkfs", "fsync-writes", "flush-writes", "checksum", "umount", "e2fsck",
+                     "detach", "reattach", "verify", "force-detach", "released", "killed-owner", "done"], report
+    assert run.values("DEVICE") == ["/dev/nbd0"], report    # the kernel picked the free device
+    assert json.loads(run.values("ENDS")[0]) == ["disconnect requested"] * 2, report
+    stats = json.loads(run.values("STATS")[0])
+    # What the engine saw: the kernel's requests through the C frontend, over both sockets.
+    assert stats["connections"] == 2, stats
+    assert stats["bytes_written"] >= 3 * 2048 * 1024, stats
+    assert stats["flushes"] >= 8, stats
+    assert stats["trims"] >= 1, stats
+    assert stats["io_errors"] == 0, stats
+    assert len(run.values("CLEANUP")) == 1, report
+    guest_md5 = run.md5s()
+    assert set(guest_md5) == {f"fsync/data{i}" for i in range(3)} | {f"flush/small{i}" for i in range(8)}, report
+    sizes = _check_backing_file(disk, guest_md5, scratch)
+    assert sizes["fsync/data0"] == 2048 * 1024 and sizes["flush/small7"] == 1000 + 7 * 777
 
 
 # --- the image builder's parts, root-free -------------------------------------------------------
