@@ -142,10 +142,22 @@ def cmd_up(ctl: Ctl, name: str) -> int:
 
 
 def cmd_down(ctl: Ctl, name: str) -> int:
+    force = bool(ctl.args.force)
     if not ctl.daemon_running:
-        return 0  # nothing is up: down is already true
+        # nothing is up: down is already true, but a replicad that died may have left its
+        # block device (mounted loop device, dead FUSE mount): --force releases it
+        from replica.blockdev import cleanup_after_crash, record_path
+        for res in ctl.resource_names(name):
+            if not force:
+                if os.path.exists(record_path(ctl.where.run_dir, res)):
+                    print(f"{res}: replicad is not running but left its block device: "
+                          f"`replicactl down --force {res}` releases it", file=sys.stderr)
+                continue
+            for line in cleanup_after_crash(ctl.where.run_dir, res):
+                print(f"{res}: {line}")
+        return 0
     for res in ctl.resource_names(name):
-        ctl.call("down", resource=res)
+        ctl.call("down", resource=res, force=force)
     return 0
 
 
@@ -214,11 +226,16 @@ def _size_kib(n: int) -> str:
 def format_status(st: dict, verbose: bool = False) -> str:
     """drbdadm status layout (drbd-reference.md 1.12) for one resource.
 
-    Peer lines appear for replicated resources: `  <peer> connection:<C>` while not Connected,
+    A Primary's block device gets a line: its name, the kernel device behind it, and who holds
+    it (mounts, processes). Peer lines appear for replicated resources: `  <peer> connection:<C>` while not Connected,
     else `  <peer> role:<R>` and `    [replication:<S> ]peer-disk:<D>[ done:<pct>]`
     (replication only beyond Established, as drbdsetup prints it).
     """
     lines = [f"{st['name']} role:{st['role']}", f"  disk:{st['disk_state']}"]
+    dev = st.get("device")
+    if dev:
+        held = "; ".join(dev.get("holders") or []) or "not open"
+        lines.append(f"  device:{dev['path']} kernel:{dev['kernel']} ({dev['kind']}) {held}")
     if st.get("standalone", True) or not st.get("peer"):
         return "\n".join(lines)
     if st["connection"] != "Connected":
@@ -325,7 +342,9 @@ COMMANDS = [
             (("--json", "machine-readable output"),)),
     Command("up", cmd_up, True, "attach the disk and connect to the peer (starts replicad if "
             "needed)"),
-    Command("down", cmd_down, True, "disconnect, demote and release the disk"),
+    Command("down", cmd_down, True, "disconnect, demote and release the disk",
+            (("--force", "even while the device is mounted or open (it goes away when its last "
+              "user lets go), or after replicad died"),)),
     Command("attach", _verb("attach", start_daemon=True), True, "open the disk and its metadata"),
     Command("detach", _verb("detach"), True, "release the disk (clean metadata shutdown)"),
     Command("connect", _verb("connect", discard_my_data="discard_my_data"), True,
@@ -383,7 +402,8 @@ def main(argv=None) -> int:
         return 0
     except Refused as exc:
         ctl.reap_started_daemon()
-        print(f"{exc.context}: State change failed: {exc.refusal.sentence}", file=sys.stderr)
+        detail = f" ({exc.detail})" if exc.detail else ""
+        print(f"{exc.context}: State change failed: {exc.refusal.sentence}{detail}", file=sys.stderr)
         return EXIT_REFUSED
     except (ReplicaError, OSError) as exc:
         ctl.reap_started_daemon()

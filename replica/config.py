@@ -17,8 +17,10 @@ Units follow DRBD: ping-int/connect-int in seconds; ping-timeout, timeout, c-pla
 c-delay-target, disk-timeout in tenths of a second; resync-rate, c-max-rate, c-min-rate in KiB/s;
 c-fill-target and size in 512-byte sectors; sndbuf/rcvbuf-size, congestion-fill in bytes. Suffixes
 K, M, G multiply by 1024, 1024**2, 1024**3 (bytes). Dataclass fields carry the unit in their name.
-Our additions: `export unix:PATH|HOST:PORT` (NBD endpoint), `device /dev/nbdN`, `meta-disk`
-defaulting to internal. A resource with one `on` section is standalone; with two it is replicated.
+Our additions: `export unix:PATH|HOST:PORT` (NBD endpoint), `device-kind auto|nbd|fuse` (how the
+`device` is made: kernel NBD, or a FUSE file on a loop device; auto = NBD when the kernel has it,
+else FUSE), `meta-disk` defaulting to internal. A resource with one `on` section is standalone;
+with two it is replicated.
 """
 from __future__ import annotations
 
@@ -88,6 +90,7 @@ class HostSection:
     address_family: str  # "ipv4" | "ipv6"
     export: Endpoint | None
     node_id: int | None = None
+    device_kind: str = "auto"
     volume: int | None = None
     line: int = field(default=0, compare=False)
     file: str = field(default="", compare=False)
@@ -258,7 +261,9 @@ GLOBAL_KEYWORDS = {"usage-count": EnumValue("yes", "no", "ask"), "minor-count": 
 HANDLERS = ("pri-on-incon-degr", "pri-lost-after-sb", "pri-lost", "fence-peer", "unfence-peer",
             "local-io-error", "initial-split-brain", "split-brain", "before-resync-target",
             "after-resync-target", "before-resync-source", "out-of-sync", "quorum-lost", "disconnected")
-HOST_KEYWORDS = ("device", "disk", "meta-disk", "flexible-meta-disk", "address", "export", "node-id")
+HOST_KEYWORDS = ("device", "device-kind", "disk", "meta-disk", "flexible-meta-disk", "address", "export",
+                 "node-id")
+DEVICE_KINDS = ("auto", "nbd", "fuse")
 _SECTIONS = ("net", "disk", "syncer", "handlers", "startup", "options")
 
 
@@ -320,8 +325,6 @@ NOT_YET: dict[tuple[str, str], NotYet] = {
         "minor-count", "dialog-refresh", "disable-ip-verification", "udev-always-use-vnr",
         "cmd-timeout-short", "cmd-timeout-medium", "cmd-timeout-long")},
     ("global", "usage-count"): NotYet("replica-ha counts no usage", "no"),
-    ("host", "device"): NotYet("no block device is created: the resource is served over NBD, "
-                               "see 'export'"),
 }
 _UNSUPPORTED = ("connection", "connection-mesh", "floating", "stacked-on-top-of", "path")
 _NAME_RE = r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}"
@@ -406,6 +409,11 @@ def _parse_host_keyword(key, args, values):
         values["address"], values["address_family"] = _parse_address(args)
     elif key == "export":
         values["export"] = _parse_export(args)
+    elif key == "device-kind":
+        kind = one_value(args)
+        if kind not in DEVICE_KINDS:
+            raise BadValue(f"expected one of {', '.join(DEVICE_KINDS)}, got '{kind}'")
+        values["device_kind"] = kind
     elif key == "node-id":
         values["node_id"] = IntValue(0, 31).parse(args)
 
@@ -525,11 +533,12 @@ class _Builder:
                     self.section_option(sc, st.key, o, [*ctx, st.key])
             elif st.key == "protocol" and level in ("common", "resource"):
                 self.value(st, ctx, NET_KEYWORDS, sc.net, sc.seen, "net")
-            elif st.key in HOST_KEYWORDS and level != "common" or st.key in ("disk", "meta-disk", "export"):
+            elif st.key in HOST_KEYWORDS and level != "common" \
+                    or st.key in ("disk", "meta-disk", "export", "device-kind"):
                 if st.key in ("address", "node-id") and level in ("resource", "volume"):
                     self.fail(st, ctx, f"'{st.key}' belongs in an 'on HOST' section")
-                if st.key == "export" and level == "volume":
-                    self.fail(st, ctx, "'export' belongs in the resource or an 'on HOST' section")
+                if st.key in ("export", "device-kind") and level == "volume":
+                    self.fail(st, ctx, f"'{st.key}' belongs in the resource or an 'on HOST' section")
                 self.host_option(sc, st, ctx)
             elif st.key == "volume" and level in ("resource", "on"):
                 self.expect_body(st, ctx, 1, "a volume number")

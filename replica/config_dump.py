@@ -62,6 +62,8 @@ def dump_config(config: Config) -> str:
             if h.address:
                 ip = f"[{h.address[0]}]" if h.address_family == "ipv6" else h.address[0]
                 out.append(f"        address {h.address_family} {ip}:{h.address[1]};")
+            if h.device_kind != "auto":
+                out.append(f"        device-kind {h.device_kind};")
             if h.export:
                 tcp = "tcp:" if h.export.kind == "tcp" and h.export.host == "unix" else ""
                 out.append(f"        export {quote(tcp + str(h.export))};")

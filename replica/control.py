@@ -26,6 +26,8 @@ def error_reply(exc: ReplicaError | OSError) -> dict[str, Any]:
     if isinstance(exc, Refused):
         reply["refusal"] = exc.refusal.name
         reply["context"] = exc.context
+        if exc.detail:
+            reply["detail"] = exc.detail
     return reply
 
 
@@ -42,7 +44,8 @@ def request(path: str, cmd: str, timeout_s: float = 60.0, **fields: Any) -> dict
     if not reply.get("ok"):
         name = reply.get("refusal")
         if isinstance(name, str) and name in Refusal.__members__:
-            raise Refusal[name].error(str(reply.get("context") or fields.get("resource") or cmd))
+            raise Refusal[name].error(str(reply.get("context") or fields.get("resource") or cmd),
+                                      str(reply.get("detail") or ""))
         raise ControlError(reply.get("error", "replicad refused the command"))
     return reply
 

@@ -117,7 +117,8 @@ class Daemon:
                                    f"'{rt.host.name}', not '{node}'")
             return rt
         resource = (config or self._config(req)).resource(name)
-        rt = ResourceRuntime(resource, node, self.where.default_export_path(name))
+        rt = ResourceRuntime(resource, node, self.where.default_export_path(name),
+                             run_dir=self.where.run_dir)
         self.resources[name] = rt
         return rt
 
@@ -141,7 +142,7 @@ class Daemon:
     def cmd_down(self, req: Request) -> Reply:
         rt = self._runtime(req)
         with rt.lock:
-            rt.down()
+            rt.down(force=bool(req.get("force")))
         return {}
 
     def cmd_verb(self, req: Request) -> Reply:

@@ -20,7 +20,9 @@ constructor and public interface (none calls another's private methods):
     disk      replica.disk.ResourceDisk         backing fd, metadata, engine, AL, bitmap
     conn      replica.connection.PeerConnection peer link, handshake verdict, control messages
     sync      replica.sync.ResyncControl        resync now (verify next), progress
-    frontend  replica.frontends.NbdFrontend     the NBD export (a FUSE frontend next)
+    frontend  replica.frontends.NbdFrontend     the NBD export
+    device    replica.blockdev.BlockDevice      /dev/replica/RES and /dev/drbdN while Primary
+                                                (kernel NBD or FUSE+loop over the same engine)
     monitor   replica.monitor.ResourceMonitor   C's events, timers (no periodic wake-up)
 
 Threads: the daemon's command threads, the PeerLink, the ResyncRunner, the monitor's two.
@@ -36,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from replica.blockdev import BlockDevice
 from replica.config import Endpoint, HostSection, Resource
 from replica.connection import PeerConnection
 from replica.disk import ResourceDisk, engine_io_error_mode
@@ -59,7 +62,7 @@ HANDLER_TIMEOUT_S = 60.0
 
 class ResourceRuntime:
     def __init__(self, resource: Resource, node: str, default_export_path: str,
-                 rng: Callable[[int], bytes] = os.urandom):
+                 rng: Callable[[int], bytes] = os.urandom, run_dir: str | None = None):
         self.resource = resource
         self.name = resource.name
         self.host: HostSection = resource.host(node)
@@ -71,6 +74,9 @@ class ResourceRuntime:
                                    fencing=resource.disk.fencing != "dont-care")
         self.disk = ResourceDisk(self.name, resource, self.host, rng)
         self.frontend = NbdFrontend(self.name, self.endpoint)
+        configured = self.host.device is not None or self.host.minor is not None
+        self.device = BlockDevice(self.name, self.host, run_dir or os.path.dirname(
+            default_export_path)) if configured else None
         self.conn = PeerConnection(self)
         self.sync = ResyncControl(self)
         self.monitor = ResourceMonitor(self)
@@ -119,7 +125,40 @@ class ResourceRuntime:
         return request_or_raise(self.state, req, f"{self.name}", **kw)
 
     def _open_rw(self) -> bool:
-        return self.state.role is Role.Primary and self.frontend.holders() > 0
+        return self.state.role is Role.Primary and (self.frontend.holders() > 0
+                                                    or bool(self._device_holders()))
+
+    def _device_holders(self) -> list[str]:
+        return self.device.holders() if self.device is not None else []
+
+    def _refuse_if_held(self) -> None:
+        """DRBD refuses to demote (or take down) a Primary whose device is open: so do we, and
+        say who holds it (mounts, processes, NBD clients)."""
+        if self.state.role is not Role.Primary:
+            return
+        held = self._device_holders()
+        clients = self.frontend.holders()
+        if clients:
+            held.append(f"{clients} NBD client{'s' if clients > 1 else ''} on {self.frontend.uri}")
+        if held:
+            raise Refusal.DEVICE_IN_USE.error(self.name, "; ".join(held))
+
+    def _device_up(self) -> None:
+        """The block device, now that this node is Primary (a failure demotes again)."""
+        if self.device is None or self.device.exists:
+            return
+        try:
+            self.device.create(self.disk.the_engine(), self.disk.size)
+        except BaseException as exc:
+            log.error("%s: %s: staying Secondary", self.name, exc)
+            if not self.resource.standalone:
+                self.set_state(replace(self.state, role=Role.Secondary), "no block device")
+                self.conn.send_state()
+            raise
+
+    def _device_down(self, force: bool = False) -> None:
+        if self.device is not None:
+            self.device.remove(force=force)
 
     def _primary(self) -> bool:
         return self.state.role is Role.Primary
@@ -138,12 +177,13 @@ class ResourceRuntime:
     def down(self, force: bool = False) -> None:
         """drbdadm down; `force` (daemon exit) also ends NBD clients of a Primary."""
         if self.resource.standalone:
-            self._down_standalone()
+            self._down_standalone(force)
             return
         if not self.disk.has_md:
             return
-        if not force and self.state.role is Role.Primary and self._open_rw():
-            raise Refusal.DEVICE_IN_USE.error(self.name)
+        if not force:
+            self._refuse_if_held()
+        self._device_down(force)
         self.conn.stop_link()
         if self.state.role is Role.Primary:
             self.set_state(replace(self.state, role=Role.Secondary), "down")
@@ -156,16 +196,22 @@ class ResourceRuntime:
         engine = self.disk.open_standalone()
         try:
             self.frontend.start(engine, self._export_info())
+            self.state = ResourceState(role=Role.Primary, disk=DiskState.UpToDate)
+            self._device_up()
         except BaseException:
+            self.frontend.stop()
+            self.state = ResourceState()
             self.disk.close()
             raise
-        self.state = ResourceState(role=Role.Primary, disk=DiskState.UpToDate)
         log.info("%s: up: disk %s (%d bytes) exported at %s", self.name, self.host.disk,
                  self.disk.size, self.frontend.uri)
 
-    def _down_standalone(self) -> None:
+    def _down_standalone(self, force: bool = False) -> None:
         if not self.is_up:
             return
+        if not force:
+            self._refuse_if_held()
+        self._device_down(force)
         self.frontend.stop()
         if self.disk.engine is not None:
             self.disk.engine.flush()
@@ -316,7 +362,10 @@ class ResourceRuntime:
         old = self.state
         new = self.request(Request.PROMOTE, "primary", force=force)
         if new == old:
+            self._device_up()
             return
+        if self.device is not None:
+            self.device.check_available()
         forced = force and old.disk is not DiskState.UpToDate
         if needs_new_current_uuid(old, new, forced=force, bitmap_uuid=self.disk.uuids.bitmap):
             self.disk.new_current_uuid("primary --force" if forced else "Primary without peer",
@@ -325,12 +374,16 @@ class ResourceRuntime:
         self.conn.send_state()
         if forced and new.is_connected and new.peer_disk is not DiskState.UpToDate:
             self.sync.begin_source(full=True)
+        self._device_up()
 
     def secondary(self) -> None:
         if self.resource.standalone:
             return
         self._need_disk()
-        self.set_state(self.request(Request.DEMOTE, "secondary"), "secondary")
+        self._refuse_if_held()
+        new = self.request(Request.DEMOTE, "secondary")
+        self._device_down()
+        self.set_state(new, "secondary")
         self.conn.send_state()
 
     def invalidate(self) -> None:
@@ -399,6 +452,8 @@ class ResourceRuntime:
             "read_only": self.is_up and not self.resource.standalone
             and s.role is not Role.Primary,
             "nbd_uri": self.frontend.uri,
+            "device": self.device.status() if self.device is not None else None,
+            "device_path": self.device.path if self.device is not None else None,
             "stats": engine.stats() if engine else None,
             "last_resync": self.sync.last_resync,
             "link_error": self.conn.last_error,

@@ -125,16 +125,18 @@ class Refusal(enum.Enum):
     def __str__(self) -> str:
         return self.value
 
-    def error(self, context: str) -> "Refused":
-        """The exception a CLI/daemon raises: `<context>: <sentence>`, carrying the Refusal."""
-        return Refused(self, context)
+    def error(self, context: str, detail: str = "") -> "Refused":
+        """The exception a CLI/daemon raises: `<context>: <sentence>[ (<detail>)]`, carrying the
+        Refusal (`detail`: what the sentence is about, e.g. who holds the device)."""
+        return Refused(self, context, detail)
 
 
 class Refused(StateChangeRefused):
     """A refused state change: the sentence for people, `.refusal` (its name travels in control
     replies as "refusal") for machines, `.context` (the resource) for the CLI's message."""
 
-    def __init__(self, refusal: Refusal, context: str):
-        super().__init__(f"{context}: {refusal.sentence}")
+    def __init__(self, refusal: Refusal, context: str, detail: str = ""):
+        super().__init__(f"{context}: {refusal.sentence}" + (f" ({detail})" if detail else ""))
         self.refusal = refusal
         self.context = context
+        self.detail = detail

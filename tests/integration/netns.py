@@ -41,7 +41,7 @@ class TwoNodes:
     def __init__(self, size: int = 32 * MiB, net: str = DEFAULT_NET, disk: str = "",
                  handlers: str = "", node_net: dict[str, str] | None = None,
                  root: str = "/dev/shm", external_md: bool = False,
-                 disk_dirs: dict[str, Path] | None = None):
+                 disk_dirs: dict[str, Path] | None = None, device: str = ""):
         n = next(_counter)
         self.prefix = f"rpl{os.getpid() % 100000}x{n}"
         self.subnet = (os.getpid() * 7 + n) % 200 + 20
@@ -55,6 +55,7 @@ class TwoNodes:
         self.node_net = node_net or {}
         self.external_md = external_md
         self.disk_dirs = disk_dirs or {}     # node -> directory of its backing file (a test's mount)
+        self.device = device                 # e.g. "device minor 5; device-kind fuse;"
 
     # --- setup / teardown ---------------------------------------------------------------
 
@@ -90,8 +91,9 @@ class TwoNodes:
         text = self.handlers.replace("{node}", node).replace("{dir}", str(self.dir))
         handlers = f"\n    handlers {{ {text} }}" if text else ""
         disk = f"\n    disk {{ {self.disk_opts} }}" if self.disk_opts else ""
+        device = f"\n    {self.device}" if self.device else ""
         self.config(node).write_text(f"""\
-resource r0 {{
+resource r0 {{{device}
     net {{ {self.net} {self.node_net.get(node, '')} }}{disk}{handlers}{hosts}
 }}
 """)
@@ -99,8 +101,16 @@ resource r0 {{
     def close(self) -> None:
         try:
             self.lab.close()
+            if self.device:     # what a killed replicad left: its loop device, FUSE mount, links
+                for node in NODES:
+                    self.release_device(node)
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def release_device(self, node: str) -> list[str]:
+        """`replicactl down --force` after the node's replicad died (blockdev's crash record)."""
+        from replica.blockdev import cleanup_after_crash
+        return cleanup_after_crash(str(self.run_dir(node)), "r0")
 
     # --- per node ------------------------------------------------------------------------
 

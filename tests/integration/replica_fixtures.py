@@ -38,7 +38,6 @@ def write_config(path: Path, disk: Path, export: str, name="r0") -> None:
     path.write_text(f"""\
 resource {name} {{
     on alpha {{
-        device /dev/nbd0;
         disk {disk};
         meta-disk internal;
         export {export};
