@@ -18,8 +18,9 @@ import uuid
 import pytest
 
 from replica.errors import ReplicaError
-from replica.fuse_device import FuseLoopBackend, _is_fuse_mount, _mounts, _umount_lazy
+from replica.fuse_device import FuseLoopBackend, _is_fuse_mount, _loop_backing, _mounts, _umount_lazy
 from replica.mirror import Engine
+from scripts.waiting import wait_for
 from tests.conftest import requires_commands, requires_root
 from tests.unit.test_mirror_peer import SIZE as PAIR_SIZE
 from tests.unit.test_mirror_peer import Pair
@@ -30,17 +31,15 @@ SIZE = 64 << 20
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def loops_serving(prefix: str) -> list[str]:
-    """Loop devices whose backing file lies under `prefix` (from sysfs: touches no file)."""
+def loops_serving(file_ids) -> list[str]:
+    """Loop devices bound to one of `file_ids` ((st_dev, st_ino) of FUSE files). Not by path:
+    once the FUSE mount is lazily unmounted, sysfs shows the file as "/r0"."""
+    wanted = {tuple(i) for i in file_ids if i}
     found = []
     for name in sorted(os.listdir("/sys/block")):
-        try:
-            with open(f"/sys/block/{name}/loop/backing_file") as f:
-                backing = f.read().strip()
-        except OSError:
-            continue
-        if backing.startswith(prefix):
-            found.append(f"/dev/{name} -> {backing}")
+        if name.startswith("loop") and os.path.exists(f"/sys/block/{name}/loop") and \
+                _loop_backing(f"/dev/{name}") in wanted:
+            found.append(f"/dev/{name}")
     return found
 
 
@@ -54,6 +53,7 @@ class Env:
         self.run_dir = str(tmp_path / "run")
         self.backends: list[FuseLoopBackend] = []
         self.engines: list[tuple[Engine, int, str]] = []
+        self.file_ids: list = []   # FUSE files of processes that died (the kill test)
 
     def engine(self, size=SIZE) -> Engine:
         """An engine over a fresh, fully written tmpfs file."""
@@ -81,6 +81,7 @@ class Env:
                 _umount_lazy(point)
         for b in self.backends:
             b.detach(force=True)
+            self.file_ids.append(b.record()["file_id"])
         for eng, fd, path in self.engines:
             eng.close()
             os.close(fd)
@@ -98,9 +99,13 @@ def env(tmp_path):
         yield e
     finally:
         e.close()
-        left = loops_serving(e.run_dir) + mounts_under(e.run_dir)
-        # a loop device over a file under run_dir that autoclear frees only when closed
-        assert left == [], f"left behind: {left}"
+        # autoclear frees a loop device at its last close, which an unmount may finish a little
+        # after it returned
+        try:
+            wait_for(lambda: not loops_serving(e.file_ids), timeout_s=10, what="loop devices released")
+        finally:
+            left = loops_serving(e.file_ids) + mounts_under(e.run_dir)
+            assert left == [], f"left behind: {left}"
 
 
 def mkfs(dev: str) -> None:
@@ -227,6 +232,7 @@ CHILD = """
 import json, os, sys, time
 sys.path.insert(0, {root!r})
 from replica.mirror import Engine
+from scripts.waiting import wait_for
 from replica.fuse_device import FuseLoopBackend
 fd = os.open({disk!r}, os.O_RDWR)
 eng = Engine(fd, {size})
@@ -258,7 +264,8 @@ def test_cleanup_after_the_serving_process_was_killed_with_ext4_mounted(env):
         subprocess.run(["umount", point], capture_output=True)   # a disk that vanished: errors, but it goes
         if point in mounts_under(point):
             _umount_lazy(point)
-        assert loops_serving(env.run_dir) == []
+        env.file_ids.append(record["file_id"])
+        wait_for(lambda: not loops_serving([record["file_id"]]), timeout_s=10, what="the loop device released")
         assert not _is_fuse_mount(record["mountpoint"]) and not os.path.exists(record["mountpoint"])
         assert FuseLoopBackend.cleanup(record) == []   # idempotent
     finally:
