@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """cffi builder for replica._mirror (out-of-line API mode): the cdef is csrc/mirror.h itself.
 
-The layers (mirror.h has the picture): nbd_frontend.c -> request.c/resource.c ->
+The layers (mirror.h has the picture): nbd_frontend.c, fuse_frontend.c -> request.c/resource.c ->
 connection.c/device.c -> transport.c/transport_socket.c. Only the contract is exported
 (mirror.map); our sources build with -Wall -Wextra -Wshadow -Wmissing-prototypes -Werror.
 
@@ -12,15 +12,32 @@ with it.
 """
 import os
 import pathlib
+import shlex
+import subprocess
 import sys
 
 from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
-SOURCES = ["nbd_frontend.c", "request.c", "resource.c", "connection.c", "device.c", "transport.c",
+SOURCES = ["nbd_frontend.c", "fuse_frontend.c", "request.c", "resource.c", "connection.c", "device.c", "transport.c",
            "transport_socket.c"]
 SANITIZE = os.environ.get("REPLICA_SANITIZE", "")
 WARNINGS = ["-Wall", "-Wextra", "-Wshadow", "-Wmissing-prototypes", "-Werror"]
+
+
+
+def pkg_config(*args: str) -> list[str]:
+    """libfuse3's flags (fuse_frontend.c): Debian's libfuse3-dev, found through pkg-config."""
+    try:
+        out = subprocess.run(["pkg-config", *args, "fuse3"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        sys.exit(f"build_mirror: pkg-config fuse3 {' '.join(args)} failed ({e}): install pkg-config and "
+                 f"libfuse3-dev (make deps)")
+    return shlex.split(out)
+
+
+FUSE_CFLAGS = pkg_config("--cflags")
+FUSE_LIBS = pkg_config("--libs")
 
 if SANITIZE:
     OPT = ["-O1", "-g", "-fno-omit-frame-pointer", f"-fsanitize={SANITIZE}", "-fno-sanitize-recover=all"]
@@ -47,8 +64,8 @@ ffibuilder.set_source(
     PREAMBLE,
     sources=[str(HERE / name) for name in SOURCES],
     include_dirs=[str(HERE)],
-    extra_compile_args=OPT + WARNINGS + ["-std=gnu11", "-pthread"],
-    extra_link_args=["-pthread", f"-Wl,--version-script={HERE / 'mirror.map'}"] + LINK,
+    extra_compile_args=OPT + WARNINGS + ["-std=gnu11", "-pthread"] + FUSE_CFLAGS,
+    extra_link_args=["-pthread", f"-Wl,--version-script={HERE / 'mirror.map'}"] + FUSE_LIBS + LINK,
 )
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@
  * Layers (nbdkit's frontends over a core, DRBD's objects; tests/unit/test_c_layers.py keeps the
  * include graph of the C sources to this order, with no cycle):
  *
- *   frontend     nbd_frontend.c: NBD transmission phase (rm_serve_nbd); later the FUSE file
- *        |       parses its protocol, calls only the request layer
+ *   frontend     nbd_frontend.c: NBD transmission phase (rm_serve_nbd); fuse_frontend.c: the
+ *        |       FUSE file (rm_fuse_start); each parses its protocol, calls only the request layer
  *        v
  *   request      request.c: range checks, AL references, local write ordered against the peer
  *        |       stream, the peer half, completion (replies queued to the frontend's thread);
@@ -186,3 +186,29 @@ void rm_engine_set_disk_failed(rm_engine *eng, int failed);
  * only if none was: 0, or -EAGAIN (still out of use: resync again). Atomic against writers. */
 uint64_t rm_engine_remote_writes(rm_engine *eng);
 int rm_engine_reuse_disk(rm_engine *eng, uint64_t since);
+
+/* ---- the FUSE file (csrc/fuse_frontend.c): the resource as one regular file ----
+ * rm_fuse_start mounts a FUSE filesystem (libfuse3) on `mountpoint` (an existing directory)
+ * holding one file, `filename`, of `size` bytes (mode 0600), served by `nthreads` C worker
+ * threads through the request layer, and returns at once: Python then attaches a loop device
+ * to it. max_write (4 KiB..1 MiB) caps one FUSE write/read; direct_io asks the kernel to
+ * bypass its page cache for every open of the file (FOPEN_DIRECT_IO). fsync is RM_OP_FLUSH;
+ * writes while the engine is read-only fail with EROFS. Returns 0 or -errno.
+ * rm_fuse_stop ends the workers, closes the FUSE connection (whoever still holds the file gets
+ * ENOTCONN) and detaches the mount lazily; it never waits for the kernel side, and frees `f`.
+ * Stop every rm_fuse of an engine before rm_engine_free. */
+typedef struct rm_fuse rm_fuse;
+
+typedef struct rm_fuse_stats {
+    uint64_t requests;      /* reads, writes, fsyncs and fallocates handled */
+    uint64_t errors;        /* answered with an errno */
+    uint64_t refused;       /* of which refused by this frontend or read-only (EROFS) */
+    uint64_t inflight;      /* requests being served now */
+    uint64_t inflight_max;  /* the most served at once (queue depth reached) */
+    uint64_t threads;       /* worker threads */
+} rm_fuse_stats;
+
+int rm_fuse_start(rm_engine *eng, const char *mountpoint, const char *filename, uint64_t size, uint32_t max_write,
+                  uint32_t nthreads, int direct_io, rm_fuse **out);
+int rm_fuse_stop(rm_fuse *f);
+void rm_fuse_get_stats(rm_fuse *f, rm_fuse_stats *out);

@@ -232,6 +232,13 @@ class BlockDevice:
         log.info("%s: device %s: %s (%s)", self.resource, " and ".join(self.names), kernel,
                  "kernel NBD" if backend.kind == "nbd" else "FUSE file on a loop device")
 
+    def own_connections(self) -> int:
+        """The engine connections that are this device's own (kernel NBD sockets), which the
+        export must not count as NBD clients."""
+        if self.backend is None:
+            return 0
+        return int(self.backend.stats().get("serving", 0))
+
     def holders(self) -> list[str]:
         if self.backend is None or self.backend.path is None:
             return []

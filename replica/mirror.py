@@ -28,6 +28,7 @@ END_REASONS = {
 }
 
 STAT_FIELDS = tuple(name for name, _ in ffi.typeof("rm_stats").fields)
+FUSE_STAT_FIELDS = tuple(name for name, _ in ffi.typeof("rm_fuse_stats").fields)
 
 PROTOCOLS = {"A": lib.RM_PROTOCOL_A, "B": lib.RM_PROTOCOL_B, "C": lib.RM_PROTOCOL_C}
 
@@ -72,6 +73,34 @@ class ServeResult:
         return self.end in (lib.RM_END_DISC, lib.RM_END_EOF, lib.RM_END_SHUTDOWN)
 
 
+class FuseFile:
+    """The resource as one file in a FUSE mount, served by C worker threads (csrc/fuse_frontend.c)
+    through the request layer. Made by Engine.serve_fuse(); stop() unmounts (lazily) and ends
+    the FUSE connection: whoever still holds the file gets errors from then on."""
+
+    def __init__(self, engine: "Engine", handle, path: str):
+        self._engine = engine
+        self._handle = handle
+        self.path = path
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            self._engine._fuse_files.discard(self)
+            lib.rm_fuse_stop(handle)
+
+    @property
+    def running(self) -> bool:
+        return self._handle is not None
+
+    def stats(self) -> dict:
+        if self._handle is None:
+            return {}
+        out = ffi.new("rm_fuse_stats *")
+        lib.rm_fuse_get_stats(self._handle, out)
+        return {name: int(getattr(out, name)) for name in FUSE_STAT_FIELDS}
+
+
 class Engine:
     """One resource's data path: the backing fd, its size, and every connection served on it."""
 
@@ -87,8 +116,11 @@ class Engine:
         self._bitmap = None  # keeps the shared buffer alive while C holds a pointer into it
         self._bitmap_ref = None
         self._retired: list = []
+        self._fuse_files: set[FuseFile] = set()
 
     def close(self) -> None:
+        for fuse_file in list(self._fuse_files):
+            fuse_file.stop()   # its workers use the engine
         if self._handle is not None:
             lib.rm_engine_free(self._handle)  # detaches a peer link first
             self._handle = None
@@ -139,6 +171,18 @@ class Engine:
         err = ffi.new("int *")
         end = lib.rm_serve_nbd(self._handle, sock_fd, initial, len(initial), err)
         return ServeResult(end, END_REASONS.get(end, f"end code {end}"), int(err[0]))
+
+    def serve_fuse(self, mountpoint: str, filename: str, *, max_write: int, threads: int,
+                   direct_io: bool) -> FuseFile:
+        """Mount a FUSE filesystem on `mountpoint` holding this resource as the one file
+        `filename` (self.size bytes), served by `threads` C workers; returns at once."""
+        out = ffi.new("rm_fuse **")
+        _check(lib.rm_fuse_start(self._handle, os.fsencode(mountpoint), os.fsencode(filename), self.size,
+                                 max_write, threads, int(direct_io), out),
+               f"fuse: mount {mountpoint!r}: max_write={max_write} threads={threads}")
+        fuse_file = FuseFile(self, out[0], os.path.join(mountpoint, filename))
+        self._fuse_files.add(fuse_file)
+        return fuse_file
 
     # Requests from Python: through C's request layer like an NBD client's (range checks,
     # activity log, mirrored to the peer per protocol); each blocks until it is complete.

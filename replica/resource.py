@@ -125,8 +125,14 @@ class ResourceRuntime:
         return request_or_raise(self.state, req, f"{self.name}", **kw)
 
     def _open_rw(self) -> bool:
-        return self.state.role is Role.Primary and (self.frontend.holders() > 0
+        return self.state.role is Role.Primary and (self._nbd_clients() > 0
                                                     or bool(self._device_holders()))
+
+    def _nbd_clients(self) -> int:
+        """Clients of the NBD export: the engine's connections less the block device's own (the
+        kernel NBD backend serves /dev/nbdN through the same C frontend)."""
+        own = self.device.own_connections() if self.device is not None else 0
+        return max(0, self.frontend.holders() - own)
 
     def _device_holders(self) -> list[str]:
         return self.device.holders() if self.device is not None else []
@@ -137,7 +143,7 @@ class ResourceRuntime:
         if self.state.role is not Role.Primary:
             return
         held = self._device_holders()
-        clients = self.frontend.holders()
+        clients = self._nbd_clients()
         if clients:
             held.append(f"{clients} NBD client{'s' if clients > 1 else ''} on {self.frontend.uri}")
         if held:

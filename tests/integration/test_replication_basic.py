@@ -116,8 +116,9 @@ def test_role_and_state_refusals(nodes):
              "Multiple primaries not allowed by config")
     nbd, h = nbd_connect(t.uri("alpha"))
     try:
-        _refused(t.ctl("alpha", "secondary", "r0", check=False), "Device is held open by someone")
-        _refused(t.ctl("alpha", "down", "r0", check=False), "Device is held open by someone")
+        held = f"Device is held open by someone (1 NBD client on {t.uri('alpha')})"
+        _refused(t.ctl("alpha", "secondary", "r0", check=False), held)
+        _refused(t.ctl("alpha", "down", "r0", check=False), held)
     finally:
         h.shutdown()
     t.wait("alpha", lambda s: s["stats"]["active_connections"] == 0, "NBD client gone")

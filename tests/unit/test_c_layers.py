@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """The C data path keeps its layers: every csrc/ file includes only its own layer or lower ones.
 
-    frontend     nbd_frontend.c                         (later: the FUSE file frontend)
+    frontend     nbd_frontend.c fuse_frontend.c         (NBD transmission phase, the FUSE file)
         v
     request      request.h request.c resource.c
         v
@@ -28,7 +28,7 @@ LAYERS = {
     "device.h": 1, "device.c": 1,
     "connection.h": 2, "connection.c": 2,
     "request.h": 3, "request.c": 3, "resource.c": 3,
-    "nbd_frontend.c": 4,
+    "nbd_frontend.c": 4, "fuse_frontend.c": 4,
 }
 LAYER_NAMES = {LEAF: "leaf", 0: "transport", 1: "device", 2: "connection", 3: "request", 4: "frontend"}
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
@@ -95,10 +95,25 @@ def test_no_include_cycle_between_c_files():
     assert find_cycle(include_graph(read_sources())) is None
 
 
-def test_frontend_reaches_the_disk_and_peer_only_through_the_request_layer():
-    includes = include_graph(read_sources())["nbd_frontend.c"]
-    assert "request.h" in includes
-    assert not {"device.h", "connection.h"} & set(includes)
+FRONTENDS = ("nbd_frontend.c", "fuse_frontend.c")
+
+
+def test_frontends_reach_the_disk_and_peer_only_through_the_request_layer():
+    graph = include_graph(read_sources())
+    for name in FRONTENDS:
+        assert "request.h" in graph[name], name
+        assert not {"device.h", "connection.h", "transport.h"} & set(graph[name]), name
+
+
+REQUEST_API = re.compile(r"\b(request_\w+|device_\w+|conn_\w+|transport_\w+)\s*\(")
+
+
+def test_the_fuse_frontend_calls_only_the_request_layer():
+    """Includes say what a file may see; calls say what it uses: the FUSE file must use the
+    request layer alone (no device_* or conn_* call that request.h makes visible)."""
+    used = set(REQUEST_API.findall((CSRC / "fuse_frontend.c").read_text()))
+    assert used, "the FUSE frontend submits nothing?"
+    assert {name for name in used if not name.startswith("request_")} == set()
 
 
 def test_the_checker_catches_an_upward_include_and_a_cycle():

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.e2e.vm.cpio import CpioWriter
-from tests.e2e.vm.image import BootImage, ImageUnavailable, build_boot_image
+from tests.e2e.vm.image import BootImage, ImageUnavailable, build_boot_image, shared_libraries
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
 GUEST_MARGIN_S = 30
 TAG = "REPLICA-VM-"
 
@@ -66,33 +67,63 @@ class GuestRun:
         return "\n".join(self.console.splitlines()[-lines:])
 
 
-def per_run_archive(script: Path, env: dict[str, str], guest_timeout_s: int) -> bytes:
+def per_run_archive(script: Path, env: dict[str, str], guest_timeout_s: int,
+                    files: dict[str, tuple[bytes, int]] | None = None) -> bytes:
+    """/vmtest/env, /vmtest/test.sh, and `files` ({guest path: (content, mode)})."""
     archive = CpioWriter()
     settings = dict(env, GUEST_TIMEOUT_S=str(guest_timeout_s))
     text = "".join(f"{k}={shlex.quote(str(v))}\n" for k, v in settings.items())
     archive.add_file("/vmtest/env", text.encode())
     archive.add_file("/vmtest/test.sh", script.read_bytes(), 0o755)
+    for path, (content, mode) in sorted((files or {}).items()):
+        archive.add_file(path, content, mode)
     return gzip.compress(archive.getvalue(), mtime=0)
 
 
-def qemu_argv(image: BootImage, initrd: Path, memory_mib: int = 512) -> list[str]:
-    return ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory_mib), "-smp", "1",
+def project_files(repo: Path = REPO) -> dict[str, tuple[bytes, int]]:
+    """The project's Python packages (and the C extension, with the libraries it needs beyond
+    the base image's) as /src/..., for a guest that runs our own code (pydisk.py has Python)."""
+    files = {}
+    for package in ("replica", "hacommon"):
+        for path in sorted((repo / package).rglob("*")):
+            if path.is_file() and (path.suffix == ".py" or path.name.endswith(".so")) \
+                    and "__pycache__" not in path.parts:
+                files[f"/src/{path.relative_to(repo)}"] = (path.read_bytes(), 0o755 if path.suffix == ".so" else 0o644)
+    for ext in sorted((repo / "replica").glob("_mirror*.so")):
+        for lib in shared_libraries(str(ext)):
+            name = os.path.basename(lib)
+            if "ld-linux" not in name and not name.startswith("libc.so"):
+                files[f"/src/libs/{name}"] = (Path(lib).read_bytes(), 0o755)
+    return files
+
+
+def qemu_argv(image: BootImage, initrd: Path, memory_mib: int = 512, drives: tuple[tuple[Path, bool], ...] = (),
+              hostfwd: tuple[int, ...] = ()) -> list[str]:
+    """`drives` ((raw file, read_only), ...) become /dev/vda, /dev/vdb... in the guest; each port
+    in `hostfwd` on the host's 127.0.0.1 is forwarded to the same port on the guest (10.0.2.15)."""
+    nic = "user,model=virtio-net-pci" + "".join(f",hostfwd=tcp:127.0.0.1:{p}-10.0.2.15:{p}" for p in hostfwd)
+    argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory_mib), "-smp", "1",
             "-nodefaults", "-no-user-config", "-no-reboot",
             "-kernel", str(image.kernel), "-initrd", str(initrd),
             "-append", "console=ttyS0 panic=-1 quiet",
-            "-nic", "user,model=virtio-net-pci",
+            "-nic", nic,
             "-display", "none", "-monitor", "none", "-serial", "stdio"]
+    for path, read_only in drives:
+        argv += ["-drive", f"file={path},if=virtio,format=raw,"
+                 + ("cache=unsafe,readonly=on" if read_only else "cache=writeback")]
+    return argv
 
 
 def run_guest(image: BootImage, script: Path, env: dict[str, str], workdir: Path,
-              guest_timeout_s: int = 60) -> GuestRun:
+              guest_timeout_s: int = 60, *, files: dict[str, tuple[bytes, int]] | None = None,
+              drives: tuple[tuple[Path, bool], ...] = (), hostfwd: tuple[int, ...] = ()) -> GuestRun:
     """Boot, run `script` as /vmtest/test.sh with `env`, power off; never leaves qemu behind."""
     initrd = workdir / "vm-initrd.img"
     with open(initrd, "wb") as out:
         out.write(image.initrd.read_bytes())
-        out.write(per_run_archive(script, env, guest_timeout_s))
+        out.write(per_run_archive(script, env, guest_timeout_s, files))
     host_timeout_s = guest_timeout_s + GUEST_MARGIN_S
-    argv = ["timeout", "-k", "5", str(host_timeout_s), *qemu_argv(image, initrd)]
+    argv = ["timeout", "-k", "5", str(host_timeout_s), *qemu_argv(image, initrd, drives=drives, hostfwd=hostfwd)]
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)

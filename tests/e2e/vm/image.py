@@ -40,7 +40,7 @@ from tests.e2e.vm.cpio import CpioWriter
 HERE = Path(__file__).resolve().parent
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 # Top-level modules the guest needs; their dependencies are added from .modinfo.
-GUEST_MODULES = ("virtio_pci", "virtio_net", "nbd")
+GUEST_MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "nbd")  # virtio_blk: the python disk (pydisk.py)
 MODULE_PARAMS = {"nbd": "nbds_max=2"}
 # Host programs copied into the guest (with their libraries), at the same path.
 GUEST_PROGRAMS = ("nbd-client", "mke2fs", "e2fsck")
