@@ -98,9 +98,11 @@ def device_names(resource: str, host: HostSection) -> list[str]:
     return names
 
 
-def make_link(name: str, target: str) -> None:
+def make_link(name: str, target: str) -> int:
     """Point `name` at `target`, atomically (a stale link of a dead daemon is replaced), but
-    never over something that is not a symlink."""
+    never over something that is not a symlink. Returns the link's inode number: the link is
+    made anew and renamed over the old one, so a link another replicad puts there later (the
+    same name, maybe the same "/dev/loopN" reused) has another inode."""
     try:
         st = os.lstat(name)
     except FileNotFoundError:
@@ -116,13 +118,18 @@ def make_link(name: str, target: str) -> None:
     except FileNotFoundError:
         pass
     os.symlink(target, tmp)
+    ino = os.lstat(tmp).st_ino
     os.rename(tmp, name)
+    return ino
 
 
-def remove_link(name: str, target: str | None) -> bool:
-    """Remove `name` if it is a symlink (to `target`, when given). True if removed."""
+def remove_link(name: str, target: str | None, ino: int | None = None) -> bool:
+    """Remove `name` if it is a symlink (to `target`, when given; the very link we made, when
+    its inode number `ino` is given). True if removed."""
     try:
         if target is not None and os.readlink(name) != target:
+            return False
+        if ino is not None and os.lstat(name).st_ino != ino:
             return False
         os.unlink(name)
         return True
@@ -200,6 +207,7 @@ class BlockDevice:
         self.run_dir = run_dir
         self.record_path = record_path(run_dir, resource)
         self.backend: BlockBackend | None = None
+        self.link_inodes: dict[str, int] = {}
 
     @property
     def path(self) -> str:
@@ -224,7 +232,7 @@ class BlockDevice:
         self.backend = backend
         try:
             for name in self.names:
-                make_link(name, kernel)
+                self.link_inodes[name] = make_link(name, kernel)
             self._save_record()
         except BaseException:
             self.remove(force=True)
@@ -252,7 +260,8 @@ class BlockDevice:
             return
         kernel = backend.path
         for name in self.names:
-            remove_link(name, kernel)
+            remove_link(name, kernel, self.link_inodes.get(name))
+        self.link_inodes = {}
         try:
             backend.detach(force=force)
         finally:
@@ -272,7 +281,8 @@ class BlockDevice:
     def _save_record(self) -> None:
         assert self.backend is not None
         rec = {"resource": self.resource, "kind": self.backend.kind, "names": self.names,
-               "kernel": self.backend.path, "pid": os.getpid(), "backend": self.backend.record()}
+               "kernel": self.backend.path, "pid": os.getpid(), "backend": self.backend.record(),
+               "link_inodes": self.link_inodes}
         tmp = self.record_path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(rec, f)
@@ -306,8 +316,11 @@ def cleanup_after_crash(run_dir: str, resource: str) -> list[str]:
                            f"use `replicactl down --force {resource}` with that daemon")
     done: list[str] = []
     kernel = rec.get("kernel")
+    inodes = rec.get("link_inodes") or {}
     for name in rec.get("names", []):
-        if remove_link(name, kernel):
+        # only the link this daemon made: after it died, the survivor on this machine (tests,
+        # demos: two nodes, one /dev) may have made its own, to the same reused /dev/loopN
+        if remove_link(name, kernel, inodes.get(name)):
             done.append(f"removed {name} -> {kernel}")
     done += backend_class(rec.get("kind", "")).cleanup(rec.get("backend", {}))
     os.unlink(path)

@@ -245,7 +245,10 @@ class FuseLoopBackend:
     def cleanup(record: dict) -> list[str]:
         done = []
         loop, file_id = record.get("loop"), record.get("file_id")
-        if loop and file_id and _loop_backing(loop) == tuple(file_id):
+        if loop and file_id and _loop_backing(loop) == tuple(file_id) \
+                and _loop_sys(loop, "backing_file") == record.get("file"):
+            # (st_dev, st_ino) alone is not enough: a dead FUSE mount's anonymous st_dev is
+            # reused by the next FUSE mount, and the file's inode number is the same in each
             fd = os.open(loop, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             try:
                 fcntl.ioctl(fd, LOOP_CLR_FD)

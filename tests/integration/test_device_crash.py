@@ -131,15 +131,7 @@ class DevicePair(TwoNodes):
     def __init__(self, **kw):
         super().__init__(**kw)
         self.minor = 900 + self.subnet      # /dev/drbd9NN: no clash with a demo's /dev/drbd0
-
-    def write_config(self, node: str) -> None:
-        super().write_config(node)
-        text = self.config(node).read_text()
-        for n in NODES:
-            text = text.replace(f"    on {n} {{\n",
-                                f"    on {n} {{\n        device minor {self.minor};\n"
-                                f"        device-kind fuse;\n")
-        self.config(node).write_text(text)
+        self.device = f"device minor {self.minor}; device-kind fuse;"
 
     def host_ctl(self, node: str, *args: str) -> subprocess.CompletedProcess:
         """replicactl outside the namespaces (they may be gone): for `down --force` after the
@@ -154,18 +146,12 @@ class DevicePair(TwoNodes):
                 for node in NODES:            # daemons alive: a proper forced down
                     if self.daemon_pid(node):
                         self.ctl(node, "down", "--force", "r0", check=False)
-            self.lab.close()                  # every process of ours, the namespaces
-            if self.dir.exists():
-                for node in NODES:            # what a killed daemon left behind
-                    res = self.host_ctl(node, "down", "--force", "r0")
-                    if res.returncode != 0:
-                        print(f"{node}: down --force: {res.stderr.strip()}", file=sys.stderr)
         finally:
-            super().close()
+            super().close()                   # kills the rest, releases what dead daemons left
 
     # --- the device ---------------------------------------------------------------------------
 
-    def device(self, node: str) -> str:
+    def kernel_device(self, node: str) -> str:
         """The kernel device behind the node's r0 (it must be Primary)."""
         dev = self.status(node).get("device") or {}
         assert dev.get("kernel"), f"{node}: no block device in status: {dev}"
@@ -241,7 +227,7 @@ def crash(p: DevicePair, node: str) -> None:
 
 
 def start_writer(p: DevicePair, node: str, sub: str, seed: int) -> subprocess.Popen:
-    dev, mnt = p.device(node), p.mnt(node)
+    dev, mnt = p.kernel_device(node), p.mnt(node)
     script = 'mount -t ext4 "$1" "$2" && exec "$3" -c "$4" "$2" "$5" "$6"'
     return p.lab.popen(p.ns[node], ["sh", "-c", script, "sh", dev, str(mnt), sys.executable,
                                     WRITER, sub, str(seed)],
@@ -250,7 +236,7 @@ def start_writer(p: DevicePair, node: str, sub: str, seed: int) -> subprocess.Po
 
 def check_files(p: DevicePair, node: str, expected: dict[str, dict]) -> dict[str, str]:
     """Mount on `node` (journal replay), check every expected file, unmount; what was found."""
-    dev, mnt = p.device(node), p.mnt(node)
+    dev, mnt = p.kernel_device(node), p.mnt(node)
     script = ('mount -t ext4 "$1" "$2" || exit 90; "$3" -c "$4" "$2"; rc=$?; '
               'umount "$2" || exit 91; exit $rc')
     res = subprocess.run(["ip", "netns", "exec", p.ns[node], "sh", "-c", script, "sh", dev,
@@ -275,7 +261,7 @@ def blank_pair_primary(p: DevicePair, node: str = "alpha") -> None:
 def test_fsynced_files_survive_kill_9_of_the_primary(pair):
     p = pair
     blank_pair_primary(p)
-    r = p.lab.run(p.ns["alpha"], *MKFS, p.device("alpha"), timeout=60)
+    r = p.lab.run(p.ns["alpha"], *MKFS, p.kernel_device("alpha"), timeout=60)
     assert r.returncode == 0, r.stderr
     expected: dict[str, dict] = {}
     rng = random.Random(os.getpid())
@@ -308,7 +294,7 @@ def test_fsynced_files_survive_kill_9_of_the_primary(pair):
         # the survivor: promote, the journal needs replaying, every fsynced file is intact
         p.wait(secondary, lambda s: s["connection"] != "Connected", "peer gone", 30)
         p.ctl(secondary, "primary", "r0")
-        dev = p.device(secondary)
+        dev = p.kernel_device(secondary)
         head = p.lab.run(p.ns[secondary], "dumpe2fs", "-h", dev)
         features = next((ln for ln in head.stdout.splitlines() if ln.startswith("Filesystem features")), "")
         assert "needs_recovery" in features, f"no crash to recover from? {features!r}"
@@ -321,14 +307,22 @@ def test_fsynced_files_survive_kill_9_of_the_primary(pair):
         # the dead node: release what its replicad left, come back, resync, swap roles
         p.ctl(primary, "down", "--force", "r0")
         assert not [x for x in p.leftovers() if "loop device" in x and f"/{primary}/" in x]
+        # ...and only its own: the survivor's device (maybe the same loop number, reused) stays
+        link = f"/dev/drbd{p.minor}"
+        assert os.path.islink(link) and os.readlink(link) == dev, \
+            f"{primary}'s down --force took {secondary}'s {link} -> {dev}: " \
+            f"{os.readlink(link) if os.path.islink(link) else 'gone'}"
+        assert p.kernel_device(secondary) == dev
+        assert not p.status(secondary)["device"].get("stats", {}).get("errors", 0)
         p.ctl(primary, "up", "r0")
         p.wait_synced(60)
         primary, secondary = secondary, primary
 
+    size = p.data_size()
     p.ctl(primary, "secondary", "r0")
     for node in NODES:
         p.ctl(node, "down", "r0")
-    assert p.disks_equal(), f"disks differ at byte {p.first_difference(p.size)}"
+    assert p.disks_equal(size), f"disks differ at byte {p.first_difference(size)}"
     assert not p.leftovers()
 
 
@@ -337,7 +331,7 @@ def test_filesystem_stop_after_replicad_died_under_the_mount(pair):
     a process sits in the mount point, stop kills it and unmounts; down --force releases."""
     p = pair
     blank_pair_primary(p)
-    dev = p.device("alpha")
+    dev = p.kernel_device("alpha")
     assert p.lab.run(p.ns["alpha"], *MKFS, dev, timeout=60).returncode == 0
     mnt = p.mnt("alpha")
     fs = [str(FILESYSTEM), dev, str(mnt), "ext4"]

@@ -49,6 +49,24 @@ def test_links_replace_a_stale_link_but_never_a_real_file(tmp_path):
     assert real.read_text() == "x"
 
 
+def test_a_dead_daemons_cleanup_spares_the_survivors_link_to_a_reused_loop(tmp_path, monkeypatch):
+    # two nodes on one machine share /dev: ha1 dies, its loop device frees itself, ha2 gets
+    # the same /dev/loopN and makes its own /dev/drbd0; ha1's down --force must leave it
+    name = str(tmp_path / "dev" / "drbd0")
+    mine = make_link(name, "/dev/loop0")
+    rec = {"resource": "r0", "kind": "fuse", "names": [name], "kernel": "/dev/loop0",
+           "pid": 4242, "backend": {}, "link_inodes": {name: mine}}
+    with open(record_path(str(tmp_path), "r0"), "w") as f:
+        json.dump(rec, f)
+    survivors = make_link(name, "/dev/loop0")
+    assert survivors != mine
+    monkeypatch.setattr(blockdev, "_alive", lambda pid: False)
+    assert not [line for line in cleanup_after_crash(str(tmp_path), "r0") if name in line]
+    assert os.readlink(name) == "/dev/loop0" and os.lstat(name).st_ino == survivors
+    assert not remove_link(name, "/dev/loop0", mine)
+    assert remove_link(name, "/dev/loop0", survivors)
+
+
 def test_holders_of_what_is_not_a_block_device_is_nobody(tmp_path):
     assert blockdev.holders(str(tmp_path / "missing")) == []
     assert blockdev.holders("/dev/null") == []
