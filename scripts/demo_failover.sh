@@ -74,13 +74,13 @@ kernel_dev() {  # the kernel device behind NODE's $DEV (status --json "device"),
 mounted_in() {  # what hbd on NODE sees mounted on $MNT (its own mount namespace)
     nsenter -t "${HBD[$1]}" -m findmnt -n -o SOURCE,TARGET,FSTYPE "$MNT" || echo "(nothing on $MNT)"
 }
-ext4_log() {  # the kernel's lines about ext4 on DEVICE since this demo started
-    local dev=${1#/dev/}
+ext4_mount_log() {  # the kernel's lines about mounting ext4 on DEVICE since uptime T0
+    local dev=${1#/dev/} t0=$2
     [ -n "$dev" ] || return 0
-    dmesg 2>/dev/null | awk -v t="$T0_KERNEL" '{ s = substr($0, 2, index($0, "]") - 2) + 0 } s >= t' \
-        | grep "EXT4-fs ($dev)" | sed 's/^\[[^]]*\] /    kernel: /' | tail -3 || true
+    dmesg 2>/dev/null | awk -v t="$t0" '{ s = substr($0, 2, index($0, "]") - 2) + 0 } s >= t' \
+        | grep -E "EXT4-fs \($dev\): (recovery complete|mounted filesystem)" \
+        | sed 's/^\[[^]]*\] /    kernel: /' | tail -2 || true
 }
-T0_KERNEL=$(awk '{ print $1 }' /proc/uptime)
 
 say "network: ha1, ha2 and a client on one bridge (namespaces $PFX-*)"
 make_lan
@@ -164,12 +164,13 @@ echo "client: GET /key7 -> $(client "http://$VIP/key7")"
 
 say "ha1 dies: cable pulled, then every process on it killed (as a power cut would)"
 ip -n "$PFX-ha1" link set eth0 down
+t_death=$(awk '{ print $1 }' /proc/uptime)
 for pid in $(ip netns pids "$PFX-ha1"); do kill -9 "$pid" 2>/dev/null || true; done
 wait "${HBD[ha1]}" 2>/dev/null || true
 unset 'HBD[ha1]'
 wait_for 30 "ha2 serves the database" served_by ha2
 echo "ha2's hbd sees: $(mounted_in ha2)"
-ext4_log "$(kernel_dev ha2)"
+ext4_mount_log "$(kernel_dev ha2)" "$t_death"   # the journal replayed on mount
 echo "client: GET / -> $(client "http://$VIP/")"
 missing=0
 for i in $(seq 1 20); do [ "$(client "http://$VIP/key$i")" = "value-$i" ] || missing=$((missing + 1)); done

@@ -46,6 +46,7 @@ def test_failover_keeps_every_acknowledged_record_and_fails_back():
     assert "records lost in the failover: 0 of 20" in out
     assert re.search(r"ha1's hbd sees: /dev/\S+ /data\s+ext4", out), out[-4000:]
     assert re.search(r"ha2's hbd sees: /dev/\S+ /data\s+ext4", out), out[-4000:]
+    assert re.search(r"kernel: EXT4-fs \(\w+\): recovery complete", out), out[-4000:]   # replayed
     assert re.search(r"GET / -> 20 records, served by ha2", out), out[-4000:]
     assert re.search(r"GET / -> 25 records, served by ha1", out), out[-4000:]
     assert "the two disks are identical" in out
