@@ -572,7 +572,7 @@ def pacing_table(work: Path, servers: list):
 
 
 # --only names, in the order a full run prints them
-TABLES = ("unix", "limits", "tcp", "repl", "conn16", "pacing", "idle")
+TABLES = ("unix", "limits", "tcp", "repl", "conn16", "pacing", "idle", "ext4")
 
 
 def main() -> int:
@@ -638,6 +638,9 @@ def main() -> int:
             show(pacing_table(work, servers))
         if "idle" in only:
             show(idle_table(work, servers))
+        if "ext4" in only:
+            from bench_ext4 import ext4_table
+            show(ext4_table(work, servers, prewrite, REPEATS))
         console.print(f"bench: {total - failures} of {total} targets met")
         return 0
     finally:
