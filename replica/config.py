@@ -314,10 +314,7 @@ NOT_YET: dict[tuple[str, str], NotYet] = {
         "pri-on-incon-degr", "fence-peer", "unfence-peer", "before-resync-target",
         "after-resync-target", "before-resync-source", "out-of-sync", "quorum-lost",
         "disconnected")},
-    **{("startup", k): NotYet("replicactl wait-connect is not implemented") for k in (
-        "wfc-timeout", "degr-wfc-timeout", "outdated-wfc-timeout", "stacked-timeouts")},
-    ("startup", "wait-after-sb"): NotYet("replicactl wait-connect is not implemented"),
-    ("startup", "become-primary-on"): NotYet("`up` never promotes"),
+    ("startup", "stacked-timeouts"): NotYet("there are no stacked resources"),
     **{("options", k): NotYet(_NO_EFFECT) for k in (
         "cpu-mask", "on-no-data-accessible", "auto-promote", "quorum", "quorum-minimum-redundancy",
         "on-no-quorum", "peer-ack-window", "peer-ack-delay", "twopc-timeout", "max-io-depth")},

@@ -32,11 +32,11 @@ def test_a_statement_setting_an_unsupported_option_is_one_warning_with_file_and_
 
 
 def test_common_options_warn_once_at_their_own_line():
-    top = "common { startup { wfc-timeout 10; } }\n"
+    top = "common { startup { stacked-timeouts; } }\n"
     text = f"{top}resource r0 {{{HOSTS}\n}}\nresource r1 {{{HOSTS.replace('7789', '7790')}\n}}\n"
     assert parse_config(text, "/etc/replica.conf").warnings == (
-        "/etc/replica.conf:1: common: startup: wfc-timeout: not supported yet (replicactl "
-        "wait-connect is not implemented)",)
+        "/etc/replica.conf:1: common: startup: stacked-timeouts: not supported yet (there are "
+        "no stacked resources)",)
 
 
 def test_the_value_that_matches_our_behaviour_is_no_warning():
