@@ -34,6 +34,8 @@ DAEMON_START_TIMEOUT_S = 15.0
 EXIT_ERROR = 1
 EXIT_NO_RESOURCE = 10
 EXIT_REFUSED = 17        # drbdsetup's exit code for a refused state change (SS_* error)
+DEFAULT_CMD_TIMEOUT_S = 60.0
+QUICK_COMMANDS = frozenset({"ping", "status", "dump-md"})
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,18 @@ class Ctl:
         return [name]
 
     def call(self, cmd: str, **fields) -> dict:
-        return request(self.where.control_socket, cmd, config=self.where.config,
-                       node=self.where.node, **fields)
+        return request(self.where.control_socket, cmd, timeout_s=self.cmd_timeout(cmd),
+                       config=self.where.config, node=self.where.node, **fields)
+
+    def cmd_timeout(self, cmd: str) -> float:
+        """global { cmd-timeout-short | -medium; }: how long drbdadm waits for a command (status
+        and other queries: short; state changes: medium). Unset: 60 s."""
+        which = "cmd-timeout-short" if cmd in QUICK_COMMANDS else "cmd-timeout-medium"
+        try:
+            value = self.config.global_options.get(which)
+        except ReplicaError:
+            value = None
+        return float(str(value).split()[0]) if value else DEFAULT_CMD_TIMEOUT_S
 
     @property
     def daemon_running(self) -> bool:

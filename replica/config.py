@@ -319,8 +319,7 @@ NOT_YET: dict[tuple[str, str], NotYet] = {
         "cpu-mask", "on-no-data-accessible", "auto-promote", "quorum", "quorum-minimum-redundancy",
         "on-no-quorum", "peer-ack-window", "peer-ack-delay", "twopc-timeout", "max-io-depth")},
     **{("global", k): NotYet(_NO_EFFECT) for k in (
-        "minor-count", "dialog-refresh", "disable-ip-verification", "udev-always-use-vnr",
-        "cmd-timeout-short", "cmd-timeout-medium", "cmd-timeout-long")},
+        "minor-count", "dialog-refresh", "udev-always-use-vnr", "cmd-timeout-long")},
     ("global", "usage-count"): NotYet("replica-ha counts no usage", "no"),
 }
 _UNSUPPORTED = ("connection", "connection-mesh", "floating", "stacked-on-top-of", "path")
