@@ -19,7 +19,7 @@ def test_default_controller_and_pause_resume_from_the_sync_target():
         t.create_and_up()
         size = t.data_size()
         t.ctl("alpha", "primary", "--force", "r0")
-        st = t.wait("alpha", lambda s: s["replication"] == "SyncSource", "SyncSource")
+        t.wait("alpha", lambda s: s["replication"] == "SyncSource", "SyncSource")
         assert "dynamic: resync-rate 250 KiB/s" in t.log("alpha")
 
         t.ctl("beta", "pause-sync", "r0")
