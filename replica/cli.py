@@ -418,6 +418,8 @@ COMMANDS = [
     Command("invalidate", _verb("invalidate"), True, "resync the local disk fully from the peer"),
     Command("invalidate-remote", _verb("invalidate-remote"), True,
             "resync the peer's disk fully from this node"),
+    Command("pause-sync", _verb("pause-sync"), True, "pause the running resync (PausedSyncS/T)"),
+    Command("resume-sync", _verb("resume-sync"), True, "resume a resync paused by pause-sync"),
     Command("new-current-uuid", _verb("new-current-uuid", clear_bitmap="clear_bitmap"), True,
             "start a new data generation",
             (("--clear-bitmap", "both disks are identical (e.g. blank): skip the initial "

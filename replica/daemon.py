@@ -120,6 +120,7 @@ class Daemon:
         resource = (config or self._config(req)).resource(name)
         rt = ResourceRuntime(resource, node, self.where.default_export_path(name),
                              run_dir=self.where.run_dir)
+        rt.sync.lookup = self.resources.get            # resync-after names another resource
         self.resources[name] = rt
         return rt
 
@@ -244,6 +245,8 @@ VERBS: dict[str, Callable[[ResourceRuntime, Request], None]] = {
     "invalidate-remote": lambda rt, req: rt.invalidate_remote(),
     "new-current-uuid": lambda rt, req: rt.new_current_uuid(
         clear_bitmap=bool(req.get("clear_bitmap"))),
+    "pause-sync": lambda rt, req: rt.sync.pause(),
+    "resume-sync": lambda rt, req: rt.sync.resume(),
 }
 
 
