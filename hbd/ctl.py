@@ -6,17 +6,25 @@
     hbctl rscstatus                             none | local | foreign | all | transition
     hbctl standby [all|foreign|local]           like `hb_standby`: give those groups to the peer
     hbctl takeover [all|foreign|local]          like `hb_takeover`: ask the peer for them
+    hbctl availability [--since T] [--until T] [--service NAME] [--group G]
+          [--mission HH:MM-HH:MM[,days]] [--journal FILE]... [--json] [--plot FILE.svg|png]
+                                                uptime, failures, MTTF, MTTR, A = MTTF/(MTTF+MTTR)
+                                                from the journal(s) (hbd.availability); needs no hbd
 
 standby/takeover wait (up to --timeout seconds, default 120) until the move is
 over and print what this node then holds; --no-wait returns once the request is
 sent.  If nothing moved after 15 s (the peer was in transition and ignored the
 request, as heartbeat does) the command fails.
+availability reads RUN_DIR/journal.jsonl, hbmon's journal.jsonl in HBMON_RUN_DIR
+(default /run/hbmon) when present, and every --journal FILE (the peer's too:
+journals are merged by wall-clock time); malformed lines are skipped and counted.
 Exit codes: 0 ok; 1 refused/failed/timed out; 3 hbd is not running (status
 prints "Heartbeat is stopped on this machine."); 2 usage.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -68,6 +76,86 @@ def print_status(st: dict) -> None:
             print("  " + format_record(rec))
 
 
+DEFAULT_HBMON_RUN_DIR = "/run/hbmon"
+
+
+def add_availability_parser(sub: Any) -> None:
+    ap = sub.add_parser("availability", help="availability report from the journal(s)")
+    ap.add_argument("--since", help="ISO 8601 or relative (-7d, -12h); default: the first record")
+    ap.add_argument("--until", help="ISO 8601 or relative; default: now")
+    ap.add_argument("--service", action="append", help="only this service (repeatable)")
+    ap.add_argument("--group", help="only this resource group and the services that name it")
+    ap.add_argument("--mission", help="HH:MM-HH:MM[,days], local time (e.g. 08:00-20:00,mon-fri)")
+    ap.add_argument("--journal", action="append", default=[], help="another journal file (repeatable)")
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    ap.add_argument("--plot", help="write the availability timeline to FILE.svg (or .png with matplotlib)")
+
+
+def availability_main(args: argparse.Namespace) -> int:
+    """`hbctl availability`: read the journals, account, print (and plot); 0 ok, 1 bad input."""
+    from hbd.availability import AvailabilityError, BadLine, Mission, compute, parse_journal, parse_time
+    from hbd.availability_report import render_svg, render_text, write_png
+
+    now = time.time()
+    paths = [os.path.join(args.run_dir, "journal.jsonl"),
+             os.path.join(os.environ.get("HBMON_RUN_DIR", DEFAULT_HBMON_RUN_DIR), "journal.jsonl")]
+    paths = [p for p in paths if os.path.exists(p)] + list(args.journal)
+    records: list[dict] = []
+    bad: list[BadLine] = []
+    seen: set[tuple[int, int]] = set()
+    for path in paths:
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with open(path, "rb") as f:
+                recs, skipped = parse_journal(f, source=path)
+        except OSError as e:
+            print(f"hbctl: availability: {path}: {e.strerror}", file=sys.stderr)
+            return 1
+        records += recs
+        bad += skipped
+    if not paths:
+        print(f"hbctl: availability: no journal: {os.path.join(args.run_dir, 'journal.jsonl')} "
+              f"does not exist (give --run-dir or --journal FILE)", file=sys.stderr)
+        return 1
+    try:
+        since = parse_time(args.since, now) if args.since else None
+        until = parse_time(args.until, now) if args.until else now
+        mission = Mission.parse(args.mission) if args.mission else None
+    except AvailabilityError as e:
+        print(f"hbctl: availability: {e}", file=sys.stderr)
+        return 2
+    if since is not None and since >= until:
+        print("hbctl: availability: --since must be before --until", file=sys.stderr)
+        return 2
+    kinds = ("service",) if args.service else ("node", "group", "service")
+    report = compute(records, since=since, until=until, mission=mission, kinds=kinds, names=args.service,
+                     group=args.group, bad_lines=bad)
+    if bad:
+        print(f"hbctl: availability: skipped {len(bad)} malformed journal line(s); first: {bad[0]}",
+              file=sys.stderr)
+    if args.plot:
+        try:
+            if args.plot.lower().endswith(".png"):
+                write_png(report, args.plot)
+            else:
+                with open(args.plot, "w", encoding="utf-8") as f:
+                    f.write(render_svg(report, mission))
+        except ImportError:
+            print("hbctl: availability: a PNG needs matplotlib, which is not installed; use --plot FILE.svg",
+                  file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        sys.stdout.write(render_text(report))
+        if args.plot:
+            print(f"timeline: {args.plot}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hbctl", description="query and steer a running hbd")
     p.add_argument("--run-dir", default=os.environ.get("HBD_RUN_DIR", DEFAULT_RUN_DIR))
@@ -81,8 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("which", nargs="?", default="all", choices=("all", "foreign", "local"))
         sp.add_argument("--no-wait", action="store_true")
         sp.add_argument("--timeout", type=float, default=120.0)
+    add_availability_parser(sub)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        if args.cmd == "availability":
+            return availability_main(args)
         if args.cmd == "status":
             st = request(args.run_dir, {"cmd": "status"})
             print_status(st)

@@ -49,6 +49,7 @@ from hacommon.daemonize import daemonize
 from hacommon.errors import ConfigError, HaError
 from hbd import ipaddr, stonith
 from hbd.authkeys import AuthKeys, load_authkeys
+from hbd.availability import PLANNED_REASONS
 from hbd.config import HaConfig, load_ha_config
 from hbd.control import ControlCommands, open_control_socket
 from hbd.groups import (
@@ -178,6 +179,8 @@ class Daemon:
         self._done = asyncio.Event()
         self._drop_logged: dict[str, float] = {}
         self._shutting_down = False
+        self._stop_planned: dict[str, bool] = {}        # group -> its current stop is planned
+        self._peer_held: frozenset[str] = frozenset()   # peer's groups as last journaled
 
     @property
     def m(self) -> Membership:
@@ -309,6 +312,7 @@ class Daemon:
                 moved = True
                 self._on_group_action(a)
             if not moved:
+                self._journal_peer_holdings()
                 return
 
     def kick(self) -> None:
@@ -341,7 +345,11 @@ class Daemon:
         elif isinstance(e, NodeDead):
             how = "shut down cleanly" if e.graceful else f"dead after deadtime_s={self.m.deadtime_s:g}"
             self._log("warn" if not e.graceful else "info", f"node {e.node}: {how}")
-            self.journal.record("node", peer=e.node, state="dead", graceful=e.graceful)
+            # it stopped answering a deadtime ago (the failure began then, not at detection)
+            since = round(time.time() - (0.0 if e.graceful else self.m.deadtime_s), 6)
+            self.journal.record("node", peer=e.node, state="dead", graceful=e.graceful, planned=e.graceful,
+                                since=since, why=how)
+            self._journal_peer_holdings(frozenset(), planned=e.graceful, why=f"node {e.node} {how}", since=since)
             g.node_dead(e.node, now, clean=e.graceful)
         elif isinstance(e, NodeLate):
             self._log("warn", f"Late heartbeat: node {e.node}: interval {int(e.late_s * 1000)} ms")
@@ -370,7 +378,14 @@ class Daemon:
         elif isinstance(a, GroupChanged):
             self._log("crit" if a.new.value == "failed" else "info",
                       f"group {a.key}: {a.old.value} -> {a.new.value} ({a.reason})")
-            self.journal.record("group", group=a.key, old=a.old.value, new=a.new.value, reason=a.reason)
+            if a.new.value == "stopping":
+                self._stop_planned[a.key] = a.reason in PLANNED_REASONS
+            up = a.new.value == "started"
+            self.journal.record("group", group=a.key, old=a.old.value, new=a.new.value, reason=a.reason,
+                                state="up" if up else "down", holder=self.node,
+                                planned=not up and a.new.value in ("stopping", "stopped")
+                                and self._stop_planned.get(a.key, False),
+                                why=a.reason)
         elif isinstance(a, Notice):
             self._log(a.level, a.text)
         elif isinstance(a, Reannounce):
@@ -384,6 +399,29 @@ class Daemon:
             self._done.set()
 
     _clean_exit = True
+
+    def _journal_peer_holdings(self, held: frozenset[str] | None = None, *, planned: bool | None = None,
+                               why: str = "", since: float | None = None) -> None:
+        """Journal the peer's groups coming and going as this node learns of it (its resource
+        reports, or its death: `held` empty), so this node's journal alone accounts for them."""
+        if self._g is None or self.g.peer is None:
+            return
+        if held is None:
+            held = self.g.peer_hold
+            if held is None:        # the peer has not reported since it (re)joined
+                return
+        if held == self._peer_held:
+            return
+        if planned is None:         # given away by a standby exchange, or failed there
+            planned = self.g.standby is not None
+        extra = {} if since is None else {"since": since}
+        for key in sorted(self._peer_held - held):
+            self.journal.record("group", group=key, holder=self.g.peer, state="down", planned=planned,
+                                why=why or "peer reports it no longer holds it", **extra)
+        for key in sorted(held - self._peer_held):
+            self.journal.record("group", group=key, holder=self.g.peer, state="up", planned=False,
+                                why="peer reports it holds it")
+        self._peer_held = held
 
     async def _op_worker(self) -> None:
         while True:
