@@ -22,7 +22,10 @@ record is one transition of a *subject*:
 
 A group or service is up while at least one holder reports it up; when a node
 goes down, everything it held goes down with it (a node killed with SIGKILL
-writes nothing; its peer's "node dead" record ends its holdings).  Before a
+writes nothing; its peer's "node dead" record ends its holdings).  A node's
+records about the peer's groups (holder = the peer, learnt from its resource
+reports, which may run a little ahead of its starts) count only when the
+peer's own journal is not among the inputs: merged journals give exact times.  Before a
 subject has been seen up once, its state is unknown and not counted.
 
 Accounting over the counted time W = [since, until] ∩ mission windows ∩ known:
@@ -235,6 +238,9 @@ def transitions(records: Iterable[Mapping[str, Any]]) -> list[Transition]:
     out: list[Transition] = []
     recs = sorted(((t, i, r) for i, r in enumerate(records) if (t := record_time(r)) is not None),
                   key=lambda x: (x[0], x[1]))
+    # a holder's own hbd journal is first-hand: another node's view of its groups is then ignored
+    first_hand = {str(r.get("node", "")).lower() for _, _, r in recs if r.get("event") in ("daemon", "group")
+                  and not r.get("holder")}
     running: dict[str, bool] = {}       # writer -> its daemon started and did not stop yet
     last_seen: dict[str, float] = {}
     for t, _, rec in recs:
@@ -262,6 +268,8 @@ def transitions(records: Iterable[Mapping[str, Any]]) -> list[Transition]:
                                       why or ("up" if up else "shut down cleanly" if planned else "dead")))
         elif ev in ("group", "service") and isinstance(rec.get(ev), str):
             holder = str(rec.get("holder") or writer).lower()
+            if ev == "group" and holder != writer and holder in first_hand:
+                continue
             if st in ("up", "down"):
                 up = st == "up"
             elif ev == "group" and isinstance(rec.get("new"), str):

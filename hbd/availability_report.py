@@ -44,7 +44,7 @@ def when(t: float, tz: datetime.tzinfo | None = None) -> str:
     return datetime.datetime.fromtimestamp(t, tz).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def render_text(report: Report, tz: datetime.tzinfo | None = None, width: int = 140) -> str:
+def render_text(report: Report, tz: datetime.tzinfo | None = None, width: int = 150) -> str:
     from rich.console import Console
     from rich.table import Table
 
@@ -53,19 +53,19 @@ def render_text(report: Report, tz: datetime.tzinfo | None = None, width: int = 
     title = f"Availability {when(report.since, tz)} .. {when(report.until, tz)}"
     title += f", mission {report.mission}" if report.mission else ", continuous mission (every stop counts)"
     t = Table(title=title, title_justify="left")
-    for col, just in (("subject", "left"), ("observed", "right"), ("uptime", "right"), ("failures", "right"),
-                      ("MTTF", "right"), ("MTTR", "right"), ("A", "right"), ("downtime/year", "right"),
-                      ("class", "left"), ("A w/o planned", "right")):
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for col in ("subject", "observed", "uptime", "failures", "planned", "MTTF", "MTTR", "A", "down/year", "class",
+                "A unplanned"):
+        t.add_column(col, justify="left" if col in ("subject", "class") else "right", no_wrap=True)
     for s in report.subjects:
-        fails = str(s.failures) + (f" ({s.planned_failures} planned)" if s.planned_failures else "")
-        t.add_row(f"{s.kind} {s.name}", duration(s.observed_s), duration(s.uptime_s), fails,
-                  duration(s.mttf_s), duration(s.mttr_s), percent(s.availability),
+        t.add_row(f"{s.kind} {s.name}", duration(s.observed_s), duration(s.uptime_s), str(s.failures),
+                  str(s.planned_failures), duration(s.mttf_s), duration(s.mttr_s), percent(s.availability),
                   duration(s.downtime_per_year_s), s.klass, percent(s.availability_unplanned))
     console.print(t)
     if not report.subjects:
         console.print("no node, group or service transitions in this period")
-    console.print("A = MTTF / (MTTF + MTTR); classes: basic 99-99.9 %, high 99.99-99.999 %, continuous above")
+    console.print("A = MTTF / (MTTF + MTTR); planned: stops for standby, shutdown or failback (counted as "
+                  "failures inside the mission); A unplanned: A with them left out; classes: basic 99-99.9 %, "
+                  "high 99.99-99.999 %, continuous above")
     return out.getvalue()
 
 

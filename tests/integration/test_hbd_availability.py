@@ -1,0 +1,81 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""`hbctl availability` on the journals of a real failover run: two hbd in two namespaces (the
+seed's configuration, fast timing as in test_hbd_netns), a planned standby, then ha2 killed."""
+import json
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from scripts.waiting import wait_for
+from tests.hbd_netns import VIP, running_lab
+
+pytestmark = pytest.mark.root
+
+FAST = {"keepalive": "200ms", "deadtime": "1", "initdead": "2", "auto_failback": "off"}
+DEADTIME_S = 1.0
+
+
+@pytest.fixture
+def lab(tmp_path):
+    yield from running_lab(tmp_path, "ip", "ping")
+
+
+def availability(lab, n, *argv):
+    r = lab.hbctl(n, "availability", "--json", *argv)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads(r.stdout)
+    return rep, {(s["kind"], s["name"]): s for s in rep["subjects"]}
+
+
+def test_planned_standby_and_a_killed_node_are_counted(lab):
+    for n in ("ha1", "ha2"):
+        lab.write_config(n, timing=dict(FAST))
+    lab.start_hbd("ha1")
+    lab.start_hbd("ha2")
+    wait_for(lambda: lab.holds_all("ha1") and lab.hbctl("ha2", "nodestatus", "ha1").stdout.strip() == "active"
+             and lab.hbctl("ha2", "rscstatus").stdout.strip() == "none",
+             "ha1 holding the group and ha2 active with nothing", 20, details=lab.logs_text)
+    time.sleep(0.5)
+
+    r = lab.hbctl("ha1", "standby")                       # planned: the group moves to ha2
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: lab.holds_all("ha2") and lab.holds_none("ha1"), "ha2 to hold the group", 15,
+             details=lab.logs_text)
+    time.sleep(1.0)
+    killed_at = time.time()
+    lab.kill("ha2", signal.SIGKILL)                       # unplanned: ha1 takes it back
+    wait_for(lambda: lab.holds_all("ha1"), "ha1 to take the group over", 10, details=lab.logs_text)
+    time.sleep(0.5)
+
+    # ha1's journal alone knows both stops: its own standby, and ha2's holding and death
+    rep, subj = availability(lab, "ha1")
+    assert rep["skipped_lines"] == 0
+    g = subj[("group", VIP)]
+    assert (g["failures"], g["planned_failures"]) == (2, 1), json.dumps(g, indent=1)
+    downs = [seg for seg in g["timeline"] if seg["state"] != "up"]
+    assert [seg["state"] for seg in downs] == ["planned", "down"]
+    outage = downs[1]
+    # the outage begins when ha2 stopped answering (detection - deadtime), ends at ha1's start
+    assert abs(outage["start"] - killed_at) < 0.6, (outage, killed_at)
+    assert DEADTIME_S * 0.5 < outage["end"] - outage["start"] < DEADTIME_S + 3
+    assert 0 < g["availability"] < 1 and g["mttr_s"] == pytest.approx(g["downtime_s"] / 2)
+    ha2 = subj[("node", "ha2")]
+    assert ha2["failures"] == 1 and ha2["planned_failures"] == 0
+    assert subj[("node", "ha1")]["failures"] == 0
+
+    # merged with the killed node's journal: the same outage, nothing counted twice
+    rep2, subj2 = availability(lab, "ha1", "--journal", os.path.join(lab.run_dir("ha2"), "journal.jsonl"))
+    g2 = subj2[("group", VIP)]
+    assert (g2["failures"], g2["planned_failures"]) == (2, 1), json.dumps(g2, indent=1)
+    assert g2["downtime_s"] == pytest.approx(g["downtime_s"], abs=0.5)
+
+    # the text report and its timeline
+    svg = os.path.join(lab.node_dir("ha1"), "availability.svg")
+    r = lab.hbctl("ha1", "availability", "--plot", svg)
+    assert r.returncode == 0 and f"group {VIP}" in r.stdout, r.stdout
+    assert re.search(r"group 10\.0\.17\.26 .* 2 │ +1 │", r.stdout), r.stdout
+    with open(svg) as f:
+        assert f.read().startswith("<svg")
