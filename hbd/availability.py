@@ -18,11 +18,13 @@ record is one transition of a *subject*:
              a start that follows no stop means the previous daemon crashed.
     group    subject = "group", holder = "holder" (or the writer "node");
              "state" up|down (older records: new == "started" is up), "planned".
-    service  subject = "service", holder = the writer "node"; "state", "planned".
+    service  subject = "watch/service" (Mon's services are per watch group; "service" alone
+             without a watch), holder = the writer "node"; "state", "planned" (hbmon).
 
 A group or service is up while at least one holder reports it up; when a node
-goes down, everything it held goes down with it (a node killed with SIGKILL
-writes nothing; its peer's "node dead" record ends its holdings).  A node's
+goes down, the groups it held go down with it (a node killed with SIGKILL
+writes nothing; its peer's "node dead" record ends its holdings); the services
+its hbmon watched become unknown (not counted) when its peer declares it dead.  A node's
 records about the peer's groups (holder = the peer, learnt from its resource
 reports, which may run a little ahead of its starts) count only when the
 peer's own journal is not among the inputs: merged journals give exact times.  Before a
@@ -219,6 +221,7 @@ class Transition:
     up: bool
     planned: bool
     why: str
+    gone: bool = False  # node down declared by its peer (deadtime): the machine may be gone
 
 
 def _flag(v: Any) -> bool:
@@ -233,14 +236,20 @@ def _since(rec: Mapping[str, Any], t: float) -> float:
     return t
 
 
+def _from_hbd(rec: Mapping[str, Any]) -> bool:
+    """Written by hbd (not hbmon, whose journal shares the shape: "program": "hbmon" on its daemon
+    records, and the kinds service, recovery and alert)."""
+    return rec.get("program", "hbd") == "hbd" and rec.get("event") not in ("service", "recovery", "alert")
+
+
 def transitions(records: Iterable[Mapping[str, Any]]) -> list[Transition]:
     """The records' up/down transitions in time order (others, like "late" or "resource", carry none)."""
     out: list[Transition] = []
     recs = sorted(((t, i, r) for i, r in enumerate(records) if (t := record_time(r)) is not None),
                   key=lambda x: (x[0], x[1]))
     # a holder's own hbd journal is first-hand: another node's view of its groups is then ignored
-    first_hand = {str(r.get("node", "")).lower() for _, _, r in recs if r.get("event") in ("daemon", "group")
-                  and not r.get("holder")}
+    first_hand = {str(r.get("node", "")).lower() for _, _, r in recs if _from_hbd(r)
+                  and r.get("event") in ("daemon", "group") and not r.get("holder")}
     running: dict[str, bool] = {}       # writer -> its daemon started and did not stop yet
     last_seen: dict[str, float] = {}
     for t, _, rec in recs:
@@ -248,7 +257,7 @@ def transitions(records: Iterable[Mapping[str, Any]]) -> list[Transition]:
         writer = str(rec.get("node", "")).lower()
         st = str(rec.get("state", "")).lower()
         why = str(rec.get("why") or rec.get("reason") or "")
-        if ev == "daemon" and writer:
+        if ev == "daemon" and writer and _from_hbd(rec):
             if st == "start":
                 if running.get(writer):
                     out.append(Transition(last_seen[writer], "node", writer, writer, False, False,
@@ -265,9 +274,13 @@ def transitions(records: Iterable[Mapping[str, Any]]) -> list[Transition]:
                 up = st in ("up", "restarted")
                 planned = _flag(rec.get("planned", rec.get("graceful", False)))
                 out.append(Transition(_since(rec, t) if not up else t, "node", subject, subject, up, planned and not up,
-                                      why or ("up" if up else "shut down cleanly" if planned else "dead")))
+                                      why or ("up" if up else "shut down cleanly" if planned else "dead"),
+                                      gone=not up and not planned and subject != writer))
         elif ev in ("group", "service") and isinstance(rec.get(ev), str):
             holder = str(rec.get("holder") or writer).lower()
+            name = rec[ev]
+            if ev == "service" and isinstance(rec.get("watch"), str) and rec["watch"]:
+                name = f"{rec['watch']}/{name}"         # Mon's services are per watch group
             if ev == "group" and holder != writer and holder in first_hand:
                 continue
             if st in ("up", "down"):
@@ -278,9 +291,9 @@ def transitions(records: Iterable[Mapping[str, Any]]) -> list[Transition]:
                 continue
             planned = _flag(rec["planned"]) if "planned" in rec else (
                 not up and str(rec.get("reason", "")) in PLANNED_REASONS)
-            out.append(Transition(_since(rec, t) if not up else t, ev, rec[ev], holder, up,
+            out.append(Transition(_since(rec, t) if not up else t, ev, name, holder, up,
                                   planned and not up, why))
-        if writer:
+        if writer and _from_hbd(rec):
             last_seen[writer] = t
     out.sort(key=lambda x: x.time)
     return out
@@ -377,19 +390,32 @@ class Report:
                 "skipped": [str(b) for b in self.bad_lines[:20]]}
 
 
+def _category(state: str) -> str:
+    return "down" if state == "planned" else state
+
+
 def _state_changes(trs: Sequence[Transition]) -> dict[tuple[str, str], list[tuple[float, str]]]:
-    """Per subject, (time, "up" | "down" | "planned") at each change of its overall state."""
-    holders: dict[tuple[str, str], dict[str, bool]] = {}
+    """Per subject, (time, "up" | "down" | "planned" | "unknown") at each change of its overall state.
+
+    A node going down takes the groups it held down with it.  A service keeps the state its
+    observer (the hbmon that wrote it) last reported, unless the observer's peer declares it dead:
+    then nobody watches it and it is unknown until reported again."""
+    holders: dict[tuple[str, str], dict[str, bool | None]] = {}
     state: dict[tuple[str, str], str] = {}
     changes: dict[tuple[str, str], list[tuple[float, str]]] = {}
 
     def settle(key: tuple[str, str], t: float, planned: bool) -> None:
-        up = any(holders[key].values())
-        new = "up" if up else ("planned" if planned else "down")
+        vals = holders[key].values()
+        if any(v is True for v in vals):
+            new = "up"
+        elif any(v is False for v in vals):
+            new = "planned" if planned else "down"
+        else:
+            new = "unknown"
         old = state.get(key)
-        if old is None and not up:
+        if old is None and new != "up":
             return              # not seen up yet: unknown
-        if old is None or (old == "up") != up:
+        if old is None or _category(old) != _category(new):
             state[key] = new
             changes.setdefault(key, []).append((t, new))
 
@@ -397,10 +423,13 @@ def _state_changes(trs: Sequence[Transition]) -> dict[tuple[str, str], list[tupl
         key = (tr.kind, tr.name)
         holders.setdefault(key, {})[tr.holder] = tr.up
         settle(key, tr.time, tr.planned)
-        if tr.kind == "node" and not tr.up:      # what a node held goes down with it
+        if tr.kind == "node" and not tr.up:
             for other, hs in holders.items():
-                if other[0] != "node" and hs.get(tr.holder):
+                if other[0] == "group" and hs.get(tr.holder):
                     hs[tr.holder] = False
+                    settle(other, tr.time, tr.planned)
+                elif other[0] == "service" and tr.gone and hs.get(tr.holder) is not None:
+                    hs[tr.holder] = None
                     settle(other, tr.time, tr.planned)
     return changes
 
@@ -422,20 +451,24 @@ def compute(records: Iterable[Mapping[str, Any]], *, until: float, since: float 
         since = trs[0].time if trs else until
     kinds = tuple(kinds)
     wanted = set(names) if names is not None else None
-    group_services = {str(r.get("service")) for r in recs
+    group_services = {f"{r['watch']}/{r.get('service')}" if isinstance(r.get("watch"), str) and r["watch"]
+                      else str(r.get("service")) for r in recs
                       if group is not None and r.get("event") == "service" and r.get("group") == group}
     windows = mission.windows(since, until, tz) if mission else [(since, until)] if until > since else []
     subjects: list[Subject] = []
     for (kind, name), ch in sorted(_state_changes(trs).items()):
-        if kind not in kinds or (wanted is not None and name not in wanted):
+        if kind not in kinds or (wanted is not None and name not in wanted
+                                 and name.rpartition("/")[2] not in wanted):
             continue
         if group is not None and not ((kind == "group" and name == group)
                                       or (kind == "service" and name in group_services)):
             continue
         s = Subject(kind, name, first_seen=ch[0][0])
         points = ch + [(until, "end")]
-        # changes alternate between up and not up, so each down segment is one whole outage
+        # consecutive changes differ in kind, so each down segment is one whole outage
         for (a, st), (b, _) in zip(points, points[1:], strict=False):
+            if st == "unknown":
+                continue
             lo, hi = max(a, since), min(b, until)
             if hi > lo:
                 s.timeline.append((lo, hi, st))

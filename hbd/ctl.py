@@ -15,9 +15,10 @@ standby/takeover wait (up to --timeout seconds, default 120) until the move is
 over and print what this node then holds; --no-wait returns once the request is
 sent.  If nothing moved after 15 s (the peer was in transition and ignored the
 request, as heartbeat does) the command fails.
-availability reads RUN_DIR/journal.jsonl, hbmon's journal.jsonl in HBMON_RUN_DIR
-(default /run/hbmon) when present, and every --journal FILE (the peer's too:
-journals are merged by wall-clock time); malformed lines are skipped and counted.
+availability reads RUN_DIR/journal.jsonl, hbmon's hbmon.jsonl (in RUN_DIR or in
+--hbmon-run-dir, default $HBMON_RUN_DIR or /run/hbmon) when present, and every
+--journal FILE (the peer's too: journals are merged by wall-clock time);
+malformed lines are skipped and counted.
 Exit codes: 0 ok; 1 refused/failed/timed out; 3 hbd is not running (status
 prints "Heartbeat is stopped on this machine."); 2 usage.
 """
@@ -77,6 +78,7 @@ def print_status(st: dict) -> None:
 
 
 DEFAULT_HBMON_RUN_DIR = "/run/hbmon"
+HBMON_JOURNAL = "hbmon.jsonl"        # hbmon's journal in its run dir (service records)
 
 
 def add_availability_parser(sub: Any) -> None:
@@ -87,6 +89,8 @@ def add_availability_parser(sub: Any) -> None:
     ap.add_argument("--group", help="only this resource group and the services that name it")
     ap.add_argument("--mission", help="HH:MM-HH:MM[,days], local time (e.g. 08:00-20:00,mon-fri)")
     ap.add_argument("--journal", action="append", default=[], help="another journal file (repeatable)")
+    ap.add_argument("--hbmon-run-dir", default=os.environ.get("HBMON_RUN_DIR", DEFAULT_HBMON_RUN_DIR),
+                    help=f"hbmon's run dir, for its {HBMON_JOURNAL} (default $HBMON_RUN_DIR or /run/hbmon)")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     ap.add_argument("--plot", help="write the availability timeline to FILE.svg (or .png with matplotlib)")
 
@@ -97,8 +101,8 @@ def availability_main(args: argparse.Namespace) -> int:
     from hbd.availability_report import render_svg, render_text, write_png
 
     now = time.time()
-    paths = [os.path.join(args.run_dir, "journal.jsonl"),
-             os.path.join(os.environ.get("HBMON_RUN_DIR", DEFAULT_HBMON_RUN_DIR), "journal.jsonl")]
+    paths = [os.path.join(args.run_dir, "journal.jsonl"), os.path.join(args.run_dir, HBMON_JOURNAL),
+             os.path.join(args.hbmon_run_dir, HBMON_JOURNAL)]
     paths = [p for p in paths if os.path.exists(p)] + list(args.journal)
     records: list[dict] = []
     bad: list[BadLine] = []

@@ -395,3 +395,55 @@ def test_hbctl_availability_errors(tmp_path, capsys, monkeypatch):
     assert "No such file or directory" in capsys.readouterr().err
     assert ctl.main(["--run-dir", str(tmp_path / "empty"), "availability"]) == 1
     assert "no journal" in capsys.readouterr().err
+
+
+def hbmon(t, event, **kw):
+    """A record as hbmon writes it (hbmon/daemon.py: Journal.record)."""
+    return {"ts": datetime.datetime.fromtimestamp(t, UTC).isoformat(), "time": t, "mono": t, "node": "ha1",
+            "event": event, **kw}
+
+
+HBMON_RUN = [hbmon(0, "daemon", state="start", program="hbmon"),
+             hbmon(1, "service", service="http", watch="web", group="10.0.17.26", state="up", planned=False, why="ok", rc=0),
+             hbmon(50, "service", service="http", watch="web", group="10.0.17.26", state="down", planned=False,
+                   why="10.0.17.26", rc=1),
+             hbmon(50, "alert", service="http", watch="web", kind="failure", prog="mail.alert", rc=0),
+             hbmon(54, "recovery", service="http", watch="web", group="10.0.17.26", action="restart", result="ok"),
+             hbmon(56, "service", service="http", watch="web", group="10.0.17.26", state="up", planned=False, why="ok", rc=0),
+             hbmon(60, "daemon", state="stopped", program="hbmon"),
+             hbmon(61, "daemon", state="start", program="hbmon")]
+
+
+def test_hbmon_service_records_merge_with_hbds_journal():
+    hbd_recs = [{"time": 0.5, "event": "daemon", "node": "ha1", "state": "start"}, grp(1, "up", group="10.0.17.26"),
+                {"time": 70, "event": "daemon", "node": "ha1", "state": "start"}]      # hbd crashed after t=1
+    r = compute(hbd_recs + HBMON_RUN, until=100)
+    web = one(r, "service", "web/http")
+    assert (web.failures, web.downtime_s, web.mttr_s, web.uptime_s) == (1, 6, 6, 93)
+    # hbmon's own start/stop records are not hbd's: hbd's crash is dated by hbd's last record (t=1)
+    ha1 = one(r, "node", "ha1")
+    assert (ha1.failures, ha1.downtime_s) == (1, 69)
+    assert [s.name for s in compute(hbd_recs + HBMON_RUN, until=100, kinds=("service",), names=["http"]).subjects] == ["web/http"]
+    assert [s.name for s in compute(hbd_recs + HBMON_RUN, until=100, group="10.0.17.26").subjects] == ["10.0.17.26", "web/http"]
+
+
+def test_hbctl_availability_reads_hbmons_journal(tmp_path, capsys, monkeypatch):
+    (tmp_path / "hbd").mkdir()
+    (tmp_path / "hbmon").mkdir()
+    write(tmp_path / "hbd" / "journal.jsonl", [grp(0, "up", group="10.0.17.26")])
+    write(tmp_path / "hbmon" / "hbmon.jsonl", HBMON_RUN)
+    monkeypatch.setenv("HBMON_RUN_DIR", str(tmp_path / "hbmon"))
+    assert ctl.main(["--run-dir", str(tmp_path / "hbd"), "availability", "--service", "http", "--until",
+                     "1970-01-01T00:01:40+00:00", "--json"]) == 0
+    [s] = json.loads(capsys.readouterr().out)["subjects"]
+    assert (s["name"], s["failures"], s["downtime_s"]) == ("web/http", 1, 6)
+
+
+def test_a_service_watched_from_a_dead_node_is_unknown_not_up():
+    recs = [svc(0, "up", node="ha1", watch="web"),
+            {"time": 40, "event": "node", "node": "ha2", "peer": "ha1", "state": "up"},
+            {"time": 50, "event": "node", "node": "ha2", "peer": "ha1", "state": "dead", "since": 49},
+            svc(70, "up", node="ha2", watch="web"), svc(90, "down", node="ha2", watch="web")]
+    s = one(compute(recs, until=100), "service", "web/http")
+    assert (s.observed_s, s.uptime_s, s.downtime_s, s.failures) == (79, 69, 10, 1)
+    assert [st for _, _, st in s.timeline] == ["up", "up", "down"]
