@@ -17,16 +17,16 @@ COLORS = {"up": "#2e9d4a", "down": "#d23c32", "planned": "#f0a030"}
 
 
 def duration(s: float | None) -> str:
-    """12.3 s, 4 min 05 s, 3 h 02 min, 2 d 04 h; '-' for None."""
+    """12.3s, 4m05s, 3h02m, 2d04h10m; '-' for None."""
     if s is None:
         return "-"
     if s < 60:
-        return f"{s:.3g} s" if s < 10 else f"{s:.1f} s"
+        return f"{s:.3g}s" if s < 10 else f"{s:.1f}s"
     if s < 3600:
-        return f"{int(s // 60)} min {int(s % 60):02d} s"
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
     if s < 86400:
-        return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
-    return f"{int(s // 86400)} d {int(s % 86400 // 3600):02d} h"
+        return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+    return f"{int(s // 86400)}d{int(s % 86400 // 3600):02d}h{int(s % 3600 // 60):02d}m"
 
 
 def percent(a: float | None) -> str:
@@ -44,7 +44,7 @@ def when(t: float, tz: datetime.tzinfo | None = None) -> str:
     return datetime.datetime.fromtimestamp(t, tz).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def render_text(report: Report, tz: datetime.tzinfo | None = None, width: int = 150) -> str:
+def render_text(report: Report, tz: datetime.tzinfo | None = None, width: int = 140) -> str:
     from rich.console import Console
     from rich.table import Table
 

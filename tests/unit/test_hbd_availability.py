@@ -380,8 +380,8 @@ def test_hbctl_availability_json_text_and_svg(tmp_path, capsys, monkeypatch):
     assert ctl.main(base + ["--plot", str(svg)]) == 0
     text = capsys.readouterr().out
     [row] = [line for line in text.splitlines() if "group g" in line]
-    assert [c.strip() for c in row.split("│")[1:-1]] == ["group g", "1 d 00 h", "23 h 59 min", "1", "1", "23 h 59 min",
-                                                          "30.0 s", "99.965 %", "3 h 02 min", "basic", "100 %"]
+    assert [c.strip() for c in row.split("│")[1:-1]] == ["group g", "1d00h00m", "23h59m", "1", "1", "23h59m", "30.0s",
+                                                          "99.965 %", "3h02m", "basic", "100 %"]
     body = svg.read_text()
     assert body.startswith("<svg") and body.count('fill="#f0a030"') == 2   # the planned stop + legend
 
