@@ -16,8 +16,10 @@ record is one transition of a *subject*:
              when it really stopped answering, detection time minus deadtime).
              ``daemon`` start/stop of a writer is its own node up / planned down;
              a start that follows no stop means the previous daemon crashed.
-    group    subject = "group", holder = "holder" (or the writer "node");
-             "state" up|down (older records: new == "started" is up), "planned".
+    group    subject = "group", holder = the writer "node"; "state" up|down (older
+             records: new == "started" is up), "planned".
+    holding  a group as its writer learnt the peer holds it: subject = "group",
+             holder = "holder"; "state", "planned", "since".
     service  subject = "watch/service" (Mon's services are per watch group; "service" alone
              without a watch), holder = the writer "node"; "state", "planned" (hbmon).
 
@@ -236,6 +238,9 @@ def _since(rec: Mapping[str, Any], t: float) -> float:
     return t
 
 
+_SUBJECT_FIELD = {"group": "group", "holding": "group", "service": "service"}
+
+
 def _from_hbd(rec: Mapping[str, Any]) -> bool:
     """Written by hbd (not hbmon, whose journal shares the shape: "program": "hbmon" on its daemon
     records, and the kinds service, recovery and alert)."""
@@ -249,7 +254,7 @@ def transitions(records: Iterable[Mapping[str, Any]]) -> list[Transition]:
                   key=lambda x: (x[0], x[1]))
     # a holder's own hbd journal is first-hand: another node's view of its groups is then ignored
     first_hand = {str(r.get("node", "")).lower() for _, _, r in recs if _from_hbd(r)
-                  and r.get("event") in ("daemon", "group") and not r.get("holder")}
+                  and r.get("event") in ("daemon", "group")}
     running: dict[str, bool] = {}       # writer -> its daemon started and did not stop yet
     last_seen: dict[str, float] = {}
     for t, _, rec in recs:
@@ -276,22 +281,24 @@ def transitions(records: Iterable[Mapping[str, Any]]) -> list[Transition]:
                 out.append(Transition(_since(rec, t) if not up else t, "node", subject, subject, up, planned and not up,
                                       why or ("up" if up else "shut down cleanly" if planned else "dead"),
                                       gone=not up and not planned and subject != writer))
-        elif ev in ("group", "service") and isinstance(rec.get(ev), str):
+        elif ev in ("group", "service", "holding") and isinstance(rec.get(_SUBJECT_FIELD[ev]), str):
+            key = _SUBJECT_FIELD[ev]
             holder = str(rec.get("holder") or writer).lower()
-            name = rec[ev]
+            name = rec[key]
             if ev == "service" and isinstance(rec.get("watch"), str) and rec["watch"]:
                 name = f"{rec['watch']}/{name}"         # Mon's services are per watch group
-            if ev == "group" and holder != writer and holder in first_hand:
+            if holder != writer and holder in first_hand and ev != "service":
                 continue
             if st in ("up", "down"):
                 up = st == "up"
-            elif ev == "group" and isinstance(rec.get("new"), str):
+            elif ev == "group" and isinstance(rec.get("new"), str):     # written before "state" existed
                 up = rec["new"] == "started"
             else:
                 continue
             planned = _flag(rec["planned"]) if "planned" in rec else (
                 not up and str(rec.get("reason", "")) in PLANNED_REASONS)
-            out.append(Transition(_since(rec, t) if not up else t, ev, name, holder, up,
+            out.append(Transition(_since(rec, t) if not up else t, "service" if ev == "service" else "group",
+                                  name, holder, up,
                                   planned and not up, why))
         if writer and _from_hbd(rec):
             last_seen[writer] = t

@@ -416,10 +416,10 @@ class Daemon:
             planned = self.g.standby is not None
         extra = {} if since is None else {"since": since}
         for key in sorted(self._peer_held - held):
-            self.journal.record("group", group=key, holder=self.g.peer, state="down", planned=planned,
+            self.journal.record("holding", group=key, holder=self.g.peer, state="down", planned=planned,
                                 why=why or "peer reports it no longer holds it", **extra)
         for key in sorted(held - self._peer_held):
-            self.journal.record("group", group=key, holder=self.g.peer, state="up", planned=False,
+            self.journal.record("holding", group=key, holder=self.g.peer, state="up", planned=False,
                                 why="peer reports it holds it")
         self._peer_held = held
 

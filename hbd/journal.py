@@ -18,8 +18,9 @@ Kinds (the availability accounting and ``hbctl status`` read these):
                                                            stopping failed)
               and state=up|down planned=BOOL why=TEXT holder=NODE (availability: up is
               started; a stop for standby, shutdown or failback is planned, carried on to
-              its stopped); holder=the peer when this node learns the peer's holdings
-              changed (its resource report, or its death: then "since" as for node)
+              its stopped)
+    holding   group=KEY holder=PEER state=up|down planned=BOOL why=TEXT [since]: the peer's
+              holdings as this node learns them (its resource reports, or its death)
     resource  group=KEY resource=WORD action=start|stop result=ok|failed [rc, duration_s]
     stonith   peer=NAME result=ok|failed detail=TEXT
     request   what=standby|takeover which=all|foreign|local result=ok|refused [detail]
@@ -106,6 +107,8 @@ def format_record(rec: dict) -> str:
         what = f"node {rec.get('peer')}: {rec.get('state')}"
     elif ev == "group":
         what = f"group {rec.get('group')}: {rec.get('old')} -> {rec.get('new')} ({rec.get('reason')})"
+    elif ev == "holding":
+        what = f"group {rec.get('group')} on {rec.get('holder')}: {rec.get('state')} ({rec.get('why')})"
     elif ev == "resource":
         what = f"resource {rec.get('resource')} {rec.get('action')}: {rec.get('result')}"
     elif ev == "stonith":

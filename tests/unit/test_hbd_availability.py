@@ -27,7 +27,8 @@ MON = 4 * 86400.0          # 1970-01-05 00:00 UTC was a Monday
 
 
 def grp(t, state, node="ha1", planned=False, group="g", **kw):
-    return {"time": t, "event": "group", "group": group, "node": node, "state": state, "planned": planned, **kw}
+    event = "holding" if "holder" in kw else "group"       # what a node learns of its peer's groups
+    return {"time": t, "event": event, "group": group, "node": node, "state": state, "planned": planned, **kw}
 
 
 def svc(t, state, name="http", node="ha1", planned=False, **kw):
