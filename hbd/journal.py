@@ -25,9 +25,10 @@ Kinds (the availability accounting and ``hbctl status`` read these):
     stonith   peer=NAME result=ok|failed detail=TEXT
     request   what=standby|takeover which=all|foreign|local result=ok|refused [detail]
 
-Each record is written and fsync'ed before record() returns (hbd.availability
-counts failures from these lines: a power cut must not erase the outage it
-caused); a crash loses at most the line being written, and ``read_journal``
+Each record is written and fdatasync'ed before record() returns
+(hbd.availability counts failures from these lines: a power cut must not erase
+the outage it caused; measured 0.15-3 ms a record on this machine's ext4,
+depending on the disk's load: a failover writes about ten); a crash loses at most the line being written, and ``read_journal``
 skips a torn last line.  hbmon writes service records of the same shape
 (event=service service=NAME state=up|down planned why).
 """
@@ -53,7 +54,7 @@ class Journal:
         self._f.write(json.dumps(rec, sort_keys=False, default=str) + "\n")
         self._f.flush()
         try:
-            os.fsync(self._f.fileno())
+            os.fdatasync(self._f.fileno())      # data and size: all a reader needs
         except OSError:
             pass            # a journal on a file system without fsync still gets the line
         return rec

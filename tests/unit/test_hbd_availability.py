@@ -343,8 +343,8 @@ def test_parser_names_the_line():
 def test_journal_records_carry_epoch_time_and_are_fsynced(tmp_path, monkeypatch):
     import hbd.journal as journal
     synced = []
-    real = journal.os.fsync
-    monkeypatch.setattr(journal.os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    real = journal.os.fdatasync
+    monkeypatch.setattr(journal.os, "fdatasync", lambda fd: (synced.append(fd), real(fd)))
     j = Journal(str(tmp_path / "journal.jsonl"), "ha1")
     rec = j.record("group", group="g", state="up", planned=False, why="start succeeded")
     assert len(synced) == 1
