@@ -28,8 +28,8 @@ Kinds (the availability accounting and ``hbctl status`` read these):
 Each record is written and fdatasync'ed before record() returns
 (hbd.availability counts failures from these lines: a power cut must not erase
 the outage it caused; measured 0.15-3 ms a record on this machine's ext4,
-depending on the disk's load: a failover writes about ten); a crash loses at most the line being written, and ``read_journal``
-skips a torn last line.  hbmon writes service records of the same shape
+depending on the disk's load: a failover writes about ten); a crash loses at
+most the line being written, and ``read_journal`` skips a torn last line.  hbmon writes service records of the same shape
 (event=service service=NAME state=up|down planned why).
 """
 from __future__ import annotations
