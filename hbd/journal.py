@@ -29,8 +29,9 @@ Each record is written and fdatasync'ed before record() returns
 (hbd.availability counts failures from these lines: a power cut must not erase
 the outage it caused; measured 0.15-3 ms a record on this machine's ext4,
 depending on the disk's load: a failover writes about ten); a crash loses at
-most the line being written, and ``read_journal`` skips a torn last line.  hbmon writes service records of the same shape
-(event=service service=NAME state=up|down planned why).
+most the line being written, and ``read_journal`` skips a torn last line.
+hbmon writes service records of the same shape (event=service service=NAME
+state=up|down planned why) to its own hbmon.jsonl.
 """
 from __future__ import annotations
 
