@@ -410,6 +410,8 @@ class Daemon:
             held = self.g.peer_hold
             if held is None:        # the peer has not reported since it (re)joined
                 return
+            if not self.g.peer_stable:      # given to it but maybe not started yet: wait for its
+                held &= self._peer_held     # stable report before counting them up
         if held == self._peer_held:
             return
         if planned is None:         # given away by a standby exchange, or failed there

@@ -71,6 +71,8 @@ def test_planned_standby_and_a_killed_node_are_counted(lab):
     g2 = subj2[("group", VIP)]
     assert (g2["failures"], g2["planned_failures"]) == (2, 1), json.dumps(g2, indent=1)
     assert g2["downtime_s"] == pytest.approx(g["downtime_s"], abs=0.5)
+    # ha1 counts ha2's holding from ha2's stable report: close to ha2's own "started"
+    assert 0 < g["planned_downtime_s"] and abs(g2["planned_downtime_s"] - g["planned_downtime_s"]) < 0.2, (g, g2)
 
     # the text report and its timeline
     svg = os.path.join(lab.node_dir("ha1"), "availability.svg")
