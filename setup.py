@@ -8,7 +8,8 @@ setup(
     name="replica-ha",
     version="0.1.0",
     description="High availability for ordinary Linux servers: replicated disks over NBD and heartbeat failover",
-    packages=find_packages(include=["replica", "replica.*", "hbd", "hbd.*", "hacommon", "hacommon.*", "hbmon", "hbmon.*"]),
+    packages=find_packages(include=["replica", "replica.*", "hbd", "hbd.*", "hacommon", "hacommon.*",
+                                    "hbmon", "hbmon.*"]),
     # hbmon's own Mon monitors live in the package (hbmon/monitors/*.monitor)
     package_data={"hbmon": ["monitors/*.monitor"]},
     python_requires=">=3.11",
