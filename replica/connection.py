@@ -116,6 +116,13 @@ class PeerConnection:
         if self.link is not None:
             self.link.link_down()
 
+    def disconnect_after_handler(self, rc: int | None) -> None:
+        """before-resync-target failed: DRBD drops the connection (C_DISCONNECTING: StandAlone)."""
+        log.error("%s: before-resync-target handler returned %s, dropping connection.", self.name,
+                  rc)
+        self.disconnect()
+        self.standalone_reason = f"before-resync-target handler returned {rc}"
+
     def lost(self, why: str) -> None:
         if not self.rt.state.is_connected:
             return
@@ -172,10 +179,55 @@ class PeerConnection:
             self.standalone_reason = why
             rt.set_state(apply_split_brain(rt.state), "network configuration discarded")
 
+    def may_demote(self) -> bool:
+        """For the handshake (PeerLink thread): we are Primary and nobody holds the device, so
+        after-sb call-pri-lost-after-sb may make us Secondary (DRBD tries the same)."""
+        rt = self.rt
+        with rt.lock:
+            return rt.state.role is Role.Primary and not rt._open_rw()
+
+    def _before_sync(self, link: PeerLink, done: repl.HandshakeDone) -> bool:
+        """Outside the runtime's lock, before the verdict is applied: the handlers DRBD calls
+        from the handshake, in its order and waiting for each (initial-split-brain when a split
+        brain was resolved; before-resync-target before this node becomes SyncTarget). False if
+        before-resync-target failed: then the connection is dropped, StandAlone."""
+        rt, v = self.rt, done.verdict
+        if v.decision.drops_connection or done.peer.data_size != rt.disk.size:
+            return True
+        if v.split_brain:
+            log.warning("%s: %s", self.name, v.reason)
+        for which in v.handlers:
+            rt.run_handler_wait(which)
+        if not v.decision.is_sync_target:
+            return True
+        rc = rt.sync.before_target()
+        if rc == 0:
+            return True
+        log.error("%s: before-resync-target handler returned %s, dropping connection.",
+                  self.name, rc)
+        with rt.lock:
+            if self.link is link:
+                self.link = None
+                self.standalone_reason = f"before-resync-target handler returned {rc}"
+                # DRBD adopts the SyncSource's sync UUID before it calls the handler: the next
+                # connect then finds rule 50 (bitmap-peer) instead of a split brain the peer's
+                # UUID rotation made unrelated. Our data is untouched; the bitmaps keep the
+                # blocks to resync.
+                sync_uuid = done.peer.uuids.next_sync_uuid()
+                if sync_uuid is not None and rt.disk.has_md:
+                    rt.disk.set_uuids(rt.disk.uuids.start_resync_target(sync_uuid),
+                                      "before-resync-target failed: the peer's sync UUID",
+                                      rt.state.role is Role.Primary)
+                rt.set_state(apply_split_brain(rt.state), "before-resync-target failed")
+        return False
+
     def link_established(self, sock: socket.socket, done: repl.HandshakeDone,
                          peer_bitmap: Bitmap | None) -> bool:
         """Apply the handshake's verdict; attach C to the socket. False: stay StandAlone."""
         rt, disk = self.rt, self.rt.disk
+        link = self.link
+        if link is None or not self._before_sync(link, done):
+            return False
         with rt.lock:
             if self.link is None or disk.engine is None:
                 return False
@@ -195,21 +247,26 @@ class PeerConnection:
                 self.link = None
                 self.standalone_reason = f"peer {peer}: data size mismatch"
                 return False
-            if v.decision.drops_connection:
+            if v.decision.drops_connection or (v.demote and rt._open_rw()):
+                why = v.reason
+                if not v.decision.drops_connection:
+                    # opened between the handshake's question and now: DRBD's failed demotion
+                    why = "Split-Brain detected but unresolved, dropping connection!"
+                    v = replace(v, handlers=(*v.handlers, "pri-lost-after-sb", "split-brain"))
                 if v.split_brain:
-                    log.error("%s: Split-Brain detected but unresolved, dropping connection! "
-                              "(peer %s)", self.name, peer)
+                    log.error("%s: %s (peer %s)", self.name, why, peer)
                 else:
-                    log.error("%s: %s (peer %s): dropping connection", self.name, v.reason, peer)
+                    log.error("%s: %s (peer %s): dropping connection", self.name, why, peer)
                 rt.set_state(apply_split_brain(rt.state), str(v.decision))
                 self.link = None
-                self.standalone_reason = f"peer {peer}: {v.reason}"
-                if v.handler:
-                    rt.run_handler(v.handler)
+                self.standalone_reason = f"peer {peer}: {why}"
+                if v.handlers:
+                    rt.run_handler(*v.handlers)
                 return False
-            if v.split_brain:
-                log.warning("%s: %s", self.name, v.reason)
-                rt.run_handler("initial-split-brain")
+            if v.demote:
+                log.warning("%s: Successfully gave up primary role.", self.name)
+                rt._device_down()
+                rt.set_state(replace(rt.state, role=Role.Secondary), "pri-lost-after-sb")
             self._discard_my_data = False
             d = v.decision
             bm = disk.meta().bitmap
@@ -228,6 +285,8 @@ class PeerConnection:
             self._ping_sent_ns = 0
             self._attached_ns = time.monotonic_ns()
             rt.set_state(new, f"connected to {peer}, {d}")
+            if v.demote:
+                self.send_state()               # the peer saw us Primary in our hello
             if d.is_sync_target:
                 rt.sync.begin_target()
             elif d.is_sync_source:
@@ -264,6 +323,9 @@ class PeerConnection:
         if isinstance(msg, PeerState):
             rt.set_state(replace(s, peer_role=msg.role, peer_disk=msg.disk), "peer state")
         elif isinstance(msg, SyncUuid):
+            if rt.state.repl is not ReplState.SyncTarget and (rc := sync.before_target()):
+                self.disconnect_after_handler(rc)
+                return
             if msg.full:
                 disk.set_all_out_of_sync()
             disk.set_uuids(disk.uuids.start_resync_target(msg.uuid), "resync start (SyncTarget)",
@@ -290,6 +352,7 @@ class PeerConnection:
                 disk.store_bitmap(force=True)
                 rt.set_state(rt.request(Request.SYNC_FINISHED, "resync"), "resync finished")
                 self.send_state()
+                rt.run_handler("after-resync-target")
         elif isinstance(msg, FullSyncRequest):
             if s.disk is not DiskState.UpToDate or s.repl.is_resync:
                 log.warning("%s: peer asked for a full sync, but %s", self.name,

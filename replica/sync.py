@@ -41,6 +41,7 @@ class ResyncControl:
         self.last_resync: dict[str, Any] | None = None
         self._started = 0.0
         self._remote_writes_at = 0            # engine.remote_writes() when a resync was asked
+        self._target_prepared = False         # before-resync-target ran for the coming resync
 
     def begin_source(self, full: bool) -> None:
         rt, disk = self.rt, self.rt.disk
@@ -62,8 +63,22 @@ class ResyncControl:
                                    rt.resource.disk.resync_rate_bps)
         self.runner.start()
 
+    def before_target(self) -> int | None:
+        """DRBD's before-resync-target, once per resync, before this node becomes SyncTarget:
+        the handler's exit code (0 = go ahead; also when no handler is set). The caller drops
+        the connection otherwise, as DRBD does. Runs to its end (DRBD waits for it too): a
+        snapshot of the consistent-but-old data taken here is complete before the resync
+        overwrites anything, provided the data is not already arriving (`connect`: it runs
+        before the socket is handed to C; `invalidate`: before the full sync is asked for)."""
+        if self._target_prepared:
+            return 0
+        rc = self.rt.run_handler_wait("before-resync-target")
+        self._target_prepared = rc == 0
+        return rc
+
     def begin_target(self) -> None:
         rt = self.rt
+        self._target_prepared = False
         rt.set_state(replace(rt.state, repl=ReplState.SyncTarget, disk=DiskState.Inconsistent),
                      "resync start")
         self._started = time.monotonic()
@@ -96,6 +111,7 @@ class ResyncControl:
         self.progress = None
 
     def stop(self) -> None:
+        self._target_prepared = False
         if self.runner is not None:
             self.runner.stop()
             self.runner = None
@@ -123,6 +139,9 @@ class ResyncControl:
         the peer alone meanwhile (the peer marks them); any sent from here on may race the
         resync, so the disk is handed back only if none was (`disk_usable_after_resync`)."""
         rt = self.rt
+        if rc := self.before_target():
+            rt.conn.disconnect_after_handler(rc)
+            return
         self._remote_writes_at = rt.disk.the_engine().remote_writes()
         rt.set_state(replace(rt.state, repl=ReplState.StartingSyncT), why)
         rt.conn.send_state()
