@@ -36,6 +36,11 @@ class Pair:
         self.t = t
         self.policy = ""
         self.size = t.data_size()
+        self._mark = {n: 0 for n in NODES}
+
+    def log(self, node: str) -> str:
+        """The node's log since this case began."""
+        return self.t.log(node)[self._mark[node]:]
 
     def configure(self, policy: str) -> None:
         """Both nodes down, `net { NET policy }`, up, Connected UpToDate/UpToDate."""
@@ -51,6 +56,7 @@ class Pair:
         t.wait_synced(timeout=20)
         for node in NODES:
             (t.dir / node / "handlers.log").unlink(missing_ok=True)
+            self._mark[node] = len(t.log(node))
 
     def write(self, node: str, off: int, data: bytes) -> None:
         import nbd
@@ -97,6 +103,7 @@ class Case:
     loser_handlers: list[str] = field(default_factory=list)
     winner_handlers: list[str] = field(default_factory=lambda: ["initial-split-brain"])
     loser_log: str = ""
+    hold: bool = False                # the loser's export stays open (it cannot step down)
 
 
 K = 1024
@@ -157,6 +164,11 @@ CASES = {
         "rr-conflict call-pri-lost;", None, {"alpha": 64 * K, "beta": MiB}, ("alpha", "beta"),
         None, "", ["initial-split-brain", "pri-lost"], ["initial-split-brain"],
         loser_log="I shall become SyncTarget, but I am primary!"),
+    "2pri-call-pri-lost-after-sb-held": Case(   # the loser's device is open: it stays Primary
+        "after-sb-0pri discard-least-changes; after-sb-2pri call-pri-lost-after-sb;", None,
+        {"alpha": 64 * K, "beta": MiB}, ("alpha", "beta"), None, "",
+        ["initial-split-brain", "pri-lost-after-sb", "split-brain"], ["initial-split-brain"],
+        loser_log="Split-Brain detected but unresolved, dropping connection!", hold=True),
 }
 
 
@@ -170,7 +182,10 @@ def _resolve_by_hand(p: Pair, victim: str) -> None:
     t = p.t
     survivor = "beta" if victim == "alpha" else "alpha"
     t.ctl(victim, "disconnect", "r0")
-    t.ctl(victim, "secondary", "r0")
+    deadline = time.monotonic() + 10     # an NBD client that just left may still be counted
+    while t.ctl(victim, "secondary", "r0", check=False).returncode and \
+            time.monotonic() < deadline:
+        time.sleep(0.1)
     t.ctl(victim, "connect", "--discard-my-data", "r0")
     t.ctl(survivor, "connect", "r0")
     t.wait_synced(timeout=20)
@@ -180,7 +195,7 @@ def _resolve_by_hand(p: Pair, victim: str) -> None:
             t.ctl(node, "secondary", "r0")
 
 
-def split_brain(p: Pair, case: Case) -> dict[str, bytes]:
+def split_brain(p: Pair, case: Case, hold=None) -> dict[str, bytes]:
     """Cut, write with the case's roles, reconnect. Returns each node's data as it was just
     before the reconnect."""
     t = p.t
@@ -201,6 +216,8 @@ def split_brain(p: Pair, case: Case) -> dict[str, bytes]:
     for node in NODES:
         if node not in case.primary_at_connect:
             t.ctl(node, "secondary", "r0")
+    if hold is not None:
+        hold.connect_uri(t.uri("alpha"))
     t.link(True)
     return written
 
@@ -208,36 +225,54 @@ def split_brain(p: Pair, case: Case) -> dict[str, bytes]:
 @pytest.mark.parametrize("name", list(CASES))
 def test_after_split_brain_policy(pair, name):
     case = CASES[name]
-    p, t = pair, pair.t
+    p = pair
     p.configure(case.policy)
     t0 = time.monotonic()
-    before = split_brain(p, case)
-    if case.winner is None:
-        _wait_both(t, lambda s: s["connection"] == "StandAlone", "dropped: StandAlone")
-        for node in NODES:
-            if case.log:
-                assert case.log in t.log(node), t.log(node)[-2000:]
-        loser = "alpha" if case.loser_log and case.loser_log in t.log("alpha") else "beta"
-        if case.loser_log:
-            assert case.loser_log in t.log(loser)
-        want = {loser: case.loser_handlers, ("beta" if loser == "alpha" else "alpha"):
-                case.winner_handlers}
-        for node in NODES:
-            t.wait(node, lambda s, node=node: p.handler_names(node) == want[node],
-                   f"handlers {want[node]}", 10)
-        # nothing merged: each side still has exactly what it wrote
-        for node in NODES:
-            assert t.read_disk(node, 0, p.size) == before[node]
+    import nbd
+    hold = nbd.NBD() if case.hold else None
+    try:
+        before = split_brain(p, case, hold)
+        if case.winner is None:
+            unresolved(p, case, before)
+            return
+    finally:
+        if hold is not None:
+            hold.shutdown()
+            _resolve_by_hand(p, "alpha")
+    resolved(p, case, before, t0, name)
+
+
+def unresolved(p: Pair, case: Case, before: dict[str, bytes]) -> None:
+    t = p.t
+    _wait_both(t, lambda s: s["connection"] == "StandAlone", "dropped: StandAlone")
+    for node in NODES:
+        if case.log:
+            assert case.log in p.log(node), p.log(node)[-2000:]
+    loser = "alpha"                      # the cases make alpha the loser where there is one
+    if case.loser_log:
+        assert case.loser_log in p.log(loser), p.log(loser)[-2000:]
+    want = {loser: case.loser_handlers, ("beta" if loser == "alpha" else "alpha"):
+            case.winner_handlers}
+    for node in NODES:
+        t.wait(node, lambda s, node=node: p.handler_names(node) == want[node],
+               f"handlers {want[node]}", 10)
+    # nothing merged: each side still has exactly what it wrote
+    for node in NODES:
+        assert t.read_disk(node, 0, p.size) == before[node]
+    if not case.hold:
         _resolve_by_hand(p, "alpha")
-        return
+
+
+def resolved(p: Pair, case: Case, before: dict[str, bytes], t0: float, name: str) -> None:
+    t = p.t
     winner = case.winner
     loser = "beta" if winner == "alpha" else "alpha"
     t.wait_synced(timeout=20)
     took = time.monotonic() - t0
-    assert case.log in t.log(winner), t.log(winner)[-3000:]
-    assert case.log.replace("this node", "peer node") in t.log(loser), t.log(loser)[-3000:]
+    assert case.log in p.log(winner), p.log(winner)[-3000:]
+    assert case.log.replace("this node", "peer node") in p.log(loser), p.log(loser)[-3000:]
     if case.loser_log:
-        assert case.loser_log in t.log(loser)
+        assert case.loser_log in p.log(loser)
     # the winner's changes survive, the loser's are gone, even where only the loser wrote
     assert t.read_disk(winner, 0, p.size) == before[winner]
     assert t.disks_equal(), f"first difference at {t.first_difference(p.size)}"
@@ -263,7 +298,7 @@ def test_failing_before_resync_target_drops_the_connection(pair):
         case = Case("", None, {"alpha": 64 * K, "beta": MiB}, (), "beta", "")
         before = split_brain(p, case)
         t.wait("alpha", lambda s: s["connection"] == "StandAlone", "alpha drops")
-        assert "before-resync-target handler returned 1, dropping connection." in t.log("alpha")
+        assert "before-resync-target handler returned 1, dropping connection." in p.log("alpha")
         assert t.read_disk("alpha", 0, p.size) == before["alpha"]   # not touched
         assert p.handler_names("alpha")[:2] == ["initial-split-brain", "before-resync-target"]
     finally:
