@@ -12,6 +12,9 @@ calls back in under the runtime's `lock`::
     PeerLink: hello_info(), encoded_bitmap() ──► handshake ──► one of
         link_established(sock, done, bitmap): size mismatch / split brain / unrelated data
             ──► StandAlone (handlers run) | Connected: C attached, maybe a resync starts
+            (first, outside the lock and before C has the socket, the handlers DRBD waits
+            for: initial-split-brain of a resolved split brain, before-resync-target; the
+            loser of call-pri-lost-after-sb steps down to Secondary)
         discard_network_config(): authentication failed, incompatible net settings
             ──► StandAlone until the next connect (DRBD "Discarding network configuration.")
     disconnect / lost(why) ──► drop(): C detached, resync stopped, new current UUID if a
@@ -184,7 +187,7 @@ class PeerConnection:
         after-sb call-pri-lost-after-sb may make us Secondary (DRBD tries the same)."""
         rt = self.rt
         with rt.lock:
-            return rt.state.role is Role.Primary and not rt._open_rw()
+            return rt.may_step_down()
 
     def _before_sync(self, link: PeerLink, done: repl.HandshakeDone) -> bool:
         """Outside the runtime's lock, before the verdict is applied: the handlers DRBD calls
@@ -247,12 +250,13 @@ class PeerConnection:
                 self.link = None
                 self.standalone_reason = f"peer {peer}: data size mismatch"
                 return False
-            if v.decision.drops_connection or (v.demote and rt._open_rw()):
-                why = v.reason
+            if v.decision.drops_connection or (v.demote and not rt.may_step_down()):
+                why, handlers = v.reason, v.handlers
                 if not v.decision.drops_connection:
-                    # opened between the handshake's question and now: DRBD's failed demotion
+                    # opened since the handshake asked (initial-split-brain ran): DRBD's
+                    # failed demotion
                     why = "Split-Brain detected but unresolved, dropping connection!"
-                    v = replace(v, handlers=(*v.handlers, "pri-lost-after-sb", "split-brain"))
+                    handlers = ("pri-lost-after-sb", "split-brain")
                 if v.split_brain:
                     log.error("%s: %s (peer %s)", self.name, why, peer)
                 else:
@@ -260,8 +264,8 @@ class PeerConnection:
                 rt.set_state(apply_split_brain(rt.state), str(v.decision))
                 self.link = None
                 self.standalone_reason = f"peer {peer}: {why}"
-                if v.handlers:
-                    rt.run_handler(*v.handlers)
+                if handlers:
+                    rt.run_handler(*handlers)
                 return False
             if v.demote:
                 log.warning("%s: Successfully gave up primary role.", self.name)

@@ -124,6 +124,11 @@ class ResourceRuntime:
         self.state = replace(self.state, open_rw=self._open_rw())
         return request_or_raise(self.state, req, f"{self.name}", **kw)
 
+    def may_step_down(self) -> bool:
+        """A Primary that nothing holds (no NBD client, no opener of its device): after-sb
+        call-pri-lost-after-sb may make it Secondary, as DRBD tries to."""
+        return self.state.role is Role.Primary and not self._open_rw()
+
     def _open_rw(self) -> bool:
         return self.state.role is Role.Primary and (self._nbd_clients() > 0
                                                     or bool(self._device_holders()))

@@ -480,15 +480,21 @@ def sync_handshake(local: UuidReport, peer: UuidReport, *, local_inconsistent: b
         if not forced or policy.always_asbp:
             pcount = int(local.primary) + int(peer.primary)
             auto, pri_lost = _recover(policy, local, peer, resolve_conflicts)
+            reason = ""
+            uses_0pri = pcount == 0 or (pcount == 1 and policy.after_sb_1pri in (
+                "consensus", "violently-as0p", "call-pri-lost-after-sb")) or (
+                pcount == 2 and policy.after_sb_2pri != DISCONNECT)
+            if uses_0pri and policy.after_sb_0pri in ("discard-younger-primary",
+                                                      "discard-older-primary") \
+                    and (local.uuids.bitmap & 1) == (peer.uuids.bitmap & 1):
+                reason = ("Discard younger/older primary did not find a decision, using "
+                          "discard-least-changes instead. ")
             if pri_lost and may_demote:
                 demote, local_primary = True, False
-                reason = "Successfully gave up primary role. "
+                reason += "Successfully gave up primary role. "
             elif pri_lost:
                 handlers.append("pri-lost-after-sb")
                 auto = -100
-                reason = ""
-            else:
-                reason = ""
             if auto in (1, -1):
                 reason += (f"Split-Brain detected, {pcount} primaries, automatically solved. "
                            f"Sync from {'this' if auto > 0 else 'peer'} node")

@@ -175,6 +175,14 @@ def test_0pri_table(p0, a, b, winner):
     assert src.handlers == ("initial-split-brain",)
 
 
+def test_younger_primary_undecided_falls_back_to_least_changes_and_says_so():
+    va, _ = verdicts(S("alpha", bits=1), S("beta", bits=9),
+                     SplitBrainPolicy(after_sb_0pri="discard-younger-primary"))
+    assert va.decision is D.BitmapSyncTarget
+    assert va.reason.startswith("Discard younger/older primary did not find a decision, using "
+                                "discard-least-changes instead. Split-Brain detected, 0 ")
+
+
 def test_call_pri_lost_after_sb_demotes_a_primary_nobody_holds():
     pol = SplitBrainPolicy(after_sb_0pri="discard-least-changes",
                            after_sb_1pri="call-pri-lost-after-sb")
