@@ -186,6 +186,7 @@ def _resolve_by_hand(p: Pair, victim: str) -> None:
     while t.ctl(victim, "secondary", "r0", check=False).returncode and \
             time.monotonic() < deadline:
         time.sleep(0.1)
+    t.ctl(victim, "secondary", "r0")     # (raises with the refusal if it never worked)
     t.ctl(victim, "connect", "--discard-my-data", "r0")
     t.ctl(survivor, "connect", "r0")
     t.wait_synced(timeout=20)
