@@ -328,7 +328,7 @@ class PeerConnection:
         if isinstance(msg, PeerState):
             rt.set_state(replace(s, peer_role=msg.role, peer_disk=msg.disk), "peer state")
         elif isinstance(msg, SyncUuid):
-            if rt.state.repl is not ReplState.SyncTarget and (rc := sync.before_target()):
+            if rc := sync.before_target():             # 0 if it ran for this resync
                 self.disconnect_after_handler(rc)
                 return
             if msg.full:

@@ -73,9 +73,10 @@ class ResyncControl:
         self.runner.start()
 
     def before_target(self) -> int | None:
-        """DRBD's before-resync-target, once per resync, before this node becomes SyncTarget:
-        the handler's exit code (0 = go ahead; also when no handler is set). The caller drops
-        the connection otherwise, as DRBD does. Runs to its end (DRBD waits for it too): a
+        """DRBD's before-resync-target, before this node becomes SyncTarget, once per resync
+        (until it finishes or the connection goes): the handler's exit code (0 = go ahead;
+        also when no handler is set). The caller drops the connection otherwise, as DRBD
+        does. Runs to its end (DRBD waits for it too): a
         snapshot of the consistent-but-old data taken here is complete before the resync
         overwrites anything, provided the data is not already arriving (`connect`: it runs
         before the socket is handed to C; `invalidate`: before the full sync is asked for)."""
@@ -87,7 +88,6 @@ class ResyncControl:
 
     def begin_target(self) -> None:
         rt = self.rt
-        self._target_prepared = False
         rt.set_state(replace(rt.state, repl=ReplState.SyncTarget, disk=DiskState.Inconsistent),
                      "resync start")
         self._started = time.monotonic()
@@ -110,6 +110,7 @@ class ResyncControl:
             rt.conn.send_state()
 
     def finish_progress(self) -> None:
+        self._target_prepared = False
         p = self.progress
         took = time.monotonic() - self._started if p else 0.0
         total = p.total_bytes if p else 0
