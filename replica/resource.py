@@ -126,6 +126,11 @@ class ResourceRuntime:
         self.state = replace(self.state, open_rw=self._open_rw())
         return request_or_raise(self.state, req, f"{self.name}", **kw)
 
+    def may_step_down(self) -> bool:
+        """A Primary that nothing holds (no NBD client, no opener of its device): after-sb
+        call-pri-lost-after-sb may make it Secondary, as DRBD tries to."""
+        return self.state.role is Role.Primary and not self._open_rw()
+
     def _open_rw(self) -> bool:
         return self.state.role is Role.Primary and (self._nbd_clients() > 0
                                                     or bool(self._device_holders()))
@@ -333,24 +338,56 @@ class ResourceRuntime:
         if s.is_connected and s.peer_disk is DiskState.UpToDate:
             self.sync.request_full_resync("attach")
 
-    def run_handler(self, which: str) -> None:
-        """Run the `handlers { which }` command in the background (DRBD's helpers)."""
-        cmd = self.resource.handlers.get(which)
-        if not cmd:
-            return
+    def handler_env(self) -> dict[str, str]:
+        """The environment drbdadm gives a handler (drbd.conf(5) handlers, DRBD 8.4 names)."""
+        me, peer = self.host, self.peer_host
         env = dict(os.environ, DRBD_RESOURCE=self.name, REPLICA_RESOURCE=self.name,
-                   DRBD_PEER=self.peer_host.name if self.peer_host else "",
-                   DRBD_MY_ADDRESS=self.host.address[0] if self.host.address else "")
-        log.info("%s: helper command: %s %s", self.name, which, cmd)
+                   DRBD_VOLUME=str(me.volume or 0), DRBD_BACKING_DEV=me.disk,
+                   DRBD_MINOR="" if me.minor is None else str(me.minor),
+                   DRBD_PEER=peer.name if peer else "", DRBD_PEERS=peer.name if peer else "",
+                   DRBD_MY_ADDRESS=me.address[0] if me.address else "",
+                   DRBD_MY_AF=me.address_family if me.address else "",
+                   DRBD_PEER_ADDRESS=peer.address[0] if peer and peer.address else "",
+                   DRBD_PEER_AF=peer.address_family if peer and peer.address else "")
+        if me.minor is not None:
+            env[f"DRBD_MINOR_{me.volume or 0}"] = str(me.minor)
+        return env
+
+    def _call_handler(self, which: str, cmd: str, env: dict[str, str]) -> int | None:
+        """Run one handler to its end: its exit code, None if it could not run or timed out."""
+        try:
+            rc = subprocess.run(cmd, shell=True, env=env, stdin=subprocess.DEVNULL,
+                                timeout=HANDLER_TIMEOUT_S).returncode
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.error("%s: helper command: %s: %s", self.name, which, exc)
+            return None
+        log.info("%s: helper command: %s exit code %d", self.name, which, rc)
+        return rc
+
+    def run_handler(self, which: str, *more: str) -> None:
+        """Run the `handlers { which }` commands in the background (DRBD's helpers), one after
+        the other in the order given; a handler that is not configured is skipped."""
+        todo = [(w, self.resource.handlers[w]) for w in (which, *more)
+                if self.resource.handlers.get(w)]
+        if not todo:
+            return
+        env = self.handler_env()
+        for w, cmd in todo:
+            log.info("%s: helper command: %s %s", self.name, w, cmd)
 
         def run() -> None:
-            try:
-                rc = subprocess.run(cmd, shell=True, env=env, stdin=subprocess.DEVNULL,
-                                    timeout=HANDLER_TIMEOUT_S).returncode
-                log.info("%s: helper command: %s exit code %d", self.name, which, rc)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                log.error("%s: helper command: %s: %s", self.name, which, exc)
+            for w, cmd in todo:
+                self._call_handler(w, cmd, env)
         threading.Thread(target=run, name=f"handler[{self.name}]", daemon=True).start()
+
+    def run_handler_wait(self, which: str) -> int | None:
+        """Run `handlers { which }` and wait for it (DRBD's before-resync-target): its exit
+        code; 0 when it is not configured, None if it could not run or timed out."""
+        cmd = self.resource.handlers.get(which)
+        if not cmd:
+            return 0
+        log.info("%s: helper command: %s %s", self.name, which, cmd)
+        return self._call_handler(which, cmd, self.handler_env())
 
     # --- user requests ------------------------------------------------------------------------
 
@@ -399,6 +436,9 @@ class ResourceRuntime:
         self._need_disk()
         new = self.request(Request.INVALIDATE, "invalidate")
         if new.is_connected:
+            if rc := self.sync.before_target():
+                self.conn.disconnect_after_handler(rc)
+                return
             self.set_state(new, "invalidate")
             self.conn.send_control(FullSyncRequest())
         else:

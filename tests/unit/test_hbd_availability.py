@@ -448,3 +448,8 @@ def test_a_service_watched_from_a_dead_node_is_unknown_not_up():
     s = one(compute(recs, until=100), "service", "web/http")
     assert (s.observed_s, s.uptime_s, s.downtime_s, s.failures) == (79, 69, 10, 1)
     assert [st for _, _, st in s.timeline] == ["up", "up", "down"]
+
+
+def test_hbctl_knows_where_hbmon_journals():
+    from hbmon import daemon
+    assert (ctl.DEFAULT_HBMON_RUN_DIR, ctl.HBMON_JOURNAL) == (daemon.DEFAULT_RUN_DIR, daemon.JOURNAL_NAME)
