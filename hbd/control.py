@@ -10,6 +10,9 @@ server's thread onto the daemon's event loop.  Requests and answers::
     {"cmd": "rscstatus"}              -> {"ok": true, "rscstatus": "none|local|foreign|all|transition"}
     {"cmd": "standby"|"takeover", "which": "all|local|foreign"}  -> {"ok": true} or
                                          {"ok": false, "error": "<the refusal sentence>"}
+        standby also takes "planned": false and "why": TEXT when it is a recovery from a
+        failure (hbmon, `hbctl standby --failure`): the groups' stops are then journaled
+        as unplanned (hbd.availability counts them so everywhere, not just in the mission)
 
 Standby and takeover requests are journaled (accepted or refused).  Only root
 may move resources (the socket is mode 0600).
@@ -45,6 +48,7 @@ class ControlCommands:
         self.groups = groups
         self.journal = journal
         self.kick = kick
+        self.standby_planned = True     # the last accepted standby request's "planned"
 
     def handle_request(self, req: dict[str, Any]) -> Reply:
         cmd = req.get("cmd")
@@ -62,15 +66,19 @@ class ControlCommands:
             return {"ok": True, "rscstatus": self.groups.rscstatus()}
         if cmd in ("standby", "takeover"):
             which = str(req.get("which", "all"))
+            extra = {} if req.get("planned", True) is not False else {
+                "planned": False, "why": str(req.get("why", "recovery from a failure"))[:200]}
             try:
                 if cmd == "standby":
                     self.groups.request_standby(which, now)
                 else:
                     self.groups.request_takeover(which, now)
             except StateChangeRefused as e:
-                self.journal.record("request", what=cmd, which=which, result="refused", detail=str(e))
+                self.journal.record("request", what=cmd, which=which, result="refused", detail=str(e), **extra)
                 return {"ok": False, "error": str(e)}
-            self.journal.record("request", what=cmd, which=which, result="ok")
+            if cmd == "standby":
+                self.standby_planned = "planned" not in extra
+            self.journal.record("request", what=cmd, which=which, result="ok", **extra)
             self.kick()
             return {"ok": True}
         return {"ok": False, "error": f"control: unknown command {cmd!r}"}

@@ -4,7 +4,9 @@
     hbctl [--run-dir DIR] status                like `cl_status hbstatus`, plus nodes, groups, journal
     hbctl nodestatus NODE                       init | up | active | dead  (like `cl_status nodestatus`)
     hbctl rscstatus                             none | local | foreign | all | transition
-    hbctl standby [all|foreign|local]           like `hb_standby`: give those groups to the peer
+    hbctl standby [all|foreign|local] [--failure WHY]
+                                                like `hb_standby`: give those groups to the peer
+                                                (--failure: a recovery, journaled as unplanned)
     hbctl takeover [all|foreign|local]          like `hb_takeover`: ask the peer for them
     hbctl availability [--since T] [--until T] [--service NAME] [--group G]
           [--mission HH:MM-HH:MM[,days]] [--journal FILE]... [--json] [--plot FILE.svg|png]
@@ -211,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("which", nargs="?", default="all", choices=("all", "foreign", "local"))
         sp.add_argument("--no-wait", action="store_true")
         sp.add_argument("--timeout", type=float, default=120.0)
+        if name == "standby":
+            sp.add_argument("--failure", metavar="WHY",
+                            help="a recovery from a failure, not maintenance: journal the stops as unplanned")
     add_availability_parser(sub)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -232,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
             print(request(args.run_dir, {"cmd": "rscstatus"})["rscstatus"])
             return 0
         before = request(args.run_dir, {"cmd": "rscstatus"})["rscstatus"]
-        r = request(args.run_dir, {"cmd": args.cmd, "which": args.which})
+        req = {"cmd": args.cmd, "which": args.which}
+        if getattr(args, "failure", None):
+            req.update(planned=False, why=args.failure)
+        r = request(args.run_dir, req)
         if not r["ok"]:
             print(f"hbctl: {r['error']}", file=sys.stderr)
             return 1

@@ -180,6 +180,7 @@ class Daemon:
         self._drop_logged: dict[str, float] = {}
         self._shutting_down = False
         self._stop_planned: dict[str, bool] = {}        # group -> its current stop is planned
+        self._control: ControlCommands | None = None
         self._peer_held: frozenset[str] = frozenset()   # peer's groups as last journaled
 
     @property
@@ -265,8 +266,9 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_shutdown)
         loop.add_signal_handler(signal.SIGUSR1, self.dump_state)
         loop.add_signal_handler(signal.SIGHUP, self.config_check)
-        control = open_control_socket(self.run_dir, ControlCommands(
-            node=self.node, membership=self.m, groups=self.g, journal=self.journal, kick=self.kick), loop)
+        self._control = ControlCommands(node=self.node, membership=self.m, groups=self.g, journal=self.journal,
+                                        kick=self.kick)
+        control = open_control_socket(self.run_dir, self._control, loop)
         worker = asyncio.create_task(self._op_worker())
         try:
             self._pump()
@@ -379,7 +381,8 @@ class Daemon:
             self._log("crit" if a.new.value == "failed" else "info",
                       f"group {a.key}: {a.old.value} -> {a.new.value} ({a.reason})")
             if a.new.value == "stopping":
-                self._stop_planned[a.key] = a.reason in PLANNED_REASONS
+                self._stop_planned[a.key] = a.reason in PLANNED_REASONS and not (
+                    a.reason == "standby" and self._control is not None and not self._control.standby_planned)
             up = a.new.value == "started"
             self.journal.record("group", group=a.key, old=a.old.value, new=a.new.value, reason=a.reason,
                                 state="up" if up else "down", holder=self.node,

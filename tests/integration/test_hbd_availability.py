@@ -30,7 +30,7 @@ def availability(lab, n, *argv):
     return rep, {(s["kind"], s["name"]): s for s in rep["subjects"]}
 
 
-def test_planned_standby_and_a_killed_node_are_counted(lab):
+def test_standby_for_a_failure_a_planned_standby_and_a_killed_node_are_counted(lab):
     for n in ("ha1", "ha2"):
         lab.write_config(n, timing=dict(FAST))
     lab.start_hbd("ha1")
@@ -40,44 +40,57 @@ def test_planned_standby_and_a_killed_node_are_counted(lab):
              "ha1 holding the group and ha2 active with nothing", 20, details=lab.logs_text)
     time.sleep(0.5)
 
-    r = lab.hbctl("ha1", "standby")                       # planned: the group moves to ha2
+    r = lab.hbctl("ha1", "standby")                                   # maintenance: planned
     assert r.returncode == 0, r.stdout + r.stderr
     wait_for(lambda: lab.holds_all("ha2") and lab.holds_none("ha1"), "ha2 to hold the group", 15,
              details=lab.logs_text)
+    time.sleep(0.5)
+    r = lab.hbctl("ha2", "standby", "--failure", "httpd failing")   # recovery (as hbmon does): unplanned
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: lab.holds_all("ha1") and lab.holds_none("ha2"), "ha1 to hold the group again", 15,
+             details=lab.logs_text)
     time.sleep(1.0)
     killed_at = time.time()
-    lab.kill("ha2", signal.SIGKILL)                       # unplanned: ha1 takes it back
-    wait_for(lambda: lab.holds_all("ha1"), "ha1 to take the group over", 10, details=lab.logs_text)
+    lab.kill("ha1", signal.SIGKILL)                                   # unplanned: ha2 takes it over
+    wait_for(lambda: lab.holds_all("ha2"), "ha2 to take the group over", 10, details=lab.logs_text)
     time.sleep(0.5)
 
-    # ha1's journal alone knows both stops: its own standby, and ha2's holding and death
-    rep, subj = availability(lab, "ha1")
+    # ha2's journal alone (the survivor's) knows all three stops
+    rep, subj = availability(lab, "ha2")
     assert rep["skipped_lines"] == 0
     g = subj[("group", VIP)]
-    assert (g["failures"], g["planned_failures"]) == (2, 1), json.dumps(g, indent=1)
+    assert (g["failures"], g["planned_failures"]) == (3, 1), json.dumps(g, indent=1)
     downs = [seg for seg in g["timeline"] if seg["state"] != "up"]
-    assert [seg["state"] for seg in downs] == ["planned", "down"]
-    outage = downs[1]
-    # the outage begins when ha2 stopped answering (detection - deadtime), ends at ha1's start
+    assert [seg["state"] for seg in downs] == ["planned", "down", "down"], downs
+    outage = downs[2]
+    # the outage begins when ha1 stopped answering (detection - deadtime), ends at ha2's start
     assert abs(outage["start"] - killed_at) < 0.6, (outage, killed_at)
     assert DEADTIME_S * 0.5 < outage["end"] - outage["start"] < DEADTIME_S + 3
-    assert 0 < g["availability"] < 1 and g["mttr_s"] == pytest.approx(g["downtime_s"] / 2)
-    ha2 = subj[("node", "ha2")]
-    assert ha2["failures"] == 1 and ha2["planned_failures"] == 0
-    assert subj[("node", "ha1")]["failures"] == 0
+    assert 0 < g["availability"] < 1 and g["mttr_s"] == pytest.approx(g["downtime_s"] / 3)
+    assert g["availability_unplanned"] > g["availability"]
+    ha1 = subj[("node", "ha1")]
+    assert ha1["failures"] == 1 and ha1["planned_failures"] == 0
+    assert subj[("node", "ha2")]["failures"] == 0
+    reqs = [(r["what"], r.get("planned", True), r.get("why")) for r in journal(lab, "ha2") if r["event"] == "request"]
+    assert reqs == [("standby", False, "httpd failing")]
 
-    # merged with the killed node's journal: the same outage, nothing counted twice
-    rep2, subj2 = availability(lab, "ha1", "--journal", os.path.join(lab.run_dir("ha2"), "journal.jsonl"))
+    # merged with the killed node's journal: the same stops, nothing counted twice
+    rep2, subj2 = availability(lab, "ha2", "--journal", os.path.join(lab.run_dir("ha1"), "journal.jsonl"))
     g2 = subj2[("group", VIP)]
-    assert (g2["failures"], g2["planned_failures"]) == (2, 1), json.dumps(g2, indent=1)
+    assert (g2["failures"], g2["planned_failures"]) == (3, 1), json.dumps(g2, indent=1)
     assert g2["downtime_s"] == pytest.approx(g["downtime_s"], abs=0.5)
-    # ha1 counts ha2's holding from ha2's stable report: close to ha2's own "started"
+    # ha2 counts ha1's holding from ha1's stable report: close to ha1's own "started"
     assert 0 < g["planned_downtime_s"] and abs(g2["planned_downtime_s"] - g["planned_downtime_s"]) < 0.2, (g, g2)
 
     # the text report and its timeline
-    svg = os.path.join(lab.node_dir("ha1"), "availability.svg")
-    r = lab.hbctl("ha1", "availability", "--plot", svg)
+    svg = os.path.join(lab.node_dir("ha2"), "availability.svg")
+    r = lab.hbctl("ha2", "availability", "--plot", svg)
     assert r.returncode == 0 and f"group {VIP}" in r.stdout, r.stdout
-    assert re.search(r"group 10\.0\.17\.26 .* 2 │ +1 │", r.stdout), r.stdout
+    assert re.search(r"group 10\.0\.17\.26 .* 3 │ +1 │", r.stdout), r.stdout
     with open(svg) as f:
         assert f.read().startswith("<svg")
+
+
+def journal(lab, n):
+    from hbd.journal import read_journal
+    return read_journal(os.path.join(lab.run_dir(n), "journal.jsonl"))
