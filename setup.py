@@ -21,6 +21,8 @@ setup(
             "replicactl=replica.cli:main",
             "hbd=hbd.daemon:main",
             "hbctl=hbd.ctl:main",
+            "replica-fence-peer=hbd.fence_peer:main",
+            "replica-unfence-peer=hbd.fence_peer:main_unfence",
         ],
     },
 )

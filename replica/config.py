@@ -311,7 +311,7 @@ NOT_YET: dict[tuple[str, str], NotYet] = {
     ("disk", "read-balancing"): NotYet("reads are always served locally", "prefer-local"),
     ("disk", "rs-discard-granularity"): NotYet("resync writes every block", 0),
     **{("handlers", k): NotYet("this handler is never called") for k in (
-        "pri-on-incon-degr", "fence-peer", "unfence-peer", "before-resync-target",
+        "pri-on-incon-degr", "before-resync-target",
         "after-resync-target", "before-resync-source", "out-of-sync", "quorum-lost",
         "disconnected")},
     **{("startup", k): NotYet("replicactl wait-connect is not implemented") for k in (

@@ -121,6 +121,7 @@ class PeerConnection:
             return
         log.warning("%s: connection to %s lost: %s", self.name, self.peer_text, why)
         self.drop(self.rt.request(Request.CONNECTION_LOST, "connection lost"), "connection lost")
+        self.rt.fencing.peer_lost()
 
     def stop_link(self) -> None:
         """down/detach: the link goes too (no Diskless-over-the-network mode)."""
