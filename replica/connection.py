@@ -228,7 +228,10 @@ class PeerConnection:
             disk.engine.peer_attach(sock.fileno(), rt.resource.net.protocol)
             self._ping_sent_ns = 0
             self._attached_ns = time.monotonic_ns()
+            hello_disk = rt.state.disk
             rt.set_state(new, f"connected to {peer}, {d}")
+            if new.disk is not hello_disk and not (d.is_sync_source or d.is_sync_target):
+                self.send_state()       # e.g. Outdated -> UpToDate: the peer saw our hello's
             if d.is_sync_target:
                 rt.sync.begin_target()
             elif d.is_sync_source:

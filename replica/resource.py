@@ -50,7 +50,7 @@ from replica.mirror import MirrorEvent
 from replica.monitor import ResourceMonitor
 from replica.protocol.nbd import ExportInfo, transmission_flags_for
 from replica.protocol.repl_control import FullSyncRequest, PeerUuids
-from replica.roles import Request, ResourceState, needs_new_current_uuid, request_or_raise
+from replica.roles import Request, ResourceState, needs_new_current_uuid, request, request_or_raise
 from replica.states import ConnState, DiskState, Refusal, ReplState, Role
 from replica.sync import ResyncControl
 from replica.uuids import UuidFlag
@@ -399,7 +399,8 @@ class ResourceRuntime:
         if self.resource.standalone:
             return
         self._need_disk()
-        if not force and needs_fencing(self.state) and self.state.role is not Role.Primary:
+        if not force and needs_fencing(self.state) and request(
+                replace(self.state, open_rw=False), Request.PROMOTE) is Refusal.PRIMARY_NOP:
             self.fencing.fence_peer("primary")     # DRBD: drbd_set_role -> conn_try_outdate_peer
         old = self.state
         new = self.request(Request.PROMOTE, "primary", force=force)
