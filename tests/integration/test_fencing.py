@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """Fencing with real replicad pairs in two namespaces: the fence-peer handler's exit codes on a
-promotion without a peer (1, 6, 3, 5) and on a Primary that loses its peer (1, 4), suspend-io
+promotion without a peer (1, 6, 3, 5, 7) and on a Primary that loses its peer (1, 4), suspend-io
 under resource-and-stonith until the handler succeeds or `resume-io`, unfence-peer after the
 resync, `outdate`, and `peer-dead` from the cluster manager. The handler is a shell line whose
 exit code the test writes into a file, and which records DRBD's environment."""
@@ -63,7 +63,8 @@ def test_promotion_without_peer_runs_fence_peer_and_obeys_its_exit_code():
         assert "fence-peer helper returned 6 (peer is active)" in t.log("beta")
         assert "Peer is primary, outdating myself." in t.log("beta")
         for rc, text, peer_disk in ((3, "peer is inconsistent or worse", "Inconsistent"),
-                                    (5, "peer is unreachable, assumed to be dead", "Outdated")):
+                                    (5, "peer is unreachable, assumed to be dead", "Outdated"),
+                                    (7, "peer was stonithed", "Outdated")):
             t.ctl("beta", "connect", "r0")
             t.wait_synced(timeout=20)
             t.ctl("beta", "disconnect", "r0")
@@ -72,6 +73,8 @@ def test_promotion_without_peer_runs_fence_peer_and_obeys_its_exit_code():
             t.ctl("beta", "primary", "r0")
             assert calls(t, "beta") == before + 1
             assert f"fence-peer helper returned {rc} ({text})" in t.log("beta")
+            if rc == 7:     # DRBD goes on, and says the handler should not have said so
+                assert "fence-peer() = 7 && fencing != Stonith !!!" in t.log("beta")
             assert t.ctl("beta", "dstate", "r0").stdout.strip() == f"UpToDate/{peer_disk}"
             t.ctl("beta", "secondary", "r0")
             # the peer's disk is known not UpToDate now: promoting again asks nobody
@@ -127,14 +130,15 @@ def test_outdate_and_peer_dead():
         r = t.ctl("beta", "outdate", "r0", check=False)
         assert r.returncode == 17 and "Refusing to be Outdated while Connected" in r.stderr
         t.ctl("alpha", "primary", "r0")
-        # the cluster manager says alpha is dead: beta drops the link at once (no ping timeout)
-        # and counts alpha's disk as Outdated (DRBD's answer 5), so no handler runs on promote
+        # the cluster manager says alpha is dead and STONITH reset it: beta drops the link at
+        # once (no ping timeout) and counts alpha's disk as Outdated (DRBD's answer 7), so no
+        # handler runs on promote (without --fenced: answer 5, in tests/e2e's failover)
         t0 = time.monotonic()
-        t.ctl("beta", "peer-dead", "r0")
+        t.ctl("beta", "peer-dead", "--fenced", "r0")
         st = t.status("beta")
         assert st["connection"] != "Connected" and st["peer_disk_state"] == "Outdated", st
         assert time.monotonic() - t0 < 3
-        assert "cluster manager: peer alpha is dead: peer is unreachable, assumed to be dead" \
+        assert "cluster manager: peer alpha is dead, fenced by STONITH: peer was stonithed" \
             in t.log("beta")
         t.ctl("alpha", "disconnect", "r0")      # alpha is in fact alive: keep it apart
         t.ctl("beta", "disconnect", "r0")
