@@ -200,11 +200,12 @@ class PeerFencing:
 
     def suspend_io(self, why: str) -> None:
         engine = self.rt.disk.engine
-        if engine is None or self.suspended:
+        if engine is None:
             return
-        engine.set_suspended(True)
+        engine.set_suspended(True)      # also after a down/up, where a new engine runs
+        if not self.suspended:
+            log.warning("%s: suspend-io: new requests wait (%s)", self.name, why)
         self.suspended = True
-        log.warning("%s: suspend-io: new requests wait (%s)", self.name, why)
 
     def resume_io(self, why: str) -> None:
         engine = self.rt.disk.engine
