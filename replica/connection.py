@@ -37,6 +37,7 @@ from replica.protocol.repl_control import (
     PeerRefuse,
     PeerState,
     PeerUuids,
+    ResyncPause,
     SyncUuid,
     decode_control,
     encode_control,
@@ -309,6 +310,8 @@ class PeerConnection:
             self.lost("peer disconnected")
         elif isinstance(msg, PeerRefuse):
             self.lost(f"peer refused: {msg.reason}")
+        elif isinstance(msg, ResyncPause):
+            sync.on_peer_pause(msg.paused)
 
     def check_timers(self, now_ns: int) -> int | None:
         """ping-int, ping-timeout and DRBD's request timer (ko-count * timeout); returns the

@@ -51,6 +51,7 @@ from replica.monitor import ResourceMonitor
 from replica.protocol.nbd import ExportInfo, transmission_flags_for
 from replica.protocol.repl_control import FullSyncRequest, PeerUuids
 from replica.roles import Request, ResourceState, needs_new_current_uuid, request, request_or_raise
+from replica.startup import wfc_option
 from replica.states import ConnState, DiskState, Refusal, ReplState, Role
 from replica.sync import ResyncControl
 from replica.uuids import UuidFlag
@@ -83,6 +84,7 @@ class ResourceRuntime:
         self.sync = ResyncControl(self)
         self.monitor = ResourceMonitor(self)
         self.fencing = PeerFencing(self)
+        self.wfc_option = "wfc-timeout"      # which startup timeout `wait-connect` uses
 
     # --- what the daemon asks -------------------------------------------------------------
 
@@ -252,6 +254,7 @@ class ResourceRuntime:
         if self.disk.has_md:
             raise Refusal.DISK_CONFIGURED.error(self.name)
         info = self.disk.attach()
+        self.wfc_option = wfc_option(info)
         try:
             new = self.request(Request.ATTACH, "attach", attach=info)
             self.frontend.start(self.disk.the_engine(), self._export_info())
@@ -517,6 +520,7 @@ class ResourceRuntime:
             "device_path": self.device.path if self.device is not None else None,
             "stats": engine.stats() if engine else None,
             "last_resync": self.sync.last_resync,
+            "wfc_option": self.wfc_option,
             "link_error": self.conn.last_error,
         }
         if self.disk.has_md:

@@ -17,10 +17,12 @@ logging; layouts in repl_wire.py, the frame codec in repl_codec.py.
     Outdate          OUTDATE                                         graceful disconnect of a Primary
     PeerDisconnect   DISCONNECT                                      `disconnect` on the peer
     PeerRefuse       REFUSE        payload = reason                  the peer drops the link
+    ResyncPause      RESYNC_PAUSE  aux = paused (0/1)                pause-sync/resume-sync or
+                                                                     resync-after on the peer
 
 Rules: a frame decodes to exactly one message (trailing bytes are an error); a STATE aux with
-bits above the role byte, an unknown role or disk, a SYNC_UUID with aux other than 0/1 or a
-reserved UUID (0, 4) are refused; any other packet type is unexpected after the handshake.
+bits above the role byte, an unknown role or disk, a SYNC_UUID or RESYNC_PAUSE with aux other
+than 0/1 or a reserved UUID (0, 4) are refused; any other packet type is unexpected after the handshake.
 """
 from dataclasses import dataclass
 
@@ -84,8 +86,13 @@ class PeerRefuse:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class ResyncPause:
+    paused: bool
+
+
 ControlMessage = (PeerState | SyncUuid | PeerUuids | FullSyncRequest | Outdate | PeerDisconnect
-                  | PeerRefuse)
+                  | PeerRefuse | ResyncPause)
 
 
 def encode_control(msg: ControlMessage) -> bytes:
@@ -103,6 +110,8 @@ def encode_control(msg: ControlMessage) -> bytes:
         return encode_frame(Frame(ReplPacket.OUTDATE))
     if isinstance(msg, PeerDisconnect):
         return encode_frame(Frame(ReplPacket.DISCONNECT))
+    if isinstance(msg, ResyncPause):
+        return encode_frame(Frame(ReplPacket.RESYNC_PAUSE, aux=int(msg.paused)))
     return encode_refuse(msg.reason)
 
 
@@ -135,6 +144,11 @@ def decode_control(raw: bytes) -> ControlMessage:
         return Outdate()
     if t is ReplPacket.DISCONNECT:
         return PeerDisconnect()
+    if t is ReplPacket.RESYNC_PAUSE:
+        if frame.aux not in (0, 1) or frame.payload:
+            raise RemoteProtocolError(f"repl: RESYNC_PAUSE: invalid: aux={frame.aux} "
+                                      f"payload={len(frame.payload)} bytes")
+        return ResyncPause(bool(frame.aux))
     if t is ReplPacket.REFUSE:
         return PeerRefuse(frame.payload.decode("utf-8", "replace"))
     raise RemoteProtocolError(f"repl: unexpected control frame {t.name} (aux={frame.aux}) after "

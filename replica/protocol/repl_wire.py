@@ -77,6 +77,7 @@ class ReplPacket(enum.IntEnum):
     OUTDATE_REPLY = 0x49
     DISCONNECT = 0x4A
     REFUSE = 0x4B
+    RESYNC_PAUSE = 0x58       # aux = 1: the sender paused the resync (pause-sync, resync-after)
 
 
 class DataFlag(enum.IntFlag):
