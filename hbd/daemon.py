@@ -52,6 +52,7 @@ from hbd.authkeys import AuthKeys, load_authkeys
 from hbd.availability import PLANNED_REASONS
 from hbd.config import HaConfig, load_ha_config
 from hbd.control import ControlCommands, open_control_socket
+from hbd.disk_fencing import DiskFencing
 from hbd.groups import (
     Action,
     FenceNode,
@@ -182,6 +183,7 @@ class Daemon:
         self._stop_planned: dict[str, bool] = {}        # group -> its current stop is planned
         self._control: ControlCommands | None = None
         self._peer_held: frozenset[str] = frozenset()   # peer's groups as last journaled
+        self.fencing: DiskFencing | None = None
 
     @property
     def m(self) -> Membership:
@@ -260,6 +262,9 @@ class Daemon:
         self._g = GroupManager(self.node, [n.lower() for n in self.cfg.nodes], self.groups_cfg,
                               auto_failback=self.cfg.auto_failback, stonith_configured=bool(self.devices),
                               initdead_s=self.cfg.initdead_s, now=now)
+        self.fencing = DiskFencing(node=self.node, node_status=self.m.node_status,
+                                   send_message=self._send_fencing_message,
+                                   journal=self.journal.record, env=self.runner.env)
         for s in self.media.socks:
             loop.add_reader(s.fileno(), self._on_readable, s)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -267,7 +272,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGUSR1, self.dump_state)
         loop.add_signal_handler(signal.SIGHUP, self.config_check)
         self._control = ControlCommands(node=self.node, membership=self.m, groups=self.g, journal=self.journal,
-                                        kick=self.kick)
+                                        kick=self.kick, fencing=self.fencing)
         control = open_control_socket(self.run_dir, self._control, loop)
         worker = asyncio.create_task(self._op_worker())
         try:
@@ -317,6 +322,10 @@ class Daemon:
                 self._journal_peer_holdings()
                 return
 
+    def _send_fencing_message(self, msg_type: str, fields: dict[str, str]) -> None:
+        self.m.send_message(msg_type, fields)
+        self.kick()
+
     def kick(self) -> None:
         """Something changed outside the loop's own callbacks (a request, a result): act on it now."""
         self._pump()
@@ -339,6 +348,8 @@ class Daemon:
         if isinstance(e, NodeUp):
             self._log("info", f"node {e.node}: status up (generation {e.generation})")
             self.journal.record("node", peer=e.node, state="up", generation=e.generation)
+            if self.fencing is not None:
+                self.fencing.node_up(e.node)
             g.node_up(e.node, now)
         elif isinstance(e, NodeRestarted):
             self._log("warn", f"node {e.node}: restarted (generation {e.generation})")
@@ -352,6 +363,8 @@ class Daemon:
             self.journal.record("node", peer=e.node, state="dead", graceful=e.graceful, planned=e.graceful,
                                 since=since, why=how)
             self._journal_peer_holdings(frozenset(), planned=e.graceful, why=f"node {e.node} {how}", since=since)
+            if self.fencing is not None:
+                self.fencing.node_dead(e.node, graceful=e.graceful)
             g.node_dead(e.node, now, clean=e.graceful)
         elif isinstance(e, NodeLate):
             self._log("warn", f"Late heartbeat: node {e.node}: interval {int(e.late_s * 1000)} ms")
@@ -360,6 +373,8 @@ class Daemon:
             fields = {k: v for k, v in e.msg.fields if isinstance(v, str)}
             log.debug("message from %s: %s", e.node, " ".join(f"{k}={v}" for k, v in fields.items()
                                                               if k not in ("auth", "srcuuid", "destuuid")))
+            if self.fencing is not None and self.fencing.receive_message(e.node, e.msg.type, fields):
+                return
             g.receive_message(e.node, e.msg.type, fields, now)
         elif isinstance(e, PacketDropped):
             last = self._drop_logged.get(e.reason, -1e9)
@@ -433,6 +448,8 @@ class Daemon:
             a = await self._ops.get()
             group = self.by_key[a.key]
             if isinstance(a, StartGroup):
+                if self.fencing is not None:
+                    await self.fencing.wait_notified()     # replicad knows the peer is dead
                 self._log("info", f"group {a.key}: starting ({a.reason})")
                 ok = await self.runner.start_group(group)
                 self.g.group_started(a.key, ok, time.monotonic())
@@ -447,6 +464,8 @@ class Daemon:
         ok, detail = await stonith.fence(self.devices, node)
         self._log("info" if ok else "crit", detail)
         self.journal.record("stonith", peer=node, result="ok" if ok else "failed", detail=detail)
+        if ok and self.fencing is not None:
+            self.fencing.node_fenced(node)
         self.g.fence_done(node, ok, time.monotonic())
         self.kick()
 

@@ -132,6 +132,7 @@ class PeerConnection:
             return
         log.warning("%s: connection to %s lost: %s", self.name, self.peer_text, why)
         self.drop(self.rt.request(Request.CONNECTION_LOST, "connection lost"), "connection lost")
+        self.rt.fencing.peer_lost()
 
     def stop_link(self) -> None:
         """down/detach: the link goes too (no Diskless-over-the-network mode)."""
@@ -289,9 +290,11 @@ class PeerConnection:
             disk.engine.peer_attach(sock.fileno(), rt.resource.net.protocol)
             self._ping_sent_ns = 0
             self._attached_ns = time.monotonic_ns()
+            hello_disk = rt.state.disk
             rt.set_state(new, f"connected to {peer}, {d}")
-            if v.demote:
-                self.send_state()               # the peer saw us Primary in our hello
+            if v.demote or (new.disk is not hello_disk
+                            and not (d.is_sync_source or d.is_sync_target)):
+                self.send_state()       # the peer saw our hello's role / disk (Outdated -> UpToDate)
             if d.is_sync_target:
                 rt.sync.begin_target()
             elif d.is_sync_source:

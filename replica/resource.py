@@ -24,6 +24,7 @@ constructor and public interface (none calls another's private methods):
     device    replica.blockdev.BlockDevice      /dev/replica/RES and /dev/drbdN while Primary
                                                 (kernel NBD or FUSE+loop over the same engine)
     monitor   replica.monitor.ResourceMonitor   C's events, timers (no periodic wake-up)
+    fencing   replica.fencing.PeerFencing       fence-peer/unfence-peer, suspend-io, peer-dead
 
 Threads: the daemon's command threads, the PeerLink, the ResyncRunner, the monitor's two.
 Lock order: `lock` (this runtime), then the disk's `md_lock`. Peer control frames after the
@@ -43,12 +44,13 @@ from replica.config import Endpoint, HostSection, Resource
 from replica.connection import PeerConnection
 from replica.disk import ResourceDisk, engine_io_error_mode
 from replica.errors import ReplicaError
+from replica.fencing import PeerFencing, needs_fencing
 from replica.frontends import NbdFrontend
 from replica.mirror import MirrorEvent
 from replica.monitor import ResourceMonitor
 from replica.protocol.nbd import ExportInfo, transmission_flags_for
 from replica.protocol.repl_control import FullSyncRequest, PeerUuids
-from replica.roles import Request, ResourceState, needs_new_current_uuid, request_or_raise
+from replica.roles import Request, ResourceState, needs_new_current_uuid, request, request_or_raise
 from replica.startup import wfc_option
 from replica.states import ConnState, DiskState, Refusal, ReplState, Role
 from replica.sync import ResyncControl
@@ -81,6 +83,7 @@ class ResourceRuntime:
         self.conn = PeerConnection(self)
         self.sync = ResyncControl(self)
         self.monitor = ResourceMonitor(self)
+        self.fencing = PeerFencing(self)
         self.wfc_option = "wfc-timeout"      # which startup timeout `wait-connect` uses
 
     # --- what the daemon asks -------------------------------------------------------------
@@ -120,6 +123,7 @@ class ResourceRuntime:
             self._apply_role_to_export()
         self.disk.persist_flags(new)
         self.monitor.wake()                  # its deadlines may have changed
+        self.fencing.state_changed(old, new)
 
     def request(self, req: Request, what: str, **kw: Any) -> ResourceState:
         """The state `req` leads to (replica.roles), or the Refused error; nothing changes."""
@@ -339,25 +343,36 @@ class ResourceRuntime:
             self.sync.request_full_resync("attach")
 
     def handler_env(self) -> dict[str, str]:
-        """The environment drbdadm gives a handler (drbd.conf(5) handlers, DRBD 8.4 names)."""
-        me, peer = self.host, self.peer_host
+        """The environment DRBD gives its helpers (drbdadm's khelper env, 8.4 and 9 names)."""
+        peer = self.peer_host
         env = dict(os.environ, DRBD_RESOURCE=self.name, REPLICA_RESOURCE=self.name,
-                   DRBD_VOLUME=str(me.volume or 0), DRBD_BACKING_DEV=me.disk,
-                   DRBD_MINOR="" if me.minor is None else str(me.minor),
                    DRBD_PEER=peer.name if peer else "", DRBD_PEERS=peer.name if peer else "",
-                   DRBD_MY_ADDRESS=me.address[0] if me.address else "",
-                   DRBD_MY_AF=me.address_family if me.address else "",
+                   DRBD_MY_ADDRESS=self.host.address[0] if self.host.address else "",
+                   DRBD_MY_AF=self.host.address_family,
                    DRBD_PEER_ADDRESS=peer.address[0] if peer and peer.address else "",
-                   DRBD_PEER_AF=peer.address_family if peer and peer.address else "")
-        if me.minor is not None:
-            env[f"DRBD_MINOR_{me.volume or 0}"] = str(me.minor)
+                   DRBD_PEER_AF=peer.address_family if peer else "",
+                   DRBD_CONF=os.path.abspath(self.resource.file) if self.resource.file else "",
+                   DRBD_BACKING_DEV=self.host.disk, DRBD_VOLUME=str(self.host.volume or 0),
+                   DRBD_MINOR=str(self.host.minor) if self.host.minor is not None else "")
+        if self.host.minor is not None:
+            env[f"DRBD_MINOR_{self.host.volume or 0}"] = str(self.host.minor)
         return env
 
-    def _call_handler(self, which: str, cmd: str, env: dict[str, str]) -> int | None:
+    def call_handler(self, which: str, timeout_s: float = HANDLER_TIMEOUT_S) -> int | None:
+        """Run the `handlers { which }` command and wait for it: its exit code, None when it
+        could not run or timed out (DRBD's kernel waits for its usermode helper likewise)."""
+        cmd = self.resource.handlers.get(which)
+        if not cmd:
+            return None
+        log.info("%s: helper command: %s %s", self.name, which, cmd)
+        return self._call_handler(which, cmd, self.handler_env(), timeout_s)
+
+    def _call_handler(self, which: str, cmd: str, env: dict[str, str],
+                      timeout_s: float = HANDLER_TIMEOUT_S) -> int | None:
         """Run one handler to its end: its exit code, None if it could not run or timed out."""
         try:
             rc = subprocess.run(cmd, shell=True, env=env, stdin=subprocess.DEVNULL,
-                                timeout=HANDLER_TIMEOUT_S).returncode
+                                timeout=timeout_s).returncode
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.error("%s: helper command: %s: %s", self.name, which, exc)
             return None
@@ -405,6 +420,9 @@ class ResourceRuntime:
         if self.resource.standalone:
             return
         self._need_disk()
+        if not force and needs_fencing(self.state) and request(
+                replace(self.state, open_rw=False), Request.PROMOTE) is Refusal.PRIMARY_NOP:
+            self.fencing.fence_peer("primary")     # DRBD: drbd_set_role -> conn_try_outdate_peer
         old = self.state
         new = self.request(Request.PROMOTE, "primary", force=force)
         if new == old:
@@ -431,6 +449,24 @@ class ResourceRuntime:
         self._device_down()
         self.set_state(new, "secondary")
         self.conn.send_state()
+
+    def outdate(self) -> None:
+        """drbdadm outdate: a disconnected Secondary marks its own data Outdated (what the
+        peer's fence-peer handler asks for)."""
+        self._need_disk()
+        new = self.request(Request.OUTDATE, "outdate")
+        self.set_state(new, "outdate")
+
+    def peer_dead(self, fenced: bool = False) -> None:
+        """The cluster manager declared the peer node dead (`fenced`: STONITH reset it)."""
+        if self.resource.standalone or not self.disk.has_md:
+            return
+        self.fencing.peer_dead(fenced)
+
+    def resume_io(self) -> None:
+        """drbdadm resume-io: thaw I/O suspended by fencing."""
+        self._need_disk()
+        self.fencing.resume_io("resume-io")
 
     def invalidate(self) -> None:
         self._need_disk()
