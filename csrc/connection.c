@@ -238,9 +238,10 @@ int conn_send_range_frame_locked(struct rm_connection *c, const struct rpl_heade
         /* The digest needs the bytes in memory anyway: send those very bytes. */
         if (c->send_failed || c->tp.fd < 0)
             return -ENOTCONN;
-        if ((rc = read_range_locked(c, h->offset, h->length)) < 0)
+        if ((rc = read_range_locked(c, h->offset, h->length)) < 0 ||
+            (rc = conn_send_frame_locked(c, h, c->rbuf)) < 0)
             return rc;
-        return conn_send_frame_locked(c, h, c->rbuf);
+        return sbuf_send_locked(c, 0);      /* on its way now, as a sendfile'd frame would be */
     }
     if ((rc = queue_header_locked(c, h)) < 0 || (rc = sbuf_send_locked(c, MSG_MORE)) < 0)
         return rc;

@@ -93,6 +93,11 @@ void device_get_stats(struct rm_device *dev, rm_stats *out)
     out->resync_bytes_received = LOAD(resync_bytes_received);
     out->al_misses = LOAD(al_misses);
     out->events_dropped = LOAD(events_dropped);
+    out->verify_bytes_sent = LOAD(verify_bytes_sent);
+    out->verify_bytes_done = LOAD(verify_bytes_done);
+    out->verify_bytes_checked = LOAD(verify_bytes_checked);
+    out->verify_oos_blocks = LOAD(verify_oos_blocks);
+    out->integrity_failures = LOAD(integrity_failures);
 }
 
 int device_is_read_only(struct rm_device *dev)

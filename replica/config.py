@@ -284,10 +284,8 @@ NOT_YET: dict[tuple[str, str], NotYet] = {
         "socket-check-timeout": "the peer connection is not probed before use",
         "max-buffers": "in-flight requests to the peer are capped at 4096",
         "max-epoch-size": "replicad has no write epochs",
-        "verify-alg": "online verify is not implemented",
         "csums-alg": "checksum-based resync is not implemented",
         "csums-after-crash-only": "checksum-based resync is not implemented",
-        "data-integrity-alg": "data frames carry no digest; only both sides' settings are compared",
         "on-congestion": "a congested link always blocks",
         "congestion-fill": "a congested link always blocks",
         "congestion-extents": "a congested link always blocks",
@@ -312,8 +310,7 @@ NOT_YET: dict[tuple[str, str], NotYet] = {
     ("disk", "rs-discard-granularity"): NotYet("resync writes every block", 0),
     **{("handlers", k): NotYet("this handler is never called") for k in (
         "pri-on-incon-degr", "fence-peer", "unfence-peer", "before-resync-target",
-        "after-resync-target", "before-resync-source", "out-of-sync", "quorum-lost",
-        "disconnected")},
+        "after-resync-target", "before-resync-source", "quorum-lost", "disconnected")},
     **{("startup", k): NotYet("replicactl wait-connect is not implemented") for k in (
         "wfc-timeout", "degr-wfc-timeout", "outdated-wfc-timeout", "stacked-timeouts")},
     ("startup", "wait-after-sb"): NotYet("replicactl wait-connect is not implemented"),

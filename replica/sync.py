@@ -13,7 +13,8 @@ change through the runtime (replica.resource), UUIDs and bitmap through the disk
     request_full_resync(why): a re-attached disk asks the UpToDate peer for everything
     stop(): the connection went away (the next one starts over from the bitmap)
 
-Online verify (VerifySource/VerifyTarget) goes here next, beside the resync.
+Online verify (VerifyS/VerifyT) is `self.verify`, a replica.verify.VerifyControl: it shares
+the connection's lifetime with the resync (stop() ends both).
 """
 import logging
 import time
@@ -25,6 +26,7 @@ from replica.protocol.repl_control import FullSyncRequest, PeerUuids, SyncUuid
 from replica.resync import ResyncProgress
 from replica.roles import Request
 from replica.states import DiskState, ReplState, Role
+from replica.verify import VerifyControl
 
 if TYPE_CHECKING:
     from replica.resource import ResourceRuntime
@@ -41,6 +43,7 @@ class ResyncControl:
         self.last_resync: dict[str, Any] | None = None
         self._started = 0.0
         self._remote_writes_at = 0            # engine.remote_writes() when a resync was asked
+        self.verify = VerifyControl(rt)
 
     def begin_source(self, full: bool) -> None:
         rt, disk = self.rt, self.rt.disk
@@ -96,6 +99,7 @@ class ResyncControl:
         self.progress = None
 
     def stop(self) -> None:
+        self.verify.stop()
         if self.runner is not None:
             self.runner.stop()
             self.runner = None
