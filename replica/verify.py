@@ -10,9 +10,11 @@ and logs::
 
     replicactl verify RES [--start S] [--stop S]            (either node, Connected, UpToDate/UpToDate)
     VerifyS: start() ── VerifyStart(start, end, verify-alg) ──► VerifyT: on_peer_start()
-             VerifyRunner: rm_verify_send per 1 MiB,            same verify-alg, Established?
-             paced as the resync (resync-rate),                 yes: VerifyT; no: VerifyEnd(REFUSED)
-             at most WINDOW unanswered
+                                                                same verify-alg, Established?
+             ◄── VerifyStart(accepted) ─────────────────────── yes: VerifyT; no: VerifyEnd(REFUSED)
+             VerifyRunner: rm_verify_send per 1 MiB, paced as the resync (resync-rate), at most
+             WINDOW unanswered (no request goes out before the VerifyT accepted: C on the
+             VerifyT compares and marks whatever arrives, and counts from its acceptance)
     both:    on_out_of_sync(offset, length) per run C found: "Out of sync: start=S, size=N (sectors)"
     VerifyS: all answered ── VerifyEnd(FINISHED) ──► VerifyT ── both: finish(): Established,
              "Online verify done", "Online verify found N 4k block out of sync!", bitmap stored,
@@ -142,6 +144,7 @@ class VerifyControl:
         self._started = 0.0
         self._base: dict[str, int] = {}
         self._range = (0, 0)
+        self._alg = ""
         self._run: tuple[int, int] | None = None      # the out-of-sync run being gathered
 
     @property
@@ -175,11 +178,20 @@ class VerifyControl:
                                f"--start {begin // SECTOR} (sectors)")
         rt.conn.send_control(VerifyStart(begin, end, alg))
         self._begin(source=True, begin=begin, end=end, why="verify start")
+        self._alg = alg
         rate = rt.resource.disk.resync_rate_bps    # the resync's pace (fixed mode today)
         log.info("%s: Starting Online Verify from sector %d (to %d, verify-alg %s, %s)",
                  self.name, begin // SECTOR, end // SECTOR, alg,
                  f"at most {rate // 1024} KiB/s" if rate else "unthrottled")
-        self.runner = VerifyRunner(self, rt.disk.the_engine(), alg, begin, end, rate)
+
+    def _accepted(self, msg: VerifyStart) -> None:
+        """The VerifyT accepted: the requests may go."""
+        if not (self._source and self.running and self.runner is None
+                and (msg.start, msg.end, msg.alg) == (*self._range, self._alg)):
+            log.warning("%s: unexpected verify acceptance from the peer: ignored", self.name)
+            return
+        self.runner = VerifyRunner(self, self.rt.disk.the_engine(), self._alg, msg.start, msg.end,
+                                   self.rt.resource.disk.resync_rate_bps)
         self.runner.run()
 
     def runner_done(self, runner: VerifyRunner, finished: bool) -> None:
@@ -202,6 +214,9 @@ class VerifyControl:
     # --- VerifyT (connection.on_control, under the runtime's lock) -------------------------
 
     def on_peer_start(self, msg: VerifyStart) -> None:
+        if msg.accepted:
+            self._accepted(msg)
+            return
         rt = self.rt
         s = rt.state
         ours = rt.resource.net.verify_alg
@@ -221,6 +236,7 @@ class VerifyControl:
         log.info("%s: Online Verify (VerifyT) from sector %d to %d, verify-alg %s", self.name,
                  msg.start // SECTOR, msg.end // SECTOR, msg.alg)
         self._begin(source=False, begin=msg.start, end=msg.end, why="peer verify start")
+        rt.conn.send_control(VerifyStart(msg.start, msg.end, msg.alg, accepted=True))
 
     def on_peer_end(self, msg: VerifyEnd) -> None:
         if not self.running:

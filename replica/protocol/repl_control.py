@@ -18,14 +18,15 @@ logging; layouts in repl_wire.py, the frame codec in repl_codec.py.
     PeerDisconnect   DISCONNECT                                      `disconnect` on the peer
     PeerRefuse       REFUSE        payload = reason                  the peer drops the link
     VerifyStart      OV_START      offset = start, payload = end     `verify` on the peer: we
-                                   + verify-alg                      become VerifyT
+                                   + verify-alg, aux = accepted      become VerifyT (and answer
+                                                                     it with accepted = 1)
     VerifyEnd        OV_END        aux = outcome, offset = blocks    verify finished, stopped
                                    out of sync, payload = reason     or refused
 
 Rules: a frame decodes to exactly one message (trailing bytes are an error); a STATE aux with
 bits above the role byte, an unknown role or disk, a SYNC_UUID with aux other than 0/1 or a
 reserved UUID (0, 4) are refused; an OV_START whose start is not 4 KiB aligned or lies past
-its end, or whose alg is not printable ASCII, and an OV_END with an unknown outcome are refused;
+its end, whose aux is not 0/1 or whose alg is not printable ASCII, and an OV_END with an unknown outcome are refused;
 any other packet type is unexpected after the handshake.
 """
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ class VerifyStart:
     start: int              # first byte, 4 KiB aligned
     end: int                # one past the last byte
     alg: str                # verify-alg of the VerifyS: the VerifyT must have the same
+    accepted: bool = False  # the VerifyT's answer: it is VerifyT now, requests may follow
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +126,7 @@ def encode_control(msg: ControlMessage) -> bytes:
     if isinstance(msg, PeerDisconnect):
         return encode_frame(Frame(ReplPacket.DISCONNECT))
     if isinstance(msg, VerifyStart):
-        return encode_frame(Frame(ReplPacket.OV_START, offset=msg.start,
+        return encode_frame(Frame(ReplPacket.OV_START, offset=msg.start, aux=int(msg.accepted),
                                   payload=wire.OV_START_BODY.pack(msg.end)
                                   + msg.alg.encode("ascii")))
     if isinstance(msg, VerifyEnd):
@@ -167,11 +169,11 @@ def decode_control(raw: bytes) -> ControlMessage:
     if t is ReplPacket.OV_START:
         (end,) = wire.OV_START_BODY.unpack_from(frame.payload)
         alg = frame.payload[wire.OV_START_BODY.size:]
-        if (frame.offset % wire.BLOCK_SIZE or frame.offset > end or not alg.isascii()
+        if (frame.offset % wire.BLOCK_SIZE or frame.offset > end or frame.aux > 1 or not alg.isascii()
                 or not alg.decode("ascii").isprintable()):
             raise RemoteProtocolError(f"repl: OV_START: invalid: start={frame.offset} end={end} "
                                       f"alg={alg!r}")
-        return VerifyStart(frame.offset, end, alg.decode("ascii"))
+        return VerifyStart(frame.offset, end, alg.decode("ascii"), bool(frame.aux))
     if t is ReplPacket.OV_END:
         if frame.aux not in {o.value for o in wire.VerifyOutcome}:
             raise RemoteProtocolError(f"repl: OV_END: unknown outcome {frame.aux}")

@@ -73,6 +73,9 @@ def test_sync_uuid_uuids_and_simple_messages():
     (HEADER.pack(REPL_MAGIC, ReplPacket.OV_START, 0, 0, 0, 8, 0) + OV_START_BODY.pack(0),
      "repl: invalid frame: OV_START: length=8 outside 9..72"),
     (repl.encode_simple(ReplPacket.OV_END, aux=3), "repl: OV_END: unknown outcome 3"),
+    (repl.encode_frame(repl.Frame(ReplPacket.OV_START, aux=2,
+                                  payload=OV_START_BODY.pack(0) + b"crc32c")),
+     "repl: OV_START: invalid"),
     (HEADER.pack(REPL_MAGIC, ReplPacket.OV_REQUEST, 1, 0, 0, 0, 4096),
      "repl: invalid frame: OV_REQUEST: length=0"),
 ])
@@ -143,9 +146,10 @@ def test_state_aux_layout_is_role_high_byte_disk_low_byte():
               st.sampled_from([UuidFlag(0), UuidFlag.SKIP_INITIAL_SYNC])),
     st.just(events.FullSyncRequest()), st.just(events.Outdate()), st.just(events.PeerDisconnect()),
     st.builds(events.PeerRefuse, st.text(max_size=40)),
-    st.builds(lambda a, n, alg: events.VerifyStart(a * 4096, a * 4096 + n, alg),
+    st.builds(lambda a, n, alg, ok: events.VerifyStart(a * 4096, a * 4096 + n, alg, ok),
               st.integers(0, 2**40), st.integers(0, 2**40),
-              st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=64)),
+              st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=64),
+              st.booleans()),
     st.builds(events.VerifyEnd, st.sampled_from(list(VerifyOutcome)), st.integers(0, 2**64 - 1),
               st.text(max_size=40))))
 def test_fuzz_every_message_round_trips_through_the_one_codec(msg):
