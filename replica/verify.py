@@ -57,7 +57,7 @@ def parse_sectors(text: str) -> int:
     scale = SECTOR
     if t and t[-1].lower() in units:
         scale, t = units[t[-1].lower()], t[:-1]
-    if not t.isdigit():
+    if not (t.isascii() and t.isdigit()):
         raise ReplicaError(f"verify: {text!r}: expected sectors or a size with a unit "
                            "(s, K, M, G, T)")
     return int(t) * scale

@@ -144,3 +144,31 @@ def test_data_integrity_alg_crc32c_mirrors_writes_and_differing_algs_are_refused
             t.wait(node, lambda s: s["connection"] == "StandAlone", "StandAlone", 15)
         assert "incompatible data-integrity-alg settings: local crc32c, peer sha1" in \
             t.log("alpha"), t.log("alpha")[-2000:]
+
+
+def test_verify_progress_in_status_and_a_disconnect_stops_it():
+    requires_root()
+    requires_commands("ip")
+    with TwoNodes(size=32 * MiB, net=NET, disk="resync-rate 8M;") as t:
+        t.create_and_up()
+        t.ctl("alpha", "new-current-uuid", "--clear-bitmap", "r0")    # blank disks: no sync
+        t.wait_synced(timeout=10)
+        t.ctl("alpha", "primary", "r0")
+        t.ctl("alpha", "verify", "r0")                        # 32 MiB at 8 MiB/s: ~4 s
+        st = t.wait("alpha", lambda s: (s.get("verify") or {}).get("percent", 0) > 10,
+                    "verify under way", 10)
+        assert st["replication"] == "VerifyS" and st["verify"]["role"] == "VerifyS"
+        assert st["verify"]["rate_bps"] > 0 and st["verify"]["eta_s"] is not None
+        text = t.ctl("alpha", "status", "r0").stdout
+        assert "replication:VerifyS peer-disk:UpToDate done:" in text, text
+        beta = t.wait("beta", lambda s: s["replication"] == "VerifyT", "VerifyT", 5)
+        assert beta["verify"]["role"] == "VerifyT"
+        res = t.ctl("beta", "verify", "r0", check=False)      # one at a time
+        assert res.returncode == 17 and "already active" in res.stderr, res.stderr
+        t.ctl("alpha", "disconnect", "r0")
+        st = t.status("alpha")
+        assert st["replication"] == "Off" and "verify" not in st
+        assert "Online verify stopped (connection lost)" in t.log("alpha")
+        t.wait("beta", lambda s: "verify" not in s and s["connection"] != "Connected",
+               "beta stopped too", 15)
+        assert "Online verify stopped (connection lost)" in t.log("beta")
