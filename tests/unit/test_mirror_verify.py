@@ -47,6 +47,28 @@ def test_crc32c_unaligned_and_long_inputs_agree_with_the_bytewise_definition():
             assert mirror.digest("crc32c", blob[start:end]) == struct.pack("<I", crc32c_ref(blob[start:end]))
 
 
+def test_crc32c_three_chain_path_agrees_with_a_table_reference():
+    """Inputs long enough for the three-chain paths (3 x 8 KiB and 3 x 256 bytes) and their
+    remainders, at every alignment mod 8."""
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+
+    def ref(data: bytes) -> int:
+        c = 0xFFFFFFFF
+        for byte in data:
+            c = table[(c ^ byte) & 0xFF] ^ (c >> 8)
+        return c ^ 0xFFFFFFFF
+    blob = os.urandom(3 * 8192 * 2 + 3 * 256 + 100)
+    for start in range(8):
+        for length in (768, 769, 3 * 8192, 3 * 8192 + 3 * 256 + 9, len(blob) - 8):
+            part = blob[start:start + length]
+            assert mirror.digest("crc32c", part) == struct.pack("<I", ref(part)), (start, length)
+
+
 @pytest.mark.parametrize("name", ["md5", "sha1", "sha224", "sha256", "sha384", "sha512",
                                   "sha3-224", "sha3-256", "sha3-384", "sha3-512"])
 def test_hashes_match_hashlib(name):
