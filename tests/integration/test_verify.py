@@ -5,10 +5,14 @@ Verify compares the disks by digest: identical disks find nothing; blocks corrup
 Secondary's back (its backing file written directly) are found exactly, logged as DRBD does
 ("Out of sync: start=S, size=N (sectors)"), marked out of sync on both nodes, reported to the
 `out-of-sync` handler, and resynced by a disconnect/connect. data-integrity-alg crc32c carries a
-digest on every data frame (its mismatch path is tested in C with hand-made frames:
-tests/unit/test_mirror_verify.py); different algs on the two nodes are refused at the handshake.
+digest on every data frame: a frame damaged between the nodes (by a proxy in the initiator's
+namespace) is caught, dropped and resynced; different algs on the two nodes are refused at the
+handshake.
 """
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +24,7 @@ pytestmark = pytest.mark.root
 NET = "protocol C; ping-int 3; ping-timeout 5; timeout 8; connect-int 1; verify-alg crc32c;"
 HANDLERS = 'out-of-sync "echo $DRBD_RESOURCE >> {dir}/oos-{node}";'
 BLOCK = 4096
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _verify(t: TwoNodes, *args: str) -> dict:
@@ -172,3 +177,46 @@ def test_verify_progress_in_status_and_a_disconnect_stops_it():
         t.wait("beta", lambda s: "verify" not in s and s["connection"] != "Connected",
                "beta stopped too", 15)
         assert "Online verify stopped (connection lost)" in t.log("beta")
+
+
+def test_a_data_frame_damaged_on_the_wire_is_caught_dropped_and_resynced():
+    """A proxy between the nodes flips a bit in one DATA payload (tests/integration/
+    corrupting_proxy.py): beta logs the digest failure with the block's sector and drops the
+    link without writing it; alpha marked the unacknowledged block, so the reconnect resyncs it."""
+    requires_root()
+    requires_commands("ip")
+    nbd = requires_module("nbd")
+    net = NET + " data-integrity-alg crc32c;"
+    with TwoNodes(size=16 * MiB, net=net, disk="resync-rate 500M;") as t:
+        proxy_port = 17789
+        text = t.config("alpha").read_text()
+        beta_line = f"address {t.addr['beta']}:7789;"
+        assert text.count(beta_line) == 1
+        t.config("alpha").write_text(text.replace(beta_line, f"address 127.0.0.1:{proxy_port};"))
+        trigger = t.dir / "corrupt-next"
+        proxy = subprocess.Popen(
+            ["ip", "netns", "exec", t.ns["alpha"], sys.executable, "-m",
+             "tests.integration.corrupting_proxy", f"127.0.0.1:{proxy_port}",
+             f"{t.addr['beta']}:7789", str(trigger)],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        try:
+            assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
+            t.create_and_up()
+            t.initial_sync("alpha")
+            trigger.touch()
+            h = nbd.NBD()
+            h.connect_uri(t.uri("alpha"))
+            try:
+                h.pwrite(os.urandom(65536), 5 * MiB, nbd.CMD_FLAG_FUA)   # answered from alpha
+            finally:
+                h.shutdown()
+            assert (t.dir / "corrupt-next.done").read_text() == f"{5 * MiB} 65536\n"
+            t.wait("beta", lambda s: "Digest integrity check FAILED" in t.log("beta"),
+                   "digest failure logged", 10)
+            assert f"Digest integrity check FAILED: {5 * MiB // 512}s +65536" in t.log("beta")
+            t.wait_synced(timeout=30)                 # reconnected, the block resynced
+            assert t.disks_equal()
+            assert t.status("beta")["stats"]["integrity_failures"] == 1
+        finally:
+            proxy.kill()
+            proxy.wait()
