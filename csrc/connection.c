@@ -26,8 +26,11 @@
  * digests (OV_REQUEST) under the send lock, so the request sits in the stream after every write
  * it read and before every later one; the peer's receiver applies frames in stream order, so it
  * reads the same versions, compares, marks the differing blocks and answers OV_REPLY with a bit
- * per block, and the VerifyS marks them too. (Started on the Secondary, the Primary's own new
- * writes can race the comparison: a false "differs" costs one block's resync, never a miss.)
+ * per block, and the VerifyS marks them too. Two writes can still race a comparison: a large
+ * write whose local half is done but whose frame is not yet sent (its payload is read from the
+ * disk at send time, outside the lock), and, with the Secondary as VerifyS, the Primary's own
+ * new writes. Both can only make an equal block look different: a false "differs" costs that
+ * block's resync, never a missed difference.
  * data-integrity-alg: every DATA/RS_DATA frame is preceded by a DIGEST frame of its payload;
  * the receiver takes such payloads into memory (no splice), checks them before applying, and
  * on a mismatch drops the link without writing or acking: the sender's sweep marks the block. */
