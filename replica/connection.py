@@ -85,6 +85,7 @@ class PeerConnection:
         if host.address is None or rt.peer_host.address is None:
             raise Refusal.NO_NET_CONFIG.error(self.name)
         check_alg("data-integrity-alg", rt.resource.net.data_integrity_alg)
+        check_alg("verify-alg", rt.resource.net.verify_alg)
         self.link = PeerLink(self, node=host.name, peer=rt.peer_host.name,
                              local_addr=host.address, peer_addr=rt.peer_host.address,
                              net=rt.resource.net)
