@@ -8,7 +8,10 @@ setup(
     name="replica-ha",
     version="0.1.0",
     description="High availability for ordinary Linux servers: replicated disks over NBD and heartbeat failover",
-    packages=find_packages(include=["replica", "replica.*", "hbd", "hbd.*", "hacommon", "hacommon.*"]),
+    packages=find_packages(include=["replica", "replica.*", "hbd", "hbd.*", "hacommon", "hacommon.*",
+                                    "hbmon", "hbmon.*"]),
+    # hbmon's own Mon monitors live in the package (hbmon/monitors/*.monitor)
+    package_data={"hbmon": ["monitors/*.monitor"]},
     python_requires=">=3.11",
     setup_requires=["cffi>=1.15"],
     cffi_modules=["csrc/build_mirror.py:ffibuilder"],
@@ -21,6 +24,7 @@ setup(
             "replicactl=replica.cli:main",
             "hbd=hbd.daemon:main",
             "hbctl=hbd.ctl:main",
+            "hbmon=hbmon.daemon:main",
         ],
     },
 )

@@ -17,6 +17,7 @@ prints "Heartbeat is stopped on this machine."); 2 usage.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -68,6 +69,42 @@ def print_status(st: dict) -> None:
             print("  " + format_record(rec))
 
 
+def print_hbmon_status(hbd_run_dir: str) -> None:
+    """hbmon's services under `hbctl status`: asked on hbmon.sock, else read from its hbmon.json.
+
+    hbmon's run dir: $HBMON_RUN_DIR, else hbd's run dir if hbmon shares it, else /run/hbmon."""
+    from hbmon.daemon import DEFAULT_RUN_DIR as HBMON_RUN_DIR
+    from hbmon.daemon import SOCKET_NAME as HBMON_SOCKET
+    from hbmon.daemon import STATE_NAME as HBMON_STATE
+    cands = [d for d in (os.environ.get("HBMON_RUN_DIR"), hbd_run_dir, HBMON_RUN_DIR) if d]
+    for d in cands:
+        sock, state = os.path.join(d, HBMON_SOCKET), os.path.join(d, HBMON_STATE)
+        if not os.path.exists(sock) and not os.path.exists(state):
+            continue
+        try:
+            st = exchange(sock, {"cmd": "status"}, timeout_s=5.0)
+            head = f"hbmon: running (pid {st.get('pid')})"
+        except (ControlError, OSError):
+            try:
+                with open(state) as f:
+                    st = json.load(f)
+            except (OSError, ValueError):
+                continue
+            head = f"hbmon: not running; last state from {state}"
+        print(head)
+        for s in st.get("services", []):
+            extra = ""
+            if s.get("restarts"):
+                extra += f", {s['restarts']} restart(s)"
+            if s.get("failed_over"):
+                extra += ", failed over (standby requested)"
+            if not s.get("depend_ok", True):
+                extra += ", dependency failing"
+            summary = f": {s['summary']}" if s.get("status") == "fail" and s.get("summary") else ""
+            print(f"  service {s['watch']}/{s['service']} (group {s.get('group')}): {s['status']}{summary}{extra}")
+        return
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hbctl", description="query and steer a running hbd")
     p.add_argument("--run-dir", default=os.environ.get("HBD_RUN_DIR", DEFAULT_RUN_DIR))
@@ -86,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "status":
             st = request(args.run_dir, {"cmd": "status"})
             print_status(st)
+            print_hbmon_status(args.run_dir)
             return 0
         if args.cmd == "nodestatus":
             r = request(args.run_dir, {"cmd": "nodestatus", "node": args.node})

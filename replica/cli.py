@@ -34,6 +34,8 @@ DAEMON_START_TIMEOUT_S = 15.0
 EXIT_ERROR = 1
 EXIT_NO_RESOURCE = 10
 EXIT_REFUSED = 17        # drbdsetup's exit code for a refused state change (SS_* error)
+DEFAULT_CMD_TIMEOUT_S = 60.0
+QUICK_COMMANDS = frozenset({"ping", "status", "dump-md"})
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,18 @@ class Ctl:
         return [name]
 
     def call(self, cmd: str, **fields) -> dict:
-        return request(self.where.control_socket, cmd, config=self.where.config,
-                       node=self.where.node, **fields)
+        return request(self.where.control_socket, cmd, timeout_s=self.cmd_timeout(cmd),
+                       config=self.where.config, node=self.where.node, **fields)
+
+    def cmd_timeout(self, cmd: str) -> float:
+        """global { cmd-timeout-short | -medium; }: how long drbdadm waits for a command (status
+        and other queries: short; state changes: medium). Unset: 60 s."""
+        which = "cmd-timeout-short" if cmd in QUICK_COMMANDS else "cmd-timeout-medium"
+        try:
+            value = self.config.global_options.get(which)
+        except ReplicaError:
+            value = None
+        return float(str(value).split()[0]) if value else DEFAULT_CMD_TIMEOUT_S
 
     @property
     def daemon_running(self) -> bool:
@@ -140,6 +152,51 @@ def cmd_up(ctl: Ctl, name: str) -> int:
     for res in ctl.resource_names(name):
         ctl.call("up", resource=res)
     return 0
+
+
+def cmd_wait_connect(ctl: Ctl, name: str) -> int:
+    """drbdadm wait-connect: block until each resource is Connected, for as long as its
+    startup{} timeout allows (replica.startup says which and when to give up early)."""
+    from replica.startup import wait_verdict, wfc_timeout_s
+    if not ctl.daemon_running:
+        for res in ctl.resource_names(name):
+            print(f"{res}: No such resource (replicad is not running)", file=sys.stderr)
+        return EXIT_NO_RESOURCE
+    rc = 0
+    for res in ctl.resource_names(name):
+        startup = ctl.config.resource(res).startup
+        first = (ctl.status_of(res) or [{}])[0]
+        option = first.get("wfc_option", "wfc-timeout")
+        timeout = wfc_timeout_s(startup, option)
+        deadline = time.monotonic() + timeout if timeout else None
+        while True:
+            st = (ctl.status_of(res) or [{}])[0]
+            verdict = wait_verdict(st, wait_after_sb=startup.get("wait-after-sb", "no") != "no")
+            if verdict.done:
+                if not verdict.ok:
+                    print(f"{res}: wait-connect: {verdict.why}", file=sys.stderr)
+                    rc = EXIT_ERROR
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                print(f"{res}: wait-connect: not Connected after {timeout} s ({option}; now "
+                      f"{st.get('connection', 'unknown')})", file=sys.stderr)
+                rc = EXIT_ERROR
+                break
+            time.sleep(0.2)
+    return rc
+
+
+def cmd_startup(ctl: Ctl, name: str) -> int:
+    """What drbd.service (DRBD 8.4's init script) does at boot: `up`, `wait-connect` with the
+    startup{} timeouts, then `primary` where `become-primary-on` names this node (or both)."""
+    from replica.startup import becomes_primary
+    cmd_up(ctl, name)
+    rc = cmd_wait_connect(ctl, name)
+    for res in ctl.resource_names(name):
+        if becomes_primary(ctl.config.resource(res).startup, ctl.where.node):
+            ctl.call("primary", resource=res, force=False)
+            print(f"{res}: Primary (become-primary-on)")
+    return rc
 
 
 def cmd_down(ctl: Ctl, name: str) -> int:
@@ -360,6 +417,10 @@ COMMANDS = [
     Command("down", cmd_down, True, "disconnect, demote and release the disk",
             (("--force", "even while the device is mounted or open (it goes away when its last "
               "user lets go), or after replicad died"),)),
+    Command("wait-connect", cmd_wait_connect, True, "wait until Connected (startup{} wfc-timeout, "
+            "degr-wfc-timeout, outdated-wfc-timeout, wait-after-sb)"),
+    Command("startup", cmd_startup, True, "boot: up, wait-connect, then primary where "
+            "become-primary-on names this node"),
     Command("attach", _verb("attach", start_daemon=True), True, "open the disk and its metadata"),
     Command("detach", _verb("detach"), True, "release the disk (clean metadata shutdown)"),
     Command("connect", _verb("connect", discard_my_data="discard_my_data"), True,
@@ -372,6 +433,8 @@ COMMANDS = [
     Command("invalidate", _verb("invalidate"), True, "resync the local disk fully from the peer"),
     Command("invalidate-remote", _verb("invalidate-remote"), True,
             "resync the peer's disk fully from this node"),
+    Command("pause-sync", _verb("pause-sync"), True, "pause the running resync (PausedSyncS/T)"),
+    Command("resume-sync", _verb("resume-sync"), True, "resume a resync paused by pause-sync"),
     Command("verify", cmd_verify, True, "online verify: compare this node's blocks with the "
             "peer's by digest (verify-alg); differing blocks are marked out of sync",
             (("--start", "first sector (or a size with a unit: 1G...), default 0", "SECTOR"),

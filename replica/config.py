@@ -293,15 +293,9 @@ NOT_YET: dict[tuple[str, str], NotYet] = {
     ("net", "tcp-cork"): NotYet("replicad batches frames with MSG_MORE", True),
     ("net", "use-rle"): NotYet("the bitmap is exchanged uncompressed", True),
     **{("disk", k): NotYet(why) for k, why in {
-        "c-delay-target": "the resync rate is fixed, by resync-rate",
-        "c-fill-target": "the resync rate is fixed, by resync-rate",
-        "c-max-rate": "the resync rate is fixed, by resync-rate",
-        "c-min-rate": "application I/O is not given priority over resync",
         "disk-timeout": "local requests are not timed out",
-        "resync-after": "resyncs of different resources are not ordered",
         "size": "the whole backing disk is used",
     }.items()},
-    ("disk", "c-plan-ahead"): NotYet("the resync rate is fixed, by resync-rate", 0),
     ("disk", "disk-barrier"): NotYet("replicad orders writes with flushes", False),
     ("disk", "disk-flushes"): NotYet("replicad always flushes the backing disk", True),
     ("disk", "disk-drain"): NotYet("replicad always drains", True),
@@ -311,16 +305,12 @@ NOT_YET: dict[tuple[str, str], NotYet] = {
     **{("handlers", k): NotYet("this handler is never called") for k in (
         "pri-on-incon-degr", "fence-peer", "unfence-peer", "before-resync-target",
         "after-resync-target", "before-resync-source", "quorum-lost", "disconnected")},
-    **{("startup", k): NotYet("replicactl wait-connect is not implemented") for k in (
-        "wfc-timeout", "degr-wfc-timeout", "outdated-wfc-timeout", "stacked-timeouts")},
-    ("startup", "wait-after-sb"): NotYet("replicactl wait-connect is not implemented"),
-    ("startup", "become-primary-on"): NotYet("`up` never promotes"),
+    ("startup", "stacked-timeouts"): NotYet("there are no stacked resources"),
     **{("options", k): NotYet(_NO_EFFECT) for k in (
         "cpu-mask", "on-no-data-accessible", "auto-promote", "quorum", "quorum-minimum-redundancy",
         "on-no-quorum", "peer-ack-window", "peer-ack-delay", "twopc-timeout", "max-io-depth")},
     **{("global", k): NotYet(_NO_EFFECT) for k in (
-        "minor-count", "dialog-refresh", "disable-ip-verification", "udev-always-use-vnr",
-        "cmd-timeout-short", "cmd-timeout-medium", "cmd-timeout-long")},
+        "minor-count", "dialog-refresh", "udev-always-use-vnr", "cmd-timeout-long")},
     ("global", "usage-count"): NotYet("replica-ha counts no usage", "no"),
 }
 _UNSUPPORTED = ("connection", "connection-mesh", "floating", "stacked-on-top-of", "path")

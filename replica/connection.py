@@ -37,6 +37,7 @@ from replica.protocol.repl_control import (
     PeerRefuse,
     PeerState,
     PeerUuids,
+    ResyncPause,
     SyncUuid,
     VerifyEnd,
     VerifyStart,
@@ -318,6 +319,8 @@ class PeerConnection:
             self.lost("peer disconnected")
         elif isinstance(msg, PeerRefuse):
             self.lost(f"peer refused: {msg.reason}")
+        elif isinstance(msg, ResyncPause):
+            sync.on_peer_pause(msg.paused)
         elif isinstance(msg, VerifyStart):
             sync.verify.on_peer_start(msg)
         elif isinstance(msg, VerifyEnd):

@@ -45,11 +45,12 @@ IDLE_EXIT_S = 30.0      # --exit-when-idle: the longest life without a resource 
 _MAY_LEAVE_IDLE = frozenset({"up", "attach", "connect", "down", "detach", "disconnect"})
 
 
-def check_address_is_local(resource: str, host: HostSection) -> None:
+def check_address_is_local(resource: str, host: HostSection, config: Config) -> None:
     """drbdadm's "IP ... not found on this host", before `up`/`connect` binds it (bind() would
     fail with EADDRNOTAVAIL, or an initiator would connect from another address and be refused
     by its peer without a word here)."""
-    if host.address is None or netif.is_local_address(host.address[0]):
+    if host.address is None or "disable-ip-verification" in config.global_options \
+            or netif.is_local_address(host.address[0]):
         return
     raise ConfigError(f"{host.where}: resource '{resource}': on '{host.name}': address "
                       f"{host.address_text}: IP {host.address[0]} not found on this host (no "
@@ -119,6 +120,7 @@ class Daemon:
         resource = (config or self._config(req)).resource(name)
         rt = ResourceRuntime(resource, node, self.where.default_export_path(name),
                              run_dir=self.where.run_dir)
+        rt.sync.lookup = self.resources.get            # resync-after names another resource
         self.resources[name] = rt
         return rt
 
@@ -135,7 +137,7 @@ class Daemon:
             log.warning("%s", warning)
         with rt.lock:
             if not rt.resource.standalone and not rt.has_link:
-                check_address_is_local(rt.name, rt.host)
+                check_address_is_local(rt.name, rt.host, config)
             rt.up()
             return {"status": rt.status()}
 
@@ -153,7 +155,7 @@ class Daemon:
                                "section) has no metadata and no peer")
         with rt.lock:
             if req["cmd"] == "connect" and not rt.has_link:
-                check_address_is_local(rt.name, rt.host)
+                check_address_is_local(rt.name, rt.host, self._config(req))
             run(rt, req)
             return {"status": rt.status()}
 
@@ -246,6 +248,8 @@ VERBS: dict[str, Callable[[ResourceRuntime, Request], None]] = {
                                                    else int(req["stop"])),
     "new-current-uuid": lambda rt, req: rt.new_current_uuid(
         clear_bitmap=bool(req.get("clear_bitmap"))),
+    "pause-sync": lambda rt, req: rt.sync.pause(),
+    "resume-sync": lambda rt, req: rt.sync.resume(),
 }
 
 

@@ -260,7 +260,8 @@ class Metadata:
         f = self.sb.flags
         return AttachInfo(consistent=MdFlag.CONSISTENT in f,
                           was_up_to_date=MdFlag.WAS_UP_TO_DATE in f,
-                          peer_outdated=MdFlag.PEER_OUT_DATED in f)
+                          peer_outdated=MdFlag.PEER_OUT_DATED in f,
+                          was_connected=MdFlag.CONNECTED_IND in f)
 
     def uuid_flags(self, *, discard_my_data: bool = False) -> UuidFlag:
         """The flags our HELLO carries with the UUIDs (DRBD P_UUIDS uuid_flags)."""

@@ -24,7 +24,11 @@ replica.sync.ResyncControl for the runner); this module moves bytes.
 
     ResyncRunner (SyncSource)::
 
-      pass: for each dirty extent in linear order: wait for tokens (resync-rate), resync_send()
+      every STEP_S (0.1 s): blocked (pause-sync, peer paused, resync-after)? skip the step
+        bytes = controller.step(acked, in flight)  (replica.rate_control: DRBD 8.4's controller,
+                or resync-rate with c-plan-ahead 0); application I/O active and the resync
+                above c-min-rate? send nothing; active and below? at most c-min-rate's share
+        send that many dirty bytes from the cursor on, in linear order (resync_send)
       end of pass: wait until every RS_DATA sent was acknowledged (C clears the bits)
       bitmap empty ──► owner.resync_finished()    else ──► next pass
 
@@ -58,7 +62,7 @@ from replica.protocol.repl import (
 )
 from replica.protocol.repl_codec import frame_length
 from replica.protocol.repl_wire import RefuseCode
-from replica.resync import TokenBucket
+from replica.rate_control import STEP_S, AppIoThrottle, ControllerSettings, RateController
 from replica.uuids import SplitBrainPolicy
 
 HANDSHAKE_TIMEOUT_S = 30.0
@@ -280,15 +284,16 @@ MAX_RESYNC_CHUNK = mirror.MAX_RESYNC_CHUNK
 
 
 class ResyncRunner:
-    """Sends the dirty blocks of `bitmap` to the peer (we are SyncSource), paced by rate_bps."""
+    """Sends the dirty blocks of `bitmap` to the peer (we are SyncSource), paced per STEP_S by
+    the resync controller (replica.rate_control) and held back by application I/O (c-min-rate)
+    and by `owner.resync_blocked()` (pause-sync, the peer's pause, resync-after)."""
 
-    def __init__(self, owner, engine, bitmap: Bitmap, rate_bps: int):
+    def __init__(self, owner, engine, bitmap: Bitmap, settings: ControllerSettings):
         self.owner, self.engine, self.bitmap = owner, engine, bitmap
-        self.rate_bps = rate_bps
-        # Large RS_DATA frames keep the link busy (8 MiB sendfile per call is ~3x faster than
-        # 1 MiB on loopback); a slow resync-rate gets smaller ones so the pacing stays smooth.
-        chunk = MAX_RESYNC_CHUNK if not rate_bps else min(MAX_RESYNC_CHUNK, max(64 * 1024, rate_bps // 16))
-        self.chunk = chunk // 4096 * 4096
+        self.settings = settings
+        self.controller = RateController(settings)
+        self.throttle = AppIoThrottle(settings.min_rate_bps)
+        self.throttled = False          # the last step held back for application I/O
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"resync[{owner.name}]",
                                         daemon=True)
@@ -305,27 +310,59 @@ class ResyncRunner:
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
 
+    def _blocked(self) -> bool:
+        blocked = getattr(self.owner, "resync_blocked", None)
+        return bool(blocked and blocked())
+
     def _run(self) -> None:
-        bucket = TokenBucket(self.rate_bps, self.chunk, time.monotonic())
+        cursor, last_acked = 0, 0
+        next_step = time.monotonic()
         try:
             while not self._stop.is_set():
-                for offset, length in self.bitmap.iter_dirty_extents(self.chunk):
-                    if self._stop.is_set():
-                        return
-                    wait = bucket.delay(time.monotonic())
-                    if wait > 0 and self._stop.wait(wait):
-                        return
-                    self.engine.resync_send(offset, length)
-                    self.bytes_sent += length
-                    bucket.consume(length, time.monotonic())
+                now = time.monotonic()
+                if next_step > now and self._stop.wait(next_step - now):
+                    return
+                next_step = max(next_step + STEP_S, time.monotonic())
+                if self._blocked():
+                    continue
+                st = self.engine.stats()
+                acked = st.get("resync_bytes_acked", 0) - self._acked_base
+                sent = st.get("resync_bytes_sent", 0) - self._sent_base
+                budget = self.controller.step(acked - last_acked, sent - acked)
+                last_acked = acked
+                app = st.get("bytes_read", 0) + st.get("bytes_written", 0)
+                self.throttled = self.throttle.should_slow_down(app, acked, time.monotonic())
+                if self.throttled:
+                    continue
+                if self.throttle.app_active:
+                    budget = min(budget, self.throttle.app_active_budget)
+                cursor, pass_done = self._send(cursor, budget)
+                if not pass_done:
+                    continue
                 if not self._wait_acks():
                     return
                 if self.bitmap.count() == 0:
                     self.owner.resync_finished(self)
                     return
+                cursor = 0
         except OSError as exc:
             # the link went away: C reports peer_lost and the owner stops us; just log
             log.warning("resync: %s: stopped: %s", self.owner.name, exc)
+
+    def _send(self, cursor: int, budget: int) -> tuple[int, bool]:
+        """Send up to `budget` bytes of dirty blocks from `cursor` on, in linear order.
+        Returns (the new cursor, True when this pass reached the end of the bitmap)."""
+        while budget > 0 and not self._stop.is_set():
+            chunk = min(MAX_RESYNC_CHUNK, budget)
+            extent = next(iter(self.bitmap.iter_dirty_extents(chunk, cursor)), None)
+            if extent is None:
+                return cursor, True
+            offset, length = extent
+            self.engine.resync_send(offset, length)
+            self.bytes_sent += length
+            budget -= length
+            cursor = offset + length
+        return cursor, False
 
     def _wait_acks(self) -> bool:
         deadline = time.monotonic() + ACK_WAIT_S

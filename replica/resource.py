@@ -49,6 +49,7 @@ from replica.monitor import ResourceMonitor
 from replica.protocol.nbd import ExportInfo, transmission_flags_for
 from replica.protocol.repl_control import FullSyncRequest, PeerUuids
 from replica.roles import Request, ResourceState, needs_new_current_uuid, request_or_raise
+from replica.startup import wfc_option
 from replica.states import ConnState, DiskState, Refusal, ReplState, Role
 from replica.sync import ResyncControl
 from replica.uuids import UuidFlag
@@ -80,6 +81,7 @@ class ResourceRuntime:
         self.conn = PeerConnection(self)
         self.sync = ResyncControl(self)
         self.monitor = ResourceMonitor(self)
+        self.wfc_option = "wfc-timeout"      # which startup timeout `wait-connect` uses
 
     # --- what the daemon asks -------------------------------------------------------------
 
@@ -248,6 +250,7 @@ class ResourceRuntime:
         if self.disk.has_md:
             raise Refusal.DISK_CONFIGURED.error(self.name)
         info = self.disk.attach()
+        self.wfc_option = wfc_option(info)
         try:
             new = self.request(Request.ATTACH, "attach", attach=info)
             self.frontend.start(self.disk.the_engine(), self._export_info())
@@ -463,6 +466,7 @@ class ResourceRuntime:
             "stats": engine.stats() if engine else None,
             "last_resync": self.sync.last_resync,
             "last_verify": self.sync.verify.last_verify,
+            "wfc_option": self.wfc_option,
             "link_error": self.conn.last_error,
         }
         if self.disk.has_md:

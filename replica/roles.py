@@ -107,6 +107,7 @@ class AttachInfo:
     consistent: bool
     was_up_to_date: bool
     peer_outdated: bool = False
+    was_connected: bool = False      # MDF_CONNECTED_IND: connected when last shut down
 
 
 # --- guards -----------------------------------------------------------------------------------

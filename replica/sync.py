@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Resynchronisation of one resource: who starts it, its progress, how it ends (verify next).
+"""Resynchronisation of one resource: who starts it, its progress, how it ends (and verify).
 
 Owns `ResyncControl`: the ResyncRunner of a SyncSource (replica.peer_link sends the dirty
 extents through C), the progress shown by `status`, the last resync's numbers, and the rule
@@ -13,16 +13,22 @@ change through the runtime (replica.resource), UUIDs and bitmap through the disk
     request_full_resync(why): a re-attached disk asks the UpToDate peer for everything
     stop(): the connection went away (the next one starts over from the bitmap)
 
+Pauses: `pause()`/`resume()` (pause-sync/resume-sync, DRBD's user pause), the peer's pause
+(RESYNC_PAUSE) and resync-after (the runner asks `resync_blocked()` each step) show as
+PausedSyncS/PausedSyncT and in status as `suspended` (user, peer, dependency).
+
 Online verify (VerifyS/VerifyT) is `self.verify`, a replica.verify.VerifyControl: it shares
 the connection's lifetime with the resync (stop() ends both).
 """
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from replica.peer_link import ResyncRunner
-from replica.protocol.repl_control import FullSyncRequest, PeerUuids, SyncUuid
+from replica.protocol.repl_control import FullSyncRequest, PeerUuids, ResyncPause, SyncUuid
+from replica.rate_control import ControllerSettings
 from replica.resync import ResyncProgress
 from replica.roles import Request
 from replica.states import DiskState, ReplState, Role
@@ -43,6 +49,10 @@ class ResyncControl:
         self.last_resync: dict[str, Any] | None = None
         self._started = 0.0
         self._remote_writes_at = 0            # engine.remote_writes() when a resync was asked
+        self.peer_paused = False              # the peer ran pause-sync (DRBD's peer_isp)
+        self.dependency: str | None = None    # the resource we wait for (resync-after, aftr_isp)
+        # the daemon's resources by name, for resync-after (set by replica.daemon)
+        self.lookup: Callable[[str], ResourceRuntime | None] = lambda name: None
         self.verify = VerifyControl(rt)
 
     def begin_source(self, full: bool) -> None:
@@ -58,11 +68,10 @@ class ResyncControl:
         total = disk.out_of_sync_bytes()
         self._started = time.monotonic()
         self.progress = ResyncProgress(total, self._started)
-        log.info("%s: resync started as SyncSource: %d KiB to send (%s), resync-rate %d KiB/s",
-                 self.name, total // 1024, "full" if full else "bitmap",
-                 rt.resource.disk.resync_rate_bps // 1024)
-        self.runner = ResyncRunner(self, disk.the_engine(), disk.meta().bitmap,
-                                   rt.resource.disk.resync_rate_bps)
+        settings = ControllerSettings.from_disk(rt.resource.disk)
+        log.info("%s: resync started as SyncSource: %d KiB to send (%s), %s", self.name,
+                 total // 1024, "full" if full else "bitmap", _controller_text(settings))
+        self.runner = ResyncRunner(self, disk.the_engine(), disk.meta().bitmap, settings)
         self.runner.start()
 
     def begin_target(self) -> None:
@@ -98,8 +107,79 @@ class ResyncControl:
                  took, rate / 1024)
         self.progress = None
 
+    # --- pause-sync / resume-sync, the peer's pause, resync-after ---------------------------
+
+    def suspended(self) -> list[str]:
+        """Why the resync waits (DRBD 9's resync-suspended: user, peer, dependency)."""
+        why = []
+        if self.rt.state.susp_user:
+            why.append("user")
+        if self.peer_paused:
+            why.append("peer")
+        if self.dependency is not None:
+            why.append("dependency")
+        return why
+
+    def resync_blocked(self) -> bool:
+        """The runner's question each step (its thread): may it send now? Also follows the
+        resource named by resync-after, and shows the pause as PausedSyncS/T."""
+        rt = self.rt
+        # never wait for the lock: its holder may be stopping this very runner (and joining it)
+        if not rt.lock.acquire(blocking=False):
+            return bool(self.suspended())
+        try:
+            after = rt.resource.disk.resync_after
+            dep = None
+            if after:
+                other = self.lookup(after.split("/")[0])
+                if other is not None and other is not rt and other.state.repl.is_resync:
+                    dep = after
+            if dep != self.dependency:
+                log.info("%s: resync %s: resync-after %s %s", self.name,
+                         "paused" if dep else "resumed", after,
+                         "is resyncing" if dep else "finished its resync")
+                self.dependency = dep
+                rt.conn.send_control(ResyncPause(dep is not None))
+            self.show_pause()
+            return bool(self.suspended())
+        finally:
+            rt.lock.release()
+
+    def show_pause(self) -> None:
+        """SyncSource/SyncTarget <-> PausedSyncS/PausedSyncT after a pause reason changed."""
+        rt = self.rt
+        s = rt.state
+        paused = bool(self.suspended())
+        if paused and s.repl in (ReplState.SyncSource, ReplState.SyncTarget):
+            repl = ReplState.PausedSyncS if s.repl is ReplState.SyncSource else ReplState.PausedSyncT
+        elif not paused and s.repl in (ReplState.PausedSyncS, ReplState.PausedSyncT):
+            repl = ReplState.SyncSource if s.repl is ReplState.PausedSyncS else ReplState.SyncTarget
+        else:
+            return
+        rt.set_state(replace(s, repl=repl), "resync " + ("paused: " + ", ".join(
+            self.suspended()) if paused else "resumed"))
+
+    def pause(self) -> None:
+        """`pause-sync` (under the runtime's lock): DRBD's user pause, shown on both sides."""
+        rt = self.rt
+        rt.set_state(rt.request(Request.PAUSE_SYNC, "pause-sync"), "pause-sync")
+        rt.conn.send_control(ResyncPause(True))
+
+    def resume(self) -> None:
+        rt = self.rt
+        rt.set_state(rt.request(Request.RESUME_SYNC, "resume-sync"), "resume-sync")
+        rt.conn.send_control(ResyncPause(False))
+        self.show_pause()
+
+    def on_peer_pause(self, paused: bool) -> None:
+        """The peer paused (pause-sync, or resync-after on its side) or resumed."""
+        self.peer_paused = paused
+        self.show_pause()
+
     def stop(self) -> None:
         self.verify.stop()
+        self.peer_paused = False
+        self.dependency = None
         if self.runner is not None:
             self.runner.stop()
             self.runner = None
@@ -115,7 +195,13 @@ class ResyncControl:
             return None
         self.update_progress(now)
         rep = self.progress.report(now)
-        return {"percent": round(rep.percent, 2), "done_bytes": rep.done_bytes,
+        extra: dict[str, Any] = {"suspended": self.suspended()}
+        runner = self.runner
+        if runner is not None:
+            extra["controller_rate_bps"] = round(runner.controller.rate_bps)
+            extra["dynamic"] = runner.settings.is_dynamic
+            extra["throttled"] = runner.throttled
+        return {**extra,"percent": round(rep.percent, 2), "done_bytes": rep.done_bytes,
                 "total_bytes": rep.total_bytes, "rate_bps": round(rep.rate_bps),
                 "avg_rate_bps": round(rep.avg_rate_bps),
                 "eta_s": None if rep.eta_s is None else round(rep.eta_s, 1)}
@@ -148,3 +234,14 @@ class ResyncControl:
         rt.set_state(replace(rt.state, repl=ReplState.Established), "resync incomplete")
         self.request_full_resync("resync again")
         return False
+
+
+def _controller_text(s: ControllerSettings) -> str:
+    k = 1024
+    if not s.is_dynamic:
+        return f"fixed resync-rate {s.resync_rate_bps // k} KiB/s (c-plan-ahead 0)"
+    target = (f"c-fill-target {s.fill_target_bytes // k} KiB" if s.fill_target_bytes
+              else f"c-delay-target {s.delay_target_s:g} s")
+    return (f"dynamic: resync-rate {s.resync_rate_bps // k} KiB/s, c-plan-ahead "
+            f"{s.plan_ahead_s:g} s, {target}, c-max-rate {s.max_rate_bps // k} KiB/s, "
+            f"c-min-rate {s.min_rate_bps // k} KiB/s")

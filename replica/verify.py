@@ -12,9 +12,10 @@ and logs::
     VerifyS: start() ── VerifyStart(start, end, verify-alg) ──► VerifyT: on_peer_start()
                                                                 same verify-alg, Established?
              ◄── VerifyStart(accepted) ─────────────────────── yes: VerifyT; no: VerifyEnd(REFUSED)
-             VerifyRunner: rm_verify_send per 1 MiB, paced as the resync (resync-rate), at most
-             WINDOW unanswered (no request goes out before the VerifyT accepted: C on the
-             VerifyT compares and marks whatever arrives, and counts from its acceptance)
+             VerifyRunner: rm_verify_send per 1 MiB, paced by verify_rate_bps() (c-max-rate, or
+             resync-rate with c-plan-ahead 0), at most WINDOW unanswered; no request goes out
+             before the VerifyT accepted (C on the VerifyT compares and marks whatever arrives,
+             and the VerifyT counts from its acceptance)
     both:    on_out_of_sync(offset, length) per run C found: "Out of sync: start=S, size=N (sectors)"
     VerifyS: all answered ── VerifyEnd(FINISHED) ──► VerifyT ── both: finish(): Established,
              "Online verify done", "Online verify found N 4k block out of sync!", bitmap stored,
@@ -61,6 +62,13 @@ def parse_sectors(text: str) -> int:
         raise ReplicaError(f"verify: {text!r}: expected sectors or a size with a unit "
                            "(s, K, M, G, T)")
     return int(t) * scale
+
+
+def verify_rate_bps(disk: Any) -> int:
+    """The pace of a verify, 0 = unlimited: the resync's bound, as DRBD runs verify requests
+    through its resync controller: c-max-rate while the controller is on (c-plan-ahead > 0; DRBD
+    9.0.28's 0 = no cap), resync-rate in fixed mode (c-plan-ahead 0)."""
+    return int(disk.c_max_rate_bps if disk.c_plan_ahead_s else disk.resync_rate_bps)
 
 
 def check_alg(option: str, alg: str | None) -> None:
@@ -179,7 +187,7 @@ class VerifyControl:
         rt.conn.send_control(VerifyStart(begin, end, alg))
         self._begin(source=True, begin=begin, end=end, why="verify start")
         self._alg = alg
-        rate = rt.resource.disk.resync_rate_bps    # the resync's pace (fixed mode today)
+        rate = verify_rate_bps(rt.resource.disk)
         log.info("%s: Starting Online Verify from sector %d (to %d, verify-alg %s, %s)",
                  self.name, begin // SECTOR, end // SECTOR, alg,
                  f"at most {rate // 1024} KiB/s" if rate else "unthrottled")
@@ -191,7 +199,7 @@ class VerifyControl:
             log.warning("%s: unexpected verify acceptance from the peer: ignored", self.name)
             return
         self.runner = VerifyRunner(self, self.rt.disk.the_engine(), self._alg, msg.start, msg.end,
-                                   self.rt.resource.disk.resync_rate_bps)
+                                   verify_rate_bps(self.rt.resource.disk))
         self.runner.run()
 
     def runner_done(self, runner: VerifyRunner, finished: bool) -> None:

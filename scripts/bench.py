@@ -230,14 +230,15 @@ class ReplicadPair:
     sync (DRBD's way for new pairs); full_sync=True: `primary --force` starts a full sync."""
 
     def __init__(self, work: Path, protocol: str, size: int, full_sync: bool = False, count: int = 1,
-                 resync_rate: str = "4G", tag: str | None = None, net: str = ""):
+                 resync_rate: str = "4G", tag: str | None = None, disk: str | None = None,
+                 net: str = ""):
         self.work = work / f"pair-{tag or protocol}"
         self.work.mkdir()
         self.names = ["bench"] if count == 1 else [f"bench{i:02d}" for i in range(count)]
         self.disks = {(r, n): self.work / (f"{n}.img" if count == 1 else f"{r}-{n}.img")
                       for r in self.names for n in "ab"}
-        for disk in self.disks.values():
-            prewrite(disk, size)
+        for image in self.disks.values():
+            prewrite(image, size)
         ports: set[int] = set()
         while len(ports) < 2 * count:
             ports.add(free_port())
@@ -245,7 +246,9 @@ class ReplicadPair:
         self.conf = self.work / "replica.conf"
         self.conf.write_text("".join(
             f"resource {r} {{\n  protocol {protocol};\n  net {{ connect-int 2; timeout 15; {net}}}\n"
-            f"  disk {{ resync-rate {resync_rate}; }}\n"
+            # the fixed rate unless `disk` says otherwise ("" = no disk {} section: DRBD's defaults)
+            + (f"  disk {{ resync-rate {resync_rate}; c-plan-ahead 0; }}\n" if disk is None
+               else f"  disk {{ {disk} }}\n" if disk else "")
             + "".join(f"  on {n} {{ disk {self.disks[r, n]}; address 127.0.0.{i + 1}:{next(port)}; "
                       f"export unix:{self.work}/{r}-{n}.sock; }}\n" for i, n in enumerate("ab"))
             + "}\n" for r in self.names))
@@ -572,7 +575,7 @@ def pacing_table(work: Path, servers: list):
 
 
 # --only names, in the order a full run prints them
-TABLES = ("unix", "limits", "tcp", "repl", "conn16", "pacing", "verify", "idle", "ext4")
+TABLES = ("unix", "limits", "tcp", "repl", "conn16", "pacing", "resync", "verify", "idle", "ext4")
 
 
 def main() -> int:
@@ -609,7 +612,7 @@ def main() -> int:
         if "unix" in only:
             show(standalone_table(work, servers, ours_disk, kit_disk, ours_results))
         mibs = rtt = None
-        if "limits" in only or "repl" in only or "verify" in only:
+        if "limits" in only or "repl" in only or "resync" in only or "verify" in only:
             mibs, rtt = loopback_tcp_limits()
         if "limits" in only:
             limits = Table(title="machine limits, same run")
@@ -636,6 +639,9 @@ def main() -> int:
             show(conn16_table(work, servers, kit_disk))
         if "pacing" in only:
             show(pacing_table(work, servers))
+        if "resync" in only:
+            from bench_resync import resync_table
+            show(resync_table(work, servers, ReplicadPair, fio, mibs))
         if "verify" in only:
             from bench_verify import verify_table
             show(verify_table(work, servers, ReplicadPair, paired, mibs))

@@ -17,6 +17,8 @@ logging; layouts in repl_wire.py, the frame codec in repl_codec.py.
     Outdate          OUTDATE                                         graceful disconnect of a Primary
     PeerDisconnect   DISCONNECT                                      `disconnect` on the peer
     PeerRefuse       REFUSE        payload = reason                  the peer drops the link
+    ResyncPause      RESYNC_PAUSE  aux = paused (0/1)                pause-sync/resume-sync or
+                                                                     resync-after on the peer
     VerifyStart      OV_START      offset = start, payload = end     `verify` on the peer: we
                                    + verify-alg, aux = accepted      become VerifyT (and answer
                                                                      it with accepted = 1)
@@ -24,10 +26,10 @@ logging; layouts in repl_wire.py, the frame codec in repl_codec.py.
                                    out of sync, payload = reason     or refused
 
 Rules: a frame decodes to exactly one message (trailing bytes are an error); a STATE aux with
-bits above the role byte, an unknown role or disk, a SYNC_UUID with aux other than 0/1 or a
-reserved UUID (0, 4) are refused; an OV_START whose start is not 4 KiB aligned or lies past
-its end, whose aux is not 0/1 or whose alg is not printable ASCII, and an OV_END with an unknown outcome are refused;
-any other packet type is unexpected after the handshake.
+bits above the role byte, an unknown role or disk, a SYNC_UUID or RESYNC_PAUSE with aux other
+than 0/1 or a reserved UUID (0, 4) are refused; so are an OV_START whose start is not 4 KiB
+aligned or lies past its end, whose aux is not 0/1 or whose alg is not printable ASCII, and
+an OV_END with an unknown outcome; any other packet type is unexpected after the handshake.
 """
 from dataclasses import dataclass
 
@@ -92,6 +94,11 @@ class PeerRefuse:
 
 
 @dataclass(frozen=True, slots=True)
+class ResyncPause:
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
 class VerifyStart:
     start: int              # first byte, 4 KiB aligned
     end: int                # one past the last byte
@@ -107,7 +114,7 @@ class VerifyEnd:
 
 
 ControlMessage = (PeerState | SyncUuid | PeerUuids | FullSyncRequest | Outdate | PeerDisconnect
-                  | PeerRefuse | VerifyStart | VerifyEnd)
+                  | PeerRefuse | ResyncPause | VerifyStart | VerifyEnd)
 
 
 def encode_control(msg: ControlMessage) -> bytes:
@@ -125,6 +132,8 @@ def encode_control(msg: ControlMessage) -> bytes:
         return encode_frame(Frame(ReplPacket.OUTDATE))
     if isinstance(msg, PeerDisconnect):
         return encode_frame(Frame(ReplPacket.DISCONNECT))
+    if isinstance(msg, ResyncPause):
+        return encode_frame(Frame(ReplPacket.RESYNC_PAUSE, aux=int(msg.paused)))
     if isinstance(msg, VerifyStart):
         return encode_frame(Frame(ReplPacket.OV_START, offset=msg.start, aux=int(msg.accepted),
                                   payload=wire.OV_START_BODY.pack(msg.end)
@@ -164,6 +173,11 @@ def decode_control(raw: bytes) -> ControlMessage:
         return Outdate()
     if t is ReplPacket.DISCONNECT:
         return PeerDisconnect()
+    if t is ReplPacket.RESYNC_PAUSE:
+        if frame.aux not in (0, 1) or frame.payload:
+            raise RemoteProtocolError(f"repl: RESYNC_PAUSE: invalid: aux={frame.aux} "
+                                      f"payload={len(frame.payload)} bytes")
+        return ResyncPause(bool(frame.aux))
     if t is ReplPacket.REFUSE:
         return PeerRefuse(frame.payload.decode("utf-8", "replace"))
     if t is ReplPacket.OV_START:

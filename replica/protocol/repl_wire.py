@@ -93,8 +93,9 @@ class ReplPacket(enum.IntEnum):
     OUTDATE_REPLY = 0x49
     DISCONNECT = 0x4A
     REFUSE = 0x4B
-    OV_START = 0x58
-    OV_END = 0x59
+    RESYNC_PAUSE = 0x58       # aux = 1: the sender paused the resync (pause-sync, resync-after)
+    OV_START = 0x5A
+    OV_END = 0x5B
 
 
 class DataFlag(enum.IntFlag):

@@ -41,7 +41,7 @@ class TwoNodes:
     def __init__(self, size: int = 32 * MiB, net: str = DEFAULT_NET, disk: str = "",
                  handlers: str = "", node_net: dict[str, str] | None = None,
                  root: str = "/dev/shm", external_md: bool = False,
-                 disk_dirs: dict[str, Path] | None = None, device: str = ""):
+                 disk_dirs: dict[str, Path] | None = None, device: str = "", startup: str = ""):
         n = next(_counter)
         self.prefix = f"rpl{os.getpid() % 100000}x{n}"
         self.subnet = (os.getpid() * 7 + n) % 200 + 20
@@ -56,6 +56,7 @@ class TwoNodes:
         self.external_md = external_md
         self.disk_dirs = disk_dirs or {}     # node -> directory of its backing file (a test's mount)
         self.device = device                 # e.g. "device minor 5; device-kind fuse;"
+        self.startup = startup               # startup{} options, e.g. "degr-wfc-timeout 2;"
 
     # --- setup / teardown ---------------------------------------------------------------
 
@@ -92,6 +93,7 @@ class TwoNodes:
         handlers = f"\n    handlers {{ {text} }}" if text else ""
         disk = f"\n    disk {{ {self.disk_opts} }}" if self.disk_opts else ""
         device = f"\n    {self.device}" if self.device else ""
+        device += f"\n    startup {{ {self.startup} }}" if self.startup else ""
         self.config(node).write_text(f"""\
 resource r0 {{{device}
     net {{ {self.net} {self.node_net.get(node, '')} }}{disk}{handlers}{hosts}

@@ -319,7 +319,7 @@ def test_resync_at_a_low_rate_is_paced():
     upper bounds on speed are asserted: a slow or busy machine can never make pacing look broken."""
     requires_root()
     size_mib, rate = 128, 20 * MiB
-    with TwoNodes(size=size_mib * MiB, disk="resync-rate 20M;") as t:
+    with TwoNodes(size=size_mib * MiB, disk="resync-rate 20M; c-plan-ahead 0;") as t:
         t.create_and_up()
         size = t.data_size()
         t.ctl("alpha", "primary", "--force", "r0")

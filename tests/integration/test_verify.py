@@ -50,7 +50,7 @@ def _corrupt(t: TwoNodes, node: str, blocks: list[int]) -> None:
 def test_verify_finds_exactly_the_corrupted_blocks_and_a_reconnect_resyncs_them():
     requires_root()
     requires_commands("ip")
-    with TwoNodes(size=32 * MiB, net=NET, disk="resync-rate 500M;", handlers=HANDLERS) as t:
+    with TwoNodes(size=32 * MiB, net=NET, disk="resync-rate 500M; c-plan-ahead 0;", handlers=HANDLERS) as t:
         t.create_and_up()
         t.initial_sync("alpha")
 
@@ -103,7 +103,7 @@ def test_verify_refusals():
     requires_root()
     requires_commands("ip")
     net = "protocol C; ping-int 3; ping-timeout 5; timeout 8; connect-int 1;"
-    with TwoNodes(size=16 * MiB, net=net, disk="resync-rate 500M;",
+    with TwoNodes(size=16 * MiB, net=net, disk="resync-rate 500M; c-plan-ahead 0;",
                   node_net={"alpha": "verify-alg sha1;", "beta": "verify-alg md5;"}) as t:
         t.create_and_up()
         res = t.ctl("alpha", "verify", "r0", check=False)     # both Inconsistent
@@ -128,7 +128,7 @@ def test_data_integrity_alg_crc32c_mirrors_writes_and_differing_algs_are_refused
     requires_commands("ip")
     nbd = requires_module("nbd")
     net = NET + " data-integrity-alg crc32c;"
-    with TwoNodes(size=16 * MiB, net=net, disk="resync-rate 500M;") as t:
+    with TwoNodes(size=16 * MiB, net=net, disk="resync-rate 500M; c-plan-ahead 0;") as t:
         t.create_and_up()
         t.initial_sync("alpha")
         h = nbd.NBD()
@@ -154,7 +154,7 @@ def test_data_integrity_alg_crc32c_mirrors_writes_and_differing_algs_are_refused
 def test_verify_progress_in_status_and_a_disconnect_stops_it():
     requires_root()
     requires_commands("ip")
-    with TwoNodes(size=32 * MiB, net=NET, disk="resync-rate 8M;") as t:
+    with TwoNodes(size=32 * MiB, net=NET, disk="resync-rate 8M; c-plan-ahead 0;") as t:
         t.create_and_up()
         t.ctl("alpha", "new-current-uuid", "--clear-bitmap", "r0")    # blank disks: no sync
         t.wait_synced(timeout=10)
@@ -187,7 +187,7 @@ def test_a_data_frame_damaged_on_the_wire_is_caught_dropped_and_resynced():
     requires_commands("ip")
     nbd = requires_module("nbd")
     net = NET + " data-integrity-alg crc32c;"
-    with TwoNodes(size=16 * MiB, net=net, disk="resync-rate 500M;") as t:
+    with TwoNodes(size=16 * MiB, net=net, disk="resync-rate 500M; c-plan-ahead 0;") as t:
         proxy_port = 17789
         text = t.config("alpha").read_text()
         beta_line = f"address {t.addr['beta']}:7789;"

@@ -23,28 +23,27 @@ def warnings_for(body: str, top: str = "") -> list[str]:
 
 
 def test_a_statement_setting_an_unsupported_option_is_one_warning_with_file_and_line():
-    assert warnings_for("    net { max-epoch-size 20; }\n    disk { resync-after r0; }\n") == [
+    assert warnings_for("    net { max-epoch-size 20; }\n    disk { disk-timeout 10; }\n") == [
         "/etc/replica.conf:2: resource 'r0': net: max-epoch-size: not supported yet (replicad "
         "has no write epochs)",
-        "/etc/replica.conf:3: resource 'r0': disk: resync-after: not supported yet (resyncs of "
-        "different resources are not ordered)",
+        "/etc/replica.conf:3: resource 'r0': disk: disk-timeout: not supported yet (local "
+        "requests are not timed out)",
     ]
 
 
 def test_common_options_warn_once_at_their_own_line():
-    top = "common { startup { wfc-timeout 10; } }\n"
+    top = "common { startup { stacked-timeouts; } }\n"
     text = f"{top}resource r0 {{{HOSTS}\n}}\nresource r1 {{{HOSTS.replace('7789', '7790')}\n}}\n"
     assert parse_config(text, "/etc/replica.conf").warnings == (
-        "/etc/replica.conf:1: common: startup: wfc-timeout: not supported yet (replicactl "
-        "wait-connect is not implemented)",)
+        "/etc/replica.conf:1: common: startup: stacked-timeouts: not supported yet (there are "
+        "no stacked resources)",)
 
 
 def test_the_value_that_matches_our_behaviour_is_no_warning():
     assert warnings_for("    disk { c-plan-ahead 0; disk-flushes yes; md-flushes yes; }\n"
                         "    net { tcp-cork yes; }\n") == []
-    assert warnings_for("    disk { c-plan-ahead 20; disk-flushes no; }\n") == [
-        "/etc/replica.conf:2: resource 'r0': disk: c-plan-ahead: not supported yet (the resync "
-        "rate is fixed, by resync-rate)",
+    assert warnings_for("    disk { c-plan-ahead 20; c-min-rate 1M; resync-after r0; "
+                        "disk-flushes no; }\n") == [
         "/etc/replica.conf:2: resource 'r0': disk: disk-flushes: not supported yet (replicad "
         "always flushes the backing disk)",
     ]

@@ -82,3 +82,27 @@ def test_commands_are_dispatched_through_the_table_only(files):
     a, b, where = files
     reply = Daemon(where).handle({"cmd": "cmd_verb", "resource": "r0"})
     assert not reply["ok"] and reply["error"].startswith("unknown command 'cmd_verb'")
+
+
+def test_disable_ip_verification_skips_the_local_address_check():
+    from replica.config import parse_config
+    from replica.daemon import check_address_is_local
+    from replica.errors import ConfigError
+    body = ("resource r0 {\n  on a { disk /tmp/a; address 192.0.2.77:7789; }\n"
+            "  on b { disk /tmp/b; address 192.0.2.78:7789; }\n}\n")
+    checked = parse_config(body, "/etc/replica.conf")
+    with pytest.raises(ConfigError, match="IP 192.0.2.77 not found on this host"):
+        check_address_is_local("r0", checked.resource("r0").host("a"), checked)
+    trusting = parse_config("global { disable-ip-verification; }\n" + body, "/etc/replica.conf")
+    check_address_is_local("r0", trusting.resource("r0").host("a"), trusting)
+
+
+def test_cmd_timeouts_come_from_the_global_section(tmp_path):
+    from replica.cli import Ctl
+    conf = tmp_path / "replica.conf"
+    conf.write_text("global { cmd-timeout-short 3; cmd-timeout-medium 200; }\n"
+                    "resource r0 {\n  on a { disk /tmp/a; }\n}\n")
+    ctl = Ctl(locations.resolve(str(conf), "a", str(tmp_path)), None)
+    assert ctl.cmd_timeout("status") == 3 and ctl.cmd_timeout("primary") == 200
+    conf.write_text("resource r0 {\n  on a { disk /tmp/a; }\n}\n")
+    assert Ctl(locations.resolve(str(conf), "a", str(tmp_path)), None).cmd_timeout("up") == 60

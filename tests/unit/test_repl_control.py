@@ -30,7 +30,7 @@ def test_state_round_trip(role, disk):
 def test_verify_messages_round_trip_and_their_layout():
     msg = events.VerifyStart(1 << 20, 1 << 30, "sha256")
     frame = events.encode_control(msg)
-    assert frame[4:6] == bytes([0, 0x58]) and frame[16:24] == (1 << 20).to_bytes(8, "big")
+    assert frame[4:6] == bytes([0, 0x5A]) and frame[16:24] == (1 << 20).to_bytes(8, "big")
     assert frame[32:] == (1 << 30).to_bytes(8, "big") + b"sha256"
     assert events.decode_control(frame) == msg
     end = events.VerifyEnd(VerifyOutcome.REFUSED, 0, "different verify-alg settings")

@@ -4,6 +4,7 @@ ResyncRunner's acknowledgement accounting."""
 import pytest
 
 from replica.bitmap import BLOCK_SIZE, Bitmap
+from replica.rate_control import ControllerSettings
 from replica.resync import ProgressReport, ResyncProgress, TokenBucket
 
 K = BLOCK_SIZE
@@ -82,7 +83,7 @@ def test_resync_runner_waits_only_for_its_own_connection_s_acknowledgements():
     finished = threading.Event()
     owner = type("Owner", (), {"name": "r0", "resync_finished": lambda self, r: finished.set()})()
     engine = _FakeEngine(bm, lost=2 * MiB)
-    runner = ResyncRunner(owner, engine, bm, rate_bps=0)
+    runner = ResyncRunner(owner, engine, bm, ControllerSettings(plan_ahead_s=0, resync_rate_bps=100 * MiB))
     runner.start()
     try:
         assert finished.wait(5.0), "the runner waited for bytes sent on a dead connection"
