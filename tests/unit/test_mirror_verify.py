@@ -9,6 +9,7 @@ import hashlib
 import os
 import socket
 import struct
+import threading
 
 import pytest
 
@@ -245,20 +246,25 @@ def test_integrity_matching_digest_is_written_and_acked(secondary_hand_peer, tmp
     assert (tmp_path / "secondary").read_bytes()[65536:65536 + size] == data
 
 
+@pytest.mark.parametrize("alg", ["crc32c", "sha1"])
+@pytest.mark.parametrize("size,flip", [(8192, 100), (1 << 20, 700_000), (1 << 20, (1 << 20) - 1)])
 def test_integrity_mismatch_is_logged_with_its_offset_not_written_and_drops_the_link(
-        secondary_hand_peer, tmp_path):
-    eng, _, peer = secondary_hand_peer("crc32c")
-    data = os.urandom(8192)
+        secondary_hand_peer, tmp_path, alg, size, flip):
+    """Small payloads are checked from the receive buffer, large ones as they arrive (crc32c: a
+    piece at a time): either way the damaged frame is not written."""
+    eng, _, peer = secondary_hand_peer(alg)
+    data = os.urandom(size)
     bad = bytearray(data)
-    bad[100] ^= 1                                   # damaged in flight
-    peer.sendall(data_frame(9, 40960, bytes(bad), mirror.digest("crc32c", data)))
+    bad[flip] ^= 1                                  # damaged in flight
+    threading.Thread(target=peer.sendall, args=(data_frame(9, 40960, bytes(bad), mirror.digest(alg, data)),),
+                     daemon=True).start()
     settled(lambda: eng.stats()["peer_connected"] == 0, "link dropped")
     events = eng.next_events()
     assert [(e.type, e.offset, e.length) for e in events if e.type == "integrity"] == [
-        ("integrity", 40960, 8192)]
+        ("integrity", 40960, size)]
     assert events[-1].type == "peer_lost" and events[-1].err == 74       # EBADMSG
     assert eng.stats()["integrity_failures"] == 1
-    assert (tmp_path / "secondary").read_bytes()[40960:40960 + 8192] == bytes(8192)
+    assert (tmp_path / "secondary").read_bytes()[40960:40960 + size] == bytes(size)
 
 
 def test_integrity_data_without_its_digest_is_a_protocol_error(secondary_hand_peer):
