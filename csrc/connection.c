@@ -275,9 +275,24 @@ int conn_send_range_frame_locked(struct rm_connection *c, const struct rpl_heade
     int rc;
 
     if (is_digested(c, h)) {
-        /* The digest needs the bytes in memory anyway: send those very bytes. */
+        const unsigned char *view = device_view(c->dev, h->offset, h->length);
         if (c->send_failed || c->tp.fd < 0)
             return -ENOTCONN;
+        /* Digest the page cache in place and sendfile it as usual. A write to the same blocks
+         * racing this one (a large write's local half runs outside this lock) could change
+         * them in between; the peer then reports a digest failure (DRBD: "buffer modified by
+         * upper layers during write"): a reconnect and that block's resync, never a wrong
+         * block kept. */
+        if (view) {
+            unsigned char d[DIGEST_MAX];
+            int n = digest_compute(c->integrity_alg, view, h->length, d);
+            if (n < 0)
+                return n;
+            if ((rc = send_digest_frame_locked(c, h, d, n)) < 0)
+                return rc;
+            goto sendfile;
+        }
+        /* No view (a block device, a short file): read a copy, digest it, send it. */
         if (c->integrity_alg == RM_DIGEST_CRC32C) {
             unsigned char d[4];
             uint32_t crc = 0xffffffffu;
@@ -298,6 +313,7 @@ int conn_send_range_frame_locked(struct rm_connection *c, const struct rpl_heade
         }
         return sbuf_send_locked(c, 0);      /* on its way now, as a sendfile'd frame would be */
     }
+sendfile:
     if ((rc = queue_header_locked(c, h)) < 0 || (rc = sbuf_send_locked(c, MSG_MORE)) < 0)
         return rc;
     rc = device_send_range(c->dev, &c->tp, h->offset, h->length, &sent);

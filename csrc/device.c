@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -42,6 +43,7 @@ int device_init(struct rm_device *dev, int backing_fd, uint64_t size, int read_o
     pthread_condattr_destroy(&attr);
     pthread_mutex_init(&dev->ev_lock, NULL);
     pthread_mutex_init(&dev->fail_lock, NULL);
+    pthread_mutex_init(&dev->view_lock, NULL);
     if (pipe2(dev->ev_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
         return -errno;
     dev->al_nextents = (size + RM_AL_EXTENT_SIZE - 1) / RM_AL_EXTENT_SIZE;
@@ -51,6 +53,9 @@ int device_init(struct rm_device *dev, int backing_fd, uint64_t size, int read_o
 
 void device_destroy(struct rm_device *dev)
 {
+    if (dev->view)
+        munmap((void *)dev->view, dev->view_len);
+    pthread_mutex_destroy(&dev->view_lock);
     pthread_mutex_destroy(&dev->al_lock);
     pthread_cond_destroy(&dev->al_cond);
     pthread_mutex_destroy(&dev->ev_lock);
@@ -488,6 +493,34 @@ int device_pread(struct rm_device *dev, void *buf, uint32_t count, uint64_t offs
 int device_read_internal(struct rm_device *dev, void *buf, uint32_t count, uint64_t offset)
 {
     return read_range(dev, buf, count, offset, 0);
+}
+
+const unsigned char *device_view(struct rm_device *dev, uint64_t offset, uint32_t count)
+{
+    const unsigned char *v = __atomic_load_n(&dev->view, __ATOMIC_ACQUIRE);
+
+    if (!v) {
+        pthread_mutex_lock(&dev->view_lock);
+        if (!dev->view && !dev->view_failed) {
+            struct stat st;
+            void *p = MAP_FAILED;
+            if (!dev->is_block_device && fstat(dev->fd, &st) == 0 && st.st_size > 0) {
+                uint64_t len = (uint64_t)st.st_size < dev->size ? (uint64_t)st.st_size : dev->size;
+                p = mmap(NULL, len, PROT_READ, MAP_SHARED, dev->fd, 0);
+                if (p != MAP_FAILED)
+                    dev->view_len = len;
+            }
+            if (p == MAP_FAILED)
+                dev->view_failed = 1;
+            else
+                __atomic_store_n(&dev->view, (const unsigned char *)p, __ATOMIC_RELEASE);
+        }
+        v = dev->view;
+        pthread_mutex_unlock(&dev->view_lock);
+    }
+    if (!v || offset > dev->view_len || count > dev->view_len - offset)
+        return NULL;
+    return v + offset;
 }
 
 int device_flush(struct rm_device *dev)

@@ -308,7 +308,8 @@ class VerifyControl:
         self.last_verify = {"outcome": outcome.name.lower(), "role": "VerifyS" if self._source
                             else "VerifyT", "bytes": done, "total_bytes": p.total_bytes if p else 0,
                             "seconds": round(took, 3), "rate_bps": round(done / took),
-                            "oos_blocks": oos, "start_sector": self._range[0] // SECTOR}
+                            "oos_blocks": oos, "start_sector": self._range[0] // SECTOR,
+                            "ended_at": round(time.time(), 3)}
         if outcome is VerifyOutcome.FINISHED:
             log.info("%s: Online verify done (total %d sec; paused 0 sec; %d K/sec)", self.name,
                      round(took), done / took / 1024)

@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _verify(t: TwoNodes, *args: str) -> dict:
     """`replicactl verify` on alpha; both nodes' last_verify once it is done."""
-    before = {n: (t.status(n).get("last_verify") or {}).get("seconds") for n in NODES}
+    before = {n: (t.status(n).get("last_verify") or {}).get("ended_at") for n in NODES}
     t.ctl("alpha", "verify", "r0", *args)
     out = {}
     for node in NODES:
         st = t.wait(node, lambda s, node=node: s.get("last_verify") is not None
-                    and s["last_verify"]["seconds"] != before[node]
+                    and s["last_verify"]["ended_at"] != before[node]
                     and s["replication"] == "Established", "verify done", 30)
         out[node] = st
     return out

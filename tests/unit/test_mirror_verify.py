@@ -14,6 +14,7 @@ import threading
 import pytest
 
 from replica import mirror
+from replica.bitmap import Bitmap
 from replica.mirror import Engine
 from tests.unit.test_mirror_engine import DISC, WRITE, Session
 from tests.unit.test_mirror_peer import HEADER, Pair, make_engine, read_frame, settled
@@ -149,7 +150,6 @@ def test_verify_of_a_range_and_an_unaligned_tail(tmp_path):
         fd = os.open(tmp_path / name, os.O_RDWR | os.O_CREAT, 0o600)
         os.ftruncate(fd, size)
         eng = Engine(fd, size, read_only=ro)
-        from replica.bitmap import Bitmap
         bm = Bitmap(size)
         eng.set_bitmap(bm)
         engines.append((eng, fd, bm))
@@ -318,3 +318,42 @@ def test_integrity_alg_is_refused_while_attached_and_when_unknown(tmp_path):
         a.close()
         b.close()
         os.close(fd)
+
+
+@pytest.mark.parametrize("alg", ["crc32c", "sha1"])
+def test_integrity_beyond_the_mapped_view_reads_a_copy(tmp_path, alg):
+    """The sender digests large frames in place through a mapping of the backing file made on
+    first use; ranges past it (the file grew since, or is short) take the copying path."""
+    fds, engines, bitmaps = [], [], []
+    for name, ro in (("primary", False), ("secondary", True)):
+        fd = os.open(tmp_path / name, os.O_RDWR | os.O_CREAT, 0o600)
+        os.ftruncate(fd, 1 << 20)                   # shorter than the 8 MiB device
+        eng = Engine(fd, 8 << 20, read_only=ro)
+        bm = Bitmap(8 << 20)
+        eng.set_bitmap(bm)
+        fds.append(fd)
+        engines.append(eng)
+        bitmaps.append(bm)
+    a, b = socket.socketpair()
+    p, s = engines
+    try:
+        p.peer_attach(a.fileno(), "C", alg)
+        s.peer_attach(b.fileno(), "C", alg)
+        sess = Session(p)
+        blobs = {0: os.urandom(1 << 20), 4 << 20: os.urandom(1 << 20), (7 << 20) + 4096: os.urandom(65536)}
+        for i, (off, blob) in enumerate(blobs.items()):
+            sess.send(WRITE, off, len(blob), blob, cookie=i + 1)
+            assert sess.reply()[0] == 0
+        sess.send(DISC)
+        sess.finish()
+        secondary = (tmp_path / "secondary").read_bytes()
+        for off, blob in blobs.items():
+            assert secondary[off:off + len(blob)] == blob
+        assert s.stats()["integrity_failures"] == 0 and p.stats()["peer_connected"] == 1
+    finally:
+        for eng in engines:
+            eng.close()
+        for fd in fds:
+            os.close(fd)
+        a.close()
+        b.close()
