@@ -25,6 +25,8 @@ setup(
             "hbd=hbd.daemon:main",
             "hbctl=hbd.ctl:main",
             "hbmon=hbmon.daemon:main",
+            "replica-fence-peer=hbd.fence_peer:main",
+            "replica-unfence-peer=hbd.fence_peer:main_unfence",
         ],
     },
 )

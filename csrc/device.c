@@ -110,6 +110,26 @@ int device_is_read_only(struct rm_device *dev)
     return __atomic_load_n(&dev->read_only, __ATOMIC_ACQUIRE);
 }
 
+void device_set_suspended(struct rm_device *dev, int suspended)
+{
+    pthread_mutex_lock(&dev->al_lock);
+    __atomic_store_n(&dev->suspended, suspended != 0, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&dev->al_cond);
+    pthread_mutex_unlock(&dev->al_lock);
+}
+
+/* DRBD's suspend-io: the request waits (its frontend connection with it) until resume-io. The
+ * flag is read without the lock first: an unsuspended device costs one atomic load. */
+void device_wait_resumed(struct rm_device *dev)
+{
+    if (!__atomic_load_n(&dev->suspended, __ATOMIC_ACQUIRE))
+        return;
+    pthread_mutex_lock(&dev->al_lock);
+    while (__atomic_load_n(&dev->suspended, __ATOMIC_ACQUIRE))
+        pthread_cond_wait(&dev->al_cond, &dev->al_lock);
+    pthread_mutex_unlock(&dev->al_lock);
+}
+
 int device_in_range(struct rm_device *dev, uint64_t offset, uint64_t length)
 {
     return offset <= dev->size && length <= dev->size - offset;

@@ -20,6 +20,7 @@ struct rm_device {
     int fd;                 /* backing disk; owned by Python, never closed here */
     uint64_t size;          /* exported size in bytes (internal metadata lies beyond) */
     int read_only;          /* atomic: frontend writes answered with EPERM (a Secondary) */
+    int suspended;          /* al_lock: suspend-io (fencing): new requests wait until resumed */
     int is_block_device;    /* use BLKDISCARD/BLKZEROOUT instead of fallocate */
     int can_punch;          /* atomic: cleared after the first EOPNOTSUPP */
     int can_zero_range;     /* atomic: likewise for FALLOC_FL_ZERO_RANGE */
@@ -66,6 +67,9 @@ int device_init(struct rm_device *dev, int backing_fd, uint64_t size, int read_o
 void device_destroy(struct rm_device *dev);
 void device_get_stats(struct rm_device *dev, rm_stats *out);
 int device_is_read_only(struct rm_device *dev);
+/* suspend-io / resume-io (fencing resource-and-stonith): requests wait while suspended */
+void device_set_suspended(struct rm_device *dev, int suspended);
+void device_wait_resumed(struct rm_device *dev);
 int device_in_range(struct rm_device *dev, uint64_t offset, uint64_t length);
 
 /* events */

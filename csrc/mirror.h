@@ -108,6 +108,9 @@ typedef struct rm_event {
 rm_engine *rm_engine_new(int backing_fd, uint64_t size, int flags);
 void rm_engine_free(rm_engine *eng);
 void rm_engine_set_read_only(rm_engine *eng, int read_only);
+/* suspend-io (1) / resume-io (0): while suspended, every new request waits before it starts
+ * (fencing resource-and-stonith, while the fence-peer handler runs). rm_engine_shutdown resumes. */
+void rm_engine_set_suspended(rm_engine *eng, int suspended);
 void rm_engine_get_stats(rm_engine *eng, rm_stats *out);
 /* Shut down every client socket being served; their rm_serve_nbd calls then return. */
 int rm_engine_shutdown(rm_engine *eng);

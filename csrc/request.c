@@ -403,6 +403,7 @@ int request_submit(rm_engine *eng, struct rm_origin *o, struct rm_writeq *q, con
     struct rm_request copy;
     int r, ret;
 
+    device_wait_resumed(&eng->dev);     /* suspend-io while the fence-peer handler runs */
     if (stream && q && req->op == RM_OP_WRITE && req->count >= SPLICE_MIN && !device_disk_failed(&eng->dev) &&
         check_range(eng, req->offset, req->count, 1) == 0 && start_writer(q))
         return submit_spliced(eng, o, q, req, stream, rc);

@@ -48,6 +48,11 @@ void rm_engine_set_read_only(rm_engine *eng, int read_only)
     __atomic_store_n(&eng->dev.read_only, read_only != 0, __ATOMIC_RELEASE);
 }
 
+void rm_engine_set_suspended(rm_engine *eng, int suspended)
+{
+    device_set_suspended(&eng->dev, suspended);
+}
+
 void rm_engine_get_stats(rm_engine *eng, rm_stats *out)
 {
     device_get_stats(&eng->dev, out);
@@ -57,6 +62,7 @@ int rm_engine_shutdown(rm_engine *eng)
 {
     pthread_mutex_lock(&eng->lock);
     eng->shutting_down = 1;
+    device_set_suspended(&eng->dev, 0);     /* a request waiting in suspend-io goes on, and ends */
     for (size_t i = 0; i < eng->nclients; i++)
         eng->clients[i]->ops->shutdown(eng->clients[i], SHUT_RDWR);
     pthread_mutex_unlock(&eng->lock);

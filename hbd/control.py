@@ -10,6 +10,12 @@ server's thread onto the daemon's event loop.  Requests and answers::
     {"cmd": "rscstatus"}              -> {"ok": true, "rscstatus": "none|local|foreign|all|transition"}
     {"cmd": "standby"|"takeover", "which": "all|local|foreign"}  -> {"ok": true} or
                                          {"ok": false, "error": "<the refusal sentence>"}
+        standby also takes "planned": false and "why": TEXT when it is a recovery from a
+        failure (hbmon, `hbctl standby --failure`): the groups' stops are then journaled
+        as unplanned (hbd.availability counts them so everywhere, not just in the mission)
+    {"cmd": "fence-peer", "node": X, "resource": R} -> {"ok": true, "code": 3..7, "text"}
+    {"cmd": "unfence-peer", "node": X, "resource": R} -> {"ok": true}
+                                         (hbd.disk_fencing: DRBD's fence-peer contract)
 
 Standby and takeover requests are journaled (accepted or refused).  Only root
 may move resources (the socket is mode 0600).
@@ -20,11 +26,12 @@ import asyncio
 import concurrent.futures
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from hacommon.control import ControlServer, Reply
 from hacommon.errors import HaError, StateChangeRefused
+from hbd.disk_fencing import DiskFencing
 from hbd.groups import GroupManager
 from hbd.journal import Journal, read_journal
 from hbd.protocol.membership import Membership
@@ -39,16 +46,28 @@ class ControlCommands:
     Runs on the daemon's event loop only; `kick` tells the loop that a request moved something."""
 
     def __init__(self, *, node: str, membership: Membership, groups: GroupManager, journal: Journal,
-                 kick: Callable[[], None]):
+                 kick: Callable[[], None], fencing: DiskFencing | None = None):
+        self.fencing = fencing
         self.node = node
         self.membership = membership
         self.groups = groups
         self.journal = journal
         self.kick = kick
+        self.standby_planned = True     # the last accepted standby request's "planned"
 
-    def handle_request(self, req: dict[str, Any]) -> Reply:
+    def handle_request(self, req: dict[str, Any]) -> Reply | Coroutine[Any, Any, Reply]:
+        """The answer, or a coroutine giving it (fence-peer waits for the peer's hbd)."""
         cmd = req.get("cmd")
         now = time.monotonic()
+        if cmd in ("fence-peer", "unfence-peer") and self.fencing is not None:
+            node, resource = str(req.get("node", "")), str(req.get("resource", ""))
+            try:
+                self.membership.node_status(node)
+            except HaError as e:
+                return {"ok": False, "error": f"{cmd}: {e}"}
+            if cmd == "unfence-peer":
+                return self.fencing.unfence_peer(node, resource)
+            return self.fencing.fence_peer(node, resource)
         if cmd == "status":
             return {"ok": True, "node": self.node, "pid": os.getpid(), "membership": self.membership.snapshot(),
                     "groups": self.groups.snapshot(),
@@ -62,15 +81,19 @@ class ControlCommands:
             return {"ok": True, "rscstatus": self.groups.rscstatus()}
         if cmd in ("standby", "takeover"):
             which = str(req.get("which", "all"))
+            extra = {} if req.get("planned", True) is not False else {
+                "planned": False, "why": str(req.get("why", "recovery from a failure"))[:200]}
             try:
                 if cmd == "standby":
                     self.groups.request_standby(which, now)
                 else:
                     self.groups.request_takeover(which, now)
             except StateChangeRefused as e:
-                self.journal.record("request", what=cmd, which=which, result="refused", detail=str(e))
+                self.journal.record("request", what=cmd, which=which, result="refused", detail=str(e), **extra)
                 return {"ok": False, "error": str(e)}
-            self.journal.record("request", what=cmd, which=which, result="ok")
+            if cmd == "standby":
+                self.standby_planned = "planned" not in extra
+            self.journal.record("request", what=cmd, which=which, result="ok", **extra)
             self.kick()
             return {"ok": True}
         return {"ok": False, "error": f"control: unknown command {cmd!r}"}
@@ -83,9 +106,19 @@ def open_control_socket(run_dir: str, commands: ControlCommands,
     def on_request(req: dict[str, Any]) -> Reply:      # the server's connection thread
         answer: concurrent.futures.Future[Reply] = concurrent.futures.Future()
 
+        async def finish(coro: Coroutine[Any, Any, Reply]) -> None:
+            try:
+                answer.set_result(await coro)
+            except BaseException as e:      # handed to the waiting thread, which re-raises it
+                answer.set_exception(e)
+
         def run() -> None:
             try:
-                answer.set_result(commands.handle_request(req))
+                result = commands.handle_request(req)
+                if asyncio.iscoroutine(result):
+                    loop.create_task(finish(result))
+                    return
+                answer.set_result(result)
             except BaseException as e:      # handed to the waiting thread, which re-raises it
                 answer.set_exception(e)
         loop.call_soon_threadsafe(run)

@@ -4,13 +4,23 @@
     hbctl [--run-dir DIR] status                like `cl_status hbstatus`, plus nodes, groups, journal
     hbctl nodestatus NODE                       init | up | active | dead  (like `cl_status nodestatus`)
     hbctl rscstatus                             none | local | foreign | all | transition
-    hbctl standby [all|foreign|local]           like `hb_standby`: give those groups to the peer
+    hbctl standby [all|foreign|local] [--failure WHY]
+                                                like `hb_standby`: give those groups to the peer
+                                                (--failure: a recovery, journaled as unplanned)
     hbctl takeover [all|foreign|local]          like `hb_takeover`: ask the peer for them
+    hbctl availability [--since T] [--until T] [--service NAME] [--group G]
+          [--mission HH:MM-HH:MM[,days]] [--journal FILE]... [--json] [--plot FILE.svg|png]
+                                                uptime, failures, MTTF, MTTR, A = MTTF/(MTTF+MTTR)
+                                                from the journal(s) (hbd.availability); needs no hbd
 
 standby/takeover wait (up to --timeout seconds, default 120) until the move is
 over and print what this node then holds; --no-wait returns once the request is
 sent.  If nothing moved after 15 s (the peer was in transition and ignored the
 request, as heartbeat does) the command fails.
+availability reads RUN_DIR/journal.jsonl, hbmon's hbmon.jsonl (in RUN_DIR or in
+--hbmon-run-dir, default $HBMON_RUN_DIR or /run/hbmon) when present, and every
+--journal FILE (the peer's too: journals are merged by wall-clock time);
+malformed lines are skipped and counted.
 Exit codes: 0 ok; 1 refused/failed/timed out; 3 hbd is not running (status
 prints "Heartbeat is stopped on this machine."); 2 usage.
 """
@@ -69,6 +79,91 @@ def print_status(st: dict) -> None:
             print("  " + format_record(rec))
 
 
+# hbmon.daemon's DEFAULT_RUN_DIR and JOURNAL_NAME (not imported: hbctl starts without asyncio;
+# tests/unit/test_hbd_availability.py checks they agree)
+DEFAULT_HBMON_RUN_DIR = "/run/hbmon"
+HBMON_JOURNAL = "hbmon.jsonl"
+
+
+def add_availability_parser(sub: Any) -> None:
+    ap = sub.add_parser("availability", help="availability report from the journal(s)")
+    ap.add_argument("--since", help="ISO 8601 or relative (-7d, -12h); default: the first record")
+    ap.add_argument("--until", help="ISO 8601 or relative; default: now")
+    ap.add_argument("--service", action="append", help="only this service (repeatable)")
+    ap.add_argument("--group", help="only this resource group and the services that name it")
+    ap.add_argument("--mission", help="HH:MM-HH:MM[,days], local time (e.g. 08:00-20:00,mon-fri)")
+    ap.add_argument("--journal", action="append", default=[], help="another journal file (repeatable)")
+    ap.add_argument("--hbmon-run-dir", default=os.environ.get("HBMON_RUN_DIR", DEFAULT_HBMON_RUN_DIR),
+                    help=f"hbmon's run dir, for its {HBMON_JOURNAL} (default $HBMON_RUN_DIR or /run/hbmon)")
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    ap.add_argument("--plot", help="write the availability timeline to FILE.svg (or .png with matplotlib)")
+
+
+def availability_main(args: argparse.Namespace) -> int:
+    """`hbctl availability`: read the journals, account, print (and plot); 0 ok, 1 bad input."""
+    from hbd.availability import AvailabilityError, BadLine, Mission, compute, parse_journal, parse_time
+    from hbd.availability_report import render_svg, render_text, write_png
+
+    now = time.time()
+    paths = [os.path.join(args.run_dir, "journal.jsonl"), os.path.join(args.run_dir, HBMON_JOURNAL),
+             os.path.join(args.hbmon_run_dir, HBMON_JOURNAL)]
+    paths = [p for p in paths if os.path.exists(p)] + list(args.journal)
+    records: list[dict] = []
+    bad: list[BadLine] = []
+    seen: set[tuple[int, int]] = set()
+    for path in paths:
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with open(path, "rb") as f:
+                recs, skipped = parse_journal(f, source=path)
+        except OSError as e:
+            print(f"hbctl: availability: {path}: {e.strerror}", file=sys.stderr)
+            return 1
+        records += recs
+        bad += skipped
+    if not paths:
+        print(f"hbctl: availability: no journal: {os.path.join(args.run_dir, 'journal.jsonl')} "
+              f"does not exist (give --run-dir or --journal FILE)", file=sys.stderr)
+        return 1
+    try:
+        since = parse_time(args.since, now) if args.since else None
+        until = parse_time(args.until, now) if args.until else now
+        mission = Mission.parse(args.mission) if args.mission else None
+    except AvailabilityError as e:
+        print(f"hbctl: availability: {e}", file=sys.stderr)
+        return 2
+    if since is not None and since >= until:
+        print("hbctl: availability: --since must be before --until", file=sys.stderr)
+        return 2
+    kinds = ("service",) if args.service else ("node", "group", "service")
+    report = compute(records, since=since, until=until, mission=mission, kinds=kinds, names=args.service,
+                     group=args.group, bad_lines=bad)
+    if bad:
+        print(f"hbctl: availability: skipped {len(bad)} malformed journal line(s); first: {bad[0]}",
+              file=sys.stderr)
+    if args.plot:
+        try:
+            if args.plot.lower().endswith(".png"):
+                write_png(report, args.plot)
+            else:
+                with open(args.plot, "w", encoding="utf-8") as f:
+                    f.write(render_svg(report, mission))
+        except ImportError:
+            print("hbctl: availability: a PNG needs matplotlib, which is not installed; use --plot FILE.svg",
+                  file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        sys.stdout.write(render_text(report))
+        if args.plot:
+            print(f"timeline: {args.plot}")
+    return 0
+
+
 def print_hbmon_status(hbd_run_dir: str) -> None:
     """hbmon's services under `hbctl status`: asked on hbmon.sock, else read from its hbmon.json.
 
@@ -118,8 +213,14 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("which", nargs="?", default="all", choices=("all", "foreign", "local"))
         sp.add_argument("--no-wait", action="store_true")
         sp.add_argument("--timeout", type=float, default=120.0)
+        if name == "standby":
+            sp.add_argument("--failure", metavar="WHY",
+                            help="a recovery from a failure, not maintenance: journal the stops as unplanned")
+    add_availability_parser(sub)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        if args.cmd == "availability":
+            return availability_main(args)
         if args.cmd == "status":
             st = request(args.run_dir, {"cmd": "status"})
             print_status(st)
@@ -136,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
             print(request(args.run_dir, {"cmd": "rscstatus"})["rscstatus"])
             return 0
         before = request(args.run_dir, {"cmd": "rscstatus"})["rscstatus"]
-        r = request(args.run_dir, {"cmd": args.cmd, "which": args.which})
+        req = {"cmd": args.cmd, "which": args.which}
+        if getattr(args, "failure", None):
+            req.update(planned=False, why=args.failure)
+        r = request(args.run_dir, req)
         if not r["ok"]:
             print(f"hbctl: {r['error']}", file=sys.stderr)
             return 1

@@ -49,8 +49,10 @@ from hacommon.daemonize import daemonize
 from hacommon.errors import ConfigError, HaError
 from hbd import ipaddr, stonith
 from hbd.authkeys import AuthKeys, load_authkeys
+from hbd.availability import PLANNED_REASONS
 from hbd.config import HaConfig, load_ha_config
 from hbd.control import ControlCommands, open_control_socket
+from hbd.disk_fencing import DiskFencing
 from hbd.groups import (
     Action,
     FenceNode,
@@ -178,6 +180,10 @@ class Daemon:
         self._done = asyncio.Event()
         self._drop_logged: dict[str, float] = {}
         self._shutting_down = False
+        self._stop_planned: dict[str, bool] = {}        # group -> its current stop is planned
+        self._control: ControlCommands | None = None
+        self._peer_held: frozenset[str] = frozenset()   # peer's groups as last journaled
+        self.fencing: DiskFencing | None = None
 
     @property
     def m(self) -> Membership:
@@ -256,14 +262,18 @@ class Daemon:
         self._g = GroupManager(self.node, [n.lower() for n in self.cfg.nodes], self.groups_cfg,
                               auto_failback=self.cfg.auto_failback, stonith_configured=bool(self.devices),
                               initdead_s=self.cfg.initdead_s, now=now)
+        self.fencing = DiskFencing(node=self.node, node_status=self.m.node_status,
+                                   send_message=self._send_fencing_message,
+                                   journal=self.journal.record, env=self.runner.env)
         for s in self.media.socks:
             loop.add_reader(s.fileno(), self._on_readable, s)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_shutdown)
         loop.add_signal_handler(signal.SIGUSR1, self.dump_state)
         loop.add_signal_handler(signal.SIGHUP, self.config_check)
-        control = open_control_socket(self.run_dir, ControlCommands(
-            node=self.node, membership=self.m, groups=self.g, journal=self.journal, kick=self.kick), loop)
+        self._control = ControlCommands(node=self.node, membership=self.m, groups=self.g, journal=self.journal,
+                                        kick=self.kick, fencing=self.fencing)
+        control = open_control_socket(self.run_dir, self._control, loop)
         worker = asyncio.create_task(self._op_worker())
         try:
             self._pump()
@@ -309,7 +319,12 @@ class Daemon:
                 moved = True
                 self._on_group_action(a)
             if not moved:
+                self._journal_peer_holdings()
                 return
+
+    def _send_fencing_message(self, msg_type: str, fields: dict[str, str]) -> None:
+        self.m.send_message(msg_type, fields)
+        self.kick()
 
     def kick(self) -> None:
         """Something changed outside the loop's own callbacks (a request, a result): act on it now."""
@@ -333,6 +348,8 @@ class Daemon:
         if isinstance(e, NodeUp):
             self._log("info", f"node {e.node}: status up (generation {e.generation})")
             self.journal.record("node", peer=e.node, state="up", generation=e.generation)
+            if self.fencing is not None:
+                self.fencing.node_up(e.node)
             g.node_up(e.node, now)
         elif isinstance(e, NodeRestarted):
             self._log("warn", f"node {e.node}: restarted (generation {e.generation})")
@@ -341,7 +358,13 @@ class Daemon:
         elif isinstance(e, NodeDead):
             how = "shut down cleanly" if e.graceful else f"dead after deadtime_s={self.m.deadtime_s:g}"
             self._log("warn" if not e.graceful else "info", f"node {e.node}: {how}")
-            self.journal.record("node", peer=e.node, state="dead", graceful=e.graceful)
+            # it stopped answering a deadtime ago (the failure began then, not at detection)
+            since = round(time.time() - (0.0 if e.graceful else self.m.deadtime_s), 6)
+            self.journal.record("node", peer=e.node, state="dead", graceful=e.graceful, planned=e.graceful,
+                                since=since, why=how)
+            self._journal_peer_holdings(frozenset(), planned=e.graceful, why=f"node {e.node} {how}", since=since)
+            if self.fencing is not None:
+                self.fencing.node_dead(e.node, graceful=e.graceful)
             g.node_dead(e.node, now, clean=e.graceful)
         elif isinstance(e, NodeLate):
             self._log("warn", f"Late heartbeat: node {e.node}: interval {int(e.late_s * 1000)} ms")
@@ -350,6 +373,8 @@ class Daemon:
             fields = {k: v for k, v in e.msg.fields if isinstance(v, str)}
             log.debug("message from %s: %s", e.node, " ".join(f"{k}={v}" for k, v in fields.items()
                                                               if k not in ("auth", "srcuuid", "destuuid")))
+            if self.fencing is not None and self.fencing.receive_message(e.node, e.msg.type, fields):
+                return
             g.receive_message(e.node, e.msg.type, fields, now)
         elif isinstance(e, PacketDropped):
             last = self._drop_logged.get(e.reason, -1e9)
@@ -370,7 +395,15 @@ class Daemon:
         elif isinstance(a, GroupChanged):
             self._log("crit" if a.new.value == "failed" else "info",
                       f"group {a.key}: {a.old.value} -> {a.new.value} ({a.reason})")
-            self.journal.record("group", group=a.key, old=a.old.value, new=a.new.value, reason=a.reason)
+            if a.new.value == "stopping":
+                self._stop_planned[a.key] = a.reason in PLANNED_REASONS and not (
+                    a.reason == "standby" and self._control is not None and not self._control.standby_planned)
+            up = a.new.value == "started"
+            self.journal.record("group", group=a.key, old=a.old.value, new=a.new.value, reason=a.reason,
+                                state="up" if up else "down", holder=self.node,
+                                planned=not up and a.new.value in ("stopping", "stopped")
+                                and self._stop_planned.get(a.key, False),
+                                why=a.reason)
         elif isinstance(a, Notice):
             self._log(a.level, a.text)
         elif isinstance(a, Reannounce):
@@ -385,11 +418,38 @@ class Daemon:
 
     _clean_exit = True
 
+    def _journal_peer_holdings(self, held: frozenset[str] | None = None, *, planned: bool | None = None,
+                               why: str = "", since: float | None = None) -> None:
+        """Journal the peer's groups coming and going as this node learns of it (its resource
+        reports, or its death: `held` empty), so this node's journal alone accounts for them."""
+        if self._g is None or self.g.peer is None:
+            return
+        if held is None:
+            held = self.g.peer_hold
+            if held is None:        # the peer has not reported since it (re)joined
+                return
+            if not self.g.peer_stable:      # given to it but maybe not started yet: wait for its
+                held &= self._peer_held     # stable report before counting them up
+        if held == self._peer_held:
+            return
+        if planned is None:         # given away by a standby exchange, or failed there
+            planned = self.g.standby is not None
+        extra = {} if since is None else {"since": since}
+        for key in sorted(self._peer_held - held):
+            self.journal.record("holding", group=key, holder=self.g.peer, state="down", planned=planned,
+                                why=why or "peer reports it no longer holds it", **extra)
+        for key in sorted(held - self._peer_held):
+            self.journal.record("holding", group=key, holder=self.g.peer, state="up", planned=False,
+                                why="peer reports it holds it")
+        self._peer_held = held
+
     async def _op_worker(self) -> None:
         while True:
             a = await self._ops.get()
             group = self.by_key[a.key]
             if isinstance(a, StartGroup):
+                if self.fencing is not None:
+                    await self.fencing.wait_notified()     # replicad knows the peer is dead
                 self._log("info", f"group {a.key}: starting ({a.reason})")
                 ok = await self.runner.start_group(group)
                 self.g.group_started(a.key, ok, time.monotonic())
@@ -404,6 +464,8 @@ class Daemon:
         ok, detail = await stonith.fence(self.devices, node)
         self._log("info" if ok else "crit", detail)
         self.journal.record("stonith", peer=node, result="ok" if ok else "failed", detail=detail)
+        if ok and self.fencing is not None:
+            self.fencing.node_fenced(node)
         self.g.fence_done(node, ok, time.monotonic())
         self.kick()
 

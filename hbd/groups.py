@@ -61,6 +61,7 @@ Rules (Heartbeat 3.0 semantics, heartbeat-reference.md 1.2, 1.6, 1.7):
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -194,7 +195,7 @@ class GroupManager:
 
     def get_timer(self) -> float | None:
         timers = []
-        if self.phase is Phase.INIT and self.peer is not None:
+        if self.phase is Phase.INIT and self.peer is not None and self._initdead_at != math.inf:
             timers.append(self._initdead_at)
         if self.fence is not None and not self.fence.running and self.fence.retry_at is not None:
             timers.append(self.fence.retry_at)
@@ -345,6 +346,7 @@ class GroupManager:
     def handle_timer(self, now: float) -> None:
         self._now = now
         if self.phase is Phase.INIT and self.peer is not None and now >= self._initdead_at:
+            self._initdead_at = math.inf     # once: INIT lasts until the takeover it starts ends
             if self.peer_status != "up":
                 self.note("warn", f"initdead expired without hearing {self.peer!r}")
                 self.node_dead(self.peer, now)

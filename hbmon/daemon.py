@@ -352,7 +352,9 @@ class Daemon:
         which = "all"
         if held:
             which = "local" if held[1].lower() == self.node.lower() else "foreign"
-        reply = await asyncio.to_thread(self._hbd, {"cmd": "standby", "which": which})
+        # a recovery, not maintenance: journaled by hbd as an unplanned stop (availability)
+        reply = await asyncio.to_thread(self._hbd, {"cmd": "standby", "which": which, "planned": False,
+                                                    "why": f"service {svc.key} failing"})
         if reply is None:
             ok, detail = False, f"hbd does not answer on {self.hbd_run_dir}/hbd.sock"
         else:

@@ -400,6 +400,34 @@ def cmd_nbd_uri(ctl: Ctl, name: str) -> int:
     return 0
 
 
+EXIT_LOWER_THAN_OUTDATED = 5   # drbdsetup outdate: the disk is Inconsistent or worse
+
+
+def cmd_outdate(ctl: Ctl, name: str) -> int:
+    """drbdadm outdate; exit 5 when the disk is already Inconsistent (drbdsetup's code, which
+    fence-peer helpers turn into their own exit 3), 17 for other refusals."""
+    try:
+        return _verb("outdate")(ctl, name)
+    except Refused as exc:
+        if exc.refusal is not Refusal.LOWER_THAN_OUTDATED:
+            raise
+        print(f"{exc.context}: State change failed: {exc.refusal.sentence}", file=sys.stderr)
+        return EXIT_LOWER_THAN_OUTDATED
+
+
+def cmd_peer_dead(ctl: Ctl, name: str) -> int:
+    """What the cluster manager tells replicad: the peer node is dead (--fenced: STONITH
+    reset it). No replicad running: nothing to tell, success."""
+    if not ctl.daemon_running:
+        return 0
+    if name != "all":
+        ctl.resource_names(name)
+    reply = ctl.call("peer-dead", resource=name, fenced=bool(ctl.args.fenced))
+    for res in reply.get("resources", []):
+        print(f"{res}: peer dead{' (fenced)' if ctl.args.fenced else ''}: connection dropped")
+    return 0
+
+
 def cmd_dump(ctl: Ctl, name: str) -> int:
     from replica.config_dump import dump_config
     print_config_warnings(ctl)
@@ -430,6 +458,13 @@ COMMANDS = [
     Command("primary", _verb("primary", force="force"), True, "promote to Primary",
             (("--force", "promote even without UpToDate data (initial sync, disaster)"),)),
     Command("secondary", _verb("secondary"), True, "demote to Secondary"),
+    Command("outdate", cmd_outdate, True, "mark this node's data Outdated (disconnected "
+            "Secondary only): what a fence-peer handler asks of the peer"),
+    Command("resume-io", _verb("resume-io"), True, "resume I/O suspended by fencing "
+            "(resource-and-stonith) after a failed fence-peer handler"),
+    Command("peer-dead", cmd_peer_dead, True, "the cluster manager declares the peer node "
+            "dead: drop the link now, count its disk as Outdated",
+            (("--fenced", "STONITH has reset the peer node"),)),
     Command("invalidate", _verb("invalidate"), True, "resync the local disk fully from the peer"),
     Command("invalidate-remote", _verb("invalidate-remote"), True,
             "resync the peer's disk fully from this node"),

@@ -303,8 +303,7 @@ NOT_YET: dict[tuple[str, str], NotYet] = {
     ("disk", "read-balancing"): NotYet("reads are always served locally", "prefer-local"),
     ("disk", "rs-discard-granularity"): NotYet("resync writes every block", 0),
     **{("handlers", k): NotYet("this handler is never called") for k in (
-        "pri-on-incon-degr", "fence-peer", "unfence-peer", "before-resync-target",
-        "after-resync-target", "before-resync-source", "quorum-lost", "disconnected")},
+        "pri-on-incon-degr", "before-resync-source", "quorum-lost", "disconnected")},
     ("startup", "stacked-timeouts"): NotYet("there are no stacked resources"),
     **{("options", k): NotYet(_NO_EFFECT) for k in (
         "cpu-mask", "on-no-data-accessible", "auto-promote", "quorum", "quorum-minimum-redundancy",

@@ -12,6 +12,9 @@ calls back in under the runtime's `lock`::
     PeerLink: hello_info(), encoded_bitmap() ──► handshake ──► one of
         link_established(sock, done, bitmap): size mismatch / split brain / unrelated data
             ──► StandAlone (handlers run) | Connected: C attached, maybe a resync starts
+            (first, outside the lock and before C has the socket, the handlers DRBD waits
+            for: initial-split-brain of a resolved split brain, before-resync-target; the
+            loser of call-pri-lost-after-sb steps down to Secondary)
         discard_network_config(): authentication failed, incompatible net settings
             ──► StandAlone until the next connect (DRBD "Discarding network configuration.")
     disconnect / lost(why) ──► drop(): C detached, resync stopped, new current UUID if a
@@ -122,11 +125,19 @@ class PeerConnection:
         if self.link is not None:
             self.link.link_down()
 
+    def disconnect_after_handler(self, rc: int | None) -> None:
+        """before-resync-target failed: DRBD drops the connection (C_DISCONNECTING: StandAlone)."""
+        log.error("%s: before-resync-target handler returned %s, dropping connection.", self.name,
+                  rc)
+        self.disconnect()
+        self.standalone_reason = f"before-resync-target handler returned {rc}"
+
     def lost(self, why: str) -> None:
         if not self.rt.state.is_connected:
             return
         log.warning("%s: connection to %s lost: %s", self.name, self.peer_text, why)
         self.drop(self.rt.request(Request.CONNECTION_LOST, "connection lost"), "connection lost")
+        self.rt.fencing.peer_lost()
 
     def stop_link(self) -> None:
         """down/detach: the link goes too (no Diskless-over-the-network mode)."""
@@ -178,10 +189,55 @@ class PeerConnection:
             self.standalone_reason = why
             rt.set_state(apply_split_brain(rt.state), "network configuration discarded")
 
+    def may_demote(self) -> bool:
+        """For the handshake (PeerLink thread): we are Primary and nobody holds the device, so
+        after-sb call-pri-lost-after-sb may make us Secondary (DRBD tries the same)."""
+        rt = self.rt
+        with rt.lock:
+            return rt.may_step_down()
+
+    def _before_sync(self, link: PeerLink, done: repl.HandshakeDone) -> bool:
+        """Outside the runtime's lock, before the verdict is applied: the handlers DRBD calls
+        from the handshake, in its order and waiting for each (initial-split-brain when a split
+        brain was resolved; before-resync-target before this node becomes SyncTarget). False if
+        before-resync-target failed: then the connection is dropped, StandAlone."""
+        rt, v = self.rt, done.verdict
+        if v.decision.drops_connection or done.peer.data_size != rt.disk.size:
+            return True
+        if v.split_brain:
+            log.warning("%s: %s", self.name, v.reason)
+        for which in v.handlers:
+            rt.run_handler_wait(which)
+        if not v.decision.is_sync_target:
+            return True
+        rc = rt.sync.before_target()
+        if rc == 0:
+            return True
+        log.error("%s: before-resync-target handler returned %s, dropping connection.",
+                  self.name, rc)
+        with rt.lock:
+            if self.link is link:
+                self.link = None
+                self.standalone_reason = f"before-resync-target handler returned {rc}"
+                # DRBD adopts the SyncSource's sync UUID before it calls the handler: the next
+                # connect then finds rule 50 (bitmap-peer) instead of a split brain the peer's
+                # UUID rotation made unrelated. Our data is untouched; the bitmaps keep the
+                # blocks to resync.
+                sync_uuid = done.peer.uuids.next_sync_uuid()
+                if sync_uuid is not None and rt.disk.has_md:
+                    rt.disk.set_uuids(rt.disk.uuids.start_resync_target(sync_uuid),
+                                      "before-resync-target failed: the peer's sync UUID",
+                                      rt.state.role is Role.Primary)
+                rt.set_state(apply_split_brain(rt.state), "before-resync-target failed")
+        return False
+
     def link_established(self, sock: socket.socket, done: repl.HandshakeDone,
                          peer_bitmap: Bitmap | None) -> bool:
         """Apply the handshake's verdict; attach C to the socket. False: stay StandAlone."""
         rt, disk = self.rt, self.rt.disk
+        link = self.link
+        if link is None or not self._before_sync(link, done):
+            return False
         with rt.lock:
             if self.link is None or disk.engine is None:
                 return False
@@ -201,21 +257,27 @@ class PeerConnection:
                 self.link = None
                 self.standalone_reason = f"peer {peer}: data size mismatch"
                 return False
-            if v.decision.drops_connection:
+            if v.decision.drops_connection or (v.demote and not rt.may_step_down()):
+                why, handlers = v.reason, v.handlers
+                if not v.decision.drops_connection:
+                    # opened since the handshake asked (initial-split-brain ran): DRBD's
+                    # failed demotion
+                    why = "Split-Brain detected but unresolved, dropping connection!"
+                    handlers = ("pri-lost-after-sb", "split-brain")
                 if v.split_brain:
-                    log.error("%s: Split-Brain detected but unresolved, dropping connection! "
-                              "(peer %s)", self.name, peer)
+                    log.error("%s: %s (peer %s)", self.name, why, peer)
                 else:
-                    log.error("%s: %s (peer %s): dropping connection", self.name, v.reason, peer)
+                    log.error("%s: %s (peer %s): dropping connection", self.name, why, peer)
                 rt.set_state(apply_split_brain(rt.state), str(v.decision))
                 self.link = None
-                self.standalone_reason = f"peer {peer}: {v.reason}"
-                if v.handler:
-                    rt.run_handler(v.handler)
+                self.standalone_reason = f"peer {peer}: {why}"
+                if handlers:
+                    rt.run_handler(*handlers)
                 return False
-            if v.split_brain:
-                log.warning("%s: %s", self.name, v.reason)
-                rt.run_handler("initial-split-brain")
+            if v.demote:
+                log.warning("%s: Successfully gave up primary role.", self.name)
+                rt._device_down()
+                rt.set_state(replace(rt.state, role=Role.Secondary), "pri-lost-after-sb")
             self._discard_my_data = False
             d = v.decision
             bm = disk.meta().bitmap
@@ -234,7 +296,11 @@ class PeerConnection:
                                     rt.resource.net.data_integrity_alg)
             self._ping_sent_ns = 0
             self._attached_ns = time.monotonic_ns()
+            hello_disk = rt.state.disk
             rt.set_state(new, f"connected to {peer}, {d}")
+            if v.demote or (new.disk is not hello_disk
+                            and not (d.is_sync_source or d.is_sync_target)):
+                self.send_state()       # the peer saw our hello's role / disk (Outdated -> UpToDate)
             if d.is_sync_target:
                 rt.sync.begin_target()
             elif d.is_sync_source:
@@ -278,6 +344,9 @@ class PeerConnection:
         if isinstance(msg, PeerState):
             rt.set_state(replace(s, peer_role=msg.role, peer_disk=msg.disk), "peer state")
         elif isinstance(msg, SyncUuid):
+            if rc := sync.before_target():             # 0 if it ran for this resync
+                self.disconnect_after_handler(rc)
+                return
             if msg.full:
                 disk.set_all_out_of_sync()
             disk.set_uuids(disk.uuids.start_resync_target(msg.uuid), "resync start (SyncTarget)",
@@ -304,6 +373,7 @@ class PeerConnection:
                 disk.store_bitmap(force=True)
                 rt.set_state(rt.request(Request.SYNC_FINISHED, "resync"), "resync finished")
                 self.send_state()
+                rt.run_handler("after-resync-target")
         elif isinstance(msg, FullSyncRequest):
             if s.disk is not DiskState.UpToDate or s.repl.is_resync:
                 log.warning("%s: peer asked for a full sync, but %s", self.name,

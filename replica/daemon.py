@@ -74,6 +74,7 @@ class Daemon:
             "status": self.cmd_status,
             "shutdown": self.cmd_shutdown,
             "dump-md": self.cmd_dump_md,
+            "peer-dead": self.cmd_peer_dead,
             **{verb: self.cmd_verb for verb in VERBS},
         }
 
@@ -158,6 +159,24 @@ class Daemon:
                 check_address_is_local(rt.name, rt.host, self._config(req))
             run(rt, req)
             return {"status": rt.status()}
+
+    def cmd_peer_dead(self, req: Request) -> Reply:
+        """The cluster manager (hbd) says node `peer` is dead (`fenced`: STONITH reset it):
+        every resource in use whose peer it is (or the one named) drops its link at once, and
+        counts the peer's disk as Outdated (no second failure detector to wait out)."""
+        name, peer = req.get("resource") or "all", str(req.get("peer") or "")
+        done = []
+        for rt in list(self.resources.values()):
+            if not _in_use(rt) or (name != "all" and rt.name != name) or rt.peer_host is None:
+                continue
+            if peer and rt.peer_host.name != peer:
+                continue
+            with rt.lock:
+                rt.peer_dead(fenced=bool(req.get("fenced")))
+                done.append(rt.name)
+        if name != "all" and not done:
+            raise ReplicaError(f"{name}: not in use here" + (f" with peer {peer}" if peer else ""))
+        return {"resources": done}
 
     def cmd_dump_md(self, req: Request) -> Reply:
         rt = self._runtime(req)
@@ -248,6 +267,8 @@ VERBS: dict[str, Callable[[ResourceRuntime, Request], None]] = {
                                                    else int(req["stop"])),
     "new-current-uuid": lambda rt, req: rt.new_current_uuid(
         clear_bitmap=bool(req.get("clear_bitmap"))),
+    "outdate": lambda rt, req: rt.outdate(),
+    "resume-io": lambda rt, req: rt.resume_io(),
     "pause-sync": lambda rt, req: rt.sync.pause(),
     "resume-sync": lambda rt, req: rt.sync.resume(),
 }

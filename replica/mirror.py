@@ -157,6 +157,10 @@ class Engine:
     def set_read_only(self, read_only: bool) -> None:
         lib.rm_engine_set_read_only(self._handle, 1 if read_only else 0)
 
+    def set_suspended(self, suspended: bool) -> None:
+        """suspend-io / resume-io: new requests wait in C while suspended."""
+        lib.rm_engine_set_suspended(self._handle, 1 if suspended else 0)
+
     def set_on_io_error(self, mode: str) -> None:
         """`pass_on`: a failed request fails, its blocks are marked out of sync. `fail_over`:
         the first local error takes the disk out of use (disk_failed()) and requests go to the

@@ -251,7 +251,8 @@ class PeerLink:
         hs = ReplHandshake(self.owner.hello_info(), secret=secret, alg=alg, mac=hmac_digest,
                            challenge=new_challenge() if secret else b"",
                            is_initiator=self.initiator, bitmap_source=self.owner.encoded_bitmap,
-                           policy=SplitBrainPolicy.from_net(self.net))
+                           policy=SplitBrainPolicy.from_net(self.net),
+                           may_demote=self.owner.may_demote())
         bitmap = None
         while True:
             event = hs.next_event()

@@ -24,6 +24,7 @@ constructor and public interface (none calls another's private methods):
     device    replica.blockdev.BlockDevice      /dev/replica/RES and /dev/drbdN while Primary
                                                 (kernel NBD or FUSE+loop over the same engine)
     monitor   replica.monitor.ResourceMonitor   C's events, timers (no periodic wake-up)
+    fencing   replica.fencing.PeerFencing       fence-peer/unfence-peer, suspend-io, peer-dead
 
 Threads: the daemon's command threads, the PeerLink, the ResyncRunner, the monitor's two.
 Lock order: `lock` (this runtime), then the disk's `md_lock`. Peer control frames after the
@@ -43,12 +44,13 @@ from replica.config import Endpoint, HostSection, Resource
 from replica.connection import PeerConnection
 from replica.disk import ResourceDisk, engine_io_error_mode
 from replica.errors import ReplicaError
+from replica.fencing import PeerFencing, needs_fencing
 from replica.frontends import NbdFrontend
 from replica.mirror import MirrorEvent
 from replica.monitor import ResourceMonitor
 from replica.protocol.nbd import ExportInfo, transmission_flags_for
 from replica.protocol.repl_control import FullSyncRequest, PeerUuids
-from replica.roles import Request, ResourceState, needs_new_current_uuid, request_or_raise
+from replica.roles import Request, ResourceState, needs_new_current_uuid, request, request_or_raise
 from replica.startup import wfc_option
 from replica.states import ConnState, DiskState, Refusal, ReplState, Role
 from replica.sync import ResyncControl
@@ -81,6 +83,7 @@ class ResourceRuntime:
         self.conn = PeerConnection(self)
         self.sync = ResyncControl(self)
         self.monitor = ResourceMonitor(self)
+        self.fencing = PeerFencing(self)
         self.wfc_option = "wfc-timeout"      # which startup timeout `wait-connect` uses
 
     # --- what the daemon asks -------------------------------------------------------------
@@ -120,11 +123,17 @@ class ResourceRuntime:
             self._apply_role_to_export()
         self.disk.persist_flags(new)
         self.monitor.wake()                  # its deadlines may have changed
+        self.fencing.state_changed(old, new)
 
     def request(self, req: Request, what: str, **kw: Any) -> ResourceState:
         """The state `req` leads to (replica.roles), or the Refused error; nothing changes."""
         self.state = replace(self.state, open_rw=self._open_rw())
         return request_or_raise(self.state, req, f"{self.name}", **kw)
+
+    def may_step_down(self) -> bool:
+        """A Primary that nothing holds (no NBD client, no opener of its device): after-sb
+        call-pri-lost-after-sb may make it Secondary, as DRBD tries to."""
+        return self.state.role is Role.Primary and not self._open_rw()
 
     def _open_rw(self) -> bool:
         return self.state.role is Role.Primary and (self._nbd_clients() > 0
@@ -333,24 +342,67 @@ class ResourceRuntime:
         if s.is_connected and s.peer_disk is DiskState.UpToDate:
             self.sync.request_full_resync("attach")
 
-    def run_handler(self, which: str) -> None:
-        """Run the `handlers { which }` command in the background (DRBD's helpers)."""
+    def handler_env(self) -> dict[str, str]:
+        """The environment DRBD gives its helpers (drbdadm's khelper env, 8.4 and 9 names)."""
+        peer = self.peer_host
+        env = dict(os.environ, DRBD_RESOURCE=self.name, REPLICA_RESOURCE=self.name,
+                   DRBD_PEER=peer.name if peer else "", DRBD_PEERS=peer.name if peer else "",
+                   DRBD_MY_ADDRESS=self.host.address[0] if self.host.address else "",
+                   DRBD_MY_AF=self.host.address_family,
+                   DRBD_PEER_ADDRESS=peer.address[0] if peer and peer.address else "",
+                   DRBD_PEER_AF=peer.address_family if peer else "",
+                   DRBD_CONF=os.path.abspath(self.resource.file) if self.resource.file else "",
+                   DRBD_BACKING_DEV=self.host.disk, DRBD_VOLUME=str(self.host.volume or 0),
+                   DRBD_MINOR=str(self.host.minor) if self.host.minor is not None else "")
+        if self.host.minor is not None:
+            env[f"DRBD_MINOR_{self.host.volume or 0}"] = str(self.host.minor)
+        return env
+
+    def call_handler(self, which: str, timeout_s: float = HANDLER_TIMEOUT_S) -> int | None:
+        """Run the `handlers { which }` command and wait for it: its exit code, None when it
+        could not run or timed out (DRBD's kernel waits for its usermode helper likewise)."""
         cmd = self.resource.handlers.get(which)
         if not cmd:
-            return
-        env = dict(os.environ, DRBD_RESOURCE=self.name, REPLICA_RESOURCE=self.name,
-                   DRBD_PEER=self.peer_host.name if self.peer_host else "",
-                   DRBD_MY_ADDRESS=self.host.address[0] if self.host.address else "")
+            return None
         log.info("%s: helper command: %s %s", self.name, which, cmd)
+        return self._call_handler(which, cmd, self.handler_env(), timeout_s)
+
+    def _call_handler(self, which: str, cmd: str, env: dict[str, str],
+                      timeout_s: float = HANDLER_TIMEOUT_S) -> int | None:
+        """Run one handler to its end: its exit code, None if it could not run or timed out."""
+        try:
+            rc = subprocess.run(cmd, shell=True, env=env, stdin=subprocess.DEVNULL,
+                                timeout=timeout_s).returncode
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.error("%s: helper command: %s: %s", self.name, which, exc)
+            return None
+        log.info("%s: helper command: %s exit code %d", self.name, which, rc)
+        return rc
+
+    def run_handler(self, which: str, *more: str) -> None:
+        """Run the `handlers { which }` commands in the background (DRBD's helpers), one after
+        the other in the order given; a handler that is not configured is skipped."""
+        todo = [(w, self.resource.handlers[w]) for w in (which, *more)
+                if self.resource.handlers.get(w)]
+        if not todo:
+            return
+        env = self.handler_env()
+        for w, cmd in todo:
+            log.info("%s: helper command: %s %s", self.name, w, cmd)
 
         def run() -> None:
-            try:
-                rc = subprocess.run(cmd, shell=True, env=env, stdin=subprocess.DEVNULL,
-                                    timeout=HANDLER_TIMEOUT_S).returncode
-                log.info("%s: helper command: %s exit code %d", self.name, which, rc)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                log.error("%s: helper command: %s: %s", self.name, which, exc)
+            for w, cmd in todo:
+                self._call_handler(w, cmd, env)
         threading.Thread(target=run, name=f"handler[{self.name}]", daemon=True).start()
+
+    def run_handler_wait(self, which: str) -> int | None:
+        """Run `handlers { which }` and wait for it (DRBD's before-resync-target): its exit
+        code; 0 when it is not configured, None if it could not run or timed out."""
+        cmd = self.resource.handlers.get(which)
+        if not cmd:
+            return 0
+        log.info("%s: helper command: %s %s", self.name, which, cmd)
+        return self._call_handler(which, cmd, self.handler_env())
 
     # --- user requests ------------------------------------------------------------------------
 
@@ -368,6 +420,9 @@ class ResourceRuntime:
         if self.resource.standalone:
             return
         self._need_disk()
+        if not force and needs_fencing(self.state) and request(
+                replace(self.state, open_rw=False), Request.PROMOTE) is Refusal.PRIMARY_NOP:
+            self.fencing.fence_peer("primary")     # DRBD: drbd_set_role -> conn_try_outdate_peer
         old = self.state
         new = self.request(Request.PROMOTE, "primary", force=force)
         if new == old:
@@ -395,10 +450,31 @@ class ResourceRuntime:
         self.set_state(new, "secondary")
         self.conn.send_state()
 
+    def outdate(self) -> None:
+        """drbdadm outdate: a disconnected Secondary marks its own data Outdated (what the
+        peer's fence-peer handler asks for)."""
+        self._need_disk()
+        new = self.request(Request.OUTDATE, "outdate")
+        self.set_state(new, "outdate")
+
+    def peer_dead(self, fenced: bool = False) -> None:
+        """The cluster manager declared the peer node dead (`fenced`: STONITH reset it)."""
+        if self.resource.standalone or not self.disk.has_md:
+            return
+        self.fencing.peer_dead(fenced)
+
+    def resume_io(self) -> None:
+        """drbdadm resume-io: thaw I/O suspended by fencing."""
+        self._need_disk()
+        self.fencing.resume_io("resume-io")
+
     def invalidate(self) -> None:
         self._need_disk()
         new = self.request(Request.INVALIDATE, "invalidate")
         if new.is_connected:
+            if rc := self.sync.before_target():
+                self.conn.disconnect_after_handler(rc)
+                return
             self.set_state(new, "invalidate")
             self.conn.send_control(FullSyncRequest())
         else:

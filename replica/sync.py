@@ -49,6 +49,7 @@ class ResyncControl:
         self.last_resync: dict[str, Any] | None = None
         self._started = 0.0
         self._remote_writes_at = 0            # engine.remote_writes() when a resync was asked
+        self._target_prepared = False         # before-resync-target ran for the coming resync
         self.peer_paused = False              # the peer ran pause-sync (DRBD's peer_isp)
         self.dependency: str | None = None    # the resource we wait for (resync-after, aftr_isp)
         # the daemon's resources by name, for resync-after (set by replica.daemon)
@@ -74,6 +75,20 @@ class ResyncControl:
         self.runner = ResyncRunner(self, disk.the_engine(), disk.meta().bitmap, settings)
         self.runner.start()
 
+    def before_target(self) -> int | None:
+        """DRBD's before-resync-target, before this node becomes SyncTarget, once per resync
+        (until it finishes or the connection goes): the handler's exit code (0 = go ahead;
+        also when no handler is set). The caller drops the connection otherwise, as DRBD
+        does. Runs to its end (DRBD waits for it too): a
+        snapshot of the consistent-but-old data taken here is complete before the resync
+        overwrites anything, provided the data is not already arriving (`connect`: it runs
+        before the socket is handed to C; `invalidate`: before the full sync is asked for)."""
+        if self._target_prepared:
+            return 0
+        rc = self.rt.run_handler_wait("before-resync-target")
+        self._target_prepared = rc == 0
+        return rc
+
     def begin_target(self) -> None:
         rt = self.rt
         rt.set_state(replace(rt.state, repl=ReplState.SyncTarget, disk=DiskState.Inconsistent),
@@ -98,6 +113,7 @@ class ResyncControl:
             rt.conn.send_state()
 
     def finish_progress(self) -> None:
+        self._target_prepared = False
         p = self.progress
         took = time.monotonic() - self._started if p else 0.0
         total = p.total_bytes if p else 0
@@ -178,6 +194,7 @@ class ResyncControl:
 
     def stop(self) -> None:
         self.verify.stop()
+        self._target_prepared = False
         self.peer_paused = False
         self.dependency = None
         if self.runner is not None:
@@ -213,6 +230,9 @@ class ResyncControl:
         the peer alone meanwhile (the peer marks them); any sent from here on may race the
         resync, so the disk is handed back only if none was (`disk_usable_after_resync`)."""
         rt = self.rt
+        if rc := self.before_target():
+            rt.conn.disconnect_after_handler(rc)
+            return
         self._remote_writes_at = rt.disk.the_engine().remote_writes()
         rt.set_state(replace(rt.state, repl=ReplState.StartingSyncT), why)
         rt.conn.send_state()

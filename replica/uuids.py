@@ -110,12 +110,18 @@ class GenerationUuids:
             return GenerationUuids(cur, self.current, self.history)
         return GenerationUuids(cur, self.bitmap, self._push_history(_strip(self.current)))
 
+    def next_sync_uuid(self) -> int | None:
+        """The sync UUID `start_resync_source` will pick on this tuple; None if it is random."""
+        if self.bitmap in (0, UUID_JUST_CREATED):
+            return None
+        return _strip((self.bitmap + UUID_NEW_BM_OFFSET) & _MASK64)
+
     def start_resync_source(self, rng: Rng) -> tuple["GenerationUuids", int]:
         """drbd_gen_and_send_sync_uuid: returns (new uuids, sync UUID to send to the target)."""
         old = self.bitmap
-        sync = (old + UUID_NEW_BM_OFFSET) & _MASK64 if old not in (0, UUID_JUST_CREATED) \
-            else random_uuid(rng)
-        sync = _strip(sync)
+        sync = self.next_sync_uuid()
+        if sync is None:
+            sync = random_uuid(rng)
         return GenerationUuids(self.current, sync, self._push_history(old)), sync
 
     def start_resync_target(self, sync_uuid: int) -> "GenerationUuids":
@@ -365,7 +371,13 @@ def _recover_0p(policy: str, local: UuidReport, peer: UuidReport, resolve: bool)
 
 def _recover(pol: SplitBrainPolicy, local: UuidReport, peer: UuidReport,
              resolve: bool) -> tuple[int, bool]:
-    """drbd_asb_recover_{0,1,2}p(): (hg, call pri-lost-after-sb on this node)."""
+    """drbd_asb_recover_{0,1,2}p(): (hg, this Primary must give up its role for hg to hold).
+
+    The second value is call-pri-lost-after-sb choosing this node as the loser while it is
+    Primary: DRBD then tries to demote it ("Successfully gave up primary role.") and, if it
+    cannot (the device is open), runs the pri-lost-after-sb handler and leaves the split brain
+    unresolved. `sync_handshake` does that part, knowing whether the demotion is possible.
+    """
     pcount = int(local.primary) + int(peer.primary)
     as0p = _recover_0p(pol.after_sb_0pri, local, peer, resolve)
     if pcount == 0:
@@ -397,14 +409,23 @@ def _recover(pol: SplitBrainPolicy, local: UuidReport, peer: UuidReport,
 
 @dataclass(frozen=True, slots=True)
 class SyncVerdict:
-    """The handshake's decision with its reasons, for the log line and `events`."""
+    """The handshake's decision with its reasons, for the log line and `events`.
+
+    `handlers` are run in this order when the verdict is applied (DRBD calls them at these
+    points of drbd_sync_handshake): initial-split-brain when a split brain is detected (even
+    if it is then resolved), pri-lost-after-sb when call-pri-lost-after-sb picked this Primary
+    as the loser and it cannot give up its role, split-brain when the split brain stays
+    unresolved, pri-lost when rr-conflict call-pri-lost refuses the SyncTarget role.
+    `demote`: this Primary gives up its role before becoming SyncTarget (call-pri-lost-after-sb).
+    """
 
     decision: SyncDecision
     rule: int
     compare: SyncDecision            # uuid_compare() before disk-state and split-brain rules
     reason: str
-    split_brain: bool = False        # run the initial-split-brain handler (even if resolved)
-    handler: str | None = None       # handler to run now: split-brain, pri-lost-after-sb, pri-lost
+    split_brain: bool = False
+    handlers: tuple[str, ...] = ()
+    demote: bool = False
 
     @property
     def rule_name(self) -> str:
@@ -414,19 +435,25 @@ class SyncVerdict:
 def sync_handshake(local: UuidReport, peer: UuidReport, *, local_inconsistent: bool,
                    peer_inconsistent: bool, resolve_conflicts: bool,
                    discard_my_data: bool = False,
-                   policy: SplitBrainPolicy = SplitBrainPolicy()) -> SyncVerdict:
+                   policy: SplitBrainPolicy = SplitBrainPolicy(),
+                   may_demote: bool = False) -> SyncVerdict:
     """DRBD 8.4 drbd_sync_handshake(), the decision part, in DRBD's order:
 
     1. uuid_compare(); "Unrelated data, aborting!"
     2. exactly one side Inconsistent: "Becoming sync source/target due to disk states"
-    3. split brain with a common parent (or any, with always-asbp): after-sb-{0,1,2}pri
+    3. split brain: handler initial-split-brain; with a common parent (or any, with
+       always-asbp) after-sb-{0,1,2}pri by the number of Primaries; call-pri-lost-after-sb
+       demotes the losing Primary if `may_demote` (its device is not open), else runs
+       pri-lost-after-sb and leaves the split brain unresolved (skipping step 4, where DRBD
+       could end with two SyncSources)
     4. still split: `connect --discard-my-data` on exactly one side decides, else
        "Split-Brain detected but unresolved, dropping connection!" (handler split-brain)
     5. an Inconsistent node never becomes SyncSource; a Primary with consistent data becomes
-       SyncTarget only with rr-conflict violently
+       SyncTarget only with rr-conflict violently (call-pri-lost: handler pri-lost, refuse)
     `discard_my_data` must equal `UuidFlag.DISCARD_MY_DATA in local.flags`. Deviation from
     DRBD: a split brain without common bitmap ancestor, resolved by hand or policy, resyncs
-    fully (DRBD would trust the bitmaps, which share no base there).
+    fully (DRBD would trust the bitmaps, which share no base there; DRBD doubles hg only for
+    always-asbp: "Doing a full sync, since UUIDs where ambiguous.").
     """
     hg, rule = uuid_compare(local, peer, resolve_conflicts=resolve_conflicts)
     compare = hg
@@ -443,18 +470,39 @@ def sync_handshake(local: UuidReport, peer: UuidReport, *, local_inconsistent: b
             hg = SyncDecision.FullSyncTarget if full else SyncDecision.BitmapSyncTarget
             reason = "Becoming sync target due to disk states"
     split_brain = hg in (SyncDecision.SplitBrain, SyncDecision.SplitBrainUnrelated)
-    handler = None
+    handlers: list[str] = []
+    demote = False
+    local_primary = local.primary
     if split_brain:
+        handlers.append("initial-split-brain")
         forced = hg is SyncDecision.SplitBrainUnrelated
         auto = -100
         if not forced or policy.always_asbp:
-            auto, pri_lost = _recover(policy, local, peer, resolve_conflicts)
-            handler = "pri-lost-after-sb" if pri_lost else None
-        if auto in (1, -1):
             pcount = int(local.primary) + int(peer.primary)
-            reason = (f"Split-Brain detected, {pcount} primaries, automatically solved. "
-                      f"Sync from {'this' if auto > 0 else 'peer'} node")
-        else:
+            auto, pri_lost = _recover(policy, local, peer, resolve_conflicts)
+            reason = ""
+            uses_0pri = pcount == 0 or (pcount == 1 and policy.after_sb_1pri in (
+                "consensus", "violently-as0p", "call-pri-lost-after-sb")) or (
+                pcount == 2 and policy.after_sb_2pri != DISCONNECT)
+            if uses_0pri and policy.after_sb_0pri in ("discard-younger-primary",
+                                                      "discard-older-primary") \
+                    and (local.uuids.bitmap & 1) == (peer.uuids.bitmap & 1):
+                reason = ("Discard younger/older primary did not find a decision, using "
+                          "discard-least-changes instead. ")
+            if pri_lost and may_demote:
+                demote, local_primary = True, False
+                reason += "Successfully gave up primary role. "
+            elif pri_lost:
+                handlers.append("pri-lost-after-sb")
+                auto = -100
+            if auto in (1, -1):
+                reason += (f"Split-Brain detected, {pcount} primaries, automatically solved. "
+                           f"Sync from {'this' if auto > 0 else 'peer'} node")
+                if forced:
+                    reason += "; Doing a full sync, since UUIDs where ambiguous."
+        if auto not in (1, -1) and "pri-lost-after-sb" not in handlers:
+            # (not after a failed call-pri-lost-after-sb: the peer already took the policy's
+            # answer and would not take discard-my-data's; both must drop the connection)
             peer_discards = UuidFlag.DISCARD_MY_DATA in peer.flags
             if discard_my_data and not peer_discards:
                 auto = -1
@@ -464,20 +512,24 @@ def sync_handshake(local: UuidReport, peer: UuidReport, *, local_inconsistent: b
                 reason = ("Split-Brain detected, manually solved. Sync from "
                           f"{'this' if auto > 0 else 'peer'} node")
         if auto not in (1, -1):
+            handlers.append("split-brain")
             return SyncVerdict(hg, rule, compare,
                                "Split-Brain detected but unresolved, dropping connection!",
-                               split_brain=True, handler="split-brain")
+                               True, tuple(handlers))
         if auto > 0:
             hg = SyncDecision.FullSyncSource if forced else SyncDecision.BitmapSyncSource
         else:
             hg = SyncDecision.FullSyncTarget if forced else SyncDecision.BitmapSyncTarget
     if hg.is_sync_source and local_inconsistent:
         return SyncVerdict(SyncDecision.SourceInconsistent, rule, compare,
-                           "I shall become SyncSource, but I am inconsistent!", split_brain)
-    if hg.is_sync_target and local.primary and not local_inconsistent:
+                           "I shall become SyncSource, but I am inconsistent!", split_brain,
+                           tuple(handlers))
+    if hg.is_sync_target and local_primary and not local_inconsistent:
         if policy.rr_conflict != "violently":
+            if policy.rr_conflict == "call-pri-lost":
+                handlers.append("pri-lost")
             return SyncVerdict(SyncDecision.RoleConflict, rule, compare,
                                "I shall become SyncTarget, but I am primary!", split_brain,
-                               "pri-lost" if policy.rr_conflict == "call-pri-lost" else handler)
-        reason += "; becoming SyncTarget, violating the stable-data assumption"
-    return SyncVerdict(hg, rule, compare, reason, split_brain, handler)
+                               tuple(handlers))
+        reason += "; Becoming SyncTarget, violating the stable-data assumption"
+    return SyncVerdict(hg, rule, compare, reason, split_brain, tuple(handlers), demote)

@@ -52,8 +52,8 @@ trap cleanup EXIT INT TERM
 . "$REPO/scripts/lib/demo_lan.sh"
 if [ ! -e "$MNT" ]; then mkdir "$MNT"; MADE_MNT=1; fi
 
-ctl() { local n=$1; shift; inns "$n" "$REPO/.venv/bin/replicactl" --config "$WORK/replica.conf" --node "$n" \
-            --run-dir "$WORK/$n/replica" "$@"; }
+ctl() { local n=$1; shift; inns "$n" env HBD_RUN_DIR="$WORK/$n/run" "$REPO/.venv/bin/replicactl" \
+            --config "$WORK/replica.conf" --node "$n" --run-dir "$WORK/$n/replica" "$@"; }
 client() { inns cli curl -s -m 2 "$@" || echo "(no answer)"; }
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: until COMMAND succeeds
     local limit=$1 what=$2 t0; shift 2; t0=$(date +%s.%N)
@@ -85,13 +85,14 @@ ext4_mount_log() {  # the kernel's lines about mounting ext4 on DEVICE since upt
 say "network: ha1, ha2 and a client on one bridge (namespaces $PFX-*)"
 make_lan
 
-say "replication: resource r0, a 64 MiB disk per node (tmpfs), protocol C, block device $DEV"
+say "replication: resource r0, a 64 MiB disk per node (tmpfs), protocol C, block device $DEV, fencing resource-only"
 cat > "$WORK/replica.conf" <<CONF
 resource r0 {
     protocol C;
     device-kind auto;   # kernel NBD where the kernel has it, else a FUSE file on a loop device
     net { ping-int 1; ping-timeout 5; timeout 5; connect-int 2; cram-hmac-alg sha256; shared-secret "demo-secret"; }
-    disk { resync-rate 100M; }
+    disk { resync-rate 100M; fencing resource-only; }
+    handlers { fence-peer "$REPO/.venv/bin/replica-fence-peer"; unfence-peer "$REPO/.venv/bin/replica-unfence-peer"; }
     on ha1 { device $DEV; disk $DISKS/ha1.img; meta-disk internal; address 10.0.17.1:7789; export unix:$WORK/ha1/r0.sock; }
     on ha2 { device $DEV; disk $DISKS/ha2.img; meta-disk internal; address 10.0.17.2:7789; export unix:$WORK/ha2/r0.sock; }
 }
@@ -162,6 +163,16 @@ for i in $(seq 1 20); do client -X PUT --data "value-$i" "http://$VIP/key$i" >/d
 echo "client: GET / -> $(client "http://$VIP/")"
 echo "client: GET /key7 -> $(client "http://$VIP/key7")"
 
+say "the replication link breaks while both nodes live: ha1 fences ha2 through heartbeat"
+ctl ha2 disconnect r0       # ha2 drops the link (as a broken replication network would)
+wait_for 15 "ha1's fence-peer handler outdated ha2" state_is ha2 dstate Outdated/DUnknown
+grep -h "fence-peer helper returned" "$WORK/ha1/replica/replicad.log" | tail -1 | sed "s/^.*replicad\[[0-9]*\]: /ha1: /"
+grep -h "asked to outdate" "$WORK/ha2/hbd.log" | tail -1 | sed "s/^.*INFO: /ha2's hbd: /"
+ctl ha2 connect r0
+wait_for 30 "ha2 UpToDate again (resync)" state_is ha1 dstate UpToDate/UpToDate
+wait_for 10 "unfence-peer ran on ha1" grep -q "unfence-peer r0 on ha2" "$WORK/ha1/hbd.log"
+grep -h "unfence-peer r0 on ha2" "$WORK/ha1/hbd.log" | tail -1 | sed "s/^.*INFO: /ha1's hbd: /"
+
 say "ha1 dies: cable pulled, then every process on it killed (as a power cut would)"
 ip -n "$PFX-ha1" link set eth0 down
 t_death=$(awk '{ print $1 }' /proc/uptime)
@@ -169,6 +180,17 @@ for pid in $(ip netns pids "$PFX-ha1"); do kill -9 "$pid" 2>/dev/null || true; d
 wait "${HBD[ha1]}" 2>/dev/null || true
 unset 'HBD[ha1]'
 wait_for 30 "ha2 serves the database" served_by ha2
+"$PYTHON" - "$WORK/ha2/run/journal.jsonl" "$WORK/ha2/replica/replicad.log" <<'PY'
+import datetime, json, re, sys
+dead = [json.loads(l) for l in open(sys.argv[1]) if '"dead"' in l]
+dead = [r for r in dead if r.get("event") == "node" and r.get("state") == "dead"][-1]
+t_dead = datetime.datetime.fromisoformat(dead["ts"]).astimezone().replace(tzinfo=None)
+lines = [l for l in open(sys.argv[2]) if "role Secondary -> Primary" in l]
+stamp = re.match(r"(\S+ \S+) ", lines[-1]).group(1)
+t_primary = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
+print(f"ha2 Primary {(t_primary - t_dead).total_seconds():.3f} s after hbd declared ha1 dead")
+PY
+grep -h "cluster manager: peer ha1 is dead" "$WORK/ha2/replica/replicad.log" | tail -1 | sed "s/^.*replicad\[[0-9]*\]: /ha2: /"
 echo "ha2's hbd sees: $(mounted_in ha2)"
 ext4_mount_log "$(kernel_dev ha2)" "$t_death"   # the journal replayed on mount
 echo "client: GET / -> $(client "http://$VIP/")"

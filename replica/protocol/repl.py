@@ -153,13 +153,14 @@ class ReplHandshake:
     peer's bitmap sized for OUR device (blocks past the smaller device dropped), ready to
     merge. `challenge` is the random challenge we send (CHALLENGE_SIZE bytes from the caller's
     CSPRNG). `bitmap_source()` returns our encoded bitmap (Bitmap.encode()) and is called only
-    if a bitmap resync was decided.
+    if a bitmap resync was decided. `may_demote`: we are a Primary whose device nobody holds, so
+    after-sb call-pri-lost-after-sb may demote us (sync_handshake).
     """
 
     def __init__(self, local: HelloInfo, *, secret: bytes | None = None, alg: str | None = None,
                  mac: Mac | None = None, challenge: bytes = b"", is_initiator: bool,
                  bitmap_source: Callable[[], bytes] | None = None,
-                 policy: SplitBrainPolicy = SplitBrainPolicy()):
+                 policy: SplitBrainPolicy = SplitBrainPolicy(), may_demote: bool = False):
         if secret is not None and (not alg or mac is None):
             raise LocalProtocolError("repl handshake: shared-secret set without cram-hmac-alg/mac")
         if secret is not None and not wire.CHALLENGE_MIN <= len(challenge) <= wire.CHALLENGE_MAX:
@@ -173,6 +174,7 @@ class ReplHandshake:
         self.is_initiator = is_initiator
         self._bitmap_source = bitmap_source
         self.policy = policy
+        self.may_demote = may_demote
         self._decoder = ReplDecoder()
         self._out = bytearray()
         self._events: list[HandshakeEvent] = []
@@ -382,7 +384,8 @@ class ReplHandshake:
                 local_inconsistent=loc.disk is DiskState.Inconsistent,
                 peer_inconsistent=info.disk is DiskState.Inconsistent,
                 resolve_conflicts=self.is_initiator,
-                discard_my_data=UuidFlag.DISCARD_MY_DATA in loc.flags, policy=self.policy)
+                discard_my_data=UuidFlag.DISCARD_MY_DATA in loc.flags, policy=self.policy,
+                may_demote=self.may_demote)
         d = self.verdict.decision
         self._out += encode_frame(Frame(ReplPacket.SYNC_DECISION, offset=self.verdict.rule,
                                         aux=_UNSIGNED32.unpack(_SIGNED32.pack(d.hg))[0]))
@@ -400,8 +403,11 @@ class ReplHandshake:
         if mine.drops_connection or peer_d.drops_connection:
             if not mine.drops_connection:
                 # the peer refuses (e.g. it is Primary and would be SyncTarget): so do we
+                # (a split brain we resolved but the peer did not: initial-split-brain still ran)
                 self.verdict = SyncVerdict(peer_d.mirror(), verdict.rule, verdict.compare,
-                                           f"peer decided {peer_d}: dropping connection")
+                                           f"peer decided {peer_d}: dropping connection",
+                                           verdict.split_brain,
+                                           verdict.handlers[:1] if verdict.split_brain else ())
             self._done()
             return
         if peer_d is not mine.mirror():

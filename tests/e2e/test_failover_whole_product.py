@@ -6,7 +6,10 @@ scripts/demo_failover.sh builds three network namespaces, runs replicad and hbd 
 the first Primary, stores records through the VIP (each an fsynced file), kills ha1 the hard
 way, and checks that ha2 mounts the filesystem (journal replay) and serves every acknowledged
 record; then ha1 returns, resyncs and takes the service back, the two disks must be identical
-and e2fsck clean. The script exits non-zero on any of it; this test also checks that it leaves
+and e2fsck clean. With `fencing resource-only` and the shipped replica-fence-peer: a broken
+replication link makes ha1 outdate ha2 through the heartbeat path (fence-peer exit 4), the resync
+runs unfence-peer, and after ha1's death hbd tells ha2's replicad at once, so ha2 is Primary
+within 0.5 s of hbd's dead declaration (hbd's journal vs replicad's log). The script exits non-zero on any of it; this test also checks that it leaves
 nothing behind: namespaces, /dev/drbd0, loop devices over its files, /data.
 """
 import glob
@@ -49,6 +52,12 @@ def test_failover_keeps_every_acknowledged_record_and_fails_back():
     assert re.search(r"kernel: EXT4-fs \(\w+\): recovery complete", out), out[-4000:]   # replayed
     assert re.search(r"GET / -> 20 records, served by ha2", out), out[-4000:]
     assert re.search(r"GET / -> 25 records, served by ha1", out), out[-4000:]
+    assert "ha1: r0: fence-peer helper returned 4 (peer was fenced)" in out, out[-4000:]
+    assert "answering 4 (peer was fenced)" in out
+    assert "ha1's hbd: unfence-peer r0 on ha2" in out
+    assert "cluster manager: peer ha1 is dead" in out
+    delay = float(re.search(r"ha2 Primary (\S+) s after hbd declared ha1 dead", out).group(1))
+    assert 0 <= delay < 0.5, f"promotion {delay} s after the dead declaration"
     assert "the two disks are identical" in out
     assert "e2fsck -fn on ha1's disk: clean" in out
     # nothing left behind: namespaces, the device names, loop devices over the run's files, /data

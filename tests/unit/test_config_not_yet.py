@@ -50,11 +50,12 @@ def test_the_value_that_matches_our_behaviour_is_no_warning():
 
 
 def test_handlers_warn_and_device_lines_do_not():
-    text = ("resource r0 {\n    handlers { fence-peer \"/bin/true\"; }\n"
+    text = ("resource r0 {\n    handlers { quorum-lost \"/bin/true\"; fence-peer \"/bin/true\"; "
+            "out-of-sync \"/bin/true\"; }\n"
             "    on a { device /dev/drbd0; disk /tmp/a; address 10.1.1.1:7789; }\n"
             "    on b { disk /tmp/b; address 10.1.1.2:7789; }\n}\n")
     assert parse_config(text, "/etc/replica.conf").warnings == (
-        "/etc/replica.conf:2: resource 'r0': handlers: fence-peer: not supported yet (this "
+        "/etc/replica.conf:2: resource 'r0': handlers: quorum-lost: not supported yet (this "
         "handler is never called)",
     )
 

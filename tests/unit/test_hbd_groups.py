@@ -130,6 +130,20 @@ def test_lone_node_waits_initdead_then_takes_everything():
     assert c.m["ha1"].rscstatus() == "all"
 
 
+def test_initdead_fires_once_while_the_takeover_it_started_runs():
+    c = Cluster(start=("ha1",))
+    c.pump()
+    mgr = c.m["ha1"]
+    c.now = 10.1
+    mgr.handle_timer(c.now)            # initdead expired: the takeover starts (scripts pending)
+    assert mgr.get_timer() is None     # before: the expired initdead again, on every loop pass
+    mgr.handle_timer(c.now + 0.01)
+    c.pump()
+    warnings = [a for n, a in c.log if "initdead expired" in str(a)]
+    assert len(warnings) == 1, warnings
+    assert c.held("ha1") == {"10.0.17.26", "10.0.17.27"}
+
+
 @pytest.mark.parametrize("mode", ["on", "off", "legacy"])
 def test_peer_death_takes_over(mode):
     c = Cluster(auto_failback=mode)

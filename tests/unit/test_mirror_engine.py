@@ -99,6 +99,26 @@ def test_engine_read_only_refuses_writes(engine):
     engine.pwrite(b"x", 0)
 
 
+def test_suspend_io_holds_new_writes_until_resumed(engine):
+    """fencing resource-and-stonith: while suspended, a write waits (its connection with it)."""
+    engine.set_suspended(True)
+    s = Session(engine)
+    s.send(WRITE, 0, 4, b"wait", cookie=3)
+    s.sock.settimeout(0.3)
+    with pytest.raises(socket.timeout):
+        s.sock.recv(1, socket.MSG_PEEK)
+    assert engine.pread(4, 0) == bytes(4)
+    s.sock.settimeout(10)
+    engine.set_suspended(False)
+    assert s.reply() == (0, 3, b"")
+    assert engine.pread(4, 0) == b"wait"
+    engine.set_suspended(True)          # shutdown lets a waiting request go on, and ends
+    s.send(WRITE, 4096, 4, b"last", cookie=4)
+    time.sleep(0.1)
+    engine.shutdown()
+    assert s.finish() is not None
+
+
 def test_serve_write_read_flush_disc(engine):
     s = Session(engine)
     s.send(WRITE, 8192, 5, b"hello", flags=FUA, cookie=7)

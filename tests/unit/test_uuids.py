@@ -165,7 +165,7 @@ def test_handshake_primary_refuses_to_become_target():
     v2 = hs(G(A), G(B | 1, A), lpri=True, policy=SplitBrainPolicy(rr_conflict="violently"))
     assert v2.decision is D.BitmapSyncTarget and "violating the stable-data" in v2.reason
     v3 = hs(G(A), G(B | 1, A), lpri=True, policy=SplitBrainPolicy(rr_conflict="call-pri-lost"))
-    assert v3.decision is D.RoleConflict and v3.handler == "pri-lost"
+    assert v3.decision is D.RoleConflict and v3.handlers == ("pri-lost",)
     v4 = hs(G(A), G(A), li=True, pi=True, lflags=UuidFlag.CRASHED_PRIMARY)
     assert v4.decision is D.SourceInconsistent
 
@@ -267,7 +267,7 @@ def test_simulated_partition_decision_is_symmetric_and_correct(actions, seed, di
             assert va.decision is D.RoleConflict
         else:
             assert va.decision is vb.decision is D.SplitBrain
-            assert va.handler == vb.handler == "split-brain"
+            assert va.handlers == vb.handlers == ("initial-split-brain", "split-brain")
     elif changed_a:
         assert va.decision is D.BitmapSyncSource and not drop
     elif changed_b:
@@ -299,7 +299,8 @@ def test_after_sb_0pri(policy, lbits, pbits, resolve, expect):
            policy=SplitBrainPolicy(after_sb_0pri=policy))
     assert v.decision is expect and v.split_brain
     if expect is not D.SplitBrain:
-        assert "0 primaries, automatically solved" in v.reason and v.handler is None
+        assert "0 primaries, automatically solved" in v.reason
+        assert v.handlers == ("initial-split-brain",)
 
 
 def test_after_sb_0pri_younger_older_primary():
@@ -331,7 +332,8 @@ def test_after_sb_1pri_and_2pri():
     lost = SplitBrainPolicy(after_sb_0pri="discard-least-changes",
                             after_sb_1pri="call-pri-lost-after-sb")
     v = hs(SB["local"], SB["peer"], lpri=True, lbits=1, pbits=9, policy=lost)
-    assert v.handler == "pri-lost-after-sb" and v.decision is D.RoleConflict
+    assert v.decision is D.SplitBrain           # cannot give up Primary: unresolved
+    assert v.handlers == ("initial-split-brain", "pri-lost-after-sb", "split-brain")
     two = SplitBrainPolicy(after_sb_0pri="discard-least-changes",
                            after_sb_2pri="violently-as0p", rr_conflict="violently")
     v = hs(SB["local"], SB["peer"], lpri=True, ppri=True, lbits=1, pbits=9, policy=two)
