@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -42,6 +43,7 @@ int device_init(struct rm_device *dev, int backing_fd, uint64_t size, int read_o
     pthread_condattr_destroy(&attr);
     pthread_mutex_init(&dev->ev_lock, NULL);
     pthread_mutex_init(&dev->fail_lock, NULL);
+    pthread_mutex_init(&dev->view_lock, NULL);
     if (pipe2(dev->ev_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
         return -errno;
     dev->al_nextents = (size + RM_AL_EXTENT_SIZE - 1) / RM_AL_EXTENT_SIZE;
@@ -51,6 +53,9 @@ int device_init(struct rm_device *dev, int backing_fd, uint64_t size, int read_o
 
 void device_destroy(struct rm_device *dev)
 {
+    if (dev->view)
+        munmap((void *)dev->view, dev->view_len);
+    pthread_mutex_destroy(&dev->view_lock);
     pthread_mutex_destroy(&dev->al_lock);
     pthread_cond_destroy(&dev->al_cond);
     pthread_mutex_destroy(&dev->ev_lock);
@@ -93,6 +98,11 @@ void device_get_stats(struct rm_device *dev, rm_stats *out)
     out->resync_bytes_received = LOAD(resync_bytes_received);
     out->al_misses = LOAD(al_misses);
     out->events_dropped = LOAD(events_dropped);
+    out->verify_bytes_sent = LOAD(verify_bytes_sent);
+    out->verify_bytes_done = LOAD(verify_bytes_done);
+    out->verify_bytes_checked = LOAD(verify_bytes_checked);
+    out->verify_oos_blocks = LOAD(verify_oos_blocks);
+    out->integrity_failures = LOAD(integrity_failures);
 }
 
 int device_is_read_only(struct rm_device *dev)
@@ -468,7 +478,7 @@ int device_reuse_disk(struct rm_device *dev, uint64_t since)
     return rc;
 }
 
-int device_pread(struct rm_device *dev, void *buf, uint32_t count, uint64_t offset)
+static int read_range(struct rm_device *dev, void *buf, uint32_t count, uint64_t offset, int counted)
 {
     char *p = buf;
 
@@ -487,10 +497,50 @@ int device_pread(struct rm_device *dev, void *buf, uint32_t count, uint64_t offs
         p += n;
         offset += (uint64_t)n;
         count -= (uint32_t)n;
-        STAT_ADD(dev, bytes_read, (uint64_t)n);
+        if (counted)
+            STAT_ADD(dev, bytes_read, (uint64_t)n);
     }
-    STAT_ADD(dev, reads, 1);
+    if (counted)
+        STAT_ADD(dev, reads, 1);
     return 0;
+}
+
+int device_pread(struct rm_device *dev, void *buf, uint32_t count, uint64_t offset)
+{
+    return read_range(dev, buf, count, offset, 1);
+}
+
+int device_read_internal(struct rm_device *dev, void *buf, uint32_t count, uint64_t offset)
+{
+    return read_range(dev, buf, count, offset, 0);
+}
+
+const unsigned char *device_view(struct rm_device *dev, uint64_t offset, uint32_t count)
+{
+    const unsigned char *v = __atomic_load_n(&dev->view, __ATOMIC_ACQUIRE);
+
+    if (!v) {
+        pthread_mutex_lock(&dev->view_lock);
+        if (!dev->view && !dev->view_failed) {
+            struct stat st;
+            void *p = MAP_FAILED;
+            if (!dev->is_block_device && fstat(dev->fd, &st) == 0 && st.st_size > 0) {
+                uint64_t len = (uint64_t)st.st_size < dev->size ? (uint64_t)st.st_size : dev->size;
+                p = mmap(NULL, len, PROT_READ, MAP_SHARED, dev->fd, 0);
+                if (p != MAP_FAILED)
+                    dev->view_len = len;
+            }
+            if (p == MAP_FAILED)
+                dev->view_failed = 1;
+            else
+                __atomic_store_n(&dev->view, (const unsigned char *)p, __ATOMIC_RELEASE);
+        }
+        v = dev->view;
+        pthread_mutex_unlock(&dev->view_lock);
+    }
+    if (!v || offset > dev->view_len || count > dev->view_len - offset)
+        return NULL;
+    return v + offset;
 }
 
 int device_flush(struct rm_device *dev)

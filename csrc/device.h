@@ -51,6 +51,12 @@ struct rm_device {
     int disk_failed;        /* atomic: the disk is out of use, requests go to the peer */
     pthread_mutex_t fail_lock;  /* disk_failed's check + remote_writes++ vs device_reuse_disk */
     uint64_t remote_writes;     /* writes sent to the peer alone (fail_lock) */
+
+    /* a read-only view of a regular backing file (device_view), made on first use */
+    pthread_mutex_t view_lock;
+    const unsigned char *view;  /* atomic: NULL until made */
+    uint64_t view_len;
+    int view_failed;
 };
 
 #define STAT_ADD(dev, field, n) __atomic_fetch_add(&(dev)->stats.field, (n), __ATOMIC_RELAXED)
@@ -98,6 +104,15 @@ int device_reuse_disk(struct rm_device *dev, uint64_t since);
 /* Local I/O, no permission or range checks (the request layer checks; the connection applies a
  * Primary's writes on a Secondary). 0 or -errno; errors are counted and posted. */
 int device_pread(struct rm_device *dev, void *buf, uint32_t count, uint64_t offset);
+/* The same read for the data path's own use (a digest for verify or data-integrity-alg): not
+ * counted among the reads clients made. */
+int device_read_internal(struct rm_device *dev, void *buf, uint32_t count, uint64_t offset);
+/* [offset, + count) of a regular backing file in place: the page cache itself, through one
+ * read-only MAP_SHARED mapping of the file made on first use and kept until device_destroy (a
+ * mapping per call costs more than the copy it saves: its munmap interrupts every CPU running
+ * one of our threads). NULL for a block device, past the file's end (a short file reads as
+ * zeroes; the mapping would fault), or when mmap failed: the caller reads a copy instead. */
+const unsigned char *device_view(struct rm_device *dev, uint64_t offset, uint32_t count);
 int device_pwrite(struct rm_device *dev, const void *buf, uint32_t count, uint64_t offset, int fua);
 int device_trim(struct rm_device *dev, uint32_t count, uint64_t offset, int fua);
 int device_zero(struct rm_device *dev, uint32_t count, uint64_t offset, int may_trim, int fua);

@@ -44,7 +44,8 @@ class Command:
     handler: Callable
     needs_resource: bool
     summary: str
-    options: tuple[tuple[str, str], ...] = field(default=())   # (flag, help)
+    # (flag, help): a boolean flag; (flag, help, METAVAR): an option taking a value
+    options: tuple[tuple[str, ...], ...] = field(default=())
 
 
 class Ctl:
@@ -235,6 +236,20 @@ def _verb(verb: str, start_daemon: bool = False, **flags: str) -> Callable:
     return handler
 
 
+def cmd_verify(ctl: Ctl, name: str) -> int:
+    """drbdadm verify RES [--start S] [--stop S]: sectors, or a size with a unit (drbdsetup)."""
+    from replica.verify import parse_sectors
+    start = parse_sectors(ctl.args.start) if ctl.args.start else 0
+    stop = parse_sectors(ctl.args.stop) if ctl.args.stop else None
+    if not ctl.daemon_running:
+        for res in ctl.resource_names(name):
+            print(f"{res}: No such resource (replicad is not running)", file=sys.stderr)
+        return EXIT_NO_RESOURCE
+    for res in ctl.resource_names(name):
+        ctl.call("verify", resource=res, start=start, stop=stop)
+    return 0
+
+
 def cmd_create_md(ctl: Ctl, name: str) -> int:
     from replica import metadata
     for res in ctl.resource_names(name):
@@ -303,7 +318,7 @@ def format_status(st: dict, verbose: bool = False) -> str:
     if st["replication"] != "Established":
         words.append(f"replication:{st['replication']}")
     words.append(f"peer-disk:{st['peer_disk_state']}")
-    rs = st.get("resync")
+    rs = st.get("resync") or st.get("verify")
     if rs is not None:
         words.append(f"done:{rs['percent']:.2f}")
     if verbose:
@@ -455,6 +470,10 @@ COMMANDS = [
             "resync the peer's disk fully from this node"),
     Command("pause-sync", _verb("pause-sync"), True, "pause the running resync (PausedSyncS/T)"),
     Command("resume-sync", _verb("resume-sync"), True, "resume a resync paused by pause-sync"),
+    Command("verify", cmd_verify, True, "online verify: compare this node's blocks with the "
+            "peer's by digest (verify-alg); differing blocks are marked out of sync",
+            (("--start", "first sector (or a size with a unit: 1G...), default 0", "SECTOR"),
+             ("--stop", "stop before this sector (or size), default the end", "SECTOR"))),
     Command("new-current-uuid", _verb("new-current-uuid", clear_bitmap="clear_bitmap"), True,
             "start a new data generation",
             (("--clear-bitmap", "both disks are identical (e.g. blank): skip the initial "
@@ -482,8 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("resource", metavar="RESOURCE", nargs="?", default=None,
                            help="resource name, or 'all' (default)")
-        for flag, text in command.options:
-            p.add_argument(flag, action="store_true", help=text)
+        for flag, text, *metavar in command.options:
+            if metavar:
+                p.add_argument(flag, metavar=metavar[0], default=None, help=text)
+            else:
+                p.add_argument(flag, action="store_true", help=text)
         p.set_defaults(handler=command.handler)
     return parser
 

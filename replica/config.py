@@ -284,10 +284,8 @@ NOT_YET: dict[tuple[str, str], NotYet] = {
         "socket-check-timeout": "the peer connection is not probed before use",
         "max-buffers": "in-flight requests to the peer are capped at 4096",
         "max-epoch-size": "replicad has no write epochs",
-        "verify-alg": "online verify is not implemented",
         "csums-alg": "checksum-based resync is not implemented",
         "csums-after-crash-only": "checksum-based resync is not implemented",
-        "data-integrity-alg": "data frames carry no digest; only both sides' settings are compared",
         "on-congestion": "a congested link always blocks",
         "congestion-fill": "a congested link always blocks",
         "congestion-extents": "a congested link always blocks",
@@ -305,8 +303,7 @@ NOT_YET: dict[tuple[str, str], NotYet] = {
     ("disk", "read-balancing"): NotYet("reads are always served locally", "prefer-local"),
     ("disk", "rs-discard-granularity"): NotYet("resync writes every block", 0),
     **{("handlers", k): NotYet("this handler is never called") for k in (
-        "pri-on-incon-degr", "before-resync-source", "out-of-sync", "quorum-lost",
-        "disconnected")},
+        "pri-on-incon-degr", "before-resync-source", "quorum-lost", "disconnected")},
     ("startup", "stacked-timeouts"): NotYet("there are no stacked resources"),
     **{("options", k): NotYet(_NO_EFFECT) for k in (
         "cpu-mask", "on-no-data-accessible", "auto-promote", "quorum", "quorum-minimum-redundancy",

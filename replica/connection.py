@@ -42,12 +42,15 @@ from replica.protocol.repl_control import (
     PeerUuids,
     ResyncPause,
     SyncUuid,
+    VerifyEnd,
+    VerifyStart,
     decode_control,
     encode_control,
 )
 from replica.roles import Request, ResourceState, apply_handshake, apply_split_brain, needs_new_current_uuid
 from replica.states import ConnState, DiskState, Refusal, ReplState, Role
 from replica.uuids import UuidFlag
+from replica.verify import check_alg
 
 if TYPE_CHECKING:
     from replica.resource import ResourceRuntime
@@ -85,6 +88,8 @@ class PeerConnection:
         host = rt.host
         if host.address is None or rt.peer_host.address is None:
             raise Refusal.NO_NET_CONFIG.error(self.name)
+        check_alg("data-integrity-alg", rt.resource.net.data_integrity_alg)
+        check_alg("verify-alg", rt.resource.net.verify_alg)
         self.link = PeerLink(self, node=host.name, peer=rt.peer_host.name,
                              local_addr=host.address, peer_addr=rt.peer_host.address,
                              net=rt.resource.net)
@@ -287,7 +292,8 @@ class PeerConnection:
             sync_source = True if d.is_sync_source else False if d.is_sync_target else None
             new = apply_handshake(rt.state, peer_role=done.peer.role,
                                   peer_disk=done.peer.disk, sync_source=sync_source)
-            disk.engine.peer_attach(sock.fileno(), rt.resource.net.protocol)
+            disk.engine.peer_attach(sock.fileno(), rt.resource.net.protocol,
+                                    rt.resource.net.data_integrity_alg)
             self._ping_sent_ns = 0
             self._attached_ns = time.monotonic_ns()
             hello_disk = rt.state.disk
@@ -312,6 +318,13 @@ class PeerConnection:
             log.error("%s: protocol error from %s: malformed or unexpected frame type 0x%02x",
                       self.name, peer, ev.offset)
             self.lost("protocol error")
+        elif ev.type == "verify_oos":
+            self.rt.sync.verify.on_out_of_sync(ev.offset, ev.length)
+        elif ev.type == "integrity":
+            # DRBD: "Digest integrity check FAILED: %llus +%u"; C drops the link (peer_lost
+            # follows), the sender keeps the block out of sync and resyncs it
+            log.error("%s: Digest integrity check FAILED: %ds +%d (from %s)", self.name,
+                      ev.offset // 512, ev.length, peer)
         elif ev.type == "peer_control":
             while (engine := self.rt.disk.engine) is not None:
                 raw = engine.recv_control()
@@ -378,6 +391,10 @@ class PeerConnection:
             self.lost(f"peer refused: {msg.reason}")
         elif isinstance(msg, ResyncPause):
             sync.on_peer_pause(msg.paused)
+        elif isinstance(msg, VerifyStart):
+            sync.verify.on_peer_start(msg)
+        elif isinstance(msg, VerifyEnd):
+            sync.verify.on_peer_end(msg)
 
     def check_timers(self, now_ns: int) -> int | None:
         """ping-int, ping-timeout and DRBD's request timer (ko-count * timeout); returns the

@@ -262,6 +262,9 @@ VERBS: dict[str, Callable[[ResourceRuntime, Request], None]] = {
     "secondary": lambda rt, req: rt.secondary(),
     "invalidate": lambda rt, req: rt.invalidate(),
     "invalidate-remote": lambda rt, req: rt.invalidate_remote(),
+    "verify": lambda rt, req: rt.sync.verify.start(int(req.get("start") or 0),
+                                                   None if req.get("stop") is None
+                                                   else int(req["stop"])),
     "new-current-uuid": lambda rt, req: rt.new_current_uuid(
         clear_bitmap=bool(req.get("clear_bitmap"))),
     "outdate": lambda rt, req: rt.outdate(),

@@ -39,7 +39,35 @@ EVENT_NAMES = {
     lib.RM_EV_PEER_PROTOCOL: "peer_protocol",
     lib.RM_EV_PEER_CONTROL: "peer_control",
     lib.RM_EV_OVERFLOW: "overflow",
+    lib.RM_EV_VERIFY_OOS: "verify_oos",
+    lib.RM_EV_INTEGRITY: "integrity",
 }
+# verify-alg / data-integrity-alg: the kernel crypto names DRBD accepts that C computes
+# (crc32c itself, the hashes through libcrypto); the numbers travel on the wire.
+DIGESTS = {
+    "crc32c": lib.RM_DIGEST_CRC32C, "md5": lib.RM_DIGEST_MD5, "sha1": lib.RM_DIGEST_SHA1,
+    "sha224": lib.RM_DIGEST_SHA224, "sha256": lib.RM_DIGEST_SHA256,
+    "sha384": lib.RM_DIGEST_SHA384, "sha512": lib.RM_DIGEST_SHA512,
+    "sha3-224": lib.RM_DIGEST_SHA3_224, "sha3-256": lib.RM_DIGEST_SHA3_256,
+    "sha3-384": lib.RM_DIGEST_SHA3_384, "sha3-512": lib.RM_DIGEST_SHA3_512,
+}
+MAX_VERIFY_CHUNK = lib.RM_MAX_VERIFY_CHUNK      # largest verify_send() length
+
+
+def digest_id(name: str) -> int | None:
+    """The RM_DIGEST_* number of a verify-alg/data-integrity-alg name, None if C lacks it."""
+    alg = DIGESTS.get(name)
+    return alg if alg is not None and lib.rm_digest_size(alg) > 0 else None
+
+
+def digest(name: str, data) -> bytes:
+    """One digest as C computes it (test vectors; crc32c is the kernel's: ~crc, little endian)."""
+    alg = digest_id(name)
+    if alg is None:
+        raise ValueError(f"mirror: digest: unknown algorithm {name!r}")
+    out = ffi.new("unsigned char[]", lib.RM_DIGEST_MAX_SIZE)
+    n = _check(lib.rm_digest(alg, ffi.from_buffer(data), len(data), out), f"digest {name}")
+    return bytes(ffi.buffer(out, n))
 
 # disk { on-io-error }: what C does with the request that failed (the rest is Python's)
 ON_IO_ERROR_MODES = {"pass_on": lib.RM_ON_IO_ERROR_PASS_ON,
@@ -257,9 +285,19 @@ class Engine:
         _check(rc, f"activity log: evict extent {extent}")
         return True
 
-    def peer_attach(self, fd: int, protocol: str) -> None:
+    def peer_attach(self, fd: int, protocol: str, integrity_alg: str | None = None) -> None:
+        """Attach the peer socket; `integrity_alg` (data-integrity-alg, None = off) makes every
+        DATA/RS_DATA frame carry a digest the receiver checks."""
         if protocol not in PROTOCOLS:
             raise ValueError(f"mirror: peer attach: protocol must be A, B or C, got {protocol!r}")
+        alg = lib.RM_DIGEST_NONE
+        if integrity_alg:
+            found = digest_id(integrity_alg)
+            if found is None:
+                raise ValueError(f"mirror: peer attach: data-integrity-alg {integrity_alg!r} "
+                                 "is not available")
+            alg = found
+        _check(lib.rm_peer_set_integrity(self._handle, alg), f"data-integrity-alg {integrity_alg}")
         _check(lib.rm_peer_attach(self._handle, fd, PROTOCOLS[protocol]), f"peer attach: fd {fd}")
 
     def peer_detach(self) -> None:
@@ -277,6 +315,14 @@ class Engine:
 
     def resync_send(self, offset: int, length: int) -> None:
         _check(lib.rm_resync_send(self._handle, offset, length), f"resync send: offset={offset} length={length}")
+
+    def verify_send(self, alg: str, offset: int, length: int) -> None:
+        """VerifyS: digests of [offset, + length) to the peer (OV_REQUEST); see csrc/mirror.h."""
+        found = digest_id(alg)
+        if found is None:
+            raise ValueError(f"mirror: verify: verify-alg {alg!r} is not available")
+        _check(lib.rm_verify_send(self._handle, found, offset, length),
+               f"verify send: offset={offset} length={length}")
 
     def send_control(self, frame: bytes) -> None:
         _check(lib.rm_peer_send_control(self._handle, frame, len(frame)), f"send control frame: {len(frame)} bytes")

@@ -541,6 +541,7 @@ class ResourceRuntime:
             "device_path": self.device.path if self.device is not None else None,
             "stats": engine.stats() if engine else None,
             "last_resync": self.sync.last_resync,
+            "last_verify": self.sync.verify.last_verify,
             "wfc_option": self.wfc_option,
             "link_error": self.conn.last_error,
         }
@@ -550,4 +551,7 @@ class ResourceRuntime:
         resync = self.sync.status(time.monotonic())
         if resync is not None:
             out["resync"] = resync
+        verify = self.sync.verify.status(time.monotonic())
+        if verify is not None:
+            out["verify"] = verify
         return out

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Resynchronisation of one resource: who starts it, its progress, how it ends (verify next).
+"""Resynchronisation of one resource: who starts it, its progress, how it ends (and verify).
 
 Owns `ResyncControl`: the ResyncRunner of a SyncSource (replica.peer_link sends the dirty
 extents through C), the progress shown by `status`, the last resync's numbers, and the rule
@@ -17,7 +17,8 @@ Pauses: `pause()`/`resume()` (pause-sync/resume-sync, DRBD's user pause), the pe
 (RESYNC_PAUSE) and resync-after (the runner asks `resync_blocked()` each step) show as
 PausedSyncS/PausedSyncT and in status as `suspended` (user, peer, dependency).
 
-Online verify (VerifySource/VerifyTarget) goes here next, beside the resync.
+Online verify (VerifyS/VerifyT) is `self.verify`, a replica.verify.VerifyControl: it shares
+the connection's lifetime with the resync (stop() ends both).
 """
 import logging
 import time
@@ -31,6 +32,7 @@ from replica.rate_control import ControllerSettings
 from replica.resync import ResyncProgress
 from replica.roles import Request
 from replica.states import DiskState, ReplState, Role
+from replica.verify import VerifyControl
 
 if TYPE_CHECKING:
     from replica.resource import ResourceRuntime
@@ -52,6 +54,7 @@ class ResyncControl:
         self.dependency: str | None = None    # the resource we wait for (resync-after, aftr_isp)
         # the daemon's resources by name, for resync-after (set by replica.daemon)
         self.lookup: Callable[[str], ResourceRuntime | None] = lambda name: None
+        self.verify = VerifyControl(rt)
 
     def begin_source(self, full: bool) -> None:
         rt, disk = self.rt, self.rt.disk
@@ -190,6 +193,7 @@ class ResyncControl:
         self.show_pause()
 
     def stop(self) -> None:
+        self.verify.stop()
         self._target_prepared = False
         self.peer_paused = False
         self.dependency = None

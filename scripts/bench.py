@@ -230,7 +230,8 @@ class ReplicadPair:
     sync (DRBD's way for new pairs); full_sync=True: `primary --force` starts a full sync."""
 
     def __init__(self, work: Path, protocol: str, size: int, full_sync: bool = False, count: int = 1,
-                 resync_rate: str = "4G", tag: str | None = None, disk: str | None = None):
+                 resync_rate: str = "4G", tag: str | None = None, disk: str | None = None,
+                 net: str = ""):
         self.work = work / f"pair-{tag or protocol}"
         self.work.mkdir()
         self.names = ["bench"] if count == 1 else [f"bench{i:02d}" for i in range(count)]
@@ -244,7 +245,7 @@ class ReplicadPair:
         port = iter(sorted(ports))
         self.conf = self.work / "replica.conf"
         self.conf.write_text("".join(
-            f"resource {r} {{\n  protocol {protocol};\n  net {{ connect-int 2; timeout 15; }}\n"
+            f"resource {r} {{\n  protocol {protocol};\n  net {{ connect-int 2; timeout 15; {net}}}\n"
             # the fixed rate unless `disk` says otherwise ("" = no disk {} section: DRBD's defaults)
             + (f"  disk {{ resync-rate {resync_rate}; c-plan-ahead 0; }}\n" if disk is None
                else f"  disk {{ {disk} }}\n" if disk else "")
@@ -574,7 +575,7 @@ def pacing_table(work: Path, servers: list):
 
 
 # --only names, in the order a full run prints them
-TABLES = ("unix", "limits", "tcp", "repl", "conn16", "pacing", "resync", "idle", "ext4")
+TABLES = ("unix", "limits", "tcp", "repl", "conn16", "pacing", "resync", "verify", "idle", "ext4")
 
 
 def main() -> int:
@@ -611,7 +612,7 @@ def main() -> int:
         if "unix" in only:
             show(standalone_table(work, servers, ours_disk, kit_disk, ours_results))
         mibs = rtt = None
-        if "limits" in only or "repl" in only or "resync" in only:
+        if "limits" in only or "repl" in only or "resync" in only or "verify" in only:
             mibs, rtt = loopback_tcp_limits()
         if "limits" in only:
             limits = Table(title="machine limits, same run")
@@ -641,6 +642,9 @@ def main() -> int:
         if "resync" in only:
             from bench_resync import resync_table
             show(resync_table(work, servers, ReplicadPair, fio, mibs))
+        if "verify" in only:
+            from bench_verify import verify_table
+            show(verify_table(work, servers, ReplicadPair, paired, mibs))
         if "idle" in only:
             show(idle_table(work, servers))
         if "ext4" in only:

@@ -32,7 +32,8 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$PWD/report
 rc=0
 "$venv/bin/python" -m pytest -p no:cacheprovider -p no:faulthandler \
     tests/unit/test_mirror_churn.py tests/unit/test_mirror_engine.py tests/unit/test_mirror_peer.py \
-    tests/unit/test_mirror_io_error.py tests/unit/test_mirror_stall.py tests/integration/test_nbd_churn.py \
+    tests/unit/test_mirror_io_error.py tests/unit/test_mirror_stall.py tests/unit/test_mirror_verify.py \
+    tests/integration/test_nbd_churn.py \
     tests/integration/test_fuse_device.py \
     "$@" || rc=$?
 if compgen -G "report.*" >/dev/null; then

@@ -81,7 +81,8 @@ def disk_from_wire(value: int) -> DiskState | None:
 _ALLOWED_FLAGS = {ReplPacket.DATA: DataFlag.FUA | DataFlag.NOT_LOCAL,
                   ReplPacket.TRIM: DataFlag.FUA | DataFlag.NOT_LOCAL,
                   ReplPacket.ZEROES: DataFlag.FUA | DataFlag.NO_HOLE | DataFlag.NOT_LOCAL,
-                  ReplPacket.BITMAP: BITMAP_LAST, ReplPacket.HELLO: 0x1}
+                  ReplPacket.BITMAP: BITMAP_LAST, ReplPacket.HELLO: 0x1,
+                  ReplPacket.OV_REQUEST: 0xFF}           # OV_REQUEST: the digest number
 
 
 # --- frames ---------------------------------------------------------------------------------

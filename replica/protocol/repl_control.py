@@ -19,10 +19,17 @@ logging; layouts in repl_wire.py, the frame codec in repl_codec.py.
     PeerRefuse       REFUSE        payload = reason                  the peer drops the link
     ResyncPause      RESYNC_PAUSE  aux = paused (0/1)                pause-sync/resume-sync or
                                                                      resync-after on the peer
+    VerifyStart      OV_START      offset = start, payload = end     `verify` on the peer: we
+                                   + verify-alg, aux = accepted      become VerifyT (and answer
+                                                                     it with accepted = 1)
+    VerifyEnd        OV_END        aux = outcome, offset = blocks    verify finished, stopped
+                                   out of sync, payload = reason     or refused
 
 Rules: a frame decodes to exactly one message (trailing bytes are an error); a STATE aux with
 bits above the role byte, an unknown role or disk, a SYNC_UUID or RESYNC_PAUSE with aux other
-than 0/1 or a reserved UUID (0, 4) are refused; any other packet type is unexpected after the handshake.
+than 0/1 or a reserved UUID (0, 4) are refused; so are an OV_START whose start is not 4 KiB
+aligned or lies past its end, whose aux is not 0/1 or whose alg is not printable ASCII, and
+an OV_END with an unknown outcome; any other packet type is unexpected after the handshake.
 """
 from dataclasses import dataclass
 
@@ -91,8 +98,23 @@ class ResyncPause:
     paused: bool
 
 
+@dataclass(frozen=True, slots=True)
+class VerifyStart:
+    start: int              # first byte, 4 KiB aligned
+    end: int                # one past the last byte
+    alg: str                # verify-alg of the VerifyS: the VerifyT must have the same
+    accepted: bool = False  # the VerifyT's answer: it is VerifyT now, requests may follow
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyEnd:
+    outcome: wire.VerifyOutcome
+    oos_blocks: int = 0
+    reason: str = ""
+
+
 ControlMessage = (PeerState | SyncUuid | PeerUuids | FullSyncRequest | Outdate | PeerDisconnect
-                  | PeerRefuse | ResyncPause)
+                  | PeerRefuse | ResyncPause | VerifyStart | VerifyEnd)
 
 
 def encode_control(msg: ControlMessage) -> bytes:
@@ -112,6 +134,13 @@ def encode_control(msg: ControlMessage) -> bytes:
         return encode_frame(Frame(ReplPacket.DISCONNECT))
     if isinstance(msg, ResyncPause):
         return encode_frame(Frame(ReplPacket.RESYNC_PAUSE, aux=int(msg.paused)))
+    if isinstance(msg, VerifyStart):
+        return encode_frame(Frame(ReplPacket.OV_START, offset=msg.start, aux=int(msg.accepted),
+                                  payload=wire.OV_START_BODY.pack(msg.end)
+                                  + msg.alg.encode("ascii")))
+    if isinstance(msg, VerifyEnd):
+        return encode_frame(Frame(ReplPacket.OV_END, aux=msg.outcome, offset=msg.oos_blocks,
+                                  payload=msg.reason.encode("utf-8")[:wire.REFUSE_MAX]))
     return encode_refuse(msg.reason)
 
 
@@ -151,5 +180,18 @@ def decode_control(raw: bytes) -> ControlMessage:
         return ResyncPause(bool(frame.aux))
     if t is ReplPacket.REFUSE:
         return PeerRefuse(frame.payload.decode("utf-8", "replace"))
+    if t is ReplPacket.OV_START:
+        (end,) = wire.OV_START_BODY.unpack_from(frame.payload)
+        alg = frame.payload[wire.OV_START_BODY.size:]
+        if (frame.offset % wire.BLOCK_SIZE or frame.offset > end or frame.aux > 1 or not alg.isascii()
+                or not alg.decode("ascii").isprintable()):
+            raise RemoteProtocolError(f"repl: OV_START: invalid: start={frame.offset} end={end} "
+                                      f"alg={alg!r}")
+        return VerifyStart(frame.offset, end, alg.decode("ascii"), bool(frame.aux))
+    if t is ReplPacket.OV_END:
+        if frame.aux not in {o.value for o in wire.VerifyOutcome}:
+            raise RemoteProtocolError(f"repl: OV_END: unknown outcome {frame.aux}")
+        return VerifyEnd(wire.VerifyOutcome(frame.aux), frame.offset,
+                         frame.payload.decode("utf-8", "replace"))
     raise RemoteProtocolError(f"repl: unexpected control frame {t.name} (aux={frame.aux}) after "
                               "the handshake")

@@ -33,6 +33,19 @@ Bodies of handshake packets (all big-endian):
     DISCONNECT      no payload: graceful disconnect follows
     REFUSE          payload: one UTF-8 line, why the sender drops the connection; aux = a
                     RefuseCode (the peer gave up for good on AUTH and INCOMPATIBLE)
+    OV_START        online verify begins (the sender is VerifyS): offset = first byte (4 KiB
+                    aligned), payload = OV_START_BODY (end byte, u64) + verify-alg (ASCII)
+    OV_END          online verify ends: aux = VerifyOutcome, offset = blocks found out of
+                    sync by the sender, payload = UTF-8 reason (refused: why)
+
+Online verify and data-integrity-alg frames of the data path (C builds and checks them):
+
+    OV_REQUEST      offset, aux = range length (<= MAX_VERIFY_CHUNK), flags = digest number
+                    (mirror.h RM_DIGEST_*), payload = one digest per 4 KiB block of the range
+    OV_REPLY        offset, aux = range length, payload empty (all equal) or a bit per block,
+                    least significant bit first, 1 = differs
+    DIGEST          payload = digest of the next DATA/RS_DATA frame's payload (same id, offset;
+                    aux = its length)
 """
 import enum
 import struct
@@ -65,6 +78,9 @@ class ReplPacket(enum.IntEnum):
     RS_REQUEST = 0x30
     RS_DATA = 0x31
     RS_DONE = 0x32
+    OV_REQUEST = 0x38
+    OV_REPLY = 0x39
+    DIGEST = 0x3A
     HELLO = 0x40
     AUTH_CHALLENGE = 0x41
     AUTH_RESPONSE = 0x42
@@ -78,6 +94,8 @@ class ReplPacket(enum.IntEnum):
     DISCONNECT = 0x4A
     REFUSE = 0x4B
     RESYNC_PAUSE = 0x58       # aux = 1: the sender paused the resync (pause-sync, resync-after)
+    OV_START = 0x5A
+    OV_END = 0x5B
 
 
 class DataFlag(enum.IntFlag):
@@ -143,6 +161,20 @@ class RefuseCode(enum.IntEnum):
     INCOMPATIBLE = 2          # net settings differ (protocol...): the sender went StandAlone
 
 
+class VerifyOutcome(enum.IntEnum):
+    """OV_END aux: how an online verify ended."""
+
+    FINISHED = 0              # every block of the range compared
+    STOPPED = 1               # stopped early (the sender's disconnect, a local error)
+    REFUSED = 2               # the VerifyT would not start (verify-alg differs, busy...)
+
+
+OV_START_BODY = struct.Struct(">Q")   # end byte of the range; the alg name follows
+MAX_VERIFY_CHUNK = 1024 * 1024        # = RM_MAX_VERIFY_CHUNK (csrc/mirror.h)
+DIGEST_MAX = 64                       # = RM_DIGEST_MAX_SIZE
+BLOCK_SIZE = 4096
+
+
 # HELLO fixed part: version_min u16, version_max u16, features u32, data_size u64,
 # current u64, bitmap u64, history0 u64, history1 u64, bits u64 (dirty blocks in the bitmap,
 # DRBD's "bits:" used by after-sb policies), uuid_flags u32, role u8, disk u8, name_len u8,
@@ -175,4 +207,9 @@ PAYLOAD_LIMITS: dict[ReplPacket, tuple[int, int]] = {
     ReplPacket.BITMAP: (0, MAX_PAYLOAD),
     ReplPacket.UUIDS: (UUIDS_BODY.size, UUIDS_BODY.size),
     ReplPacket.REFUSE: (0, REFUSE_MAX),
+    ReplPacket.OV_REQUEST: (4, MAX_VERIFY_CHUNK // BLOCK_SIZE * DIGEST_MAX),
+    ReplPacket.OV_REPLY: (0, MAX_VERIFY_CHUNK // BLOCK_SIZE // 8),
+    ReplPacket.DIGEST: (4, DIGEST_MAX),
+    ReplPacket.OV_START: (OV_START_BODY.size + 1, OV_START_BODY.size + ALG_NAME_MAX),
+    ReplPacket.OV_END: (0, REFUSE_MAX),
 }

@@ -23,9 +23,9 @@ def warnings_for(body: str, top: str = "") -> list[str]:
 
 
 def test_a_statement_setting_an_unsupported_option_is_one_warning_with_file_and_line():
-    assert warnings_for("    net { verify-alg sha1; }\n    disk { disk-timeout 10; }\n") == [
-        "/etc/replica.conf:2: resource 'r0': net: verify-alg: not supported yet (online verify "
-        "is not implemented)",
+    assert warnings_for("    net { max-epoch-size 20; }\n    disk { disk-timeout 10; }\n") == [
+        "/etc/replica.conf:2: resource 'r0': net: max-epoch-size: not supported yet (replicad "
+        "has no write epochs)",
         "/etc/replica.conf:3: resource 'r0': disk: disk-timeout: not supported yet (local "
         "requests are not timed out)",
     ]
@@ -50,18 +50,19 @@ def test_the_value_that_matches_our_behaviour_is_no_warning():
 
 
 def test_handlers_warn_and_device_lines_do_not():
-    text = ("resource r0 {\n    handlers { out-of-sync \"/bin/true\"; fence-peer \"/bin/true\"; }\n"
+    text = ("resource r0 {\n    handlers { quorum-lost \"/bin/true\"; fence-peer \"/bin/true\"; "
+            "out-of-sync \"/bin/true\"; }\n"
             "    on a { device /dev/drbd0; disk /tmp/a; address 10.1.1.1:7789; }\n"
             "    on b { disk /tmp/b; address 10.1.1.2:7789; }\n}\n")
     assert parse_config(text, "/etc/replica.conf").warnings == (
-        "/etc/replica.conf:2: resource 'r0': handlers: out-of-sync: not supported yet (this "
+        "/etc/replica.conf:2: resource 'r0': handlers: quorum-lost: not supported yet (this "
         "handler is never called)",
     )
 
 
 def test_implemented_options_are_no_warning():
     assert warnings_for("    net { protocol B; ping-int 15; ko-count 3; after-sb-0pri "
-                        "discard-zero-changes; }\n    disk { resync-rate 10M; al-extents 257; }\n"
+                        "discard-zero-changes; verify-alg crc32c; data-integrity-alg sha1; }\n    disk { resync-rate 10M; al-extents 257; }\n"
                         "    handlers { split-brain \"/bin/true\"; }\n") == []
 
 
@@ -76,9 +77,9 @@ def _used_outside_config(pattern: str) -> list[str]:
     return [f for f in out if not re.search(r"replica/config[a-z_]*\.py$", f)]
 
 
-# Readers that do not make the option work: the handshake compares data-integrity-alg between
-# the peers (DRBD refuses a mismatch too), but no frame carries a digest yet.
-PARTIAL_READERS = {("net", "data-integrity-alg"): {"replica/protocol/repl_codec.py"}}
+# Readers that do not make the option work (none now: data-integrity-alg, once only compared
+# at the handshake, puts a digest on every data frame).
+PARTIAL_READERS: dict[tuple[str, str], set[str]] = {}
 
 
 @pytest.mark.parametrize("section,keyword", sorted(NOT_YET))

@@ -15,7 +15,7 @@ from replica.peer_link import read_frame
 from replica.protocol import repl
 from replica.protocol import repl_control as events
 from replica.protocol.repl_codec import frame_length
-from replica.protocol.repl_wire import HEADER, REPL_MAGIC, ReplPacket
+from replica.protocol.repl_wire import HEADER, OV_START_BODY, REPL_MAGIC, ReplPacket, VerifyOutcome
 from replica.states import DiskState, Role
 from replica.uuids import GenerationUuids, UuidFlag
 
@@ -25,6 +25,16 @@ from replica.uuids import GenerationUuids, UuidFlag
 def test_state_round_trip(role, disk):
     msg = events.PeerState(role, disk, 0x1234)
     assert events.decode_control(events.encode_control(msg)) == msg
+
+
+def test_verify_messages_round_trip_and_their_layout():
+    msg = events.VerifyStart(1 << 20, 1 << 30, "sha256")
+    frame = events.encode_control(msg)
+    assert frame[4:6] == bytes([0, 0x5A]) and frame[16:24] == (1 << 20).to_bytes(8, "big")
+    assert frame[32:] == (1 << 30).to_bytes(8, "big") + b"sha256"
+    assert events.decode_control(frame) == msg
+    end = events.VerifyEnd(VerifyOutcome.REFUSED, 0, "different verify-alg settings")
+    assert events.decode_control(events.encode_control(end)) == end
 
 
 def test_sync_uuid_uuids_and_simple_messages():
@@ -52,6 +62,22 @@ def test_sync_uuid_uuids_and_simple_messages():
     (repl.encode_simple(ReplPacket.OUTDATE) + b"x", "repl: control frame: expected exactly one"),
     (repl.encode_simple(ReplPacket.OUTDATE)[:20], "repl: connection closed in the middle"),
     (b"", "repl: control frame: expected exactly one frame in 0 bytes"),
+    (repl.encode_frame(repl.Frame(ReplPacket.OV_START, offset=100,
+                                  payload=OV_START_BODY.pack(4096) + b"crc32c")),
+     "repl: OV_START: invalid: start=100"),
+    (repl.encode_frame(repl.Frame(ReplPacket.OV_START, offset=8192,
+                                  payload=OV_START_BODY.pack(4096) + b"crc32c")),
+     "repl: OV_START: invalid: start=8192 end=4096"),
+    (repl.encode_frame(repl.Frame(ReplPacket.OV_START, payload=OV_START_BODY.pack(0) + b"\xff")),
+     "repl: OV_START: invalid"),
+    (HEADER.pack(REPL_MAGIC, ReplPacket.OV_START, 0, 0, 0, 8, 0) + OV_START_BODY.pack(0),
+     "repl: invalid frame: OV_START: length=8 outside 9..72"),
+    (repl.encode_simple(ReplPacket.OV_END, aux=3), "repl: OV_END: unknown outcome 3"),
+    (repl.encode_frame(repl.Frame(ReplPacket.OV_START, aux=2,
+                                  payload=OV_START_BODY.pack(0) + b"crc32c")),
+     "repl: OV_START: invalid"),
+    (HEADER.pack(REPL_MAGIC, ReplPacket.OV_REQUEST, 1, 0, 0, 0, 4096),
+     "repl: invalid frame: OV_REQUEST: length=0"),
 ])
 def test_malformed_control_frames_are_refused(frame, message):
     with pytest.raises(RemoteProtocolError) as exc:
@@ -119,7 +145,13 @@ def test_state_aux_layout_is_role_high_byte_disk_low_byte():
                                                     st.integers(0, 2**64 - 1))),
               st.sampled_from([UuidFlag(0), UuidFlag.SKIP_INITIAL_SYNC])),
     st.just(events.FullSyncRequest()), st.just(events.Outdate()), st.just(events.PeerDisconnect()),
-    st.builds(events.PeerRefuse, st.text(max_size=40))))
+    st.builds(events.PeerRefuse, st.text(max_size=40)),
+    st.builds(lambda a, n, alg, ok: events.VerifyStart(a * 4096, a * 4096 + n, alg, ok),
+              st.integers(0, 2**40), st.integers(0, 2**40),
+              st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=64),
+              st.booleans()),
+    st.builds(events.VerifyEnd, st.sampled_from(list(VerifyOutcome)), st.integers(0, 2**64 - 1),
+              st.text(max_size=40))))
 def test_fuzz_every_message_round_trips_through_the_one_codec(msg):
     assert events.decode_control(events.encode_control(msg)) == msg
 
