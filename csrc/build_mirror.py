@@ -20,7 +20,7 @@ from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
 SOURCES = ["nbd_frontend.c", "fuse_frontend.c", "request.c", "resource.c", "connection.c", "device.c", "transport.c",
-           "transport_socket.c"]
+           "transport_socket.c", "digest.c"]
 SANITIZE = os.environ.get("REPLICA_SANITIZE", "")
 WARNINGS = ["-Wall", "-Wextra", "-Wshadow", "-Wmissing-prototypes", "-Werror"]
 
@@ -65,7 +65,7 @@ ffibuilder.set_source(
     sources=[str(HERE / name) for name in SOURCES],
     include_dirs=[str(HERE)],
     extra_compile_args=OPT + WARNINGS + ["-std=gnu11", "-pthread"] + FUSE_CFLAGS,
-    extra_link_args=["-pthread", f"-Wl,--version-script={HERE / 'mirror.map'}"] + FUSE_LIBS + LINK,
+    extra_link_args=["-pthread", f"-Wl,--version-script={HERE / 'mirror.map'}"] + FUSE_LIBS + ["-lcrypto"] + LINK,
 )
 
 if __name__ == "__main__":

@@ -20,7 +20,17 @@
  * serving). Later writes go to the bitmap until Python attaches a new link.
  *
  * The receiver never does I/O on a frontend's socket: an origin's complete() appends to that
- * origin's own reply queue, and release() wakes its thread (request.h, thread table). */
+ * origin's own reply queue, and release() wakes its thread (request.h, thread table).
+ *
+ * Online verify (conn_verify_send): the VerifyS reads a range and sends its 4 KiB blocks'
+ * digests (OV_REQUEST) under the send lock, so the request sits in the stream after every write
+ * it read and before every later one; the peer's receiver applies frames in stream order, so it
+ * reads the same versions, compares, marks the differing blocks and answers OV_REPLY with a bit
+ * per block, and the VerifyS marks them too. (Started on the Secondary, the Primary's own new
+ * writes can race the comparison: a false "differs" costs one block's resync, never a miss.)
+ * data-integrity-alg: every DATA/RS_DATA frame is preceded by a DIGEST frame of its payload;
+ * the receiver takes such payloads into memory (no splice), checks them before applying, and
+ * on a mismatch drops the link without writing or acking: the sender's sweep marks the block. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdint.h>
@@ -31,6 +41,7 @@
 #include <unistd.h>
 
 #include "connection.h"
+#include "digest.h"
 
 #define SBUF_SIZE (256 * 1024)
 #define SBUF_DIRECT 65536          /* larger payloads skip the send buffer (writev) */
@@ -77,6 +88,7 @@ void conn_destroy(struct rm_connection *c)
     pthread_mutex_destroy(&c->read_lock);
     pthread_cond_destroy(&c->read_done);
     free(c->sbuf);
+    free(c->rbuf);
     free(c->slots);
 }
 
@@ -149,6 +161,36 @@ static int queue_header_locked(struct rm_connection *c, const struct rpl_header 
     return 0;
 }
 
+static int send_digest_locked(struct rm_connection *c, const struct rpl_header *h, const void *payload)
+{
+    unsigned char d[DIGEST_MAX];
+    int n = digest_compute(c->integrity_alg, payload, h->length, d);
+    struct rpl_header dh = { .type = RPL_DIGEST, .id = h->id, .offset = h->offset, .aux = h->length };
+
+    if (n < 0)
+        return n;
+    dh.length = (uint32_t)n;
+    return conn_send_frame_locked(c, &dh, d);
+}
+
+static int is_digested(const struct rm_connection *c, const struct rpl_header *h)
+{
+    return c->integrity_alg && (h->type == RPL_DATA || h->type == RPL_RS_DATA) && h->length;
+}
+
+/* send_lock held: [offset, + count) of the device into c->rbuf. */
+static int read_range_locked(struct rm_connection *c, uint64_t offset, uint32_t count)
+{
+    if (c->rbuf_cap < count) {
+        free(c->rbuf);
+        c->rbuf = malloc(count);
+        c->rbuf_cap = c->rbuf ? count : 0;
+        if (!c->rbuf)
+            return -ENOMEM;
+    }
+    return device_read_internal(c->dev, c->rbuf, count, offset);
+}
+
 int conn_send_frame_locked(struct rm_connection *c, const struct rpl_header *h, const void *payload)
 {
     size_t need = RPL_HEADER_SIZE + h->length;
@@ -157,6 +199,8 @@ int conn_send_frame_locked(struct rm_connection *c, const struct rpl_header *h, 
 
     if (c->send_failed || c->tp.fd < 0)
         return -ENOTCONN;
+    if (is_digested(c, h) && (rc = send_digest_locked(c, h, payload)) < 0)
+        return rc;
     if (h->length <= SBUF_DIRECT) {
         if (c->sbuf_len + need > SBUF_SIZE && (rc = sbuf_send_locked(c, 0)) < 0)
             return rc;
@@ -190,6 +234,14 @@ int conn_send_range_frame_locked(struct rm_connection *c, const struct rpl_heade
     uint64_t sent;
     int rc;
 
+    if (is_digested(c, h)) {
+        /* The digest needs the bytes in memory anyway: send those very bytes. */
+        if (c->send_failed || c->tp.fd < 0)
+            return -ENOTCONN;
+        if ((rc = read_range_locked(c, h->offset, h->length)) < 0)
+            return rc;
+        return conn_send_frame_locked(c, h, c->rbuf);
+    }
     if ((rc = queue_header_locked(c, h)) < 0 || (rc = sbuf_send_locked(c, MSG_MORE)) < 0)
         return rc;
     rc = device_send_range(c->dev, &c->tp, h->offset, h->length, &sent);
@@ -352,6 +404,12 @@ struct receiver {
     int header_only;        /* after a spliced payload: read the next header alone, so a large
                              * payload that follows stays in the socket for splice */
     struct rm_spin spin;    /* mid-payload waits (device_splice_write) */
+    unsigned char digest[DIGEST_MAX];   /* data-integrity-alg: the last DIGEST frame */
+    uint32_t digest_len;
+    uint64_t digest_id;
+    int have_digest;
+    unsigned char *scratch; /* VerifyT: our copy of the range an OV_REQUEST covers */
+    size_t scratch_cap;
 };
 
 /* Large DATA/RS_DATA payloads go from the socket to the disk by splice (device_splice_write). */
@@ -403,6 +461,95 @@ static int in_range(struct rm_connection *c, uint64_t offset, uint64_t length)
     return device_in_range(c->dev, offset, length);
 }
 
+/* data-integrity-alg: the DIGEST frame just before must match this DATA/RS_DATA payload. */
+static int check_integrity(struct receiver *r, const struct rpl_header *h, const unsigned char *payload, int *proto)
+{
+    struct rm_connection *c = r->c;
+    unsigned char d[DIGEST_MAX];
+    int n;
+
+    if (!r->have_digest || r->digest_id != h->id || !payload) {
+        *proto = 1;
+        return -EPROTO;
+    }
+    r->have_digest = 0;
+    n = digest_compute(c->integrity_alg, payload, h->length, d);
+    if (n < 0 || (uint32_t)n != r->digest_len || memcmp(d, r->digest, r->digest_len) != 0) {
+        STAT_ADD(c->dev, integrity_failures, 1);
+        device_post_event(c->dev, RM_EV_INTEGRITY, EBADMSG, h->offset, h->length);
+        return -EBADMSG;
+    }
+    return 0;
+}
+
+static uint32_t blocks_of(uint32_t length)
+{
+    return (length + RM_BLOCK_SIZE - 1) / RM_BLOCK_SIZE;
+}
+
+/* Verify found the blocks whose bits are set in `bits` (one per 4 KiB block of [offset,
+ * + length)) different: mark them out of sync and tell Python, one event per run. */
+static void mark_verify_runs(struct rm_connection *c, uint64_t offset, uint32_t length, const unsigned char *bits)
+{
+    uint32_t nblocks = blocks_of(length), i = 0;
+
+    while (i < nblocks) {
+        if (!(bits[i / 8] & (1u << (i % 8)))) {
+            i++;
+            continue;
+        }
+        uint32_t j = i;
+        while (j < nblocks && (bits[j / 8] & (1u << (j % 8))))
+            j++;
+        uint64_t start = offset + (uint64_t)i * RM_BLOCK_SIZE;
+        uint64_t end = offset + (uint64_t)j * RM_BLOCK_SIZE;
+        if (end > offset + length)
+            end = offset + length;
+        device_mark_dirty(c->dev, start, end - start);
+        STAT_ADD(c->dev, verify_oos_blocks, j - i);
+        device_post_event(c->dev, RM_EV_VERIFY_OOS, 0, start, end - start);
+        i = j;
+    }
+}
+
+/* VerifyT: compare our blocks with the peer's digests, mark and answer. A range we cannot read
+ * counts as different (the peer's copy is what a resync would give us). */
+static int verify_compare(struct receiver *r, const struct rpl_header *h, const unsigned char *payload)
+{
+    struct rm_connection *c = r->c;
+    int alg = h->flags, dsize = digest_size(alg);
+    uint32_t len = h->aux, nblocks = blocks_of(len);
+    unsigned char bits[RM_MAX_VERIFY_CHUNK / RM_BLOCK_SIZE / 8] = { 0 };
+    unsigned char d[DIGEST_MAX];
+    int differ = 0, rc;
+
+    if (r->scratch_cap < len) {
+        free(r->scratch);
+        r->scratch = malloc(len);
+        r->scratch_cap = r->scratch ? len : 0;
+        if (!r->scratch)
+            return -ENOMEM;
+    }
+    rc = device_disk_failed(c->dev) ? -EIO : device_read_internal(c->dev, r->scratch, len, h->offset);
+    for (uint32_t i = 0; i < nblocks; i++) {
+        uint32_t off = i * RM_BLOCK_SIZE, n = len - off < RM_BLOCK_SIZE ? len - off : RM_BLOCK_SIZE;
+        if (rc < 0 || digest_compute(alg, r->scratch + off, n, d) != dsize ||
+            memcmp(d, payload + (size_t)i * (size_t)dsize, (size_t)dsize) != 0) {
+            bits[i / 8] |= (unsigned char)(1u << (i % 8));
+            differ = 1;
+        }
+    }
+    if (differ)
+        mark_verify_runs(c, h->offset, len, bits);
+    STAT_ADD(c->dev, verify_bytes_checked, len);
+    struct rpl_header rh = { .type = RPL_OV_REPLY, .id = h->id, .offset = h->offset, .aux = len,
+                             .length = differ ? (nblocks + 7) / 8 : 0 };
+    pthread_mutex_lock(&c->send_lock);
+    conn_send_frame_locked(c, &rh, bits);
+    pthread_mutex_unlock(&c->send_lock);
+    return 0;
+}
+
 static void serve_remote_read(struct rm_connection *c, const struct rpl_header *req);
 static void complete_remote_read(struct rm_connection *c, const struct rpl_header *h, const unsigned char *payload);
 static void fail_remote_reads(struct rm_connection *c);
@@ -425,6 +572,8 @@ static int handle_frame(struct receiver *r, const struct rpl_header *h, const un
             *proto = 1;
             return -EPROTO;
         }
+        if (is_digested(c, h) && (rc = check_integrity(r, h, payload, proto)) < 0)
+            return rc;
         if (c->protocol == RM_PROTOCOL_B && h->type != RPL_FLUSH) {
             queue_ack(c, RPL_RECV_ACK, h, 0);
             /* "Received" is the whole point of B: say so before the write, unless more frames
@@ -480,6 +629,8 @@ static int handle_frame(struct receiver *r, const struct rpl_header *h, const un
             *proto = 1;
             return -EPROTO;
         }
+        if (is_digested(c, h) && (rc = check_integrity(r, h, payload, proto)) < 0)
+            return rc;
         rc = payload ? device_pwrite(c->dev, payload, h->length, h->offset, 0) : r->spliced_rc;
         if (rc == 0) {
             device_clear_dirty(c->dev, h->offset, h->length);
@@ -494,6 +645,35 @@ static int handle_frame(struct receiver *r, const struct rpl_header *h, const un
         }
         device_clear_dirty(c->dev, h->offset, h->aux);
         STAT_ADD(c->dev, resync_bytes_acked, h->aux);
+        return 0;
+    case RPL_DIGEST:
+        if (!c->integrity_alg || h->length != (uint32_t)digest_size(c->integrity_alg)) {
+            *proto = 1;
+            return -EPROTO;
+        }
+        memcpy(r->digest, payload, h->length);
+        r->digest_len = h->length;
+        r->digest_id = h->id;
+        r->have_digest = 1;
+        return 0;
+    case RPL_OV_REQUEST: {
+        int dsize = digest_size(h->flags);
+        if (dsize <= 0 || h->aux == 0 || h->aux > RM_MAX_VERIFY_CHUNK || !in_range(c, h->offset, h->aux) ||
+            h->length != blocks_of(h->aux) * (uint32_t)dsize) {
+            *proto = 1;
+            return -EPROTO;
+        }
+        return verify_compare(r, h, payload);
+    }
+    case RPL_OV_REPLY:
+        if (h->aux == 0 || h->aux > RM_MAX_VERIFY_CHUNK || !in_range(c, h->offset, h->aux) ||
+            (h->length && h->length != (blocks_of(h->aux) + 7) / 8)) {
+            *proto = 1;
+            return -EPROTO;
+        }
+        if (h->length)
+            mark_verify_runs(c, h->offset, h->aux, payload);
+        STAT_ADD(c->dev, verify_bytes_done, h->aux);
         return 0;
     default:
         if (h->type < RPL_CONTROL_MIN || h->length > RPL_MAX_CONTROL) {
@@ -569,7 +749,7 @@ static int receive_loop(struct receiver *r, int *proto, uint64_t *bad_type)
             r->start += h.length;
         } else if (r->pipe[0] >= 0 && h.length >= SPLICE_MIN && (h.type == RPL_DATA || h.type == RPL_RS_DATA) &&
                    device_is_read_only(c->dev) && in_range(c, h.offset, h.length) &&
-                   !device_disk_failed(c->dev)) {
+                   !device_disk_failed(c->dev) && !c->integrity_alg) {
             if ((rc = splice_payload(r, &h, h.flags & RPL_FLAG_FUA)) < 0)
                 return rc;
             payload = NULL;
@@ -643,6 +823,7 @@ static void *receiver_main(void *arg)
                       proto ? bad_type : 0, 0);
     free(r.buf);
     free(r.payload);
+    free(r.scratch);
     return NULL;
 }
 
@@ -727,6 +908,52 @@ int conn_resync_send(struct rm_connection *c, uint64_t offset, uint32_t length)
     pthread_mutex_unlock(&c->send_lock);
     if (rc == 0)
         STAT_ADD(c->dev, resync_bytes_sent, length);
+    return rc;
+}
+
+int conn_set_integrity(struct rm_connection *c, int alg)
+{
+    if (alg != RM_DIGEST_NONE && digest_size(alg) <= 0)
+        return -ENOENT;
+    if (__atomic_load_n(&c->attached, __ATOMIC_ACQUIRE))
+        return -EBUSY;
+    c->integrity_alg = alg;
+    return 0;
+}
+
+int conn_verify_send(struct rm_connection *c, int alg, uint64_t offset, uint32_t length)
+{
+    int dsize = digest_size(alg), rc;
+    uint32_t nblocks = blocks_of(length);
+    unsigned char *digests;
+
+    if (dsize <= 0)
+        return -ENOENT;
+    if (length == 0 || length > RM_MAX_VERIFY_CHUNK || !in_range(c, offset, length))
+        return -EINVAL;
+    if (!conn_live(c))
+        return -ENOTCONN;
+    digests = malloc((size_t)nblocks * (size_t)dsize);
+    if (!digests)
+        return -ENOMEM;
+    pthread_mutex_lock(&c->send_lock);
+    rc = read_range_locked(c, offset, length);
+    for (uint32_t i = 0; rc == 0 && i < nblocks; i++) {
+        uint32_t off = i * RM_BLOCK_SIZE, n = length - off < RM_BLOCK_SIZE ? length - off : RM_BLOCK_SIZE;
+        if (digest_compute(alg, c->rbuf + off, n, digests + (size_t)i * (size_t)dsize) != dsize)
+            rc = -EINVAL;
+    }
+    if (rc == 0) {
+        struct rpl_header h = { .type = RPL_OV_REQUEST, .flags = (uint16_t)alg, .id = offset, .offset = offset,
+                                .length = nblocks * (uint32_t)dsize, .aux = length };
+        rc = conn_send_frame_locked(c, &h, digests);
+        if (rc == 0)
+            rc = sbuf_send_locked(c, 0);
+    }
+    pthread_mutex_unlock(&c->send_lock);
+    free(digests);
+    if (rc == 0)
+        STAT_ADD(c->dev, verify_bytes_sent, length);
     return rc;
 }
 

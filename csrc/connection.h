@@ -65,6 +65,7 @@ struct rm_connection {
     struct rm_device *dev;
     struct rm_transport tp; /* tp.fd == -1 when detached */
     int protocol;           /* RM_PROTOCOL_* */
+    int integrity_alg;      /* data-integrity-alg (RM_DIGEST_*, 0 = off): set before attach */
     int dead;               /* atomic: receiver ended; new requests go to the bitmap */
     int attached;           /* a receiver thread exists (joined by detach) */
     pthread_t receiver;
@@ -73,6 +74,8 @@ struct rm_connection {
     unsigned char *sbuf;    /* batched outgoing frames */
     size_t sbuf_len;
     int send_failed;
+    unsigned char *rbuf;    /* send_lock: a range read for a digest (verify, integrity) */
+    size_t rbuf_cap;
 
     pthread_mutex_t pending_lock;
     pthread_cond_t slot_free;
@@ -131,6 +134,8 @@ int conn_remote_read(struct rm_connection *c, void *buf, uint32_t count, uint64_
 
 int conn_ping(struct rm_connection *c);
 int conn_resync_send(struct rm_connection *c, uint64_t offset, uint32_t length);
+int conn_set_integrity(struct rm_connection *c, int alg);
+int conn_verify_send(struct rm_connection *c, int alg, uint64_t offset, uint32_t length);
 int conn_send_control(struct rm_connection *c, const void *frame, uint32_t length);
 int conn_recv_control(struct rm_connection *c, void *buf, uint32_t cap);
 

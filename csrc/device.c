@@ -448,7 +448,7 @@ int device_reuse_disk(struct rm_device *dev, uint64_t since)
     return rc;
 }
 
-int device_pread(struct rm_device *dev, void *buf, uint32_t count, uint64_t offset)
+static int read_range(struct rm_device *dev, void *buf, uint32_t count, uint64_t offset, int counted)
 {
     char *p = buf;
 
@@ -467,10 +467,22 @@ int device_pread(struct rm_device *dev, void *buf, uint32_t count, uint64_t offs
         p += n;
         offset += (uint64_t)n;
         count -= (uint32_t)n;
-        STAT_ADD(dev, bytes_read, (uint64_t)n);
+        if (counted)
+            STAT_ADD(dev, bytes_read, (uint64_t)n);
     }
-    STAT_ADD(dev, reads, 1);
+    if (counted)
+        STAT_ADD(dev, reads, 1);
     return 0;
+}
+
+int device_pread(struct rm_device *dev, void *buf, uint32_t count, uint64_t offset)
+{
+    return read_range(dev, buf, count, offset, 1);
+}
+
+int device_read_internal(struct rm_device *dev, void *buf, uint32_t count, uint64_t offset)
+{
+    return read_range(dev, buf, count, offset, 0);
 }
 
 int device_flush(struct rm_device *dev)

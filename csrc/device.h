@@ -94,6 +94,9 @@ int device_reuse_disk(struct rm_device *dev, uint64_t since);
 /* Local I/O, no permission or range checks (the request layer checks; the connection applies a
  * Primary's writes on a Secondary). 0 or -errno; errors are counted and posted. */
 int device_pread(struct rm_device *dev, void *buf, uint32_t count, uint64_t offset);
+/* The same read for the data path's own use (a digest for verify or data-integrity-alg): not
+ * counted among the reads clients made. */
+int device_read_internal(struct rm_device *dev, void *buf, uint32_t count, uint64_t offset);
 int device_pwrite(struct rm_device *dev, const void *buf, uint32_t count, uint64_t offset, int fua);
 int device_trim(struct rm_device *dev, uint32_t count, uint64_t offset, int fua);
 int device_zero(struct rm_device *dev, uint32_t count, uint64_t offset, int may_trim, int fua);

@@ -54,6 +54,12 @@ typedef struct rm_stats {
     uint64_t resync_bytes_received;/* SyncTarget: RS_DATA payload bytes written */
     uint64_t al_misses;            /* writes that waited for an activity-log transaction */
     uint64_t events_dropped;       /* events lost to a full queue (RM_EV_OVERFLOW told Python) */
+    /* online verify and data-integrity-alg */
+    uint64_t verify_bytes_sent;    /* VerifyS: bytes covered by the OV_REQUESTs sent */
+    uint64_t verify_bytes_done;    /* VerifyS: bytes covered by the OV_REPLYs received */
+    uint64_t verify_bytes_checked; /* VerifyT: bytes compared against the peer's digests */
+    uint64_t verify_oos_blocks;    /* blocks verify found different (marked out of sync here) */
+    uint64_t integrity_failures;   /* DATA/RS_DATA frames whose digest did not match */
 } rm_stats;
 
 /* One event from C to Python, read after the event fd becomes readable. */
@@ -85,6 +91,9 @@ typedef struct rm_event {
 #define RM_EV_PEER_CONTROL 5   /* a control frame (type >= 0x40) arrived: fetch it with rm_peer_recv_control */
 #define RM_EV_OVERFLOW 6       /* the queue was full and events were lost (stats.events_dropped):
                                 * rescan: rm_al_rescan, rm_peer_recv_control until empty, stats */
+#define RM_EV_VERIFY_OOS 7     /* verify found [offset, + length) different: marked out of sync */
+#define RM_EV_INTEGRITY 8      /* data-integrity-alg: the frame for [offset, + length) arrived
+                                * damaged (err EBADMSG); the link is dropped (RM_EV_PEER_LOST) */
 
 /* Largest payload one request may carry (NBD's customary 32 MiB block-size maximum). */
 #define RM_MAX_REQUEST 33554432
@@ -164,6 +173,38 @@ int rm_peer_ping(rm_engine *eng);
  * The target writes it, clears its bits and answers RS_DONE; the source then clears its own bits.
  * Returns 0, or -ENOTCONN without a peer, or -errno. */
 int rm_resync_send(rm_engine *eng, uint64_t offset, uint32_t length);
+
+/* ---- digests: online verify (verify-alg) and data-integrity-alg ----
+ * Algorithm numbers travel on the wire (OV_REQUEST flags): never renumber. crc32c is computed
+ * here (the CPU's crc32 instruction), the hashes by libcrypto. */
+#define RM_DIGEST_NONE 0
+#define RM_DIGEST_CRC32C 1
+#define RM_DIGEST_MD5 2
+#define RM_DIGEST_SHA1 3
+#define RM_DIGEST_SHA224 4
+#define RM_DIGEST_SHA256 5
+#define RM_DIGEST_SHA384 6
+#define RM_DIGEST_SHA512 7
+#define RM_DIGEST_SHA3_224 8
+#define RM_DIGEST_SHA3_256 9
+#define RM_DIGEST_SHA3_384 10
+#define RM_DIGEST_SHA3_512 11
+#define RM_DIGEST_LAST 11
+#define RM_DIGEST_MAX_SIZE 64
+#define RM_MAX_VERIFY_CHUNK 1048576    /* largest rm_verify_send length (1 MiB) */
+/* Size in bytes of one digest of `alg`, or -ENOENT when this build cannot compute it. */
+int rm_digest_size(int alg);
+/* Digest of buf[0..length) into out (RM_DIGEST_MAX_SIZE bytes of room): its size, or -errno. */
+int rm_digest(int alg, const void *buf, uint32_t length, unsigned char *out);
+/* data-integrity-alg for the next rm_peer_attach (RM_DIGEST_NONE: off): the sender puts a
+ * DIGEST frame before each DATA/RS_DATA frame, the receiver checks it; a mismatch posts
+ * RM_EV_INTEGRITY and drops the link (the block stays out of sync on the sender: resynced). */
+int rm_peer_set_integrity(rm_engine *eng, int alg);
+/* VerifyS: read [offset, + length) here (length <= RM_MAX_VERIFY_CHUNK), send OV_REQUEST with
+ * one `alg` digest per 4 KiB block. The peer compares with its own blocks, marks the differing
+ * ones out of sync and answers OV_REPLY; this side then marks them too (RM_EV_VERIFY_OOS on
+ * both sides, stats verify_*). Returns 0, -ENOTCONN without a peer, or -errno. */
+int rm_verify_send(rm_engine *eng, int alg, uint64_t offset, uint32_t length);
 
 /* ---- local disk failures (disk { on-io-error }) ----
  * Python picks the mode; C only applies it to the request at hand.

@@ -33,6 +33,12 @@ enum rpl_type {
     RPL_RS_REQUEST = 0x30,
     RPL_RS_DATA = 0x31,    /* resync block(s): payload = data at offset */
     RPL_RS_DONE = 0x32,    /* ack of RS_DATA id: offset, aux = length */
+    RPL_OV_REQUEST = 0x38, /* online verify: [offset, + aux) has these digests here; flags = the
+                            * RM_DIGEST_* alg; payload = one digest per 4 KiB block */
+    RPL_OV_REPLY = 0x39,   /* answers OV_REQUEST id: offset, aux = length; payload empty when
+                            * every block matched, else a bit per block (LSB first), 1 = differs */
+    RPL_DIGEST = 0x3A,     /* data-integrity-alg: payload = digest of the next DATA/RS_DATA's
+                            * payload (same id and offset, aux = its length) */
     RPL_CONTROL_MIN = 0x40,
 };
 

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "digest.h"
 #include "request.h"
 
 rm_engine *rm_engine_new(int backing_fd, uint64_t size, int flags)
@@ -234,4 +235,26 @@ int rm_peer_ping(rm_engine *eng)
 int rm_resync_send(rm_engine *eng, uint64_t offset, uint32_t length)
 {
     return conn_resync_send(&eng->conn, offset, length);
+}
+
+int rm_peer_set_integrity(rm_engine *eng, int alg)
+{
+    return conn_set_integrity(&eng->conn, alg);
+}
+
+int rm_verify_send(rm_engine *eng, int alg, uint64_t offset, uint32_t length)
+{
+    return conn_verify_send(&eng->conn, alg, offset, length);
+}
+
+int rm_digest_size(int alg)
+{
+    int n = digest_size(alg);
+
+    return n > 0 ? n : -ENOENT;
+}
+
+int rm_digest(int alg, const void *buf, uint32_t length, unsigned char *out)
+{
+    return digest_compute(alg, buf, length, out);
 }

@@ -10,6 +10,7 @@
     device       device.h device.c
         v
     transport    transport.h transport.c transport_socket.c
+                 digest.h digest.c                      (block digests: calls no other layer)
     leaves       mirror.h byteorder.h nbd_wire.h repl_wire.h   (constants and inline helpers)
 
 A function is declared only in its layer's private header, so the include graph is the call
@@ -24,7 +25,7 @@ CSRC = pathlib.Path(__file__).resolve().parents[2] / "csrc"
 LEAF = -1
 LAYERS = {
     "mirror.h": LEAF, "byteorder.h": LEAF, "nbd_wire.h": LEAF, "repl_wire.h": LEAF,
-    "transport.h": 0, "transport.c": 0, "transport_socket.c": 0,
+    "transport.h": 0, "transport.c": 0, "transport_socket.c": 0, "digest.h": 0, "digest.c": 0,
     "device.h": 1, "device.c": 1,
     "connection.h": 2, "connection.c": 2,
     "request.h": 3, "request.c": 3, "resource.c": 3,
