@@ -93,6 +93,10 @@ void device_get_stats(struct rm_device *dev, rm_stats *out)
     out->resync_bytes_received = LOAD(resync_bytes_received);
     out->al_misses = LOAD(al_misses);
     out->events_dropped = LOAD(events_dropped);
+    out->csum_bytes_sent = LOAD(csum_bytes_sent);
+    out->csum_bytes_done = LOAD(csum_bytes_done);
+    out->csum_bytes_equal = LOAD(csum_bytes_equal);
+    out->csum_bytes_checked = LOAD(csum_bytes_checked);
 }
 
 int device_is_read_only(struct rm_device *dev)

@@ -285,8 +285,6 @@ NOT_YET: dict[tuple[str, str], NotYet] = {
         "max-buffers": "in-flight requests to the peer are capped at 4096",
         "max-epoch-size": "replicad has no write epochs",
         "verify-alg": "online verify is not implemented",
-        "csums-alg": "checksum-based resync is not implemented",
-        "csums-after-crash-only": "checksum-based resync is not implemented",
         "data-integrity-alg": "data frames carry no digest; only both sides' settings are compared",
         "on-congestion": "a congested link always blocks",
         "congestion-fill": "a congested link always blocks",

@@ -39,7 +39,35 @@ EVENT_NAMES = {
     lib.RM_EV_PEER_PROTOCOL: "peer_protocol",
     lib.RM_EV_PEER_CONTROL: "peer_control",
     lib.RM_EV_OVERFLOW: "overflow",
+    lib.RM_EV_VERIFY_OOS: "verify_oos",
+    lib.RM_EV_INTEGRITY: "integrity",
 }
+# verify-alg / data-integrity-alg: the kernel crypto names DRBD accepts that C computes
+# (crc32c itself, the hashes through libcrypto); the numbers travel on the wire.
+DIGESTS = {
+    "crc32c": lib.RM_DIGEST_CRC32C, "md5": lib.RM_DIGEST_MD5, "sha1": lib.RM_DIGEST_SHA1,
+    "sha224": lib.RM_DIGEST_SHA224, "sha256": lib.RM_DIGEST_SHA256,
+    "sha384": lib.RM_DIGEST_SHA384, "sha512": lib.RM_DIGEST_SHA512,
+    "sha3-224": lib.RM_DIGEST_SHA3_224, "sha3-256": lib.RM_DIGEST_SHA3_256,
+    "sha3-384": lib.RM_DIGEST_SHA3_384, "sha3-512": lib.RM_DIGEST_SHA3_512,
+}
+MAX_VERIFY_CHUNK = lib.RM_MAX_VERIFY_CHUNK      # largest verify_send() length
+
+
+def digest_id(name: str) -> int | None:
+    """The RM_DIGEST_* number of a verify-alg/data-integrity-alg name, None if C lacks it."""
+    alg = DIGESTS.get(name)
+    return alg if alg is not None and lib.rm_digest_size(alg) > 0 else None
+
+
+def digest(name: str, data) -> bytes:
+    """One digest as C computes it (test vectors; crc32c is the kernel's: ~crc, little endian)."""
+    alg = digest_id(name)
+    if alg is None:
+        raise ValueError(f"mirror: digest: unknown algorithm {name!r}")
+    out = ffi.new("unsigned char[]", lib.RM_DIGEST_MAX_SIZE)
+    n = _check(lib.rm_digest(alg, ffi.from_buffer(data), len(data), out), f"digest {name}")
+    return bytes(ffi.buffer(out, n))
 
 # disk { on-io-error }: what C does with the request that failed (the rest is Python's)
 ON_IO_ERROR_MODES = {"pass_on": lib.RM_ON_IO_ERROR_PASS_ON,
@@ -273,6 +301,15 @@ class Engine:
 
     def resync_send(self, offset: int, length: int) -> None:
         _check(lib.rm_resync_send(self._handle, offset, length), f"resync send: offset={offset} length={length}")
+
+    def resync_csum_send(self, alg: str, offset: int, length: int) -> None:
+        """SyncSource with csums-alg: digests of [offset, + length) to the peer (RS_CSUM); the
+        equal blocks' bits are cleared on both sides when the answer arrives (csrc/mirror.h)."""
+        found = digest_id(alg)
+        if found is None:
+            raise ValueError(f"mirror: resync: csums-alg {alg!r} is not available")
+        _check(lib.rm_resync_csum_send(self._handle, found, offset, length),
+               f"resync csum send: offset={offset} length={length}")
 
     def send_control(self, frame: bytes) -> None:
         _check(lib.rm_peer_send_control(self._handle, frame, len(frame)), f"send control frame: {len(frame)} bytes")

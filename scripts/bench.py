@@ -230,7 +230,8 @@ class ReplicadPair:
     sync (DRBD's way for new pairs); full_sync=True: `primary --force` starts a full sync."""
 
     def __init__(self, work: Path, protocol: str, size: int, full_sync: bool = False, count: int = 1,
-                 resync_rate: str = "4G", tag: str | None = None, disk: str | None = None):
+                 resync_rate: str = "4G", tag: str | None = None, disk: str | None = None,
+                 net: str = ""):
         self.work = work / f"pair-{tag or protocol}"
         self.work.mkdir()
         self.names = ["bench"] if count == 1 else [f"bench{i:02d}" for i in range(count)]
@@ -244,7 +245,7 @@ class ReplicadPair:
         port = iter(sorted(ports))
         self.conf = self.work / "replica.conf"
         self.conf.write_text("".join(
-            f"resource {r} {{\n  protocol {protocol};\n  net {{ connect-int 2; timeout 15; }}\n"
+            f"resource {r} {{\n  protocol {protocol};\n  net {{ connect-int 2; timeout 15; {net}}}\n"
             # the fixed rate unless `disk` says otherwise ("" = no disk {} section: DRBD's defaults)
             + (f"  disk {{ resync-rate {resync_rate}; c-plan-ahead 0; }}\n" if disk is None
                else f"  disk {{ {disk} }}\n" if disk else "")
