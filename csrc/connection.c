@@ -654,6 +654,9 @@ static void fail_remote_reads(struct rm_connection *c);
 
 /* Apply one frame. Returns 0, or a negative errno that ends the link (*proto set when the
  * peer broke the protocol rather than the socket failing). */
+static int csum_request(struct receiver *r, const struct rpl_header *h, const unsigned char *payload, int *proto);
+static int csum_reply(struct receiver *r, const struct rpl_header *h, const unsigned char *payload, int *proto);
+
 static int handle_frame(struct receiver *r, const struct rpl_header *h, const unsigned char *payload, int *proto)
 {
     struct rm_connection *c = r->c;
@@ -773,6 +776,10 @@ static int handle_frame(struct receiver *r, const struct rpl_header *h, const un
             mark_verify_runs(c, h->offset, h->aux, payload);
         STAT_ADD(c->dev, verify_bytes_done, h->aux);
         return 0;
+    case RPL_RS_CSUM:
+        return csum_request(r, h, payload, proto);
+    case RPL_RS_CSUM_REPLY:
+        return csum_reply(r, h, payload, proto);
     default:
         if (h->type < RPL_CONTROL_MIN || h->length > RPL_MAX_CONTROL) {
             *proto = 1;
@@ -1176,4 +1183,144 @@ int conn_remote_read(struct rm_connection *c, void *buf, uint32_t count, uint64_
         STAT_ADD(c->dev, bytes_read, count);
     }
     return w.rc;
+}
+
+/* ---- checksum-based resync (csums-alg) ----
+ *
+ *   SyncSource                                         SyncTarget
+ *   conn_resync_csum_send: read the range and   ──►    csum_request: read the same range (stream
+ *   send RS_CSUM (a digest per 4 KiB block)            order: the same versions), compare, clear
+ *   under the send lock                                the bits of the equal blocks, RS_CSUM_REPLY
+ *   csum_reply: clear the bits of the equal     ◄──    (a bit per block, 1 = in sync)
+ *   blocks; the others stay dirty for RS_DATA
+ *
+ * DRBD's SyncTarget sends the digest with its request and the SyncSource answers "in sync" or
+ * the data; our SyncSource drives the resync, so the roles of asking and comparing swap, and
+ * the blocks that differ go in the following RS_DATA pass (Python's runner), never from the
+ * receiver thread (a large send there could block against the peer's receiver). */
+
+static int csum_range_ok(struct rm_connection *c, uint64_t offset, uint32_t length)
+{
+    return length > 0 && length <= RM_MAX_RESYNC_CHUNK && in_range(c, offset, length);
+}
+
+/* Clear the dirty bits of the blocks whose bit is set in `bits` (one per 4 KiB block of
+ * [offset, + length)), one run at a time. Returns the bytes cleared. */
+static uint64_t clear_equal_runs(struct rm_connection *c, uint64_t offset, uint32_t length, const unsigned char *bits)
+{
+    uint32_t nblocks = blocks_of(length), i = 0;
+    uint64_t cleared = 0;
+
+    while (i < nblocks) {
+        if (!(bits[i / 8] & (1u << (i % 8)))) {
+            i++;
+            continue;
+        }
+        uint32_t j = i;
+        while (j < nblocks && (bits[j / 8] & (1u << (j % 8))))
+            j++;
+        uint64_t start = offset + (uint64_t)i * RM_BLOCK_SIZE;
+        uint64_t end = offset + (uint64_t)j * RM_BLOCK_SIZE;
+        if (end > offset + length)
+            end = offset + length;
+        device_clear_dirty(c->dev, start, end - start);
+        cleared += end - start;
+        i = j;
+    }
+    return cleared;
+}
+
+/* SyncTarget: compare our blocks with the SyncSource's digests. A range we cannot read has no
+ * equal block (the peer's data is what the resync gives us). */
+static int csum_request(struct receiver *r, const struct rpl_header *h, const unsigned char *payload, int *proto)
+{
+    struct rm_connection *c = r->c;
+    int alg = h->flags, dsize = digest_size(alg), rc, any = 0;
+    uint32_t len = h->aux, nblocks;
+    unsigned char bits[RM_MAX_RESYNC_CHUNK / RM_BLOCK_SIZE / 8] = { 0 };
+    unsigned char d[DIGEST_MAX];
+
+    if (dsize <= 0 || !csum_range_ok(c, h->offset, len) || h->length != blocks_of(len) * (uint32_t)dsize) {
+        *proto = 1;
+        return -EPROTO;
+    }
+    nblocks = blocks_of(len);
+    if (r->scratch_cap < len) {
+        free(r->scratch);
+        r->scratch = malloc(len);
+        r->scratch_cap = r->scratch ? len : 0;
+        if (!r->scratch)
+            return -ENOMEM;
+    }
+    rc = device_disk_failed(c->dev) ? -EIO : device_read_internal(c->dev, r->scratch, len, h->offset);
+    for (uint32_t i = 0; rc == 0 && i < nblocks; i++) {
+        uint32_t off = i * RM_BLOCK_SIZE, n = len - off < RM_BLOCK_SIZE ? len - off : RM_BLOCK_SIZE;
+        if (digest_compute(alg, r->scratch + off, n, d) == dsize &&
+            memcmp(d, payload + (size_t)i * (size_t)dsize, (size_t)dsize) == 0) {
+            bits[i / 8] |= (unsigned char)(1u << (i % 8));
+            any = 1;
+        }
+    }
+    if (any)
+        clear_equal_runs(c, h->offset, len, bits);
+    STAT_ADD(c->dev, csum_bytes_checked, len);
+    struct rpl_header rh = { .type = RPL_RS_CSUM_REPLY, .id = h->id, .offset = h->offset, .aux = len,
+                             .length = any ? (nblocks + 7) / 8 : 0 };
+    pthread_mutex_lock(&c->send_lock);
+    conn_send_frame_locked(c, &rh, bits);
+    pthread_mutex_unlock(&c->send_lock);
+    return 0;
+}
+
+/* SyncSource: the target cleared its bits of the equal blocks; clear ours. */
+static int csum_reply(struct receiver *r, const struct rpl_header *h, const unsigned char *payload, int *proto)
+{
+    struct rm_connection *c = r->c;
+    uint64_t equal = 0;
+
+    if (!csum_range_ok(c, h->offset, h->aux) || (h->length && h->length != (blocks_of(h->aux) + 7) / 8)) {
+        *proto = 1;
+        return -EPROTO;
+    }
+    if (h->length)
+        equal = clear_equal_runs(c, h->offset, h->aux, payload);
+    STAT_ADD(c->dev, csum_bytes_equal, equal);
+    STAT_ADD(c->dev, csum_bytes_done, h->aux);
+    return 0;
+}
+
+int conn_resync_csum_send(struct rm_connection *c, int alg, uint64_t offset, uint32_t length)
+{
+    int dsize = digest_size(alg), rc;
+    uint32_t nblocks = blocks_of(length);
+    unsigned char *digests;
+
+    if (dsize <= 0)
+        return -ENOENT;
+    if (!csum_range_ok(c, offset, length))
+        return -EINVAL;
+    if (!conn_live(c))
+        return -ENOTCONN;
+    digests = malloc((size_t)nblocks * (size_t)dsize);
+    if (!digests)
+        return -ENOMEM;
+    pthread_mutex_lock(&c->send_lock);
+    rc = read_range_locked(c, offset, length);
+    for (uint32_t i = 0; rc == 0 && i < nblocks; i++) {
+        uint32_t off = i * RM_BLOCK_SIZE, n = length - off < RM_BLOCK_SIZE ? length - off : RM_BLOCK_SIZE;
+        if (digest_compute(alg, c->rbuf + off, n, digests + (size_t)i * (size_t)dsize) != dsize)
+            rc = -EINVAL;
+    }
+    if (rc == 0) {
+        struct rpl_header h = { .type = RPL_RS_CSUM, .flags = (uint16_t)alg, .id = offset, .offset = offset,
+                                .length = nblocks * (uint32_t)dsize, .aux = length };
+        rc = conn_send_frame_locked(c, &h, digests);
+        if (rc == 0)
+            rc = sbuf_send_locked(c, 0);
+    }
+    pthread_mutex_unlock(&c->send_lock);
+    free(digests);
+    if (rc == 0)
+        STAT_ADD(c->dev, csum_bytes_sent, length);
+    return rc;
 }

@@ -136,6 +136,7 @@ int conn_ping(struct rm_connection *c);
 int conn_resync_send(struct rm_connection *c, uint64_t offset, uint32_t length);
 int conn_set_integrity(struct rm_connection *c, int alg);
 int conn_verify_send(struct rm_connection *c, int alg, uint64_t offset, uint32_t length);
+int conn_resync_csum_send(struct rm_connection *c, int alg, uint64_t offset, uint32_t length);
 int conn_send_control(struct rm_connection *c, const void *frame, uint32_t length);
 int conn_recv_control(struct rm_connection *c, void *buf, uint32_t cap);
 

@@ -103,6 +103,10 @@ void device_get_stats(struct rm_device *dev, rm_stats *out)
     out->verify_bytes_checked = LOAD(verify_bytes_checked);
     out->verify_oos_blocks = LOAD(verify_oos_blocks);
     out->integrity_failures = LOAD(integrity_failures);
+    out->csum_bytes_sent = LOAD(csum_bytes_sent);
+    out->csum_bytes_done = LOAD(csum_bytes_done);
+    out->csum_bytes_equal = LOAD(csum_bytes_equal);
+    out->csum_bytes_checked = LOAD(csum_bytes_checked);
 }
 
 int device_is_read_only(struct rm_device *dev)

@@ -60,6 +60,11 @@ typedef struct rm_stats {
     uint64_t verify_bytes_checked; /* VerifyT: bytes compared against the peer's digests */
     uint64_t verify_oos_blocks;    /* blocks verify found different (marked out of sync here) */
     uint64_t integrity_failures;   /* DATA/RS_DATA frames whose digest did not match */
+    /* checksum-based resync (csums-alg) */
+    uint64_t csum_bytes_sent;      /* SyncSource: bytes covered by the RS_CSUMs sent */
+    uint64_t csum_bytes_done;      /* SyncSource: bytes covered by the RS_CSUM_REPLYs received */
+    uint64_t csum_bytes_equal;     /* SyncSource: of those, bytes found in sync (bits cleared, no data sent) */
+    uint64_t csum_bytes_checked;   /* SyncTarget: bytes compared against the peer's digests */
 } rm_stats;
 
 /* One event from C to Python, read after the event fd becomes readable. */
@@ -208,6 +213,15 @@ int rm_peer_set_integrity(rm_engine *eng, int alg);
  * ones out of sync and answers OV_REPLY; this side then marks them too (RM_EV_VERIFY_OOS on
  * both sides, stats verify_*). Returns 0, -ENOTCONN without a peer, or -errno. */
 int rm_verify_send(rm_engine *eng, int alg, uint64_t offset, uint32_t length);
+
+/* ---- checksum-based resync (csums-alg) ----
+ * SyncSource: read [offset, + length) here (length <= RM_MAX_RESYNC_CHUNK), send RS_CSUM with one
+ * `alg` (RM_DIGEST_*) digest per 4 KiB block, in order with the data stream. The SyncTarget
+ * compares with its own blocks, clears its bits of the equal ones and answers RS_CSUM_REPLY;
+ * this side then clears its bits of those too (stats csum_*). Blocks that differ stay out of
+ * sync on both sides: the caller sends them with rm_resync_send afterwards. Returns 0,
+ * -ENOENT for an algorithm this build lacks, -ENOTCONN without a peer, or -errno. */
+int rm_resync_csum_send(rm_engine *eng, int alg, uint64_t offset, uint32_t length);
 
 /* ---- local disk failures (disk { on-io-error }) ----
  * Python picks the mode; C only applies it to the request at hand.

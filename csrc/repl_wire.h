@@ -39,6 +39,10 @@ enum rpl_type {
                             * every block matched, else a bit per block (LSB first), 1 = differs */
     RPL_DIGEST = 0x3A,     /* data-integrity-alg: payload = digest of the next DATA/RS_DATA's
                             * payload (same id and offset, aux = its length) */
+    RPL_RS_CSUM = 0x34,    /* csums-alg: [offset, + aux) has these digests on the SyncSource; flags = the
+                            * RM_DIGEST_* alg; payload = one digest per 4 KiB block */
+    RPL_RS_CSUM_REPLY = 0x35, /* answers RS_CSUM id: offset, aux = length; payload empty when no
+                            * block matched, else a bit per block (LSB first), 1 = in sync */
     RPL_CONTROL_MIN = 0x40,
 };
 

@@ -253,6 +253,11 @@ int rm_verify_send(rm_engine *eng, int alg, uint64_t offset, uint32_t length)
     return conn_verify_send(&eng->conn, alg, offset, length);
 }
 
+int rm_resync_csum_send(rm_engine *eng, int alg, uint64_t offset, uint32_t length)
+{
+    return conn_resync_csum_send(&eng->conn, alg, offset, length);
+}
+
 int rm_digest_size(int alg)
 {
     int n = digest_size(alg);

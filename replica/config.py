@@ -284,8 +284,6 @@ NOT_YET: dict[tuple[str, str], NotYet] = {
         "socket-check-timeout": "the peer connection is not probed before use",
         "max-buffers": "in-flight requests to the peer are capped at 4096",
         "max-epoch-size": "replicad has no write epochs",
-        "csums-alg": "checksum-based resync is not implemented",
-        "csums-after-crash-only": "checksum-based resync is not implemented",
         "on-congestion": "a congested link always blocks",
         "congestion-fill": "a congested link always blocks",
         "congestion-extents": "a congested link always blocks",

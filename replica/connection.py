@@ -304,7 +304,8 @@ class PeerConnection:
             if d.is_sync_target:
                 rt.sync.begin_target()
             elif d.is_sync_source:
-                rt.sync.begin_source(full=d.is_full)
+                rt.sync.begin_source(full=d.is_full,
+                                     peer_crashed=UuidFlag.CRASHED_PRIMARY in done.peer.flags)
             rt.monitor.wake()                   # the ping timer starts now
             return True
 

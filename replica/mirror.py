@@ -324,6 +324,15 @@ class Engine:
         _check(lib.rm_verify_send(self._handle, found, offset, length),
                f"verify send: offset={offset} length={length}")
 
+    def resync_csum_send(self, alg: str, offset: int, length: int) -> None:
+        """SyncSource with csums-alg: digests of [offset, + length) to the peer (RS_CSUM); the
+        equal blocks' bits are cleared on both sides when the answer arrives (csrc/mirror.h)."""
+        found = digest_id(alg)
+        if found is None:
+            raise ValueError(f"mirror: resync: csums-alg {alg!r} is not available")
+        _check(lib.rm_resync_csum_send(self._handle, found, offset, length),
+               f"resync csum send: offset={offset} length={length}")
+
     def send_control(self, frame: bytes) -> None:
         _check(lib.rm_peer_send_control(self._handle, frame, len(frame)), f"send control frame: {len(frame)} bytes")
 

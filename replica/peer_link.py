@@ -24,6 +24,9 @@ replica.sync.ResyncControl for the runner); this module moves bytes.
 
     ResyncRunner (SyncSource)::
 
+      csums-alg: the first pass sends digests instead of data (resync_csum_send: the peer
+        compares, C clears the bits of equal blocks on both sides); once every answer is in,
+        the passes below send the blocks that differed
       every STEP_S (0.1 s): blocked (pause-sync, peer paused, resync-after)? skip the step
         bytes = controller.step(acked, in flight)  (replica.rate_control: DRBD 8.4's controller,
                 or resync-rate with c-plan-ahead 0); application I/O active and the resync
@@ -289,8 +292,11 @@ class ResyncRunner:
     the resync controller (replica.rate_control) and held back by application I/O (c-min-rate)
     and by `owner.resync_blocked()` (pause-sync, the peer's pause, resync-after)."""
 
-    def __init__(self, owner, engine, bitmap: Bitmap, settings: ControllerSettings):
+    def __init__(self, owner, engine, bitmap: Bitmap, settings: ControllerSettings,
+                 csums_alg: str | None = None):
         self.owner, self.engine, self.bitmap = owner, engine, bitmap
+        self.csums_alg = csums_alg      # the first pass sends digests (None: data only)
+        self.csum_pass = bool(csums_alg)
         self.settings = settings
         self.controller = RateController(settings)
         self.throttle = AppIoThrottle(settings.min_rate_bps)
@@ -300,8 +306,11 @@ class ResyncRunner:
                                         daemon=True)
         self.bytes_sent = 0
         st = engine.stats()
-        self._sent_base = st.get("resync_bytes_sent", 0)
-        self._acked_base = st.get("resync_bytes_acked", 0)
+        self._sent_base = _resync_sent(st)
+        self._acked_base = _resync_acked(st)
+        self._equal_base = st.get("csum_bytes_equal", 0)
+        self.csum_bytes_checked = 0     # bytes the csums pass covered
+        self.csum_bytes_equal = 0       # of those, found equal on both sides: no data sent
 
     def start(self) -> None:
         self._thread.start()
@@ -327,8 +336,8 @@ class ResyncRunner:
                 if self._blocked():
                     continue
                 st = self.engine.stats()
-                acked = st.get("resync_bytes_acked", 0) - self._acked_base
-                sent = st.get("resync_bytes_sent", 0) - self._sent_base
+                acked = _resync_acked(st) - self._acked_base
+                sent = _resync_sent(st) - self._sent_base
                 budget = self.controller.step(acked - last_acked, sent - acked)
                 last_acked = acked
                 app = st.get("bytes_read", 0) + st.get("bytes_written", 0)
@@ -342,6 +351,8 @@ class ResyncRunner:
                     continue
                 if not self._wait_acks():
                     return
+                if self.csum_pass:
+                    self._end_csum_pass()
                 if self.bitmap.count() == 0:
                     self.owner.resync_finished(self)
                     return
@@ -359,8 +370,12 @@ class ResyncRunner:
             if extent is None:
                 return cursor, True
             offset, length = extent
-            self.engine.resync_send(offset, length)
-            self.bytes_sent += length
+            if self.csum_pass:
+                self.engine.resync_csum_send(self.csums_alg, offset, length)
+                self.csum_bytes_checked += length
+            else:
+                self.engine.resync_send(offset, length)
+                self.bytes_sent += length
             budget -= length
             cursor = offset + length
         return cursor, False
@@ -369,8 +384,8 @@ class ResyncRunner:
         deadline = time.monotonic() + ACK_WAIT_S
         while not self._stop.is_set():
             st = self.engine.stats()
-            acked = st.get("resync_bytes_acked", 0) - self._acked_base
-            sent = st.get("resync_bytes_sent", 0) - self._sent_base
+            acked = _resync_acked(st) - self._acked_base
+            sent = _resync_sent(st) - self._sent_base
             if acked >= sent or not st.get("peer_connected", 1):
                 return bool(st.get("peer_connected", 1))
             if time.monotonic() > deadline:
@@ -379,3 +394,24 @@ class ResyncRunner:
                 return True
             self._stop.wait(0.01)
         return False
+
+    def _end_csum_pass(self) -> None:
+        """Every RS_CSUM is answered: log what it saved; from now on blocks go as data."""
+        self.csum_pass = False
+        self.csum_bytes_equal = self.engine.stats().get("csum_bytes_equal", 0) - self._equal_base
+        checked, equal = self.csum_bytes_checked // BLOCK, self.csum_bytes_equal // BLOCK
+        log.info("resync: %s: csums-alg %s: %d of %d blocks equal, skipped; %d to send",
+                 self.owner.name, self.csums_alg, equal, checked, self.bitmap.count())
+
+
+BLOCK = 4096
+
+
+def _resync_sent(st: dict) -> int:
+    """Bytes the resync put in flight: RS_DATA payloads and ranges covered by RS_CSUM."""
+    return st.get("resync_bytes_sent", 0) + st.get("csum_bytes_sent", 0)
+
+
+def _resync_acked(st: dict) -> int:
+    """Bytes of those answered: RS_DONE and RS_CSUM_REPLY."""
+    return st.get("resync_bytes_acked", 0) + st.get("csum_bytes_done", 0)

@@ -26,12 +26,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from replica.mirror import DIGESTS, digest_id
 from replica.peer_link import ResyncRunner
 from replica.protocol.repl_control import FullSyncRequest, PeerUuids, ResyncPause, SyncUuid
 from replica.rate_control import ControllerSettings
 from replica.resync import ResyncProgress
 from replica.roles import Request
 from replica.states import DiskState, ReplState, Role
+from replica.uuids import MdFlag
 from replica.verify import VerifyControl
 
 if TYPE_CHECKING:
@@ -56,8 +58,10 @@ class ResyncControl:
         self.lookup: Callable[[str], ResourceRuntime | None] = lambda name: None
         self.verify = VerifyControl(rt)
 
-    def begin_source(self, full: bool) -> None:
+    def begin_source(self, full: bool, peer_crashed: bool = False) -> None:
+        """`peer_crashed`: the peer's handshake said it crashed as Primary (csums-after-crash-only)."""
         rt, disk = self.rt, self.rt.disk
+        crashed = peer_crashed or MdFlag.CRASHED_PRIMARY in disk.meta().sb.flags
         if full:
             disk.set_all_out_of_sync()
         uuids, sync_uuid = disk.uuids.start_resync_source(disk.rng)
@@ -70,9 +74,12 @@ class ResyncControl:
         self._started = time.monotonic()
         self.progress = ResyncProgress(total, self._started)
         settings = ControllerSettings.from_disk(rt.resource.disk)
-        log.info("%s: resync started as SyncSource: %d KiB to send (%s), %s", self.name,
-                 total // 1024, "full" if full else "bitmap", _controller_text(settings))
-        self.runner = ResyncRunner(self, disk.the_engine(), disk.meta().bitmap, settings)
+        csums = self._csums_alg(crashed)
+        log.info("%s: resync started as SyncSource: %d KiB to send (%s), %s%s", self.name,
+                 total // 1024, "full" if full else "bitmap", _controller_text(settings),
+                 f", csums-alg {csums}" if csums else "")
+        self.runner = ResyncRunner(self, disk.the_engine(), disk.meta().bitmap, settings,
+                                   csums_alg=csums)
         self.runner.start()
 
     def before_target(self) -> int | None:
@@ -89,6 +96,19 @@ class ResyncControl:
         self._target_prepared = rc == 0
         return rc
 
+    def _csums_alg(self, crashed: bool) -> str | None:
+        """The digest of a checksum-based resync, or None (DRBD's use_checksum_based_resync:
+        csums-alg set, and with csums-after-crash-only only after a Primary crashed)."""
+        net = self.rt.resource.net
+        alg = net.csums_alg
+        if not alg or (net.csums_after_crash_only and not crashed):
+            return None
+        if digest_id(alg) is None:
+            log.error("%s: csums-alg %s: unknown digest (known: %s): resyncing without "
+                      "checksums", self.name, alg, ", ".join(DIGESTS))
+            return None
+        return alg
+
     def begin_target(self) -> None:
         rt = self.rt
         rt.set_state(replace(rt.state, repl=ReplState.SyncTarget, disk=DiskState.Inconsistent),
@@ -103,7 +123,7 @@ class ResyncControl:
             if runner is not self.runner:
                 return
             self.runner = None
-            self.finish_progress()
+            self.finish_progress(runner)
             disk.set_uuids(disk.uuids.finish_resync_source(), "resync finished",
                            rt.state.role is Role.Primary)
             disk.clear_crashed_primary()
@@ -112,13 +132,18 @@ class ResyncControl:
             rt.set_state(rt.request(Request.SYNC_FINISHED, "resync"), "resync finished")
             rt.conn.send_state()
 
-    def finish_progress(self) -> None:
+    def finish_progress(self, runner: ResyncRunner | None = None) -> None:
         self._target_prepared = False
         p = self.progress
         took = time.monotonic() - self._started if p else 0.0
         total = p.total_bytes if p else 0
         rate = total / took if took > 0 else 0.0
         self.last_resync = {"bytes": total, "seconds": round(took, 3), "rate_bps": round(rate)}
+        if runner is not None and runner.csums_alg:
+            self.last_resync.update(csums_alg=runner.csums_alg,
+                                    csum_checked_bytes=runner.csum_bytes_checked,
+                                    csum_equal_bytes=runner.csum_bytes_equal,
+                                    data_sent_bytes=runner.bytes_sent)
         log.info("%s: resync finished: %d KiB in %.2f s (%.0f KiB/s)", self.name, total // 1024,
                  took, rate / 1024)
         self.progress = None

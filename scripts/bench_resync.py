@@ -5,7 +5,9 @@ Rows: a full resync with no `disk {}` section (DRBD's defaults: the dynamic cont
 resync-rate 250K with c-fill-target 50 KiB and c-max-rate 100M) against the loopback TCP limit;
 the same with `c-fill-target 0; c-max-rate 0;` (delay-target mode, no cap); and a 1 GiB
 device with 10 % dirty resynced under a 4 KiB QD1 write load: the application's p50 against its
-idle p50 (c-min-rate keeps it first) and the resync's rate once the load stops."""
+idle p50 (c-min-rate keeps it first) and the resync's rate once the load stops; a full resync
+unthrottled (`c-plan-ahead 0; resync-rate 4G;`) against the TCP limit, and a `csums-alg` full
+resync of two identical 1 GiB disks: bytes the SyncSource put on the wire against the size."""
 from __future__ import annotations
 
 import subprocess
@@ -28,6 +30,20 @@ def _full_resync_mibs(work: Path, servers: list, pair_cls, size: int, disk: str,
         pair.wait(lambda st: st["peer_disk_state"] == "UpToDate", "in sync", timeout_s=300, poll_s=0.5)
         last = pair.status()["last_resync"]
         return last["bytes"] / MiB / last["seconds"]
+    finally:
+        pair.stop()
+        servers.remove(pair)
+
+
+def _csums_identical(work: Path, servers: list, pair_cls, size: int, alg: str) -> dict:
+    """Full sync of identical (zeroed) disks with csums-alg: wire bytes and time."""
+    pair = pair_cls(work, "C", size, full_sync=True, tag=f"resync-csums-{alg}",
+                    net=f"csums-alg {alg}; ")
+    servers.append(pair)
+    try:
+        pair.wait(lambda st: st["peer_disk_state"] == "UpToDate", "in sync", timeout_s=300, poll_s=0.5)
+        st = pair.status()
+        return {**st["last_resync"], "wire": st["stats"]["peer_bytes_sent"]}
     finally:
         pair.stop()
         servers.remove(pair)
@@ -82,6 +98,17 @@ def resync_table(work: Path, servers: list, pair_cls, fio, tcp_mibs: float | Non
     row("full resync 1 GiB, c-fill-target 0; c-max-rate 0",
         _full_resync_mibs(work, servers, pair_cls, 1024 * MiB, "c-fill-target 0; c-max-rate 0;",
                           "resync-delay"), None)
+    row("full resync 1 GiB, unthrottled (c-plan-ahead 0; resync-rate 4G)",
+        _full_resync_mibs(work, servers, pair_cls, 1024 * MiB, "c-plan-ahead 0; resync-rate 4G;",
+                          "resync-fixed"), 0.7)
+    cs = _csums_identical(work, servers, pair_cls, 1024 * MiB, "crc32c")
+    share = cs["wire"] / cs["bytes"] if cs["bytes"] else 1.0
+    targets += 1
+    fails += not share < 0.05
+    table.add_row("csums-alg crc32c full resync of identical 1 GiB: bytes on the wire",
+                  f"{cs['wire'] / MiB:,.2f} MiB in {cs['seconds']:.2f} s",
+                  f"size {cs['bytes'] / MiB:,.0f} MiB", f"{100 * share:.2f} %", "< 5 %",
+                  "yes" if share < 0.05 else "NO")
     load = _under_load(work, servers, pair_cls, fio)
     ratio = load["loaded"] / load["idle"] if load["idle"] else 0.0
     ok = ratio <= 1.5

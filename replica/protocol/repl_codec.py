@@ -51,6 +51,8 @@ class NetOptions(Protocol):
     def after_sb_2pri(self) -> str: ...
     @property
     def data_integrity_alg(self) -> str | None: ...
+    @property
+    def csums_alg(self) -> str | None: ...
 
 
 NEED_DATA = _Sentinel("NEED_DATA")
@@ -218,12 +220,13 @@ class LinkSettings:
     after_sb_1pri: str = "disconnect"
     after_sb_2pri: str = "disconnect"
     data_integrity_alg: str = ""         # empty: off
+    csums_alg: str = ""                  # empty: off (DRBD: "Different csums-alg settings")
 
     @classmethod
     def from_net(cls, net: "NetOptions") -> "LinkSettings":
         """From any object with the config's net option attribute names."""
         return cls(net.protocol, net.allow_two_primaries, net.after_sb_0pri, net.after_sb_1pri,
-                   net.after_sb_2pri, net.data_integrity_alg or "")
+                   net.after_sb_2pri, net.data_integrity_alg or "", net.csums_alg or "")
 
     def mismatches(self, peer: "LinkSettings") -> list[str]:
         """One phrase per setting that differs, in DRBD's words; empty if compatible."""
@@ -232,7 +235,7 @@ class LinkSettings:
             out.append(f"incompatible communication protocols: local protocol {self.protocol}, "
                        f"peer protocol {peer.protocol}")
         for name in ("after_sb_0pri", "after_sb_1pri", "after_sb_2pri", "allow_two_primaries",
-                     "data_integrity_alg"):
+                     "data_integrity_alg", "csums_alg"):
             mine, theirs = getattr(self, name), getattr(peer, name)
             if mine != theirs:
                 out.append(f"incompatible {name.replace('_', '-')} settings: local "
@@ -280,22 +283,24 @@ def encode_hello(info: HelloInfo, alg: str, initiator: bool,
         policies = [p.encode("ascii") for p in (st.after_sb_0pri, st.after_sb_1pri,
                                                 st.after_sb_2pri)]
         integrity = st.data_integrity_alg.encode("ascii")
+        csums = st.csums_alg.encode("ascii")
         proto = WireProtocol[st.protocol]
     except (UnicodeEncodeError, KeyError):
         raise LocalProtocolError(f"repl: HELLO: bad alg or net settings: {alg!r} {st}") from None
     if (not 0 < len(name) <= wire.NODE_NAME_MAX or len(algb) > wire.ALG_NAME_MAX
-            or len(integrity) > wire.ALG_NAME_MAX
+            or len(integrity) > wire.ALG_NAME_MAX or len(csums) > wire.ALG_NAME_MAX
             or any(len(p) > wire.POLICY_MAX for p in policies)):
         raise LocalProtocolError(f"repl: HELLO: bad node name, alg or net settings: "
                                  f"{info.node_name!r} {alg!r} {st}")
     u = info.uuids
     net_flags = NetFlag.ALLOW_TWO_PRIMARIES if st.allow_two_primaries else NetFlag(0)
-    body = wire.HELLO_FIXED.pack(version_min, version_max, int(info.features), info.data_size,
-                                 u.current, u.bitmap, u.history[0], u.history[1], info.bits,
-                                 int(info.flags),
-                                 _ROLE_TO_WIRE[info.role], _DISK_TO_WIRE[info.disk], len(name),
-                                 len(algb), proto, int(net_flags), *map(len, policies),
-                                 len(integrity)) + name + algb + b"".join(policies) + integrity
+    fixed = wire.HELLO_FIXED.pack(version_min, version_max, int(info.features), info.data_size,
+                                  u.current, u.bitmap, u.history[0], u.history[1], info.bits,
+                                  int(info.flags),
+                                  _ROLE_TO_WIRE[info.role], _DISK_TO_WIRE[info.disk], len(name),
+                                  len(algb), proto, int(net_flags), *map(len, policies),
+                                  len(integrity), len(csums))
+    body = fixed + name + algb + b"".join(policies) + integrity + csums
     return encode_frame(Frame(ReplPacket.HELLO, flags=1 if initiator else 0, payload=body))
 
 
@@ -315,15 +320,16 @@ def decode_hello(frame: Frame) -> DecodedHello:
                                   f"{wire.HELLO_FIXED.size}")
     (vmin, vmax, features, size, cur, bm, h0, h1, bits, uflags, role, disk, name_len,
      alg_len, proto, net_flags, *lens) = wire.HELLO_FIXED.unpack_from(p)
-    policy_lens, integrity_len = lens[:3], lens[3]
+    policy_lens, integrity_len, csums_len = lens[:3], lens[3], lens[4]
     if len(p) != wire.HELLO_FIXED.size + name_len + alg_len + sum(lens):
         raise RemoteProtocolError(f"repl: invalid HELLO: length={len(p)}, name_len={name_len} "
                                   f"alg_len={alg_len} settings_len={sum(lens)}")
     if (name_len == 0 or alg_len > wire.ALG_NAME_MAX or integrity_len > wire.ALG_NAME_MAX
-            or not all(0 < n <= wire.POLICY_MAX for n in policy_lens)):
+            or csums_len > wire.ALG_NAME_MAX or not all(0 < n <= wire.POLICY_MAX for n in policy_lens)):
         raise RemoteProtocolError(f"repl: invalid HELLO: name_len={name_len} alg_len={alg_len} "
                                   f"after-sb lengths={policy_lens} "
-                                  f"data-integrity-alg length={integrity_len}")
+                                  f"data-integrity-alg length={integrity_len} "
+                                  f"csums-alg length={csums_len}")
     if vmin > vmax:
         raise RemoteProtocolError(f"repl: invalid HELLO: version range {vmin}..{vmax}")
     try:
@@ -348,15 +354,15 @@ def decode_hello(frame: Frame) -> DecodedHello:
         off += n
     try:
         name = fields[0].decode("utf-8")
-        alg, asb0, asb1, asb2, integrity = (f.decode("ascii") for f in fields[1:])
+        alg, asb0, asb1, asb2, integrity, csums = (f.decode("ascii") for f in fields[1:])
     except UnicodeDecodeError as e:
         raise RemoteProtocolError(f"repl: invalid HELLO: node name, alg or net settings: "
                                   f"{e.reason}") from None
-    if not all(x.isprintable() for x in (name, alg, asb0, asb1, asb2, integrity)):
+    if not all(x.isprintable() for x in (name, alg, asb0, asb1, asb2, integrity, csums)):
         raise RemoteProtocolError("repl: invalid HELLO: unprintable node name, alg or net "
                                   "settings")
     settings = LinkSettings(proto_e.name, bool(net_flags & NetFlag.ALLOW_TWO_PRIMARIES), asb0,
-                            asb1, asb2, integrity)
+                            asb1, asb2, integrity, csums)
     info = HelloInfo(name, size, GenerationUuids(cur, bm, (h0, h1)), role_e, disk_e,
                      UuidFlag(uflags & 0xF), Feature(features & int(wire.FEATURES_ALL)), bits,
                      settings)

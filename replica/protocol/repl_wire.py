@@ -17,7 +17,7 @@ Bodies of handshake packets (all big-endian):
 
     HELLO           HELLO_FIXED, then node name (name_len bytes, UTF-8), cram-hmac-alg name
                     (alg_len bytes, ASCII; empty = no authentication), after-sb-0pri,
-                    after-sb-1pri, after-sb-2pri and data-integrity-alg (ASCII, each with its
+                    after-sb-1pri, after-sb-2pri, data-integrity-alg, csums-alg (ASCII, each with its
                     length in HELLO_FIXED; empty alg = off). The version pair comes first so
                     that any future layout can still be told "protocol version mismatch"
     AUTH_CHALLENGE  payload: random challenge, CHALLENGE_MIN..CHALLENGE_MAX bytes
@@ -179,12 +179,12 @@ BLOCK_SIZE = 4096
 # current u64, bitmap u64, history0 u64, history1 u64, bits u64 (dirty blocks in the bitmap,
 # DRBD's "bits:" used by after-sb policies), uuid_flags u32, role u8, disk u8, name_len u8,
 # alg_len u8, protocol u8 (WireProtocol), net_flags u8 (NetFlag), asb0_len u8, asb1_len u8,
-# asb2_len u8, integrity_alg_len u8.
-HELLO_FIXED = struct.Struct(">HHIQQQQQQIBBBBBBBBBB")
+# asb2_len u8, integrity_alg_len u8, csums_alg_len u8.
+HELLO_FIXED = struct.Struct(">HHIQQQQQQIBBBBBBBBBBB")
 NODE_NAME_MAX = 255
 ALG_NAME_MAX = 64
 POLICY_MAX = 80                       # "discard-node-" + a node name
-HELLO_MAX = HELLO_FIXED.size + NODE_NAME_MAX + 2 * ALG_NAME_MAX + 3 * POLICY_MAX
+HELLO_MAX = HELLO_FIXED.size + NODE_NAME_MAX + 3 * ALG_NAME_MAX + 3 * POLICY_MAX
 
 UUIDS_BODY = struct.Struct(">QQQQI")
 

@@ -463,17 +463,18 @@ def test_different_sizes_bitmap_fits_our_device():
 
 def test_golden_hello_bytes():
     """Locks the HELLO layout of repl_wire.py (protocol version 2)."""
-    settings = LinkSettings("B", True, "discard-zero-changes", "consensus", "disconnect", "crc32c")
+    settings = LinkSettings("B", True, "discard-zero-changes", "consensus", "disconnect", "crc32c",
+                            "md5")
     raw = encode_hello(HelloInfo("a", 1 << 20, GenerationUuids(0x11, 0x22, (0x33, 0x44)),
                                  Role.Primary, DiskState.UpToDate, UuidFlag.CRASHED_PRIMARY,
                                  bits=5, settings=settings), "sha1", True)
     assert raw.hex() == (
-        "52504c31" "0040" "0001" "0000000000000000" "0000000000000000" "00000078" "00000000"
+        "52504c31" "0040" "0001" "0000000000000000" "0000000000000000" "0000007c" "00000000"
         "0002" "0002" "0000001f" "0000000000100000" "0000000000000011" "0000000000000022"
         "0000000000000033" "0000000000000044" "0000000000000005" "00000002" "01" "08" "01" "04"
-        "02" "01" "14" "09" "0a" "06" + b"a" .hex() + b"sha1".hex() +
+        "02" "01" "14" "09" "0a" "06" "03" + b"a" .hex() + b"sha1".hex() +
         b"discard-zero-changes".hex() + b"consensus".hex() + b"disconnect".hex() +
-        b"crc32c".hex())
+        b"crc32c".hex() + b"md5".hex())
     dec = ReplDecoder()
     dec.receive_data(raw)
     assert decode_hello(dec.next_event()).info.settings == settings
@@ -520,7 +521,8 @@ def test_settings_are_compared_only_after_authentication():
 def test_every_shared_setting_is_compared():
     a = make(with_settings(info("alpha", GenerationUuids(A)), allow_two_primaries=True,
                            after_sb_0pri="discard-zero-changes", after_sb_1pri="consensus",
-                           after_sb_2pri="violently-as0p", data_integrity_alg="sha1"),
+                           after_sb_2pri="violently-as0p", data_integrity_alg="sha1",
+                           csums_alg="md5"),
              secret=None, initiator=True)
     b = make(info("beta", GenerationUuids(A)), secret=None, initiator=False)
     ea, _ = run_pair(a, b)
@@ -529,7 +531,8 @@ def test_every_shared_setting_is_compared():
         "incompatible after-sb-1pri settings: local consensus, peer disconnect; "
         "incompatible after-sb-2pri settings: local violently-as0p, peer disconnect; "
         "incompatible allow-two-primaries settings: local yes, peer no; "
-        "incompatible data-integrity-alg settings: local sha1, peer off")]
+        "incompatible data-integrity-alg settings: local sha1, peer off; "
+        "incompatible csums-alg settings: local md5, peer off")]
 
 
 def test_same_settings_connect_and_discard_my_data_on_both_sides_refused():
