@@ -62,6 +62,7 @@ int conn_init(struct rm_connection *c, struct rm_device *dev)
     pthread_mutex_init(&c->control_lock, NULL);
     c->sbuf = malloc(SBUF_SIZE);
     c->slots = calloc(PENDING_SLOTS, sizeof *c->slots);
+    c->nslots = PENDING_SLOTS;
     c->next_id = 1;
     pthread_mutex_init(&c->read_lock, NULL);
     pthread_cond_init(&c->read_done, NULL);
@@ -344,7 +345,7 @@ static void update_oldest_locked(struct rm_connection *c)
     if (c->npending) {
         /* Acks come back in order, so the oldest busy slot is near the front. */
         for (uint64_t id = c->next_id - c->npending; id < c->next_id; id++) {
-            struct rm_pending *s = &c->slots[id % PENDING_SLOTS];
+            struct rm_pending *s = &c->slots[id % c->nslots];
             if (s->busy && s->id == id) {
                 oldest = s->sent_ns;
                 break;
@@ -395,17 +396,42 @@ static void flush_touched(struct rm_origin **touched, int *ntouched)
     *ntouched = 0;
 }
 
+int conn_set_max_buffers(struct rm_connection *c, uint32_t n)
+{
+    struct rm_pending *slots;
+    int rc = 0;
+
+    if (n < 32 || n > MAX_PENDING_SLOTS)
+        return -EINVAL;
+    pthread_mutex_lock(&c->pending_lock);
+    if (n == c->nslots) {
+        pthread_mutex_unlock(&c->pending_lock);
+        return 0;
+    }
+    if (c->npending || conn_live(c)) {
+        rc = -EBUSY;            /* only between links: the ring is indexed by id % nslots */
+    } else if (!(slots = calloc(n, sizeof *slots))) {
+        rc = -ENOMEM;
+    } else {
+        free(c->slots);
+        c->slots = slots;
+        c->nslots = n;
+    }
+    pthread_mutex_unlock(&c->pending_lock);
+    return rc;
+}
+
 uint64_t conn_reserve_slot(struct rm_connection *c, int is_flush, uint64_t offset, uint32_t count)
 {
     struct rm_pending *s;
     uint64_t id = NO_SLOT;
 
     pthread_mutex_lock(&c->pending_lock);
-    while (conn_live(c) && c->slots[c->next_id % PENDING_SLOTS].busy)
+    while (conn_live(c) && c->slots[c->next_id % c->nslots].busy)
         pthread_cond_wait(&c->slot_free, &c->pending_lock);
     if (conn_live(c)) {
         id = c->next_id++;
-        s = &c->slots[id % PENDING_SLOTS];
+        s = &c->slots[id % c->nslots];
         *s = (struct rm_pending){ .busy = 1, .replied = 1, .is_flush = is_flush, .id = id, .offset = offset,
                                   .length = count, .sent_ns = now_ns() };
         if (++c->npending == 1)
@@ -419,14 +445,14 @@ uint64_t conn_reserve_slot(struct rm_connection *c, int is_flush, uint64_t offse
 void conn_mark_not_local(struct rm_connection *c, uint64_t id)
 {
     pthread_mutex_lock(&c->pending_lock);
-    c->slots[id % PENDING_SLOTS].not_local = 1;
+    c->slots[id % c->nslots].not_local = 1;
     pthread_mutex_unlock(&c->pending_lock);
 }
 
 int conn_bind_slot(struct rm_connection *c, uint64_t id, struct rm_origin *o, const unsigned char cookie[8],
                    int sent, int wait_ack)
 {
-    struct rm_pending *s = &c->slots[id % PENDING_SLOTS];
+    struct rm_pending *s = &c->slots[id % c->nslots];
     int ret = SLOT_ANSWER_NOW;
 
     pthread_mutex_lock(&c->pending_lock);
@@ -452,7 +478,7 @@ int conn_bind_slot(struct rm_connection *c, uint64_t id, struct rm_origin *o, co
 /* A freed slot keeps its fields until it is reserved again (with a new id). */
 int conn_slot_failed_remote(struct rm_connection *c, uint64_t id)
 {
-    struct rm_pending *s = &c->slots[id % PENDING_SLOTS];
+    struct rm_pending *s = &c->slots[id % c->nslots];
     int failed;
 
     pthread_mutex_lock(&c->pending_lock);
@@ -536,7 +562,7 @@ static void complete_id(struct receiver *r, uint64_t id, int mark_dirty)
     struct rm_pending *s;
 
     pthread_mutex_lock(&c->pending_lock);
-    s = &c->slots[id % PENDING_SLOTS];
+    s = &c->slots[id % c->nslots];
     if (s->busy && s->id == id) {
         if (mark_dirty && !s->is_flush)
             device_mark_dirty(c->dev, s->offset, s->length);
@@ -910,7 +936,7 @@ static void *receiver_main(void *arg)
     /* Sweep: from here on writes go to the bitmap; everything unacknowledged is out of sync. */
     pthread_mutex_lock(&c->pending_lock);
     __atomic_store_n(&c->dead, 1, __ATOMIC_RELEASE);
-    for (unsigned i = 0; i < PENDING_SLOTS; i++) {
+    for (unsigned i = 0; i < c->nslots; i++) {
         struct rm_pending *s = &c->slots[i];
         if (!s->busy)
             continue;

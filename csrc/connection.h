@@ -35,7 +35,8 @@ struct rm_origin {
     int batched;                            /* receiver thread only: completions not yet released */
 };
 
-#define PENDING_SLOTS 4096                 /* in flight to the peer at most (DRBD max-buffers) */
+#define PENDING_SLOTS 4096                 /* in flight to the peer at most, until net { max-buffers } */
+#define MAX_PENDING_SLOTS 131072           /* DRBD's max-buffers maximum */
 #define NO_SLOT UINT64_MAX
 
 struct rm_pending {
@@ -80,6 +81,7 @@ struct rm_connection {
     pthread_mutex_t pending_lock;
     pthread_cond_t slot_free;
     struct rm_pending *slots;
+    uint32_t nslots;                       /* ring size: requests in flight to the peer at most */
     uint64_t next_id;
     uint64_t npending;
 
@@ -135,6 +137,9 @@ int conn_remote_read(struct rm_connection *c, void *buf, uint32_t count, uint64_
 int conn_ping(struct rm_connection *c);
 int conn_resync_send(struct rm_connection *c, uint64_t offset, uint32_t length);
 int conn_set_integrity(struct rm_connection *c, int alg);
+/* net { max-buffers }: at most n requests in flight to the peer (32..131072); between links
+ * only (-EBUSY while attached). */
+int conn_set_max_buffers(struct rm_connection *c, uint32_t n);
 int conn_verify_send(struct rm_connection *c, int alg, uint64_t offset, uint32_t length);
 int conn_resync_csum_send(struct rm_connection *c, int alg, uint64_t offset, uint32_t length);
 int conn_send_control(struct rm_connection *c, const void *frame, uint32_t length);

@@ -208,6 +208,9 @@ int rm_digest(int alg, const void *buf, uint32_t length, unsigned char *out);
  * DIGEST frame before each DATA/RS_DATA frame, the receiver checks it; a mismatch posts
  * RM_EV_INTEGRITY and drops the link (the block stays out of sync on the sender: resynced). */
 int rm_peer_set_integrity(rm_engine *eng, int alg);
+/* net { max-buffers } for the next rm_peer_attach: at most n (32..131072) requests in flight
+ * to the peer; writers wait for a free one (DRBD: the peer's buffers). -EBUSY while attached. */
+int rm_peer_set_max_buffers(rm_engine *eng, uint32_t n);
 /* VerifyS: read [offset, + length) here (length <= RM_MAX_VERIFY_CHUNK), send OV_REQUEST with
  * one `alg` digest per 4 KiB block. The peer compares with its own blocks, marks the differing
  * ones out of sync and answers OV_REPLY; this side then marks them too (RM_EV_VERIFY_OOS on

@@ -248,6 +248,11 @@ int rm_peer_set_integrity(rm_engine *eng, int alg)
     return conn_set_integrity(&eng->conn, alg);
 }
 
+int rm_peer_set_max_buffers(rm_engine *eng, uint32_t n)
+{
+    return conn_set_max_buffers(&eng->conn, n);
+}
+
 int rm_verify_send(rm_engine *eng, int alg, uint64_t offset, uint32_t length)
 {
     return conn_verify_send(&eng->conn, alg, offset, length);

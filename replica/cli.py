@@ -36,6 +36,7 @@ EXIT_NO_RESOURCE = 10
 EXIT_REFUSED = 17        # drbdsetup's exit code for a refused state change (SS_* error)
 DEFAULT_CMD_TIMEOUT_S = 60.0
 QUICK_COMMANDS = frozenset({"ping", "status", "dump-md"})
+LONG_COMMANDS = frozenset({"down", "detach", "disconnect"})   # they wait for in-flight I/O
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,11 @@ class Ctl:
                        config=self.where.config, node=self.where.node, **fields)
 
     def cmd_timeout(self, cmd: str) -> float:
-        """global { cmd-timeout-short | -medium; }: how long drbdadm waits for a command (status
-        and other queries: short; state changes: medium). Unset: 60 s."""
-        which = "cmd-timeout-short" if cmd in QUICK_COMMANDS else "cmd-timeout-medium"
+        """global { cmd-timeout-short | -medium | -long; }: how long drbdadm waits for a command
+        (status and other queries: short; down, detach, disconnect: long; other state changes:
+        medium). Unset: 60 s."""
+        which = ("cmd-timeout-short" if cmd in QUICK_COMMANDS else
+                 "cmd-timeout-long" if cmd in LONG_COMMANDS else "cmd-timeout-medium")
         try:
             value = self.config.global_options.get(which)
         except ReplicaError:
@@ -141,7 +144,7 @@ def _process_alive(pid: int) -> bool:
 
 
 def print_config_warnings(ctl: Ctl) -> None:
-    """Options we accept but do not yet honour as DRBD does: never silently ignored."""
+    """Options DRBD itself ignores in our setting: said, never silently dropped."""
     for warning in ctl.config.warnings:
         print(f"replicactl: warning: {warning}", file=sys.stderr)
 

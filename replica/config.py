@@ -212,8 +212,8 @@ class Config:
     path: str = field(compare=False)
     resources: dict[str, Resource]
     global_options: dict[str, str] = field(default_factory=dict)
-    # `file:line: ...: KEYWORD: not supported yet (...)`, one per statement that sets an option
-    # we accept but do not yet honour as DRBD does (see NOT_YET); `up` and `dump` print them
+    # `file:line: ...: KEYWORD: ignored (...)`, one per statement that sets an option DRBD
+    # itself ignores in our setting (see NOT_YET); `up` and `dump` print them
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def resource(self, name: str) -> Resource:
@@ -269,46 +269,54 @@ _SECTIONS = ("net", "disk", "syncer", "handlers", "startup", "options")
 
 @dataclass(frozen=True)
 class NotYet:
-    """An option accepted for drbd.conf compatibility that does not yet do what DRBD does with
-    it. Setting it to `same` (the value whose behaviour ours already is), when given, is fine."""
+    """An option drbd.conf has that replicad does not do as DRBD does. Setting it to `same` (the
+    value whose behaviour ours already is), when given, is fine. Otherwise the config is refused
+    (`FILE:LINE: ...: KEYWORD: not supported (why)`), unless DRBD itself ignores the option in
+    our setting (`ignored`): then it is accepted with a one-line warning at `up` and `dump`."""
     why: str
     same: object = None
+    ignored: bool = False
 
 
-_NO_EFFECT = "replicad has no such setting"
+_NO_MODULE = "it configures DRBD's kernel module, init script or udev rules, which replica-ha has none of"
 # (section, keyword) -> NotYet. Everything else the parser accepts is implemented. Remove an
 # entry in the commit that makes the keyword work (tests/unit/test_config_not_yet.py checks
 # that each entry is still unused by the code, so the table cannot go stale the other way).
 NOT_YET: dict[tuple[str, str], NotYet] = {
-    **{("net", k): NotYet(why) for k, why in {
-        "socket-check-timeout": "the peer connection is not probed before use",
-        "max-buffers": "in-flight requests to the peer are capped at 4096",
-        "max-epoch-size": "replicad has no write epochs",
-        "on-congestion": "a congested link always blocks",
-        "congestion-fill": "a congested link always blocks",
-        "congestion-extents": "a congested link always blocks",
-    }.items()},
+    ("net", "socket-check-timeout"): NotYet("the peer connection is not probed before use", 0),
+    ("net", "max-epoch-size"): NotYet("replicad has no write epochs (barriers): writes are "
+                                      "ordered on one stream"),
+    ("net", "on-congestion"): NotYet("a congested link always blocks (no Ahead/Behind)", "block"),
+    **{("net", k): NotYet("DRBD uses it only with on-congestion pull-ahead or disconnect",
+                          ignored=True) for k in ("congestion-fill", "congestion-extents")},
     ("net", "tcp-cork"): NotYet("replicad batches frames with MSG_MORE", True),
-    ("net", "use-rle"): NotYet("the bitmap is exchanged uncompressed", True),
-    **{("disk", k): NotYet(why) for k, why in {
-        "disk-timeout": "local requests are not timed out",
-        "size": "the whole backing disk is used",
-    }.items()},
+    ("net", "use-rle"): NotYet("the bitmap is exchanged uncompressed (a detail of the link "
+                               "between two replicad)", False, ignored=True),
+    ("disk", "disk-timeout"): NotYet("local requests are not timed out", 0),
+    ("disk", "size"): NotYet("the whole backing disk is used"),
     ("disk", "disk-barrier"): NotYet("replicad orders writes with flushes", False),
     ("disk", "disk-flushes"): NotYet("replicad always flushes the backing disk", True),
     ("disk", "disk-drain"): NotYet("replicad always drains", True),
     ("disk", "md-flushes"): NotYet("metadata writes are always flushed", True),
     ("disk", "read-balancing"): NotYet("reads are always served locally", "prefer-local"),
     ("disk", "rs-discard-granularity"): NotYet("resync writes every block", 0),
-    **{("handlers", k): NotYet("this handler is never called") for k in (
-        "pri-on-incon-degr", "before-resync-source", "quorum-lost", "disconnected")},
-    ("startup", "stacked-timeouts"): NotYet("there are no stacked resources"),
-    **{("options", k): NotYet(_NO_EFFECT) for k in (
-        "cpu-mask", "on-no-data-accessible", "auto-promote", "quorum", "quorum-minimum-redundancy",
-        "on-no-quorum", "peer-ack-window", "peer-ack-delay", "twopc-timeout", "max-io-depth")},
-    **{("global", k): NotYet(_NO_EFFECT) for k in (
-        "minor-count", "dialog-refresh", "udev-always-use-vnr", "cmd-timeout-long")},
-    ("global", "usage-count"): NotYet("replica-ha counts no usage", "no"),
+    ("handlers", "quorum-lost"): NotYet("there is no quorum (DRBD 9)"),
+    ("startup", "stacked-timeouts"): NotYet("DRBD uses it only for stacked resources, which "
+                                            "replica-ha has none of", ignored=True),
+    ("options", "cpu-mask"): NotYet("replicad's threads are not pinned"),
+    ("options", "on-no-data-accessible"): NotYet("I/O fails when no UpToDate data is reachable",
+                                                 "io-error"),
+    ("options", "auto-promote"): NotYet("opening the device does not promote (DRBD 9)", "no"),
+    ("options", "quorum"): NotYet("there is no quorum (DRBD 9)", "off"),
+    **{("options", k): NotYet("DRBD uses it only with quorum, which is off", ignored=True)
+       for k in ("quorum-minimum-redundancy", "on-no-quorum")},
+    **{("options", k): NotYet("DRBD 9 uses it only between more than two nodes", ignored=True)
+       for k in ("peer-ack-window", "peer-ack-delay")},
+    ("options", "twopc-timeout"): NotYet("state changes are not two-phase commits (DRBD 9)"),
+    ("options", "max-io-depth"): NotYet("the request depth is not limited (DRBD 9)"),
+    **{("global", k): NotYet(_NO_MODULE, ignored=True) for k in (
+        "minor-count", "dialog-refresh", "udev-always-use-vnr")},
+    ("global", "usage-count"): NotYet("replica-ha counts no usage", "no", ignored=True),
 }
 _UNSUPPORTED = ("connection", "connection-mesh", "floating", "stacked-on-top-of", "path")
 _NAME_RE = r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}"
@@ -427,12 +435,15 @@ class _Builder:
         self.warnings: list[str] = []
 
     def warn_if_not_yet(self, st, ctx, section, value):
-        """Note a statement setting an option we accept but do not yet honour (NOT_YET)."""
+        """A statement setting an option we do not do as DRBD does (NOT_YET): refused, or a
+        warning where DRBD itself ignores it in our setting."""
         entry = NOT_YET.get((section, st.key))
         if entry is None or entry.same is not None and value == entry.same:
             return
-        self.warnings.append(f"{st.file}:{st.line}: {': '.join(ctx)}: {st.key}: not supported "
-                             f"yet ({entry.why})")
+        if not entry.ignored:
+            self.fail(st, ctx, f"{st.key}: not supported ({entry.why})")
+        self.warnings.append(f"{st.file}:{st.line}: {': '.join(ctx)}: {st.key}: ignored "
+                             f"({entry.why})")
 
     def fail(self, st, ctx, msg):
         raise ConfigError(f"{st.file}:{st.line}: {': '.join([*ctx, msg])}")

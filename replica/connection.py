@@ -125,12 +125,12 @@ class PeerConnection:
         if self.link is not None:
             self.link.link_down()
 
-    def disconnect_after_handler(self, rc: int | None) -> None:
-        """before-resync-target failed: DRBD drops the connection (C_DISCONNECTING: StandAlone)."""
-        log.error("%s: before-resync-target handler returned %s, dropping connection.", self.name,
-                  rc)
+    def disconnect_after_handler(self, rc: int | None, which: str = "before-resync-target") -> None:
+        """before-resync-target/-source failed: DRBD drops the connection (C_DISCONNECTING:
+        StandAlone)."""
+        log.error("%s: %s handler returned %s, dropping connection.", self.name, which, rc)
         self.disconnect()
-        self.standalone_reason = f"before-resync-target handler returned {rc}"
+        self.standalone_reason = f"{which} handler returned {rc}"
 
     def lost(self, why: str) -> None:
         if not self.rt.state.is_connected:
@@ -293,7 +293,8 @@ class PeerConnection:
             new = apply_handshake(rt.state, peer_role=done.peer.role,
                                   peer_disk=done.peer.disk, sync_source=sync_source)
             disk.engine.peer_attach(sock.fileno(), rt.resource.net.protocol,
-                                    rt.resource.net.data_integrity_alg)
+                                    rt.resource.net.data_integrity_alg,
+                                    max_buffers=rt.resource.net.max_buffers)
             self._ping_sent_ns = 0
             self._attached_ns = time.monotonic_ns()
             hello_disk = rt.state.disk
@@ -306,6 +307,8 @@ class PeerConnection:
             elif d.is_sync_source:
                 rt.sync.begin_source(full=d.is_full,
                                      peer_crashed=UuidFlag.CRASHED_PRIMARY in done.peer.flags)
+                if self.link is None:           # before-resync-source said no: dropped
+                    return False
             rt.monitor.wake()                   # the ping timer starts now
             return True
 

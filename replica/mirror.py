@@ -285,9 +285,11 @@ class Engine:
         _check(rc, f"activity log: evict extent {extent}")
         return True
 
-    def peer_attach(self, fd: int, protocol: str, integrity_alg: str | None = None) -> None:
+    def peer_attach(self, fd: int, protocol: str, integrity_alg: str | None = None,
+                    max_buffers: int | None = None) -> None:
         """Attach the peer socket; `integrity_alg` (data-integrity-alg, None = off) makes every
-        DATA/RS_DATA frame carry a digest the receiver checks."""
+        DATA/RS_DATA frame carry a digest the receiver checks; `max_buffers` (net max-buffers)
+        caps the requests in flight to the peer."""
         if protocol not in PROTOCOLS:
             raise ValueError(f"mirror: peer attach: protocol must be A, B or C, got {protocol!r}")
         alg = lib.RM_DIGEST_NONE
@@ -298,6 +300,8 @@ class Engine:
                                  "is not available")
             alg = found
         _check(lib.rm_peer_set_integrity(self._handle, alg), f"data-integrity-alg {integrity_alg}")
+        if max_buffers is not None:
+            _check(lib.rm_peer_set_max_buffers(self._handle, max_buffers), f"max-buffers {max_buffers}")
         _check(lib.rm_peer_attach(self._handle, fd, PROTOCOLS[protocol]), f"peer attach: fd {fd}")
 
     def peer_detach(self) -> None:

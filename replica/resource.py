@@ -124,6 +124,22 @@ class ResourceRuntime:
         self.disk.persist_flags(new)
         self.monitor.wake()                  # its deadlines may have changed
         self.fencing.state_changed(old, new)
+        self._state_handlers(old, new)
+
+    def _state_handlers(self, old: ResourceState, new: ResourceState) -> None:
+        """Handlers DRBD calls on a state change: `disconnected` when the connection ends, and
+        `pri-on-incon-degr` when a Primary is left without UpToDate data anywhere: its own
+        disk not UpToDate and no UpToDate peer connected (after_state_ch's "degraded")."""
+        if old.is_connected and not new.is_connected:
+            self.run_handler("disconnected")
+
+        def incon_degr(s: ResourceState) -> bool:
+            return s.role is Role.Primary and s.disk is not DiskState.UpToDate and not (
+                s.is_connected and s.peer_disk is DiskState.UpToDate)
+        if incon_degr(new) and not incon_degr(old):
+            log.error("%s: Primary without UpToDate data (disk %s, peer %s): pri-on-incon-degr",
+                      self.name, new.disk, new.peer_disk if new.is_connected else "unreachable")
+            self.run_handler("pri-on-incon-degr")
 
     def request(self, req: Request, what: str, **kw: Any) -> ResourceState:
         """The state `req` leads to (replica.roles), or the Refused error; nothing changes."""

