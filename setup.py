@@ -17,7 +17,7 @@ setup(
     cffi_modules=["csrc/build_mirror.py:ffibuilder"],
     # Heartbeat resource scripts; hbd finds them in <prefix>/share/replica-ha/resource.d when installed.
     data_files=[("share/replica-ha/resource.d", sorted(glob.glob("scripts/resource.d/*")))],
-    install_requires=["cffi>=1.15", "cryptography", "pyroute2", "rich"],
+    install_requires=["cffi>=1.15", "cryptography", "pyroute2", "rich", "prometheus-client"],
     entry_points={
         "console_scripts": [
             "replicad=replica.daemon:main",

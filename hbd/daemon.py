@@ -68,6 +68,7 @@ from hbd.groups import (
 from hbd.haresources import ResourceGroup, load_haresources
 from hbd.journal import Journal
 from hbd.media import Media
+from hbd.metrics import EventCounts, loop_snapshot, open_metrics
 from hbd.protocol.membership import (
     Event,
     Membership,
@@ -184,6 +185,8 @@ class Daemon:
         self._control: ControlCommands | None = None
         self._peer_held: frozenset[str] = frozenset()   # peer's groups as last journaled
         self.fencing: DiskFencing | None = None
+        self.event_counts = EventCounts()                 # hbd.metrics: what scrapes count
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def m(self) -> Membership:
@@ -247,7 +250,7 @@ class Daemon:
                     raise HaError(f"hbd: start-up: group {g.name!r} cannot be stopped: refusing to join")
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         generation = next_generation(self.run_dir)
         self.journal.record("daemon", state="start", generation=generation)
         self._log("info", f"hbd {self.node}: starting, generation {generation}, "
@@ -345,6 +348,7 @@ class Daemon:
 
     def _on_membership_event(self, e: Event, now: float) -> None:
         g = self.g
+        self.event_counts.note_membership_event(e)
         if isinstance(e, NodeUp):
             self._log("info", f"node {e.node}: status up (generation {e.generation})")
             self.journal.record("node", peer=e.node, state="up", generation=e.generation)
@@ -393,6 +397,7 @@ class Daemon:
         elif isinstance(a, FenceNode):
             asyncio.get_running_loop().create_task(self._fence(a.node))
         elif isinstance(a, GroupChanged):
+            self.event_counts.note_group_change(a)
             self._log("crit" if a.new.value == "failed" else "info",
                       f"group {a.key}: {a.old.value} -> {a.new.value} ({a.reason})")
             if a.new.value == "stopping":
@@ -480,6 +485,14 @@ class Daemon:
         self.g.shutdown(time.monotonic())
         self.kick()
 
+    def metrics_snapshot(self) -> dict | None:
+        """For a scrape (hbd.metrics), from any thread: membership, groups and counts, taken
+        on the loop; None before the loop runs or when it does not answer."""
+        if self._loop is None or self._m is None or self._g is None:
+            return None
+        return loop_snapshot(self._loop, lambda: {"membership": self.m.snapshot(), "groups": self.g.snapshot(),
+                                                  "events": self.event_counts.snapshot()})
+
     def dump_state(self) -> None:
         self._log("info", "state dump: membership " + json.dumps(self.m.snapshot(), default=str))
         self._log("info", "state dump: groups " + json.dumps(self.g.snapshot(), default=str))
@@ -555,6 +568,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--node", default=os.environ.get("HBD_NODE") or os.uname().nodename)
     p.add_argument("--run-dir", default=os.environ.get("HBD_RUN_DIR", DEFAULT_RUN_DIR))
     p.add_argument("--config-test", action="store_true", help="check the configuration, print it, exit")
+    p.add_argument("--metrics", metavar="ADDR:PORT", default=os.environ.get("HBD_METRICS"),
+                   help="serve Prometheus metrics there (default: $HBD_METRICS, else none)")
     return p.parse_args(argv)
 
 
@@ -573,9 +588,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = os.path.abspath(args.run_dir)
     config_dir = os.path.abspath(args.config_dir)
     pid_path = os.path.join(run_dir, PID_NAME)
+    daemon: Daemon | None = None
+    metrics = None
     try:
         os.makedirs(run_dir, mode=0o755, exist_ok=True)
         check_pidfile(pid_path)
+        if args.metrics:    # bound before we detach, so a taken port is an error on stderr
+            metrics = open_metrics(args.metrics, lambda: daemon.metrics_snapshot() if daemon else None)
     except (OSError, HaError) as e:
         print(f"hbd: {e}", file=sys.stderr)
         return 1
@@ -587,6 +606,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         daemon = Daemon(cfg, groups, keys, node=node, config_dir=config_dir, run_dir=run_dir)
         daemon.media.open()     # pyroute2's sync API must run outside the asyncio loop
+        if metrics is not None:
+            metrics.start()
+            log.info("metrics: serving %s", metrics.url())
         return asyncio.run(daemon.run())
     except ConfigError as e:
         log.critical("configuration error: %s", e)
@@ -595,6 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.critical("%s", e)
         return 1
     finally:
+        if metrics is not None:
+            metrics.close()
         try:
             os.unlink(pid_path)
         except OSError:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hacommon.daemonize import daemonize
+from hacommon.errors import HaError
 from replica import locations, netif
 from replica.config import Config, HostSection, load_config
 from replica.control import ControlError, ControlServer, error_reply
@@ -320,12 +321,18 @@ def main(argv=None) -> int:
     parser.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr")
     parser.add_argument("--exit-when-idle", action="store_true",
                         help="exit once the last resource goes down (replicactl starts it so)")
+    parser.add_argument("--metrics", metavar="ADDR:PORT", default=os.environ.get("REPLICA_METRICS"),
+                        help="serve Prometheus metrics there (default: $REPLICA_METRICS, else none)")
     locations.add_arguments(parser)
     args = parser.parse_args(argv)
     where = locations.resolve(args.config, args.node, args.run_dir)
+    metrics = None
     try:
         daemon = Daemon(where, exit_when_idle=args.exit_when_idle)
-    except ReplicaError as exc:
+        if args.metrics:
+            from replica.metrics import open_metrics
+            metrics = open_metrics(args.metrics, daemon.resources)
+    except (ReplicaError, HaError, OSError) as exc:
         print(f"replicad: {exc}", file=sys.stderr)
         return 1
     os.makedirs(where.run_dir, mode=0o755, exist_ok=True)
@@ -335,10 +342,16 @@ def main(argv=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stop_event.set())
     try:
+        if metrics is not None:
+            metrics.start()
+            log.info("metrics: serving %s", metrics.url())
         return daemon.run()
     except ControlError as exc:
         log.error("%s", exc)
         return 1
+    finally:
+        if metrics is not None:
+            metrics.close()
 
 
 if __name__ == "__main__":

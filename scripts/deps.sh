@@ -36,7 +36,7 @@ if [[ ! -x $venv/bin/python ]]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
 # Linters pinned: a new release with new rules must not turn a clean tree red by itself.
-"$venv/bin/python" -m pip install -q cffi pytest pytest-timeout hypothesis cryptography pyroute2 rich ruff==0.17.6 mypy==2.4.1
+"$venv/bin/python" -m pip install -q cffi pytest pytest-timeout hypothesis cryptography pyroute2 rich prometheus-client ruff==0.17.6 mypy==2.4.1
 "$venv/bin/python" -m pip install -q --no-build-isolation -e .
 
 # python3-libnbd installs for Debian's python3; the module is ABI-compatible with any CPython of
