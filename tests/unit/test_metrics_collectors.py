@@ -211,3 +211,16 @@ def test_parse_listen_address_round_trip(host, port):
     got_host, got_port = parse_listen_address(f"{host}:{port}")
     assert ipaddress.ip_address(got_host) == ipaddress.ip_address(host.strip("[]"))
     assert got_port == port
+
+
+def test_grafana_dashboard_names_only_metrics_the_collectors_export():
+    import json
+    import re
+    from pathlib import Path
+    dashboard = json.loads((Path(__file__).parents[2] / "docs" / "grafana-replica-ha.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs += [v["query"] for v in dashboard["templating"]["list"]]
+    used = {m for e in exprs for m in re.findall(r"\b(?:replica|hbd)_[a-z_]+", e)}
+    exported = {name for name, _ in scrape(ReplicaCollector(lambda: [replica_status()]))}
+    exported |= {name for name, _ in scrape(HbdCollector(lambda: hbd_snapshot(EventCounts())))}
+    assert used and used <= exported, used - exported
