@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """hbd: the heartbeat daemon - one asyncio loop driving membership, groups and scripts.
 
-    hbd [-f] [--config-dir DIR] [--node NAME] [--run-dir DIR]      run (daemonize without -f)
+    hbd [-f] [--config-dir DIR] [--node NAME] [--run-dir DIR] [--metrics ADDR:PORT]
+                                                                  run (daemonize without -f)
     hbd --config-test [--config-dir DIR] [--node NAME]            parse, check, print, exit
 
 Environment: HBD_CONFIG_DIR (default /etc/ha.d), HBD_NODE (default `uname -n`),
-HBD_RUN_DIR (default /run/hbd).  The run dir holds ``hbd.pid``, the control
+HBD_RUN_DIR (default /run/hbd), HBD_METRICS (the Prometheus endpoint, hbd.metrics; none by
+default).  The run dir holds ``hbd.pid``, the control
 socket ``hbd.sock`` (hbd.control, JSON lines, used by hbctl), ``journal.jsonl``
 (hbd.journal) and ``hb_generation``.  Exit codes: 0 ok, 1 runtime failure, 6 configuration error.
 
