@@ -255,11 +255,11 @@ class Daemon:
         if rc != 0:
             status += f" (replicactl startup exited with status {rc}: see the log)"
         log.info("startup %s: %s: ready", name, status)
-        sdnotify.notify("READY=1", f"STATUS={status}")
+        _notify("READY=1", f"STATUS={status}")
 
     def _startup_failed(self, why: str) -> None:
         log.error("%s: stopping", why)
-        sdnotify.notify(f"STATUS={why}")
+        _notify(f"STATUS={why}")
         self.exit_status = 1
         self.stop_event.set()
 
@@ -273,13 +273,13 @@ class Daemon:
         if startup is not None:
             threading.Thread(target=self.startup, args=(startup,), name="startup", daemon=True).start()
         else:
-            sdnotify.notify("READY=1", f"STATUS=listening on {self.where.control_socket}")
+            _notify("READY=1", f"STATUS=listening on {self.where.control_socket}")
         try:
             # no periodic wake-up: sleep until stopped, or until the idle-exit deadline is due
             while not self.stop_event.wait(self._idle_wait_s()):
                 self._exit_if_idle_too_long()
         finally:
-            sdnotify.notify("STOPPING=1")
+            _notify("STOPPING=1")
             self.control.close()
             with self.lock:
                 if self._startup_proc is not None:      # stopped while startup still waits
@@ -342,6 +342,14 @@ VERBS: dict[str, Callable[[ResourceRuntime, Request], None]] = {
 
 def _in_use(rt: ResourceRuntime) -> bool:
     return rt.in_use
+
+
+def _notify(*assignments: str) -> None:
+    """Tell systemd (a no-op outside it); a notify socket we cannot reach is logged, not fatal."""
+    try:
+        sdnotify.notify(*assignments)
+    except OSError as exc:
+        log.error("sd_notify %s: %s", " ".join(assignments), exc)
 
 
 def _remove_pid_file(path: str) -> None:

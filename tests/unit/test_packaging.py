@@ -191,12 +191,42 @@ def test_replicad_startup_fails_the_unit_when_a_resource_cannot_come_up(tmp_path
     assert "r0: down" in out                    # what did come up is taken down again
 
 
+def test_replicad_startup_is_ready_when_wait_connect_times_out(tmp_path, notify_socket, start_replicad):
+    """As DRBD's boot goes on after degr-wfc-timeout: the resource is up (Connecting), the unit
+    is started, and its STATUS says that startup did not finish cleanly."""
+    sock, _ = notify_socket
+    with socket.socket() as probe:            # a free loopback port for the peer link
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    img = tmp_path / "r0.img"
+    img.write_bytes(b"")
+    os.truncate(img, 8 << 20)
+    conf = tmp_path / "replica.conf"
+    conf.write_text(f"""resource r0 {{
+  startup {{ wfc-timeout 1; degr-wfc-timeout 1; }}
+  on {os.uname().nodename} {{ disk {img}; meta-disk internal; address 127.0.0.1:{port}; }}
+  on peer {{ disk {img}; meta-disk internal; address 127.0.0.2:{port}; }}
+}}
+""")
+    md = subprocess.run([str(BINDIR / "replicactl"), "--config", str(conf), "--run-dir",
+                         str(tmp_path / "run"), "create-md", "r0"], capture_output=True, text=True,
+                        timeout=60)
+    assert md.returncode == 0, md.stderr
+    proc = start_replicad(conf, "--startup", "all")
+    assert sock.recv(4096) == (b"READY=1\nSTATUS=1 resource(s) up: r0 (replicactl startup exited "
+                               b"with status 1: see the log)")
+    proc.terminate()
+    out, _ = proc.communicate(timeout=30)
+    assert "r0: wait-connect: not Connected after 1 s (degr-wfc-timeout; now Connecting)" in out
+
+
 def test_replicad_without_startup_is_ready_when_listening(tmp_path, notify_socket, start_replicad):
     sock, _ = notify_socket
     conf = _conf(tmp_path, ["r0"])
     start_replicad(conf)
     assert sock.recv(4096) == f"READY=1\nSTATUS=listening on {tmp_path}/run/replicad.sock".encode()
-    assert "r0 role:" not in _status(tmp_path, conf).replace("r0 role:Unconfigured", "")
+    # nothing was brought up: that is left to replicactl (or hbd's datadisk) as before
+    assert _status(tmp_path, conf) == ""
 
 
 def test_replicad_reopens_its_log_file_on_sighup(tmp_path, notify_socket, start_replicad):
