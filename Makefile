@@ -17,7 +17,7 @@ RUFF_EXCLUDE :=
 # the C data path compiles without a warning (gcc, the same flags the extension is held to).
 C_WARNINGS := -std=gnu11 -Wall -Wextra -Wshadow -Wmissing-prototypes -Werror
 
-.PHONY: deps lint test test-unit test-integration sanitize bench demo clean
+.PHONY: deps lint test test-unit test-integration sanitize bench demo clean install
 
 deps: $(VENV)/.deps-done
 
@@ -51,6 +51,16 @@ bench: deps
 
 demo: deps
 	bash scripts/demo.sh
+
+# `make install [PREFIX=/usr/local] [DESTDIR=stage] [UNITDIR=/lib/systemd/system] [SYSCONFDIR=/etc]`:
+# a virtualenv in PREFIX/lib/replica-ha, the commands linked into PREFIX/bin, the systemd units,
+# /etc/replica/replica.conf from examples/ unless one exists (scripts/install.sh says the rest).
+PREFIX ?= /usr/local
+UNITDIR ?= /lib/systemd/system
+SYSCONFDIR ?= /etc
+install:
+	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" UNITDIR="$(UNITDIR)" SYSCONFDIR="$(SYSCONFDIR)" \
+		bash scripts/install.sh "$(PYTHON)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info replica/_mirror*.so .pytest_cache .hypothesis

@@ -26,7 +26,8 @@ Layers (each arrow is a method call; only the daemon does I/O for them)::
 
 Signals become loop events: SIGTERM/SIGINT = clean shutdown (release groups,
 then ``shutdone`` so the peer takes over at once); SIGUSR1 = dump membership
-and groups to the log; SIGHUP = run the config test and log the result (a
+and groups to the log; SIGHUP = reopen the logfile/debugfile (rotation) and run the
+config test and log the result (a
 changed configuration needs a restart, which keeps nothing running twice
 because groups are released first).  At start-up every resource whose status
 says "running" is stopped first (heartbeat only warns, "Non-idle resources can
@@ -47,6 +48,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from hacommon import logfiles
 from hacommon.daemonize import daemonize
 from hacommon.errors import ConfigError, HaError
 from hbd import ipaddr, stonith
@@ -500,6 +502,9 @@ class Daemon:
         self._log("info", "state dump: groups " + json.dumps(self.g.snapshot(), default=str))
 
     def config_check(self) -> None:
+        reopened = logfiles.reopen_all(log)
+        if reopened:
+            self._log("info", f"SIGHUP: reopened {', '.join(reopened)}")
         try:
             load_all(self.config_dir, self.node)
             self._log("info", "SIGHUP: configuration OK; restart hbd to apply changes")
@@ -531,7 +536,7 @@ def setup_logging(cfg: HaConfig, node: str, foreground: bool) -> None:
             print(f"hbd: logfacility {cfg.logfacility}: syslog unavailable: {e.strerror}", file=sys.stderr)
     for path, level in ((cfg.logfile, logging.INFO), (cfg.debugfile, logging.DEBUG)):
         if path:
-            h = logging.FileHandler(path)
+            h = logfiles.ReopeningFileHandler(path)     # reopened on SIGHUP and after rotation
             h.setFormatter(fmt_file)
             h.setLevel(level)
             log.addHandler(h)

@@ -2,6 +2,7 @@
 """replicad: the per-node replication daemon.
 
     replicad [-f] [--config F] [--node N] [--run-dir D] [--exit-when-idle]
+             [--startup RES|all] [--log-file PATH|none] [--syslog-facility NAME|none]
 
 It listens on RUN_DIR/replicad.sock for replicactl's commands and brings resources up and down
 on request. Each resource's data path runs in C (replica.mirror); this process only decides.
@@ -17,18 +18,32 @@ that name none (a replicad run by hand, an older replicactl).
 Started by replicactl (--exit-when-idle), the daemon lives only while a resource is in use: a
 failed `up`/`attach` or the last `down`/`detach` ends it, and it stops listening before it
 answers, so the next replicactl starts a fresh daemon instead of reaching a dying one.
+
+Run as a service (packaging/systemd/replicad.service: `replicad -f --startup all`, Type=notify),
+the daemon brings the resources up itself, with `replicactl startup` semantics (up, wait-connect
+within the startup{} timeouts, primary where become-primary-on says so: DRBD's drbd.service), and
+tells systemd READY=1 once every named resource is up. A resource that does not come up fails the
+unit (the daemon exits 1); a wait-connect that timed out does not (DRBD's boot goes on degraded
+too), it is said in the unit's STATUS=.
+
+Logging: -f writes to stderr (journald-friendly under systemd: the journal's priority prefix, no
+timestamp of our own); a daemonized replicad writes RUN_DIR/replicad.log and syslog (daemon).
+--log-file and --syslog-facility (or REPLICAD_LOG_FILE, REPLICAD_SYSLOG_FACILITY) choose either
+way, `none` turns one off. The log file is reopened on SIGHUP and whenever logrotate moved it.
 """
 import argparse
 import logging
 import logging.handlers
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from hacommon import logfiles, sdnotify
 from hacommon.daemonize import daemonize
 from hacommon.errors import HaError
 from replica import locations, netif
@@ -67,6 +82,8 @@ class Daemon:
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.control: ControlServer | None = None
+        self.exit_status = 0
+        self._startup_proc: subprocess.Popen[bytes] | None = None
         self._last_command = time.monotonic()
         self.commands: dict[str, Callable[[Request], Reply]] = {
             "ping": self.cmd_ping,
@@ -205,20 +222,69 @@ class Daemon:
         self.stop_event.set()
         return {}
 
-    def run(self) -> int:
+    def startup(self, name: str) -> None:
+        """Thread (--startup): `replicactl startup NAME` against this daemon, then READY=1 for
+        systemd once every resource it names is in use here; else the daemon stops, status 1."""
+        try:
+            config = load_config(self.where.config)
+            names = list(config.resources) if name == "all" else [config.resource(name).name]
+        except ReplicaError as exc:
+            self._startup_failed(f"startup {name}: {exc}")
+            return
+        cmd = [sys.executable, "-m", "replica.cli", "--config", self.where.config, "--node",
+               self.where.node, "--run-dir", self.where.run_dir, "startup", name]
+        log.info("startup %s: %s", name, " ".join(names) or "no resource configured")
+        with self.lock:
+            if self.stop_event.is_set():
+                return
+            try:    # its stdout/stderr are ours: under systemd, the journal
+                proc = self._startup_proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+            except OSError as exc:
+                self._startup_failed(f"startup {name}: {' '.join(cmd)}: {exc}")
+                return
+        rc = proc.wait()
+        with self.lock:
+            self._startup_proc = None
+            if self.stop_event.is_set():
+                return
+            down = [n for n in names if n not in self.resources or not _in_use(self.resources[n])]
+        if down:
+            self._startup_failed(f"startup {name}: {', '.join(down)} not up (replicactl startup "
+                                 f"exited with status {rc})")
+            return
+        status = f"{len(names)} resource(s) up: {' '.join(names)}" if names else "no resource configured"
+        if rc != 0:
+            status += f" (replicactl startup exited with status {rc}: see the log)"
+        log.info("startup %s: %s: ready", name, status)
+        _notify("READY=1", f"STATUS={status}")
+
+    def _startup_failed(self, why: str) -> None:
+        log.error("%s: stopping", why)
+        _notify(f"STATUS={why}")
+        self.exit_status = 1
+        self.stop_event.set()
+
+    def run(self, startup: str | None = None) -> int:
         os.makedirs(self.where.run_dir, mode=0o755, exist_ok=True)
         self.control = ControlServer(self.where.control_socket, self.handle, name="replicad")
         with open(self.where.pid_file, "w") as f:
             f.write(f"{os.getpid()}\n")
         log.info("started: node %s, config %s, run dir %s", self.where.node, self.where.config,
                  self.where.run_dir)
+        if startup is not None:
+            threading.Thread(target=self.startup, args=(startup,), name="startup", daemon=True).start()
+        else:
+            _notify("READY=1", f"STATUS=listening on {self.where.control_socket}")
         try:
             # no periodic wake-up: sleep until stopped, or until the idle-exit deadline is due
             while not self.stop_event.wait(self._idle_wait_s()):
                 self._exit_if_idle_too_long()
         finally:
+            _notify("STOPPING=1")
             self.control.close()
             with self.lock:
+                if self._startup_proc is not None:      # stopped while startup still waits
+                    self._startup_proc.terminate()
                 for rt in self.resources.values():
                     try:
                         with rt.lock:
@@ -227,7 +293,7 @@ class Daemon:
                         log.error("%s: down at exit: %s", rt.name, exc)
             _remove_pid_file(self.where.pid_file)
             log.info("stopped")
-        return 0
+        return self.exit_status
 
     def _idle_wait_s(self) -> float | None:
         """Seconds until the idle-exit deadline (None: no deadline, wait for stop_event)."""
@@ -279,6 +345,14 @@ def _in_use(rt: ResourceRuntime) -> bool:
     return rt.in_use
 
 
+def _notify(*assignments: str) -> None:
+    """Tell systemd (a no-op outside it); a notify socket we cannot reach is logged, not fatal."""
+    try:
+        sdnotify.notify(*assignments)
+    except OSError as exc:
+        log.error("sd_notify %s: %s", " ".join(assignments), exc)
+
+
 def _remove_pid_file(path: str) -> None:
     """Remove our pid file, not the one of a daemon started after we stopped listening."""
     try:
@@ -290,23 +364,36 @@ def _remove_pid_file(path: str) -> None:
         pass
 
 
-def setup_logging(where: locations.Locations, foreground: bool) -> None:
-    """Foreground: stderr. Daemon: RUN_DIR/replicad.log, and syslog (LOG_DAEMON) when present."""
+def setup_logging(where: locations.Locations, foreground: bool, log_file: str | None = None,
+                  syslog_facility: str | None = None) -> None:
+    """Foreground: stderr (the journal's priority prefix when stderr is the journal). Daemon:
+    RUN_DIR/replicad.log and syslog (daemon) when /dev/log exists. `log_file` and
+    `syslog_facility` replace those defaults; "none" turns one off."""
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     plain = logging.Formatter("replicad[%(process)d]: %(message)s")
+    stamped = logging.Formatter("%(asctime)s replicad[%(process)d]: %(message)s")
+    handlers: list[logging.Handler] = []
     if foreground:
-        handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    else:
-        handlers = [logging.FileHandler(where.log_file)]
-        if os.path.exists("/dev/log"):
-            handlers.append(logging.handlers.SysLogHandler(
-                address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON))
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setFormatter(logfiles.JournalFormatter("%(message)s") if logfiles.journal_stderr()
+                            else plain)
+        handlers.append(stderr)
+    if log_file is None and not foreground:
+        log_file = where.log_file
+    if log_file and log_file != "none":
+        file_handler = logfiles.ReopeningFileHandler(log_file)
+        file_handler.setFormatter(stamped)
+        handlers.append(file_handler)
+    if syslog_facility is None and not foreground:
+        syslog_facility = "daemon"
+    if syslog_facility and syslog_facility != "none" and os.path.exists("/dev/log"):
+        syslog = logging.handlers.SysLogHandler(address="/dev/log",
+                                                facility=logfiles.syslog_facility(syslog_facility))
+        syslog.setFormatter(plain)
+        handlers.append(syslog)
     for handler in handlers:
-        handler.setFormatter(plain)
         root.addHandler(handler)
-    if not foreground:
-        handlers[0].setFormatter(logging.Formatter("%(asctime)s replicad[%(process)d]: %(message)s"))
 
     def log_thread_crash(args) -> None:
         # a daemon has no stderr: a bug in a background thread must still reach the log
@@ -316,6 +403,10 @@ def setup_logging(where: locations.Locations, foreground: bool) -> None:
     threading.excepthook = log_thread_crash
 
 
+def _reopen_logs() -> None:
+    log.info("SIGHUP: reopened %s", ", ".join(logfiles.reopen_all()) or "no log file (none configured)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="replicad", description="replica-ha replication daemon")
     parser.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr")
@@ -323,29 +414,46 @@ def main(argv=None) -> int:
                         help="exit once the last resource goes down (replicactl starts it so)")
     parser.add_argument("--metrics", metavar="ADDR:PORT", default=os.environ.get("REPLICA_METRICS"),
                         help="serve Prometheus metrics there (default: $REPLICA_METRICS, else none)")
+    parser.add_argument("--startup", metavar="RES|all",
+                        help="bring RES (or all) up as `replicactl startup` does; with systemd "
+                        "(Type=notify) READY=1 once every one is up")
+    parser.add_argument("--log-file", metavar="PATH|none", default=os.environ.get("REPLICAD_LOG_FILE"),
+                        help="log to this file, reopened on SIGHUP (default: RUN_DIR/replicad.log "
+                        "when daemonized, none with -f)")
+    parser.add_argument("--syslog-facility", metavar="NAME|none",
+                        default=os.environ.get("REPLICAD_SYSLOG_FACILITY"),
+                        help="syslog facility (default: daemon when daemonized, none with -f)")
     locations.add_arguments(parser)
     args = parser.parse_args(argv)
     where = locations.resolve(args.config, args.node, args.run_dir)
     metrics = None
+    sdnotify.take_notify_socket()       # ours alone: replicactl and handlers must not use it
     try:
+        if args.syslog_facility and args.syslog_facility != "none":
+            logfiles.syslog_facility(args.syslog_facility)
+        if args.log_file and args.log_file != "none":
+            args.log_file = os.path.abspath(args.log_file)      # daemonize() changes to /
         daemon = Daemon(where, exit_when_idle=args.exit_when_idle)
         if args.metrics:
             from replica.metrics import open_metrics
             metrics = open_metrics(args.metrics, daemon.resources)
-    except (ReplicaError, HaError, OSError) as exc:
+    except (ReplicaError, HaError, OSError, ValueError) as exc:
         print(f"replicad: {exc}", file=sys.stderr)
         return 1
     os.makedirs(where.run_dir, mode=0o755, exist_ok=True)
     if not args.foreground:
         daemonize()
-    setup_logging(where, args.foreground)
+    setup_logging(where, args.foreground, args.log_file, args.syslog_facility)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stop_event.set())
+    # SIGHUP (logrotate's postrotate, systemctl reload): reopen the log file, in a thread of its
+    # own so that a handler interrupted in the middle of a record is never reentered
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=_reopen_logs, name="sighup").start())
     try:
         if metrics is not None:
             metrics.start()
             log.info("metrics: serving %s", metrics.url())
-        return daemon.run()
+        return daemon.run(args.startup)
     except ControlError as exc:
         log.error("%s", exc)
         return 1
