@@ -29,6 +29,9 @@ $(VENV)/.deps-done: setup.py pyproject.toml csrc/*.c csrc/*.h csrc/build_mirror.
 lint: deps
 	$(VENV)/bin/ruff check $(foreach d,$(RUFF_EXCLUDE),--extend-exclude $(d)) .
 	$(VPY) -m mypy $(MYPY_PACKAGES)
+	# the OCF agent: a Python script without .py (installed as resource.d/replica-ha/replica)
+	$(VENV)/bin/ruff check scripts/ocf/replica
+	$(VPY) -m mypy --scripts-are-modules scripts/ocf/replica
 	gcc -fsyntax-only $(C_WARNINGS) -Icsrc $(shell pkg-config --cflags fuse3) csrc/*.c
 	@echo "lint: ruff, mypy ($(MYPY_PACKAGES)) and C warnings clean"
 
