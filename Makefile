@@ -6,7 +6,8 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 # Debian packages: real peers for the tests (libnbd, qemu, nbdkit, heartbeat...) and tools.
 APT_PACKAGES := python3-libnbd libnbd-bin nbdkit qemu-utils fio fuse3 libfuse3-dev pkg-config e2fsprogs \
-	iproute2 iputils-ping arping tcpdump psmisc heartbeat drbd-utils iperf3 sockperf curl qemu-system-x86 busybox-static cpio nbd-client gcc make mon libssl-dev
+	iproute2 iputils-ping arping tcpdump psmisc heartbeat drbd-utils iperf3 sockperf curl qemu-system-x86 busybox-static cpio nbd-client gcc make mon libssl-dev \
+	resource-agents pacemaker-cli-utils
 PYTEST_ARGS ?=
 # `make lint`: what is clean now stays clean. Each list is one word away from covering more:
 # mypy type-checks these packages (add `replica` once it reports 0 errors; pyproject.toml [tool.mypy]
@@ -28,6 +29,9 @@ $(VENV)/.deps-done: setup.py pyproject.toml csrc/*.c csrc/*.h csrc/build_mirror.
 lint: deps
 	$(VENV)/bin/ruff check $(foreach d,$(RUFF_EXCLUDE),--extend-exclude $(d)) .
 	$(VPY) -m mypy $(MYPY_PACKAGES)
+	# the OCF agent: a Python script without .py (installed as resource.d/replica-ha/replica)
+	$(VENV)/bin/ruff check scripts/ocf/replica
+	$(VPY) -m mypy --scripts-are-modules scripts/ocf/replica
 	gcc -fsyntax-only $(C_WARNINGS) -Icsrc $(shell pkg-config --cflags fuse3) csrc/*.c
 	@echo "lint: ruff, mypy ($(MYPY_PACKAGES)) and C warnings clean"
 
