@@ -220,8 +220,18 @@ class ResourceRuntime:
         self.conn.stop_link()
         if self.state.role is Role.Primary:
             self.set_state(replace(self.state, role=Role.Secondary), "down")
-        self.detach()
+        if self.state.disk is DiskState.Diskless:
+            self._release_failed_disk()      # on-io-error detach took it: nothing to detach
+        else:
+            self.detach()
         log.info("%s: down", self.name)
+
+    def _release_failed_disk(self) -> None:
+        """`down` of a node whose disk failed (Diskless after on-io-error): drbdadm down does
+        not refuse it as `detach` does; the metadata is not written (the disk failed)."""
+        self.monitor.stop()
+        self.frontend.stop()
+        self.disk.close()
 
     def _up_standalone(self) -> None:
         if self.is_up:
