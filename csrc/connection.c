@@ -611,29 +611,71 @@ static uint32_t blocks_of(uint32_t length)
     return (length + RM_BLOCK_SIZE - 1) / RM_BLOCK_SIZE;
 }
 
-/* Verify found the blocks whose bits are set in `bits` (one per 4 KiB block of [offset,
- * + length)) different: mark them out of sync and tell Python, one event per run. */
+/* The next run of set bits in `bits` (one per 4 KiB block of [offset, + length)) at or after
+ * block *next: its byte range in *start and *len, its block count as the result (0 when
+ * there is none), and *next moves past it. */
+static uint32_t next_run(const unsigned char *bits, uint64_t offset, uint32_t length, uint32_t *next,
+                         uint64_t *start, uint64_t *len)
+{
+    uint32_t nblocks = blocks_of(length), i = *next, j;
+    uint64_t end;
+
+    while (i < nblocks && !(bits[i / 8] & (1u << (i % 8))))
+        i++;
+    for (j = i; j < nblocks && (bits[j / 8] & (1u << (j % 8))); j++)
+        ;
+    *next = j;
+    if (i == j)
+        return 0;
+    *start = offset + (uint64_t)i * RM_BLOCK_SIZE;
+    end = offset + (uint64_t)j * RM_BLOCK_SIZE;
+    *len = (end > offset + length ? offset + length : end) - *start;
+    return j - i;
+}
+
+/* Verify found the blocks whose bits are set in `bits` different: mark them out of sync and
+ * tell Python, one event per run. */
 static void mark_verify_runs(struct rm_connection *c, uint64_t offset, uint32_t length, const unsigned char *bits)
 {
-    uint32_t nblocks = blocks_of(length), i = 0;
+    uint32_t next = 0, n;
+    uint64_t start, len;
 
-    while (i < nblocks) {
-        if (!(bits[i / 8] & (1u << (i % 8)))) {
-            i++;
-            continue;
-        }
-        uint32_t j = i;
-        while (j < nblocks && (bits[j / 8] & (1u << (j % 8))))
-            j++;
-        uint64_t start = offset + (uint64_t)i * RM_BLOCK_SIZE;
-        uint64_t end = offset + (uint64_t)j * RM_BLOCK_SIZE;
-        if (end > offset + length)
-            end = offset + length;
-        device_mark_dirty(c->dev, start, end - start);
-        STAT_ADD(c->dev, verify_oos_blocks, j - i);
-        device_post_event(c->dev, RM_EV_VERIFY_OOS, 0, start, end - start);
-        i = j;
+    while ((n = next_run(bits, offset, length, &next, &start, &len))) {
+        device_mark_dirty(c->dev, start, len);
+        STAT_ADD(c->dev, verify_oos_blocks, n);
+        device_post_event(c->dev, RM_EV_VERIFY_OOS, 0, start, len);
     }
+}
+
+/* VerifyT and csums SyncTarget: read [offset, + length) here and set the bit in `equal` of each
+ * 4 KiB block whose `alg` digest is the peer's (digests: one per block). A range we cannot
+ * read has no equal block (the peer's copy is what a resync would give us). Returns how many
+ * are equal, or -ENOMEM. */
+static int blocks_equal_to_peer(struct receiver *r, int alg, uint64_t offset, uint32_t length,
+                                const unsigned char *digests, unsigned char *equal)
+{
+    struct rm_connection *c = r->c;
+    int dsize = digest_size(alg), count = 0, rc;
+    uint32_t nblocks = blocks_of(length);
+    unsigned char d[DIGEST_MAX];
+
+    if (r->scratch_cap < length) {
+        free(r->scratch);
+        r->scratch = malloc(length);
+        r->scratch_cap = r->scratch ? length : 0;
+        if (!r->scratch)
+            return -ENOMEM;
+    }
+    rc = device_disk_failed(c->dev) ? -EIO : device_read_internal(c->dev, r->scratch, length, offset);
+    for (uint32_t i = 0; rc == 0 && i < nblocks; i++) {
+        uint32_t off = i * RM_BLOCK_SIZE, n = length - off < RM_BLOCK_SIZE ? length - off : RM_BLOCK_SIZE;
+        if (digest_compute(alg, r->scratch + off, n, d) == dsize &&
+            memcmp(d, digests + (size_t)i * (size_t)dsize, (size_t)dsize) == 0) {
+            equal[i / 8] |= (unsigned char)(1u << (i % 8));
+            count++;
+        }
+    }
+    return count;
 }
 
 /* VerifyT: compare our blocks with the peer's digests, mark and answer. A range we cannot read
@@ -641,28 +683,15 @@ static void mark_verify_runs(struct rm_connection *c, uint64_t offset, uint32_t 
 static int verify_compare(struct receiver *r, const struct rpl_header *h, const unsigned char *payload)
 {
     struct rm_connection *c = r->c;
-    int alg = h->flags, dsize = digest_size(alg);
     uint32_t len = h->aux, nblocks = blocks_of(len);
     unsigned char bits[RM_MAX_VERIFY_CHUNK / RM_BLOCK_SIZE / 8] = { 0 };
-    unsigned char d[DIGEST_MAX];
-    int differ = 0, rc;
+    int equal = blocks_equal_to_peer(r, h->flags, h->offset, len, payload, bits), differ;
 
-    if (r->scratch_cap < len) {
-        free(r->scratch);
-        r->scratch = malloc(len);
-        r->scratch_cap = r->scratch ? len : 0;
-        if (!r->scratch)
-            return -ENOMEM;
-    }
-    rc = device_disk_failed(c->dev) ? -EIO : device_read_internal(c->dev, r->scratch, len, h->offset);
-    for (uint32_t i = 0; i < nblocks; i++) {
-        uint32_t off = i * RM_BLOCK_SIZE, n = len - off < RM_BLOCK_SIZE ? len - off : RM_BLOCK_SIZE;
-        if (rc < 0 || digest_compute(alg, r->scratch + off, n, d) != dsize ||
-            memcmp(d, payload + (size_t)i * (size_t)dsize, (size_t)dsize) != 0) {
-            bits[i / 8] |= (unsigned char)(1u << (i % 8));
-            differ = 1;
-        }
-    }
+    if (equal < 0)
+        return equal;
+    differ = (uint32_t)equal < nblocks;
+    for (uint32_t i = 0; i < nblocks; i++)         /* the equal bits, turned into the different */
+        bits[i / 8] ^= (unsigned char)(1u << (i % 8));
     if (differ)
         mark_verify_runs(c, h->offset, len, bits);
     STAT_ADD(c->dev, verify_bytes_checked, len);
@@ -1056,7 +1085,10 @@ int conn_set_integrity(struct rm_connection *c, int alg)
     return 0;
 }
 
-int conn_verify_send(struct rm_connection *c, int alg, uint64_t offset, uint32_t length)
+/* OV_REQUEST / RS_CSUM: read [offset, + length) here (range checked by the caller) and send
+ * one `alg` digest per 4 KiB block, read and sent under send_lock so the frame sits in the
+ * stream where the data would have. */
+static int send_block_digests(struct rm_connection *c, uint16_t type, int alg, uint64_t offset, uint32_t length)
 {
     int dsize = digest_size(alg), rc;
     uint32_t nblocks = blocks_of(length);
@@ -1064,8 +1096,6 @@ int conn_verify_send(struct rm_connection *c, int alg, uint64_t offset, uint32_t
 
     if (dsize <= 0)
         return -ENOENT;
-    if (length == 0 || length > RM_MAX_VERIFY_CHUNK || !in_range(c, offset, length))
-        return -EINVAL;
     if (!conn_live(c))
         return -ENOTCONN;
     digests = malloc((size_t)nblocks * (size_t)dsize);
@@ -1079,7 +1109,7 @@ int conn_verify_send(struct rm_connection *c, int alg, uint64_t offset, uint32_t
             rc = -EINVAL;
     }
     if (rc == 0) {
-        struct rpl_header h = { .type = RPL_OV_REQUEST, .flags = (uint16_t)alg, .id = offset, .offset = offset,
+        struct rpl_header h = { .type = type, .flags = (uint16_t)alg, .id = offset, .offset = offset,
                                 .length = nblocks * (uint32_t)dsize, .aux = length };
         rc = conn_send_frame_locked(c, &h, digests);
         if (rc == 0)
@@ -1087,6 +1117,18 @@ int conn_verify_send(struct rm_connection *c, int alg, uint64_t offset, uint32_t
     }
     pthread_mutex_unlock(&c->send_lock);
     free(digests);
+    return rc;
+}
+
+int conn_verify_send(struct rm_connection *c, int alg, uint64_t offset, uint32_t length)
+{
+    int rc;
+
+    if (digest_size(alg) <= 0)
+        return -ENOENT;
+    if (length == 0 || length > RM_MAX_VERIFY_CHUNK || !in_range(c, offset, length))
+        return -EINVAL;
+    rc = send_block_digests(c, RPL_OV_REQUEST, alg, offset, length);
     if (rc == 0)
         STAT_ADD(c->dev, verify_bytes_sent, length);
     return rc;
@@ -1234,24 +1276,12 @@ static int csum_range_ok(struct rm_connection *c, uint64_t offset, uint32_t leng
  * [offset, + length)), one run at a time. Returns the bytes cleared. */
 static uint64_t clear_equal_runs(struct rm_connection *c, uint64_t offset, uint32_t length, const unsigned char *bits)
 {
-    uint32_t nblocks = blocks_of(length), i = 0;
-    uint64_t cleared = 0;
+    uint32_t next = 0;
+    uint64_t start, len, cleared = 0;
 
-    while (i < nblocks) {
-        if (!(bits[i / 8] & (1u << (i % 8)))) {
-            i++;
-            continue;
-        }
-        uint32_t j = i;
-        while (j < nblocks && (bits[j / 8] & (1u << (j % 8))))
-            j++;
-        uint64_t start = offset + (uint64_t)i * RM_BLOCK_SIZE;
-        uint64_t end = offset + (uint64_t)j * RM_BLOCK_SIZE;
-        if (end > offset + length)
-            end = offset + length;
-        device_clear_dirty(c->dev, start, end - start);
-        cleared += end - start;
-        i = j;
+    while (next_run(bits, offset, length, &next, &start, &len)) {
+        device_clear_dirty(c->dev, start, len);
+        cleared += len;
     }
     return cleared;
 }
@@ -1261,32 +1291,17 @@ static uint64_t clear_equal_runs(struct rm_connection *c, uint64_t offset, uint3
 static int csum_request(struct receiver *r, const struct rpl_header *h, const unsigned char *payload, int *proto)
 {
     struct rm_connection *c = r->c;
-    int alg = h->flags, dsize = digest_size(alg), rc, any = 0;
-    uint32_t len = h->aux, nblocks;
+    int dsize = digest_size(h->flags), any;
+    uint32_t len = h->aux, nblocks = blocks_of(len);
     unsigned char bits[RM_MAX_RESYNC_CHUNK / RM_BLOCK_SIZE / 8] = { 0 };
-    unsigned char d[DIGEST_MAX];
 
-    if (dsize <= 0 || !csum_range_ok(c, h->offset, len) || h->length != blocks_of(len) * (uint32_t)dsize) {
+    if (dsize <= 0 || !csum_range_ok(c, h->offset, len) || h->length != nblocks * (uint32_t)dsize) {
         *proto = 1;
         return -EPROTO;
     }
-    nblocks = blocks_of(len);
-    if (r->scratch_cap < len) {
-        free(r->scratch);
-        r->scratch = malloc(len);
-        r->scratch_cap = r->scratch ? len : 0;
-        if (!r->scratch)
-            return -ENOMEM;
-    }
-    rc = device_disk_failed(c->dev) ? -EIO : device_read_internal(c->dev, r->scratch, len, h->offset);
-    for (uint32_t i = 0; rc == 0 && i < nblocks; i++) {
-        uint32_t off = i * RM_BLOCK_SIZE, n = len - off < RM_BLOCK_SIZE ? len - off : RM_BLOCK_SIZE;
-        if (digest_compute(alg, r->scratch + off, n, d) == dsize &&
-            memcmp(d, payload + (size_t)i * (size_t)dsize, (size_t)dsize) == 0) {
-            bits[i / 8] |= (unsigned char)(1u << (i % 8));
-            any = 1;
-        }
-    }
+    any = blocks_equal_to_peer(r, h->flags, h->offset, len, payload, bits);
+    if (any < 0)
+        return any;
     if (any)
         clear_equal_runs(c, h->offset, len, bits);
     STAT_ADD(c->dev, csum_bytes_checked, len);
@@ -1317,35 +1332,13 @@ static int csum_reply(struct receiver *r, const struct rpl_header *h, const unsi
 
 int conn_resync_csum_send(struct rm_connection *c, int alg, uint64_t offset, uint32_t length)
 {
-    int dsize = digest_size(alg), rc;
-    uint32_t nblocks = blocks_of(length);
-    unsigned char *digests;
+    int rc;
 
-    if (dsize <= 0)
+    if (digest_size(alg) <= 0)
         return -ENOENT;
     if (!csum_range_ok(c, offset, length))
         return -EINVAL;
-    if (!conn_live(c))
-        return -ENOTCONN;
-    digests = malloc((size_t)nblocks * (size_t)dsize);
-    if (!digests)
-        return -ENOMEM;
-    pthread_mutex_lock(&c->send_lock);
-    rc = read_range_locked(c, offset, length);
-    for (uint32_t i = 0; rc == 0 && i < nblocks; i++) {
-        uint32_t off = i * RM_BLOCK_SIZE, n = length - off < RM_BLOCK_SIZE ? length - off : RM_BLOCK_SIZE;
-        if (digest_compute(alg, c->rbuf + off, n, digests + (size_t)i * (size_t)dsize) != dsize)
-            rc = -EINVAL;
-    }
-    if (rc == 0) {
-        struct rpl_header h = { .type = RPL_RS_CSUM, .flags = (uint16_t)alg, .id = offset, .offset = offset,
-                                .length = nblocks * (uint32_t)dsize, .aux = length };
-        rc = conn_send_frame_locked(c, &h, digests);
-        if (rc == 0)
-            rc = sbuf_send_locked(c, 0);
-    }
-    pthread_mutex_unlock(&c->send_lock);
-    free(digests);
+    rc = send_block_digests(c, RPL_RS_CSUM, alg, offset, length);
     if (rc == 0)
         STAT_ADD(c->dev, csum_bytes_sent, length);
     return rc;
