@@ -61,8 +61,9 @@ def test_csum_clears_equal_blocks_on_both_sides_and_sends_no_data(pair_c, alg):
     same = os.urandom(64 * BLOCK)
     _fill(p.pfd, 0, same)
     _fill(p.sfd, 0, same)
-    _fill(p.sfd, 5 * BLOCK + 100, b"x")           # blocks 5 and 40 differ
-    _fill(p.pfd, 40 * BLOCK, b"y")
+    # blocks 5 and 40 differ (a flipped byte: a fixed one equals the random data 1 time in 256)
+    _fill(p.sfd, 5 * BLOCK + 100, bytes([same[5 * BLOCK + 100] ^ 0xFF]))
+    _fill(p.pfd, 40 * BLOCK, bytes([same[40 * BLOCK] ^ 0xFF]))
     for bm in (p.pbm, p.sbm):
         bm.set_range(0, 64 * BLOCK)
     p.primary.resync_csum_send(alg, 0, 64 * BLOCK)
