@@ -57,6 +57,7 @@ KNBD_SCRIPT = Path(__file__).resolve().parent / "vm" / "knbd_ext4.sh"
 KNBD_GUEST = Path(__file__).resolve().parent / "vm" / "knbd_guest.py"
 KNBD_DISK_SIZE = 64 * MiB
 REPLICAD_GUEST = Path(__file__).resolve().parent / "vm" / "replicad_guest.py"
+GUEST_LIB = Path(__file__).resolve().parent / "vm" / "guest_lib.py"      # what both import
 BIN = Path(sys.executable).parent
 # Generous under TCG: a guest vCPU busy with mkfs must not look like a dead peer.
 VM_NET = "protocol C; ping-int 10; ping-timeout 50; timeout 50; connect-int 6;"
@@ -210,6 +211,7 @@ def test_our_netlink_attach_drives_kernel_nbd_ext4(boot_image, python_disk, scra
         f.truncate(KNBD_DISK_SIZE)
     files = project_files()
     files["/vmtest/knbd_guest.py"] = (KNBD_GUEST.read_bytes(), 0o644)
+    files["/vmtest/guest_lib.py"] = (GUEST_LIB.read_bytes(), 0o644)
     env = {"GUEST_PROGRAM": "/vmtest/knbd_guest.py", "DATA_FILES": 3, "DATA_KIB": 2048, "SYNC_FILES": 8}
     run = run_guest(boot_image, KNBD_SCRIPT, env, scratch, GUEST_TIMEOUT_S, files=files,
                     drives=((python_disk, True), (disk, False)))
@@ -288,6 +290,7 @@ def test_replicad_primary_in_guest_mirrors_ext4_to_secondary_on_host(boot_image,
     try:
         files = project_files()
         files["/vmtest/replicad_guest.py"] = (REPLICAD_GUEST.read_bytes(), 0o644)
+        files["/vmtest/guest_lib.py"] = (GUEST_LIB.read_bytes(), 0o644)
         files["/vmtest/replica.conf"] = (guest_conf.encode(), 0o644)
         env = {"GUEST_PROGRAM": "/vmtest/replicad_guest.py", "DATA_FILES": 3, "DATA_KIB": 1024, "SYNC_FILES": 6}
         run = run_guest(boot_image, KNBD_SCRIPT, env, scratch, GUEST_TIMEOUT_S, files=files,

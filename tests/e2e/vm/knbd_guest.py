@@ -15,7 +15,6 @@ the VM is gone. Steps, each printed as "REPLICA-VM-STEP: NAME at S s":
 Other lines: "REPLICA-VM-DEVICE: /dev/nbdN", "REPLICA-VM-MD5: MD5  RELPATH", "REPLICA-VM-STATS:
 {json}", "REPLICA-VM-CLEANUP: line", "REPLICA-VM-FAIL: WHAT". Exit status 0 = every step passed.
 """
-import hashlib
 import json
 import os
 import signal
@@ -23,51 +22,13 @@ import subprocess
 import sys
 import time
 
+from guest_lib import Failed, check, ext4_workload, files_md5, run, say, step  # shipped beside this file
+
 BACKING = "/dev/vdb"
 MNT = "/mnt"
 DATA_FILES = int(os.environ.get("DATA_FILES", "3"))
 DATA_KIB = int(os.environ.get("DATA_KIB", "2048"))
 SYNC_FILES = int(os.environ.get("SYNC_FILES", "8"))
-
-
-def say(tag: str, text: str) -> None:
-    print(f"REPLICA-VM-{tag}: {text}", flush=True)
-
-
-def uptime() -> str:
-    with open("/proc/uptime") as f:
-        return f.read().split()[0]
-
-
-def step(name: str) -> None:
-    say("STEP", f"{name} at {uptime()} s")
-
-
-class Failed(Exception):
-    pass
-
-
-def check(cond: bool, what: str) -> None:
-    if not cond:
-        raise Failed(what)
-
-
-def run(*argv: str) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    check(proc.returncode == 0, f"{' '.join(argv)}: exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-300:]}")
-
-
-def md5(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.md5(f.read()).hexdigest()
-
-
-def files_md5(root: str) -> dict[str, str]:
-    out = {}
-    for d in ("fsync", "flush"):
-        for name in sorted(os.listdir(os.path.join(root, d))):
-            out[f"{d}/{name}"] = md5(os.path.join(root, d, name))
-    return out
 
 
 def open_engine():
@@ -115,29 +76,7 @@ def main() -> int:
         with open(f"/sys/block/nbd{index}/backend") as f:
             check(f.read().strip() == "replica:r0", "sysfs backend is not replica:r0")
 
-    step("mkfs")
-    run("mkfs.ext4", "-q", "-F", dev)
-    run("mount", "-t", "ext4", dev, MNT)
-
-    step("fsync-writes")
-    os.mkdir(f"{MNT}/fsync")
-    for i in range(DATA_FILES):
-        with open(f"{MNT}/fsync/data{i}", "wb") as f:
-            for _ in range(DATA_KIB // 64):
-                f.write(os.urandom(64 * 1024))
-            f.flush()
-            os.fsync(f.fileno())
-    step("flush-writes")
-    os.mkdir(f"{MNT}/flush")
-    for i in range(SYNC_FILES):
-        with open(f"{MNT}/flush/small{i}", "wb") as f:
-            f.write(os.urandom(1000 + i * 777))
-        os.sync()
-
-    step("checksum")
-    sums = files_md5(MNT)
-    for rel, digest in sums.items():
-        say("MD5", f"{digest}  {rel}")
+    sums = ext4_workload(dev, MNT, DATA_FILES, DATA_KIB, SYNC_FILES)
     step("umount")
     run("umount", MNT)
     step("e2fsck")

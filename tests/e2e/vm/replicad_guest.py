@@ -14,13 +14,14 @@ per command: a Python start under TCG costs seconds); replicad is the daemon it 
 Lines for the host as in knbd_guest.py, plus "REPLICA-VM-KERNEL: /dev/nbdN".
 """
 import contextlib
-import hashlib
 import io
 import json
 import os
 import subprocess
 import sys
 import time
+
+from guest_lib import Failed, check, ext4_workload, run, say, step  # shipped beside this file
 
 CONF = "/vmtest/replica.conf"
 RUN = "/run/replica"
@@ -29,24 +30,6 @@ MNT = "/mnt"
 DATA_FILES = int(os.environ.get("DATA_FILES", "3"))
 DATA_KIB = int(os.environ.get("DATA_KIB", "1024"))
 SYNC_FILES = int(os.environ.get("SYNC_FILES", "6"))
-
-
-def say(tag: str, text: str) -> None:
-    print(f"REPLICA-VM-{tag}: {text}", flush=True)
-
-
-def step(name: str) -> None:
-    with open("/proc/uptime") as f:
-        say("STEP", f"{name} at {f.read().split()[0]} s")
-
-
-class Failed(Exception):
-    pass
-
-
-def check(cond: bool, what: str) -> None:
-    if not cond:
-        raise Failed(what)
 
 
 def ctl(*args: str, ok: bool = True) -> tuple[int, str, str]:
@@ -90,11 +73,6 @@ def wait(pred, what: str, timeout: float) -> dict:
                  f"\n{log_tail()}")
 
 
-def run(*argv: str) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    check(proc.returncode == 0, f"{' '.join(argv)}: exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-300:]}")
-
-
 def main() -> int:
     os.makedirs(RUN, exist_ok=True)
     step("create-md")
@@ -117,28 +95,7 @@ def main() -> int:
     check(os.readlink(DEV) == kernel == os.readlink("/dev/replica/r0"), f"{DEV} does not point at {kernel}")
     check(kernel.startswith("/dev/nbd"), f"kernel device {kernel} is not an NBD device")
 
-    step("mkfs")
-    run("mkfs.ext4", "-q", "-F", DEV)
-    run("mount", "-t", "ext4", DEV, MNT)
-    step("fsync-writes")
-    os.mkdir(f"{MNT}/fsync")
-    for i in range(DATA_FILES):
-        with open(f"{MNT}/fsync/data{i}", "wb") as f:
-            for _ in range(DATA_KIB // 64):
-                f.write(os.urandom(64 * 1024))
-            f.flush()
-            os.fsync(f.fileno())
-    step("flush-writes")
-    os.mkdir(f"{MNT}/flush")
-    for i in range(SYNC_FILES):
-        with open(f"{MNT}/flush/small{i}", "wb") as f:
-            f.write(os.urandom(1000 + i * 777))
-        os.sync()
-    step("checksum")
-    for d in ("fsync", "flush"):
-        for name in sorted(os.listdir(f"{MNT}/{d}")):
-            with open(f"{MNT}/{d}/{name}", "rb") as f:
-                say("MD5", f"{hashlib.md5(f.read()).hexdigest()}  {d}/{name}")
+    ext4_workload(DEV, MNT, DATA_FILES, DATA_KIB, SYNC_FILES)
 
     step("held")
     rc, _, err = ctl("secondary", "r0", ok=False)
