@@ -142,8 +142,10 @@ class ResourceRuntime:
             self.run_handler("pri-on-incon-degr")
 
     def request(self, req: Request, what: str, **kw: Any) -> ResourceState:
-        """The state `req` leads to (replica.roles), or the Refused error; nothing changes."""
-        self.state = replace(self.state, open_rw=self._open_rw())
+        """The state `req` leads to (replica.roles), or the Refused error; nothing changes.
+        Only a demotion looks at who holds the device (a walk of /proc when there is one)."""
+        if req is Request.DEMOTE:
+            self.state = replace(self.state, open_rw=self._open_rw())
         return request_or_raise(self.state, req, f"{self.name}", **kw)
 
     def may_step_down(self) -> bool:
