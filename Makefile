@@ -7,7 +7,7 @@ VPY := $(VENV)/bin/python
 # Debian packages: real peers for the tests (libnbd, qemu, nbdkit, heartbeat...) and tools.
 APT_PACKAGES := python3-libnbd libnbd-bin nbdkit qemu-utils fio fuse3 libfuse3-dev pkg-config e2fsprogs \
 	iproute2 iputils-ping arping tcpdump psmisc heartbeat drbd-utils iperf3 sockperf curl qemu-system-x86 busybox-static cpio nbd-client gcc make mon libssl-dev \
-	resource-agents pacemaker-cli-utils
+	resource-agents pacemaker-cli-utils pacemaker corosync kmod
 PYTEST_ARGS ?=
 # `make lint`: what is clean now stays clean. Each list is one word away from covering more:
 # mypy type-checks these packages (add `replica` once it reports 0 errors; pyproject.toml [tool.mypy]
