@@ -209,7 +209,8 @@ mount --move {d}/disks {disks}
 # what a reboot clears and kill -9 does not (recipe obstacle 6), run inside the node's
 # namespaces once none of its processes is left: mounts of the dead replicad's device first
 # (the Filesystem agent's ext4), then the device itself, then the volatile directories
-NODE_SCRUB = """\
+NODE_SCRUB = r"""
+set -e
 awk '$(NF-2) ~ /^ext[34]$/ && $(NF-1) ~ /^\/dev\/loop/ {{ print $5 }}' /proc/self/mountinfo |
     while read -r m; do umount -l "$m"; done
 {replicactl} --config {conf} --node {node} down --force all
