@@ -88,7 +88,8 @@ REPLICA_CONF = """\
 # written by scripts/pcmk_lab.py: the Pacemaker lab's replicated resource
 resource {res} {{
     device minor {minor};
-    net {{ protocol C; fencing dont-care; ping-int 1; ping-timeout 5; timeout 5; connect-int 1; }}
+    disk {{ fencing dont-care; resync-rate 100M; }}
+    net {{ protocol C; ping-int 1; ping-timeout 5; timeout 5; connect-int 1; }}
     on pk1 {{ disk {disks}/pk1.img; meta-disk internal; address {a1}:7789; export unix:/run/replica/{res}.sock; }}
     on pk2 {{ disk {disks}/pk2.img; meta-disk internal; address {a2}:7789; export unix:/run/replica/{res}.sock; }}
 }}
