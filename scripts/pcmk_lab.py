@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -223,6 +224,25 @@ install -d -m 0750 -o hacluster -g haclient /run/crm /run/pacemaker
 [ -e /var/log/pacemaker/pacemaker.log ] ||
     install -m 0660 -o hacluster -g haclient /dev/null /var/log/pacemaker/pacemaker.log
 """
+
+
+_PROMOTED = (re.compile(r"^\s*(?:\* )?Promoted: \[ (\S+) \]\s*$"),
+             re.compile(r"^\s*(?:\* )?p_r0\s+\(\S+\):\s+Promoted (\S+)\s*$"))
+_STARTED = re.compile(r"^\s*(?:\* )?(p_fs|p_vip)\s+\(\S+\):\s+Started (\S+)\s*$")
+
+
+def parse_placement(crm_mon: str) -> dict[str, str | None]:
+    """From `crm_mon -1` text: {"promoted": node where ms_r0 is Promoted, "p_fs": node where it
+    is Started, "p_vip": ...}; None where that is not (yet) the case. Lines with more than the
+    node after the role ("Started pk1 (UNCLEAN)", "Promoted: [ pk1 pk2 ]") do not count."""
+    found: dict[str, str | None] = {"promoted": None, "p_fs": None, "p_vip": None}
+    for line in crm_mon.splitlines():
+        for pattern in _PROMOTED:
+            if m := pattern.match(line):
+                found["promoted"] = m.group(1)
+        if m := _STARTED.match(line):
+            found[m.group(1)] = m.group(2)
+    return found
 
 
 def missing_commands() -> list[str]:
@@ -416,17 +436,9 @@ class PcmkLab:
         self.cibadmin(node, "-C", "-o", "constraints", "-X", CIB_CONSTRAINTS)
 
     def where(self, node: str = "pk1") -> dict[str, str | None]:
-        """From `crm_mon -1` on `node`: where ms_r0 is Promoted and where g_data's parts run."""
-        out = self.crm_mon(node)
-        found: dict[str, str | None] = {"promoted": None, "p_fs": None, "p_vip": None}
-        for line in out.splitlines():
-            words = line.replace("*", " ").split()
-            if "Promoted:" in words and "Unpromoted:" not in words and "[" in words:
-                found["promoted"] = words[words.index("[") + 1]
-            for rsc in ("p_fs", "p_vip"):
-                if words[:1] == [rsc] and "Started" in words:
-                    found[rsc] = words[words.index("Started") + 1]
-        return found
+        """Where ms_r0 is Promoted and where g_data's parts run, as `crm_mon -1` on `node`
+        tells (parse_placement)."""
+        return parse_placement(self.crm_mon(node))
 
     # --- one node ----------------------------------------------------------------------------
 
