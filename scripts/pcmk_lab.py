@@ -329,8 +329,11 @@ class PcmkLab:
         if missing_commands():
             raise RuntimeError(f"pcmk_lab: missing {', '.join(missing_commands())} "
                                f"(Debian: pacemaker corosync pacemaker-cli-utils resource-agents)")
-        if self.base.exists() or self.disk_dir.exists() or namespace_pids(self.netns(NODES[0])):
-            raise RuntimeError(f"pcmk_lab: {self.base} or {self.disk_dir} exists: "
+        left = [str(p) for p in (self.base, self.disk_dir) if p.exists()]
+        left += [line.split()[0] for line in ip("netns", "list").stdout.splitlines()
+                 if line.startswith(self.prefix + "-")]
+        if left:
+            raise RuntimeError(f"pcmk_lab: a lab is there already ({', '.join(left)}): "
                                f"run `python -m scripts.pcmk_lab down` first")
         try:
             self._build()
@@ -506,6 +509,8 @@ class PcmkLab:
             shutil.rmtree(path, ignore_errors=True)
 
     def status(self) -> str:
+        if not self.base.exists():
+            return f"no lab ({self.base} does not exist)"
         lines = []
         for node in NODES:
             pids = namespace_pids(self.netns(node))
@@ -533,6 +538,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     lab = PcmkLab(token_ms=args.token)
+    try:
+        return run_command(lab, args)
+    except (RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        print(e, file=sys.stderr)
+        return 1
+
+
+def run_command(lab: PcmkLab, args: argparse.Namespace) -> int:
     if args.cmd == "up":
         took = lab.up()
         print(f"cluster up: pk1 and pk2 Online with a DC after {took:.1f} s")
