@@ -63,8 +63,10 @@ from scripts.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT = REPO / "scripts" / "ocf" / "replica"
-BIN = Path(sys.executable).parent
-REPLICACTL = BIN / "replicactl"
+# this checkout's replicactl: the running venv's, else the checkout's own .venv (make deps)
+REPLICACTL = next((p for p in (Path(sys.executable).parent / "replicactl",
+                               REPO / ".venv" / "bin" / "replicactl") if p.exists()),
+                  Path(sys.executable).parent / "replicactl")
 OCF_RESOURCE_D = Path("/usr/lib/ocf/resource.d")
 
 PREFIX = "pk"

@@ -20,6 +20,7 @@ The lab is taken down before (what a failed earlier run left) and after, always.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import threading
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts.lab import namespace_pids
 from scripts.pcmk_lab import BASE, NODES, REQUIRED_COMMANDS, RESOURCE, VIP, PcmkLab
 from scripts.waiting import wait_for
 from tests.conftest import requires_commands, requires_root
@@ -104,6 +106,13 @@ def replica_status(lab: PcmkLab, node: str) -> dict:
     return up[0] if up else {}
 
 
+def mount_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:         # gone meanwhile
+        return None
+
+
 def uptime_s() -> float:
     return float(Path("/proc/uptime").read_text().split()[0])
 
@@ -142,6 +151,13 @@ def test_pacemaker_fails_over_with_every_acknowledged_file(lab):
     assert subprocess.run(["findmnt", str(DATA)], capture_output=True).returncode == 1
     st = replica_status(lab, x)
     assert (st["role"], st["disk_state"], st["peer_disk_state"]) == ("Primary", "UpToDate", "UpToDate")
+    # every process of X (corosync, the Pacemaker daemons, the replicad the agent started) runs
+    # in X's persistent mount namespace, the one the lab keeps in a file
+    mnt_ns = f"mnt:[{lab.ns_file(x, 'mnt').stat().st_ino}]"
+    spaces = {pid: mount_namespace(pid) for pid in namespace_pids(lab.netns(x))}
+    replicad = int((lab.node_dir(x) / "run" / "replica" / "replicad.pid").read_text())
+    assert spaces.get(replicad) == mnt_ns, (replicad, spaces)
+    assert {ns for ns in spaces.values() if ns} == {mnt_ns}, spaces
 
     # the client writes on X until X loses power
     acked: dict[str, str] = {}
