@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """A real two-node Pacemaker + Corosync cluster on this one machine, managing replica-ha.
 
-The measured recipe of ../shared/pacemaker-netns-recipe.md, in Python: each node is a network
+The measured recipe of the project's notes (pacemaker-netns-recipe.md: Corosync 3 + Pacemaker
+2.1 of Debian 12 in namespaces, its obstacles and timings), in Python: each node is a network
 namespace (scripts/lab.py's switched_lan), plus a *persistent* mount namespace and a UTS
 namespace bound to files (`unshare --mount=FILE --uts=FILE`), so that killing every process of
 a node leaves its namespaces in place and the node can be "rebooted" into them::
@@ -40,7 +41,7 @@ Lifecycle (the command line does the same from the shell; every step is by name 
                      /run and /dev/shm contents; then corosync + pacemakerd
     down():          kills every process, releases devices, namespaces, mounts, files
 
-    python -m scripts.pcmk_lab up | down | status
+    python -m scripts.pcmk_lab up | resources | status | down
     python -m scripts.pcmk_lab node-kill pk1 | node-start pk1
     python -m scripts.pcmk_lab exec pk1 crm_mon -1
     python -m scripts.pcmk_lab replicactl pk1 status r0
