@@ -601,7 +601,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.makedirs(run_dir, mode=0o755, exist_ok=True)
         check_pidfile(pid_path)
         if args.metrics:    # bound before we detach, so a taken port is an error on stderr
-            metrics = open_metrics(args.metrics, lambda: daemon.metrics_snapshot() if daemon else None)
+            try:
+                metrics = open_metrics(args.metrics, lambda: daemon.metrics_snapshot() if daemon else None)
+            except OSError as e:    # its text already starts "hbd: metrics: ADDR: ..."
+                print(e.strerror, file=sys.stderr)
+                return 1
     except (OSError, HaError) as e:
         print(f"hbd: {e}", file=sys.stderr)
         return 1
