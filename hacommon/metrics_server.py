@@ -109,7 +109,7 @@ class MetricsServer:
                 if exc.errno == errno.EADDRINUSE and time.monotonic() < give_up_at:
                     time.sleep(BIND_RETRY_INTERVAL_S)
                     continue
-                detail = exc.strerror
+                detail = exc.strerror or str(exc)
                 if exc.errno == errno.EADDRINUSE:
                     detail += (f" (still in use after {bind_retry_s:g} s: another process listens "
                                f"there; if it is an old {name} still stopping, wait for it, else "

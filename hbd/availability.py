@@ -13,11 +13,14 @@ record is one transition of a *subject*:
 
     node     subject = "peer" (or the writer "node"): state up|restarted -> up,
              dead|down -> down ("planned"/"graceful" = a clean shutdown; "since" =
-             when it really stopped answering, detection time minus deadtime).
+             when it really stopped answering, detection time minus deadtime);
+             dead with "initdead": true = never heard since the writer started: unknown
+             (nobody saw it go down; the groups it was known to hold become unknown too).
              ``daemon`` start/stop of a writer is its own node up / planned down;
              a start that follows no stop means the previous daemon crashed.
     group    subject = "group", holder = the writer "node"; "state" up|down (older
-             records: new == "started" is up), "planned".
+             records: new == "started" is up), "planned"; "unknown" (the start of
+             the initial acquisition after initdead) changes nothing.
     holding  a group as its writer learnt the peer holds it: subject = "group",
              holder = "holder"; "state", "planned", "since".
     service  subject = "watch/service" (Mon's services are per watch group; "service" alone
@@ -220,7 +223,7 @@ class Transition:
     kind: str          # node | group | service
     name: str          # the subject
     holder: str        # the node holding it (for a node, itself)
-    up: bool
+    up: bool | None     # None: unknown (a node not heard at start-up, initdead)
     planned: bool
     why: str
     gone: bool = False  # node down declared by its peer (deadtime): the machine may be gone
@@ -275,7 +278,9 @@ def transitions(records: Iterable[Mapping[str, Any]]) -> list[Transition]:
                 running[writer] = False
         elif ev == "node":
             subject = str(rec.get("peer") or writer).lower()
-            if subject and st in ("up", "restarted", "down", "dead"):
+            if subject and st == "dead" and _flag(rec.get("initdead")):
+                out.append(Transition(t, "node", subject, subject, None, False, why or "not heard at start-up"))
+            elif subject and st in ("up", "restarted", "down", "dead"):
                 up = st in ("up", "restarted")
                 planned = _flag(rec.get("planned", rec.get("graceful", False)))
                 out.append(Transition(_since(rec, t) if not up else t, "node", subject, subject, up, planned and not up,
@@ -291,10 +296,10 @@ def transitions(records: Iterable[Mapping[str, Any]]) -> list[Transition]:
                 continue
             if st in ("up", "down"):
                 up = st == "up"
-            elif ev == "group" and isinstance(rec.get("new"), str):     # written before "state" existed
-                up = rec["new"] == "started"
+            elif ev == "group" and "state" not in rec and isinstance(rec.get("new"), str):
+                up = rec["new"] == "started"        # written before "state" existed
             else:
-                continue
+                continue        # "unknown": the initial acquisition's start (nothing known before)
             planned = _flag(rec["planned"]) if "planned" in rec else (
                 not up and str(rec.get("reason", "")) in PLANNED_REASONS)
             out.append(Transition(_since(rec, t) if not up else t, "service" if ev == "service" else "group",
@@ -430,7 +435,12 @@ def _state_changes(trs: Sequence[Transition]) -> dict[tuple[str, str], list[tupl
         key = (tr.kind, tr.name)
         holders.setdefault(key, {})[tr.holder] = tr.up
         settle(key, tr.time, tr.planned)
-        if tr.kind == "node" and not tr.up:
+        if tr.kind == "node" and tr.up is None:     # not heard at start-up: what it held is unknown
+            for other, hs in holders.items():
+                if other[0] in ("group", "service") and hs.get(tr.holder) is not None:
+                    hs[tr.holder] = None
+                    settle(other, tr.time, tr.planned)
+        elif tr.kind == "node" and not tr.up:
             for other, hs in holders.items():
                 if other[0] == "group" and hs.get(tr.holder):
                     hs[tr.holder] = False

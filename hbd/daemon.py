@@ -58,6 +58,7 @@ from hbd.config import HaConfig, load_ha_config
 from hbd.control import ControlCommands, open_control_socket
 from hbd.disk_fencing import DiskFencing
 from hbd.groups import (
+    INITIAL_REASON,
     Action,
     FenceNode,
     GroupChanged,
@@ -190,6 +191,7 @@ class Daemon:
         self._peer_held: frozenset[str] = frozenset()   # peer's groups as last journaled
         self.fencing: DiskFencing | None = None
         self.event_counts = EventCounts()                 # hbd.metrics: what scrapes count
+        self._heard: set[str] = set()                     # peers seen alive since start-up
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -352,8 +354,21 @@ class Daemon:
 
     def _on_membership_event(self, e: Event, now: float) -> None:
         g = self.g
-        self.event_counts.note_membership_event(e)
-        if isinstance(e, NodeUp):
+        # a peer never heard since start-up that membership declares dead is initdead's verdict:
+        # not a death (it was not seen alive), and the starts that follow are no failover
+        initial = isinstance(e, NodeDead) and not e.graceful and e.node not in self._heard
+        self.event_counts.note_membership_event(e, initial=initial)
+        if isinstance(e, (NodeUp, NodeRestarted)):
+            self._heard.add(e.node)
+        if isinstance(e, NodeDead) and initial:
+            how = f"not heard within initdead_s={self.m.initdead_s:g} of start-up"
+            self._log("warn", f"node {e.node}: {how}: taking it as dead")
+            self.journal.record("node", peer=e.node, state="dead", graceful=False, planned=False,
+                                initdead=True, why=how)
+            if self.fencing is not None:
+                self.fencing.node_dead(e.node, graceful=False)
+            g.node_dead(e.node, now)
+        elif isinstance(e, NodeUp):
             self._log("info", f"node {e.node}: status up (generation {e.generation})")
             self.journal.record("node", peer=e.node, state="up", generation=e.generation)
             if self.fencing is not None:
@@ -408,8 +423,10 @@ class Daemon:
                 self._stop_planned[a.key] = a.reason in PLANNED_REASONS and not (
                     a.reason == "standby" and self._control is not None and not self._control.standby_planned)
             up = a.new.value == "started"
+            # the initial acquisition's start: what ran before (on the unheard peer) is unknown
+            initial = a.new.value == "starting" and a.reason.startswith(INITIAL_REASON)
             self.journal.record("group", group=a.key, old=a.old.value, new=a.new.value, reason=a.reason,
-                                state="up" if up else "down", holder=self.node,
+                                state="up" if up else "unknown" if initial else "down", holder=self.node,
                                 planned=not up and a.new.value in ("stopping", "stopped")
                                 and self._stop_planned.get(a.key, False),
                                 why=a.reason)

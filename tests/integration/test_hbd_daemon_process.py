@@ -51,7 +51,7 @@ def test_daemonized_hbd_lifecycle(lab):
         wait_for(lambda: "SIGHUP: configuration OK" in open(logfile).read(), "the SIGHUP config test in the log", 5,
                  details=lab.logs_text)
         text = open(logfile).read()
-        assert "state dump: groups" in text and "node ha2: dead after deadtime_s=1" in text
+        assert "state dump: groups" in text and "node ha2: not heard within initdead_s=1 of start-up" in text
         assert "hbd[" in text.splitlines()[0]
         assert lab.hbctl("ha1", "rscstatus").stdout.strip() == "local"
     finally:
