@@ -60,7 +60,8 @@ from typing import Any
 YEAR_S = 365.25 * 86400
 KINDS = ("node", "group", "service")
 # group-record reasons (hbd.groups / hbd.group_negotiation) that are planned stops
-PLANNED_REASONS = frozenset({"standby", "shutdown", "peer acquired its own group", "ip-request from peer"})
+PLANNED_REASONS = frozenset({"standby", "shutdown", "peer acquired its own group", "ip-request from peer",
+                             "reload: removed from haresources", "reload: changed in haresources"})
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 

@@ -389,6 +389,19 @@ class GroupManager:
                 self.stop_keys(keys, "peer acquired its own group")
                 self.after(lambda: self.send_report("partition"))
 
+    def replace_groups(self, groups: Iterable[GroupSpec]) -> None:
+        """A reload's new haresources table (hbd.reload): kept keys keep their state, new keys
+        start stopped, gone keys are forgotten.  The caller has stopped every gone or changed
+        group first and calls this with no operation queued on them."""
+        self.groups = tuple(groups)
+        self.by_key = {g.name: g for g in self.groups}
+        self.state = {g.name: self.state.get(g.name, GroupState.STOPPED) for g in self.groups}
+        self._queued = {g.name: self._queued.get(g.name, 0) for g in self.groups}
+        self._got_by_standby &= set(self.by_key)
+        self._given_away &= set(self.by_key)
+        if self.peer_hold is not None:
+            self.peer_hold = self.peer_hold & frozenset(self.by_key)
+
     # --- GroupOwner: what hbd.group_negotiation asks of and tells the manager ---------------
 
     def has_group(self, key: str) -> bool:
