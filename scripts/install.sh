@@ -21,7 +21,9 @@ venv=$DESTDIR$libdir
 
 [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel cffi
-# a regular (not editable) install: the package and its C extension are copied into the venv
+# a regular (not editable) install: the package and its C extension are copied into the venv,
+# with setup.py's install_requires, the runtime packages `make deps` installs too (none of the
+# test tools: tests/unit/test_deps_lists.py)
 "$venv/bin/python" -m pip install -q --no-build-isolation .
 if [[ -n $DESTDIR ]]; then
     for f in "$venv"/bin/*; do
