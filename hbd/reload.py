@@ -249,10 +249,13 @@ class Reloader:
                 return self._refuse(source, f"configuration invalid: {e}")
         changes = self._apply_config(cfg, keys, devices, cdiff, media)
         gdiff = diff_groups(t.groups_cfg, groups)
-        if not gdiff.empty:
+        if gdiff.empty:     # at most line numbers or spelling moved: the same groups, new objects
+            self.pending = None
+            self._swap_tables(groups)
+        else:
             changes.append(f"haresources: {gdiff.describe()}")
-        self.pending = groups
-        self._deferred_logged = False
+            self.pending = groups
+            self._deferred_logged = False
         for text in changes:
             log.info("reload (%s): %s", source, text)
         log.info("reload (%s): %s", source, "configuration reloaded" if changes else "nothing changed")
@@ -304,7 +307,7 @@ class Reloader:
     def apply_groups(self, groups: tuple[ResourceGroup, ...]) -> None:
         t, g = self.t, self.t.g
         diff = diff_groups(t.groups_cfg, groups)
-        if diff.empty:      # only line numbers or spelling moved: keep the new objects
+        if diff.empty:
             self._swap_tables(groups)
             return
         held = (GroupState.STARTED, GroupState.STARTING, GroupState.FAILED)

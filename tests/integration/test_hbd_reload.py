@@ -134,3 +134,55 @@ def test_reload_adds_removes_changes_groups_and_deadtime_leaving_the_rest_runnin
     assert lab.holds_all("ha1") and read(lab, "ha1", "svc-log") == svc_before
     assert len(read(lab, "ha1", "rltrack-log")) == 7
     assert status(lab, "ha1")["membership"]["peers"]["ha2"]["dead_s"] == 3.0
+
+
+def udp_ports(lab, n):
+    out = lab.exec(n, "ss", "-Hulnp").stdout
+    return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if "python" in line}
+
+
+def test_reload_moves_the_media_and_refuses_a_node_list_change(lab):
+    slow = {"keepalive": "200ms", "deadtime": "3", "initdead": "3", "auto_failback": "on"}
+    for n in ("ha1", "ha2"):
+        lab.write_config(n, timing=dict(slow))
+    lab.start_hbd("ha1")
+    lab.start_hbd("ha2")
+    wait_for(lambda: lab.holds_all("ha1") and lab.hbctl("ha2", "nodestatus", "ha1").stdout.strip() == "active",
+             "ha1 holding the group, ha2 seeing it active", 20, details=lab.logs_text)
+    assert 694 in udp_ports(lab, "ha1")
+    # bcast on udpport 694 -> ucast to the peer on 695, on both nodes (within deadtime of each other)
+    for n, peer in (("ha1", "10.0.17.2"), ("ha2", "10.0.17.1")):
+        path = os.path.join(lab.config_dir(n), "ha.cf")
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(text.replace("\nbcast eth0\n", f"\nucast eth0 {peer}\n").replace("udpport 694", "udpport 695"))
+    for n in ("ha1", "ha2"):
+        r = lab.hbctl(n, "reload")
+        assert r.returncode == 0, r.stderr
+        assert "ha.cf: udpport 694 -> 695" in r.stdout and "ha.cf: bcast eth0 -> (none)" in r.stdout, r.stdout
+    wait_for(lambda: udp_ports(lab, "ha1") == {695} and udp_ports(lab, "ha2") == {695},
+             "the old sockets closed, the new ones bound", 5, details=lab.logs_text)
+    received = status(lab, "ha2")["membership"]["counters"]["accepted"]
+    time.sleep(4.0)        # more than deadtime: only the new medium carries heartbeats now
+    st = status(lab, "ha2")
+    assert st["membership"]["counters"]["accepted"] >= received + 10
+    assert st["membership"]["peers"]["ha1"]["status"] == "active"
+    assert lab.holds_all("ha1") and lab.holds_none("ha2")
+    assert not any(r["event"] == "node" and r["state"] == "dead" for r in journal(lab, "ha2"))
+    # a node list change needs a restart: refused whole, nothing else applied
+    path = os.path.join(lab.config_dir("ha1"), "ha.cf")
+    with open(path, "a") as f:
+        f.write("node ha3\nkeepalive 300ms\n")
+    r = lab.hbctl("ha1", "reload")
+    assert r.returncode == 1
+    assert f"{path}: node ha1 ha2 -> ha1 ha2 ha3: needs a restart of hbd (heartbeat restarts itself for it " \
+           f"too); nothing reloaded: keeping the running configuration" in r.stderr, r.stderr
+    assert [(r["source"], r["result"]) for r in journal(lab, "ha1") if r["event"] == "reload"] == \
+        [("hbctl reload", "ok"), ("hbctl reload", "refused")]
+    assert lab.procs["ha1"].poll() is None and lab.holds_all("ha1")
+
+
+def journal(lab, n):
+    from hbd.journal import read_journal
+    return read_journal(os.path.join(lab.run_dir(n), "journal.jsonl"))
