@@ -26,6 +26,7 @@ Kinds (the availability accounting and ``hbctl status`` read these):
     resource  group=KEY resource=WORD action=start|stop result=ok|failed [rc, duration_s]
     stonith   peer=NAME result=ok|failed detail=TEXT
     request   what=standby|takeover which=all|foreign|local result=ok|refused [detail]
+    reload    source=SIGHUP|hbctl reload result=ok|refused [changes=[TEXT...] | detail=TEXT]
 
 Each record is written and fdatasync'ed before record() returns
 (hbd.availability counts failures from these lines: a power cut must not erase

@@ -157,10 +157,16 @@ def test_reload_moves_the_media_and_refuses_a_node_list_change(lab):
             text = f.read()
         with open(path, "w") as f:
             f.write(text.replace("\nbcast eth0\n", f"\nucast eth0 {peer}\n").replace("udpport 694", "udpport 695"))
+    logfile = os.path.join(lab.node_dir("ha1"), "ha-log")      # and logging set up again
+    with open(os.path.join(lab.config_dir("ha1"), "ha.cf"), "a") as f:
+        f.write(f"logfile {logfile}\n")
     for n in ("ha1", "ha2"):
         r = lab.hbctl(n, "reload")
         assert r.returncode == 0, r.stderr
         assert "ha.cf: udpport 694 -> 695" in r.stdout and "ha.cf: bcast eth0 -> (none)" in r.stdout, r.stdout
+    assert f"ha.cf: logfile (none) -> {logfile}" in lab.log_text("ha1")
+    with open(logfile) as f:
+        assert "reload (hbctl reload): configuration reloaded" in f.read()
     wait_for(lambda: udp_ports(lab, "ha1") == {695} and udp_ports(lab, "ha2") == {695},
              "the old sockets closed, the new ones bound", 5, details=lab.logs_text)
     received = status(lab, "ha2")["membership"]["counters"]["accepted"]
