@@ -16,7 +16,8 @@ server's thread onto the daemon's event loop.  Requests and answers::
     {"cmd": "fence-peer", "node": X, "resource": R} -> {"ok": true, "code": 3..7, "text"}
     {"cmd": "unfence-peer", "node": X, "resource": R} -> {"ok": true}
                                          (hbd.disk_fencing: DRBD's fence-peer contract)
-    {"cmd": "reload"}                 -> {"ok": true, "changes": ["ha.cf: deadtime 1s -> 3s", ...]} or
+    {"cmd": "reload"}                 -> {"ok": true, "changes": ["ha.cf: deadtime 1s -> 3s", ...],
+                                          "groups_waiting": false} or
                                          {"ok": false, "error": "configuration invalid: FILE:LINE: ..."}
                                          (hbd.reload, as SIGHUP)
 

@@ -247,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             for line in r["changes"]:
                 print(line)
+            if r.get("groups_waiting"):
+                print("haresources changes wait until the groups are stable (see `hbctl status`)")
             print("configuration reloaded" if r["changes"] else "nothing changed")
             return 0
         before = request(args.run_dir, {"cmd": "rscstatus"})["rscstatus"]

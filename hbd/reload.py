@@ -262,7 +262,7 @@ class Reloader:
         t.journal.record("reload", source=source, result="ok", changes=changes)
         self.maybe_apply_groups()
         t.kick()
-        return {"ok": True, "changes": changes}
+        return {"ok": True, "changes": changes, "groups_waiting": self.pending is not None}
 
     def _apply_config(self, cfg: HaConfig, keys: AuthKeys, devices: tuple[stonith.StonithDevice, ...],
                       cdiff: ConfigDiff, media: Media | None) -> list[str]:

@@ -187,3 +187,34 @@ def test_group_definition_is_not_its_line_number():
     a = ResourceGroup("ha1", (ResourceSpec("httpd"),), 1)
     b = ResourceGroup("ha1", (ResourceSpec("httpd"),), 7)
     assert diff_groups((a,), (b,)).empty
+
+
+# --- hbctl reload over the control socket (a stand-in hbd answering) ---------------------------
+
+def test_hbctl_reload_prints_the_changes_or_the_error(tmp_path, capsys):
+    from hacommon.control import ControlServer
+    from hbd import ctl
+    answers = [{"ok": True, "changes": ["ha.cf: deadtime 1s -> 3s", "haresources: added x; 1 unchanged"],
+                "groups_waiting": True},
+               {"ok": True, "changes": [], "groups_waiting": False},
+               {"ok": False, "error": "configuration invalid: /etc/ha.d/ha.cf:3: unknown directive 'x': "
+                                      "keeping the running configuration"}]
+    asked = []
+
+    def answer(req):
+        asked.append(req)
+        return answers[len(asked) - 1]
+    server = ControlServer(str(tmp_path / "hbd.sock"), answer, name="hbd")
+    try:
+        assert ctl.main(["--run-dir", str(tmp_path), "reload"]) == 0
+        assert capsys.readouterr().out.splitlines() == [
+            "ha.cf: deadtime 1s -> 3s", "haresources: added x; 1 unchanged",
+            "haresources changes wait until the groups are stable (see `hbctl status`)", "configuration reloaded"]
+        assert ctl.main(["--run-dir", str(tmp_path), "reload"]) == 0
+        assert capsys.readouterr().out == "nothing changed\n"
+        assert ctl.main(["--run-dir", str(tmp_path), "reload"]) == 1
+        assert capsys.readouterr().err == ("hbctl: reload: configuration invalid: /etc/ha.d/ha.cf:3: unknown "
+                                           "directive 'x': keeping the running configuration\n")
+    finally:
+        server.close()
+    assert asked == [{"cmd": "reload"}] * 3
