@@ -18,7 +18,7 @@ Kinds (the availability accounting and ``hbctl status`` read these):
     group     group=KEY old=STATE new=STATE reason=TEXT   (STATE: stopped starting started
                                                            stopping failed)
               and state=up|down planned=BOOL why=TEXT holder=NODE (availability: up is
-              started; a stop for standby, shutdown or failback is planned, carried on to
+              started; a stop for standby, shutdown, failback or reload is planned, carried on to
               its stopped; state=unknown on the starts of the initial acquisition after
               initdead, when what ran before is not known)
     holding   group=KEY holder=PEER state=up|down planned=BOOL why=TEXT [since]: the peer's

@@ -104,8 +104,12 @@ def test_reload_adds_removes_changes_groups_and_deadtime_leaving_the_rest_runnin
     assert "reload (SIGHUP): ha.cf: deadtime 1s -> 3s" in log1
     assert "reload (SIGHUP): configuration reloaded" in log1
     from hbd.journal import read_journal
-    rel = [r for r in read_journal(os.path.join(lab.run_dir("ha1"), "journal.jsonl")) if r["event"] == "reload"]
-    assert [(r["source"], r["result"]) for r in rel] == [("SIGHUP", "ok")]
+    recs = read_journal(os.path.join(lab.run_dir("ha1"), "journal.jsonl"))
+    assert [(r["source"], r["result"]) for r in recs if r["event"] == "reload"] == [("SIGHUP", "ok")]
+    stops = {(r["group"], r["new"]): r["planned"] for r in recs if r["event"] == "group"   # planned stops
+             and r["new"] in ("stopping", "stopped")}
+    assert stops == {("rltrack::old", "stopping"): True, ("rltrack::old", "stopped"): True,
+                     ("rltrack::chg", "stopping"): True, ("rltrack::chg", "stopped"): True}
     assert applied_s < 5, applied_s
 
     # the new deadtime is the one in force: a 2 s silence of ha1 (> the old 1 s) is no death
