@@ -218,3 +218,40 @@ def test_hbctl_reload_prints_the_changes_or_the_error(tmp_path, capsys):
     finally:
         server.close()
     assert asked == [{"cmd": "reload"}] * 3
+
+
+# --- Membership.set_timing: the reload's timing, with a fake clock --------------------------------
+
+def test_set_timing_keepalive_and_deadtime_take_effect_on_both_sides():
+    from hbd.protocol.membership import NodeDead
+    from tests.unit.test_hbd_membership import Net, make
+    net = Net(make("ha1"), make("ha2", gen=7))
+    net.transfer()
+    net.run_until(3)
+    assert net.m["ha2"].peer_dead_s("ha1") == 5.0
+    sent = lambda: sum(1 for src, _dst, _d in net.wire if src == "ha1")  # noqa: E731
+    before = sent()
+    net.run_until(5)
+    assert sent() - before == 2                        # keepalive 1 s
+    other = parse_authkeys_both()
+    net.m["ha1"].set_timing(keepalive_s=0.25, warntime_s=4.0, deadtime_s=8.0, initdead_s=10.0,
+                            max_rexmit_delay_s=0.25, authkeys=other, now=net.t)
+    net.m["ha2"].set_timing(keepalive_s=1.0, warntime_s=4.0, deadtime_s=8.0, initdead_s=10.0,
+                            max_rexmit_delay_s=0.25, authkeys=other, now=net.t)
+    before = sent()
+    net.run_until(7)
+    assert 7 <= sent() - before <= 9                   # keepalive 0.25 s from now on
+    assert net.m["ha2"].peer_dead_s("ha1") == 8.0      # ha1's next status carried dt=8000 ms
+    assert net.m["ha1"].peer_dead_s("ha2") == 8.0
+    # the new deadtime is the one in force: 6 s of silence (> the old 5) is no death, 8 s is
+    net.cut.add(("ha1", "ha2"))
+    net.run_until(13.05)
+    assert net.of("ha2", NodeDead) == []
+    net.run_until(15.1)
+    assert [e for _t, e in net.of("ha2", NodeDead)] == [NodeDead("ha1")]
+
+
+def parse_authkeys_both():
+    """authkeys rolled over: signs with 3 (md5), still accepts 2 (the peer's until it reloads)."""
+    from hbd.authkeys import parse_authkeys
+    return parse_authkeys("auth 3\n2 sha1 mahnamahna\n3 md5 newkey\n")
