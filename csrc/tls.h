@@ -15,6 +15,11 @@
 #include <sys/types.h>
 
 struct rm_tls;
+struct rm_transport;
+
+/* transport_tls.c (declared with the other transports in transport.h too): an rm_transport over
+ * a session, for connection.c (rm_peer_attach_tls) and the frontends. */
+void transport_tls_init(struct rm_transport *t, struct rm_tls *s);
 
 /* The socket under the session (for poll and shutdown). */
 int tls_fd(struct rm_tls *s);
