@@ -309,8 +309,13 @@ ip -n "$PFX-ha1" link set eth0 up
 ctl ha1 up r0
 wait_for 60 "ha1 UpToDate again (resync from ha2)" state_is ha1 dstate UpToDate/UpToDate
 ctl ha2 status --json > "$WORK/resync.json"
-"$PYTHON" -c 'import json, sys; r = json.load(open(sys.argv[1]))[0].get("last_resync") or {}
-print("ha2 status --json: last_resync", r)' "$WORK/resync.json"
+"$PYTHON" - "$WORK/resync.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))[0].get("last_resync") or {}
+b, s = r.get("bytes", 0), r.get("seconds", 0)
+print(f"resync ha2 -> ha1: {b} bytes ({b / 2**20:.1f} MiB) in {s:.2f} s (ha2's replicactl status --json: last_resync):"
+      " what ha2 wrote meanwhile and what ha1's activity log says it may have written alone")
+PY
 start_node ha1
 wait_for 60 "ha1 serves the page and the database again" served_by ha1
 echo "ha1's hbd sees: $(mounted_in ha1); ha2's: $(mounted_in ha2)"

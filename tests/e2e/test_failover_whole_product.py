@@ -141,7 +141,7 @@ def test_make_demo_loses_no_acknowledged_row_or_file_and_leaves_nothing():
     assert re.search(r"availability \(SQL\)\s+client: \d+\.\d+ %", out)
     assert re.search(r"hbctl availability\s+group 10\.0\.17\.26: \d+\.\d+ %", out)
     assert re.search(r"hbctl availability\s+service db/sql: \d+\.\d+ %", out)
-    assert "disks                ha1 and ha2 identical after the clean stop" in out
+    assert re.search(r"disks\s+ha1 and ha2 identical after the clean stop", out)
     assert re.search(r"e2fsck -fn\s+clean", out)
     total = float(re.search(r"total time\s+(\S+) s", out).group(1))
     print(f"make demo: {total:.1f} s")
