@@ -327,10 +327,9 @@ T_STOP=$(now)
 echo "client, after $(elapsed "$T_CLIENT") s: $(client_counts)"
 verify_on ha1
 iso() { date -u -d "@$1" +%Y-%m-%dT%H:%M:%S.%N+00:00; }
-# ha2's hbd journal saw the whole run (ha1's own stops at its last record before the power failure,
-# which hbd.availability takes as the crash time) and both hbmon journals
+# both nodes' journals, hbd's and hbmon's, merged (ha1's first-hand records win for its groups)
 "$REPO/.venv/bin/hbctl" --run-dir "$WORK/ha2/run" availability --hbmon-run-dir "$WORK/ha2/run" \
-    --journal "$WORK/ha1/run/hbmon.jsonl" \
+    --journal "$WORK/ha1/run/journal.jsonl" --journal "$WORK/ha1/run/hbmon.jsonl" \
     --since "$(iso "$T_CLIENT")" --until "$(iso "$T_STOP")" --json > "$WORK/availability.json"
 
 extra=()
