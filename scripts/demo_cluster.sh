@@ -370,6 +370,7 @@ The cluster keeps running (ha1 serves; logs and configs in $WORK):
   ip netns exec $PFX-ha1 $REPO/.venv/bin/replicactl --config $WORK/replica.conf --node ha1 --run-dir $WORK/ha1/replica status
   $REPO/.venv/bin/hbctl --run-dir $WORK/ha1/run status
   $REPO/.venv/bin/hbctl --run-dir $WORK/ha1/run standby      # hand the group to ha2 (then: takeover)
+  kill \$(cat $WORK/ha1/run/nginx/nginx.pid)   # hbmon restarts it (see $WORK/ha1/hbmon.log)
   ip netns exec $PFX-ha1 bash     # a shell on ha1 (nsenter -t \$(cat $WORK/ha1/run/nginx/nginx.pid) -m sees its /data)
 Tear it down: make demo ARGS=--down   (or: bash $REPO/scripts/demo_cluster.sh --down)
 EOF
