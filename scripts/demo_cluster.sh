@@ -52,7 +52,7 @@ for c in nginx mariadbd mariadb mariadb-install-db mariadb-admin my_print_defaul
     command -v "$c" >/dev/null || missing+=("$c")
 done
 if [ "$MODE" = run ] && ((${#missing[@]})); then
-    echo "demo: missing ${missing[*]}: \`make demo\` installs them (Debian: nginx mariadb-server mariadb-client)" >&2
+    echo "demo: missing ${missing[*]}: \`make demo\` installs them (make test-deps; Debian: nginx mariadb-server)" >&2
     exit 77
 fi
 T_START=$(date +%s.%N)

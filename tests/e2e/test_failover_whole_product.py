@@ -35,7 +35,7 @@ DEMO = SCRIPTS / "demo_cluster.sh"
 STATE = "/run/replica-ha-demo.env"
 LOCK = "/run/lock/replica-ha-drbd0.lock"
 ENV = {**os.environ, "TERM": "dumb"}
-# Debian's packages: `make deps` installs them (Makefile DEMO_APT_PACKAGES)
+# Debian's packages: `make test-deps` (run by `make demo` and `make test`) installs them (Makefile APT_TEST)
 DEMO_COMMANDS = ("nginx", "mariadbd", "mariadb", "mariadb-install-db", "mariadb-admin", "my_print_defaults",
                  "curl", "mkfs.ext4", "chattr", "e2fsck", "nsenter", "findmnt", "flock", "perl")
 
