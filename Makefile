@@ -72,8 +72,9 @@ test-integration: test-deps
 bench: test-deps
 	$(VPY) scripts/bench.py
 
+# `make demo [ARGS=--keep|--down|--tour]` (scripts/demo.sh says what each shows)
 demo: test-deps
-	bash scripts/demo.sh
+	bash scripts/demo.sh $(ARGS)
 
 # `make install [PREFIX=/usr/local] [DESTDIR=stage] [UNITDIR=/lib/systemd/system] [SYSCONFDIR=/etc]`:
 # a virtualenv in PREFIX/lib/replica-ha, the commands linked into PREFIX/bin, the systemd units,

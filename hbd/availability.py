@@ -17,7 +17,8 @@ record is one transition of a *subject*:
              dead with "initdead": true = never heard since the writer started: unknown
              (nobody saw it go down; the groups it was known to hold become unknown too).
              ``daemon`` start/stop of a writer is its own node up / planned down;
-             a start that follows no stop means the previous daemon crashed.
+             a start that follows no stop means the previous daemon crashed: after
+             its last record, or when a peer saw it stop answering if that is later.
     group    subject = "group", holder = the writer "node"; "state" up|down (older
              records: new == "started" is up), "planned"; "unknown" (the start of
              the initial acquisition after initdead) changes nothing.
@@ -261,6 +262,7 @@ def transitions(records: Iterable[Mapping[str, Any]]) -> list[Transition]:
                   and r.get("event") in ("daemon", "group")}
     running: dict[str, bool] = {}       # writer -> its daemon started and did not stop yet
     last_seen: dict[str, float] = {}
+    peer_saw_down: dict[str, float] = {}    # node -> when a peer's journal says it stopped answering
     for t, _, rec in recs:
         ev = rec.get("event")
         writer = str(rec.get("node", "")).lower()
@@ -269,7 +271,10 @@ def transitions(records: Iterable[Mapping[str, Any]]) -> list[Transition]:
         if ev == "daemon" and writer and _from_hbd(rec):
             if st == "start":
                 if running.get(writer):
-                    out.append(Transition(last_seen[writer], "node", writer, writer, False, False,
+                    # it ended after its last record; when a peer saw it stop answering later
+                    # (an idle hbd writes nothing for hours), that is when it ended
+                    ended = max(last_seen[writer], peer_saw_down.get(writer, last_seen[writer]))
+                    out.append(Transition(ended, "node", writer, writer, False, False,
                                           "hbd ended without a clean stop (crash or kill)"))
                 running[writer] = True
                 out.append(Transition(t, "node", writer, writer, True, False, "hbd started"))
@@ -287,6 +292,8 @@ def transitions(records: Iterable[Mapping[str, Any]]) -> list[Transition]:
                 out.append(Transition(_since(rec, t) if not up else t, "node", subject, subject, up, planned and not up,
                                       why or ("up" if up else "shut down cleanly" if planned else "dead"),
                                       gone=not up and not planned and subject != writer))
+                if not up and subject != writer:
+                    peer_saw_down[subject] = _since(rec, t)
         elif ev in ("group", "service", "holding") and isinstance(rec.get(_SUBJECT_FIELD[ev]), str):
             key = _SUBJECT_FIELD[ev]
             holder = str(rec.get("holder") or writer).lower()

@@ -22,8 +22,19 @@ done
 if ((${#missing[@]})); then
     echo "deps ($mode): installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # Packages with a daemon (nginx, mariadb-server, heartbeat...) must not start it on this
+    # machine: the demos and tests run their own, in namespaces. policy-rc.d (invoke-rc.d and
+    # deb-systemd-invoke ask it) says no while apt runs, unless the machine has one already.
+    policy=
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\n# replica-ha scripts/deps.sh: no service starts during this install\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        trap 'rm -f "$policy"' EXIT
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [[ -n $policy ]]; then rm -f "$policy"; trap - EXIT; fi
 fi
 
 if [[ $mode == runtime ]]; then
