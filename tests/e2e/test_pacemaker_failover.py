@@ -11,7 +11,9 @@ after the promotion.
     -> clone Promoted on X, g_data Started on X, VIP in X's namespace
     -> only the replication link is cut (Corosync still sees both): X's fence-peer handler
        places drbd-fence-by-handler-r0-ms_r0 (Promoted on X only, exit 4), Y stays
-       Unpromoted; the link comes back, the constraint goes (unfence)
+       Unpromoted; `replicactl primary` on Y by hand is refused (its fence-peer finds the
+       constraint: exit 6, Y outdates itself); the link comes back, Y resyncs, the
+       constraint goes (unfence)
     -> a client on X writes files, fsyncs each (and the directory), logs what was acknowledged
     -> X loses power (link down, every process SIGKILLed) while the client is writing
     -> the survivor Y promotes, mounts (the ext4 journal replays), takes the VIP: timed
@@ -210,6 +212,14 @@ def test_pacemaker_fails_over_with_every_acknowledged_file(lab):
     assert parse_placement(mon)["promoted"] == x and f"Unpromoted: [ {y} ]" in mon, mon
     assert replica_status(lab, y)["role"] == "Secondary"
     assert banned_from_promotion(lab, x) == y
+    # by hand behind Pacemaker's back, Y's own promotion finds the constraint keeping X: its
+    # fence-peer answers 6 (the peer is active), Y outdates itself and is refused
+    res = lab.replicactl(y, "primary", RESOURCE, check=False)
+    assert res.returncode == 17 and "Need access to UpToDate data" in res.stderr, res.stderr
+    assert "fence-peer exit code 6" in lab.fence_log(y), fence_logs(lab)
+    print(f"replicactl primary on {y}: {res.stderr.strip()}; "
+          f"{lab.fence_log(y).rstrip().splitlines()[-2].split(': ', 1)[1]}")
+    assert lab.replicactl(y, "dstate", RESOURCE).stdout.split() == ["Outdated/DUnknown"]
     lab.replication_link(y, up=True)
     wait_for(lambda: lab.fence_constraint(x) is None and synced(lab), "constraint gone, in sync",
              30, interval_s=0.3, details=lambda: details(lab) + fence_logs(lab))
