@@ -16,7 +16,8 @@ python=$1
 : "${PREFIX:=/usr/local}" "${DESTDIR:=}" "${UNITDIR:=/lib/systemd/system}" "${SYSCONFDIR:=/etc}"
 [[ $PREFIX == /* ]] || { echo "install: PREFIX must be an absolute path, not '$PREFIX'" >&2; exit 2; }
 libdir=$PREFIX/lib/replica-ha bindir=$PREFIX/bin docdir=$PREFIX/share/doc/replica-ha
-commands=(replicad replicactl hbd hbctl hbmon replica-fence-peer replica-unfence-peer)
+commands=(replicad replicactl hbd hbctl hbmon replica-fence-peer replica-unfence-peer
+          replica-crm-fence-peer replica-crm-unfence-peer)
 venv=$DESTDIR$libdir
 
 [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"

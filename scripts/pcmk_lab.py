@@ -9,6 +9,9 @@ a node leaves its namespaces in place and the node can be "rebooted" into them::
 
     PFX-pk1 [eth0 10.66.7.1/24] --veth--+
     PFX-pk2 [eth0 10.66.7.2/24] --veth--+-- br0 in PFX-sw (a switch; VIP 10.66.7.100)
+    PFX-pk1 [eth1 10.66.8.1/24] --veth-- [eth1 10.66.8.2/24] PFX-pk2   (the replication link,
+                                          back to back as DRBD's guides advise: Corosync on eth0,
+                                          replicad on eth1, so each can be cut alone)
 
     node pk1 = netns PFX-pk1 + BASE/ns/pk1.mnt + BASE/ns/pk1.uts (hostname pk1)
         private, bind-mounted from BASE/pk1/:  /etc/corosync /var/lib/corosync
@@ -26,16 +29,20 @@ own mount namespace and the mount is invisible to the other node.
 The replica resource (BASE/replica.conf, the same file on both nodes as drbd.conf is):
 `device minor 7` (/dev/drbd7, beside the demo's /dev/drbd0), protocol C, short ping timers so
 replicad sees a dead peer (<= ping-int + ping-timeout = 1.5 s) before Corosync does (token
-1000 ms + consensus 1200 ms), and `fencing dont-care`: without STONITH the cluster's own
-membership is the only fencing there is (see the README's Pacemaker section).
+1000 ms + consensus 1200 ms), and `fencing resource-only` with replica-crm-fence-peer /
+replica-crm-unfence-peer (replica/crm_fence.py): a node that loses its peer, or is promoted
+without it, forbids the peer's promotion with the location constraint
+drbd-fence-by-handler-r0-ms_r0 until the resync is done (see the README's Pacemaker section).
 
 Lifecycle (the command line does the same from the shell; every step is by name and PID, so
 `down` works from another process and after a failed run)::
 
     up():            network, config, namespaces, both nodes started, until both are Online
                      with a DC (dc-deadtime 2s seeded in the CIB: ~4.5 s instead of ~25 s)
-    node_kill(N):    link down, then SIGKILL every process of the node's netns (a power cut:
+    node_kill(N):    links down, then SIGKILL every process of the node's netns (a power cut:
                      nothing reaches the peer, not even a FIN)
+    replication_link(N, up): only eth1 at N: Corosync sees both nodes, replicad loses its peer
+    fence_constraint(N): the nodes the fence handlers' constraint lets be Promoted, per N's CIB
     node_start(N):   a reboot: releases what the dead node left (its ext4 mount, its FUSE
                      mount and loop device: `replicactl down --force`), the VIP on eth0,
                      /run and /dev/shm contents; then corosync + pacemakerd
@@ -43,6 +50,7 @@ Lifecycle (the command line does the same from the shell; every step is by name 
 
     python -m scripts.pcmk_lab up | resources | status | down
     python -m scripts.pcmk_lab node-kill pk1 | node-start pk1
+    python -m scripts.pcmk_lab repl-link pk2 down | repl-link pk2 up
     python -m scripts.pcmk_lab exec pk1 crm_mon -1
     python -m scripts.pcmk_lab replicactl pk1 status r0
 
@@ -59,6 +67,7 @@ import sys
 import time
 from pathlib import Path
 
+from replica.crm_fence import constraint_id, parse_cib
 from scripts.lab import NetLab, ip, kill_namespace_processes, namespace_pids, remove_by_prefix
 from scripts.waiting import wait_for
 
@@ -74,12 +83,16 @@ PREFIX = "pk"
 NODES = ("pk1", "pk2")
 SUBNET = "10.66.7"
 ADDRS = {"pk1": f"{SUBNET}.1", "pk2": f"{SUBNET}.2"}
+REPL_SUBNET = "10.66.8"
+REPL_ADDRS = {"pk1": f"{REPL_SUBNET}.1", "pk2": f"{REPL_SUBNET}.2"}
 VIP = f"{SUBNET}.100"
 BASE = Path("/tmp/pk-lab")
 DISK_DIR = Path("/dev/shm/pk-lab")
 MINOR = 7
 RESOURCE = "r0"
 DISK_SIZE = 64 << 20
+# the fence handlers' log, in each node's own /var/log (BASE/NODE/log on the host)
+FENCE_LOG = "/var/log/replica-crm-fence.log"
 
 REQUIRED_COMMANDS = ("corosync", "corosync-keygen", "corosync-cmapctl", "pacemakerd", "crm_mon",
                      "cibadmin", "crm_attribute", "nsenter", "unshare", "ip")
@@ -87,13 +100,21 @@ REQUIRED_COMMANDS = ("corosync", "corosync-keygen", "corosync-cmapctl", "pacemak
 # The replicated resource: one file for both nodes, as drbd.conf. ping-int 1 s + ping-timeout
 # 0.5 s: a dead peer is seen in <= 1.5 s, before Corosync's token + consensus (2.2 s) makes
 # Pacemaker promote the survivor, so `replicactl primary` there is not refused as "Multiple
-# primaries" by a replicad that still thinks it is Connected.
+# primaries" by a replicad that still thinks it is Connected. `fencing resource-only` with the
+# CIB handlers (replica/crm_fence.py): a node that loses its peer forbids the peer's promotion
+# with a location constraint, removed after the resync (after-resync-target on the node that
+# was behind, unfence-peer on the other when no resync was needed).
 REPLICA_CONF = """\
 # written by scripts/pcmk_lab.py: the Pacemaker lab's replicated resource
 resource {res} {{
     device minor {minor};
-    disk {{ fencing dont-care; resync-rate 100M; }}
+    disk {{ fencing resource-only; resync-rate 100M; }}
     net {{ protocol C; ping-int 1; ping-timeout 5; timeout 5; connect-int 1; }}
+    handlers {{
+        fence-peer "{bindir}/replica-crm-fence-peer --logfile {fence_log}";
+        after-resync-target "{bindir}/replica-crm-unfence-peer --logfile {fence_log}";
+        unfence-peer "{bindir}/replica-crm-unfence-peer --logfile {fence_log}";
+    }}
     on pk1 {{ disk {disks}/pk1.img; meta-disk internal; address {a1}:7789; export unix:/run/replica/{res}.sock; }}
     on pk2 {{ disk {disks}/pk2.img; meta-disk internal; address {a2}:7789; export unix:/run/replica/{res}.sock; }}
 }}
@@ -358,6 +379,7 @@ class PcmkLab:
     def _build(self) -> None:
         lab = NetLab(self.prefix)
         lab.switched_lan({n: f"{ADDRS[n]}/24" for n in NODES})
+        lab.add_veth(self.netns("pk1"), "eth1", self.netns("pk2"), "eth1")
         common = self.base / "common"
         common.mkdir(parents=True)
         (self.base / "ns").mkdir()
@@ -366,7 +388,8 @@ class PcmkLab:
             with open(self.disk_path(node), "wb") as f:
                 f.truncate(DISK_SIZE)
         self.conf.write_text(REPLICA_CONF.format(res=RESOURCE, minor=MINOR, disks=self.disk_dir,
-                                                 a1=ADDRS["pk1"], a2=ADDRS["pk2"]))
+                                                 a1=REPL_ADDRS["pk1"], a2=REPL_ADDRS["pk2"],
+                                                 bindir=REPLICACTL.parent, fence_log=FENCE_LOG))
         # OCF providers as the host has them, plus ours, for the nodes' /usr/lib/ocf/resource.d
         rd = self.base / "resource.d"
         for provider in sorted(os.listdir(OCF_RESOURCE_D)):
@@ -454,9 +477,10 @@ class PcmkLab:
         ns = self.netns(node)
         if namespace_pids(ns):
             raise RuntimeError(f"pcmk_lab: {node} still has processes: {namespace_pids(ns)}")
-        ip("-n", ns, "addr", "flush", "dev", "eth0", "scope", "global")
-        ip("-n", ns, "addr", "add", f"{ADDRS[node]}/24", "dev", "eth0")
-        ip("-n", ns, "link", "set", "eth0", "up")
+        for dev, addr in (("eth0", ADDRS[node]), ("eth1", REPL_ADDRS[node])):
+            ip("-n", ns, "addr", "flush", "dev", dev, "scope", "global")
+            ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            ip("-n", ns, "link", "set", dev, "up")
         self.scrub(node)
         d = self.node_dir(node)
         with open(d / "corosync.stdout", "ab") as out:
@@ -483,9 +507,31 @@ class PcmkLab:
         """A power cut: the link goes down first (nothing more reaches the peer), then every
         process of the node is killed by PID. Returns the monotonic time of the cut."""
         t = time.monotonic()
-        ip("-n", self.netns(node), "link", "set", "eth0", "down")
+        for dev in ("eth0", "eth1"):
+            ip("-n", self.netns(node), "link", "set", dev, "down")
         kill_namespace_processes(self.netns(node), timeout_s=10)
         return t
+
+    def replication_link(self, node: str, up: bool) -> None:
+        """Cut (or mend) only the replication link at `node`'s end: Corosync still sees both
+        nodes, replicad loses its peer."""
+        ip("-n", self.netns(node), "link", "set", "eth1", "up" if up else "down")
+
+    def fence_constraint(self, node: str) -> list[str] | None:
+        """The fence handlers' constraint as `node`'s CIB has it: the nodes it lets be
+        Promoted (DRBD's id drbd-fence-by-handler-r0-ms_r0); None when there is none."""
+        res = self.run(node, "cibadmin", "--query", "-o", "constraints", timeout=20)
+        if res.returncode != 0:
+            raise RuntimeError(f"pcmk_lab: {node}: cibadmin --query: exit {res.returncode}: "
+                               f"{res.stderr.strip()}")
+        cib = f'<cib><configuration>{res.stdout}</configuration></cib>'
+        loc = parse_cib(cib).locations.get(constraint_id(RESOURCE, "ms_r0"))
+        return list(loc.allowed) if loc else None
+
+    def fence_log(self, node: str) -> str:
+        """What the fence handlers logged on `node` (its own /var/log)."""
+        path = self.node_dir(node) / "log" / Path(FENCE_LOG).name
+        return path.read_text() if path.exists() else ""
 
     # --- down --------------------------------------------------------------------------------
 
@@ -535,6 +581,9 @@ def main(argv: list[str] | None = None) -> int:
     res.add_argument("--directory", type=Path, default=BASE / "data", help="the Filesystem mount point")
     for verb in ("node-kill", "node-start"):
         sub.add_parser(verb).add_argument("node", choices=NODES)
+    link = sub.add_parser("repl-link", help="cut or mend only the replication link (eth1) at a node")
+    link.add_argument("node", choices=NODES)
+    link.add_argument("state", choices=("up", "down"))
     for verb in ("exec", "replicactl"):
         p = sub.add_parser(verb, help=f"run {'a command' if verb == 'exec' else 'replicactl'} on a node")
         p.add_argument("node", choices=NODES)
@@ -568,6 +617,9 @@ def run_command(lab: PcmkLab, args: argparse.Namespace) -> int:
     elif args.cmd == "node-start":
         lab.node_start(args.node)
         print(f"{args.node}: corosync and pacemakerd started")
+    elif args.cmd == "repl-link":
+        lab.replication_link(args.node, args.state == "up")
+        print(f"{args.node}: replication link (eth1) {args.state}")
     elif args.cmd == "exec":
         return subprocess.call(lab.exec_argv(args.node, args.args))
     elif args.cmd == "replicactl":

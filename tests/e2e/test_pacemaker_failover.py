@@ -9,11 +9,22 @@ after the promotion.
 
     cluster up -> ext4 made once (replicactl primary / mkfs / secondary) -> CIB loaded
     -> clone Promoted on X, g_data Started on X, VIP in X's namespace
+    -> only the replication link is cut (Corosync still sees both): X's fence-peer handler
+       places drbd-fence-by-handler-r0-ms_r0 (Promoted on X only, exit 4), Y stays
+       Unpromoted; `replicactl primary` on Y by hand is refused (its fence-peer finds the
+       constraint: exit 6, Y outdates itself); the link comes back, Y resyncs, the
+       constraint goes (unfence)
     -> a client on X writes files, fsyncs each (and the directory), logs what was acknowledged
     -> X loses power (link down, every process SIGKILLed) while the client is writing
     -> the survivor Y promotes, mounts (the ext4 journal replays), takes the VIP: timed
     -> every acknowledged file is on Y with its SHA-256
-    -> X reboots (pcmk_lab node_start), rejoins as Unpromoted, resyncs: UpToDate/UpToDate
+       and, while X is away, the constraint that Y's fence-peer placed when it was promoted
+       keeps the Promoted role on Y alone
+    -> X reboots (pcmk_lab node_start), rejoins as Unpromoted, resyncs: UpToDate/UpToDate,
+       and the constraint is gone (after-resync-target on X: replica-crm-unfence-peer)
+
+`fencing resource-only` with replica/crm_fence.py's handlers (replica-crm-fence-peer,
+replica-crm-unfence-peer); their log lines (each node's /var/log) are printed.
 
 The lab is taken down before (what a failed earlier run left) and after, always.
 """
@@ -30,7 +41,7 @@ from pathlib import Path
 import pytest
 
 from scripts.lab import namespace_pids
-from scripts.pcmk_lab import BASE, NODES, REQUIRED_COMMANDS, RESOURCE, VIP, PcmkLab
+from scripts.pcmk_lab import BASE, NODES, REQUIRED_COMMANDS, RESOURCE, VIP, PcmkLab, parse_placement
 from scripts.waiting import wait_for
 from tests.conftest import requires_commands, requires_root
 
@@ -106,6 +117,33 @@ def replica_status(lab: PcmkLab, node: str) -> dict:
     return up[0] if up else {}
 
 
+def synced(lab: PcmkLab) -> bool:
+    return all(replica_status(lab, n).get("connection") == "Connected"
+               and replica_status(lab, n).get("disk_state") == "UpToDate"
+               and replica_status(lab, n).get("peer_disk_state") == "UpToDate" for n in NODES)
+
+
+def banned_from_promotion(lab: PcmkLab, node: str) -> str | None:
+    """The node Pacemaker itself says the fence constraint keeps from being Promoted
+    (`crm_mon -1 -L`, Negative Location Constraints), as `node` sees the cluster."""
+    out = lab.run(node, "crm_mon", "-1", "-L", timeout=20).stdout
+    m = re.search(r"drbd-fence-by-handler-r0-rule-ms_r0\s+prevents ms_r0 from running in Promoted "
+                  r"role on (\S+)$", out, re.M)
+    return m.group(1) if m else None
+
+
+def removed_by(lab: PcmkLab) -> str:
+    """The node and log line of the last "Removed constraint" (both nodes run an unfence
+    handler after a resync: after-resync-target on the target, unfence-peer on the source)."""
+    lines = sorted((line.split(" replica-crm")[0], n, line) for n in NODES
+                   for line in lab.fence_log(n).splitlines() if "Removed constraint" in line)
+    return f"{lines[-1][1]}: {lines[-1][2]}" if lines else "nobody?"
+
+
+def fence_logs(lab: PcmkLab) -> str:
+    return "".join(f"\n--- fence handlers on {n} ---\n{lab.fence_log(n)}" for n in NODES)
+
+
 def mount_namespace(pid: int) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/ns/mnt")
@@ -158,6 +196,35 @@ def test_pacemaker_fails_over_with_every_acknowledged_file(lab):
     replicad = int((lab.node_dir(x) / "run" / "replica" / "replicad.pid").read_text())
     assert spaces.get(replicad) == mnt_ns, (replicad, spaces)
     assert {ns for ns in spaces.values() if ns} == {mnt_ns}, spaces
+    assert lab.fence_constraint(x) is None
+
+    # only the replication link breaks: X (Primary) fences Y through the CIB, Y stays Unpromoted
+    t_link = time.monotonic()
+    lab.replication_link(y, up=False)
+    wait_for(lambda: lab.fence_constraint(x) == [x], f"{x}'s fence-peer constraint", 30,
+             interval_s=0.3, details=lambda: details(lab) + fence_logs(lab))
+    print(f"replication link cut at {y}: constraint placed by {x} after "
+          f"{time.monotonic() - t_link:.1f} s")
+    print(lab.fence_log(x).rstrip())
+    assert "fence-peer exit code 4" in lab.fence_log(x)
+    assert replica_status(lab, x)["peer_disk_state"] == "Outdated"
+    mon = lab.crm_mon(x)
+    assert parse_placement(mon)["promoted"] == x and f"Unpromoted: [ {y} ]" in mon, mon
+    assert replica_status(lab, y)["role"] == "Secondary"
+    assert banned_from_promotion(lab, x) == y
+    # by hand behind Pacemaker's back, Y's own promotion finds the constraint keeping X: its
+    # fence-peer answers 6 (the peer is active), Y outdates itself and is refused
+    res = lab.replicactl(y, "primary", RESOURCE, check=False)
+    assert res.returncode == 17 and "Need access to UpToDate data" in res.stderr, res.stderr
+    assert "fence-peer exit code 6" in lab.fence_log(y), fence_logs(lab)
+    print(f"replicactl primary on {y}: {res.stderr.strip()}; "
+          f"{lab.fence_log(y).rstrip().splitlines()[-2].split(': ', 1)[1]}")
+    assert lab.replicactl(y, "dstate", RESOURCE).stdout.split() == ["Outdated/DUnknown"]
+    lab.replication_link(y, up=True)
+    wait_for(lambda: lab.fence_constraint(x) is None and synced(lab), "constraint gone, in sync",
+             30, interval_s=0.3, details=lambda: details(lab) + fence_logs(lab))
+    print(f"link back: in sync, constraint removed {time.monotonic() - t_link:.1f} s after the cut "
+          f"by {removed_by(lab)}")
 
     # the client writes on X until X loses power
     acked: dict[str, str] = {}
@@ -200,6 +267,10 @@ def test_pacemaker_fails_over_with_every_acknowledged_file(lab):
     assert times["vip"] < FAILOVER_BOUND_S
     st = replica_status(lab, y)
     assert (st["role"], st["disk_state"]) == ("Primary", "UpToDate")
+    # Y's promotion ran fence-peer (peer unknown, resource-only): X may not be Promoted now
+    assert lab.fence_constraint(y) == [y], fence_logs(lab)
+    assert banned_from_promotion(lab, y) == x
+    print(lab.fence_log(y).rstrip().splitlines()[-2])
     device = st["device"]["kernel"]
     assert lab.run(y, "findmnt", "-n", "-o", "SOURCE", str(DATA), check=True).stdout.strip() == device
     replayed = recovered_since(device, boot_clock_cut)
@@ -227,14 +298,14 @@ def test_pacemaker_fails_over_with_every_acknowledged_file(lab):
              details=lambda: details(lab))
     t_rejoined = time.monotonic() - t_boot
 
-    def synced() -> bool:
-        return all(replica_status(lab, n).get("connection") == "Connected"
-                   and replica_status(lab, n).get("disk_state") == "UpToDate"
-                   and replica_status(lab, n).get("peer_disk_state") == "UpToDate" for n in NODES)
-    wait_for(synced, "UpToDate/UpToDate on both nodes", 60, interval_s=0.5,
+    wait_for(lambda: synced(lab), "UpToDate/UpToDate on both nodes", 60, interval_s=0.5,
              details=lambda: details(lab))
+    t_synced = time.monotonic() - t_boot
+    wait_for(lambda: lab.fence_constraint(y) is None, "the constraint removed after the resync",
+             30, interval_s=0.3, details=lambda: details(lab) + fence_logs(lab))
+    print(f"constraint removed {time.monotonic() - t_boot:.1f} s after {x}'s boot by {removed_by(lab)}")
     print(f"{x} rejoined as Unpromoted {t_rejoined:.1f} s after its boot, UpToDate/UpToDate "
-          f"after {time.monotonic() - t_boot:.1f} s")
+          f"after {t_synced:.1f} s")
     assert lab.replicactl(y, "dstate", RESOURCE).stdout.split() == ["UpToDate/UpToDate"]
     assert lab.has_address(y) and not lab.has_address(x)
     assert lab.where(y)["p_fs"] == y

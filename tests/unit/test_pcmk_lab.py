@@ -4,8 +4,9 @@
 * parse_placement() on crm_mon -1 text captured from the lab's Pacemaker 2.1.5 (before the
   resources ran, mid-promotion, after the failover), on lines that must not count, and fuzzed.
 * The replica resource it writes parses with our own config parser, with the promises the
-  README makes for it: /dev/drbd7, protocol C, fencing dont-care, and a dead peer seen by
-  replicad before Corosync's token + consensus ends.
+  README makes for it: /dev/drbd7, protocol C, fencing resource-only with the CIB fence
+  handlers, replication on its own link, and a dead peer seen by replicad before Corosync's
+  token + consensus ends.
 * The CIB it loads is well-formed and names what the test and the README use.
 """
 from __future__ import annotations
@@ -22,7 +23,9 @@ from scripts.pcmk_lab import (
     CIB_RESOURCES,
     COROSYNC_CONF,
     DISK_DIR,
+    FENCE_LOG,
     MINOR,
+    REPL_ADDRS,
     REPLICA_CONF,
     RESOURCE,
     VIP,
@@ -98,12 +101,17 @@ def test_placement_of_shuffled_real_lines(lines):
 
 
 def test_replica_resource_keeps_the_readme_promises():
-    text = REPLICA_CONF.format(res=RESOURCE, minor=MINOR, disks=DISK_DIR, a1=ADDRS["pk1"],
-                               a2=ADDRS["pk2"])
+    text = REPLICA_CONF.format(res=RESOURCE, minor=MINOR, disks=DISK_DIR, a1=REPL_ADDRS["pk1"],
+                               a2=REPL_ADDRS["pk2"], bindir="/venv/bin", fence_log=FENCE_LOG)
     res = parse_config(text, "replica.conf").resource(RESOURCE)
     assert sorted(res.hosts) == ["pk1", "pk2"]
     assert all(h.minor == MINOR for h in res.hosts.values())
-    assert res.net.protocol == "C" and res.disk.fencing == "dont-care"
+    assert res.net.protocol == "C" and res.disk.fencing == "resource-only"
+    assert res.handlers["fence-peer"] == f"/venv/bin/replica-crm-fence-peer --logfile {FENCE_LOG}"
+    assert res.handlers["after-resync-target"] == res.handlers["unfence-peer"] == \
+        f"/venv/bin/replica-crm-unfence-peer --logfile {FENCE_LOG}"
+    # replication on its own link: cutting it leaves Corosync's ring (eth0) alone
+    assert res.hosts["pk1"].address[0] == REPL_ADDRS["pk1"] != ADDRS["pk1"]
     assert res.hosts["pk1"].disk == f"{DISK_DIR}/pk1.img"
     # replicad's dead-peer detection ends before Corosync's (token 1000 ms, consensus 1.2 x)
     token_s = 1.0
