@@ -815,7 +815,7 @@ static int keep_chunk(struct rm_device *dev, int pipefd[2], struct rm_keep *k, i
                             : splice(pipefd[0], NULL, k->pipe[1], NULL, in, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0 && errno == EAGAIN) {          /* the duplicate's pipe is full */
+        if (n < 0 && errno == EAGAIN && k->piped > 0) {   /* the duplicate's pipe is full */
             int r = keep_spill(k, have, length);
             if (r < 0)
                 return r;

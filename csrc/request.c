@@ -217,7 +217,11 @@ static int submit_local_and_peer(rm_engine *eng, struct rm_origin *o, const stru
 #define KEEP_PAYLOAD (4 * 1024 * 1024)
 
 /* The second half of a large write already on this disk: FUA's flush, then to the peer from
- * the page cache (or marked out of sync without a peer), or answered now. */
+ * the page cache (or marked out of sync without a peer), or answered now. Known gap: a disk
+ * that fails after this write reached it and before the peer half is read sends what the failed
+ * disk reads (in tests/unit/test_mirror_io_error.py's FailingDisk, zeroes; a real disk's page
+ * cache still holds the data, or the read fails). Closing it means sending the peer half from
+ * the duplicate (struct rm_keep) instead, a connection.c call to splice a pipe to the peer. */
 static int finish_streamed(rm_engine *eng, struct rm_origin *o, struct rm_wjob *j, int *rc)
 {
     int wrc = j->wrc;
