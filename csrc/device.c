@@ -433,6 +433,11 @@ int device_set_on_io_error(struct rm_device *dev, int mode)
     return 0;
 }
 
+int device_fails_over(struct rm_device *dev)
+{
+    return __atomic_load_n(&dev->on_io_error, __ATOMIC_ACQUIRE) == RM_ON_IO_ERROR_FAIL_OVER;
+}
+
 int device_disk_failed(struct rm_device *dev)
 {
     return __atomic_load_n(&dev->disk_failed, __ATOMIC_SEQ_CST);
@@ -704,6 +709,134 @@ static int finish_write(struct rm_device *dev, int rc, int fua)
     return rc;
 }
 
+/* ---- the duplicate of a spliced payload (struct rm_keep) ---- */
+
+void device_keep_init(struct rm_keep *k)
+{
+    memset(k, 0, sizeof *k);
+    k->pipe[0] = k->pipe[1] = k->null_fd = -1;
+}
+
+/* The duplicate's pipe: non-blocking (a full duplicate is spilled, never waited for), and as
+ * large as we may make it. A buffer per received segment: a 1 MiB payload over TCP without GRO
+ * is ~725 of them, more than the 256 of a 1 MiB pipe; above pipe-max-size needs
+ * CAP_SYS_RESOURCE (replicad runs as root), else the pipe stays at transport_open_pipe's. */
+#define KEEP_PIPE_SIZE (4 * 1024 * 1024)
+
+static int keep_open_pipe(struct rm_keep *k)
+{
+    int rc = transport_open_pipe(k->pipe);
+
+    if (rc < 0) {
+        k->pipe[0] = k->pipe[1] = -1;
+        return rc;
+    }
+    fcntl(k->pipe[1], F_SETPIPE_SZ, KEEP_PIPE_SIZE);   /* best effort */
+    fcntl(k->pipe[1], F_SETFL, O_NONBLOCK);
+    return 0;
+}
+
+int device_keep_open(struct rm_keep *k)
+{
+    int rc;
+
+    if (k->pipe[0] >= 0)
+        return 0;
+    if (k->null_fd < 0 && (k->null_fd = open("/dev/null", O_WRONLY | O_CLOEXEC)) < 0)
+        return -errno;
+    rc = keep_open_pipe(k);
+    return rc < 0 ? rc : 0;
+}
+
+void device_keep_close(struct rm_keep *k)
+{
+    if (k->pipe[0] >= 0) {
+        close(k->pipe[0]);
+        close(k->pipe[1]);
+    }
+    if (k->null_fd >= 0)
+        close(k->null_fd);
+    free(k->buf);
+    device_keep_init(k);
+}
+
+/* Throw the duplicate away (splice to /dev/null: the pages are released, nothing is copied). */
+static void keep_drop(struct rm_keep *k)
+{
+    while (k->piped > 0) {
+        ssize_t n = splice(k->pipe[0], NULL, k->null_fd, NULL, k->piped, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            /* cannot happen with /dev/null; a pipe we cannot empty must not leak into the next
+             * payload, so it is replaced */
+            close(k->pipe[0]);
+            close(k->pipe[1]);
+            keep_open_pipe(k);     /* -1 on failure: device_keep_open tries again */
+            break;
+        }
+        k->piped -= (uint32_t)n;
+    }
+    k->piped = 0;
+    k->spilled = 0;
+}
+
+/* Move the duplicate from the pipe to buf (a copy), after the prefix's place and what was
+ * spilled before. 0, or -errno (the duplicate is then incomplete). */
+static int keep_spill(struct rm_keep *k, uint32_t have, uint32_t length)
+{
+    if (k->cap < length) {
+        unsigned char *b = realloc(k->buf, length);
+        if (!b)
+            return -ENOMEM;
+        k->buf = b;
+        k->cap = length;
+    }
+    while (k->piped > 0) {
+        ssize_t n = read(k->pipe[0], k->buf + have + k->spilled, k->piped);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        k->piped -= (uint32_t)n;
+        k->spilled += (uint32_t)n;
+    }
+    return 0;
+}
+
+/* The `in` bytes at the front of the pipe into the duplicate: tee(2) while the disk takes them
+ * (the pipe keeps them for pipe_to_disk), moved by splice once the disk has failed (nothing is
+ * written to it any more). -errno when no duplicate could be kept. */
+static int keep_chunk(struct rm_device *dev, int pipefd[2], struct rm_keep *k, int disk_ok, uint64_t *off, size_t in,
+                      uint32_t have, uint64_t start, uint32_t length, int *rc)
+{
+    while (in > 0) {
+        ssize_t n = disk_ok ? tee(pipefd[0], k->pipe[1], in, SPLICE_F_NONBLOCK)
+                            : splice(pipefd[0], NULL, k->pipe[1], NULL, in, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN && k->piped > 0) {   /* the duplicate's pipe is full */
+            int r = keep_spill(k, have, length);
+            if (r < 0)
+                return r;
+            continue;
+        }
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        k->piped += (uint32_t)n;
+        if (disk_ok) {
+            int prc = pipe_to_disk(dev, pipefd, off, (size_t)n, start, length);
+            if (*rc == 0)
+                *rc = prc;
+            disk_ok = *rc == 0;
+        } else {
+            *off += (uint64_t)n;
+        }
+        in -= (size_t)n;
+    }
+    return 0;
+}
+
 /* Stream `length` bytes arriving on `sock` to the disk at `offset`, the first `have` of them
  * already received into `prefix`. splice(2) moves the socket's pages into the pipe and copies
  * them once into the page cache, where recv + pwrite would copy twice, and bytes reach the disk
@@ -713,15 +846,22 @@ static int finish_write(struct rm_device *dev, int rc, int fua)
  *
  * Returns 0 with the local write's result in *write_rc once the stream is consumed, or a
  * negative errno when the socket failed, with *write_rc for what arrived and, when `applied` is
- * given, how many bytes from `offset` on were written (or failed to be). */
-int device_splice_write(struct rm_device *dev, struct rm_transport *t, int pipefd[2], const void *prefix,
+ * given, how many bytes from `offset` on were written (or failed to be). With `k`, a duplicate
+ * of the payload is kept (struct rm_keep). */
+static int splice_write(struct rm_device *dev, struct rm_transport *t, int pipefd[2], const void *prefix,
                         uint32_t have, uint64_t offset, uint32_t length, int fua, int *write_rc,
-                        uint32_t *applied, struct rm_spin *spin)
+                        uint32_t *applied, struct rm_spin *spin, struct rm_keep *k)
 {
     uint64_t off = offset + have;
     uint32_t left = length - have;
     int rc = write_prefix(dev, prefix, have, offset);
 
+    if (k) {
+        keep_drop(k);              /* empty already, unless a previous payload left one */
+        k->whole = 0;
+        if (k->pipe[0] < 0)
+            k = NULL;
+    }
     while (left > 0) {
         transport_spin_for_data(t, spin);
         ssize_t in = t->ops->splice_to_pipe(t, pipefd[1], left);
@@ -729,20 +869,59 @@ int device_splice_write(struct rm_device *dev, struct rm_transport *t, int pipef
             continue;
         if (in <= 0) {
             int err = in == 0 ? ECONNRESET : (int)-in;
+            if (k)
+                keep_drop(k);
             *write_rc = finish_write(dev, rc, 0);
             if (applied)
                 *applied = length - left;
             return -err;
         }
         left -= (uint32_t)in;
-        int prc = pipe_to_disk(dev, pipefd, &off, (size_t)in, offset, length);
-        if (rc == 0)
-            rc = prc;
+        if (k && keep_chunk(dev, pipefd, k, rc == 0, &off, (size_t)in, have, offset, length, &rc) < 0) {
+            /* No duplicate after all (out of memory): what is still in the pipe goes on as
+             * without one, and a failure is answered as such. */
+            size_t rest = (size_t)(offset + length - left - off);   /* this chunk's, still in the pipe */
+            keep_drop(k);
+            k = NULL;
+            if (rest) {
+                int prc = pipe_to_disk(dev, pipefd, &off, rest, offset, length);
+                if (rc == 0)
+                    rc = prc;
+            }
+            continue;
+        }
+        if (!k) {
+            int prc = pipe_to_disk(dev, pipefd, &off, (size_t)in, offset, length);
+            if (rc == 0)
+                rc = prc;
+        }
     }
     *write_rc = finish_write(dev, rc, fua);
+    if (k) {
+        if (*write_rc < 0 && keep_spill(k, have, length) == 0 && have + k->spilled == length) {
+            if (have)
+                memcpy(k->buf, prefix, have);
+            k->whole = 1;
+        }
+        keep_drop(k);
+    }
     if (applied)
         *applied = length;
     return 0;
+}
+
+int device_splice_write(struct rm_device *dev, struct rm_transport *t, int pipefd[2], const void *prefix,
+                        uint32_t have, uint64_t offset, uint32_t length, int fua, int *write_rc,
+                        uint32_t *applied, struct rm_spin *spin)
+{
+    return splice_write(dev, t, pipefd, prefix, have, offset, length, fua, write_rc, applied, spin, NULL);
+}
+
+int device_splice_write_keep(struct rm_device *dev, struct rm_transport *t, int pipefd[2], const void *prefix,
+                             uint32_t have, uint64_t offset, uint32_t length, int fua, int *write_rc,
+                             uint32_t *applied, struct rm_spin *spin, struct rm_keep *k)
+{
+    return splice_write(dev, t, pipefd, prefix, have, offset, length, fua, write_rc, applied, spin, k);
 }
 
 /* Send [offset, offset + length) of the backing disk to `t` straight from the page cache.

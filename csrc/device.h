@@ -94,6 +94,7 @@ void device_al_end(struct rm_device *dev, uint64_t offset, uint64_t length);
 /* disk failures (mirror.h, on-io-error) */
 int device_set_on_io_error(struct rm_device *dev, int mode);
 int device_disk_failed(struct rm_device *dev);
+int device_fails_over(struct rm_device *dev);   /* on-io-error detach (FAIL_OVER) */
 void device_set_disk_failed(struct rm_device *dev, int failed);
 /* A write about to be submitted: 1 if it must go to the peer alone (counted), 0 if not. */
 int device_enter_remote_only(struct rm_device *dev);
@@ -128,6 +129,33 @@ void device_report_error(struct rm_device *dev, int err, uint64_t offset, uint64
 int device_splice_write(struct rm_device *dev, struct rm_transport *t, int pipefd[2], const void *prefix,
                         uint32_t have, uint64_t offset, uint32_t length, int fua, int *write_rc,
                         uint32_t *applied, struct rm_spin *spin);
+/* A duplicate of a spliced payload, kept while the payload goes to the disk so that a write the
+ * disk refuses can still go elsewhere (on-io-error detach: to the peer, request.c). Each chunk
+ * is tee(2)d into a second pipe before it is spliced to the disk: the duplicate shares the
+ * pipe's pages (no copy), and is spliced to /dev/null once the disk has the whole payload. A
+ * duplicate larger than the second pipe holds moves to `buf` (a copy); so does all of it when
+ * the disk fails. The disk's own copy is never read back: a failed disk is not trusted. tee
+ * only takes references, so the pipe's pages must not be reused by whoever filled them: true of
+ * a socket's splice_read and of write(2) into the pipe (transport_tls.c), not of vmsplice(2). */
+struct rm_keep {
+    int pipe[2];            /* the duplicate; -1 until device_keep_open */
+    int null_fd;            /* /dev/null */
+    uint32_t piped;         /* duplicate bytes in the pipe, following the `have + spilled` in buf */
+    uint32_t spilled;       /* duplicate bytes moved to buf (after the prefix's place) */
+    int whole;              /* after a failed write: buf holds the whole payload */
+    unsigned char *buf;     /* allocated on the first spill; `cap` bytes */
+    size_t cap;
+};
+
+void device_keep_init(struct rm_keep *k);
+int device_keep_open(struct rm_keep *k);    /* 0 or -errno */
+void device_keep_close(struct rm_keep *k);  /* fds and buffer */
+/* device_splice_write, keeping a duplicate in `k` (device_keep_open'ed). When the stream was
+ * consumed (0) and *write_rc < 0, k->whole says whether k->buf holds all `length` bytes. Once
+ * the disk failed, the rest of the payload goes to the duplicate alone (no more disk writes). */
+int device_splice_write_keep(struct rm_device *dev, struct rm_transport *t, int pipefd[2], const void *prefix,
+                             uint32_t have, uint64_t offset, uint32_t length, int fua, int *write_rc,
+                             uint32_t *applied, struct rm_spin *spin, struct rm_keep *k);
 /* Send [offset, offset + length) of the disk to `t` from the page cache: 0 or -errno. */
 int device_send_range(struct rm_device *dev, struct rm_transport *t, uint64_t offset, uint64_t length,
                       uint64_t *sent);

@@ -213,8 +213,15 @@ static int submit_local_and_peer(rm_engine *eng, struct rm_origin *o, const stru
 
 /* ---- large writes streamed from the frontend's transport (write-behind) ---- */
 
+/* Payload buffers above this size are released after use, to keep RSS small between bursts. */
+#define KEEP_PAYLOAD (4 * 1024 * 1024)
+
 /* The second half of a large write already on this disk: FUA's flush, then to the peer from
- * the page cache (or marked out of sync without a peer), or answered now. */
+ * the page cache (or marked out of sync without a peer), or answered now. Known gap: a disk
+ * that fails after this write reached it and before the peer half is read sends what the failed
+ * disk reads (in tests/unit/test_mirror_io_error.py's FailingDisk, zeroes; a real disk's page
+ * cache still holds the data, or the read fails). Closing it means sending the peer half from
+ * the duplicate (struct rm_keep) instead, a connection.c call to splice a pipe to the peer. */
 static int finish_streamed(rm_engine *eng, struct rm_origin *o, struct rm_wjob *j, int *rc)
 {
     int wrc = j->wrc;
@@ -274,6 +281,7 @@ void request_writeq_init(struct rm_writeq *q, rm_engine *eng, struct rm_origin *
     q->eng = eng;
     q->origin = o;
     q->pipe[0] = q->pipe[1] = -1;
+    device_keep_init(&q->keep);
     pthread_mutex_init(&q->lock, NULL);
     pthread_cond_init(&q->cond, NULL);
 }
@@ -307,6 +315,7 @@ void request_writeq_destroy(struct rm_writeq *q)
     pthread_cond_destroy(&q->cond);
     pthread_mutex_destroy(&q->lock);
     free(q->payload);
+    device_keep_close(&q->keep);
 }
 
 /* Requests that change the disk outside the write-behind queue wait for it to empty, so an
@@ -321,6 +330,40 @@ static void wait_writes(struct rm_writeq *q)
     pthread_mutex_unlock(&q->lock);
 }
 
+/* The duplicate's buffer (spilled or recovered payloads) goes when large, as q->payload does. */
+static void release_keep_buffer(struct rm_writeq *q)
+{
+    if (q->keep.cap > KEEP_PAYLOAD) {
+        free(q->keep.buf);
+        q->keep.buf = NULL;
+        q->keep.cap = 0;
+    }
+}
+
+/* A large write the disk refused as it failed (on-io-error detach): to the peer alone, from the
+ * duplicate kept while it streamed, as retry_on_peer does for a write from memory. The origin's
+ * earlier writes go first. Without a slot (the link went meanwhile) the client gets the local
+ * error. The AL references taken for the stream go with the slot, or here. */
+static int retry_spliced_on_peer(rm_engine *eng, struct rm_origin *o, struct rm_writeq *q,
+                                 const struct rm_request *req, int wrc, int *rc)
+{
+    struct rm_request again = *req;
+    uint64_t id;
+    int ret;
+
+    wait_writes(q);
+    id = conn_reserve_slot(&eng->conn, 0, req->offset, req->count);
+    if (id == NO_SLOT) {
+        *rc = wrc;
+        return unmirrored(eng, req);
+    }
+    device_count_remote_write(&eng->dev);
+    again.data = q->keep.buf;
+    ret = retry_on_peer(eng, id, o, &again, rc);   /* sent (or failed) by now: buf is free */
+    release_keep_buffer(q);
+    return ret;
+}
+
 /* A large write: streamed to the disk as it arrives (device_splice_write: one copy, made while
  * the client is still sending), then queued for the writer thread, which sends it to the peer
  * from the page cache while the frontend takes the next request. (Measured at 1 MiB QD16,
@@ -332,7 +375,7 @@ static int submit_spliced(rm_engine *eng, struct rm_origin *o, struct rm_writeq 
 {
     uint32_t applied;
     struct rm_wjob *j;
-    int r, avail;
+    int r, avail, keep;
 
     pthread_mutex_lock(&q->lock);
     while (q->count == WRITE_BEHIND)
@@ -343,8 +386,12 @@ static int submit_spliced(rm_engine *eng, struct rm_origin *o, struct rm_writeq 
     j->req = *req;
     j->req.data = NULL;
     device_al_begin(&eng->dev, req->offset, req->count);
-    r = device_splice_write(&eng->dev, st->tp, q->pipe, st->prefix, st->have, req->offset, req->count, 0,
-                            &j->wrc, &applied, &q->spin);
+    /* on-io-error detach with a peer: keep a duplicate (tee, no copy) so that the write that
+     * meets the disk's first failure is still served, by the peer. Not otherwise: pass_on
+     * answers the error, and without a peer there is nowhere else to write. */
+    keep = device_fails_over(&eng->dev) && conn_live(&eng->conn) && device_keep_open(&q->keep) == 0;
+    r = device_splice_write_keep(&eng->dev, st->tp, q->pipe, st->prefix, st->have, req->offset, req->count, 0,
+                                 &j->wrc, &applied, &q->spin, keep ? &q->keep : NULL);
     if (r < 0) {
         /* The client vanished mid-payload. What reached this disk goes to the peer as well (the
          * answer reaches nobody), so the two disks stay the same. */
@@ -360,6 +407,9 @@ static int submit_spliced(rm_engine *eng, struct rm_origin *o, struct rm_writeq 
         }
         return r;
     }
+    if (j->wrc < 0 && keep && q->keep.whole && device_disk_failed(&eng->dev))
+        return retry_spliced_on_peer(eng, o, q, req, j->wrc, rc);
+    release_keep_buffer(q);
     /* Inline when nothing more has come from the client (queue depth 1: a hand-off would only
      * add a wake-up); otherwise the writer thread takes it. */
     avail = st->tp->ops->readable(st->tp);
@@ -393,9 +443,6 @@ static int read_stream(struct rm_writeq *q, struct rm_stream *st, uint32_t count
     *data = q->payload;
     return r;
 }
-
-/* Payload buffers above this size are released after use, to keep RSS small between bursts. */
-#define KEEP_PAYLOAD (4 * 1024 * 1024)
 
 int request_submit(rm_engine *eng, struct rm_origin *o, struct rm_writeq *q, const struct rm_request *req,
                    struct rm_stream *stream, int *rc)

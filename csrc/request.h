@@ -101,6 +101,7 @@ struct rm_writeq {
     struct rm_spin spin;       /* mid-payload waits */
     char *payload;             /* a streamed payload that could not be spliced */
     size_t payload_cap;
+    struct rm_keep keep;       /* on-io-error detach: the spliced payload's duplicate */
 };
 
 #define RM_SUBMIT_DONE 0    /* *rc holds the answer now */

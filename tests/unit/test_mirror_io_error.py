@@ -9,7 +9,8 @@ socketpair, as in test_mirror_peer; NBD requests through the Session helper.
                a large (spliced) write and a write without a peer
     fail_over  the first error takes the disk out of use: the write is retried on the peer
                (flagged NOT_LOCAL: the peer marks it out of sync), later reads come from the
-               peer (READ_REQUEST/READ_REPLY), no peer means EIO
+               peer (READ_REQUEST/READ_REPLY), no peer means EIO; a large (spliced) write too,
+               from the duplicate kept while it streamed (the failed disk is never read back)
     Secondary  a failing Secondary NEG_ACKs and, failed over, writes nothing more: the Primary
                marks every such block
 """
@@ -21,7 +22,7 @@ import struct
 import pytest
 
 from replica.mirror import Engine
-from tests.unit.test_mirror_engine import DISC, FLUSH, READ, WRITE, Session
+from tests.unit.test_mirror_engine import DISC, FLUSH, FUA, READ, REQUEST, REQUEST_MAGIC, WRITE, Session
 from tests.unit.test_mirror_peer import HEADER, SIZE, Pair, make_engine, settled
 
 BLOCK = 4096
@@ -136,6 +137,82 @@ def test_fail_over_serves_writes_and_reads_through_the_peer(pair):
     assert (3 * BLOCK, 2 * BLOCK) in list(pair.sbm.iter_dirty_extents(2 * BLOCK))
     assert pair.pbm.count() >= 2 + 256
     assert io_events(pair.primary)
+
+
+def _send_in_pieces(sock, data, piece):
+    for i in range(0, len(data), piece):
+        sock.sendall(data[i:i + piece])
+
+
+def _large_write_meets_the_failure(pair, size, before_failure, flags=0, piece=1 << 30):
+    """A `size`-byte write whose first `before_failure` bytes reach the disk before it fails,
+    sent in `piece`-byte sends (each one at least a buffer of the pipes it is spliced into)."""
+    pair.primary.set_on_io_error("fail_over")
+    s = Session(pair.primary)
+    s.send(WRITE, 0, BLOCK, b"o" * BLOCK, cookie=1)          # the link is up and in use
+    assert s.reply() == (0, 1, b"")
+    big = os.urandom(size)
+    offset = 1 << 20
+    s.sock.sendall(REQUEST.pack(REQUEST_MAGIC, flags, WRITE, 2, offset, size))
+    _send_in_pieces(s.sock, big[:before_failure], piece)
+    if before_failure:
+        # the first part is on this disk (the page cache) before the disk fails under the rest
+        settled(lambda: os.pread(pair.pfd, before_failure, offset) == big[:before_failure],
+                "the first part of the payload on the primary's disk")
+    pair.pdisk.fail()
+    _send_in_pieces(s.sock, big[before_failure:], piece)
+    assert s.reply() == (0, 2, b"")                            # served: the peer has it
+    assert pair.primary.disk_failed()
+    s.send(READ, offset, size, cookie=3)                       # from the peer now
+    assert s.reply(size) == (0, 3, big)
+    s.send(DISC)
+    s.finish()
+    assert os.pread(pair.sfd, size, offset) == big
+    blocks = size // BLOCK
+    # both bitmaps know: the peer marked the NOT_LOCAL write, this node marked its own copy
+    settled(lambda: pair.sbm.count() == blocks, f"the secondary to mark {blocks} blocks")
+    assert list(pair.sbm.iter_dirty_extents(size)) == [(offset, size)]
+    assert (offset, size) in list(pair.pbm.iter_dirty_extents(size))
+    assert pair.primary.remote_writes() == 1
+    assert io_events(pair.primary)
+
+
+def test_fail_over_large_write_meeting_the_first_failure_is_served_by_the_peer(pair):
+    _large_write_meets_the_failure(pair, 1 << 20, 0)
+
+
+def test_fail_over_large_write_failing_mid_payload_sends_all_of_it(pair):
+    """The first half reached this disk before it failed: the peer still gets it, from the
+    duplicate (the failed disk reads zeroes here, so reading it back would lose it)."""
+    _large_write_meets_the_failure(pair, 1 << 20, 512 << 10, flags=FUA)
+
+
+def test_fail_over_large_write_beyond_the_duplicate_pipe_is_served_by_the_peer(pair):
+    """4 MiB in 1 KiB sends: 4096 pipe buffers, more than the duplicate's pipe holds (1024 at
+    most), so most of it was moved to memory, before the failure and after."""
+    _large_write_meets_the_failure(pair, 4 << 20, 3 << 20, piece=1024)
+
+
+def test_fail_over_large_writes_without_failure_reach_both_disks(pair):
+    """The duplicate is thrown away after each payload: nothing of it leaks into the next."""
+    pair.primary.set_on_io_error("fail_over")
+    s = Session(pair.primary)
+    payloads = {i: os.urandom(size) for i, size in enumerate((1 << 20, 4 << 20, 256 << 10, 1 << 20))}
+    offset, where = 0, {}
+    for i, data in payloads.items():
+        where[i] = offset
+        s.send(WRITE, offset, len(data), cookie=i)
+        _send_in_pieces(s.sock, data, 1024 if i == 1 else len(data))   # 4 MiB: spilled
+        offset += len(data)
+    assert sorted(s.reply()[:2] for _ in payloads) == [(0, i) for i in payloads]
+    s.send(FLUSH, cookie=99)
+    assert s.reply() == (0, 99, b"")
+    s.send(DISC)
+    s.finish()
+    for i, data in payloads.items():
+        assert os.pread(pair.pfd, len(data), where[i]) == data
+        assert os.pread(pair.sfd, len(data), where[i]) == data     # protocol C: acked once written
+    assert not pair.primary.disk_failed() and pair.pbm.count() == 0
 
 
 def test_fail_over_without_peer_answers_eio(pair):
