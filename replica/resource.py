@@ -39,8 +39,19 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from replica.adjust import RECONNECT_NET, changed_keywords, settings_of
 from replica.blockdev import BlockDevice
-from replica.config import Endpoint, HostSection, Resource
+from replica.config import (
+    DISK_KEYWORDS,
+    NET_KEYWORDS,
+    Config,
+    DiskOptions,
+    Endpoint,
+    HostSection,
+    NetOptions,
+    Resource,
+)
+from replica.config_dump import dump_config
 from replica.connection import PeerConnection
 from replica.disk import ResourceDisk, engine_io_error_mode
 from replica.errors import ReplicaError
@@ -57,6 +68,12 @@ from replica.sync import ResyncControl
 from replica.uuids import UuidFlag
 
 __all__ = ["ResourceRuntime", "engine_io_error_mode"]
+
+
+def _option_text(section: str, keyword: str, options: object) -> str:
+    fname, parser = (NET_KEYWORDS if section == "net" else DISK_KEYWORDS)[keyword]
+    value = getattr(options, fname)
+    return "unset" if value is None else parser.format(value)
 
 log = logging.getLogger("replicad.resource")
 
@@ -200,14 +217,14 @@ class ResourceRuntime:
 
     # --- up/down -----------------------------------------------------------------------------
 
-    def up(self) -> None:
+    def up(self, config: Resource | None = None) -> None:
         if self.resource.standalone:
             self._up_standalone()
             return
         if not self.disk.has_md:
             self.attach()
         if self.state.conn is ConnState.StandAlone:
-            self.connect()
+            self.connect(config=config)
 
     def down(self, force: bool = False) -> None:
         """drbdadm down; `force` (daemon exit) also ends NBD clients of a Primary."""
@@ -438,8 +455,76 @@ class ResourceRuntime:
         if not self.disk.has_md:
             raise Refusal.IS_DISKLESS.error(self.name)
 
-    def connect(self, discard_my_data: bool = False) -> None:
+    def connect(self, discard_my_data: bool = False, config: Resource | None = None) -> None:
+        """drbdadm connect; `config`: the resource as the command's file has it now, whose net
+        section and addresses a new link takes (drbdsetup connect is given them likewise)."""
+        if config is not None and self.conn.link is None and not self.resource.standalone:
+            self._adopt_link_config(config)
         self.conn.connect(discard_my_data)
+
+    def _adopt_link_config(self, config: Resource) -> None:
+        peer = config.peer(self.host.name)
+        mine = config.host(self.host.name)
+        if peer is not None and self.peer_host is not None and peer.name == self.peer_host.name:
+            moved = {n: replace(self.resource.hosts[n], address=h.address,
+                                address_family=h.address_family, address_line=h.address_line)
+                     for n, h in ((mine.name, mine), (peer.name, peer))}
+            if (moved[mine.name].address, moved[peer.name].address) != (
+                    self.host.address, self.peer_host.address):
+                log.info("%s: addresses: %s %s -> %s %s", self.name, self.host.address_text,
+                         self.peer_host.address_text, moved[mine.name].address_text,
+                         moved[peer.name].address_text)
+            self.resource = replace(self.resource, hosts={**self.resource.hosts, **moved})
+            self.host, self.peer_host = moved[mine.name], moved[peer.name]
+        self.set_options(net=config.net, why="connect")
+
+    def set_options(self, net: NetOptions | None = None, disk: DiskOptions | None = None,
+                    handlers: dict[str, str] | None = None, why: str = "") -> list[str]:
+        """Change options live (net-options, disk-options, adjust): the new values reach the
+        parts that copied them (PeerLink, fencing, C's on-io-error, a running resync); the rest
+        read `resource` when they act. Net options the peer checks in the handshake or C takes
+        at attach (adjust.RECONNECT_NET) are refused while a link exists. Returns the changes
+        as `keyword old -> new`."""
+        old = self.resource
+        new = replace(old, net=net or old.net, disk=disk or old.disk,
+                      handlers=old.handlers if handlers is None else dict(handlers))
+        net_changed = changed_keywords("net", old.net, new.net)
+        disk_changed = changed_keywords("disk", old.disk, new.disk)
+        stuck = [k for k in net_changed if k in RECONNECT_NET]
+        if stuck and self.conn.link is not None:
+            raise ReplicaError(f"{self.name}: net-options: {', '.join(stuck)}: cannot change "
+                               "while a peer link exists (disconnect first; adjust does both)")
+        changes = [f"{kw} {_option_text('net', kw, old.net)} -> {_option_text('net', kw, new.net)}"
+                   for kw in net_changed]
+        changes += [f"{kw} {_option_text('disk', kw, old.disk)} -> "
+                    f"{_option_text('disk', kw, new.disk)}" for kw in disk_changed]
+        changes += [f"handler {h}" for h in sorted(set(old.handlers) | set(new.handlers))
+                    if old.handlers.get(h) != new.handlers.get(h)]
+        if not changes:
+            return []
+        self.resource = new
+        self.disk.resource = new
+        self.fencing.policy = new.disk.fencing
+        if self.conn.link is not None:
+            self.conn.link.net = new.net
+        if self.disk.engine is not None and "on-io-error" in disk_changed:
+            self.disk.engine.set_on_io_error(engine_io_error_mode(new.disk.on_io_error))
+        self.set_state(replace(self.state, allow_two_primaries=new.net.allow_two_primaries,
+                               fencing=new.disk.fencing != "dont-care"), why)
+        self.sync.apply_settings()
+        self.monitor.wake()                  # ping-int, ping-timeout, ko-count deadlines
+        log.info("%s: options changed%s: %s", self.name, f" ({why})" if why else "",
+                 ", ".join(changes))
+        return changes
+
+    def show(self) -> dict[str, Any]:
+        """The running resource for adjust and `dump --running` (drbdsetup show): its
+        settings as replica.adjust compares them, and as drbd.conf text."""
+        text = dump_config(Config(path=f"running on {self.host.name}",
+                                  resources={self.name: self.resource}))
+        return {"up": self.is_up, "attached": self.disk.has_md, "link": self.has_link,
+                "standalone": self.resource.standalone,
+                "settings": settings_of(self.resource, self.host.name), "text": text}
 
     def disconnect(self) -> None:
         self.conn.disconnect()
