@@ -530,6 +530,34 @@ def _options_command(section: str) -> Callable:
     return handler
 
 
+def cmd_resize(ctl: Ctl, name: str) -> int:
+    """drbdadm resize RES [--size=S] [--assume-clean]: after both backing disks grew, the
+    device grows online to the smaller of the two (replica.resize); --size as drbdsetup takes
+    it (K/M/G/T suffixes, a bare number in 512-byte sectors)."""
+    from replica.config import DISK_KEYWORDS
+    from replica.config_values import BadValue
+    size = None
+    if ctl.args.size is not None:
+        try:
+            size = DISK_KEYWORDS["size"][1].parse([ctl.args.size])
+        except BadValue as exc:
+            print(f"replicactl: resize: {name}: --size: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    if not ctl.daemon_running:
+        for res in ctl.resource_names(name):
+            print(f"{res}: No such resource (replicad is not running)", file=sys.stderr)
+        return EXIT_NO_RESOURCE
+    for res in ctl.resource_names(name):
+        before = (ctl.status_of(res) or [{}])[0].get("size")
+        # replicad waits for the peer a little less than we wait for replicad
+        st = ctl.call("resize", resource=res, size=size, assume_clean=bool(ctl.args.assume_clean),
+                      wait_s=max(1.0, ctl.cmd_timeout("resize") - 5))["status"]
+        print(f"{res}: size {before} -> {st['size']} bytes"
+              + ("" if st["size"] == before else " (resync of the new area)"
+                 if not ctl.args.assume_clean and st["size"] > (before or 0) else ""))
+    return 0
+
+
 def cmd_wait_sync(ctl: Ctl, name: str) -> int:
     """drbdadm wait-sync: wait-connect, then until no resync runs (replication Established,
     both disks UpToDate), all within the same startup{} timeout (wfc-timeout or
@@ -630,6 +658,12 @@ COMMANDS = [
     Command("disk-options", _options_command("disk"), True, "change disk options of a running "
             "resource: --KEYWORD=VALUE... (--set-defaults: the others back to defaults)",
             takes_settings=True),
+    Command("resize", cmd_resize, True, "grow (or with --size shrink) the device online after "
+            "both backing disks grew: the nodes agree on the size, the new area is resynced",
+            (("--size", "the new size (K, M, G suffix; bare numbers in 512-byte sectors); "
+              "default: the largest both disks hold", "SIZE"),
+             ("--assume-clean", "the new area is identical on both nodes (e.g. zeros): no "
+              "resync"))),
     Command("wait-sync", cmd_wait_sync, True, "wait until Connected and no resync runs "
             "(startup{} wfc-timeout, degr-wfc-timeout); exit 5 on timeout"),
 ]

@@ -94,6 +94,7 @@ class Daemon:
             "dump-md": self.cmd_dump_md,
             "peer-dead": self.cmd_peer_dead,
             "show": self.cmd_show,
+            "resize": self.cmd_resize,
             "net-options": self.cmd_options,
             "disk-options": self.cmd_options,
             "handlers": self.cmd_options,
@@ -183,6 +184,16 @@ class Daemon:
                 rt.connect(discard_my_data=bool(req.get("discard_my_data")), config=config)
             else:
                 run(rt, req)
+            return {"status": rt.status()}
+
+    def cmd_resize(self, req: Request) -> Reply:
+        """drbdadm resize: agreed with the peer (replica.resize); the daemon's lock is not held
+        while the peer answers, the resource's is taken by ResourceRuntime.resize."""
+        rt = self._runtime(req)
+        size = req.get("size")
+        rt.resize(None if size is None else int(size), bool(req.get("assume_clean")),
+                  timeout_s=float(req.get("wait_s") or 55.0))
+        with rt.lock:
             return {"status": rt.status()}
 
     def cmd_show(self, req: Request) -> Reply:

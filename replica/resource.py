@@ -39,19 +39,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from replica.adjust import RECONNECT_NET, changed_keywords, settings_of
 from replica.blockdev import BlockDevice
-from replica.config import (
-    DISK_KEYWORDS,
-    NET_KEYWORDS,
-    Config,
-    DiskOptions,
-    Endpoint,
-    HostSection,
-    NetOptions,
-    Resource,
-)
-from replica.config_dump import dump_config
+from replica.config import DiskOptions, Endpoint, HostSection, NetOptions, Resource
 from replica.connection import PeerConnection
 from replica.disk import ResourceDisk, engine_io_error_mode
 from replica.errors import ReplicaError
@@ -61,19 +50,15 @@ from replica.mirror import MirrorEvent
 from replica.monitor import ResourceMonitor
 from replica.protocol.nbd import ExportInfo, transmission_flags_for
 from replica.protocol.repl_control import FullSyncRequest, PeerUuids
+from replica.resize import ResizeControl
 from replica.roles import Request, ResourceState, needs_new_current_uuid, request, request_or_raise
+from replica.runtime_options import RuntimeOptions
 from replica.startup import wfc_option
 from replica.states import ConnState, DiskState, Refusal, ReplState, Role
 from replica.sync import ResyncControl
 from replica.uuids import UuidFlag
 
 __all__ = ["ResourceRuntime", "engine_io_error_mode"]
-
-
-def _option_text(section: str, keyword: str, options: object) -> str:
-    fname, parser = (NET_KEYWORDS if section == "net" else DISK_KEYWORDS)[keyword]
-    value = getattr(options, fname)
-    return "unset" if value is None else parser.format(value)
 
 log = logging.getLogger("replicad.resource")
 
@@ -101,6 +86,8 @@ class ResourceRuntime:
         self.sync = ResyncControl(self)
         self.monitor = ResourceMonitor(self)
         self.fencing = PeerFencing(self)
+        self.resizer = ResizeControl(self)
+        self.options = RuntimeOptions(self)
         self.wfc_option = "wfc-timeout"      # which startup timeout `wait-connect` uses
 
     # --- what the daemon asks -------------------------------------------------------------
@@ -211,6 +198,7 @@ class ResourceRuntime:
     def _device_down(self, force: bool = False) -> None:
         if self.device is not None:
             self.device.remove(force=force)
+            self.resizer.device_size_stale = False      # made again with the new size
 
     def _primary(self) -> bool:
         return self.state.role is Role.Primary
@@ -257,7 +245,7 @@ class ResourceRuntime:
             return
         engine = self.disk.open_standalone()
         try:
-            self.frontend.start(engine, self._export_info())
+            self.frontend.start(engine, self.export_info())
             self.state = ResourceState(role=Role.Primary, disk=DiskState.UpToDate)
             self._device_up()
         except BaseException:
@@ -281,7 +269,7 @@ class ResourceRuntime:
         self.state = ResourceState()
         log.info("%s: down", self.name)
 
-    def _export_info(self) -> ExportInfo:
+    def export_info(self) -> ExportInfo:
         ro = self.state.role is not Role.Primary and not self.resource.standalone
         return ExportInfo(name=self.name, size=self.disk.size,
                           transmission_flags=transmission_flags_for(read_only=ro,
@@ -291,7 +279,7 @@ class ResourceRuntime:
     def _apply_role_to_export(self) -> None:
         ro = self.state.role is not Role.Primary
         self.disk.the_engine().set_read_only(ro)
-        self.frontend.set_export(self._export_info())
+        self.frontend.set_export(self.export_info())
         log.info("%s: export %s: %s", self.name, self.frontend.uri,
                  "read-only (Secondary: writes are refused with EPERM)" if ro else "read-write")
 
@@ -307,7 +295,7 @@ class ResourceRuntime:
         self.wfc_option = wfc_option(info)
         try:
             new = self.request(Request.ATTACH, "attach", attach=info)
-            self.frontend.start(self.disk.the_engine(), self._export_info())
+            self.frontend.start(self.disk.the_engine(), self.export_info())
         except BaseException:
             self.disk.close()
             raise
@@ -459,72 +447,17 @@ class ResourceRuntime:
         """drbdadm connect; `config`: the resource as the command's file has it now, whose net
         section and addresses a new link takes (drbdsetup connect is given them likewise)."""
         if config is not None and self.conn.link is None and not self.resource.standalone:
-            self._adopt_link_config(config)
+            self.options.adopt_link_config(config)
         self.conn.connect(discard_my_data)
-
-    def _adopt_link_config(self, config: Resource) -> None:
-        peer = config.peer(self.host.name)
-        mine = config.host(self.host.name)
-        if peer is not None and self.peer_host is not None and peer.name == self.peer_host.name:
-            moved = {n: replace(self.resource.hosts[n], address=h.address,
-                                address_family=h.address_family, address_line=h.address_line)
-                     for n, h in ((mine.name, mine), (peer.name, peer))}
-            if (moved[mine.name].address, moved[peer.name].address) != (
-                    self.host.address, self.peer_host.address):
-                log.info("%s: addresses: %s %s -> %s %s", self.name, self.host.address_text,
-                         self.peer_host.address_text, moved[mine.name].address_text,
-                         moved[peer.name].address_text)
-            self.resource = replace(self.resource, hosts={**self.resource.hosts, **moved})
-            self.host, self.peer_host = moved[mine.name], moved[peer.name]
-        self.set_options(net=config.net, why="connect")
 
     def set_options(self, net: NetOptions | None = None, disk: DiskOptions | None = None,
                     handlers: dict[str, str] | None = None, why: str = "") -> list[str]:
-        """Change options live (net-options, disk-options, adjust): the new values reach the
-        parts that copied them (PeerLink, fencing, C's on-io-error, a running resync); the rest
-        read `resource` when they act. Net options the peer checks in the handshake or C takes
-        at attach (adjust.RECONNECT_NET) are refused while a link exists. Returns the changes
-        as `keyword old -> new`."""
-        old = self.resource
-        new = replace(old, net=net or old.net, disk=disk or old.disk,
-                      handlers=old.handlers if handlers is None else dict(handlers))
-        net_changed = changed_keywords("net", old.net, new.net)
-        disk_changed = changed_keywords("disk", old.disk, new.disk)
-        stuck = [k for k in net_changed if k in RECONNECT_NET]
-        if stuck and self.conn.link is not None:
-            raise ReplicaError(f"{self.name}: net-options: {', '.join(stuck)}: cannot change "
-                               "while a peer link exists (disconnect first; adjust does both)")
-        changes = [f"{kw} {_option_text('net', kw, old.net)} -> {_option_text('net', kw, new.net)}"
-                   for kw in net_changed]
-        changes += [f"{kw} {_option_text('disk', kw, old.disk)} -> "
-                    f"{_option_text('disk', kw, new.disk)}" for kw in disk_changed]
-        changes += [f"handler {h}" for h in sorted(set(old.handlers) | set(new.handlers))
-                    if old.handlers.get(h) != new.handlers.get(h)]
-        if not changes:
-            return []
-        self.resource = new
-        self.disk.resource = new
-        self.fencing.policy = new.disk.fencing
-        if self.conn.link is not None:
-            self.conn.link.net = new.net
-        if self.disk.engine is not None and "on-io-error" in disk_changed:
-            self.disk.engine.set_on_io_error(engine_io_error_mode(new.disk.on_io_error))
-        self.set_state(replace(self.state, allow_two_primaries=new.net.allow_two_primaries,
-                               fencing=new.disk.fencing != "dont-care"), why)
-        self.sync.apply_settings()
-        self.monitor.wake()                  # ping-int, ping-timeout, ko-count deadlines
-        log.info("%s: options changed%s: %s", self.name, f" ({why})" if why else "",
-                 ", ".join(changes))
-        return changes
+        """net-options, disk-options, handlers, adjust: replica.runtime_options."""
+        return self.options.set(net, disk, handlers, why)
 
     def show(self) -> dict[str, Any]:
-        """The running resource for adjust and `dump --running` (drbdsetup show): its
-        settings as replica.adjust compares them, and as drbd.conf text."""
-        text = dump_config(Config(path=f"running on {self.host.name}",
-                                  resources={self.name: self.resource}))
-        return {"up": self.is_up, "attached": self.disk.has_md, "link": self.has_link,
-                "standalone": self.resource.standalone,
-                "settings": settings_of(self.resource, self.host.name), "text": text}
+        """The running resource (adjust, `dump --running`): replica.runtime_options."""
+        return self.options.show()
 
     def disconnect(self) -> None:
         self.conn.disconnect()
@@ -626,6 +559,15 @@ class ResourceRuntime:
         self._need_disk()
         return self.disk.dump()
 
+    def resize(self, size: int | None, assume_clean: bool, timeout_s: float) -> None:
+        """drbdadm resize (replica.resize): agreed with the peer; waits for it without holding
+        the lock (the peer's answer is handled under it)."""
+        with self.lock:
+            done = self.resizer.start(size, assume_clean)
+        done.wait(timeout_s)
+        with self.lock:
+            self.resizer.result()
+
     # --- status -----------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -658,6 +600,9 @@ class ResourceRuntime:
             "wfc_option": self.wfc_option,
             "link_error": self.conn.last_error,
         }
+        resize = self.resizer.status()
+        if resize is not None:
+            out["resize"] = resize
         if self.disk.has_md:
             out["uuids"] = self.disk.uuids.text()
             out["out_of_sync_bytes"] = self.disk.out_of_sync_bytes()
