@@ -31,7 +31,8 @@ Rules: a frame decodes to exactly one message (trailing bytes are an error); a S
 bits above the role byte, an unknown role or disk, a SYNC_UUID or RESYNC_PAUSE with aux other
 than 0/1 or a reserved UUID (0, 4) are refused; so are an OV_START whose start is not 4 KiB
 aligned or lies past its end, whose aux is not 0/1 or whose alg is not printable ASCII, and
-an OV_END with an unknown outcome; any other packet type is unexpected after the handshake.
+an OV_END with an unknown outcome, and a SIZES whose sizes are not 4 KiB multiples or whose
+aux has unknown bits; any other packet type is unexpected after the handshake.
 """
 from dataclasses import dataclass
 
