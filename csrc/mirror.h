@@ -282,3 +282,6 @@ int rm_fuse_start(rm_engine *eng, const char *mountpoint, const char *filename, 
                   uint32_t nthreads, int direct_io, rm_fuse **out);
 int rm_fuse_stop(rm_fuse *f);
 void rm_fuse_get_stats(rm_fuse *f, rm_fuse_stats *out);
+/* After rm_engine_resize: the file takes the new size (the kernel's cached attributes of it are
+ * invalidated). 0 or -errno. */
+int rm_fuse_set_size(rm_fuse *f, uint64_t size);

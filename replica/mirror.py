@@ -122,6 +122,11 @@ class FuseFile:
     def running(self) -> bool:
         return self._handle is not None
 
+    def set_size(self, size: int) -> None:
+        """After Engine.resize: the file's new size (the kernel's cached attributes dropped)."""
+        if self._handle is not None:
+            _check(lib.rm_fuse_set_size(self._handle, size), f"fuse: {self.path}: set size {size}")
+
     def stats(self) -> dict:
         if self._handle is None:
             return {}

@@ -19,8 +19,9 @@ DRBD-dev. size."). With --size a shrink is done as asked: the data past the new 
 part of the device (shrink the filesystem first, as with DRBD).
 
 Each node: replica.disk.ResourceDisk.resize (the metadata's crash-safe move, then C), then the
-NBD export announces the new size to new clients; the block device (/dev/replica/RES, kernel
-NBD or FUSE+loop) keeps its size until it is made again (secondary, primary): status says so.
+NBD export announces the new size to new clients; the block device (/dev/replica/RES) follows
+where it can (FUSE+loop: LOOP_SET_CAPACITY); a kernel NBD device keeps its size until it is
+made again (secondary, primary), and status says so.
 """
 from __future__ import annotations
 
@@ -172,7 +173,7 @@ class ResizeControl:
         rt = self.rt
         rt.disk.resize(size, mark_new=not assume_clean)
         rt.frontend.set_export(rt.export_info())
-        if rt.device is not None and rt.device.exists:
+        if rt.device is not None and rt.device.exists and not rt.device.resize(size):
             self.device_size_stale = True
             log.warning("%s: resize: the block device %s keeps its old size until it is made "
                         "again (secondary, then primary); the NBD export has the new size",

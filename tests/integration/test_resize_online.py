@@ -98,3 +98,41 @@ def test_assume_clean_skips_the_resync_and_implicit_shrink_is_refused(pair):
     assert res.returncode == 1
     assert "Low.dev. smaller than requested DRBD-dev. size." in res.stderr
     assert t.status("alpha")["size"] == 16 * MiB
+
+
+def test_the_fuse_loop_device_follows_the_new_size(tmp_path):
+    """device-kind fuse (this kernel has no nbd.ko): the loop device takes the new size at once
+    (LOOP_SET_CAPACITY), while open; a write past the old end through it reaches the peer.
+    (A mounted ext4 would then grow with resize2fs, given CAP_SYS_RESOURCE, which this
+    sandbox lacks.)"""
+    import os
+
+    from tests.conftest import requires_commands
+    requires_root()
+    requires_commands("losetup")
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse: the FUSE+loop device cannot be made here")
+    with TwoNodes(prefix="adf", size=32 * MiB, device="device minor 173; device-kind fuse;") as t:
+        t.create_and_up()
+        t.ctl("alpha", "new-current-uuid", "--clear-bitmap", "r0")
+        t.wait_synced()
+        t.ctl("alpha", "primary", "r0")
+        fd = os.open("/dev/drbd173", os.O_RDWR)          # held open across the resize
+        try:
+            old = os.lseek(fd, 0, os.SEEK_END)
+            for node in NODES:
+                grow(t, node, 64 * MiB)
+            t.ctl("alpha", "resize", "r0")
+            new = t.status("alpha")["size"]
+            assert os.lseek(fd, 0, os.SEEK_END) == new > 60 * MiB > old
+            assert "resize" not in t.status("alpha")    # nothing stale to report
+            os.pwrite(fd, b"D" * 65536, new - 65536)
+            os.pwrite(fd, b"E" * 4096, old)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        t.wait_synced()
+        assert t.read_disk("beta", new - 65536, 65536) == b"D" * 65536
+        assert t.read_disk("beta", old, 4096) == b"E" * 4096
+        t.ctl("alpha", "secondary", "r0")
+        assert t.disks_equal(new)
