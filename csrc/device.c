@@ -49,7 +49,11 @@ int device_init(struct rm_device *dev, int backing_fd, uint64_t size, int read_o
     if (pipe2(dev->ev_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
         return -errno;
     dev->al_nextents = (size + RM_AL_EXTENT_SIZE - 1) / RM_AL_EXTENT_SIZE;
-    return al_map(dev, size > RM_GROW_MAX ? size : RM_GROW_MAX);
+    /* no room to grow where the kernel will not map it (vm.overcommit_memory 2): resize then
+     * says -EFBIG */
+    if (al_map(dev, size > RM_GROW_MAX ? size : RM_GROW_MAX) == 0)
+        return 0;
+    return al_map(dev, size);
 }
 
 /* The AL arrays have room for every extent of `capacity` bytes from the start, so that an

@@ -53,12 +53,17 @@ def max_encoded_size(nbits: int) -> int:
     return _ENC_HEADER.size + -(-nbits // 8)
 
 
-def growable_buffer(capacity_bytes: int) -> mmap.mmap:
+def growable_buffer(capacity_bytes: int, data_size: int = 0) -> mmap.mmap | bytearray:
     """Room for the bitmap of a device that may grow to `capacity_bytes` online: an anonymous
     MAP_NORESERVE mapping, so address space only, pages resident once used. The words C was
-    given never move when the device grows (Bitmap.resized over the same buffer)."""
+    given never move when the device grows (Bitmap.resized over the same buffer). Where the
+    kernel will not map that much (vm.overcommit_memory 2), room for `data_size` only: the
+    device then cannot grow online (Bitmap.resized says so)."""
     length = max(buffer_bytes_for(bits_for(capacity_bytes)), mmap.PAGESIZE)
-    return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
+    try:
+        return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
+    except OSError:
+        return bytearray(buffer_bytes_for(bits_for(data_size)))
 
 
 class Bitmap:

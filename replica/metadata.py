@@ -226,8 +226,8 @@ class Metadata:
         self.sb = sb
         self.md_start = md_start
         # growable: the bitmap's words have room to grow online (replica.resize)
-        self.bitmap = Bitmap(sb.data_size, growable_buffer(max(mirror.GROW_MAX, sb.data_size))
-                             if growable else None)
+        self.bitmap = Bitmap(sb.data_size, growable_buffer(max(mirror.GROW_MAX, sb.data_size),
+                                                           sb.data_size) if growable else None)
         self.torn_bitmap_pages: list[int] = []
         self._bm_page_csum: dict[int, bytes] = {}     # page -> checksum of what is on disk
         self._al_hot: OrderedDict[int, None] = OrderedDict()   # hot extents, least recent first
