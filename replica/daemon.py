@@ -12,7 +12,9 @@ Configuration, as drbdadm and drbdsetup share it: replicactl parses the file it 
 names it (and its node) in every command; the daemon reads that file again for the command, so
 a corrected or edited --config is what a resource comes up with, never the file the daemon was
 started with. A resource in use keeps the configuration it came up with until `down` (DRBD's
-kernel state until `adjust`). The file given at start is checked once and used for commands
+kernel state until `adjust`), but for what `net-options`/`disk-options`/`adjust` change (the
+`show` request reports it) and a new link: `connect` takes the file's net section and addresses,
+as drbdsetup connect is given them. The file given at start is checked once and used for commands
 that name none (a replicad run by hand, an older replicactl).
 
 Started by replicactl (--exit-when-idle), the daemon lives only while a resource is in use: a
