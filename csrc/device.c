@@ -19,6 +19,8 @@
 
 #include "device.h"
 
+static int al_map(struct rm_device *dev, uint64_t capacity);
+
 int device_init(struct rm_device *dev, int backing_fd, uint64_t size, int read_only)
 {
     pthread_condattr_t attr;
@@ -47,8 +49,60 @@ int device_init(struct rm_device *dev, int backing_fd, uint64_t size, int read_o
     if (pipe2(dev->ev_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
         return -errno;
     dev->al_nextents = (size + RM_AL_EXTENT_SIZE - 1) / RM_AL_EXTENT_SIZE;
-    dev->al_refs = calloc(dev->al_nextents + 1, sizeof *dev->al_refs);
-    return dev->al_refs ? 0 : -ENOMEM;
+    /* no room to grow where the kernel will not map it (vm.overcommit_memory 2): resize then
+     * says -EFBIG */
+    if (al_map(dev, size > RM_GROW_MAX ? size : RM_GROW_MAX) == 0)
+        return 0;
+    return al_map(dev, size);
+}
+
+/* The AL arrays have room for every extent of `capacity` bytes from the start, so that an
+ * online grow (device_resize) only moves al_nextents: a writer never sees an array move under
+ * it. One anonymous MAP_NORESERVE mapping: pages cost memory only once an extent of theirs is
+ * used (64 TiB of room is 64 MiB of address space, none of it resident while unused). */
+static int al_map(struct rm_device *dev, uint64_t capacity)
+{
+    uint64_t n = (capacity + RM_AL_EXTENT_SIZE - 1) / RM_AL_EXTENT_SIZE + 1;
+    size_t words = (size_t)((n + 63) / 64) + 1;
+    size_t refs_len = (size_t)n * sizeof(uint32_t);
+    size_t len = refs_len + 2 * words * sizeof(uint64_t);
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+
+    if (p == MAP_FAILED)
+        return -errno;
+    dev->al_map_len = len;
+    dev->al_capacity = n - 1;
+    dev->al_refs = p;
+    /* al_hot/al_asked stay NULL until device_enable_al: that is how the gate knows it is off */
+    dev->al_hot_room = (uint64_t *)((char *)p + ((refs_len + 7) & ~(size_t)7));
+    return 0;
+}
+
+uint64_t device_size(struct rm_device *dev)
+{
+    return __atomic_load_n(&dev->size, __ATOMIC_ACQUIRE);
+}
+
+/* Grow: al_nextents first, then the size (release): a request that passes the range check
+ * with the new size finds room in the AL arrays and the bitmap (Python set the bitmap's nbits
+ * first). Shrink: only the size; al_nextents stays, so a write already past the gate beyond the
+ * new end gives its AL references back to the same extents it took them on. */
+int device_resize(struct rm_device *dev, uint64_t new_size)
+{
+    uint64_t extents = (new_size + RM_AL_EXTENT_SIZE - 1) / RM_AL_EXTENT_SIZE;
+
+    if (extents > dev->al_capacity)
+        return -EFBIG;
+    if ((new_size + RM_BLOCK_SIZE - 1) / RM_BLOCK_SIZE > __atomic_load_n(&dev->bm_nbits, __ATOMIC_ACQUIRE) &&
+        __atomic_load_n(&dev->bm_words, __ATOMIC_ACQUIRE))
+        return -EINVAL;                         /* the bitmap must cover the new size first */
+    pthread_mutex_lock(&dev->al_lock);
+    if (extents > dev->al_nextents)
+        __atomic_store_n(&dev->al_nextents, extents, __ATOMIC_RELEASE);
+    __atomic_store_n(&dev->size, new_size, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&dev->al_lock);
+    return 0;
 }
 
 void device_destroy(struct rm_device *dev)
@@ -64,9 +118,8 @@ void device_destroy(struct rm_device *dev)
         close(dev->ev_pipe[0]);
         close(dev->ev_pipe[1]);
     }
-    free(dev->al_hot);
-    free(dev->al_asked);
-    free(dev->al_refs);
+    if (dev->al_refs)
+        munmap(dev->al_refs, dev->al_map_len);
 }
 
 #define LOAD(field) __atomic_load_n(&dev->stats.field, __ATOMIC_RELAXED)
@@ -136,7 +189,9 @@ void device_wait_resumed(struct rm_device *dev)
 
 int device_in_range(struct rm_device *dev, uint64_t offset, uint64_t length)
 {
-    return offset <= dev->size && length <= dev->size - offset;
+    uint64_t size = device_size(dev);
+
+    return offset <= size && length <= size - offset;
 }
 
 /* ---- events to Python: a queue, and a pipe byte per event so Python can poll ---- */
@@ -192,7 +247,7 @@ int device_next_event(struct rm_device *dev, rm_event *out)
 
 int device_set_bitmap(struct rm_device *dev, void *words, uint64_t nbits)
 {
-    if (nbits < (dev->size + RM_BLOCK_SIZE - 1) / RM_BLOCK_SIZE)
+    if (nbits < (device_size(dev) + RM_BLOCK_SIZE - 1) / RM_BLOCK_SIZE)
         return -EINVAL;
     __atomic_store_n(&dev->bm_nbits, nbits, __ATOMIC_RELAXED);
     __atomic_store_n(&dev->bm_words, (uint64_t *)words, __ATOMIC_RELEASE);
@@ -216,8 +271,10 @@ static uint64_t bits_update(struct rm_device *dev, uint64_t first, uint64_t last
 
     if (!words)
         return 0;
-    if (last_excl > dev->bm_nbits)
-        last_excl = dev->bm_nbits;
+    uint64_t nbits = __atomic_load_n(&dev->bm_nbits, __ATOMIC_ACQUIRE);
+
+    if (last_excl > nbits)
+        last_excl = nbits;
     while (first < last_excl) {
         uint64_t w = first >> 6;
         unsigned lo = (unsigned)(first & 63);
@@ -253,7 +310,8 @@ void device_clear_dirty(struct rm_device *dev, uint64_t offset, uint64_t length)
 {
     uint64_t first = (offset + RM_BLOCK_SIZE - 1) / RM_BLOCK_SIZE;
     uint64_t end = offset + length;
-    uint64_t last = end >= dev->size ? (dev->size + RM_BLOCK_SIZE - 1) / RM_BLOCK_SIZE : end / RM_BLOCK_SIZE;
+    uint64_t size = device_size(dev);
+    uint64_t last = end >= size ? (size + RM_BLOCK_SIZE - 1) / RM_BLOCK_SIZE : end / RM_BLOCK_SIZE;
 
     if (first < last)
         bits_update(dev, first, last, 0);
@@ -263,16 +321,12 @@ void device_clear_dirty(struct rm_device *dev, uint64_t offset, uint64_t length)
 
 int device_enable_al(struct rm_device *dev)
 {
-    size_t words = (size_t)((dev->al_nextents + 63) / 64) + 1;
+    size_t words = (size_t)((dev->al_capacity + 1 + 63) / 64) + 1;
 
     pthread_mutex_lock(&dev->al_lock);
     if (!dev->al_hot) {
-        dev->al_hot = calloc(words, sizeof(uint64_t));
-        dev->al_asked = calloc(words, sizeof(uint64_t));
-        if (!dev->al_hot || !dev->al_asked) {
-            pthread_mutex_unlock(&dev->al_lock);
-            return -ENOMEM;
-        }
+        dev->al_hot = dev->al_hot_room;
+        dev->al_asked = dev->al_hot_room + words;
     }
     dev->al_enabled = 1;
     pthread_mutex_unlock(&dev->al_lock);
@@ -289,7 +343,7 @@ static int al_is_hot(struct rm_device *dev, uint64_t e)
 int device_al_set_hot(struct rm_device *dev, uint64_t extent, int hot)
 {
     pthread_mutex_lock(&dev->al_lock);
-    if (!dev->al_hot || extent >= dev->al_nextents) {
+    if (!dev->al_hot || extent >= __atomic_load_n(&dev->al_nextents, __ATOMIC_ACQUIRE)) {
         pthread_mutex_unlock(&dev->al_lock);
         return -EINVAL;
     }
@@ -331,9 +385,11 @@ int device_al_evict(struct rm_device *dev, uint64_t extent, uint32_t timeout_ms)
 static void al_range(struct rm_device *dev, uint64_t offset, uint64_t length, uint64_t *first, uint64_t *last)
 {
     *first = offset / RM_AL_EXTENT_SIZE;
+    uint64_t n = __atomic_load_n(&dev->al_nextents, __ATOMIC_ACQUIRE);
+
     *last = (offset + length - 1) / RM_AL_EXTENT_SIZE;
-    if (*last >= dev->al_nextents)
-        *last = dev->al_nextents - 1;
+    if (*last >= n)
+        *last = n - 1;
 }
 
 /* Before a write reaches the disk, every extent it touches must be in a committed AL
@@ -346,7 +402,7 @@ void device_al_begin(struct rm_device *dev, uint64_t offset, uint64_t length)
     uint64_t e, first, last;
     int all_hot;
 
-    if (length == 0 || dev->al_nextents == 0)
+    if (length == 0 || __atomic_load_n(&dev->al_nextents, __ATOMIC_ACQUIRE) == 0)
         return;
     al_range(dev, offset, length, &first, &last);
     if (!__atomic_load_n(&dev->al_enabled, __ATOMIC_ACQUIRE)) {
@@ -400,7 +456,7 @@ void device_al_end(struct rm_device *dev, uint64_t offset, uint64_t length)
     uint64_t e, first, last;
     int wake = 0;
 
-    if (length == 0 || dev->al_nextents == 0)
+    if (length == 0 || __atomic_load_n(&dev->al_nextents, __ATOMIC_ACQUIRE) == 0)
         return;
     al_range(dev, offset, length, &first, &last);
     for (e = first; e <= last; e++)
@@ -534,7 +590,8 @@ const unsigned char *device_view(struct rm_device *dev, uint64_t offset, uint32_
             struct stat st;
             void *p = MAP_FAILED;
             if (!dev->is_block_device && fstat(dev->fd, &st) == 0 && st.st_size > 0) {
-                uint64_t len = (uint64_t)st.st_size < dev->size ? (uint64_t)st.st_size : dev->size;
+                uint64_t size = device_size(dev);
+                uint64_t len = (uint64_t)st.st_size < size ? (uint64_t)st.st_size : size;
                 p = mmap(NULL, len, PROT_READ, MAP_SHARED, dev->fd, 0);
                 if (p != MAP_FAILED)
                     dev->view_len = len;
@@ -957,7 +1014,7 @@ int device_al_rescan(struct rm_device *dev)
         pthread_mutex_unlock(&dev->al_lock);
         return 0;
     }
-    for (e = 0; e < dev->al_nextents; e++) {
+    for (e = 0; e < __atomic_load_n(&dev->al_nextents, __ATOMIC_ACQUIRE); e++) {
         uint64_t bit = 1ull << (e & 63);
         if ((dev->al_asked[e >> 6] & bit) && !(dev->al_hot[e >> 6] & bit)) {
             pthread_mutex_unlock(&dev->al_lock);   /* ev_lock is never taken under al_lock */

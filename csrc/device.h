@@ -18,7 +18,8 @@
 
 struct rm_device {
     int fd;                 /* backing disk; owned by Python, never closed here */
-    uint64_t size;          /* exported size in bytes (internal metadata lies beyond) */
+    uint64_t size;          /* atomic: exported size in bytes (internal metadata lies beyond);
+                             * grows or shrinks online (device_resize) */
     int read_only;          /* atomic: frontend writes answered with EPERM (a Secondary) */
     int suspended;          /* al_lock: suspend-io (fencing): new requests wait until resumed */
     int is_block_device;    /* use BLKDISCARD/BLKZEROOUT instead of fallocate */
@@ -32,10 +33,13 @@ struct rm_device {
 
     /* activity log gating */
     int al_enabled;
-    uint64_t al_nextents;
+    uint64_t al_nextents;   /* atomic: extents of the current size (only ever grows) */
+    uint64_t al_capacity;   /* extents the arrays below have room for (device_resize's limit) */
     uint64_t *al_hot;       /* bit per extent: hot (covered by a committed AL transaction) */
     uint64_t *al_asked;     /* bit per extent: AL_MISS already posted */
     uint32_t *al_refs;      /* per extent: writes past the gate and not yet done (atomic) */
+    size_t al_map_len;      /* the three arrays are one anonymous mapping of this length */
+    uint64_t *al_hot_room;  /* where al_hot and al_asked go once the AL is enabled */
     int al_evicting;        /* an rm_al_evict waits for an extent's writes to finish (atomic) */
     pthread_mutex_t al_lock;
     pthread_cond_t al_cond; /* CLOCK_MONOTONIC */
@@ -71,6 +75,9 @@ int device_is_read_only(struct rm_device *dev);
 void device_set_suspended(struct rm_device *dev, int suspended);
 void device_wait_resumed(struct rm_device *dev);
 int device_in_range(struct rm_device *dev, uint64_t offset, uint64_t length);
+uint64_t device_size(struct rm_device *dev);
+/* Online resize (rm_engine_resize): new_size <= RM_GROW_MAX (or the size at init if larger). */
+int device_resize(struct rm_device *dev, uint64_t new_size);
 
 /* events */
 void device_post_event(struct rm_device *dev, int type, int err, uint64_t offset, uint64_t length);

@@ -58,7 +58,7 @@ struct rm_fuse {
     struct fuse_session *se;
     char *mountpoint;
     char *filename;
-    uint64_t size;
+    uint64_t size;             /* atomic: rm_fuse_set_size changes it (online resize) */
     uint32_t max_write;
     int direct_io;
     int mounted;
@@ -89,6 +89,11 @@ static void refuse(rm_fuse *f, fuse_req_t req, int err)
     reply_err(f, req, err);
 }
 
+static uint64_t fuse_size(rm_fuse *f)
+{
+    return __atomic_load_n(&f->size, __ATOMIC_ACQUIRE);
+}
+
 static void fill_attr(rm_fuse *f, fuse_ino_t ino, struct stat *st)
 {
     memset(st, 0, sizeof *st);
@@ -99,8 +104,9 @@ static void fill_attr(rm_fuse *f, fuse_ino_t ino, struct stat *st)
     if (ino == FILE_INO) {
         st->st_mode = S_IFREG | 0600;
         st->st_nlink = 1;
-        st->st_size = (off_t)f->size;
-        st->st_blocks = (blkcnt_t)(f->size / 512);
+        uint64_t size = fuse_size(f);
+        st->st_size = (off_t)size;
+        st->st_blocks = (blkcnt_t)(size / 512);
     } else {
         st->st_mode = S_IFDIR | 0755;
         st->st_nlink = 2;
@@ -238,7 +244,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
         fuse_reply_err(req, ENOENT);
         return;
     }
-    if ((to_set & FUSE_SET_ATTR_SIZE) && (ino != FILE_INO || (uint64_t)attr->st_size != f->size)) {
+    if ((to_set & FUSE_SET_ATTR_SIZE) && (ino != FILE_INO || (uint64_t)attr->st_size != fuse_size(f))) {
         refuse(f, req, EPERM);
         return;
     }
@@ -270,6 +276,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
     rm_fuse *f = fuse_of(req);
+    uint64_t end = fuse_size(f);
     void *buf;
     int rc;
 
@@ -279,12 +286,12 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
         return;
     }
     /* A regular file: short read at the end, nothing past it. */
-    if ((uint64_t)off >= f->size) {
+    if ((uint64_t)off >= end) {
         fuse_reply_buf(req, NULL, 0);
         return;
     }
-    if (size > f->size - (uint64_t)off)
-        size = (size_t)(f->size - (uint64_t)off);
+    if (size > end - (uint64_t)off)
+        size = (size_t)(end - (uint64_t)off);
     if (size > RM_MAX_REQUEST)
         size = RM_MAX_REQUEST;
     enter(f);
@@ -373,7 +380,7 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
         r.may_trim = 1;
     } else if (mode == 0 || mode == FALLOC_FL_KEEP_SIZE) {
         /* preallocation: every block of the disk exists already; growing it does not */
-        if ((uint64_t)off + (uint64_t)length > f->size && mode == 0)
+        if ((uint64_t)off + (uint64_t)length > fuse_size(f) && mode == 0)
             refuse(f, req, EFBIG);
         else
             fuse_reply_err(req, 0);
@@ -399,7 +406,7 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 {
     rm_fuse *f = fuse_of(req);
     struct statvfs sv = { .f_bsize = RM_BLOCK_SIZE, .f_frsize = RM_BLOCK_SIZE,
-                          .f_blocks = f->size / RM_BLOCK_SIZE, .f_files = 2, .f_namemax = 255 };
+                          .f_blocks = fuse_size(f) / RM_BLOCK_SIZE, .f_files = 2, .f_namemax = 255 };
 
     (void)ino;
     fuse_reply_statfs(req, &sv);
@@ -574,6 +581,16 @@ int rm_fuse_stop(rm_fuse *f)
     fuse_session_destroy(f->se);
     free_fuse(f);
     return 0;
+}
+
+/* Online resize: the file's size is the engine's new size from now on; the kernel's cached
+ * attributes of the file are dropped, so the next stat (and LOOP_SET_CAPACITY after it) sees it. */
+int rm_fuse_set_size(rm_fuse *f, uint64_t size)
+{
+    if (size == 0)
+        return -EINVAL;
+    __atomic_store_n(&f->size, size, __ATOMIC_RELEASE);
+    return fuse_lowlevel_notify_inval_inode(f->se, FILE_INO, -1, 0);   /* attributes only */
 }
 
 void rm_fuse_get_stats(rm_fuse *f, rm_fuse_stats *out)

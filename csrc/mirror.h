@@ -103,6 +103,10 @@ typedef struct rm_event {
 #define RM_EV_INTEGRITY 8      /* data-integrity-alg: the frame for [offset, + length) arrived
                                 * damaged (err EBADMSG); the link is dropped (RM_EV_PEER_LOST) */
 
+/* How far a device may grow online (rm_engine_resize): the AL arrays get room for this many
+ * bytes at rm_engine_new (address space only, MAP_NORESERVE), and so does Python's bitmap. */
+#define RM_GROW_MAX 70368744177664     /* 64 TiB */
+
 /* Largest payload one request may carry (NBD's customary 32 MiB block-size maximum). */
 #define RM_MAX_REQUEST 33554432
 
@@ -116,6 +120,11 @@ typedef struct rm_event {
 rm_engine *rm_engine_new(int backing_fd, uint64_t size, int flags);
 void rm_engine_free(rm_engine *eng);
 void rm_engine_set_read_only(rm_engine *eng, int read_only);
+/* Online resize: the exported size becomes new_size (<= RM_GROW_MAX, or the size at
+ * rm_engine_new if that was larger: else -EFBIG). Growing needs the bitmap to cover the new
+ * size first (rm_engine_set_bitmap with the larger nbits, same words: -EINVAL otherwise).
+ * Requests already past the range check finish; new ones see the new size. */
+int rm_engine_resize(rm_engine *eng, uint64_t new_size);
 /* suspend-io (1) / resume-io (0): while suspended, every new request waits before it starts
  * (fencing resource-and-stonith, while the fence-peer handler runs). rm_engine_shutdown resumes. */
 void rm_engine_set_suspended(rm_engine *eng, int suspended);
@@ -279,6 +288,9 @@ int rm_fuse_start(rm_engine *eng, const char *mountpoint, const char *filename, 
                   uint32_t nthreads, int direct_io, rm_fuse **out);
 int rm_fuse_stop(rm_fuse *f);
 void rm_fuse_get_stats(rm_fuse *f, rm_fuse_stats *out);
+/* After rm_engine_resize: the file takes the new size (the kernel's cached attributes of it are
+ * invalidated). 0 or -errno. */
+int rm_fuse_set_size(rm_fuse *f, uint64_t size);
 
 /* ---- TLS (csrc/tls.c, OpenSSL; this kernel has no kTLS, so records are sealed in user space)
  * Python builds a context, runs the handshake on a connected socket (blocking, without the GIL)

@@ -58,6 +58,11 @@ void rm_engine_get_stats(rm_engine *eng, rm_stats *out)
     device_get_stats(&eng->dev, out);
 }
 
+int rm_engine_resize(rm_engine *eng, uint64_t new_size)
+{
+    return device_resize(&eng->dev, new_size);
+}
+
 int rm_engine_shutdown(rm_engine *eng)
 {
     pthread_mutex_lock(&eng->lock);

@@ -22,6 +22,7 @@ Exchange encoding (`encode`/`decode`, carried in BITMAP frames), all integers bi
 `encode` picks whichever is smaller, so an encoding is never longer than nbits/8 + 9 bytes and a
 decoder can bound its input before reading it.
 """
+import mmap
 import re
 import struct
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ _ENC_HEADER = struct.Struct(">BQ")
 _SET_BYTE = re.compile(rb"[^\x00]")
 _CLEAR_BYTE = re.compile(rb"[^\xff]")
 _POPCOUNT_CHUNK = 1 << 20
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)   # Linux's value; Python >= 3.13 names it
 
 
 def bits_for(data_size: int) -> int:
@@ -51,8 +53,24 @@ def max_encoded_size(nbits: int) -> int:
     return _ENC_HEADER.size + -(-nbits // 8)
 
 
+def growable_buffer(capacity_bytes: int, data_size: int = 0) -> mmap.mmap | bytearray:
+    """Room for the bitmap of a device that may grow to `capacity_bytes` online: an anonymous
+    MAP_NORESERVE mapping, so address space only, pages resident once used. The words C was
+    given never move when the device grows (Bitmap.resized over the same buffer). Where the
+    kernel will not map that much (vm.overcommit_memory 2), room for `data_size` only: the
+    device then cannot grow online (Bitmap.resized says so)."""
+    length = max(buffer_bytes_for(bits_for(capacity_bytes)), mmap.PAGESIZE)
+    try:
+        return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
+    except OSError:
+        return bytearray(buffer_bytes_for(bits_for(data_size)))
+
+
 class Bitmap:
-    """Dirty bitmap over a device of `data_size` bytes, in `buffer` (allocated if None)."""
+    """Dirty bitmap over a device of `data_size` bytes, in `buffer` (allocated if None).
+
+    `buffer` may be larger than needed (growable_buffer): `buffer` then is the first bytes of it
+    that the bitmap uses, and `resized()` gives the bitmap of another size over the same words."""
 
     def __init__(self, data_size: int, buffer=None):
         if data_size < 0:
@@ -67,8 +85,25 @@ class Bitmap:
             raise ValueError("bitmap: buffer is read-only")
         if len(mv) < need:
             raise ValueError(f"bitmap: buffer too small: {len(mv)} bytes, need {need}")
-        self.buffer = buffer
+        self._backing = buffer
         self._mv = mv[:need]
+        self.buffer = buffer if len(mv) == need else self._mv
+
+    @property
+    def capacity_bytes(self) -> int:
+        """The largest data size a resized() bitmap over this buffer can cover."""
+        return len(memoryview(self._backing).cast("B")) * 8 * BLOCK_SIZE
+
+    def resized(self, data_size: int) -> "Bitmap":
+        """The bitmap of a device of `data_size` bytes over the same words: the bits it shares
+        with this one stay; bits past the new end (a shrink) are cleared, so a later grow finds
+        them clean; new bits (a grow) are clean. ValueError past capacity_bytes."""
+        if data_size > self.capacity_bytes:
+            raise ValueError(f"bitmap: cannot grow to {data_size} bytes: room for "
+                             f"{self.capacity_bytes}")
+        if data_size < self.data_size:
+            self.clear_bits(bits_for(data_size), self.nbits)
+        return Bitmap(data_size, self._backing)
 
     def __repr__(self) -> str:
         return f"Bitmap(data_size={self.data_size}, nbits={self.nbits}, dirty={self.count()})"

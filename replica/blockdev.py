@@ -240,6 +240,16 @@ class BlockDevice:
         log.info("%s: device %s: %s (%s)", self.resource, " and ".join(self.names), kernel,
                  "kernel NBD" if backend.kind == "nbd" else "FUSE file on a loop device")
 
+    def resize(self, size: int) -> bool:
+        """After an online resize: the kernel device follows where its backend can (FUSE+loop:
+        LOOP_SET_CAPACITY); False where it cannot (kernel NBD: the size is the connection's)."""
+        resize = getattr(self.backend, "resize", None)
+        if resize is None:
+            return False
+        resize(size)
+        log.info("%s: device %s: resized to %d bytes", self.resource, self.path, size)
+        return True
+
     def own_connections(self) -> int:
         """The engine connections that are this device's own (kernel NBD sockets), which the
         export must not count as NBD clients."""

@@ -232,6 +232,17 @@ class Config:
 
 
 
+def net_options_problem(net: NetOptions) -> str | None:
+    """What is wrong with a whole net section (options that must agree with each other), or
+    None; the config and `replicactl net-options` both check it."""
+    if not (net.timeout_s < net.ping_int_s and net.timeout_s < net.connect_int_s):
+        return (f"timeout ({net.timeout_s:g} s) must be less than ping-int ({net.ping_int_s:g} s) "
+                f"and connect-int ({net.connect_int_s:g} s)")
+    if (net.cram_hmac_alg is None) != (net.shared_secret is None):
+        return "cram-hmac-alg and shared-secret must be set together"
+    return None
+
+
 # -- keyword tables ----------------------------------------------------------------------------
 
 def _keywords(cls):
@@ -643,11 +654,9 @@ class _Builder:
                     raise ConfigError(f"{h.file}:{h.line}: {ctx[0]}: on '{h.name}': missing "
                                       f"'address' (required when the resource has two hosts)")
         net = NetOptions(**{**common.net, **sc.net})
-        if not (net.timeout_s < net.ping_int_s and net.timeout_s < net.connect_int_s):
-            self.fail(st, ctx, f"net: timeout ({net.timeout_s:g} s) must be less than ping-int "
-                               f"({net.ping_int_s:g} s) and connect-int ({net.connect_int_s:g} s)")
-        if (net.cram_hmac_alg is None) != (net.shared_secret is None):
-            self.fail(st, ctx, "net: cram-hmac-alg and shared-secret must be set together")
+        problem = net_options_problem(net)
+        if problem:
+            self.fail(st, ctx, f"net: {problem}")
         if net.tls and (missing := [kw for kw, v in (("tls-keyfile", net.tls_keyfile), ("tls-certfile",
                                                    net.tls_certfile), ("tls-cafile", net.tls_cafile)) if not v]):
             line = sc.seen.get(("net", "tls"), st.line)     # the `tls` line when it is ours

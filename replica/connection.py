@@ -41,6 +41,7 @@ from replica.protocol.repl_control import (
     PeerState,
     PeerUuids,
     ResyncPause,
+    Sizes,
     SyncUuid,
     VerifyEnd,
     VerifyStart,
@@ -127,6 +128,7 @@ class PeerConnection:
         if disk.engine is not None and old.is_connected:
             disk.engine.peer_detach()       # first: a resync_send blocked in C returns
         rt.sync.stop()
+        rt.resizer.on_link_lost()
         if disk.has_md and old.disk is not DiskState.Diskless and needs_new_current_uuid(
                 old, new, forced=False, bitmap_uuid=disk.uuids.bitmap):
             disk.new_current_uuid(f"{why}: Primary without peer", old.role is Role.Primary)
@@ -409,6 +411,8 @@ class PeerConnection:
             sync.verify.on_peer_start(msg)
         elif isinstance(msg, VerifyEnd):
             sync.verify.on_peer_end(msg)
+        elif isinstance(msg, Sizes):
+            rt.resizer.on_sizes(msg)
 
     def check_timers(self, now_ns: int) -> int | None:
         """ping-int, ping-timeout and DRBD's request timer (ko-count * timeout); returns the

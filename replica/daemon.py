@@ -12,7 +12,9 @@ Configuration, as drbdadm and drbdsetup share it: replicactl parses the file it 
 names it (and its node) in every command; the daemon reads that file again for the command, so
 a corrected or edited --config is what a resource comes up with, never the file the daemon was
 started with. A resource in use keeps the configuration it came up with until `down` (DRBD's
-kernel state until `adjust`). The file given at start is checked once and used for commands
+kernel state until `adjust`), but for what `net-options`/`disk-options`/`adjust` change (the
+`show` request reports it) and a new link: `connect` takes the file's net section and addresses,
+as drbdsetup connect is given them. The file given at start is checked once and used for commands
 that name none (a replicad run by hand, an older replicactl).
 
 Started by replicactl (--exit-when-idle), the daemon lives only while a resource is in use: a
@@ -93,6 +95,11 @@ class Daemon:
             "shutdown": self.cmd_shutdown,
             "dump-md": self.cmd_dump_md,
             "peer-dead": self.cmd_peer_dead,
+            "show": self.cmd_show,
+            "resize": self.cmd_resize,
+            "net-options": self.cmd_options,
+            "disk-options": self.cmd_options,
+            "handlers": self.cmd_options,
             **{verb: self.cmd_verb for verb in VERBS},
         }
 
@@ -157,7 +164,7 @@ class Daemon:
         with rt.lock:
             if not rt.resource.standalone and not rt.has_link:
                 check_address_is_local(rt.name, rt.host, config)
-            rt.up()
+            rt.up(config=config.resource(rt.name))
             return {"status": rt.status()}
 
     def cmd_down(self, req: Request) -> Reply:
@@ -174,9 +181,56 @@ class Daemon:
                                "section) has no metadata and no peer")
         with rt.lock:
             if req["cmd"] == "connect" and not rt.has_link:
-                check_address_is_local(rt.name, rt.host, self._config(req))
-            run(rt, req)
+                config = self._config(req).resource(rt.name)
+                check_address_is_local(rt.name, config.host(rt.host.name), self._config(req))
+                rt.connect(discard_my_data=bool(req.get("discard_my_data")), config=config)
+            else:
+                run(rt, req)
             return {"status": rt.status()}
+
+    def cmd_resize(self, req: Request) -> Reply:
+        """drbdadm resize: agreed with the peer (replica.resize); the daemon's lock is not held
+        while the peer answers, the resource's is taken by ResourceRuntime.resize."""
+        rt = self._runtime(req)
+        size = req.get("size")
+        rt.resize(None if size is None else int(size), bool(req.get("assume_clean")),
+                  timeout_s=float(req.get("wait_s") or 55.0))
+        with rt.lock:
+            return {"status": rt.status()}
+
+    def cmd_show(self, req: Request) -> Reply:
+        """The running resource's settings (adjust, `dump --running`); up: false when the
+        resource is not in use here."""
+        name = req["resource"]
+        rt = self.resources.get(name)
+        if rt is None or not _in_use(rt):
+            return {"up": False}
+        with rt.lock:
+            return rt.show()
+
+    def cmd_options(self, req: Request) -> Reply:
+        """net-options / disk-options / handlers: `values` {keyword: text} parsed again here
+        with the config's parsers (`set_defaults`: the rest of the section to defaults)."""
+        from replica.adjust import apply_disk, apply_handlers, apply_net
+        rt = self.resources.get(req["resource"])
+        if rt is None or not _in_use(rt):
+            raise ReplicaError(f"{req['resource']}: No such resource (not up here)")
+        values = {str(k): str(v) for k, v in (req.get("values") or {}).items()}
+        set_defaults = bool(req.get("set_defaults"))
+        with rt.lock:
+            try:
+                if req["cmd"] == "net-options":
+                    changes = rt.set_options(net=apply_net(rt.resource.net, values, set_defaults),
+                                             why="net-options")
+                elif req["cmd"] == "disk-options":
+                    changes = rt.set_options(disk=apply_disk(rt.resource.disk, values,
+                                                             set_defaults), why="disk-options")
+                else:
+                    changes = rt.set_options(handlers=apply_handlers(
+                        rt.resource.handlers, values, set_defaults), why="handlers")
+            except ConfigError as exc:
+                raise ConfigError(f"{rt.name}: {exc}") from None
+            return {"changes": changes, "status": rt.status()}
 
     def cmd_peer_dead(self, req: Request) -> Reply:
         """The cluster manager (hbd) says node `peer` is dead (`fenced`: STONITH reset it):

@@ -116,7 +116,8 @@ class ResourceDisk:
         self.fd = self._open_disk()
         try:
             try:
-                self.md = md_mod.open_md(self.host.disk, self.host.meta_disk, apply_al=True)
+                self.md = md_mod.open_md(self.host.disk, self.host.meta_disk, apply_al=True,
+                                         growable=True)
             except md_mod.MetadataError as exc:
                 raise ReplicaError(f"{self.name}: attach: {exc}; to initialise it run "
                                    f"'replicactl create-md {self.name}'") from None
@@ -169,6 +170,36 @@ class ResourceDisk:
             os.close(fd)
             raise ReplicaError(f"{self.name}: disk '{path}' is in use by another process") from None
         return fd
+
+    # --- resize ---------------------------------------------------------------------------------
+
+    def max_size(self) -> int:
+        """The data size the backing device could hold now (it may have grown since attach)."""
+        return self.meta().max_data_size(os.lseek(self.fd, 0, os.SEEK_END) if self.fd is not None
+                                         else 0)
+
+    def resize(self, new_size: int, mark_new: bool) -> None:
+        """Online resize to `new_size` bytes: the metadata first (replica.metadata's crash-safe
+        move), then C. `mark_new`: the grown area is out of sync (resynced from the peer)."""
+        engine = self.the_engine()
+        old = self.size
+        with self.md_lock:
+            md = self.meta()
+            try:
+                bitmap = md.bitmap.resized(new_size)
+            except ValueError as exc:
+                raise ReplicaError(f"{self.name}: resize: {exc}") from None
+            if mark_new and new_size > old:
+                bitmap.set_range(old, new_size - old)
+            try:
+                md.resize(bitmap)
+            except (md_mod.MetadataError, OSError) as exc:
+                raise ReplicaError(f"{self.name}: resize: {exc}") from None
+        engine.resize(new_size, bitmap)
+        self.size = new_size
+        self._bm_stored_count = -1
+        log.info("%s: resized: %d -> %d data bytes%s", self.name, old, new_size,
+                 " (new area out of sync)" if mark_new and new_size > old else "")
 
     # --- local disk failure -------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 # <linux/loop.h>
 LOOP_CLR_FD = 0x4C01
+LOOP_SET_CAPACITY = 0x4C07
 LOOP_GET_STATUS64 = 0x4C05
 LOOP_CONFIGURE = 0x4C0A
 LOOP_CTL_GET_FREE = 0x4C82
@@ -202,6 +203,20 @@ class FuseLoopBackend:
             self.detach(force=True)
             raise ReplicaError(f"{where}: cannot attach a loop device to {self.file}: {e.strerror or e}") from e
         return self._loop
+
+    def resize(self, size: int) -> None:
+        """Online resize (replica.resize): the FUSE file takes the engine's new size, a stat
+        makes the kernel read it, and LOOP_SET_CAPACITY makes the loop device follow (as
+        `losetup -c` does); whoever has it open sees the new size."""
+        if self._fuse is None or self._loop_fd is None:
+            return
+        try:
+            self._fuse.set_size(size)
+            os.stat(self.file)
+            fcntl.ioctl(self._loop_fd, LOOP_SET_CAPACITY)
+        except OSError as e:
+            raise ReplicaError(f"fuse: {self.name}: resize {self._loop} to {size} bytes: "
+                               f"{e.strerror or e}") from e
 
     def detach(self, force: bool = False) -> None:
         if self._loop_fd is not None:

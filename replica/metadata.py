@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from replica import mirror
-from replica.bitmap import BLOCK_SIZE, Bitmap, bits_for, buffer_bytes_for
+from replica.bitmap import BLOCK_SIZE, Bitmap, bits_for, buffer_bytes_for, growable_buffer
 from replica.errors import ReplicaError
 from replica.roles import AttachInfo
 from replica.uuids import UUID_JUST_CREATED, GenerationUuids, MdFlag, UuidFlag
@@ -220,11 +220,14 @@ class Metadata:
     path sets bits in.
     """
 
-    def __init__(self, fd: int, own_fd: bool, name: str, sb: Superblock, md_start: int):
+    def __init__(self, fd: int, own_fd: bool, name: str, sb: Superblock, md_start: int,
+                 growable: bool = False):
         self.fd, self._own_fd, self.name = fd, own_fd, name
         self.sb = sb
         self.md_start = md_start
-        self.bitmap = Bitmap(sb.data_size)
+        # growable: the bitmap's words have room to grow online (replica.resize)
+        self.bitmap = Bitmap(sb.data_size, growable_buffer(max(mirror.GROW_MAX, sb.data_size),
+                                                           sb.data_size) if growable else None)
         self.torn_bitmap_pages: list[int] = []
         self._bm_page_csum: dict[int, bytes] = {}     # page -> checksum of what is on disk
         self._al_hot: OrderedDict[int, None] = OrderedDict()   # hot extents, least recent first
@@ -497,6 +500,102 @@ class Metadata:
     def al_hot(self) -> list[int]:
         return list(self._al_hot)
 
+    # --- resize ------------------------------------------------------------------------------
+
+    def max_data_size(self, backing_size: int) -> int:
+        """The largest data size a backing device of `backing_size` bytes holds (internal
+        metadata at its end, which is where it must be for that device size)."""
+        if self.sb.meta_external:
+            return backing_size // PAGE * PAGE
+        return data_size_for(backing_size, self.sb.al_extents)
+
+    def resize(self, bitmap: Bitmap) -> None:
+        """Make `bitmap` (this bitmap resized(), bits of a new area already set or not) the
+        metadata's, for data size bitmap.data_size: crash-safe at every write.
+
+        In place when the layout still fits where it is (a shrink, a grow back, external
+        metadata: bitmap pages written first, then the superblock). Internal metadata on a
+        grown device moves to the new end (drbd-reference 1.4: it lives at the end):
+
+            1. the "stretched" superblock: the old bitmap and AL where they are, its two slots at
+               the new end (md_size reaching from the old start to the new end) -- from here an
+               open at the device end finds valid metadata for the old size
+            2. the new bitmap and AL in the new area (which must not overlap the old one)
+            3. the new superblock (generation + 1, the other slot): the new size
+            4. the old area zeroed (it is data now: zeros on both nodes, as a grown file reads)
+
+        A crash before 1 leaves the old metadata where open_md no longer looks: the same as a
+        device grown while down (open_md names it). A torn write in 1 or 3 leaves the other slot.
+        """
+        new_size = bitmap.data_size
+        pages = bm_pages_for(new_size)
+        backing = _device_size(self.fd)
+        old_end = self.md_start + self.sb.md_size
+        if self.sb.meta_external:
+            self._resize_external(bitmap, pages)
+            return
+        if backing < old_end:
+            raise MetadataError(f"resize: {self.name}: the device is smaller ({backing} bytes) "
+                                f"than its metadata's end ({old_end})")
+        if backing == old_end and pages <= self.sb.bm_pages:
+            if new_size > self.md_start:
+                raise MetadataError(f"resize: {self.name}: {new_size} data bytes do not fit "
+                                    f"before the metadata at {self.md_start}")
+            self.bitmap = bitmap
+            self.store_bitmap()
+            self.write_superblock(data_size=new_size)
+            return
+        lay = _layout(new_size, self.sb.al_extents, False)
+        new_start = backing - lay["md_size"]
+        if new_size > new_start:
+            raise MetadataError(f"resize: {self.name}: {new_size} data bytes and "
+                                f"{lay['md_size']} bytes of metadata do not fit in {backing}")
+        if new_start < old_end:
+            raise MetadataError(
+                f"resize: {self.name}: the device grew by {backing - old_end} bytes; moving the "
+                f"internal metadata needs at least {old_end - self.md_start + lay['md_size']} "
+                "more (grow it further)")
+        old_start, old_md_size = self.md_start, self.sb.md_size
+        gen = self.sb.generation
+        # 1. the stretched superblock (after zeroing the slot it does not use: a stale
+        #    superblock there from the device's earlier life must not win)
+        os.pwrite(self.fd, bytes(PAGE), backing - SB_SLOTS * PAGE + ((gen + 2) % SB_SLOTS) * PAGE)
+        os.fsync(self.fd)
+        self.write_superblock(md_size=backing - old_start,
+                              sb_offset=backing - SB_SLOTS * PAGE - old_start)
+        # 2. the new bitmap and an AL with the extents hot now
+        self.bitmap = bitmap
+        for page in range(pages):
+            os.pwrite(self.fd, self._pack_bm_page(page), new_start + lay["bm_offset"] + page * PAGE)
+        os.pwrite(self.fd, bytes(AL_TX_COUNT * lay["al_tx_size"]), new_start + lay["al_offset"])
+        os.fsync(self.fd)
+        stretched = self.sb
+        self.md_start = new_start
+        self.sb = replace(stretched, md_size=lay["md_size"], bm_pages=pages,
+                          bm_offset=lay["bm_offset"], al_offset=lay["al_offset"],
+                          sb_offset=lay["sb_offset"], al_tx_size=lay["al_tx_size"])
+        self._bm_page_csum.clear()
+        self._write_al_tx()
+        # 3. the new superblock
+        self.write_superblock(data_size=new_size)
+        # 4. the old area is data now
+        os.pwrite(self.fd, bytes(old_md_size), old_start)
+        os.fsync(self.fd)
+        self.store_bitmap()         # the checksums of what is on disk, for changed_only stores
+
+    def _resize_external(self, bitmap: Bitmap, pages: int) -> None:
+        lay = _layout(bitmap.data_size, self.sb.al_extents, True)
+        if pages > self.sb.bm_pages and _device_size(self.fd) < self.md_start + lay["md_size"]:
+            os.ftruncate(self.fd, self.md_start + lay["md_size"])
+        self.bitmap = bitmap
+        if pages > self.sb.bm_pages:
+            self.sb = replace(self.sb, bm_pages=pages)     # written by the superblock below
+            self.store_bitmap()
+            self.write_superblock(data_size=bitmap.data_size, md_size=lay["md_size"])
+        else:
+            self.store_bitmap()
+            self.write_superblock(data_size=bitmap.data_size)
+
     def clean_shutdown(self) -> None:
         """Persist the bitmap, empty the AL and mark it clean (drbdadm down/detach, the
         daemon's SIGTERM). In this order: a crash at any point leaves AL_CLEAN unset and the
@@ -569,9 +668,10 @@ def create_md(backing, meta: str = "internal", *, al_extents: int = AL_EXTENTS_D
     return md
 
 
-def open_md(backing, meta: str = "internal", *, apply_al: bool = True) -> Metadata:
+def open_md(backing, meta: str = "internal", *, apply_al: bool = True,
+            growable: bool = False) -> Metadata:
     """Open existing metadata (the newest valid superblock), load the bitmap, and replay the
-    AL unless the last shutdown was clean."""
+    AL unless the last shutdown was clean. `growable`: room for an online resize."""
     external = meta != "internal"
     target = meta if external else backing
     fd, own, name = _open(target)
@@ -585,7 +685,7 @@ def open_md(backing, meta: str = "internal", *, apply_al: bool = True) -> Metada
                                 f"{'external' if sb.meta_external else 'internal'}, "
                                 f"configured meta-disk {meta}")
         start = 0 if external else _device_size(fd) - sb.md_size
-        md = Metadata(fd, own, name, sb, start)
+        md = Metadata(fd, own, name, sb, start, growable=growable)
     except BaseException:
         if own:
             os.close(fd)

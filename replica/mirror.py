@@ -15,6 +15,7 @@ from replica._mirror import ffi, lib
 MAX_REQUEST = lib.RM_MAX_REQUEST
 BLOCK_SIZE = lib.RM_BLOCK_SIZE                  # one bitmap bit
 AL_EXTENT_SIZE = lib.RM_AL_EXTENT_SIZE          # one activity-log extent
+GROW_MAX = lib.RM_GROW_MAX                      # how far an engine may grow online
 MAX_RESYNC_CHUNK = lib.RM_MAX_RESYNC_CHUNK      # largest resync_send() length
 MAX_CONTROL_PAYLOAD = lib.RM_MAX_CONTROL_PAYLOAD
 MAX_CONTROL_FRAME = lib.RM_MAX_CONTROL_FRAME    # header + largest control payload
@@ -232,6 +233,11 @@ class FuseFile:
     def running(self) -> bool:
         return self._handle is not None
 
+    def set_size(self, size: int) -> None:
+        """After Engine.resize: the file's new size (the kernel's cached attributes dropped)."""
+        if self._handle is not None:
+            _check(lib.rm_fuse_set_size(self._handle, size), f"fuse: {self.path}: set size {size}")
+
     def stats(self) -> dict:
         if self._handle is None:
             return {}
@@ -379,6 +385,18 @@ class Engine:
             # a C thread may still hold the old pointer for one bit update: keep it alive
             self._retired.append((self._bitmap, self._bitmap_ref))
         self._bitmap, self._bitmap_ref = bitmap, ref
+
+    def resize(self, size: int, bitmap=None) -> None:
+        """Online resize to `size` bytes. Growing: `bitmap` (over the same words, larger nbits)
+        is handed over first, so C never sets a bit past the bitmap it has."""
+        if size < 0:
+            raise ValueError(f"mirror: resize: size must not be negative, got {size}")
+        if bitmap is not None and size >= self.size:
+            self.set_bitmap(bitmap)
+        _check(lib.rm_engine_resize(self._handle, size), f"resize to {size} bytes")
+        if bitmap is not None and size < self.size:
+            self.set_bitmap(bitmap)
+        self.size = size
 
     def enable_al(self) -> None:
         _check(lib.rm_engine_enable_al(self._handle), "enable activity log")

@@ -399,6 +399,13 @@ class ResyncRunner:
     def start(self) -> None:
         self._thread.start()
 
+    def apply_settings(self, settings: ControllerSettings) -> None:
+        """disk-options/adjust while the resync runs: the next step uses the new controller
+        (its plan starts afresh, as DRBD resets its fifo when c-plan-ahead changes)."""
+        self.settings = settings
+        self.throttle = AppIoThrottle(settings.min_rate_bps)
+        self.controller = RateController(settings)
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not threading.current_thread():

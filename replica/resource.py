@@ -40,7 +40,7 @@ from dataclasses import replace
 from typing import Any
 
 from replica.blockdev import BlockDevice
-from replica.config import Endpoint, HostSection, Resource
+from replica.config import DiskOptions, Endpoint, HostSection, NetOptions, Resource
 from replica.connection import PeerConnection
 from replica.disk import ResourceDisk, engine_io_error_mode
 from replica.errors import ReplicaError
@@ -50,7 +50,9 @@ from replica.mirror import MirrorEvent
 from replica.monitor import ResourceMonitor
 from replica.protocol.nbd import ExportInfo, transmission_flags_for
 from replica.protocol.repl_control import FullSyncRequest, PeerUuids
+from replica.resize import ResizeControl
 from replica.roles import Request, ResourceState, needs_new_current_uuid, request, request_or_raise
+from replica.runtime_options import RuntimeOptions
 from replica.startup import wfc_option
 from replica.states import ConnState, DiskState, Refusal, ReplState, Role
 from replica.sync import ResyncControl
@@ -84,6 +86,8 @@ class ResourceRuntime:
         self.sync = ResyncControl(self)
         self.monitor = ResourceMonitor(self)
         self.fencing = PeerFencing(self)
+        self.resizer = ResizeControl(self)
+        self.options = RuntimeOptions(self)
         self.wfc_option = "wfc-timeout"      # which startup timeout `wait-connect` uses
 
     # --- what the daemon asks -------------------------------------------------------------
@@ -194,20 +198,21 @@ class ResourceRuntime:
     def _device_down(self, force: bool = False) -> None:
         if self.device is not None:
             self.device.remove(force=force)
+            self.resizer.device_size_stale = False      # made again with the new size
 
     def _primary(self) -> bool:
         return self.state.role is Role.Primary
 
     # --- up/down -----------------------------------------------------------------------------
 
-    def up(self) -> None:
+    def up(self, config: Resource | None = None) -> None:
         if self.resource.standalone:
             self._up_standalone()
             return
         if not self.disk.has_md:
             self.attach()
         if self.state.conn is ConnState.StandAlone:
-            self.connect()
+            self.connect(config=config)
 
     def down(self, force: bool = False) -> None:
         """drbdadm down; `force` (daemon exit) also ends NBD clients of a Primary."""
@@ -240,7 +245,7 @@ class ResourceRuntime:
             return
         engine = self.disk.open_standalone()
         try:
-            self.frontend.start(engine, self._export_info())
+            self.frontend.start(engine, self.export_info())
             self.state = ResourceState(role=Role.Primary, disk=DiskState.UpToDate)
             self._device_up()
         except BaseException:
@@ -264,7 +269,7 @@ class ResourceRuntime:
         self.state = ResourceState()
         log.info("%s: down", self.name)
 
-    def _export_info(self) -> ExportInfo:
+    def export_info(self) -> ExportInfo:
         ro = self.state.role is not Role.Primary and not self.resource.standalone
         return ExportInfo(name=self.name, size=self.disk.size,
                           transmission_flags=transmission_flags_for(read_only=ro,
@@ -274,7 +279,7 @@ class ResourceRuntime:
     def _apply_role_to_export(self) -> None:
         ro = self.state.role is not Role.Primary
         self.disk.the_engine().set_read_only(ro)
-        self.frontend.set_export(self._export_info())
+        self.frontend.set_export(self.export_info())
         log.info("%s: export %s: %s", self.name, self.frontend.uri,
                  "read-only (Secondary: writes are refused with EPERM)" if ro else "read-write")
 
@@ -290,7 +295,7 @@ class ResourceRuntime:
         self.wfc_option = wfc_option(info)
         try:
             new = self.request(Request.ATTACH, "attach", attach=info)
-            self.frontend.start(self.disk.the_engine(), self._export_info())
+            self.frontend.start(self.disk.the_engine(), self.export_info())
         except BaseException:
             self.disk.close()
             raise
@@ -443,8 +448,21 @@ class ResourceRuntime:
         if not self.disk.has_md:
             raise Refusal.IS_DISKLESS.error(self.name)
 
-    def connect(self, discard_my_data: bool = False) -> None:
+    def connect(self, discard_my_data: bool = False, config: Resource | None = None) -> None:
+        """drbdadm connect; `config`: the resource as the command's file has it now, whose net
+        section and addresses a new link takes (drbdsetup connect is given them likewise)."""
+        if config is not None and self.conn.link is None and not self.resource.standalone:
+            self.options.adopt_link_config(config)
         self.conn.connect(discard_my_data)
+
+    def set_options(self, net: NetOptions | None = None, disk: DiskOptions | None = None,
+                    handlers: dict[str, str] | None = None, why: str = "") -> list[str]:
+        """net-options, disk-options, handlers, adjust: replica.runtime_options."""
+        return self.options.set(net, disk, handlers, why)
+
+    def show(self) -> dict[str, Any]:
+        """The running resource (adjust, `dump --running`): replica.runtime_options."""
+        return self.options.show()
 
     def disconnect(self) -> None:
         self.conn.disconnect()
@@ -546,6 +564,15 @@ class ResourceRuntime:
         self._need_disk()
         return self.disk.dump()
 
+    def resize(self, size: int | None, assume_clean: bool, timeout_s: float) -> None:
+        """drbdadm resize (replica.resize): agreed with the peer; waits for it without holding
+        the lock (the peer's answer is handled under it)."""
+        with self.lock:
+            done = self.resizer.start(size, assume_clean)
+        done.wait(timeout_s)
+        with self.lock:
+            self.resizer.result()
+
     # --- status -----------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -580,6 +607,9 @@ class ResourceRuntime:
             "tls": self.conn.tls_text or None,
             "tls_error": self.conn.tls_error or None,
         }
+        resize = self.resizer.status()
+        if resize is not None:
+            out["resize"] = resize
         if self.disk.has_md:
             out["uuids"] = self.disk.uuids.text()
             out["out_of_sync_bytes"] = self.disk.out_of_sync_bytes()

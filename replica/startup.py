@@ -69,3 +69,14 @@ def becomes_primary(startup: dict[str, str], node: str) -> bool:
     """`become-primary-on NODE|both`: whether `startup` promotes this resource on `node`."""
     who = startup.get("become-primary-on")
     return who is not None and str(who) in (node, "both")
+
+
+def sync_verdict(st: dict[str, Any]) -> Verdict:
+    """Whether `wait-sync` is done with a Connected resource: when no resync (or verify) runs
+    any more, replication back to Established (drbdsetup's w_synced_state: connection state
+    Connected again, whatever the disks)."""
+    if st.get("standalone"):
+        return Verdict(True, True)
+    if st.get("replication") == "Established" and "resync" not in st and "verify" not in st:
+        return Verdict(True, True)
+    return Verdict(False)

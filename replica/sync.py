@@ -226,6 +226,15 @@ class ResyncControl:
         self.peer_paused = paused
         self.show_pause()
 
+    def apply_settings(self) -> None:
+        """The resource's disk options changed (disk-options, adjust): a running resync
+        follows them from its next step."""
+        runner = self.runner
+        if runner is not None:
+            settings = ControllerSettings.from_disk(self.rt.resource.disk)
+            runner.apply_settings(settings)
+            log.info("%s: resync controller: %s", self.name, _controller_text(settings))
+
     def stop(self) -> None:
         self.verify.stop()
         self._target_prepared = False

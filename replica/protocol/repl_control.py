@@ -24,12 +24,15 @@ logging; layouts in repl_wire.py, the frame codec in repl_codec.py.
                                                                      it with accepted = 1)
     VerifyEnd        OV_END        aux = outcome, offset = blocks    verify finished, stopped
                                    out of sync, payload = reason     or refused
+    Sizes            SIZES         offset = size, aux = SizesFlag,   online resize: asked,
+                                   payload = max size + reason       agreed (REPLY), done (DONE)
 
 Rules: a frame decodes to exactly one message (trailing bytes are an error); a STATE aux with
 bits above the role byte, an unknown role or disk, a SYNC_UUID or RESYNC_PAUSE with aux other
 than 0/1 or a reserved UUID (0, 4) are refused; so are an OV_START whose start is not 4 KiB
 aligned or lies past its end, whose aux is not 0/1 or whose alg is not printable ASCII, and
-an OV_END with an unknown outcome; any other packet type is unexpected after the handshake.
+an OV_END with an unknown outcome, and a SIZES whose sizes are not 4 KiB multiples or whose
+aux has unknown bits; any other packet type is unexpected after the handshake.
 """
 from dataclasses import dataclass
 
@@ -113,8 +116,16 @@ class VerifyEnd:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    size: int               # asked (0: the largest both hold), agreed (REPLY; 0: refused)
+    max_size: int           # the sender's largest possible data size now
+    flags: wire.SizesFlag = wire.SizesFlag(0)
+    reason: str = ""        # a REPLY with size 0: why the peer refused
+
+
 ControlMessage = (PeerState | SyncUuid | PeerUuids | FullSyncRequest | Outdate | PeerDisconnect
-                  | PeerRefuse | ResyncPause | VerifyStart | VerifyEnd)
+                  | PeerRefuse | ResyncPause | VerifyStart | VerifyEnd | Sizes)
 
 
 def encode_control(msg: ControlMessage) -> bytes:
@@ -138,6 +149,10 @@ def encode_control(msg: ControlMessage) -> bytes:
         return encode_frame(Frame(ReplPacket.OV_START, offset=msg.start, aux=int(msg.accepted),
                                   payload=wire.OV_START_BODY.pack(msg.end)
                                   + msg.alg.encode("ascii")))
+    if isinstance(msg, Sizes):
+        return encode_frame(Frame(ReplPacket.SIZES, offset=msg.size, aux=int(msg.flags),
+                                  payload=wire.SIZES_BODY.pack(msg.max_size)
+                                  + msg.reason.encode("utf-8")[:wire.REFUSE_MAX]))
     if isinstance(msg, VerifyEnd):
         return encode_frame(Frame(ReplPacket.OV_END, aux=msg.outcome, offset=msg.oos_blocks,
                                   payload=msg.reason.encode("utf-8")[:wire.REFUSE_MAX]))
@@ -193,5 +208,13 @@ def decode_control(raw: bytes) -> ControlMessage:
             raise RemoteProtocolError(f"repl: OV_END: unknown outcome {frame.aux}")
         return VerifyEnd(wire.VerifyOutcome(frame.aux), frame.offset,
                          frame.payload.decode("utf-8", "replace"))
+    if t is ReplPacket.SIZES:
+        (max_size,) = wire.SIZES_BODY.unpack_from(frame.payload)
+        if frame.aux & ~int(wire.SizesFlag(7)) or frame.offset % wire.BLOCK_SIZE \
+                or max_size % wire.BLOCK_SIZE:
+            raise RemoteProtocolError(f"repl: SIZES: invalid: size={frame.offset} "
+                                      f"max={max_size} aux=0x{frame.aux:x}")
+        return Sizes(frame.offset, max_size, wire.SizesFlag(frame.aux),
+                     frame.payload[wire.SIZES_BODY.size:].decode("utf-8", "replace"))
     raise RemoteProtocolError(f"repl: unexpected control frame {t.name} (aux={frame.aux}) after "
                               "the handshake")

@@ -37,6 +37,9 @@ Bodies of handshake packets (all big-endian):
                     aligned), payload = OV_START_BODY (end byte, u64) + verify-alg (ASCII)
     OV_END          online verify ends: aux = VerifyOutcome, offset = blocks found out of
                     sync by the sender, payload = UTF-8 reason (refused: why)
+    SIZES           online resize (DRBD's P_SIZES): offset = the size asked for (0: the
+                    largest both can hold) or agreed, aux = SizesFlag, payload = SIZES_BODY
+                    (the sender's largest possible data size, u64) + UTF-8 refusal reason
 
 Online verify and data-integrity-alg frames of the data path (C builds and checks them):
 
@@ -96,6 +99,7 @@ class ReplPacket(enum.IntEnum):
     RESYNC_PAUSE = 0x58       # aux = 1: the sender paused the resync (pause-sync, resync-after)
     OV_START = 0x5A
     OV_END = 0x5B
+    SIZES = 0x5C
 
 
 class DataFlag(enum.IntFlag):
@@ -169,6 +173,15 @@ class VerifyOutcome(enum.IntEnum):
     REFUSED = 2               # the VerifyT would not start (verify-alg differs, busy...)
 
 
+class SizesFlag(enum.IntFlag):
+    """SIZES aux: which step of a resize (replica.resize) this is."""
+
+    ASSUME_CLEAN = 0x1        # the grown area is not resynced (drbdadm resize --assume-clean)
+    REPLY = 0x2               # the peer resized (offset = the agreed size) or refused (0, reason)
+    DONE = 0x4                # the asking node resized too: the resync of the new area may start
+
+
+SIZES_BODY = struct.Struct(">Q")      # the sender's largest possible data size; a reason follows
 OV_START_BODY = struct.Struct(">Q")   # end byte of the range; the alg name follows
 MAX_VERIFY_CHUNK = 1024 * 1024        # = RM_MAX_VERIFY_CHUNK (csrc/mirror.h)
 DIGEST_MAX = 64                       # = RM_DIGEST_MAX_SIZE
@@ -212,4 +225,5 @@ PAYLOAD_LIMITS: dict[ReplPacket, tuple[int, int]] = {
     ReplPacket.DIGEST: (4, DIGEST_MAX),
     ReplPacket.OV_START: (OV_START_BODY.size + 1, OV_START_BODY.size + ALG_NAME_MAX),
     ReplPacket.OV_END: (0, REFUSE_MAX),
+    ReplPacket.SIZES: (SIZES_BODY.size, SIZES_BODY.size + REFUSE_MAX),
 }
