@@ -20,6 +20,10 @@ Rules:
   removes the path on close only while the path is still its own socket.
 * The handler runs on the server's per-connection thread.  A daemon with an
   event loop hops onto its loop from there (hbd.control does).
+* Subscriptions (``replicactl events``): a handler may answer with a ``Stream``
+  instead of a dict; the server then hands it the connection, and the stream
+  writes one JSON object per line for as long as it likes (until the client
+  goes away).  The client reads them with ``open_stream``.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from hacommon.errors import HaError
@@ -37,7 +41,7 @@ READ_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 5.0
 
 Reply = dict[str, Any]
-Handler = Callable[[dict[str, Any]], Reply]
+Handler = Callable[[dict[str, Any]], "Reply | Stream"]
 
 
 class ControlError(HaError):
@@ -100,6 +104,60 @@ def is_answering(path: str) -> bool:
         return True
     except (ControlError, OSError):
         return False
+
+
+class Stream:
+    """A reply that goes on: the handler returns one, the server calls ``serve(conn)`` on the
+    connection's thread and closes the connection when it returns. ``serve`` writes JSON lines
+    (``send_line``) and should return once the client closed its end (readable, EOF)."""
+
+    def serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+def send_line(conn: socket.socket, obj: Mapping[str, Any]) -> None:
+    conn.sendall(json.dumps(dict(obj), default=str).encode() + b"\n")
+
+
+def open_stream(path: str, req: Mapping[str, Any], timeout_s: float = 60.0) -> Iterator[Reply]:
+    """Send one request and yield each JSON object the daemon writes, the reply first, until it
+    closes the connection. `timeout_s` bounds the connect and the first reply; after that
+    the stream may stay silent for as long as nothing happens (no timeout, no polling).
+
+    Raises NotListening, BadReply (a line that is not a JSON object) or OSError."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise NotListening(path, exc.strerror or str(exc)) from exc
+        sock.sendall(json.dumps(dict(req)).encode() + b"\n")
+        buf = b""
+        first = True
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                if buf.strip():
+                    raise BadReply(path, buf)
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    raise BadReply(path, line) from None
+                if not isinstance(obj, dict):
+                    raise BadReply(path, line)
+                if first:
+                    sock.settimeout(None)
+                    first = False
+                yield obj
+            if len(buf) > MAX_MESSAGE:
+                raise ControlError(f"control: line from {path} is over {MAX_MESSAGE} bytes")
+    finally:
+        sock.close()
 
 
 class ControlServer:
@@ -169,10 +227,14 @@ class ControlServer:
                     if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
                         raise ValueError("expected an object with a string 'cmd'")
                 except ValueError as exc:
-                    reply: Reply = {"ok": False, "error": f"control: malformed request: {exc}"}
+                    reply: Reply | Stream = {"ok": False,
+                                             "error": f"control: malformed request: {exc}"}
                 else:
                     conn.settimeout(None)
                     reply = self.handler(req)
+                    if isinstance(reply, Stream):
+                        reply.serve(conn)
+                        return
                 conn.sendall(json.dumps(reply, default=str).encode() + b"\n")
             except OSError:
                 return

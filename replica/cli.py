@@ -431,6 +431,33 @@ def cmd_peer_dead(ctl: Ctl, name: str) -> int:
     return 0
 
 
+def cmd_events(ctl: Ctl, name: str | None) -> int:
+    """drbdsetup events2: the state as `exists` lines, `exists -`, then every change as it
+    happens (replica.events), streamed by replicad over the control socket; --now stops after
+    `exists -`. The stream ends when replicad exits."""
+    from hacommon.control import NotListening, open_stream
+    if name and name != "all":
+        ctl.resource_names(name)
+    req = {"cmd": "events", "resource": name, "now": bool(ctl.args.now),
+           "statistics": bool(ctl.args.statistics), "timestamps": bool(ctl.args.timestamps),
+           "config": ctl.where.config, "node": ctl.where.node}
+    try:
+        for msg in open_stream(ctl.where.control_socket, req, timeout_s=ctl.cmd_timeout("status")):
+            if "event" in msg:
+                print(msg["event"], flush=True)
+            elif not msg.get("ok"):
+                raise ControlError(str(msg.get("error") or "replicad refused the command"))
+    except NotListening:
+        # nothing runs: nothing exists (drbdsetup events2 --now on a node without resources)
+        if ctl.args.now:
+            print("exists -")
+            return 0
+        raise ControlError(f"replicad is not running (no answer on {ctl.where.control_socket})") from None
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def cmd_dump(ctl: Ctl, name: str) -> int:
     from replica.config_dump import dump_config
     print_config_warnings(ctl)
@@ -488,6 +515,12 @@ COMMANDS = [
     Command("cstate", cmd_cstate, True, "print the connection state"),
     Command("dstate", cmd_dstate, True, "print local/peer disk state, e.g. UpToDate/UpToDate"),
     Command("nbd-uri", cmd_nbd_uri, True, "print the NBD URI of the resource's export"),
+    Command("events", cmd_events, False, "print state changes as they happen, in the line "
+            "format of drbdsetup events2 (exists lines first, then `exists -`)",
+            (("--now", "print the current state and exit"),
+             ("--statistics", "add counters (size, read, written, sent, received, "
+              "out-of-sync...) and resync progress"),
+             ("--timestamps", "prefix each line with its time (ISO 8601)"))),
     Command("dump", cmd_dump, False, "print the parsed configuration, normalised"),
 ]
 
