@@ -107,7 +107,15 @@ void device_get_stats(struct rm_device *dev, rm_stats *out)
     out->csum_bytes_done = LOAD(csum_bytes_done);
     out->csum_bytes_equal = LOAD(csum_bytes_equal);
     out->csum_bytes_checked = LOAD(csum_bytes_checked);
+    out->peer_bytes_received = LOAD(peer_bytes_received);
+    out->peer_acks = LOAD(peer_acks);
+    out->peer_ack_ns_sum = LOAD(peer_ack_ns_sum);
+    for (int i = 0; i < RM_ACK_LATENCY_BUCKETS; i++)
+        out->peer_ack_us_log2[i] = LOAD(peer_ack_us_log2[i]);
 }
+
+_Static_assert(sizeof(((rm_stats *)0)->peer_ack_us_log2) == RM_ACK_LATENCY_BUCKETS * sizeof(uint64_t),
+               "rm_stats.peer_ack_us_log2 has RM_ACK_LATENCY_BUCKETS buckets");
 
 int device_is_read_only(struct rm_device *dev)
 {

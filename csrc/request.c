@@ -110,6 +110,7 @@ static int retry_on_peer(rm_engine *eng, uint64_t id, struct rm_origin *o, const
         h.flags |= RPL_FLAG_NOT_LOCAL;
         device_mark_dirty(&eng->dev, req->offset, req->count);
     }
+    conn_slot_sent(c, id);
     sent = conn_send_frame(c, &h, req->data, 0);
     /* Protocol A answers at the send; otherwise the peer's ack (a flush: C's, as usual). */
     ret = submit_finish(eng, id, o, req, sent, 0,
@@ -156,6 +157,7 @@ static int mirror_to_peer(rm_engine *eng, struct rm_origin *o, const struct rm_r
     if (id == NO_SLOT)
         return unmirrored(eng, req);
     frame_for(&h, id, req);
+    conn_slot_sent(c, id);
     if (req->op == RM_OP_WRITE && req->data == NULL) {
         conn_send_lock(c);
         sent = conn_send_range_frame_locked(c, &h);
@@ -203,6 +205,8 @@ static int submit_local_and_peer(rm_engine *eng, struct rm_origin *o, const stru
         device_count_remote_write(&eng->dev);
         return retry_on_peer(eng, id, o, req, rc);
     }
+    if (r == 0)
+        conn_slot_sent(c, id);
     sent = r < 0 ? r : conn_send_frame_locked(c, &h, req->data);
     conn_send_unlock(c);
     if (r == 0 && req->fua)
