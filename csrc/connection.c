@@ -367,6 +367,7 @@ static void finish_slot_locked(struct rm_connection *c, struct rm_pending *s, in
 
     if (!s->replied && o) {
         o->complete(o, s->cookie, rc);
+        STAT_SUB(c->dev, upper_pending, 1);     /* request_submit counted it */
         if (touched && o->batched) {
             o->batched++;
         } else if (touched && *ntouched < MAX_TOUCHED) {
@@ -756,8 +757,10 @@ static int handle_frame(struct receiver *r, const struct rpl_header *h, const un
         }
         if (is_digested(c, h) && (rc = check_integrity(r, h, payload, proto)) < 0)
             return rc;
+        STAT_ADD(c->dev, peer_unacked, 1);          /* until its ack is queued */
         if (c->protocol == RM_PROTOCOL_B && h->type != RPL_FLUSH) {
             queue_ack(c, RPL_RECV_ACK, h, 0);
+            STAT_SUB(c->dev, peer_unacked, 1);
             /* "Received" is the whole point of B: say so before the write, unless more frames
              * are already here (then the batch's acks go out together). */
             if (r->end - r->start < RPL_HEADER_SIZE)
@@ -782,6 +785,8 @@ static int handle_frame(struct receiver *r, const struct rpl_header *h, const un
             queue_ack(c, RPL_FLUSH_ACK, h, 0);
         else if (c->protocol != RM_PROTOCOL_B)
             queue_ack(c, RPL_WRITE_ACK, h, 0);
+        if (c->protocol != RM_PROTOCOL_B || h->type == RPL_FLUSH)
+            STAT_SUB(c->dev, peer_unacked, 1);
         return 0;
     case RPL_RECV_ACK:
     case RPL_WRITE_ACK:

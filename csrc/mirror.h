@@ -71,6 +71,10 @@ typedef struct rm_stats {
     uint64_t peer_ack_ns_sum;      /* their latencies (frame handed to the transport -> ack read) added */
     uint64_t peer_ack_us_log2[24]; /* RM_ACK_LATENCY_BUCKETS: bucket i counts latencies of fewer than
                                     * 2^i us (i = bit length of the whole us); the last, the rest */
+    /* in flight now (DRBD's status --statistics): */
+    uint64_t upper_pending;        /* requests from frontends (and Python) not yet answered */
+    uint64_t lower_pending;        /* system calls on the backing file running */
+    uint64_t peer_unacked;         /* frames from the peer being applied, not yet acknowledged */
 } rm_stats;
 
 /* One event from C to Python, read after the event fd becomes readable. */

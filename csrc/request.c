@@ -240,8 +240,10 @@ static void answer_job(struct rm_writeq *q, struct rm_wjob *j)
 {
     int rc;
 
-    if (finish_streamed(q->eng, q->origin, j, &rc) == RM_SUBMIT_DONE)
+    if (finish_streamed(q->eng, q->origin, j, &rc) == RM_SUBMIT_DONE) {
         q->origin->complete(q->origin, j->req.cookie, rc);
+        STAT_SUB(&q->eng->dev, upper_pending, 1);
+    }
     q->origin->release(q->origin, 1);
 }
 
@@ -401,8 +403,8 @@ static int read_stream(struct rm_writeq *q, struct rm_stream *st, uint32_t count
 /* Payload buffers above this size are released after use, to keep RSS small between bursts. */
 #define KEEP_PAYLOAD (4 * 1024 * 1024)
 
-int request_submit(rm_engine *eng, struct rm_origin *o, struct rm_writeq *q, const struct rm_request *req,
-                   struct rm_stream *stream, int *rc)
+static int submit_request(rm_engine *eng, struct rm_origin *o, struct rm_writeq *q, const struct rm_request *req,
+                          struct rm_stream *stream, int *rc)
 {
     struct rm_request copy;
     int r, ret;
@@ -441,9 +443,24 @@ int request_submit(rm_engine *eng, struct rm_origin *o, struct rm_writeq *q, con
     return ret;
 }
 
+/* stats.upper_pending counts a request from here until it is answered: now (RM_SUBMIT_DONE,
+ * or an error), or later by the one origin->complete() (connection.c finish_slot_locked, or
+ * answer_job for write-behind), which takes it off there. */
+int request_submit(rm_engine *eng, struct rm_origin *o, struct rm_writeq *q, const struct rm_request *req,
+                   struct rm_stream *stream, int *rc)
+{
+    int ret;
+
+    STAT_ADD(&eng->dev, upper_pending, 1);
+    ret = submit_request(eng, o, q, req, stream, rc);
+    if (ret != RM_SUBMIT_LATER)
+        STAT_SUB(&eng->dev, upper_pending, 1);
+    return ret;
+}
+
 /* ---- reads ---- */
 
-int request_read(rm_engine *eng, void *buf, uint32_t count, uint64_t offset)
+static int read_request(rm_engine *eng, void *buf, uint32_t count, uint64_t offset)
 {
     int r = count > RM_MAX_REQUEST ? -EINVAL : check_range(eng, offset, count, 0);
 
@@ -458,8 +475,18 @@ int request_read(rm_engine *eng, void *buf, uint32_t count, uint64_t offset)
     return conn_remote_read(&eng->conn, buf, count, offset);
 }
 
-int request_read_send(rm_engine *eng, struct rm_transport *t, const void *hdr, size_t hdr_len, uint64_t offset,
-                      uint32_t count, int *fatal)
+int request_read(rm_engine *eng, void *buf, uint32_t count, uint64_t offset)
+{
+    int r;
+
+    STAT_ADD(&eng->dev, upper_pending, 1);
+    r = read_request(eng, buf, count, offset);
+    STAT_SUB(&eng->dev, upper_pending, 1);
+    return r;
+}
+
+static int read_send(rm_engine *eng, struct rm_transport *t, const void *hdr, size_t hdr_len, uint64_t offset,
+                     uint32_t count, int *fatal)
 {
     struct iovec iov = { (void *)hdr, hdr_len };
     uint64_t sent = 0;
@@ -485,6 +512,17 @@ int request_read_send(rm_engine *eng, struct rm_transport *t, const void *hdr, s
     }
     STAT_ADD(&eng->dev, reads, 1);
     return 0;
+}
+
+int request_read_send(rm_engine *eng, struct rm_transport *t, const void *hdr, size_t hdr_len, uint64_t offset,
+                      uint32_t count, int *fatal)
+{
+    int r;
+
+    STAT_ADD(&eng->dev, upper_pending, 1);
+    r = read_send(eng, t, hdr, hdr_len, offset, count, fatal);
+    STAT_SUB(&eng->dev, upper_pending, 1);
+    return r;
 }
 
 /* ---- client registry: lets `down` end every connection at once ---- */

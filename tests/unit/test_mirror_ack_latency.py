@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """The peer ack latency histogram C counts at ack time (rm_stats.peer_ack_us_log2), over the
-C engine pair and over a peer played by the test that holds an ack for a known time."""
+C engine pair and over a peer played by the test that holds an ack for a known time; and the
+in-flight counters status --statistics shows (upper-pending, lower-pending, unacked)."""
 import os
 import time
 
@@ -14,8 +15,9 @@ from tests.unit.test_mirror_peer import HEADER, Pair, primary_hand_peer, read_fr
 __all__ = ["primary_hand_peer"]     # the fixture, used by name below
 
 
-def test_every_acked_write_is_counted_once_and_flushes_are_not(tmp_path):
-    pair = Pair(tmp_path, "C")
+@pytest.mark.parametrize("protocol", ["A", "B", "C"])
+def test_every_acked_write_is_counted_once_and_flushes_are_not(tmp_path, protocol):
+    pair = Pair(tmp_path, protocol)
     try:
         s = Session(pair.primary)
         n = 120
@@ -37,6 +39,10 @@ def test_every_acked_write_is_counted_once_and_flushes_are_not(tmp_path):
         # the secondary counts what it received: every frame's header and payload
         assert pair.secondary.stats()["peer_bytes_received"] >= n * (32 + 4096)
         assert pair.secondary.stats()["peer_acks"] == 0            # it sent no write
+        # nothing is in flight once every request is answered
+        settled(lambda: pair.secondary.stats()["peer_unacked"] == 0, "the secondary acked all")
+        for eng in (pair.primary, pair.secondary):
+            assert (eng.stats()["upper_pending"], eng.stats()["lower_pending"]) == (0, 0)
     finally:
         pair.close()
 
@@ -48,10 +54,12 @@ def test_an_ack_held_50ms_lands_in_the_50ms_bucket(primary_hand_peer):
     s.send(WRITE, 4096, 4096, os.urandom(4096), cookie=7)
     (magic, _, _, frame_id, offset, _, _), _ = read_frame(peer)
     held_from = time.monotonic()
+    assert eng.stats()["upper_pending"] == 1        # written here, waiting for the peer
     time.sleep(0.05)
     peer.sendall(HEADER.pack(magic, 0x11, 0, frame_id, offset, 0, 0))   # WRITE_ACK
     assert s.reply()[1] == 7
-    held_s = time.monotonic() - held_from      # at least 50 ms; more on a loaded machine
+    held_s = time.monotonic() - held_from
+    assert eng.stats()["upper_pending"] == 0      # at least 50 ms; more on a loaded machine
     stats = eng.stats()
     buckets = stats["peer_ack_us_log2"]
     assert stats["peer_acks"] == 1 and sum(buckets) == 1
