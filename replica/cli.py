@@ -338,8 +338,19 @@ def format_status(st: dict, verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
+def render_status(st: dict, args: argparse.Namespace) -> str:
+    text = format_status(st, verbose=args.verbose)
+    if args.statistics:
+        from replica.status_view import add_statistics
+        text = add_statistics(text, st)
+    return text
+
+
 def cmd_status(ctl: Ctl, name: str) -> int:
     names = ctl.resource_names(name or "all")
+    if ctl.args.watch:
+        from replica.status_view import watch_status
+        return watch_status(ctl, name, names, render_status)
     by_name = {st["name"]: st for st in ctl.status_of(None)}
     up = [by_name[n] for n in names if by_name.get(n, {}).get("up")]
     if ctl.args.json:
@@ -348,7 +359,7 @@ def cmd_status(ctl: Ctl, name: str) -> int:
     rc = 0
     for n in names:
         if n in {st["name"] for st in up}:
-            print(format_status(by_name[n], verbose=ctl.args.verbose))
+            print(render_status(by_name[n], ctl.args))
             print()
         else:
             print(f"{n}: No such resource", file=sys.stderr)
@@ -432,30 +443,8 @@ def cmd_peer_dead(ctl: Ctl, name: str) -> int:
 
 
 def cmd_events(ctl: Ctl, name: str | None) -> int:
-    """drbdsetup events2: the state as `exists` lines, `exists -`, then every change as it
-    happens (replica.events), streamed by replicad over the control socket; --now stops after
-    `exists -`. The stream ends when replicad exits."""
-    from hacommon.control import NotListening, open_stream
-    if name and name != "all":
-        ctl.resource_names(name)
-    req = {"cmd": "events", "resource": name, "now": bool(ctl.args.now),
-           "statistics": bool(ctl.args.statistics), "timestamps": bool(ctl.args.timestamps),
-           "config": ctl.where.config, "node": ctl.where.node}
-    try:
-        for msg in open_stream(ctl.where.control_socket, req, timeout_s=ctl.cmd_timeout("status")):
-            if "event" in msg:
-                print(msg["event"], flush=True)
-            elif not msg.get("ok"):
-                raise ControlError(str(msg.get("error") or "replicad refused the command"))
-    except NotListening:
-        # nothing runs: nothing exists (drbdsetup events2 --now on a node without resources)
-        if ctl.args.now:
-            print("exists -")
-            return 0
-        raise ControlError(f"replicad is not running (no answer on {ctl.where.control_socket})") from None
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    from replica.status_view import print_events
+    return print_events(ctl, name)
 
 
 def cmd_dump(ctl: Ctl, name: str) -> int:
@@ -510,7 +499,11 @@ COMMANDS = [
               "sync"),)),
     Command("status", cmd_status, False, "show roles, disk and peer states, drbdadm-style",
             (("--json", "machine-readable output, with resync rate and ETA"),
-             ("--verbose", "add drbdsetup's statistics to the peer line"))),
+             ("--verbose", "add drbdsetup's statistics to the peer line"),
+             ("--statistics", "counters as drbdadm status --statistics: size, read, written, "
+              "al-writes, bm-writes, pending; received, sent, out-of-sync, ack latency p50/p99"),
+             ("--watch", "a live view, redrawn on every state change and resync step "
+              "(Ctrl-C leaves it)"))),
     Command("role", cmd_role, True, "print local/peer role, e.g. Primary/Secondary"),
     Command("cstate", cmd_cstate, True, "print the connection state"),
     Command("dstate", cmd_dstate, True, "print local/peer disk state, e.g. UpToDate/UpToDate"),

@@ -41,9 +41,11 @@ class TwoNodes:
     def __init__(self, size: int = 32 * MiB, net: str = DEFAULT_NET, disk: str = "",
                  handlers: str = "", node_net: dict[str, str] | None = None,
                  root: str = "/dev/shm", external_md: bool = False,
-                 disk_dirs: dict[str, Path] | None = None, device: str = "", startup: str = ""):
+                 disk_dirs: dict[str, Path] | None = None, device: str = "", startup: str = "",
+                 prefix: str = "rpl"):
         n = next(_counter)
-        self.prefix = f"rpl{os.getpid() % 100000}x{n}"
+        assert len(prefix) == 3, "three letters: the veth names keep what follows them"
+        self.prefix = f"{prefix}{os.getpid() % 100000}x{n}"
         self.subnet = (os.getpid() * 7 + n) % 200 + 20
         self.dir = Path(root) / self.prefix
         self.lab = NetLab(self.prefix)
