@@ -115,6 +115,84 @@ class Stream:
         raise NotImplementedError
 
 
+class Mailbox:
+    """Objects handed from a daemon's thread to a Stream's thread: `put` never blocks (at most
+    `limit` wait; more cut the reader off: `overflowed`), `fileno()` is readable while some
+    wait, so the stream sleeps in select() with its client socket instead of polling."""
+
+    def __init__(self, limit: int = 4096):
+        self.limit = limit
+        self.overflowed = False
+        self._items: list[Any] = []
+        self._lock = threading.Lock()
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def put(self, item: Any) -> None:
+        with self._lock:
+            if self._w < 0 or self.overflowed:
+                return
+            if len(self._items) >= self.limit:
+                self.overflowed = True
+                self._items.clear()
+            else:
+                self._items.append(item)
+            if len(self._items) <= 1:
+                try:
+                    os.write(self._w, b"x")
+                except BlockingIOError:
+                    pass
+
+    def fileno(self) -> int:
+        return self._r
+
+    def take(self) -> list[Any]:
+        with self._lock:
+            items, self._items = self._items, []
+            try:
+                os.read(self._r, 4096)
+            except BlockingIOError:
+                pass
+        return items
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in (self._r, self._w):
+                if fd >= 0:
+                    os.close(fd)
+            self._r = self._w = -1
+
+
+class MailboxStream(Stream):
+    """A Stream of whatever reaches `box` (each a JSON object), after the reply `first`, until
+    the client closes its end; `on_close` then runs (to unregister the box)."""
+
+    def __init__(self, box: Mailbox, first: Reply, on_close: Callable[[], None]):
+        self.box = box
+        self.first = first
+        self.on_close = on_close
+
+    def serve(self, conn: socket.socket) -> None:
+        import select
+        try:
+            send_line(conn, self.first)
+            while True:
+                ready, _, _ = select.select([conn.fileno(), self.box.fileno()], [], [])
+                if conn.fileno() in ready:
+                    return
+                items = self.box.take()
+                if self.box.overflowed:
+                    send_line(conn, {"ok": False, "error": "control: this reader fell more than "
+                                     f"{self.box.limit} messages behind: start again"})
+                    return
+                for item in items:
+                    send_line(conn, item)
+        except OSError:
+            return
+        finally:
+            self.on_close()
+            self.box.close()
+
+
 def send_line(conn: socket.socket, obj: Mapping[str, Any]) -> None:
     conn.sendall(json.dumps(dict(obj), default=str).encode() + b"\n")
 

@@ -22,11 +22,11 @@ when stdout is not a terminal each change prints a plain `status` snapshot inste
 """
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from hacommon.control import NotListening, open_stream
+from hacommon.live_view import watch
 from replica.ack_latency import format_duration, quantile_s
 from replica.control import ControlError
 
@@ -126,29 +126,6 @@ def render(statuses: Iterable[dict], title: str) -> Any:
     return Group(table, *bars)
 
 
-def watch(changes: Iterator[Any], snapshot: Callable[[], list[dict]],
-          plain: Callable[[list[dict]], str], title: str, out: Any = None) -> int:
-    """Redraw on each item of `changes` (an event; the stream's end ends the view). On a
-    terminal: rich Live; otherwise `plain(statuses)` printed per change, blank-line apart."""
-    out = out or sys.stdout
-    try:
-        if not out.isatty():
-            for _ in changes:
-                print(plain(snapshot()), file=out, flush=True)
-                print(file=out, flush=True)
-            return 0
-        from rich.console import Console
-        from rich.live import Live
-        console = Console(file=out)
-        with Live(render(snapshot(), title), console=console, auto_refresh=False,
-                  transient=False) as live:
-            for _ in changes:
-                live.update(render(snapshot(), title), refresh=True)
-        return 0
-    except KeyboardInterrupt:
-        return 0
-
-
 # --- the commands (replica.cli's table names them) ----------------------------------------
 
 def print_events(ctl: Any, name: str | None) -> int:
@@ -195,8 +172,9 @@ def watch_status(ctl: Any, name: str | None, names: list[str],
         by_name = {st["name"]: st for st in ctl.status_of(None)}
         return [by_name[n] for n in names if by_name.get(n, {}).get("up")]
 
-    def plain(statuses: list[dict]) -> str:
-        return "\n\n".join(render_status(st, ctl.args) for st in statuses) or "no resource is up"
+    def plain() -> str:
+        return "\n\n".join(render_status(st, ctl.args) for st in snapshot()) or "no resource is up"
     if not ctl.daemon_running:
         raise ControlError(f"replicad is not running (no answer on {ctl.where.control_socket})")
-    return watch(changes(), snapshot, plain, f"replica-ha on {ctl.where.node}")
+    title = f"replica-ha on {ctl.where.node}"
+    return watch(changes(), lambda: render(snapshot(), title), plain)

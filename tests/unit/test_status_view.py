@@ -6,9 +6,10 @@ import io
 
 from rich.console import Console
 
+from hacommon.live_view import watch
 from replica.cli import render_status
 from replica.mirror import ACK_LATENCY_BUCKETS
-from replica.status_view import render, watch
+from replica.status_view import render
 
 MiB = 1 << 20
 
@@ -79,9 +80,9 @@ class NotATerminal(io.StringIO):
 def test_watch_without_a_terminal_prints_a_snapshot_per_change():
     snapshots = iter([[status(role="Secondary")], [status()]])
     out = NotATerminal()
-    rc = watch(iter(["exists -", "change resource name:r0 role:Primary"]), lambda: next(snapshots),
-               lambda sts: render_status(sts[0], argparse.Namespace(verbose=False, statistics=False)),
-               "t", out=out)
+    plain_args = argparse.Namespace(verbose=False, statistics=False)
+    rc = watch(iter(["exists -", "change resource name:r0 role:Primary"]), lambda: "unused",
+               lambda: render_status(next(snapshots)[0], plain_args), out=out)
     assert rc == 0
     blocks = out.getvalue().strip().split("\n\n")
     assert [b.splitlines()[0] for b in blocks] == ["r0 role:Secondary", "r0 role:Primary"]
@@ -91,4 +92,4 @@ def test_watch_leaves_cleanly_on_ctrl_c():
     def changes():
         yield "exists -"
         raise KeyboardInterrupt
-    assert watch(changes(), lambda: [status()], lambda sts: "x", "t", out=NotATerminal()) == 0
+    assert watch(changes(), lambda: "unused", lambda: "x", out=NotATerminal()) == 0
