@@ -134,8 +134,9 @@ class ResourceRuntime:
         self.state = new
         if changes:
             log.info("%s: %s%s", self.name, ", ".join(changes), f" ({why})" if why else "")
-            self.events.publish(change_events(self.identity, self._event_view(old),
-                                              self._event_view(new)))
+            if self.events.has_subscribers:
+                self.events.publish(change_events(self.identity, self._event_view(old),
+                                                  self._event_view(new)))
         if self.disk.engine is not None and old.role != new.role:
             self._apply_role_to_export()
         self.disk.persist_flags(new)
@@ -183,7 +184,8 @@ class ResourceRuntime:
         return exists_events(self.identity, self._event_view())
 
     def publish_created(self, state: ResourceState) -> None:
-        self.events.publish(exists_events(self.identity, self._event_view(state), "create"))
+        if self.events.has_subscribers:
+            self.events.publish(exists_events(self.identity, self._event_view(state), "create"))
 
     def publish_destroyed(self) -> None:
         self.events.publish(destroy_events(self.identity))

@@ -18,12 +18,13 @@ pytestmark = pytest.mark.root
 HANDLERS = 'before-resync-source "true";'
 
 
-class EventReader:
-    """`replicactl events` on one node, its lines collected by a thread as they come."""
+class Replicactl:
+    """A long-running `replicactl ARGS...` on one node (events, status --watch), its output
+    lines collected by a thread as they come."""
 
     def __init__(self, t: TwoNodes, node: str, *args: str):
         cmd = [str(BIN / "replicactl"), "--config", str(t.config(node)), "--node", node,
-               "--run-dir", str(t.run_dir(node)), "events", *args]
+               "--run-dir", str(t.run_dir(node)), *args]
         self.proc = t.lab.popen(t.ns[node], cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
         self.lines: list[str] = []
@@ -79,10 +80,14 @@ def test_events_follow_connect_promote_resync_disconnect_in_order():
         for node in ("alpha", "beta"):
             t.ctl(node, "create-md", "r0")
         t.ctl("alpha", "up", "r0")
-        reader = EventReader(t, "alpha", "r0", "--timestamps")
-        stats_reader = EventReader(t, "alpha", "all", "--statistics")
+        reader = Replicactl(t, "alpha", "events", "r0", "--timestamps")
+        stats_reader = Replicactl(t, "alpha", "events", "all", "--statistics")
+        # status --watch without a terminal: a plain status snapshot per change (the first
+        # at once)
+        watcher = Replicactl(t, "alpha", "status", "--watch", "r0")
         try:
             stats_reader.wait_for(r"^exists -$")
+            watcher.wait_for(r"^r0 role:Secondary$")
             reader.wait_for(r" exists -$")
             t.ctl("beta", "up", "r0")
             t.wait_connected()
@@ -93,9 +98,15 @@ def test_events_follow_connect_promote_resync_disconnect_in_order():
             t.ctl("alpha", "connect", "r0")
             t.wait_connected()
             reader.wait_for(r"change connection name:r0 .*connection:Connected", 10)
+            watcher.wait_for(r"^  beta role:Secondary$")
         finally:
             reader.stop()
             stats_reader.stop()
+            watcher.stop()
+        # the view followed: Secondary, then Primary with the resync's progress, then in sync
+        assert_in_order(watcher.lines, [r"^r0 role:Secondary$", r"^r0 role:Primary$",
+                                        r"replication:SyncSource peer-disk:Inconsistent done:",
+                                        r"^    peer-disk:UpToDate$"])
         lines = reader.lines
         # every line carries drbdsetup's ISO timestamp, then the event
         assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d ", ln)
