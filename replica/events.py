@@ -169,6 +169,12 @@ def yes_no(flag: object) -> str:
     return "yes" if flag else "no"
 
 
+def suspended_text(io_suspended: object) -> str:
+    """DRBD's resource `suspended:` (no, user, no-data, fencing, quorum): ours is fencing's
+    suspend-io (resource-and-stonith while the fence-peer handler runs) or nothing."""
+    return "fencing" if io_suspended else "no"
+
+
 def _kib(n: Any) -> str:
     return str(int(n or 0) // 1024)
 
@@ -202,7 +208,7 @@ def state_fields(st: Mapping) -> dict[str, Pairs]:
     suspended = (st.get("resync") or {}).get("suspended")
     return {
         "resource": (("role", str(st.get("role", "Unknown"))),
-                     ("suspended", yes_no(st.get("io_suspended")))),
+                     ("suspended", suspended_text(st.get("io_suspended")))),
         "connection": (("connection", str(st.get("connection", "StandAlone"))),
                        ("role", str(st.get("peer_role", "Unknown")))),
         "device": (("disk", str(st.get("disk_state", "Diskless"))), ("client", "no")),

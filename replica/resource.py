@@ -48,6 +48,7 @@ from replica.connection import PeerConnection
 from replica.disk import ResourceDisk, engine_io_error_mode
 from replica.errors import ReplicaError
 from replica.events import (
+    Event,
     EventBus,
     Identity,
     change_events,
@@ -55,6 +56,7 @@ from replica.events import (
     exists_events,
     helper_events,
     progress_event,
+    suspended_text,
 )
 from replica.fencing import PeerFencing, needs_fencing
 from replica.frontends import NbdFrontend
@@ -186,6 +188,11 @@ class ResourceRuntime:
     def publish_created(self, state: ResourceState) -> None:
         if self.events.has_subscribers:
             self.events.publish(exists_events(self.identity, self._event_view(state), "create"))
+
+    def publish_suspended(self) -> None:
+        """suspend-io/resume-io (replica.fencing): `change resource ... suspended:fencing|no`."""
+        self.events.publish([Event("change", "resource", (
+            *self.identity.resource(), ("suspended", suspended_text(self.fencing.suspended))))])
 
     def publish_destroyed(self) -> None:
         self.events.publish(destroy_events(self.identity))
