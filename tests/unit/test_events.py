@@ -54,6 +54,14 @@ def test_exists_lines_are_drbdsetups():
     ]
 
 
+def test_fencing_suspended_io_shows_on_the_resource_line():
+    new = {**STATUS, "io_suspended": True}
+    assert [format_event(e) for e in change_events(IDENT, STATUS, new)] == [
+        "change resource name:r0 suspended:fencing"]
+    assert format_event(exists_events(IDENT, new)[0]) == (
+        "exists resource name:r0 role:Secondary suspended:fencing")
+
+
 def test_statistics_add_drbdsetups_counters_in_kib():
     dev, peer = [format_event(e, statistics=True) for e in exists_events(IDENT, STATUS)][2:]
     assert dev.endswith("disk:UpToDate client:no size:1048576 read:4 written:1024 al-writes:3 "
