@@ -326,6 +326,8 @@ class Daemon:
                             rt.down(force=True)
                     except (ReplicaError, OSError) as exc:
                         log.error("%s: down at exit: %s", rt.name, exc)
+            if not self.events.end_all(timeout_s=2.0):     # the last `destroy` lines out
+                log.warning("events: a reader did not take its last lines within 2 s")
             _remove_pid_file(self.where.pid_file)
             log.info("stopped")
         return self.exit_status

@@ -305,6 +305,7 @@ class Subscription:
         self.resource = resource
         self.statistics = statistics
         self.overflowed = False
+        self.ending = False          # the daemon stops: send what is queued, then end
         self._queue: collections.deque[Event] = collections.deque()
         self._lock = threading.Lock()
         self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -333,6 +334,17 @@ class Subscription:
 
     def fileno(self) -> int:
         return self._r
+
+    def end(self) -> None:
+        """The daemon is stopping: the reader sends what is queued and ends its stream."""
+        with self._lock:
+            self.ending = True
+            if not self._signalled and self._w >= 0:
+                self._signalled = True
+                try:
+                    os.write(self._w, b"x")
+                except BlockingIOError:
+                    pass
 
     def take(self) -> list[Event]:
         """Every queued event (and clear the pipe)."""
@@ -363,6 +375,7 @@ class EventBus:
         self.clock = clock
         self._subs: list[Subscription] = []
         self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
 
     def subscribe(self, resource: str | None = None, statistics: bool = False) -> Subscription:
         sub = Subscription(self, resource, statistics)
@@ -374,6 +387,17 @@ class EventBus:
         with self._lock:
             if sub in self._subs:
                 self._subs.remove(sub)
+            self._drained.notify_all()
+
+    def end_all(self, timeout_s: float) -> bool:
+        """At daemon exit: every reader sends what it has queued (the `destroy` lines of the
+        last `down`) and ends its stream; wait up to `timeout_s` for them. True if all did."""
+        with self._lock:
+            subs = list(self._subs)
+        for sub in subs:
+            sub.end()
+        with self._lock:
+            return self._drained.wait_for(lambda: not self._subs, timeout_s)
 
     @property
     def has_subscribers(self) -> bool:
@@ -421,12 +445,15 @@ class EventStream(Stream):
                 ready, _, _ = select.select([conn.fileno(), self.sub.fileno()], [], [])
                 if conn.fileno() in ready:
                     return          # the client closed (or spoke out of turn): done
+                ending = self.sub.ending
                 events = self.sub.take()
                 if self.sub.overflowed:
                     send_line(conn, {"ok": False, "error": f"events: this reader fell more than "
                                      f"{MAX_QUEUED} events behind: start again"})
                     return
                 self._send(conn, events)
+                if ending:
+                    return          # replicad stops: the client sees the end of the stream
         except OSError:
             return                  # the client went away mid-line
         finally:

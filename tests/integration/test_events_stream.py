@@ -2,7 +2,8 @@
 """`replicactl events` against a real pair in two namespaces: the stream shows the `change`
 lines of connect, promote, resync, disconnect and reconnect in the order they happened, the
 handler that ran (call/response helper), and `events --now` ends with `exists -`; status
---statistics shows drbdadm's counters with the ack latency quantiles."""
+--statistics shows drbdadm's counters with the ack latency quantiles; `down` ends with the
+`destroy` lines, and the stream with replicad."""
 import queue
 import re
 import subprocess
@@ -54,8 +55,9 @@ class Replicactl:
                                      + "\n".join(self.lines)) from None
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
         self._thread.join(5)
 
 
@@ -159,6 +161,18 @@ def test_events_follow_connect_promote_resync_disconnect_in_order():
         assert int(re.search(r" written:(\d+)", text).group(1)) >= 1024
         assert re.search(r"\n        received:\d+ sent:\d+ out-of-sync:0 pending:0 unacked:0 "
                          r"ack-p50:[\d.]+(us|ms|s) ack-p99:[\d.]+(us|ms|s)$", text.rstrip()), text
+
+        # down: the objects go (destroy, innermost first), then replicad, started by replicactl,
+        # exits with nothing in use, and the stream ends with it
+        last = Replicactl(t, "alpha", "events", "r0")
+        last.wait_for(r"^exists -$")
+        t.ctl("alpha", "down", "r0")
+        assert last.proc.wait(timeout=30) == 0
+        last.stop()
+        tail = last.lines[last.lines.index("exists -") + 1:]
+        assert tail[-4:] == [f"destroy peer-device {peer} volume:0",
+                             "destroy device name:r0 volume:0 minor:0",
+                             f"destroy connection {peer}", "destroy resource name:r0"], tail
 
 
 def test_events_now_on_a_node_without_replicad_is_just_the_end_marker(tmp_path):

@@ -243,3 +243,26 @@ def test_events_now_with_nothing_up_is_just_the_end_marker(tmp_path):
     reply = d.handle({"cmd": "events", "resource": "r9", "config": str(conf)})
     assert not reply["ok"] and "r9" in reply["error"]
     assert not d.events.has_subscribers
+
+
+def test_daemon_exit_sends_the_last_lines_then_ends_every_stream():
+    bus = EventBus(clock=lambda: 0.0)
+    server, client = socket.socketpair()
+    stream = EventStream(bus.subscribe(), [Event("exists", "-")])
+    t = threading.Thread(target=stream.serve, args=(server,))
+    t.start()
+    f = client.makefile("rb")
+    try:
+        assert [json.loads(f.readline()) for _ in range(2)] == [{"ok": True}, {"event": "exists -"}]
+        bus.publish(destroy_events(IDENT))
+        assert bus.end_all(timeout_s=5)
+        lines = [json.loads(f.readline())["event"] for _ in range(4)]
+        assert lines[-1] == "destroy resource name:r0"
+        t.join(5)
+        assert not t.is_alive()         # the stream ended: ControlServer closes the connection
+    finally:
+        f.close()
+        client.close()
+        t.join(5)
+        server.close()
+    assert not t.is_alive() and not bus.has_subscribers
