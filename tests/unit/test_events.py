@@ -266,3 +266,31 @@ def test_daemon_exit_sends_the_last_lines_then_ends_every_stream():
         t.join(5)
         server.close()
     assert not t.is_alive() and not bus.has_subscribers
+
+
+def test_a_standalone_resource_publishes_create_and_destroy(tmp_path):
+    from replica.config import parse_config
+    from replica.resource import ResourceRuntime
+    (tmp_path / "d.img").write_bytes(b"\0" * (1 << 20))
+    conf = (f"resource s0 {{\n on alpha {{ disk {tmp_path}/d.img; "
+            f"export unix:{tmp_path}/s0.sock; }}\n}}\n")
+    bus = EventBus()
+    rt = ResourceRuntime(parse_config(conf, str(tmp_path / "r.conf")).resource("s0"), "alpha",
+                         str(tmp_path / "s0.sock"), events=bus)
+    sub = bus.subscribe(statistics=True)
+    try:
+        rt.up()
+        with rt.lock:
+            assert [format_event(e) for e in rt.event_snapshot()] == [
+                "exists resource name:s0 role:Primary suspended:no",
+                "exists device name:s0 volume:0 minor:0 disk:UpToDate client:no"]
+        rt.down()
+        assert [format_event(e) for e in sub.take()] == [
+            "create resource name:s0 role:Primary suspended:no",
+            "create device name:s0 volume:0 minor:0 disk:UpToDate client:no",
+            "destroy device name:s0 volume:0 minor:0",
+            "destroy resource name:s0"]
+        assert rt.event_snapshot() == []
+    finally:
+        sub.close()
+        rt.down(force=True)
