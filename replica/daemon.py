@@ -242,7 +242,7 @@ class Daemon:
                             if _in_use(rt) and (name is None or n == name)]
             for rt in runtimes:
                 with rt.lock:
-                    initial += rt.event_snapshot()
+                    initial += rt.events.snapshot()
         except BaseException:
             sub.close()
             raise

@@ -206,7 +206,7 @@ class PeerFencing:
         if not self.suspended:
             log.warning("%s: suspend-io: new requests wait (%s)", self.name, why)
             self.suspended = True
-            self.rt.publish_suspended()
+            self.rt.events.suspended()
 
     def resume_io(self, why: str) -> None:
         engine = self.rt.disk.engine
@@ -216,4 +216,4 @@ class PeerFencing:
             engine.set_suspended(False)
         self.suspended = False
         log.info("%s: resume-io: requests go on (%s)", self.name, why)
-        self.rt.publish_suspended()
+        self.rt.events.suspended()

@@ -125,7 +125,7 @@ class ResourceMonitor:
             rt.sync.update_progress(now)
             deadlines.append(now + RESYNC_PROGRESS_S)
         if resyncing or rt.state.repl in (ReplState.VerifyS, ReplState.VerifyT):
-            rt.publish_progress(now)        # events --statistics: done%, counters
+            rt.events.progress(now)         # events --statistics: done%, counters
             deadlines.append(now + RESYNC_PROGRESS_S)
         due = rt.disk.bitmap_deadline(resyncing)
         if due is not None and due <= now:

@@ -25,9 +25,10 @@ constructor and public interface (none calls another's private methods):
                                                 (kernel NBD or FUSE+loop over the same engine)
     monitor   replica.monitor.ResourceMonitor   C's events, timers (no periodic wake-up)
     fencing   replica.fencing.PeerFencing       fence-peer/unfence-peer, suspend-io, peer-dead
-    events    replica.events.EventBus           the daemon's bus: `create`/`change`/`destroy`
-                                                from here (set_state, up/down), `call`/`response
-                                                helper` from the handler runner
+    events    replica.resource_events.ResourceEvents  this resource's lines on the daemon's
+                                                EventBus: `create`/`change`/`destroy` from here
+                                                (set_state, up/down), `call`/`response helper`
+                                                from the handler runner
 
 Threads: the daemon's command threads, the PeerLink, the ResyncRunner, the monitor's two.
 Lock order: `lock` (this runtime), then the disk's `md_lock`. Peer control frames after the
@@ -47,23 +48,14 @@ from replica.config import Endpoint, HostSection, Resource
 from replica.connection import PeerConnection
 from replica.disk import ResourceDisk, engine_io_error_mode
 from replica.errors import ReplicaError
-from replica.events import (
-    Event,
-    EventBus,
-    Identity,
-    change_events,
-    destroy_events,
-    exists_events,
-    helper_events,
-    progress_event,
-    suspended_text,
-)
+from replica.events import EventBus
 from replica.fencing import PeerFencing, needs_fencing
 from replica.frontends import NbdFrontend
 from replica.mirror import MirrorEvent
 from replica.monitor import ResourceMonitor
 from replica.protocol.nbd import ExportInfo, transmission_flags_for
 from replica.protocol.repl_control import FullSyncRequest, PeerUuids
+from replica.resource_events import ResourceEvents
 from replica.roles import Request, ResourceState, needs_new_current_uuid, request, request_or_raise
 from replica.startup import wfc_option
 from replica.states import ConnState, DiskState, Refusal, ReplState, Role
@@ -100,8 +92,7 @@ class ResourceRuntime:
         self.monitor = ResourceMonitor(self)
         self.fencing = PeerFencing(self)
         self.wfc_option = "wfc-timeout"      # which startup timeout `wait-connect` uses
-        self.events = events if events is not None else EventBus()
-        self._progress_at = 0.0              # when the last periodic progress event went out
+        self.events = ResourceEvents(self, events if events is not None else EventBus())
 
     # --- what the daemon asks -------------------------------------------------------------
 
@@ -136,74 +127,13 @@ class ResourceRuntime:
         self.state = new
         if changes:
             log.info("%s: %s%s", self.name, ", ".join(changes), f" ({why})" if why else "")
-            if self.events.has_subscribers:
-                self.events.publish(change_events(self.identity, self._event_view(old),
-                                                  self._event_view(new)))
+            self.events.changed(old, new)
         if self.disk.engine is not None and old.role != new.role:
             self._apply_role_to_export()
         self.disk.persist_flags(new)
         self.monitor.wake()                  # its deadlines may have changed
         self.fencing.state_changed(old, new)
         self._state_handlers(old, new)
-
-    # --- events (replica.events) --------------------------------------------------------------
-
-    @property
-    def identity(self) -> Identity:
-        peer = self.peer_host
-        names = list(self.resource.hosts)
-        peer_id = 1
-        if peer is not None:
-            peer_id = peer.node_id if peer.node_id is not None else names.index(peer.name)
-        return Identity(self.name, peer.name if peer is not None else None, peer_node_id=peer_id,
-                        volume=self.host.volume or 0, minor=self.host.minor or 0)
-
-    def _event_view(self, state: ResourceState | None = None) -> dict[str, Any]:
-        """What the event lines show of `state` (default: now): states, counters, progress.
-        Cheap (no walk of /proc): it runs on every state change."""
-        s = self.state if state is None else state
-        engine = self.disk.engine
-        view: dict[str, Any] = {
-            "role": str(s.role), "io_suspended": self.fencing.suspended,
-            "connection": str(s.conn), "peer_role": str(s.peer_role),
-            "disk_state": str(s.disk), "replication": str(s.repl),
-            "peer_disk_state": str(s.peer_disk), "size": self.disk.size,
-            "stats": engine.stats() if engine is not None else None,
-            "al_writes": self.disk.al_writes, "bm_writes": self.disk.bm_writes,
-        }
-        if self.disk.has_md:
-            view["out_of_sync_bytes"] = self.disk.out_of_sync_bytes()
-        now = time.monotonic()
-        if state is None:
-            view["resync"] = self.sync.status(now)
-            view["verify"] = self.sync.verify.status(now)
-        return view
-
-    def event_snapshot(self) -> list:
-        """`exists` lines of this resource (none while it is not up); under `lock`."""
-        if not self.is_up:
-            return []
-        return exists_events(self.identity, self._event_view())
-
-    def publish_created(self, state: ResourceState) -> None:
-        if self.events.has_subscribers:
-            self.events.publish(exists_events(self.identity, self._event_view(state), "create"))
-
-    def publish_suspended(self) -> None:
-        """suspend-io/resume-io (replica.fencing): `change resource ... suspended:fencing|no`."""
-        self.events.publish([Event("change", "resource", (
-            *self.identity.resource(), ("suspended", suspended_text(self.fencing.suspended))))])
-
-    def publish_destroyed(self) -> None:
-        self.events.publish(destroy_events(self.identity))
-
-    def publish_progress(self, now: float) -> None:
-        """During a resync or verify: a --statistics `change peer-device` line about once a
-        second (the monitor calls this on its progress tick)."""
-        if now - self._progress_at < 1.0 or not self.events.has_subscribers:
-            return
-        self._progress_at = now
-        self.events.publish([progress_event(self.identity, self._event_view())])
 
     def _state_handlers(self, old: ResourceState, new: ResourceState) -> None:
         """Handlers DRBD calls on a state change: `disconnected` when the connection ends, and
@@ -313,7 +243,7 @@ class ResourceRuntime:
         self.monitor.stop()
         self.frontend.stop()
         self.disk.close()
-        self.publish_destroyed()
+        self.events.destroyed()
 
     def _up_standalone(self) -> None:
         if self.is_up:
@@ -328,7 +258,7 @@ class ResourceRuntime:
             self.state = ResourceState()
             self.disk.close()
             raise
-        self.publish_created(self.state)
+        self.events.created(self.state)
         log.info("%s: up: disk %s (%d bytes) exported at %s", self.name, self.host.disk,
                  self.disk.size, self.frontend.uri)
 
@@ -343,7 +273,7 @@ class ResourceRuntime:
             self.disk.engine.flush()
         self.disk.close()
         self.state = ResourceState()
-        self.publish_destroyed()
+        self.events.destroyed()
         log.info("%s: down", self.name)
 
     def _export_info(self) -> ExportInfo:
@@ -376,7 +306,7 @@ class ResourceRuntime:
         except BaseException:
             self.disk.close()
             raise
-        self.publish_created(self.state)
+        self.events.created(self.state)
         self.set_state(new, "attach")
         self.monitor.start(self.disk.the_engine())
         log.info("%s: attached: disk %s (%d data bytes, meta-disk %s), uuids %s, %d KiB out of "
@@ -397,7 +327,7 @@ class ResourceRuntime:
         self.disk.clean_shutdown()
         self.set_state(new, "detach")
         self.disk.close()
-        self.publish_destroyed()
+        self.events.destroyed()
 
     # --- local disk failure (disk { on-io-error }) ------------------------------------------------
 
@@ -484,17 +414,16 @@ class ResourceRuntime:
         """Run one handler to its end: its exit code, None if it could not run or timed out.
         Published as `call helper` and `response helper ... status:N` (N = -1: it could not
         run or timed out)."""
-        ident = self.identity
-        self.events.publish([helper_events(ident, which)])
+        self.events.helper(which)
         try:
             rc = subprocess.run(cmd, shell=True, env=env, stdin=subprocess.DEVNULL,
                                 timeout=timeout_s).returncode
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.error("%s: helper command: %s: %s", self.name, which, exc)
-            self.events.publish([helper_events(ident, which, -1)])
+            self.events.helper(which, -1)
             return None
         log.info("%s: helper command: %s exit code %d", self.name, which, rc)
-        self.events.publish([helper_events(ident, which, rc)])
+        self.events.helper(which, rc)
         return rc
 
     def run_handler(self, which: str, *more: str) -> None:

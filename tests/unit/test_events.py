@@ -281,7 +281,7 @@ def test_a_standalone_resource_publishes_create_and_destroy(tmp_path):
     try:
         rt.up()
         with rt.lock:
-            assert [format_event(e) for e in rt.event_snapshot()] == [
+            assert [format_event(e) for e in rt.events.snapshot()] == [
                 "exists resource name:s0 role:Primary suspended:no",
                 "exists device name:s0 volume:0 minor:0 disk:UpToDate client:no"]
         rt.down()
@@ -290,7 +290,7 @@ def test_a_standalone_resource_publishes_create_and_destroy(tmp_path):
             "create device name:s0 volume:0 minor:0 disk:UpToDate client:no",
             "destroy device name:s0 volume:0 minor:0",
             "destroy resource name:s0"]
-        assert rt.event_snapshot() == []
+        assert rt.events.snapshot() == []
     finally:
         sub.close()
         rt.down(force=True)
