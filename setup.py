@@ -27,6 +27,8 @@ setup(
             "hbmon=hbmon.daemon:main",
             "replica-fence-peer=hbd.fence_peer:main",
             "replica-unfence-peer=hbd.fence_peer:main_unfence",
+            "replica-crm-fence-peer=replica.crm_fence:main",
+            "replica-crm-unfence-peer=replica.crm_fence:main_unfence",
         ],
     },
 )

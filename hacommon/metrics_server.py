@@ -8,15 +8,21 @@ listening socket and a wake-up pipe, with no timeout, and serves one request at 
 scrape is small; a client that stalls is cut off after REQUEST_TIMEOUT_S). Metrics are
 collected at scrape time by the daemon's own Collector, never by a periodic thread.
 
+A port still held (typically by the previous daemon, still releasing its resources after a
+restart) is retried every BIND_RETRY_INTERVAL_S for up to BIND_RETRY_S, then refused with an
+error naming the address; any other bind error is refused at once.
+
     MetricsServer(parse_listen_address("127.0.0.1:9942"), registry).start() ... .close()
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import selectors
 import socket
 import threading
+import time
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -25,6 +31,12 @@ from prometheus_client import make_wsgi_app
 from hacommon.errors import ConfigError
 
 REQUEST_TIMEOUT_S = 10.0
+# A restart (systemctl restart, or stop then start) may begin while the old daemon still holds
+# the port: hbd releases its resource groups before it exits, which takes as long as their
+# stop scripts. 10 s covers a group stop here (~0.1 s) with a wide margin, and is still short
+# enough that a real clash (another program on the port) is reported promptly.
+BIND_RETRY_S = 10.0
+BIND_RETRY_INTERVAL_S = 0.2
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
@@ -80,16 +92,30 @@ class MetricsServer:
     """`GET /metrics` (any path) answers the registry's exposition; start() binds (errors raise
     OSError with the address), the thread then waits for scrapes until close()."""
 
-    def __init__(self, address: tuple[str, int], registry: Any, *, name: str) -> None:
+    def __init__(self, address: tuple[str, int], registry: Any, *, name: str,
+                 bind_retry_s: float | None = None) -> None:
         host, port = address
+        if bind_retry_s is None:
+            bind_retry_s = BIND_RETRY_S
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.name = name
-        try:
-            self._httpd = make_server(host, port, make_wsgi_app(registry), server_class=_factory(family),
-                                      handler_class=_QuietHandler)
-        except OSError as exc:
-            raise OSError(exc.errno, f"{name}: metrics: cannot listen on {_show(host, port)}: "
-                                     f"{exc.strerror}") from None
+        give_up_at = time.monotonic() + bind_retry_s
+        while True:
+            try:
+                self._httpd = make_server(host, port, make_wsgi_app(registry), server_class=_factory(family),
+                                          handler_class=_QuietHandler)
+                break
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE and time.monotonic() < give_up_at:
+                    time.sleep(BIND_RETRY_INTERVAL_S)
+                    continue
+                detail = exc.strerror or str(exc)
+                if exc.errno == errno.EADDRINUSE:
+                    detail += (f" (still in use after {bind_retry_s:g} s: another process listens "
+                               f"there; if it is an old {name} still stopping, wait for it, else "
+                               f"choose another --metrics address)")
+                raise OSError(exc.errno, f"{name}: metrics: cannot listen on {_show(host, port)}: "
+                                         f"{detail}") from None
         self.address = self._httpd.server_address[:2]
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._serve, name=f"{name}-metrics", daemon=True)

@@ -13,11 +13,15 @@ record is one transition of a *subject*:
 
     node     subject = "peer" (or the writer "node"): state up|restarted -> up,
              dead|down -> down ("planned"/"graceful" = a clean shutdown; "since" =
-             when it really stopped answering, detection time minus deadtime).
+             when it really stopped answering, detection time minus deadtime);
+             dead with "initdead": true = never heard since the writer started: unknown
+             (nobody saw it go down; the groups it was known to hold become unknown too).
              ``daemon`` start/stop of a writer is its own node up / planned down;
-             a start that follows no stop means the previous daemon crashed.
+             a start that follows no stop means the previous daemon crashed: after
+             its last record, or when a peer saw it stop answering if that is later.
     group    subject = "group", holder = the writer "node"; "state" up|down (older
-             records: new == "started" is up), "planned".
+             records: new == "started" is up), "planned"; "unknown" (the start of
+             the initial acquisition after initdead) changes nothing.
     holding  a group as its writer learnt the peer holds it: subject = "group",
              holder = "holder"; "state", "planned", "since".
     service  subject = "watch/service" (Mon's services are per watch group; "service" alone
@@ -57,7 +61,8 @@ from typing import Any
 YEAR_S = 365.25 * 86400
 KINDS = ("node", "group", "service")
 # group-record reasons (hbd.groups / hbd.group_negotiation) that are planned stops
-PLANNED_REASONS = frozenset({"standby", "shutdown", "peer acquired its own group", "ip-request from peer"})
+PLANNED_REASONS = frozenset({"standby", "shutdown", "peer acquired its own group", "ip-request from peer",
+                             "reload: removed from haresources", "reload: changed in haresources"})
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -220,7 +225,7 @@ class Transition:
     kind: str          # node | group | service
     name: str          # the subject
     holder: str        # the node holding it (for a node, itself)
-    up: bool
+    up: bool | None     # None: unknown (a node not heard at start-up, initdead)
     planned: bool
     why: str
     gone: bool = False  # node down declared by its peer (deadtime): the machine may be gone
@@ -257,6 +262,7 @@ def transitions(records: Iterable[Mapping[str, Any]]) -> list[Transition]:
                   and r.get("event") in ("daemon", "group")}
     running: dict[str, bool] = {}       # writer -> its daemon started and did not stop yet
     last_seen: dict[str, float] = {}
+    peer_saw_down: dict[str, float] = {}    # node -> when a peer's journal says it stopped answering
     for t, _, rec in recs:
         ev = rec.get("event")
         writer = str(rec.get("node", "")).lower()
@@ -265,7 +271,10 @@ def transitions(records: Iterable[Mapping[str, Any]]) -> list[Transition]:
         if ev == "daemon" and writer and _from_hbd(rec):
             if st == "start":
                 if running.get(writer):
-                    out.append(Transition(last_seen[writer], "node", writer, writer, False, False,
+                    # it ended after its last record; when a peer saw it stop answering later
+                    # (an idle hbd writes nothing for hours), that is when it ended
+                    ended = max(last_seen[writer], peer_saw_down.get(writer, last_seen[writer]))
+                    out.append(Transition(ended, "node", writer, writer, False, False,
                                           "hbd ended without a clean stop (crash or kill)"))
                 running[writer] = True
                 out.append(Transition(t, "node", writer, writer, True, False, "hbd started"))
@@ -275,12 +284,16 @@ def transitions(records: Iterable[Mapping[str, Any]]) -> list[Transition]:
                 running[writer] = False
         elif ev == "node":
             subject = str(rec.get("peer") or writer).lower()
-            if subject and st in ("up", "restarted", "down", "dead"):
+            if subject and st == "dead" and _flag(rec.get("initdead")):
+                out.append(Transition(t, "node", subject, subject, None, False, why or "not heard at start-up"))
+            elif subject and st in ("up", "restarted", "down", "dead"):
                 up = st in ("up", "restarted")
                 planned = _flag(rec.get("planned", rec.get("graceful", False)))
                 out.append(Transition(_since(rec, t) if not up else t, "node", subject, subject, up, planned and not up,
                                       why or ("up" if up else "shut down cleanly" if planned else "dead"),
                                       gone=not up and not planned and subject != writer))
+                if not up and subject != writer:
+                    peer_saw_down[subject] = _since(rec, t)
         elif ev in ("group", "service", "holding") and isinstance(rec.get(_SUBJECT_FIELD[ev]), str):
             key = _SUBJECT_FIELD[ev]
             holder = str(rec.get("holder") or writer).lower()
@@ -291,10 +304,10 @@ def transitions(records: Iterable[Mapping[str, Any]]) -> list[Transition]:
                 continue
             if st in ("up", "down"):
                 up = st == "up"
-            elif ev == "group" and isinstance(rec.get("new"), str):     # written before "state" existed
-                up = rec["new"] == "started"
+            elif ev == "group" and "state" not in rec and isinstance(rec.get("new"), str):
+                up = rec["new"] == "started"        # written before "state" existed
             else:
-                continue
+                continue        # "unknown": the initial acquisition's start (nothing known before)
             planned = _flag(rec["planned"]) if "planned" in rec else (
                 not up and str(rec.get("reason", "")) in PLANNED_REASONS)
             out.append(Transition(_since(rec, t) if not up else t, "service" if ev == "service" else "group",
@@ -430,7 +443,12 @@ def _state_changes(trs: Sequence[Transition]) -> dict[tuple[str, str], list[tupl
         key = (tr.kind, tr.name)
         holders.setdefault(key, {})[tr.holder] = tr.up
         settle(key, tr.time, tr.planned)
-        if tr.kind == "node" and not tr.up:
+        if tr.kind == "node" and tr.up is None:     # not heard at start-up: what it held is unknown
+            for other, hs in holders.items():
+                if other[0] in ("group", "service") and hs.get(tr.holder) is not None:
+                    hs[tr.holder] = None
+                    settle(other, tr.time, tr.planned)
+        elif tr.kind == "node" and not tr.up:
             for other, hs in holders.items():
                 if other[0] == "group" and hs.get(tr.holder):
                     hs[tr.holder] = False

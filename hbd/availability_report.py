@@ -63,7 +63,7 @@ def render_text(report: Report, tz: datetime.tzinfo | None = None, width: int = 
     console.print(t)
     if not report.subjects:
         console.print("no node, group or service transitions in this period")
-    console.print("A = MTTF / (MTTF + MTTR); planned: stops for standby, shutdown or failback (counted as "
+    console.print("A = MTTF / (MTTF + MTTR); planned: stops for standby, shutdown, failback or reload (counted as "
                   "failures inside the mission); A unplanned: A with them left out; classes: basic 99-99.9 %, "
                   "high 99.99-99.999 %, continuous above")
     return out.getvalue()

@@ -18,6 +18,10 @@ server's thread onto the daemon's event loop.  Requests and answers::
     {"cmd": "watch"}                  -> {"ok": true}, then {"record": {...}} per journal
                                          record, as it is written, until hbctl closes
                                          (hbd.disk_fencing: DRBD's fence-peer contract)
+    {"cmd": "reload"}                 -> {"ok": true, "changes": ["ha.cf: deadtime 1s -> 3s", ...],
+                                          "groups_waiting": false} or
+                                         {"ok": false, "error": "configuration invalid: FILE:LINE: ..."}
+                                         (hbd.reload, as SIGHUP)
 
 Standby and takeover requests are journaled (accepted or refused).  Only root
 may move resources (the socket is mode 0600).
@@ -48,8 +52,10 @@ class ControlCommands:
     Runs on the daemon's event loop only; `kick` tells the loop that a request moved something."""
 
     def __init__(self, *, node: str, membership: Membership, groups: GroupManager, journal: Journal,
-                 kick: Callable[[], None], fencing: DiskFencing | None = None):
+                 kick: Callable[[], None], fencing: DiskFencing | None = None,
+                 reload: Callable[[], Coroutine[Any, Any, Reply]] | None = None):
         self.fencing = fencing
+        self.reload = reload
         self.node = node
         self.membership = membership
         self.groups = groups
@@ -70,6 +76,8 @@ class ControlCommands:
             if cmd == "unfence-peer":
                 return self.fencing.unfence_peer(node, resource)
             return self.fencing.fence_peer(node, resource)
+        if cmd == "reload" and self.reload is not None:
+            return self.reload()
         if cmd == "status":
             return {"ok": True, "node": self.node, "pid": os.getpid(), "membership": self.membership.snapshot(),
                     "groups": self.groups.snapshot(),

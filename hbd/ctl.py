@@ -9,6 +9,9 @@
                                                 like `hb_standby`: give those groups to the peer
                                                 (--failure: a recovery, journaled as unplanned)
     hbctl takeover [all|foreign|local]          like `hb_takeover`: ask the peer for them
+    hbctl reload                                like `/etc/init.d/heartbeat reload` (SIGHUP): re-read
+                                                ha.cf, haresources, authkeys and apply what changed
+                                                (hbd.reload); prints the changes, or the error
     hbctl availability [--since T] [--until T] [--service NAME] [--group G]
           [--mission HH:MM-HH:MM[,days]] [--journal FILE]... [--json] [--plot FILE.svg|png]
                                                 uptime, failures, MTTF, MTTR, A = MTTF/(MTTF+MTTR)
@@ -246,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = sub.add_parser("nodestatus")
     ns.add_argument("node")
     sub.add_parser("rscstatus")
+    sub.add_parser("reload")
     for name in ("standby", "takeover"):
         sp = sub.add_parser(name)
         sp.add_argument("which", nargs="?", default="all", choices=("all", "foreign", "local"))
@@ -275,6 +279,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "rscstatus":
             print(request(args.run_dir, {"cmd": "rscstatus"})["rscstatus"])
+            return 0
+        if args.cmd == "reload":
+            r = request(args.run_dir, {"cmd": "reload"}, timeout_s=30.0)
+            if not r["ok"]:
+                print(f"hbctl: reload: {r['error']}", file=sys.stderr)
+                return 1
+            for line in r["changes"]:
+                print(line)
+            if r.get("groups_waiting"):
+                print("haresources changes wait until the groups are stable (see `hbctl status`)")
+            print("configuration reloaded" if r["changes"] else "nothing changed")
             return 0
         before = request(args.run_dir, {"cmd": "rscstatus"})["rscstatus"]
         req = {"cmd": args.cmd, "which": args.which}

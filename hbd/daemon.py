@@ -26,10 +26,10 @@ Layers (each arrow is a method call; only the daemon does I/O for them)::
 
 Signals become loop events: SIGTERM/SIGINT = clean shutdown (release groups,
 then ``shutdone`` so the peer takes over at once); SIGUSR1 = dump membership
-and groups to the log; SIGHUP = reopen the logfile/debugfile (rotation) and run the
-config test and log the result (a
-changed configuration needs a restart, which keeps nothing running twice
-because groups are released first).  At start-up every resource whose status
+and groups to the log; SIGHUP = reopen the logfile/debugfile (rotation) and
+reload ha.cf, haresources and authkeys (hbd.reload: what changed is applied,
+unchanged groups keep running, an invalid configuration is logged and the
+running one kept; ``hbctl reload`` does the same).  At start-up every resource whose status
 says "running" is stopped first (heartbeat only warns, "Non-idle resources can
 affect data integrity"; stopping is the safe reading of that warning).
 """
@@ -58,6 +58,7 @@ from hbd.config import HaConfig, load_ha_config
 from hbd.control import ControlCommands, open_control_socket
 from hbd.disk_fencing import DiskFencing
 from hbd.groups import (
+    INITIAL_REASON,
     Action,
     FenceNode,
     GroupChanged,
@@ -83,6 +84,7 @@ from hbd.protocol.membership import (
     NodeUp,
     PacketDropped,
 )
+from hbd.reload import Reloader
 from hbd.resources import InProcessScript, ResourceRunner, resource_dirs, script_env
 
 DEFAULT_CONFIG_DIR = "/etc/ha.d"
@@ -164,8 +166,9 @@ class Daemon:
     `m` and `g` raise before that."""
 
     def __init__(self, cfg: HaConfig, groups: Sequence[ResourceGroup], keys: AuthKeys, *, node: str,
-                 config_dir: str, run_dir: str) -> None:
+                 config_dir: str, run_dir: str, foreground: bool = False) -> None:
         self.cfg, self.groups_cfg, self.keys = cfg, groups, keys
+        self.foreground = foreground
         self.node = node.lower()
         self.config_dir, self.run_dir = config_dir, run_dir
         self.journal = Journal(os.path.join(run_dir, JOURNAL_NAME), self.node)
@@ -190,6 +193,8 @@ class Daemon:
         self._peer_held: frozenset[str] = frozenset()   # peer's groups as last journaled
         self.fencing: DiskFencing | None = None
         self.event_counts = EventCounts()                 # hbd.metrics: what scrapes count
+        self.reloader = Reloader(self, load_all)          # SIGHUP, hbctl reload
+        self._heard: set[str] = set()                     # peers seen alive since start-up
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -277,9 +282,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_shutdown)
         loop.add_signal_handler(signal.SIGUSR1, self.dump_state)
-        loop.add_signal_handler(signal.SIGHUP, self.config_check)
+        loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         self._control = ControlCommands(node=self.node, membership=self.m, groups=self.g, journal=self.journal,
-                                        kick=self.kick, fencing=self.fencing)
+                                        kick=self.kick, fencing=self.fencing,
+                                        reload=lambda: self.reloader.reload("hbctl reload"))
         control = open_control_socket(self.run_dir, self._control, loop)
         worker = asyncio.create_task(self._op_worker())
         try:
@@ -326,6 +332,10 @@ class Daemon:
                 moved = True
                 self._on_group_action(a)
             if not moved:
+                if self.reloader.pending is not None:       # a reload's haresources, once stable
+                    self.reloader.maybe_apply_groups()
+                    if self.reloader.pending is None:
+                        continue
                 self._journal_peer_holdings()
                 return
 
@@ -352,8 +362,21 @@ class Daemon:
 
     def _on_membership_event(self, e: Event, now: float) -> None:
         g = self.g
-        self.event_counts.note_membership_event(e)
-        if isinstance(e, NodeUp):
+        # a peer never heard since start-up that membership declares dead is initdead's verdict:
+        # not a death (it was not seen alive), and the starts that follow are no failover
+        initial = isinstance(e, NodeDead) and not e.graceful and e.node not in self._heard
+        self.event_counts.note_membership_event(e, initial=initial)
+        if isinstance(e, (NodeUp, NodeRestarted)):
+            self._heard.add(e.node)
+        if isinstance(e, NodeDead) and initial:
+            how = f"not heard within initdead_s={self.m.initdead_s:g} of start-up"
+            self._log("warn", f"node {e.node}: {how}: taking it as dead")
+            self.journal.record("node", peer=e.node, state="dead", graceful=False, planned=False,
+                                initdead=True, why=how)
+            if self.fencing is not None:
+                self.fencing.node_dead(e.node, graceful=False)
+            g.node_dead(e.node, now)
+        elif isinstance(e, NodeUp):
             self._log("info", f"node {e.node}: status up (generation {e.generation})")
             self.journal.record("node", peer=e.node, state="up", generation=e.generation)
             if self.fencing is not None:
@@ -408,8 +431,10 @@ class Daemon:
                 self._stop_planned[a.key] = a.reason in PLANNED_REASONS and not (
                     a.reason == "standby" and self._control is not None and not self._control.standby_planned)
             up = a.new.value == "started"
+            # the initial acquisition's start: what ran before (on the unheard peer) is unknown
+            initial = a.new.value == "starting" and a.reason.startswith(INITIAL_REASON)
             self.journal.record("group", group=a.key, old=a.old.value, new=a.new.value, reason=a.reason,
-                                state="up" if up else "down", holder=self.node,
+                                state="up" if up else "unknown" if initial else "down", holder=self.node,
                                 planned=not up and a.new.value in ("stopping", "stopped")
                                 and self._stop_planned.get(a.key, False),
                                 why=a.reason)
@@ -445,8 +470,10 @@ class Daemon:
             planned = self.g.standby is not None
         extra = {} if since is None else {"since": since}
         for key in sorted(self._peer_held - held):
-            self.journal.record("holding", group=key, holder=self.g.peer, state="down", planned=planned,
-                                why=why or "peer reports it no longer holds it", **extra)
+            gone = key not in self.g.by_key         # a reload removed it from haresources
+            self.journal.record("holding", group=key, holder=self.g.peer, state="down", planned=planned or gone,
+                                why="removed from haresources" if gone else why or "peer reports it no longer "
+                                "holds it", **extra)
         for key in sorted(held - self._peer_held):
             self.journal.record("holding", group=key, holder=self.g.peer, state="up", planned=False,
                                 why="peer reports it holds it")
@@ -501,21 +528,45 @@ class Daemon:
         self._log("info", "state dump: membership " + json.dumps(self.m.snapshot(), default=str))
         self._log("info", "state dump: groups " + json.dumps(self.g.snapshot(), default=str))
 
-    def config_check(self) -> None:
+    def on_sighup(self) -> None:
+        """Reopen the log files (rotation), then reload the configuration (hbd.reload)."""
         reopened = logfiles.reopen_all(log)
         if reopened:
             self._log("info", f"SIGHUP: reopened {', '.join(reopened)}")
-        try:
-            load_all(self.config_dir, self.node)
-            self._log("info", "SIGHUP: configuration OK; restart hbd to apply changes")
-        except HaError as e:
-            self._log("crit", f"SIGHUP: configuration invalid, keeping the running one: {e}")
+        if not self._shutting_down:
+            task = asyncio.get_running_loop().create_task(self.reloader.reload("SIGHUP"))
+            task.add_done_callback(_log_reload_failure)
+
+    # --- what a reload changes (hbd.reload.ReloadTarget) ---------------------------------------
+    def swap_media(self, media: Media) -> None:
+        """Serve the new (opened) media, then close the old ones."""
+        loop = asyncio.get_running_loop()
+        old, self.media = self.media, media
+        for s in media.socks:
+            loop.add_reader(s.fileno(), self._on_readable, s)
+        for s in old.socks:
+            loop.remove_reader(s.fileno())
+        old.close()
+
+    def set_up_logging(self, cfg: HaConfig) -> None:
+        setup_logging(cfg, self.node, self.foreground)
+
+    def script_env(self, cfg: HaConfig) -> dict[str, str]:
+        return script_env(os.environ, config_dir=self.config_dir, node=self.node, run_dir=self.run_dir, cfg=cfg)
+
+
+def _log_reload_failure(task: asyncio.Task) -> None:
+    """A reload is the loop's task: a bug in it must reach the log, not vanish with the task."""
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("reload (SIGHUP): failed: %r", task.exception())
 
 
 # --- process plumbing ---------------------------------------------------------------------
 
 def setup_logging(cfg: HaConfig, node: str, foreground: bool) -> None:
-    log.handlers.clear()
+    for old in list(log.handlers):      # a reload sets logging up again
+        log.removeHandler(old)
+        old.close()                     # files and the syslog socket; never stderr itself
     log.setLevel(logging.DEBUG)
     log.propagate = False
     fmt_file = logging.Formatter(f"%(asctime)s.%(msecs)03d hbd[%(process)d]: {node}: %(levelname)s: %(message)s",
@@ -601,7 +652,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.makedirs(run_dir, mode=0o755, exist_ok=True)
         check_pidfile(pid_path)
         if args.metrics:    # bound before we detach, so a taken port is an error on stderr
-            metrics = open_metrics(args.metrics, lambda: daemon.metrics_snapshot() if daemon else None)
+            try:
+                metrics = open_metrics(args.metrics, lambda: daemon.metrics_snapshot() if daemon else None)
+            except OSError as e:    # its text already starts "hbd: metrics: ADDR: ..."
+                print(e.strerror, file=sys.stderr)
+                return 1
     except (OSError, HaError) as e:
         print(f"hbd: {e}", file=sys.stderr)
         return 1
@@ -611,7 +666,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f.write(f"{os.getpid()}\n")
     setup_logging(cfg, node, args.foreground)
     try:
-        daemon = Daemon(cfg, groups, keys, node=node, config_dir=config_dir, run_dir=run_dir)
+        daemon = Daemon(cfg, groups, keys, node=node, config_dir=config_dir, run_dir=run_dir,
+                        foreground=args.foreground)
         daemon.media.open()     # pyroute2's sync API must run outside the asyncio loop
         if metrics is not None:
             metrics.start()

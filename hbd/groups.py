@@ -89,12 +89,15 @@ from .group_negotiation import STANDBY_INIT_TIMEOUT_S, STANDBY_TOTAL_TIMEOUT_S, 
 __all__ = ["GroupManager", "GroupState", "Phase", "Action", "StartGroup", "StopGroup", "SendMessage",
            "FenceNode", "GroupChanged", "Notice", "ShutdownComplete", "Reannounce", "HOLD_VALUES",
            "COMPLEMENT", "FENCE_RETRY_S", "STANDBY_INIT_TIMEOUT_S", "STANDBY_TOTAL_TIMEOUT_S",
-           "FAILBACK_RETRY_S", "FAILED_START_HANDOFF_S", "LEGACY_ASK_WAIT_S"]
+           "FAILBACK_RETRY_S", "FAILED_START_HANDOFF_S", "LEGACY_ASK_WAIT_S", "INITIAL_REASON"]
 
 FENCE_RETRY_S = 5.0          # hb_resource.c: failed reset retried every 5 s
 FAILBACK_RETRY_S = 1.0       # auto_failback: retried every 1 s until both sides are stable
 FAILED_START_HANDOFF_S = 30.0  # ResourceManager: "sleep 30; hb_standby" after a failed start
 LEGACY_ASK_WAIT_S = 5.0      # legacy: a returning node asks for its groups or takes them unasked
+# the reason of the starts after initdead expired without ever hearing the peer (a takeover's
+# reason is "takeover from NODE": hbd.metrics counts those as failovers, not these)
+INITIAL_REASON = "initial acquisition after initdead"
 
 
 class GroupSpec(Protocol):
@@ -112,6 +115,7 @@ class _Fence:
     running: bool
     retry_at: float | None = None
     attempts: int = 0
+    initial: bool = False       # the peer was never heard: the takeover is the initial acquisition
 
 
 
@@ -252,6 +256,9 @@ class GroupManager:
         self._now = now
         if node != self.peer or self.peer_status == "dead":
             return
+        # never heard since we started: initdead's verdict, and what follows is the initial
+        # acquisition of every group, not a failover (nobody ran them here before)
+        initial = self.peer_status == "unknown" and not clean
         self.peer_status = "dead"
         self.peer_hold = frozenset()
         self._given_away.clear()
@@ -268,12 +275,12 @@ class GroupManager:
             self._take_over(node, "shutdone")
         elif self.stonith_configured:
             self.note("warn", f"node {node!r} is dead: fencing it before takeover")
-            self.fence = _Fence(node=node, running=True, attempts=1)
+            self.fence = _Fence(node=node, running=True, attempts=1, initial=initial)
             self._emit(FenceNode(node))
         else:
             self.note("warn", f"node {node!r} is dead: no STONITH device configured, "
                                f"shared disks are not protected")
-            self._take_over(node, "mach_down")
+            self._take_over(node, "mach_down", initial=initial)
 
     def node_shutdown(self, node: str, now: float) -> None:
         self.node_dead(node, now, clean=True)
@@ -284,8 +291,8 @@ class GroupManager:
             return
         if ok:
             self.note("info", f"node {node!r} fenced after {self.fence.attempts} attempt(s)")
-            self.fence = None
-            self._take_over(node, "mach_down")
+            initial, self.fence = self.fence.initial, None
+            self._take_over(node, "mach_down", initial=initial)
         else:
             self.fence.running = False
             self.fence.retry_at = now + FENCE_RETRY_S
@@ -381,6 +388,19 @@ class GroupManager:
                                    f"itself (legacy): releasing our copy")
                 self.stop_keys(keys, "peer acquired its own group")
                 self.after(lambda: self.send_report("partition"))
+
+    def replace_groups(self, groups: Iterable[GroupSpec]) -> None:
+        """A reload's new haresources table (hbd.reload): kept keys keep their state, new keys
+        start stopped, gone keys are forgotten.  The caller has stopped every gone or changed
+        group first and calls this with no operation queued on them."""
+        self.groups = tuple(groups)
+        self.by_key = {g.name: g for g in self.groups}
+        self.state = {g.name: self.state.get(g.name, GroupState.STOPPED) for g in self.groups}
+        self._queued = {g.name: self._queued.get(g.name, 0) for g in self.groups}
+        self._got_by_standby &= set(self.by_key)
+        self._given_away &= set(self.by_key)
+        if self.peer_hold is not None:
+            self.peer_hold = self.peer_hold & frozenset(self.by_key)
 
     # --- GroupOwner: what hbd.group_negotiation asks of and tells the manager ---------------
 
@@ -557,9 +577,9 @@ class GroupManager:
             self.start_keys(orphans, "local group held by nobody")
             self.after(lambda: self.send_report("req_our_resources()"))
 
-    def _take_over(self, node: str, info: str) -> None:
+    def _take_over(self, node: str, info: str, *, initial: bool = False) -> None:
         keys = self._keys(lambda g: self.state[g.name] in (GroupState.STOPPED, GroupState.FAILED))
-        self.start_keys(keys, f"takeover from {node}")
+        self.start_keys(keys, f"{INITIAL_REASON}: {node} never heard" if initial else f"takeover from {node}")
         self._become_stable_after(True, info) if keys else self._become_stable_after(False, info)
 
     def _maybe_hand_off_failed(self) -> None:

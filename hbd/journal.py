@@ -13,17 +13,20 @@ Kinds (the availability accounting and ``hbctl status`` read these):
 
     daemon    state=start|stop|stopped  [generation]
     node      peer=NAME state=up|late|dead|restarted  [graceful, late_s, generation]
-              dead also: planned (= graceful: shutdone), since (epoch: detection - deadtime)
+              dead also: planned (= graceful: shutdone), since (epoch: detection - deadtime),
+              or initdead=true: never heard since start-up (no since: nobody saw it go)
     group     group=KEY old=STATE new=STATE reason=TEXT   (STATE: stopped starting started
                                                            stopping failed)
               and state=up|down planned=BOOL why=TEXT holder=NODE (availability: up is
-              started; a stop for standby, shutdown or failback is planned, carried on to
-              its stopped)
+              started; a stop for standby, shutdown, failback or reload is planned, carried on to
+              its stopped; state=unknown on the starts of the initial acquisition after
+              initdead, when what ran before is not known)
     holding   group=KEY holder=PEER state=up|down planned=BOOL why=TEXT [since]: the peer's
               holdings as this node learns them (its resource reports, or its death)
     resource  group=KEY resource=WORD action=start|stop result=ok|failed [rc, duration_s]
     stonith   peer=NAME result=ok|failed detail=TEXT
     request   what=standby|takeover which=all|foreign|local result=ok|refused [detail]
+    reload    source=SIGHUP|hbctl reload result=ok|refused [changes=[TEXT...] | detail=TEXT]
 
 Each record is written and fdatasync'ed before record() returns
 (hbd.availability counts failures from these lines: a power cut must not erase

@@ -28,7 +28,9 @@ from hbd.protocol.membership import NodeDead, NodeLate
 
 NODE_STATUSES = ("init", "up", "active", "dead")     # heartbeat's; others reported still show
 GROUP_STATES = tuple(s.value for s in GroupState)
-TAKEOVER_REASON = "takeover from "                   # GroupManager's reason for a failover start
+# GroupManager's reason for a failover start (its start after initdead, with the peer never
+# heard, is INITIAL_REASON: the initial acquisition, not counted)
+TAKEOVER_REASON = "takeover from "
 SNAPSHOT_TIMEOUT_S = 5.0
 
 
@@ -41,10 +43,12 @@ class EventCounts:
         self.failovers: Counter[str] = Counter()     # group -> started here taking over from a peer
         self.group_failures: Counter[str] = Counter()
 
-    def note_membership_event(self, e: object) -> None:
+    def note_membership_event(self, e: object, *, initial: bool = False) -> None:
+        """`initial`: a NodeDead for a peer never heard since start-up (initdead expired): it was
+        not seen alive, so it did not die."""
         if isinstance(e, NodeLate):
             self.late[e.node] += 1
-        elif isinstance(e, NodeDead) and not e.graceful:
+        elif isinstance(e, NodeDead) and not e.graceful and not initial:
             self.dead[e.node] += 1
 
     def note_group_change(self, a: GroupChanged) -> None:

@@ -70,6 +70,7 @@ ALERT_TIMEOUT_S = 60.0
 RECOVERY_TIMEOUT_S = 120.0
 MONITOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "monitors")
 
+NO_ANSWER = "(hbd does not answer)"     # _group_state: hbd's control socket is silent
 log = logging.getLogger("hbmon")
 
 
@@ -269,6 +270,7 @@ class Daemon:
             out = st.on_suppressed(now)
             self._publish()
             return out
+        state_at_start = await asyncio.to_thread(self._group_state, svc) if svc.restart else None
         try:
             prog = find_program(svc.monitor[0], monitor_dirs(self.cfg), "monitor")
         except ConfigError as e:
@@ -296,7 +298,7 @@ class Daemon:
         for a in out.alerts:
             self._background(self._alert(st, a, now))
         if out.recovery:
-            await self._recover(st, out.recovery)
+            await self._recover(st, out.recovery, state_at_start)
         self._publish()
         return out
 
@@ -329,19 +331,37 @@ class Daemon:
                 spec.prog, rc, f": {text.strip()[:200]}" if rc and text.strip() else "")
         self.journal.record("alert", service=svc.name, watch=svc.watch, kind=a.kind, prog=spec.prog, rc=rc)
 
-    async def _recover(self, st: ServiceState, action: str) -> None:
+    def _group_state(self, svc: ServiceConfig) -> str | None:
+        """hbd's state here of the group holding the service's restart resource: None when no
+        haresources group holds it, NO_ANSWER when hbd does not answer."""
+        held = self.groups.get(svc.restart[0]) if svc.restart else None
+        if not held:
+            return None
+        status = self._hbd({"cmd": "status", "journal": 0})
+        if not status or not status.get("ok"):
+            return NO_ANSWER
+        return str({g["key"]: g["state"] for g in status["groups"]["groups"]}.get(held[0], "unknown"))
+
+    async def _recover(self, st: ServiceState, action: str, state_at_start: str | None = None) -> None:
+        """Recover only a service whose group hbd has started here: not while hbd starts or
+        stops it, and not on the word of a check that began before the group was started (it
+        saw a service hbd was still starting; a check with a timeout can end seconds after the
+        start). `state_at_start`: the group's state when the failed check began. When hbd
+        answers neither then nor now, recovery goes on (as without a group)."""
         svc = st.cfg
         group = self.group_of(svc)
         held = self.groups.get(svc.restart[0])
-        status = self._hbd({"cmd": "status", "journal": 0})
-        if held and status and status.get("ok"):
-            states = {g["key"]: g["state"] for g in status["groups"]["groups"]}
-            if states.get(held[0]) != "started":
-                detail = f"group {held[0]} is {states.get(held[0], 'unknown')} here, not started: nothing to recover"
-                log.info("%s: %s", svc.key, detail)
-                self.journal.record("recovery", service=svc.name, watch=svc.watch, group=group, action=action,
-                                    result="skipped", detail=detail)
-                return
+        now_state = await asyncio.to_thread(self._group_state, svc)
+        detail = ""
+        if held and now_state not in (None, NO_ANSWER, "started"):
+            detail = f"group {held[0]} is {now_state} here, not started: nothing to recover"
+        elif held and state_at_start not in (None, "started") and state_at_start != now_state:
+            detail = f"group {held[0]} was {state_at_start} here when the check began: nothing to recover"
+        if detail:
+            log.info("%s: %s", svc.key, detail)
+            self.journal.record("recovery", service=svc.name, watch=svc.watch, group=group, action=action,
+                                result="skipped", detail=detail)
+            return
         if action == "restart":
             ok, detail = await self._restart(svc)
             log.log(logging.INFO if ok else logging.ERROR, "%s: restart %d/%d via %s: %s", svc.key, st.restarts,

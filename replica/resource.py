@@ -385,7 +385,8 @@ class ResourceRuntime:
             self.sync.request_full_resync("attach")
 
     def handler_env(self) -> dict[str, str]:
-        """The environment DRBD gives its helpers (drbdadm's khelper env, 8.4 and 9 names)."""
+        """The environment DRBD gives its helpers (drbdadm's khelper env, 8.4 and 9 names), and
+        REPLICA_ROLE, REPLICA_DISK, REPLICA_PEER_DISK."""
         peer = self.peer_host
         env = dict(os.environ, DRBD_RESOURCE=self.name, REPLICA_RESOURCE=self.name,
                    DRBD_PEER=peer.name if peer else "", DRBD_PEERS=peer.name if peer else "",
@@ -398,6 +399,10 @@ class ResourceRuntime:
                    DRBD_MINOR=str(self.host.minor) if self.host.minor is not None else "")
         if self.host.minor is not None:
             env[f"DRBD_MINOR_{self.host.volume or 0}"] = str(self.host.minor)
+        # the states at the call: a handler must not ask us (fence-peer runs under our lock),
+        # as DRBD's read /proc/drbd rather than netlink (replica/crm_fence.py)
+        s = self.state
+        env.update(REPLICA_ROLE=str(s.role), REPLICA_DISK=str(s.disk), REPLICA_PEER_DISK=str(s.peer_disk))
         return env
 
     def call_handler(self, which: str, timeout_s: float = HANDLER_TIMEOUT_S) -> int | None:
@@ -594,6 +599,8 @@ class ResourceRuntime:
             "io_suspended": self.fencing.suspended,
             "al_writes": self.disk.al_writes,
             "bm_writes": self.disk.bm_writes,
+            "tls": self.conn.tls_text or None,
+            "tls_error": self.conn.tls_error or None,
         }
         if self.disk.has_md:
             out["uuids"] = self.disk.uuids.text()

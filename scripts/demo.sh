@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0-or-later
-# make demo: what replica-ha does today, end to end, on this one machine, cleaning up after itself.
-#   1. a standalone resource on a scratch file: up, write/read through NBD clients we did not
-#      write (qemu-io, nbdcopy), status, down;
-#   2. two-node replication in network namespaces (demo_replication.sh);
-#   3. a virtual-IP failover between two hbd nodes (demo_hbd.sh);
-#   4. the whole product: heartbeat moving the VIP, the replicated disk (/dev/drbd0), its ext4
-#      filesystem and a database of fsynced files from a dead node to the survivor and back,
-#      no acknowledged record lost, e2fsck clean (demo_failover.sh).
+# make demo [ARGS=...]: replica-ha on this one machine (root), cleaning up after itself.
+#
+#   (no argument)  the seed's cluster with a real web server and database (demo_cluster.sh):
+#                  nginx and MariaDB on replicated ext4 under hbd and hbmon, a client committing
+#                  rows and uploading files, a power failure of ha1, the timeline, every
+#                  acknowledged row and file checked, resync, failback, a summary (about a minute)
+#   --keep         the same, leaving the cluster running with instructions to poke at it
+#   --down         remove a cluster left by --keep
+#   --tour         the building blocks one by one:
+#                  1. a standalone resource on a scratch file: up, write/read through NBD clients
+#                     we did not write (qemu-io, nbdcopy), status, down;
+#                  2. two-node replication in network namespaces (demo_replication.sh);
+#                  3. a virtual-IP failover between two hbd nodes (demo_hbd.sh);
+#                  4. the whole product with a toy database of fsynced files, and resource-level
+#                     fencing through heartbeat when the replication link breaks (demo_failover.sh).
+case ${1:-} in
+    --tour) ;;
+    -h|--help) sed -n '3,/^case/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) exec bash "$(dirname "$0")/demo_cluster.sh" "$@" ;;
+esac
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=$here/.venv/bin

@@ -1,6 +1,8 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0-or-later
-# demo_failover.sh: the whole product, as the seed chapter sets it up, on one machine (root).
+# demo_failover.sh: the whole product, as the seed chapter sets it up, on one machine (root), with a
+# toy database (`make demo ARGS=--tour`, act 4; `make demo` runs the same with nginx and MariaDB:
+# demo_cluster.sh).
 #
 #   ha1 [eth0 10.0.17.1] --+                                  replicad r0 on both nodes,
 #   ha2 [eth0 10.0.17.2] --+-- bridge -- client [10.0.17.100]  protocol C over eth0:7789
@@ -24,9 +26,14 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=$REPO/.venv/bin/python
 [ "$(id -u)" = 0 ] || { echo "demo_failover: needs root (network namespaces)" >&2; exit 77; }
-if [ -z "${DEMO_FAILOVER_LOCKED:-}" ]; then   # one run at a time (flock -o: the daemons we start
-    export DEMO_FAILOVER_LOCKED=1              # do not inherit the lock's file descriptor)
-    exec flock -o -w 600 "$0" bash "$0" "$@"
+if [ -z "${DEMO_FAILOVER_LOCKED:-}" ]; then   # one run at a time, and not with demo_cluster.sh:
+    export DEMO_FAILOVER_LOCKED=1              # /dev/drbd0 (flock -o: the daemons we start do not
+    mkdir -p /run/lock                         # inherit the lock's file descriptor)
+    exec flock -o -w 600 /run/lock/replica-ha-drbd0.lock bash "$0" "$@"
+fi
+if [ -r /run/replica-ha-demo.env ] && ip netns list | grep -q "^$(. /run/replica-ha-demo.env; echo "$PFX")-"; then
+    echo "demo_failover: a cluster kept with \`make demo ARGS=--keep\` holds /dev/drbd0: \`make demo ARGS=--down\` first" >&2
+    exit 1
 fi
 PFX=hafo$$
 WORK=$(mktemp -d /tmp/ha-demo.XXXXXX)

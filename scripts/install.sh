@@ -16,12 +16,15 @@ python=$1
 : "${PREFIX:=/usr/local}" "${DESTDIR:=}" "${UNITDIR:=/lib/systemd/system}" "${SYSCONFDIR:=/etc}"
 [[ $PREFIX == /* ]] || { echo "install: PREFIX must be an absolute path, not '$PREFIX'" >&2; exit 2; }
 libdir=$PREFIX/lib/replica-ha bindir=$PREFIX/bin docdir=$PREFIX/share/doc/replica-ha
-commands=(replicad replicactl hbd hbctl hbmon replica-fence-peer replica-unfence-peer)
+commands=(replicad replicactl hbd hbctl hbmon replica-fence-peer replica-unfence-peer
+          replica-crm-fence-peer replica-crm-unfence-peer)
 venv=$DESTDIR$libdir
 
 [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel cffi
-# a regular (not editable) install: the package and its C extension are copied into the venv
+# a regular (not editable) install: the package and its C extension are copied into the venv,
+# with setup.py's install_requires, the runtime packages `make deps` installs too (none of the
+# test tools: tests/unit/test_deps_lists.py)
 "$venv/bin/python" -m pip install -q --no-build-isolation .
 if [[ -n $DESTDIR ]]; then
     for f in "$venv"/bin/*; do

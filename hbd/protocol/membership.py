@@ -294,6 +294,29 @@ class Membership:
         """Change our `st` (init/up/active/dead) and announce it at once."""
         self._set_local_status(status)
 
+    def set_timing(self, *, keepalive_s: float, warntime_s: float, deadtime_s: float, initdead_s: float,
+                   max_rexmit_delay_s: float, authkeys: AuthKeys, now: float) -> None:
+        """A reload (hbd.reload): new ha.cf timing and authkeys, from now on.
+
+        Our next status carries the new `dt`, which each peer applies to us (that is how a
+        deadtime change reaches them); peers not heard yet or dead get the new deadtime here.
+        initdead counts from our start, so only a node still in its start-up sees the change.
+        The next heartbeat is due within the new keepalive."""
+        if not 0 < keepalive_s < deadtime_s <= initdead_s:
+            raise LocalProtocolError(f"membership: need 0 < keepalive_s < deadtime_s <= initdead_s: "
+                                     f"keepalive_s={keepalive_s} deadtime_s={deadtime_s} initdead_s={initdead_s}")
+        self._now = max(self._now, now)
+        self.keepalive_s, self.warntime_s = keepalive_s, warntime_s
+        self.deadtime_s, self.initdead_s = deadtime_s, initdead_s
+        self.max_rexmit_delay_s = max_rexmit_delay_s
+        self.authkeys = authkeys
+        for p in self._peers.values():
+            if not p.alive:
+                p.dead_s = deadtime_s
+            else:   # the floor receive_datagram applies to an advertised dt
+                p.dead_s = max(p.dead_s, keepalive_s * 2)
+        self._next_heartbeat = min(self._next_heartbeat, now + keepalive_s)
+
     def send_shutdone(self) -> None:
         """Last words of a graceful stop: `t=shutdone st=dead` (the peer takes over at once).
 

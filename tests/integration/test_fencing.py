@@ -14,7 +14,7 @@ from tests.integration.netns import MiB, TwoNodes
 
 pytestmark = pytest.mark.root
 
-HANDLERS = ('fence-peer "env | grep ^DRBD_ | sort > {dir}/{node}/fence.env; '
+HANDLERS = ('fence-peer "env | grep -e ^DRBD_ -e ^REPLICA_ | sort > {dir}/{node}/fence.env; '
             'echo called >> {dir}/{node}/fence.calls; exit $(cat {dir}/{node}/fence.rc)"; '
             'unfence-peer "echo $DRBD_PEER >> {dir}/{node}/unfence.calls";')
 
@@ -54,7 +54,9 @@ def test_promotion_without_peer_runs_fence_peer_and_obeys_its_exit_code():
         env = (t.dir / "beta" / "fence.env").read_text()
         for line in ("DRBD_RESOURCE=r0", "DRBD_PEER=alpha", "DRBD_PEERS=alpha",
                      f"DRBD_CONF={t.config('beta')}", f"DRBD_BACKING_DEV={t.disk_path('beta')}",
-                     f"DRBD_PEER_ADDRESS={t.addr['alpha']}", "DRBD_MY_AF=ipv4"):
+                     f"DRBD_PEER_ADDRESS={t.addr['alpha']}", "DRBD_MY_AF=ipv4",
+                     # the states at the call (a handler must not ask replicad: crm_fence.py)
+                     "REPLICA_ROLE=Secondary", "REPLICA_DISK=UpToDate", "REPLICA_PEER_DISK=DUnknown"):
             assert line in env.splitlines(), env
         set_rc(t, "beta", 6)                    # the peer is Primary: outdate myself
         r = t.ctl("beta", "primary", "r0", check=False)

@@ -57,7 +57,7 @@ def test_server_port_taken_is_an_error_naming_the_address():
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(OSError) as exc:
-            MetricsServer(("127.0.0.1", port), CollectorRegistry(), name="replicad")
+            MetricsServer(("127.0.0.1", port), CollectorRegistry(), name="replicad", bind_retry_s=0.2)
         assert str(exc.value).startswith(f"[Errno 98] replicad: metrics: cannot listen on 127.0.0.1:{port}: ")
 
 

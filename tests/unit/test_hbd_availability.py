@@ -126,6 +126,25 @@ def test_crash_inferred_from_a_restart_without_a_stop():
     assert (n.failures, n.downtime_s) == (1, 60)
 
 
+def test_crash_dated_by_the_peer_when_journals_are_merged():
+    """An idle hbd writes nothing: ha1's last record (t=1) is long before its power failure; ha2
+    saw it stop answering at 59 (found by `make demo`: merged journals counted the group down
+    from t=1)."""
+    ha1 = [{"time": 0, "event": "daemon", "node": "ha1", "state": "start"}, grp(1, "up"),
+           {"time": 80, "event": "daemon", "node": "ha1", "state": "start"}, grp(85, "up")]
+    ha2 = [{"time": 0.5, "event": "daemon", "node": "ha2", "state": "start"},
+           {"time": 61, "event": "node", "node": "ha2", "peer": "ha1", "state": "dead", "since": 59}]
+    r = compute(ha1 + ha2, until=100)
+    assert [t.time for t in transitions(ha1 + ha2) if (t.kind, t.name, t.up) == ("node", "ha1", False)] == [59, 59]
+    g = one(r)
+    assert (g.failures, g.downtime_s) == (1, 26)
+    n = one(r, "node", "ha1")
+    assert (n.failures, n.downtime_s) == (1, 21)
+    # a peer's view older than the node's own last record does not move the crash back
+    ha2[1].update(since=0.8)
+    assert [t.time for t in transitions(ha1 + ha2) if (t.kind, t.name, t.up) == ("node", "ha1", False)] == [0.8, 1]
+
+
 def test_clean_daemon_stop_is_a_planned_node_stop():
     recs = [{"time": 0, "event": "daemon", "node": "ha1", "state": "start"},
             {"time": 30, "event": "daemon", "node": "ha1", "state": "stop"},

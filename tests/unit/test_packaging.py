@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 UNITS = sorted((REPO / "packaging" / "systemd").glob("*.service"))
 BINDIR = Path(sys.executable).parent       # make deps' venv: replicad, hbd, hbmon are there
 COMMANDS = ("replicad", "replicactl", "hbd", "hbctl", "hbmon", "replica-fence-peer",
-            "replica-unfence-peer")
+            "replica-unfence-peer", "replica-crm-fence-peer", "replica-crm-unfence-peer")
 
 
 def render(unit: Path, out_dir: Path, bindir: Path = BINDIR) -> Path:
