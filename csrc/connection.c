@@ -368,6 +368,7 @@ static void finish_slot_locked(struct rm_connection *c, struct rm_pending *s, in
 
     if (!s->replied && o) {
         o->complete(o, s->cookie, rc);
+        STAT_SUB(c->dev, upper_pending, 1);     /* request_submit counted it */
         if (touched && o->batched) {
             o->batched++;
         } else if (touched && *ntouched < MAX_TOUCHED) {
@@ -441,6 +442,30 @@ uint64_t conn_reserve_slot(struct rm_connection *c, int is_flush, uint64_t offse
     }
     pthread_mutex_unlock(&c->pending_lock);
     return id;
+}
+
+/* The frame of slot `id` goes to the transport now: the ack latency counts from here (the
+ * slot was reserved before the local write). No lock: the slot is the caller's until its
+ * frame is on the wire, and no ack can be read for it before; a relaxed store is enough for
+ * update_oldest_locked, which may read it meanwhile. */
+void conn_slot_sent(struct rm_connection *c, uint64_t id)
+{
+    __atomic_store_n(&c->slots[id % c->nslots].sent_ns, now_ns(), __ATOMIC_RELAXED);
+}
+
+/* One write acknowledged after `ns` (pending_lock held by the caller, the only lock needed:
+ * the counters are relaxed atomics as every other rm_stats field). Bucket = bit length of the
+ * whole microseconds, so bucket i holds [2^(i-1), 2^i) us and bucket 0 what took under 1 us. */
+static void record_ack_latency(struct rm_device *dev, uint64_t ns)
+{
+    uint64_t us = ns / 1000;
+    int bucket = us ? 64 - __builtin_clzll(us) : 0;
+
+    if (bucket >= RM_ACK_LATENCY_BUCKETS)
+        bucket = RM_ACK_LATENCY_BUCKETS - 1;
+    STAT_ADD(dev, peer_ack_us_log2[bucket], 1);
+    STAT_ADD(dev, peer_ack_ns_sum, ns);
+    STAT_ADD(dev, peer_acks, 1);
 }
 
 void conn_mark_not_local(struct rm_connection *c, uint64_t id)
@@ -565,6 +590,8 @@ static void complete_id(struct receiver *r, uint64_t id, int mark_dirty)
     pthread_mutex_lock(&c->pending_lock);
     s = &c->slots[id % c->nslots];
     if (s->busy && s->id == id) {
+        if (!mark_dirty && !s->is_flush)
+            record_ack_latency(c->dev, now_ns() - s->sent_ns);
         if (mark_dirty && !s->is_flush)
             device_mark_dirty(c->dev, s->offset, s->length);
         if (mark_dirty && s->not_local)
@@ -731,8 +758,10 @@ static int handle_frame(struct receiver *r, const struct rpl_header *h, const un
         }
         if (is_digested(c, h) && (rc = check_integrity(r, h, payload, proto)) < 0)
             return rc;
+        STAT_ADD(c->dev, peer_unacked, 1);          /* until its ack is queued */
         if (c->protocol == RM_PROTOCOL_B && h->type != RPL_FLUSH) {
             queue_ack(c, RPL_RECV_ACK, h, 0);
+            STAT_SUB(c->dev, peer_unacked, 1);
             /* "Received" is the whole point of B: say so before the write, unless more frames
              * are already here (then the batch's acks go out together). */
             if (r->end - r->start < RPL_HEADER_SIZE)
@@ -757,6 +786,8 @@ static int handle_frame(struct receiver *r, const struct rpl_header *h, const un
             queue_ack(c, RPL_FLUSH_ACK, h, 0);
         else if (c->protocol != RM_PROTOCOL_B)
             queue_ack(c, RPL_WRITE_ACK, h, 0);
+        if (c->protocol != RM_PROTOCOL_B || h->type == RPL_FLUSH)
+            STAT_SUB(c->dev, peer_unacked, 1);
         return 0;
     case RPL_RECV_ACK:
     case RPL_WRITE_ACK:
@@ -934,6 +965,7 @@ static int receive_loop(struct receiver *r, int *proto, uint64_t *bad_type)
         }
         if (payload)
             r->header_only = 0;
+        STAT_ADD(c->dev, peer_bytes_received, RPL_HEADER_SIZE + (uint64_t)h.length);
         rc = handle_frame(r, &h, payload, proto);
         if (rc < 0) {
             *bad_type = h.type;

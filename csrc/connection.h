@@ -112,6 +112,8 @@ int conn_protocol(struct rm_connection *c);
  * submitter): its id, or NO_SLOT when the link is down (may wait for a free slot). */
 uint64_t conn_reserve_slot(struct rm_connection *c, int is_flush, uint64_t offset, uint32_t count);
 void conn_mark_not_local(struct rm_connection *c, uint64_t id);
+/* Slot `id`'s frame is handed to the transport now (the ack latency histogram counts from it). */
+void conn_slot_sent(struct rm_connection *c, uint64_t id);
 #define SLOT_ANSWER_NOW 0    /* the caller answers (the slot finished, or never needed us) */
 #define SLOT_BOUND 1         /* the ack answers through the origin */
 #define SLOT_RETURNED 2      /* never on the wire: slot freed, the request is out of sync */

@@ -160,7 +160,18 @@ void device_get_stats(struct rm_device *dev, rm_stats *out)
     out->csum_bytes_done = LOAD(csum_bytes_done);
     out->csum_bytes_equal = LOAD(csum_bytes_equal);
     out->csum_bytes_checked = LOAD(csum_bytes_checked);
+    out->peer_bytes_received = LOAD(peer_bytes_received);
+    out->upper_pending = LOAD(upper_pending);
+    out->lower_pending = LOAD(lower_pending);
+    out->peer_unacked = LOAD(peer_unacked);
+    out->peer_acks = LOAD(peer_acks);
+    out->peer_ack_ns_sum = LOAD(peer_ack_ns_sum);
+    for (int i = 0; i < RM_ACK_LATENCY_BUCKETS; i++)
+        out->peer_ack_us_log2[i] = LOAD(peer_ack_us_log2[i]);
 }
+
+_Static_assert(sizeof(((rm_stats *)0)->peer_ack_us_log2) == RM_ACK_LATENCY_BUCKETS * sizeof(uint64_t),
+               "rm_stats.peer_ack_us_log2 has RM_ACK_LATENCY_BUCKETS buckets");
 
 int device_is_read_only(struct rm_device *dev)
 {
@@ -548,7 +559,7 @@ static int read_range(struct rm_device *dev, void *buf, uint32_t count, uint64_t
     char *p = buf;
 
     while (count > 0) {
-        ssize_t n = pread(dev->fd, p, count, (off_t)offset);
+        ssize_t n = LOWER_IO(dev, pread(dev->fd, p, count, (off_t)offset));
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -611,7 +622,7 @@ const unsigned char *device_view(struct rm_device *dev, uint64_t offset, uint32_
 
 int device_flush(struct rm_device *dev)
 {
-    if (fdatasync(dev->fd) < 0)
+    if (LOWER_IO(dev, fdatasync(dev->fd)) < 0)
         return io_error(dev, errno, 0, 0);
     return 0;
 }
@@ -623,7 +634,7 @@ int device_pwrite(struct rm_device *dev, const void *buf, uint32_t count, uint64
     uint32_t total = count;
 
     while (count > 0) {
-        ssize_t n = pwrite(dev->fd, p, count, (off_t)offset);
+        ssize_t n = LOWER_IO(dev, pwrite(dev->fd, p, count, (off_t)offset));
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -644,7 +655,7 @@ static int write_zero_buffer(struct rm_device *dev, uint32_t count, uint64_t off
 
     while (count > 0) {
         uint32_t chunk = count < sizeof zeroes ? count : (uint32_t)sizeof zeroes;
-        ssize_t n = pwrite(dev->fd, zeroes, chunk, (off_t)offset);
+        ssize_t n = LOWER_IO(dev, pwrite(dev->fd, zeroes, chunk, (off_t)offset));
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -672,7 +683,7 @@ int device_trim(struct rm_device *dev, uint32_t count, uint64_t offset, int fua)
         if (ioctl(dev->fd, BLKDISCARD, range) < 0 && !is_unsupported(errno))
             return io_error(dev, errno, offset, count);
     } else if (__atomic_load_n(&dev->can_punch, __ATOMIC_RELAXED)) {
-        if (fallocate(dev->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, count) < 0) {
+        if (LOWER_IO(dev, fallocate(dev->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, count)) < 0) {
             if (!is_unsupported(errno))
                 return io_error(dev, errno, offset, count);
             __atomic_store_n(&dev->can_punch, 0, __ATOMIC_RELAXED);
@@ -698,14 +709,14 @@ int device_zero(struct rm_device *dev, uint32_t count, uint64_t offset, int may_
             return io_error(dev, errno, offset, count);
     } else {
         if (may_trim && __atomic_load_n(&dev->can_punch, __ATOMIC_RELAXED)) {
-            if (fallocate(dev->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, count) == 0)
+            if (LOWER_IO(dev, fallocate(dev->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, count)) == 0)
                 goto done;
             if (!is_unsupported(errno))
                 return io_error(dev, errno, offset, count);
             __atomic_store_n(&dev->can_punch, 0, __ATOMIC_RELAXED);
         }
         if (__atomic_load_n(&dev->can_zero_range, __ATOMIC_RELAXED)) {
-            if (fallocate(dev->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, (off_t)offset, count) == 0)
+            if (LOWER_IO(dev, fallocate(dev->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, (off_t)offset, count)) == 0)
                 goto done;
             if (!is_unsupported(errno))
                 return io_error(dev, errno, offset, count);
@@ -727,7 +738,7 @@ static int pipe_to_disk(struct rm_device *dev, int pipefd[2], uint64_t *off, siz
 
     while (in > 0) {
         loff_t pos = (loff_t)*off;
-        ssize_t out = splice(pipefd[0], NULL, dev->fd, &pos, in, SPLICE_F_MOVE);
+        ssize_t out = LOWER_IO(dev, splice(pipefd[0], NULL, dev->fd, &pos, in, SPLICE_F_MOVE));
         if (out < 0 && errno == EINTR)
             continue;
         if (out <= 0) {
@@ -986,7 +997,7 @@ int device_splice_write_keep(struct rm_device *dev, struct rm_transport *t, int 
 int device_send_range(struct rm_device *dev, struct rm_transport *t, uint64_t offset, uint64_t length,
                       uint64_t *sent)
 {
-    return transport_sendfile_all(t, dev->fd, offset, length, sent);
+    return LOWER_IO(dev, transport_sendfile_all(t, dev->fd, offset, length, sent));
 }
 
 void device_report_error(struct rm_device *dev, int err, uint64_t offset, uint64_t length)

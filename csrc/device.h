@@ -66,6 +66,11 @@ struct rm_device {
 #define STAT_ADD(dev, field, n) __atomic_fetch_add(&(dev)->stats.field, (n), __ATOMIC_RELAXED)
 #define STAT_SUB(dev, field, n) __atomic_fetch_sub(&(dev)->stats.field, (n), __ATOMIC_RELAXED)
 #define STAT_SET(dev, field, v) __atomic_store_n(&(dev)->stats.field, (v), __ATOMIC_RELAXED)
+/* One system call on the backing file, counted in stats.lower_pending while it runs (DRBD's
+ * lower-pending: requests handed to the backing device and not yet back). GNU C statement
+ * expression: the call's value, errno untouched. */
+#define LOWER_IO(dev, call) ({ STAT_ADD(dev, lower_pending, 1); __typeof__(call) lower_io_ret_ = (call); \
+                               STAT_SUB(dev, lower_pending, 1); lower_io_ret_; })
 
 int device_init(struct rm_device *dev, int backing_fd, uint64_t size, int read_only);
 void device_destroy(struct rm_device *dev);

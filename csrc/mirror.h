@@ -68,6 +68,16 @@ typedef struct rm_stats {
     uint64_t csum_bytes_done;      /* SyncSource: bytes covered by the RS_CSUM_REPLYs received */
     uint64_t csum_bytes_equal;     /* SyncSource: of those, bytes found in sync (bits cleared, no data sent) */
     uint64_t csum_bytes_checked;   /* SyncTarget: bytes compared against the peer's digests */
+    /* the peer link's other direction, and how long the peer takes to acknowledge a write */
+    uint64_t peer_bytes_received;  /* every byte of every frame read from the peer (headers + payloads) */
+    uint64_t peer_acks;            /* DATA/TRIM/ZEROES frames answered by RECV_ACK/WRITE_ACK */
+    uint64_t peer_ack_ns_sum;      /* their latencies (frame handed to the transport -> ack read) added */
+    uint64_t peer_ack_us_log2[24]; /* RM_ACK_LATENCY_BUCKETS: bucket i counts latencies of fewer than
+                                    * 2^i us (i = bit length of the whole us); the last, the rest */
+    /* in flight now (DRBD's status --statistics): */
+    uint64_t upper_pending;        /* requests from frontends (and Python) not yet answered */
+    uint64_t lower_pending;        /* system calls on the backing file running */
+    uint64_t peer_unacked;         /* frames from the peer being applied, not yet acknowledged */
 } rm_stats;
 
 /* One event from C to Python, read after the event fd becomes readable. */
@@ -83,6 +93,8 @@ typedef struct rm_event {
 #define RM_PROTOCOL_A 1        /* complete at local write + handed to the peer socket */
 #define RM_PROTOCOL_B 2        /* ... + peer received it (RECV_ACK) */
 #define RM_PROTOCOL_C 3        /* ... + peer wrote it (WRITE_ACK); flush/FUA reach peer's stable storage */
+
+#define RM_ACK_LATENCY_BUCKETS 24   /* rm_stats.peer_ack_us_log2 (the cdef needs the literal) */
 
 /* Limits shared with Python (replica/mirror.py reads them from the compiled module). */
 #define RM_BLOCK_SIZE 4096             /* one bitmap bit */

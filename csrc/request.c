@@ -110,6 +110,7 @@ static int retry_on_peer(rm_engine *eng, uint64_t id, struct rm_origin *o, const
         h.flags |= RPL_FLAG_NOT_LOCAL;
         device_mark_dirty(&eng->dev, req->offset, req->count);
     }
+    conn_slot_sent(c, id);
     sent = conn_send_frame(c, &h, req->data, 0);
     /* Protocol A answers at the send; otherwise the peer's ack (a flush: C's, as usual). */
     ret = submit_finish(eng, id, o, req, sent, 0,
@@ -156,6 +157,7 @@ static int mirror_to_peer(rm_engine *eng, struct rm_origin *o, const struct rm_r
     if (id == NO_SLOT)
         return unmirrored(eng, req);
     frame_for(&h, id, req);
+    conn_slot_sent(c, id);
     if (req->op == RM_OP_WRITE && req->data == NULL) {
         conn_send_lock(c);
         sent = conn_send_range_frame_locked(c, &h);
@@ -203,6 +205,8 @@ static int submit_local_and_peer(rm_engine *eng, struct rm_origin *o, const stru
         device_count_remote_write(&eng->dev);
         return retry_on_peer(eng, id, o, req, rc);
     }
+    if (r == 0)
+        conn_slot_sent(c, id);
     sent = r < 0 ? r : conn_send_frame_locked(c, &h, req->data);
     conn_send_unlock(c);
     if (r == 0 && req->fua)
@@ -243,8 +247,10 @@ static void answer_job(struct rm_writeq *q, struct rm_wjob *j)
 {
     int rc;
 
-    if (finish_streamed(q->eng, q->origin, j, &rc) == RM_SUBMIT_DONE)
+    if (finish_streamed(q->eng, q->origin, j, &rc) == RM_SUBMIT_DONE) {
         q->origin->complete(q->origin, j->req.cookie, rc);
+        STAT_SUB(&q->eng->dev, upper_pending, 1);
+    }
     q->origin->release(q->origin, 1);
 }
 
@@ -444,8 +450,8 @@ static int read_stream(struct rm_writeq *q, struct rm_stream *st, uint32_t count
     return r;
 }
 
-int request_submit(rm_engine *eng, struct rm_origin *o, struct rm_writeq *q, const struct rm_request *req,
-                   struct rm_stream *stream, int *rc)
+static int submit_request(rm_engine *eng, struct rm_origin *o, struct rm_writeq *q, const struct rm_request *req,
+                          struct rm_stream *stream, int *rc)
 {
     struct rm_request copy;
     int r, ret;
@@ -484,9 +490,24 @@ int request_submit(rm_engine *eng, struct rm_origin *o, struct rm_writeq *q, con
     return ret;
 }
 
+/* stats.upper_pending counts a request from here until it is answered: now (RM_SUBMIT_DONE,
+ * or an error), or later by the one origin->complete() (connection.c finish_slot_locked, or
+ * answer_job for write-behind), which takes it off there. */
+int request_submit(rm_engine *eng, struct rm_origin *o, struct rm_writeq *q, const struct rm_request *req,
+                   struct rm_stream *stream, int *rc)
+{
+    int ret;
+
+    STAT_ADD(&eng->dev, upper_pending, 1);
+    ret = submit_request(eng, o, q, req, stream, rc);
+    if (ret != RM_SUBMIT_LATER)
+        STAT_SUB(&eng->dev, upper_pending, 1);
+    return ret;
+}
+
 /* ---- reads ---- */
 
-int request_read(rm_engine *eng, void *buf, uint32_t count, uint64_t offset)
+static int read_request(rm_engine *eng, void *buf, uint32_t count, uint64_t offset)
 {
     int r = count > RM_MAX_REQUEST ? -EINVAL : check_range(eng, offset, count, 0);
 
@@ -501,8 +522,18 @@ int request_read(rm_engine *eng, void *buf, uint32_t count, uint64_t offset)
     return conn_remote_read(&eng->conn, buf, count, offset);
 }
 
-int request_read_send(rm_engine *eng, struct rm_transport *t, const void *hdr, size_t hdr_len, uint64_t offset,
-                      uint32_t count, int *fatal)
+int request_read(rm_engine *eng, void *buf, uint32_t count, uint64_t offset)
+{
+    int r;
+
+    STAT_ADD(&eng->dev, upper_pending, 1);
+    r = read_request(eng, buf, count, offset);
+    STAT_SUB(&eng->dev, upper_pending, 1);
+    return r;
+}
+
+static int read_send(rm_engine *eng, struct rm_transport *t, const void *hdr, size_t hdr_len, uint64_t offset,
+                     uint32_t count, int *fatal)
 {
     struct iovec iov = { (void *)hdr, hdr_len };
     uint64_t sent = 0;
@@ -528,6 +559,17 @@ int request_read_send(rm_engine *eng, struct rm_transport *t, const void *hdr, s
     }
     STAT_ADD(&eng->dev, reads, 1);
     return 0;
+}
+
+int request_read_send(rm_engine *eng, struct rm_transport *t, const void *hdr, size_t hdr_len, uint64_t offset,
+                      uint32_t count, int *fatal)
+{
+    int r;
+
+    STAT_ADD(&eng->dev, upper_pending, 1);
+    r = read_send(eng, t, hdr, hdr_len, offset, count, fatal);
+    STAT_SUB(&eng->dev, upper_pending, 1);
+    return r;
 }
 
 /* ---- client registry: lets `down` end every connection at once ---- */

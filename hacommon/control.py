@@ -20,6 +20,10 @@ Rules:
   removes the path on close only while the path is still its own socket.
 * The handler runs on the server's per-connection thread.  A daemon with an
   event loop hops onto its loop from there (hbd.control does).
+* Subscriptions (``replicactl events``): a handler may answer with a ``Stream``
+  instead of a dict; the server then hands it the connection, and the stream
+  writes one JSON object per line for as long as it likes (until the client
+  goes away).  The client reads them with ``open_stream``.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from hacommon.errors import HaError
@@ -37,7 +41,7 @@ READ_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 5.0
 
 Reply = dict[str, Any]
-Handler = Callable[[dict[str, Any]], Reply]
+Handler = Callable[[dict[str, Any]], "Reply | Stream"]
 
 
 class ControlError(HaError):
@@ -100,6 +104,138 @@ def is_answering(path: str) -> bool:
         return True
     except (ControlError, OSError):
         return False
+
+
+class Stream:
+    """A reply that goes on: the handler returns one, the server calls ``serve(conn)`` on the
+    connection's thread and closes the connection when it returns. ``serve`` writes JSON lines
+    (``send_line``) and should return once the client closed its end (readable, EOF)."""
+
+    def serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class Mailbox:
+    """Objects handed from a daemon's thread to a Stream's thread: `put` never blocks (at most
+    `limit` wait; more cut the reader off: `overflowed`), `fileno()` is readable while some
+    wait, so the stream sleeps in select() with its client socket instead of polling."""
+
+    def __init__(self, limit: int = 4096):
+        self.limit = limit
+        self.overflowed = False
+        self._items: list[Any] = []
+        self._lock = threading.Lock()
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def put(self, item: Any) -> None:
+        with self._lock:
+            if self._w < 0 or self.overflowed:
+                return
+            if len(self._items) >= self.limit:
+                self.overflowed = True
+                self._items.clear()
+            else:
+                self._items.append(item)
+            if len(self._items) <= 1:
+                try:
+                    os.write(self._w, b"x")
+                except BlockingIOError:
+                    pass
+
+    def fileno(self) -> int:
+        return self._r
+
+    def take(self) -> list[Any]:
+        with self._lock:
+            items, self._items = self._items, []
+            try:
+                os.read(self._r, 4096)
+            except BlockingIOError:
+                pass
+        return items
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in (self._r, self._w):
+                if fd >= 0:
+                    os.close(fd)
+            self._r = self._w = -1
+
+
+class MailboxStream(Stream):
+    """A Stream of whatever reaches `box` (each a JSON object), after the reply `first`, until
+    the client closes its end; `on_close` then runs (to unregister the box)."""
+
+    def __init__(self, box: Mailbox, first: Reply, on_close: Callable[[], None]):
+        self.box = box
+        self.first = first
+        self.on_close = on_close
+
+    def serve(self, conn: socket.socket) -> None:
+        import select
+        try:
+            send_line(conn, self.first)
+            while True:
+                ready, _, _ = select.select([conn.fileno(), self.box.fileno()], [], [])
+                if conn.fileno() in ready:
+                    return
+                items = self.box.take()
+                if self.box.overflowed:
+                    send_line(conn, {"ok": False, "error": "control: this reader fell more than "
+                                     f"{self.box.limit} messages behind: start again"})
+                    return
+                for item in items:
+                    send_line(conn, item)
+        except OSError:
+            return
+        finally:
+            self.on_close()
+            self.box.close()
+
+
+def send_line(conn: socket.socket, obj: Mapping[str, Any]) -> None:
+    conn.sendall(json.dumps(dict(obj), default=str).encode() + b"\n")
+
+
+def open_stream(path: str, req: Mapping[str, Any], timeout_s: float = 60.0) -> Iterator[Reply]:
+    """Send one request and yield each JSON object the daemon writes, the reply first, until it
+    closes the connection. `timeout_s` bounds the connect and the first reply; after that
+    the stream may stay silent for as long as nothing happens (no timeout, no polling).
+
+    Raises NotListening, BadReply (a line that is not a JSON object) or OSError."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise NotListening(path, exc.strerror or str(exc)) from exc
+        sock.sendall(json.dumps(dict(req)).encode() + b"\n")
+        buf = b""
+        first = True
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                if buf.strip():
+                    raise BadReply(path, buf)
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    raise BadReply(path, line) from None
+                if not isinstance(obj, dict):
+                    raise BadReply(path, line)
+                if first:
+                    sock.settimeout(None)
+                    first = False
+                yield obj
+            if len(buf) > MAX_MESSAGE:
+                raise ControlError(f"control: line from {path} is over {MAX_MESSAGE} bytes")
+    finally:
+        sock.close()
 
 
 class ControlServer:
@@ -169,10 +305,14 @@ class ControlServer:
                     if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
                         raise ValueError("expected an object with a string 'cmd'")
                 except ValueError as exc:
-                    reply: Reply = {"ok": False, "error": f"control: malformed request: {exc}"}
+                    reply: Reply | Stream = {"ok": False,
+                                             "error": f"control: malformed request: {exc}"}
                 else:
                     conn.settimeout(None)
                     reply = self.handler(req)
+                    if isinstance(reply, Stream):
+                        reply.serve(conn)
+                        return
                 conn.sendall(json.dumps(reply, default=str).encode() + b"\n")
             except OSError:
                 return

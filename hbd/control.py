@@ -15,6 +15,8 @@ server's thread onto the daemon's event loop.  Requests and answers::
         as unplanned (hbd.availability counts them so everywhere, not just in the mission)
     {"cmd": "fence-peer", "node": X, "resource": R} -> {"ok": true, "code": 3..7, "text"}
     {"cmd": "unfence-peer", "node": X, "resource": R} -> {"ok": true}
+    {"cmd": "watch"}                  -> {"ok": true}, then {"record": {...}} per journal
+                                         record, as it is written, until hbctl closes
                                          (hbd.disk_fencing: DRBD's fence-peer contract)
     {"cmd": "reload"}                 -> {"ok": true, "changes": ["ha.cf: deadtime 1s -> 3s", ...],
                                           "groups_waiting": false} or
@@ -33,7 +35,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from hacommon.control import ControlServer, Reply
+from hacommon.control import ControlServer, Mailbox, MailboxStream, Reply, Stream
 from hacommon.errors import HaError, StateChangeRefused
 from hbd.disk_fencing import DiskFencing
 from hbd.groups import GroupManager
@@ -61,7 +63,7 @@ class ControlCommands:
         self.kick = kick
         self.standby_planned = True     # the last accepted standby request's "planned"
 
-    def handle_request(self, req: dict[str, Any]) -> Reply | Coroutine[Any, Any, Reply]:
+    def handle_request(self, req: dict[str, Any]) -> Reply | Stream | Coroutine[Any, Any, Reply]:
         """The answer, or a coroutine giving it (fence-peer waits for the peer's hbd)."""
         cmd = req.get("cmd")
         now = time.monotonic()
@@ -80,6 +82,13 @@ class ControlCommands:
             return {"ok": True, "node": self.node, "pid": os.getpid(), "membership": self.membership.snapshot(),
                     "groups": self.groups.snapshot(),
                     "journal": read_journal(self.journal.path, limit=int(req.get("journal", 15)))}
+        if cmd == "watch":
+            # hbctl status --watch: every journal record (node, group, holding, stonith,
+            # request...) as it is written; the client asks `status` again on each
+            box = Mailbox()
+            self.journal.listeners.append(lambda rec: box.put({"record": rec}))
+            listener = self.journal.listeners[-1]
+            return MailboxStream(box, {"ok": True}, lambda: self._unwatch(listener))
         if cmd == "nodestatus":
             try:
                 return {"ok": True, "status": self.membership.node_status(str(req.get("node", "")))}
@@ -107,12 +116,19 @@ class ControlCommands:
         return {"ok": False, "error": f"control: unknown command {cmd!r}"}
 
 
+    def _unwatch(self, listener: Callable[[dict], None]) -> None:
+        try:
+            self.journal.listeners.remove(listener)      # a list op: safe from any thread
+        except ValueError:
+            pass
+
+
 def open_control_socket(run_dir: str, commands: ControlCommands,
                         loop: asyncio.AbstractEventLoop) -> ControlServer:
     """Serve `commands` on RUN_DIR/hbd.sock; each request is answered on `loop`'s thread."""
 
-    def on_request(req: dict[str, Any]) -> Reply:      # the server's connection thread
-        answer: concurrent.futures.Future[Reply] = concurrent.futures.Future()
+    def on_request(req: dict[str, Any]) -> Reply | Stream:      # the server's connection thread
+        answer: concurrent.futures.Future[Reply | Stream] = concurrent.futures.Future()
 
         async def finish(coro: Coroutine[Any, Any, Reply]) -> None:
             try:

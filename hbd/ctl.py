@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """hbctl: talk to a running hbd through RUN_DIR/hbd.sock (one JSON line each way).
 
-    hbctl [--run-dir DIR] status                like `cl_status hbstatus`, plus nodes, groups, journal
+    hbctl [--run-dir DIR] status [--watch]      like `cl_status hbstatus`, plus nodes, groups, journal;
+                                                --watch: a live view redrawn on each journal record
     hbctl nodestatus NODE                       init | up | active | dead  (like `cl_status nodestatus`)
     hbctl rscstatus                             none | local | foreign | all | transition
     hbctl standby [all|foreign|local] [--failure WHY]
@@ -203,11 +204,48 @@ def print_hbmon_status(hbd_run_dir: str) -> None:
         return
 
 
+def watch_status(run_dir: str) -> int:
+    """status --watch: hbd streams its journal records (`watch`); each redraws the view from a
+    fresh `status` (hbd.status_view, hacommon.live_view). hbd stopping ends the view as
+    `status` would end: "Heartbeat is stopped on this machine.", exit 3."""
+    import io
+    from contextlib import redirect_stdout
+
+    from hacommon.control import open_stream
+    from hacommon.live_view import watch
+    from hbd.status_view import render
+    path = os.path.join(run_dir, SOCKET_NAME)
+
+    ended = []
+
+    def changes():
+        try:
+            for msg in open_stream(path, {"cmd": "watch"}, timeout_s=10.0):
+                if not msg.get("ok", True):
+                    raise ControlError(str(msg.get("error")))
+                yield msg
+        except NotListening as e:
+            raise NotRunning(f"hbctl: hbd is not running: {path}: {e.strerror}") from None
+        ended.append(True)
+
+    def plain() -> str:
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            print_status(request(run_dir, {"cmd": "status"}))
+        return buf.getvalue().rstrip("\n")
+    rc = watch(changes(), lambda: render(request(run_dir, {"cmd": "status"})), plain)
+    if ended:
+        raise NotRunning("hbctl: hbd closed its control socket")
+    return rc
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hbctl", description="query and steer a running hbd")
     p.add_argument("--run-dir", default=os.environ.get("HBD_RUN_DIR", DEFAULT_RUN_DIR))
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("status")
+    sp = sub.add_parser("status")
+    sp.add_argument("--watch", action="store_true",
+                    help="a live view (rich), redrawn on every node, group or request event")
     ns = sub.add_parser("nodestatus")
     ns.add_argument("node")
     sub.add_parser("rscstatus")
@@ -225,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "availability":
             return availability_main(args)
+        if args.cmd == "status" and args.watch:
+            return watch_status(args.run_dir)
         if args.cmd == "status":
             st = request(args.run_dir, {"cmd": "status"})
             print_status(st)

@@ -42,6 +42,7 @@ import datetime
 import json
 import os
 import time
+from collections.abc import Callable
 
 
 class Journal:
@@ -49,6 +50,8 @@ class Journal:
         self.path = path
         self.node = node
         self._f = open(path, "a", encoding="utf-8", buffering=1)
+        # called with each record once it is written (hbctl status --watch: hbd.control)
+        self.listeners: list[Callable[[dict], None]] = []
 
     def record(self, event: str, **fields) -> dict:
         wall = time.time()
@@ -61,6 +64,8 @@ class Journal:
             os.fdatasync(self._f.fileno())      # data and size: all a reader needs
         except OSError:
             pass            # a journal on a file system without fsync still gets the line
+        for listener in list(self.listeners):
+            listener(rec)
         return rec
 
     def close(self) -> None:

@@ -346,8 +346,19 @@ def format_status(st: dict, verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
+def render_status(st: dict, args: argparse.Namespace) -> str:
+    text = format_status(st, verbose=args.verbose)
+    if args.statistics:
+        from replica.status_view import add_statistics
+        text = add_statistics(text, st)
+    return text
+
+
 def cmd_status(ctl: Ctl, name: str) -> int:
     names = ctl.resource_names(name or "all")
+    if ctl.args.watch:
+        from replica.status_view import watch_status
+        return watch_status(ctl, name, names, render_status)
     by_name = {st["name"]: st for st in ctl.status_of(None)}
     up = [by_name[n] for n in names if by_name.get(n, {}).get("up")]
     if ctl.args.json:
@@ -356,7 +367,7 @@ def cmd_status(ctl: Ctl, name: str) -> int:
     rc = 0
     for n in names:
         if n in {st["name"] for st in up}:
-            print(format_status(by_name[n], verbose=ctl.args.verbose))
+            print(render_status(by_name[n], ctl.args))
             print()
         else:
             print(f"{n}: No such resource", file=sys.stderr)
@@ -437,6 +448,11 @@ def cmd_peer_dead(ctl: Ctl, name: str) -> int:
     for res in reply.get("resources", []):
         print(f"{res}: peer dead{' (fenced)' if ctl.args.fenced else ''}: connection dropped")
     return 0
+
+
+def cmd_events(ctl: Ctl, name: str | None) -> int:
+    from replica.status_view import print_events
+    return print_events(ctl, name)
 
 
 def cmd_dump(ctl: Ctl, name: str) -> int:
@@ -646,11 +662,21 @@ COMMANDS = [
               "sync"),)),
     Command("status", cmd_status, False, "show roles, disk and peer states, drbdadm-style",
             (("--json", "machine-readable output, with resync rate and ETA"),
-             ("--verbose", "add drbdsetup's statistics to the peer line"))),
+             ("--verbose", "add drbdsetup's statistics to the peer line"),
+             ("--statistics", "counters as drbdadm status --statistics: size, read, written, "
+              "al-writes, bm-writes, pending; received, sent, out-of-sync, ack latency p50/p99"),
+             ("--watch", "a live view, redrawn on every state change and resync step "
+              "(Ctrl-C leaves it)"))),
     Command("role", cmd_role, True, "print local/peer role, e.g. Primary/Secondary"),
     Command("cstate", cmd_cstate, True, "print the connection state"),
     Command("dstate", cmd_dstate, True, "print local/peer disk state, e.g. UpToDate/UpToDate"),
     Command("nbd-uri", cmd_nbd_uri, True, "print the NBD URI of the resource's export"),
+    Command("events", cmd_events, False, "print state changes as they happen, in the line "
+            "format of drbdsetup events2 (exists lines first, then `exists -`)",
+            (("--now", "print the current state and exit"),
+             ("--statistics", "add counters (size, read, written, sent, received, "
+              "out-of-sync...) and resync progress"),
+             ("--timestamps", "prefix each line with its time (ISO 8601)"))),
     Command("dump", cmd_dump, False, "print the parsed configuration, normalised",
             (("--running", "the resources as replicad runs them now (net-options, "
               "disk-options included), as drbdsetup show"),)),

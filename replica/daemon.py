@@ -52,6 +52,7 @@ from replica import locations, netif
 from replica.config import Config, HostSection, load_config
 from replica.control import ControlError, ControlServer, error_reply
 from replica.errors import ConfigError, ReplicaError
+from replica.events import END_OF_INITIAL, Event, EventBus, EventStream
 from replica.resource import ResourceRuntime
 
 log = logging.getLogger("replicad")
@@ -87,6 +88,7 @@ class Daemon:
         self.exit_status = 0
         self._startup_proc: subprocess.Popen[bytes] | None = None
         self._last_command = time.monotonic()
+        self.events = EventBus()     # every runtime publishes here; `events` subscribes
         self.commands: dict[str, Callable[[Request], Reply]] = {
             "ping": self.cmd_ping,
             "up": self.cmd_up,
@@ -104,10 +106,16 @@ class Daemon:
         }
 
     # Commands from replicactl: each returns a reply dict or raises ReplicaError.
-    def handle(self, req: Request) -> Reply:
+    def handle(self, req: Request) -> Reply | EventStream:
+        if req["cmd"] == "events":
+            try:
+                return self.cmd_events(req)
+            except (ReplicaError, OSError) as exc:
+                return error_reply(exc)
         handler = self.commands.get(req["cmd"])
         if handler is None:
-            return {"ok": False, "error": f"unknown command {req['cmd']!r} (known: {', '.join(self.commands)})"}
+            return {"ok": False, "error": f"unknown command {req['cmd']!r} (known: "
+                    f"{', '.join(self.commands)}, events)"}
         with self.lock:
             try:
                 reply = {"ok": True, **handler(req)}
@@ -145,7 +153,7 @@ class Daemon:
             return rt
         resource = (config or self._config(req)).resource(name)
         rt = ResourceRuntime(resource, node, self.where.default_export_path(name),
-                             run_dir=self.where.run_dir)
+                             run_dir=self.where.run_dir, events=self.events)
         rt.sync.lookup = self.resources.get            # resync-after names another resource
         self.resources[name] = rt
         return rt
@@ -272,6 +280,33 @@ class Daemon:
                 out.append(rt.status())
         return {"resources": out}
 
+    def cmd_events(self, req: Request) -> EventStream:
+        """`replicactl events [RES]`: subscribe first, then the state of each resource in use
+        as `exists` lines (a change racing the snapshot may show twice, never not at all)."""
+        name = req.get("resource")
+        if name and name != "all":
+            self._config(req).resource(name)        # "no resource ..." with the known names
+        else:
+            name = None
+        sub = self.events.subscribe(name, statistics=bool(req.get("statistics")))
+        initial: list[Event] = []
+        try:
+            with self.lock:
+                runtimes = [rt for n, rt in self.resources.items()
+                            if _in_use(rt) and (name is None or n == name)]
+            for rt in runtimes:
+                with rt.lock:
+                    initial += rt.events.snapshot()
+        except BaseException:
+            sub.close()
+            raise
+        now = self.events.clock()
+        initial = [Event(ev.action, ev.obj, ev.keys, ev.stats, time=now) for ev in initial]
+        initial.append(Event("exists", END_OF_INITIAL, time=now))
+        return EventStream(sub, initial, once=bool(req.get("now")),
+                           statistics=bool(req.get("statistics")),
+                           timestamps=bool(req.get("timestamps")))
+
     def cmd_shutdown(self, req: Request) -> Reply:
         self.stop_event.set()
         return {}
@@ -345,6 +380,8 @@ class Daemon:
                             rt.down(force=True)
                     except (ReplicaError, OSError) as exc:
                         log.error("%s: down at exit: %s", rt.name, exc)
+            if not self.events.end_all(timeout_s=2.0):     # the last `destroy` lines out
+                log.warning("events: a reader did not take its last lines within 2 s")
             _remove_pid_file(self.where.pid_file)
             log.info("stopped")
         return self.exit_status

@@ -66,6 +66,8 @@ class ResourceDisk:
         self.failed = False               # on-io-error detached the disk; md stays open
         self._bm_stored_at = 0.0
         self._bm_stored_count = -1
+        self.al_writes = 0                # AL transactions written (status --statistics)
+        self.bm_writes = 0                # bitmap stores written
 
     # --- what the others read -----------------------------------------------------------------
 
@@ -297,6 +299,7 @@ class ResourceDisk:
             except OSError as exc:
                 log.error("%s: bitmap: %s", self.name, exc)
                 return
+            self.bm_writes += 1
         self._bm_stored_count = count
         self._bm_stored_at = time.monotonic()
 
@@ -340,4 +343,5 @@ class ResourceDisk:
                 if victim is not None:
                     engine.al_set_hot(victim, True)     # the transaction did not drop it
                 return
+            self.al_writes += 1
         engine.al_set_hot(extent, True)

@@ -205,7 +205,8 @@ class PeerFencing:
         engine.set_suspended(True)      # also after a down/up, where a new engine runs
         if not self.suspended:
             log.warning("%s: suspend-io: new requests wait (%s)", self.name, why)
-        self.suspended = True
+            self.suspended = True
+            self.rt.events.suspended()
 
     def resume_io(self, why: str) -> None:
         engine = self.rt.disk.engine
@@ -215,3 +216,4 @@ class PeerFencing:
             engine.set_suspended(False)
         self.suspended = False
         log.info("%s: resume-io: requests go on (%s)", self.name, why)
+        self.rt.events.suspended()

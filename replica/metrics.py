@@ -8,11 +8,11 @@ config). States are enum-style gauges, one series per possible value, 1 for the 
 (node_exporter's systemd unit state), so `replica_connection_state{state="Connected"} == 0`
 alerts without knowing the other names.
 
-Not here: a peer ack latency histogram. The engine keeps no per-ack timing (rm_stats has only
-peer_oldest_pending_ns, the send time of the oldest unacknowledged request), and a histogram
-sampled once per scrape would describe the scrape interval, not the acks. What exists is
-exported as `replica_peer_oldest_pending_age_seconds`; a real histogram needs buckets counted
-in C at ack time.
+Peer ack latency: `replica_peer_ack_latency_seconds`, a histogram counted in C at ack time
+(rm_stats.peer_ack_us_log2: log2 buckets of microseconds, from the frame handed to the
+transport to its RECV_ACK/WRITE_ACK; replica.ack_latency), with `le` = 1us, 2us, 4us ...
+4.19s, +Inf. Beside it `replica_peer_oldest_pending_age_seconds`: how long the oldest write
+still unacknowledged has waited (a stuck peer shows there before any ack comes back).
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from replica.ack_latency import cumulative_buckets
 from replica.states import ConnState, DiskState, ReplState, Role
 
 LABELS = ("resource", "node")
@@ -52,6 +53,8 @@ ENGINE_COUNTERS: dict[str, tuple[str, str]] = {
     "verify_oos_blocks": ("replica_verify_out_of_sync_blocks", "Blocks online verify found different"),
     "integrity_failures": ("replica_integrity_failures", "Peer frames whose data-integrity digest did not match"),
     "events_dropped": ("replica_engine_events_dropped", "Engine events lost to a full queue"),
+    "peer_bytes_received": ("replica_peer_received_bytes", "Bytes received from the peer on the "
+                            "replication link (frames and payloads)"),
 }
 
 STATES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
@@ -108,6 +111,9 @@ class ReplicaCollector(Collector):
                                   "(1 when no resync runs)", labels=LABELS)
         verify_ratio = GaugeMetricFamily("replica_verify_done_ratio", "Fraction of the online "
                                          "verify done (absent when none runs)", labels=LABELS)
+        ack_latency = HistogramMetricFamily(
+            "replica_peer_ack_latency_seconds", "Time from sending a write to the peer to its "
+            "acknowledgement (RECV_ACK under protocol B, WRITE_ACK under C)", labels=LABELS)
         for s in statuses:
             labels = [str(s["name"]), str(s["node"])]
             up.add_metric(labels, 1.0 if s.get("up") else 0.0)
@@ -126,6 +132,11 @@ class ReplicaCollector(Collector):
                 oldest.add_metric(labels, max(0, now_ns - sent_ns) / 1e9 if sent_ns else 0.0)
                 connected.add_metric(labels, float(stats.get("peer_connected", 0)))
                 frontends.add_metric(labels, float(stats.get("active_connections", 0)))
+                if "peer_ack_us_log2" in stats:
+                    ack_latency.add_metric(
+                        labels, [(_le(le), float(n)) for le, n in
+                                 cumulative_buckets(stats["peer_ack_us_log2"])],
+                        sum_value=stats.get("peer_ack_ns_sum", 0) / 1e9)
             resync = s.get("resync")
             if resync:
                 rate.add_metric(labels, float(resync.get("rate_bps") or 0))
@@ -142,7 +153,13 @@ class ReplicaCollector(Collector):
         yield from states.values()
         yield from (size, oos)
         yield from counters.values()
-        yield from (pending, oldest, connected, frontends, rate, remaining, ratio, verify_ratio)
+        yield from (pending, oldest, connected, frontends, rate, remaining, ratio, verify_ratio,
+                    ack_latency)
+
+
+def _le(bound_s: float) -> str:
+    """A bucket bound as Prometheus writes it: +Inf, else the shortest exact float text."""
+    return "+Inf" if bound_s == float("inf") else repr(bound_s)
 
 
 def add_state(family: GaugeMetricFamily, labels: list[str], values: Iterable[str], current: Any) -> None:

@@ -29,6 +29,9 @@ END_REASONS = {
 }
 
 STAT_FIELDS = tuple(name for name, _ in ffi.typeof("rm_stats").fields)
+# array fields (the ack latency histogram): read as lists of ints
+STAT_ARRAYS = frozenset(name for name, f in ffi.typeof("rm_stats").fields if f.type.kind == "array")
+ACK_LATENCY_BUCKETS = lib.RM_ACK_LATENCY_BUCKETS
 FUSE_STAT_FIELDS = tuple(name for name, _ in ffi.typeof("rm_fuse_stats").fields)
 
 PROTOCOLS = {"A": lib.RM_PROTOCOL_A, "B": lib.RM_PROTOCOL_B, "C": lib.RM_PROTOCOL_C}
@@ -313,7 +316,8 @@ class Engine:
     def stats(self) -> dict:
         out = ffi.new("rm_stats *")
         lib.rm_engine_get_stats(self._handle, out)
-        return {name: int(getattr(out, name)) for name in STAT_FIELDS}
+        return {name: [int(v) for v in getattr(out, name)] if name in STAT_ARRAYS
+                else int(getattr(out, name)) for name in STAT_FIELDS}
 
     def serve_nbd(self, sock_fd: int, initial: bytes = b"") -> ServeResult:
         """Run the NBD transmission phase on sock_fd until the client leaves (blocks, GIL released)."""

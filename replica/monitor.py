@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from replica.errors import ReplicaError
 from replica.mirror import Engine, MirrorEvent
+from replica.states import ReplState
 
 if TYPE_CHECKING:
     from replica.resource import ResourceRuntime
@@ -122,6 +123,9 @@ class ResourceMonitor:
         resyncing = rt.state.repl.is_resync
         if resyncing:
             rt.sync.update_progress(now)
+            deadlines.append(now + RESYNC_PROGRESS_S)
+        if resyncing or rt.state.repl in (ReplState.VerifyS, ReplState.VerifyT):
+            rt.events.progress(now)         # events --statistics: done%, counters
             deadlines.append(now + RESYNC_PROGRESS_S)
         due = rt.disk.bitmap_deadline(resyncing)
         if due is not None and due <= now:

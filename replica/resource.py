@@ -25,6 +25,10 @@ constructor and public interface (none calls another's private methods):
                                                 (kernel NBD or FUSE+loop over the same engine)
     monitor   replica.monitor.ResourceMonitor   C's events, timers (no periodic wake-up)
     fencing   replica.fencing.PeerFencing       fence-peer/unfence-peer, suspend-io, peer-dead
+    events    replica.resource_events.ResourceEvents  this resource's lines on the daemon's
+                                                EventBus: `create`/`change`/`destroy` from here
+                                                (set_state, up/down), `call`/`response helper`
+                                                from the handler runner
 
 Threads: the daemon's command threads, the PeerLink, the ResyncRunner, the monitor's two.
 Lock order: `lock` (this runtime), then the disk's `md_lock`. Peer control frames after the
@@ -44,6 +48,7 @@ from replica.config import DiskOptions, Endpoint, HostSection, NetOptions, Resou
 from replica.connection import PeerConnection
 from replica.disk import ResourceDisk, engine_io_error_mode
 from replica.errors import ReplicaError
+from replica.events import EventBus
 from replica.fencing import PeerFencing, needs_fencing
 from replica.frontends import NbdFrontend
 from replica.mirror import MirrorEvent
@@ -51,6 +56,7 @@ from replica.monitor import ResourceMonitor
 from replica.protocol.nbd import ExportInfo, transmission_flags_for
 from replica.protocol.repl_control import FullSyncRequest, PeerUuids
 from replica.resize import ResizeControl
+from replica.resource_events import ResourceEvents
 from replica.roles import Request, ResourceState, needs_new_current_uuid, request, request_or_raise
 from replica.runtime_options import RuntimeOptions
 from replica.startup import wfc_option
@@ -67,7 +73,8 @@ HANDLER_TIMEOUT_S = 60.0
 
 class ResourceRuntime:
     def __init__(self, resource: Resource, node: str, default_export_path: str,
-                 rng: Callable[[int], bytes] = os.urandom, run_dir: str | None = None):
+                 rng: Callable[[int], bytes] = os.urandom, run_dir: str | None = None,
+                 events: EventBus | None = None):
         self.resource = resource
         self.name = resource.name
         self.host: HostSection = resource.host(node)
@@ -89,6 +96,7 @@ class ResourceRuntime:
         self.resizer = ResizeControl(self)
         self.options = RuntimeOptions(self)
         self.wfc_option = "wfc-timeout"      # which startup timeout `wait-connect` uses
+        self.events = ResourceEvents(self, events if events is not None else EventBus())
 
     # --- what the daemon asks -------------------------------------------------------------
 
@@ -123,6 +131,7 @@ class ResourceRuntime:
         self.state = new
         if changes:
             log.info("%s: %s%s", self.name, ", ".join(changes), f" ({why})" if why else "")
+            self.events.changed(old, new)
         if self.disk.engine is not None and old.role != new.role:
             self._apply_role_to_export()
         self.disk.persist_flags(new)
@@ -239,6 +248,7 @@ class ResourceRuntime:
         self.monitor.stop()
         self.frontend.stop()
         self.disk.close()
+        self.events.destroyed()
 
     def _up_standalone(self) -> None:
         if self.is_up:
@@ -253,6 +263,7 @@ class ResourceRuntime:
             self.state = ResourceState()
             self.disk.close()
             raise
+        self.events.created(self.state)
         log.info("%s: up: disk %s (%d bytes) exported at %s", self.name, self.host.disk,
                  self.disk.size, self.frontend.uri)
 
@@ -267,6 +278,7 @@ class ResourceRuntime:
             self.disk.engine.flush()
         self.disk.close()
         self.state = ResourceState()
+        self.events.destroyed()
         log.info("%s: down", self.name)
 
     def export_info(self) -> ExportInfo:
@@ -299,6 +311,7 @@ class ResourceRuntime:
         except BaseException:
             self.disk.close()
             raise
+        self.events.created(self.state)
         self.set_state(new, "attach")
         self.monitor.start(self.disk.the_engine())
         log.info("%s: attached: disk %s (%d data bytes, meta-disk %s), uuids %s, %d KiB out of "
@@ -319,6 +332,7 @@ class ResourceRuntime:
         self.disk.clean_shutdown()
         self.set_state(new, "detach")
         self.disk.close()
+        self.events.destroyed()
 
     # --- local disk failure (disk { on-io-error }) ------------------------------------------------
 
@@ -407,14 +421,19 @@ class ResourceRuntime:
 
     def _call_handler(self, which: str, cmd: str, env: dict[str, str],
                       timeout_s: float = HANDLER_TIMEOUT_S) -> int | None:
-        """Run one handler to its end: its exit code, None if it could not run or timed out."""
+        """Run one handler to its end: its exit code, None if it could not run or timed out.
+        Published as `call helper` and `response helper ... status:N` (N = -1: it could not
+        run or timed out)."""
+        self.events.helper(which)
         try:
             rc = subprocess.run(cmd, shell=True, env=env, stdin=subprocess.DEVNULL,
                                 timeout=timeout_s).returncode
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.error("%s: helper command: %s: %s", self.name, which, exc)
+            self.events.helper(which, -1)
             return None
         log.info("%s: helper command: %s exit code %d", self.name, which, rc)
+        self.events.helper(which, rc)
         return rc
 
     def run_handler(self, which: str, *more: str) -> None:
@@ -604,6 +623,9 @@ class ResourceRuntime:
             "last_verify": self.sync.verify.last_verify,
             "wfc_option": self.wfc_option,
             "link_error": self.conn.last_error,
+            "io_suspended": self.fencing.suspended,
+            "al_writes": self.disk.al_writes,
+            "bm_writes": self.disk.bm_writes,
             "tls": self.conn.tls_text or None,
             "tls_error": self.conn.tls_error or None,
         }

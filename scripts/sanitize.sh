@@ -34,6 +34,7 @@ rc=0
 "$venv/bin/python" -m pytest -p no:cacheprovider -p no:faulthandler \
     tests/unit/test_mirror_churn.py tests/unit/test_mirror_engine.py tests/unit/test_mirror_peer.py \
     tests/unit/test_mirror_io_error.py tests/unit/test_mirror_stall.py tests/unit/test_mirror_verify.py \
+    tests/unit/test_mirror_ack_latency.py \
     tests/unit/test_tls_session.py tests/unit/test_tls_peer_link.py \
     tests/integration/test_nbd_churn.py \
     tests/integration/test_fuse_device.py \

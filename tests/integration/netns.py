@@ -44,7 +44,7 @@ class TwoNodes:
                  disk_dirs: dict[str, Path] | None = None, device: str = "", startup: str = "",
                  prefix: str = "rpl"):
         n = next(_counter)
-        assert len(prefix) == 3, "veth names keep the prefix's last characters"
+        assert len(prefix) == 3, "three letters: the veth names keep what follows them"
         self.prefix = f"{prefix}{os.getpid() % 100000}x{n}"
         self.subnet = (os.getpid() * 7 + n) % 200 + 20
         self.dir = Path(root) / self.prefix

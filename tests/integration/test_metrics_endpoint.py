@@ -125,6 +125,16 @@ def test_replicad_pair_endpoint_shows_roles_states_and_bytes(nodes, monkeypatch)
     assert gb[("replica_peer_applied_frames_total", lbl(**b))] >= 1
     assert ga[("replica_resync_done_ratio", lbl(**a))] == 1
     assert ga[("replicad_process_open_fds", ())] > 0
+    # the peer ack latency histogram C counted: every write acked (1 MiB: at least one frame),
+    # cumulative buckets, the +Inf one equal to the count, a sum between 1 us and 60 s per ack
+    hist = "replica_peer_ack_latency_seconds"
+    count = ga[(f"{hist}_count", lbl(**a))]
+    assert count >= 1 and ga[(f"{hist}_bucket", lbl(**a, le="+Inf"))] == count
+    buckets = sorted((float(dict(k[1])["le"]), v) for k, v in ga.items() if k[0] == f"{hist}_bucket")
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets)
+    assert count * 1e-6 <= ga[(f"{hist}_sum", lbl(**a))] <= count * 60
+    assert gb[(f"{hist}_count", lbl(**b))] == 0                 # the Secondary sent no write
+    assert gb[("replica_peer_received_bytes_total", lbl(**b))] >= size + MiB
 
     # a disconnected peer shows at the next scrape, without the daemon having polled anything
     t.ctl("beta", "disconnect", "r0")

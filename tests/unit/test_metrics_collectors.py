@@ -15,7 +15,7 @@ from hbd.group_actions import GroupChanged, GroupState
 from hbd.metrics import EventCounts, HbdCollector
 from hbd.protocol.membership import NodeDead, NodeLate, NodeUp
 from replica.metrics import ENGINE_COUNTERS, ReplicaCollector
-from replica.mirror import STAT_FIELDS
+from replica.mirror import ACK_LATENCY_BUCKETS, STAT_ARRAYS, STAT_FIELDS
 
 
 def scrape(collector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -32,7 +32,7 @@ def lbl(**kw: str) -> tuple[tuple[str, str], ...]:
 
 
 def replica_status(**over):
-    stats = {name: 0 for name in STAT_FIELDS}
+    stats = {name: [0] * ACK_LATENCY_BUCKETS if name in STAT_ARRAYS else 0 for name in STAT_FIELDS}
     stats.update(bytes_written=1 << 20, bytes_read=4096, peer_bytes_sent=(1 << 20) + 4800,
                  writes=256, peer_pending=3, peer_oldest_pending_ns=9_000_000_000,
                  peer_connected=1, active_connections=1)
@@ -71,6 +71,25 @@ def test_replica_collector_states_counters_resync():
     assert got[("replica_peer_oldest_pending_age_seconds", lbl(**r))] == pytest.approx(1.5)
     assert got[("replica_peer_connected", lbl(**r))] == 1
     assert got[("replica_resource_up", lbl(**r))] == 1
+
+
+def test_replica_collector_ack_latency_histogram():
+    buckets = [0] * ACK_LATENCY_BUCKETS
+    buckets[0], buckets[6], buckets[-1] = 2, 5, 1       # <1us, [32, 64) us, beyond 4.19 s
+    st = replica_status()
+    st["stats"].update(peer_ack_us_log2=buckets, peer_acks=8, peer_ack_ns_sum=5_000_250_000)
+    got = scrape(ReplicaCollector(lambda: [st]))
+    r = dict(resource="r0", node="alpha")
+    name = "replica_peer_ack_latency_seconds"
+    assert got[(f"{name}_bucket", lbl(**r, le="1e-06"))] == 2
+    assert got[(f"{name}_bucket", lbl(**r, le="3.2e-05"))] == 2
+    assert got[(f"{name}_bucket", lbl(**r, le="6.4e-05"))] == 7
+    assert got[(f"{name}_bucket", lbl(**r, le="4.194304"))] == 7
+    assert got[(f"{name}_bucket", lbl(**r, le="+Inf"))] == 8
+    assert got[(f"{name}_count", lbl(**r))] == 8
+    assert got[(f"{name}_sum", lbl(**r))] == 5.00025
+    les = [dict(k[1])["le"] for k in got if k[0] == f"{name}_bucket"]
+    assert len(les) == ACK_LATENCY_BUCKETS
 
 
 def test_replica_collector_down_resource_has_states_but_no_engine_counters():
