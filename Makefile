@@ -18,7 +18,7 @@ RUFF_EXCLUDE :=
 # the C data path compiles without a warning (gcc, the same flags the extension is held to).
 C_WARNINGS := -std=gnu11 -Wall -Wextra -Wshadow -Wmissing-prototypes -Werror
 
-.PHONY: deps lint test test-unit test-integration sanitize bench demo clean install
+.PHONY: deps lint test test-unit test-integration sanitize bench demo clean install reliability
 
 deps: $(VENV)/.deps-done
 
@@ -55,6 +55,11 @@ bench: deps
 
 demo: deps
 	bash scripts/demo.sh
+
+# `make reliability [ARGS="--kills 5 --soak --soak-minutes 10 ..."]`: kill loops, partitions, disk
+# failures, a lossy network and the fuzzers, ending with a table (scripts/reliability.py --help).
+reliability: deps
+	$(VPY) scripts/reliability.py $(ARGS)
 
 # `make install [PREFIX=/usr/local] [DESTDIR=stage] [UNITDIR=/lib/systemd/system] [SYSCONFDIR=/etc]`:
 # a virtualenv in PREFIX/lib/replica-ha, the commands linked into PREFIX/bin, the systemd units,
