@@ -452,56 +452,65 @@ def _on_alarm(signum, frame):
 
 def run_worker(name: str, count: int, seed: int, out_dir: str) -> dict:
     """Run `count` inputs against target `name`; progress and the result as JSON lines."""
-    out = Path(out_dir)
     scratch = tempfile.mkdtemp(prefix="rb-fuzz-conf-", dir="/dev/shm")
     try:
-        target = make_targets(scratch)[name]
-        rng = random.Random(seed)
-        corpus = list(target.seeds)
-        current = os.open(out / f"{name}.{seed}.current", os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                          0o644)
-        signal.signal(signal.SIGALRM, _on_alarm)
-        errors: dict[str, int] = {}
-        crashes = accepted = 0
-        t0 = last = time.monotonic()
-        for k in range(count):
-            data = mutate(rng, rng.choice(corpus), corpus, target.words, target.text) \
-                if k >= len(target.seeds) else target.seeds[k]
-            os.ftruncate(current, 0)
-            os.pwrite(current, data, 0)
-            signal.setitimer(signal.ITIMER_REAL, HANG_S)
-            try:
-                ok = target.run(data)
-            except target.allowed as e:
-                errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
-            except (Exception, Hang) as e:        # the finding: anything else
-                crashes += 1
-                if crashes <= 20:
-                    stem = out / f"crash-{name}-{seed}-{k}"
-                    stem.with_suffix(".bin").write_bytes(data)
-                    stem.with_suffix(".txt").write_text(
-                        f"{name}: input {k} (seed {seed}): {type(e).__name__}: {e}\n"
-                        + "".join(traceback.format_exception(e)))
-            else:
-                if ok:
-                    accepted += 1
-                    if len(corpus) < 400 and rng.random() < 0.05:
-                        corpus.append(data)
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            now = time.monotonic()
-            if now - last >= 1.0:
-                last = now
-                print(json.dumps({"done": k + 1}), flush=True)
-        os.close(current)
-        os.unlink(out / f"{name}.{seed}.current")
-        result = {"target": name, "done": count, "crashes": crashes, "accepted": accepted,
-                  "errors": errors, "seconds": round(time.monotonic() - t0, 1)}
-        print(json.dumps(result), flush=True)
-        return result
+        if name == "selftest-abort" and os.environ.get("RB_FUZZ_SELFTEST") == "1":
+            target = Target(name, [b"seed"], lambda data: os.abort() if b"\0" in data else True, ())
+        else:
+            target = make_targets(scratch)[name]
+        return fuzz_target(target, count, seed, Path(out_dir))
     finally:
         import shutil
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def fuzz_target(target: Target, count: int, seed: int, out: Path) -> dict:
+    """`count` inputs (the seeds first, then mutations) against `target`; crashes saved in
+    `out`; progress lines and the result (also returned) printed as JSON."""
+    name = target.name
+    rng = random.Random(seed)
+    corpus = list(target.seeds)
+    current = os.open(out / f"{name}.{seed}.current", os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                      0o644)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    errors: dict[str, int] = {}
+    crashes = accepted = 0
+    t0 = last = time.monotonic()
+    for k in range(count):
+        data = mutate(rng, rng.choice(corpus), corpus, target.words, target.text) \
+            if k >= len(target.seeds) else target.seeds[k]
+        os.ftruncate(current, 0)
+        os.pwrite(current, data, 0)
+        signal.setitimer(signal.ITIMER_REAL, HANG_S)
+        try:
+            ok = target.run(data)
+        except target.allowed as e:
+            errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+        except (Exception, Hang) as e:        # the finding: anything else
+            crashes += 1
+            if crashes <= 20:
+                stem = out / f"crash-{name}-{seed}-{k}"
+                stem.with_suffix(".bin").write_bytes(data)
+                stem.with_suffix(".txt").write_text(
+                    f"{name}: input {k} (seed {seed}): {type(e).__name__}: {e}\n"
+                    + "".join(traceback.format_exception(e)))
+        else:
+            if ok:
+                accepted += 1
+                if len(corpus) < 400 and rng.random() < 0.05:
+                    corpus.append(data)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        now = time.monotonic()
+        if now - last >= 1.0:
+            last = now
+            print(json.dumps({"done": k + 1}), flush=True)
+    os.close(current)
+    os.unlink(out / f"{name}.{seed}.current")
+    result = {"target": name, "done": count, "crashes": crashes, "accepted": accepted,
+              "errors": errors, "seconds": round(time.monotonic() - t0, 1)}
+    print(json.dumps(result), flush=True)
+    return result
 
 
 # --- the parent -------------------------------------------------------------------------------

@@ -93,6 +93,8 @@ def run_raw(kills: int, log=print, seed: int | None = None) -> PartResult:
 #   F NAME SHA256       the file NAME holds this content (written, fsynced, renamed, dir fsynced)
 #   B BLOCK GEN         DATA's block BLOCK holds generation GEN (pwrite, fdatasync)
 #   f NAME SHA256       about to replace NAME with this content (may or may not have landed)
+#   d NAME -            about to delete NAME (keeps a third of the filesystem free)
+#   D NAME -            NAME is deleted (unlink, dir fsynced)
 EXT4_WRITER = r"""
 import hashlib, os, random, struct, sys, zlib
 mnt, sub, seed, log_path, gen = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
@@ -125,6 +127,19 @@ while True:
         os.fdatasync(dfd)
         ack(f"B {b} {gen}")
         continue
+    st = os.statvfs(mnt)
+    if st.f_bavail < st.f_blocks * 0.35:          # keep a third free: delete an older file
+        olds = [os.path.join(r, n) for r in sorted(os.listdir(mnt)) if r.startswith("round")
+                for n in sorted(os.listdir(os.path.join(mnt, r))) if not n.startswith(".")]
+        if olds:
+            rel = rnd.choice(olds)
+            ack(f"d {rel} -")
+            os.unlink(os.path.join(mnt, rel))
+            fsync_dir(os.path.dirname(os.path.join(mnt, rel)))
+            ack(f"D {rel} -")
+            if os.path.dirname(rel) == sub and os.path.basename(rel) in names:
+                names.remove(os.path.basename(rel))
+            continue
     if names and rnd.random() < 0.2:
         name = rnd.choice(names)
     else:
@@ -155,6 +170,10 @@ for rel, shas in want["files"].items():
     try:
         with open(os.path.join(mnt, rel), "rb") as f:
             got = hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError as e:
+        if "-" not in shas:
+            bad.append(f"{rel}: {e}")
+        continue
     except OSError as e:
         bad.append(f"{rel}: {e}")
         continue
@@ -248,8 +267,11 @@ def fold_ext4_acks(log: Path, files: dict[str, list[str]], blocks: dict[int, int
         elif kind == "F":
             files[a] = [b]
             n += 1
-        elif kind == "f" and a in files:
-            files[a].append(b)
+        elif kind in ("f", "d") and a in files:
+            files[a].append(b)              # the new content, or "-": may be gone
+        elif kind == "D":
+            files.pop(a, None)
+            n += 1
     return n
 
 
@@ -275,6 +297,9 @@ def run_ext4(kills: int, log=print, seed: int | None = None, minor: int = 5,
             try:
                 wait_acks(ack_log, 3)
                 time.sleep(rng.uniform(*writer_s))
+                if w.poll() is not None:
+                    res.problems.append(f"round {rnd}: the writer ended before the power-fail: "
+                                        f"{w.stderr.read().strip()[-500:] if w.stderr else ''}")
                 p.power_fail(primary)
                 w.wait(timeout=30)
             finally:
@@ -284,11 +309,17 @@ def run_ext4(kills: int, log=print, seed: int | None = None, minor: int = 5,
             p.wait(secondary, lambda s: s["connection"] != "Connected", "the peer gone", 30)
             p.ctl(secondary, "primary", "r0")
             head = p.lab.run(p.ns[secondary], "dumpe2fs", "-h", p.kernel_device(secondary))
-            replayed += "needs_recovery" in head.stdout
+            features = next((ln for ln in head.stdout.splitlines()
+                             if ln.startswith("Filesystem features")), head.stderr.strip())
+            replayed += "needs_recovery" in features
+            if "needs_recovery" not in features:
+                log(f"  ext4 round {rnd + 1}: no journal to replay: {features}")
             out = p.check(secondary, files, blocks)
             res.lost += len(out["bad"])
             res.problems += [f"round {rnd}: {x}" for x in out["bad"][:5]]
             files = {rel: [sha] for rel, sha in out["found"].items()}
+            for x in out["bad"][:3]:
+                log(f"  ext4 round {rnd + 1}: LOST: {x}")
             clean, text = p.fsck(secondary)
             fsck_clean += clean
             if not clean:

@@ -211,7 +211,7 @@ def replica_split_brain(p: Pair, policy: str, primaries: tuple[str, ...], rng: r
             writers[node] = (start_block_writer(p.uri(node), nblocks, log, rng.randrange(1 << 30),
                                                 (run + 1) * 10_000_000, pace_s=0.0005), log)
         # unequal amounts, so discard-least-changes has a winner
-        for node, (w, log) in writers.items():
+        for _, log in writers.values():
             wait_acks(log, 50)
         time.sleep(rng.uniform(0.2, 0.6))
         stop_process(writers["alpha" if rng.random() < 0.5 else "beta"][0])
@@ -289,8 +289,9 @@ def run_partition(runs: int, log=print, seed: int | None = None) -> PartResult:
             detected += not any("not reported" in x for x in problems)
             by_policy += out.startswith("resolved by policy")
             standalone += out.startswith("StandAlone")
-            log(f"  split brain {run + 1}/{runs} ({policy.split(';')[0] if not primaries else policy.split(';')[len(primaries)].strip()}): "
-                f"{out}; winner's {n} acknowledged writes checked")
+            which = policy.split(";")[len(primaries)].strip()
+            log(f"  split brain {run + 1}/{runs} ({which}): {out}; winner's {n} acknowledged "
+                f"writes checked")
     res.runs = runs
     figures = []
     for stonith in (True, False):
