@@ -479,8 +479,7 @@ def fuzz_target(target: Target, count: int, seed: int, out: Path) -> dict:
     for k in range(count):
         data = mutate(rng, rng.choice(corpus), corpus, target.words, target.text) \
             if k >= len(target.seeds) else target.seeds[k]
-        os.ftruncate(current, 0)
-        os.pwrite(current, data, 0)
+        os.pwrite(current, struct.pack(">I", len(data)) + data, 0)   # no ftruncate: cheap
         signal.setitimer(signal.ITIMER_REAL, HANG_S)
         try:
             ok = target.run(data)
@@ -572,8 +571,11 @@ def run_fuzz(inputs: int, out_dir: Path, parallel: int = 2, seed: int | None = N
                     why = "hang (no progress for 60 s)" if hung else f"exit {rc}"
                     done = last[-1]["done"] if last else 0
                     saved = out_dir / f"crash-{name}-{seed}-died.bin"
-                    if current.exists():
-                        current.rename(saved)
+                    if current.exists():          # 4-byte length, the input, stale tail
+                        raw = current.read_bytes()
+                        saved.write_bytes(raw[4:4 + struct.unpack(">I", raw[:4])[0]]
+                                          if len(raw) >= 4 else b"")
+                        current.unlink()
                     saved.with_suffix(".txt").write_text(f"{name}: worker {why} after {done} "
                                                          f"inputs\n{stderr[-4000:]}")
                     res = {"target": name, "done": done, "crashes": 1, "accepted": 0,
