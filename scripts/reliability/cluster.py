@@ -129,8 +129,6 @@ class Pair(TwoNodes):
         self.veth = {"alpha": f"v{self.prefix[2:]}a"[-15:], "beta": f"v{self.prefix[2:]}b"[-15:]}
         self.subnet = (os.getpid() * 11 + _seq) % 200 + 20
         self.addr = {"alpha": f"10.98.{self.subnet}.1", "beta": f"10.98.{self.subnet}.2"}
-        if self.disk_dirs:
-            pass
         self.minor = minor
         if minor is not None:
             self.device = f"device minor {minor}; device-kind fuse;"

@@ -17,7 +17,6 @@ round (after resyncs both ways), and the two disks must be identical at the end.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import subprocess
@@ -343,7 +342,3 @@ def run_ext4(kills: int, log=print, seed: int | None = None, minor: int = 5,
                   f"({len(files)} files, {len(blocks)} blocks; e2fsck -fn clean {fsck_clean} "
                   f"of {res.runs}; journal replayed {replayed} of {res.runs})")
     return res
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
