@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import struct
@@ -102,12 +103,12 @@ def _nbd_handshake() -> Target:
                   [magic, struct.pack(">I", 7), struct.pack(">I", 0x80000001)])
 
 
-def _nbd_transmission() -> Target:
+def _nbd_transmission(scratch: str) -> Target:
     """The C transmission loop of a real engine (replica.mirror.Engine.serve_nbd), fed over a
     socketpair. It reports how the connection ended; it must never fault or hang."""
     from replica.mirror import END_REASONS, Engine
     size = 16 * 4096
-    tmp = tempfile.NamedTemporaryFile(prefix="rb-fuzz-", dir="/dev/shm")
+    tmp = tempfile.NamedTemporaryFile(prefix="engine-", dir=scratch)
     os.ftruncate(tmp.fileno(), size)
     engine = Engine(tmp.fileno(), size)
     req = struct.Struct(">IHHQQI")
@@ -313,7 +314,7 @@ def _mon_cf() -> Target:
 
 
 def _replica_conf(scratch: str) -> Target:
-    """drbd.conf syntax. `include` globs are confined to a scratch copy of the test configs:
+    """drbd.conf syntax. `include` globs are confined to a copy of the test configs in scratch:
     a mutation must not make the fuzzer read /dev/zero (that would be our hang, not the
     parser's)."""
     import glob as globmod
@@ -372,7 +373,7 @@ def _heartbeat_files() -> list[Target]:
 
 
 def make_targets(scratch: str) -> dict[str, Target]:
-    ts = [_nbd_handshake(), _nbd_transmission(), _repl_peer(), _hb_packet(), _mon_cf(),
+    ts = [_nbd_handshake(), _nbd_transmission(scratch), _repl_peer(), _hb_packet(), _mon_cf(),
           _replica_conf(scratch), *_heartbeat_files()]
     return {t.name: t for t in ts}
 
@@ -450,18 +451,15 @@ def _on_alarm(signum, frame):
     raise Hang(f"input took over {HANG_S} s")
 
 
-def run_worker(name: str, count: int, seed: int, out_dir: str) -> dict:
-    """Run `count` inputs against target `name`; progress and the result as JSON lines."""
-    scratch = tempfile.mkdtemp(prefix="rb-fuzz-conf-", dir="/dev/shm")
-    try:
-        if name == "selftest-abort" and os.environ.get("RB_FUZZ_SELFTEST") == "1":
-            target = Target(name, [b"seed"], lambda data: os.abort() if b"\0" in data else True, ())
-        else:
-            target = make_targets(scratch)[name]
-        return fuzz_target(target, count, seed, Path(out_dir))
-    finally:
-        import shutil
-        shutil.rmtree(scratch, ignore_errors=True)
+def run_worker(name: str, count: int, seed: int, out_dir: str, scratch: str) -> dict:
+    """Run `count` inputs against target `name`; progress and the result as JSON lines.
+    `scratch` (on tmpfs, made and removed by the parent, also after a worker died) holds the
+    engine's disk and the config copies."""
+    if name == "selftest-abort" and os.environ.get("RB_FUZZ_SELFTEST") == "1":
+        target = Target(name, [b"seed"], lambda data: os.abort() if b"\0" in data else True, ())
+    else:
+        target = make_targets(scratch)[name]
+    return fuzz_target(target, count, seed, Path(out_dir))
 
 
 def fuzz_target(target: Target, count: int, seed: int, out: Path) -> dict:
@@ -537,13 +535,16 @@ def run_fuzz(inputs: int, out_dir: Path, parallel: int = 2, seed: int | None = N
     pending = list(targets)
     running: dict[str, tuple[subprocess.Popen, float, list[str]]] = {}
     results: dict[str, dict] = {}
+    scratch: dict[str, str] = {}
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     try:
         while pending or running:
             while pending and len(running) < parallel:
                 name = pending.pop(0)
+                scratch[name] = tempfile.mkdtemp(prefix=f"rb-fuzz-{name}-", dir="/dev/shm")
                 p = subprocess.Popen([sys.executable, "-m", "scripts.reliability.fuzz", name,
-                                      str(inputs), str(seed), str(out_dir)], cwd=REPO, env=env,
+                                      str(inputs), str(seed), str(out_dir), scratch[name]],
+                                     cwd=REPO, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 os.set_blocking(p.stdout.fileno(), False)  # type: ignore[union-attr]
                 running[name] = (p, time.monotonic(), [])
@@ -562,6 +563,7 @@ def run_fuzz(inputs: int, out_dir: Path, parallel: int = 2, seed: int | None = N
                     p.kill()
                     p.wait()
                 del running[name]
+                shutil.rmtree(scratch.pop(name), ignore_errors=True)
                 text = "".join(lines) + _read_some(p.stdout.fileno())  # type: ignore[union-attr]
                 stderr = p.stderr.read().decode(errors="replace")  # type: ignore[union-attr]
                 last = [json.loads(x) for x in text.splitlines() if x.startswith("{")]
@@ -588,9 +590,11 @@ def run_fuzz(inputs: int, out_dir: Path, parallel: int = 2, seed: int | None = N
         for p, _, _ in running.values():
             p.kill()
             p.wait()
+        for d in scratch.values():
+            shutil.rmtree(d, ignore_errors=True)
     return [results[n] for n in targets if n in results]
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
-    run_worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    run_worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])

@@ -68,6 +68,7 @@ def test_fuzzer_counts_a_dying_worker_as_a_crash(tmp_path, monkeypatch):
     assert res["crashes"] == 1 and "exit" in res["died"]
     [saved] = res["saved"]
     assert b"\0" in Path(saved).read_bytes()          # the input that killed it
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith("rb-fuzz-selftest-abort-")]
 
 
 def test_mutations_stay_bounded_and_vary():
