@@ -31,7 +31,7 @@ RUFF_EXCLUDE :=
 # the C data path compiles without a warning (gcc, the same flags the extension is held to).
 C_WARNINGS := -std=gnu11 -Wall -Wextra -Wshadow -Wmissing-prototypes -Werror
 
-.PHONY: deps test-deps lint test test-unit test-integration sanitize bench demo clean install
+.PHONY: deps test-deps lint test test-unit test-integration sanitize bench demo reliability clean install
 
 deps: $(VENV)/.deps-done
 
@@ -75,6 +75,11 @@ bench: test-deps
 # `make demo [ARGS=--keep|--down|--tour]` (scripts/demo.sh says what each shows)
 demo: test-deps
 	bash scripts/demo.sh $(ARGS)
+
+# `make reliability [ARGS="--kills 5 --soak --soak-minutes 10 ..."]`: kill loops, partitions, disk
+# failures, a lossy network and the fuzzers, ending with a table (scripts/reliability.py --help).
+reliability: test-deps
+	$(VPY) scripts/reliability.py $(ARGS)
 
 # `make install [PREFIX=/usr/local] [DESTDIR=stage] [UNITDIR=/lib/systemd/system] [SYSCONFDIR=/etc]`:
 # a virtualenv in PREFIX/lib/replica-ha, the commands linked into PREFIX/bin, the systemd units,
