@@ -23,9 +23,10 @@ STALL = "acknowledgements missing"
 
 
 def _pair(size: int) -> TwoNodes:
+    # c-plan-ahead 0: the fixed rate (the dynamic controller would go faster and finish early)
     requires_root()
     requires_commands("ip")
-    return TwoNodes(size=size, net=BLIP_NET, disk=f"resync-rate {RATE // MiB}M;")
+    return TwoNodes(size=size, net=BLIP_NET, disk=f"resync-rate {RATE // MiB}M; c-plan-ahead 0;")
 
 
 def _wait_done(t: TwoNodes, fraction: float) -> None:
