@@ -11,18 +11,28 @@ default).  The run dir holds ``hbd.pid``, the control
 socket ``hbd.sock`` (hbd.control, JSON lines, used by hbctl), ``journal.jsonl``
 (hbd.journal) and ``hb_generation``.  Exit codes: 0 ok, 1 runtime failure, 6 configuration error.
 
-This module owns the event loop and the wiring: what each membership event and
-group action means for the log, the journal, the scripts and the wire.  The UDP
-sockets are hbd.media, the hbctl socket hbd.control.
+This module owns the daemon's lifecycle: start-up (configuration, pid file,
+generation, non-idle resources released), the event loop and its pump,
+signals, the control socket, logging, and shutdown.  What it wires lives in
+one module each, every one a composed object with a narrow interface:
 
-Layers (each arrow is a method call; only the daemon does I/O for them)::
+    hbd.media_link  MediaLink   the UDP media on the loop: receive, send, swap on reload
+    hbd.node_events NodeEvents  what each membership event means (log, journal, metrics,
+                                disk fencing, groups); the journal of the peer's holdings
+    hbd.group_ops   GroupOps    the group manager's actions carried out: scripts in order,
+                                STONITH, the journal of group changes
+    hbd.announce                IPaddr/IPaddr2 in-process and gratuitous ARP
+    hbd.reload      Reloader    SIGHUP / hbctl reload (this Daemon is its ReloadTarget)
+    hbd.control                 the hbctl socket's commands
 
-    media.Media (bcast/mcast/ucast) --datagrams--> protocol.membership --events--+
-        ^                                                                          v
-        +----------------- datagrams <-- send_message <-- SendMessage <-- groups.GroupManager
-                                                                  |          ^
-    resources.ResourceRunner <-- StartGroup/StopGroup ------------+          | results
-    stonith.fence            <-- FenceNode ---------------------------------+
+Layers (each arrow is a method call; the pump moves them until nothing is left)::
+
+    MediaLink --datagrams--> protocol.membership --events--> NodeEvents --> groups.GroupManager
+        ^                                                                          |
+        +---------- datagrams <-- send_message <-- SendMessage <------ actions ----+
+                                                                                   |
+    resources.ResourceRunner <-- StartGroup/StopGroup --- GroupOps <---------------+
+    stonith.fence            <-- FenceNode -------------/   (results back to the manager)
 
 Signals become loop events: SIGTERM/SIGINT = clean shutdown (release groups,
 then ``shutdone`` so the peer takes over at once); SIGUSR1 = dump membership
@@ -42,23 +52,21 @@ import logging
 import logging.handlers
 import os
 import signal
-import socket
 import sys
-import threading
 import time
 from collections.abc import Sequence
 
 from hacommon import logfiles
 from hacommon.daemonize import daemonize
 from hacommon.errors import ConfigError, HaError
-from hbd import ipaddr, stonith
+from hbd import stonith
+from hbd.announce import ipaddr_handlers, reannounce
 from hbd.authkeys import AuthKeys, load_authkeys
-from hbd.availability import PLANNED_REASONS
 from hbd.config import HaConfig, load_ha_config
 from hbd.control import ControlCommands, open_control_socket
 from hbd.disk_fencing import DiskFencing
+from hbd.group_ops import GroupOps
 from hbd.groups import (
-    INITIAL_REASON,
     Action,
     FenceNode,
     GroupChanged,
@@ -73,19 +81,12 @@ from hbd.groups import (
 from hbd.haresources import ResourceGroup, load_haresources
 from hbd.journal import Journal
 from hbd.media import Media
+from hbd.media_link import MediaLink
 from hbd.metrics import EventCounts, loop_snapshot, open_metrics
-from hbd.protocol.membership import (
-    Event,
-    Membership,
-    MessageReceived,
-    NodeDead,
-    NodeLate,
-    NodeRestarted,
-    NodeUp,
-    PacketDropped,
-)
+from hbd.node_events import NodeEvents
+from hbd.protocol.membership import Membership
 from hbd.reload import Reloader
-from hbd.resources import InProcessScript, ResourceRunner, resource_dirs, script_env
+from hbd.resources import ResourceRunner, resource_dirs, script_env
 
 DEFAULT_CONFIG_DIR = "/etc/ha.d"
 DEFAULT_RUN_DIR = "/run/hbd"
@@ -160,10 +161,10 @@ def next_generation(run_dir: str) -> int:
 # --- the daemon ---------------------------------------------------------------------------
 
 class Daemon:
-    """One hbd: the loop, the wiring of membership, groups, runner and journal (module docstring).
+    """One hbd: the loop, signals, the control socket, and the objects it wires (module docstring).
 
-    Membership and GroupManager are born in run() (they need the generation and the clock);
-    `m` and `g` raise before that."""
+    Membership, GroupManager and the objects that serve them (NodeEvents, GroupOps) are born in
+    run() (they need the generation and the clock); `m` and `g` raise before that."""
 
     def __init__(self, cfg: HaConfig, groups: Sequence[ResourceGroup], keys: AuthKeys, *, node: str,
                  config_dir: str, run_dir: str, foreground: bool = False) -> None:
@@ -175,26 +176,23 @@ class Daemon:
         dirs = resource_dirs(config_dir)
         self.runner = ResourceRunner(
             dirs=dirs, env=script_env(os.environ, config_dir=config_dir, node=self.node, run_dir=run_dir, cfg=cfg),
-            log=self._log, journal=self.journal.record,
-            inprocess={name: self._ipaddr_handler(name) for name in ("IPaddr", "IPaddr2")})
+            log=self._log, journal=self.journal.record, inprocess=ipaddr_handlers(self._garp))
         self.devices = stonith.load_devices(cfg, self.node, config_dir)
         self.by_key = {g.name: g for g in groups}
-        self.media = Media(cfg)
+        self.link = MediaLink(Media(cfg), receive=lambda data, addr, now: self.m.receive_datagram(data, addr, now),
+                              received=self.kick)
         self._m: Membership | None = None
         self._g: GroupManager | None = None
+        self._nodes: NodeEvents | None = None
+        self._ops: GroupOps | None = None
         # asyncio primitives bind to the running loop on first use (Python >= 3.10)
-        self._ops: asyncio.Queue[StartGroup | StopGroup] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
-        self._drop_logged: dict[str, float] = {}
         self._shutting_down = False
-        self._stop_planned: dict[str, bool] = {}        # group -> its current stop is planned
         self._control: ControlCommands | None = None
-        self._peer_held: frozenset[str] = frozenset()   # peer's groups as last journaled
         self.fencing: DiskFencing | None = None
         self.event_counts = EventCounts()                 # hbd.metrics: what scrapes count
         self.reloader = Reloader(self, load_all)          # SIGHUP, hbctl reload
-        self._heard: set[str] = set()                     # peers seen alive since start-up
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -209,41 +207,17 @@ class Daemon:
             raise HaError("hbd: groups used before the daemon runs")
         return self._g
 
-    def _ipaddr_handler(self, prog: str) -> InProcessScript:
-        """IPaddr/IPaddr2 in-process (no interpreter start-up on the failover path)."""
-        def handler(args: tuple[str, ...], action: str) -> tuple[int, str]:
-            if len(args) != 1:
-                return 2, f"{prog}: expected one argument ip[/nbits[/dev[:label]][/bcast]], got {len(args)}"
-            return ipaddr.perform(args[0], action, prog=prog, garp_count=self.cfg.gratuitous_arp_count,
-                                  garp_interval_ms=self.cfg.gratuitous_arp_interval_ms,
-                                  start_garp=self._start_garp)
-        return handler
+    @property
+    def media(self) -> Media:
+        """The heartbeat media now served (hbd.media_link; a reload swaps them)."""
+        return self.link.media
 
-    def _start_garp(self, ifname: str, address: str, count: int, interval_ms: int) -> None:
-        def send() -> None:
-            try:
-                n = ipaddr.send_gratuitous_arp(ifname, address, count, interval_ms)
-                log.debug("gratuitous arp: %s on %s: %d frames sent", address, ifname, n)
-            except (HaError, OSError) as e:
-                log.warning("gratuitous arp: %s on %s: %s", address, ifname, e)
-        threading.Thread(target=send, name=f"garp-{address}", daemon=True).start()
+    @media.setter
+    def media(self, media: Media) -> None:
+        self.link.media = media
 
-    def _reannounce(self, group: ResourceGroup) -> None:
-        """Gratuitous ARP again for the group's addresses (where they are configured now)."""
-        def send() -> None:
-            for res in group.resources:
-                if res.name not in ("IPaddr", "IPaddr2") or len(res.args) != 1:
-                    continue
-                try:
-                    addr = ipaddr.parse_ip_spec(res.args[0]).address
-                    for ifname, a, _plen in ipaddr.interface_addresses():
-                        if a == addr:
-                            self._log("info", f"gratuitous arp: re-announcing {addr} on {ifname}")
-                            ipaddr.send_gratuitous_arp(ifname, addr, self.cfg.gratuitous_arp_count,
-                                                       self.cfg.gratuitous_arp_interval_ms)
-                except (HaError, OSError) as e:
-                    log.warning("gratuitous arp: re-announce %s: %s", res, e)
-        threading.Thread(target=send, name=f"reannounce-{group.name}", daemon=True).start()
+    def _garp(self) -> tuple[int, int]:
+        return self.cfg.gratuitous_arp_count, self.cfg.gratuitous_arp_interval_ms
 
     def _log(self, level: str, text: str) -> None:
         log.log(LEVELS.get(level, logging.INFO), "%s", text)
@@ -277,8 +251,13 @@ class Daemon:
         self.fencing = DiskFencing(node=self.node, node_status=self.m.node_status,
                                    send_message=self._send_fencing_message,
                                    journal=self.journal.record, env=self.runner.env)
-        for s in self.media.socks:
-            loop.add_reader(s.fileno(), self._on_readable, s)
+        self._nodes = NodeEvents(membership=self.m, groups=self.g, journal=self.journal,
+                                 event_counts=self.event_counts, fencing=self.fencing, log=self._log)
+        self._ops = GroupOps(node=self.node, groups=self.g, runner=self.runner, journal=self.journal,
+                             event_counts=self.event_counts, fencing=self.fencing, log=self._log, kick=self.kick,
+                             group=lambda key: self.by_key[key], devices=lambda: self.devices,
+                             standby_planned=lambda: self._control is None or self._control.standby_planned)
+        self.link.attach(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_shutdown)
         loop.add_signal_handler(signal.SIGUSR1, self.dump_state)
@@ -287,7 +266,7 @@ class Daemon:
                                         kick=self.kick, fencing=self.fencing,
                                         reload=lambda: self.reloader.reload("hbctl reload"))
         control = open_control_socket(self.run_dir, self._control, loop)
-        worker = asyncio.create_task(self._op_worker())
+        worker = asyncio.create_task(self._ops.work())
         try:
             self._pump()
             while not self._done.is_set():
@@ -309,9 +288,7 @@ class Daemon:
         finally:
             worker.cancel()
             control.close()
-            for s in self.media.socks:
-                loop.remove_reader(s.fileno())
-            self.media.close()
+            self.link.close()
             self.journal.record("daemon", state="stopped")
             self.journal.close()
         self._log("info", f"hbd {self.node}: stopped")
@@ -319,24 +296,27 @@ class Daemon:
 
     # --- the pump: move datagrams, events and actions until nothing is left -------------------
     def _pump(self) -> None:
+        nodes, ops = self._nodes, self._ops
+        if nodes is None or ops is None:
+            raise HaError("hbd: pumped before the daemon runs")
         for _ in range(1000):
             moved = False
             now = time.monotonic()
             for d in self.m.datagrams_to_send(now):
-                self.media.send(d)
+                self.link.send(d)
                 moved = True
             while (e := self.m.next_event()) is not None:
                 moved = True
-                self._on_membership_event(e, now)
+                nodes.handle(e, now)
             while (a := self.g.next_action()) is not None:
                 moved = True
-                self._on_group_action(a)
+                self._on_group_action(a, ops)
             if not moved:
                 if self.reloader.pending is not None:       # a reload's haresources, once stable
                     self.reloader.maybe_apply_groups()
                     if self.reloader.pending is None:
                         continue
-                self._journal_peer_holdings()
+                nodes.journal_peer_holdings()
                 return
 
     def _send_fencing_message(self, msg_type: str, fields: dict[str, str]) -> None:
@@ -348,162 +328,31 @@ class Daemon:
         self._pump()
         self._wake.set()
 
-    def _on_readable(self, s: socket.socket) -> None:
-        for _ in range(64):
-            try:
-                data, addr = s.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as e:
-                log.debug("media: receive failed: %s", e.strerror)
-                break
-            self.m.receive_datagram(data, addr, time.monotonic())
-        self.kick()
-
-    def _on_membership_event(self, e: Event, now: float) -> None:
-        g = self.g
-        # a peer never heard since start-up that membership declares dead is initdead's verdict:
-        # not a death (it was not seen alive), and the starts that follow are no failover
-        initial = isinstance(e, NodeDead) and not e.graceful and e.node not in self._heard
-        self.event_counts.note_membership_event(e, initial=initial)
-        if isinstance(e, (NodeUp, NodeRestarted)):
-            self._heard.add(e.node)
-        if isinstance(e, NodeDead) and initial:
-            how = f"not heard within initdead_s={self.m.initdead_s:g} of start-up"
-            self._log("warn", f"node {e.node}: {how}: taking it as dead")
-            self.journal.record("node", peer=e.node, state="dead", graceful=False, planned=False,
-                                initdead=True, why=how)
-            if self.fencing is not None:
-                self.fencing.node_dead(e.node, graceful=False)
-            g.node_dead(e.node, now)
-        elif isinstance(e, NodeUp):
-            self._log("info", f"node {e.node}: status up (generation {e.generation})")
-            self.journal.record("node", peer=e.node, state="up", generation=e.generation)
-            if self.fencing is not None:
-                self.fencing.node_up(e.node)
-            g.node_up(e.node, now)
-        elif isinstance(e, NodeRestarted):
-            self._log("warn", f"node {e.node}: restarted (generation {e.generation})")
-            self.journal.record("node", peer=e.node, state="restarted", generation=e.generation)
-            g.node_up(e.node, now)
-        elif isinstance(e, NodeDead):
-            how = "shut down cleanly" if e.graceful else f"dead after deadtime_s={self.m.deadtime_s:g}"
-            self._log("warn" if not e.graceful else "info", f"node {e.node}: {how}")
-            # it stopped answering a deadtime ago (the failure began then, not at detection)
-            since = round(time.time() - (0.0 if e.graceful else self.m.deadtime_s), 6)
-            self.journal.record("node", peer=e.node, state="dead", graceful=e.graceful, planned=e.graceful,
-                                since=since, why=how)
-            self._journal_peer_holdings(frozenset(), planned=e.graceful, why=f"node {e.node} {how}", since=since)
-            if self.fencing is not None:
-                self.fencing.node_dead(e.node, graceful=e.graceful)
-            g.node_dead(e.node, now, clean=e.graceful)
-        elif isinstance(e, NodeLate):
-            self._log("warn", f"Late heartbeat: node {e.node}: interval {int(e.late_s * 1000)} ms")
-            self.journal.record("node", peer=e.node, state="late", late_s=round(e.late_s, 3))
-        elif isinstance(e, MessageReceived):
-            fields = {k: v for k, v in e.msg.fields if isinstance(v, str)}
-            log.debug("message from %s: %s", e.node, " ".join(f"{k}={v}" for k, v in fields.items()
-                                                              if k not in ("auth", "srcuuid", "destuuid")))
-            if self.fencing is not None and self.fencing.receive_message(e.node, e.msg.type, fields):
-                return
-            g.receive_message(e.node, e.msg.type, fields, now)
-        elif isinstance(e, PacketDropped):
-            last = self._drop_logged.get(e.reason, -1e9)
-            if now - last > 10:
-                self._drop_logged[e.reason] = now
-                self._log("warn", f"membership: packet dropped from {e.addr}: {e.reason}: {e.detail}")
-
-    def _on_group_action(self, a: Action) -> None:
+    def _on_group_action(self, a: Action, ops: GroupOps) -> None:
         if isinstance(a, SendMessage):
             if a.msg_type == "shutdone":
                 self.m.send_shutdone()
             else:
                 self.m.send_message(a.msg_type, a.fields)
         elif isinstance(a, (StartGroup, StopGroup)):
-            self._ops.put_nowait(a)
+            ops.queue(a)
         elif isinstance(a, FenceNode):
-            asyncio.get_running_loop().create_task(self._fence(a.node))
+            ops.fence(a.node)
         elif isinstance(a, GroupChanged):
-            self.event_counts.note_group_change(a)
-            self._log("crit" if a.new.value == "failed" else "info",
-                      f"group {a.key}: {a.old.value} -> {a.new.value} ({a.reason})")
-            if a.new.value == "stopping":
-                self._stop_planned[a.key] = a.reason in PLANNED_REASONS and not (
-                    a.reason == "standby" and self._control is not None and not self._control.standby_planned)
-            up = a.new.value == "started"
-            # the initial acquisition's start: what ran before (on the unheard peer) is unknown
-            initial = a.new.value == "starting" and a.reason.startswith(INITIAL_REASON)
-            self.journal.record("group", group=a.key, old=a.old.value, new=a.new.value, reason=a.reason,
-                                state="up" if up else "unknown" if initial else "down", holder=self.node,
-                                planned=not up and a.new.value in ("stopping", "stopped")
-                                and self._stop_planned.get(a.key, False),
-                                why=a.reason)
+            ops.record_change(a)
         elif isinstance(a, Notice):
             self._log(a.level, a.text)
         elif isinstance(a, Reannounce):
-            self._reannounce(self.by_key[a.key])
+            reannounce(self.by_key[a.key], self._garp)
         elif isinstance(a, ShutdownComplete):
             self._clean_exit = a.clean
             now = time.monotonic()
             for d in self.m.datagrams_to_send(now):
-                self.media.send(d)
-                self.media.send(d)      # same bytes twice: a lost shutdone costs a deadtime
+                self.link.send(d)
+                self.link.send(d)       # same bytes twice: a lost shutdone costs a deadtime
             self._done.set()
 
     _clean_exit = True
-
-    def _journal_peer_holdings(self, held: frozenset[str] | None = None, *, planned: bool | None = None,
-                               why: str = "", since: float | None = None) -> None:
-        """Journal the peer's groups coming and going as this node learns of it (its resource
-        reports, or its death: `held` empty), so this node's journal alone accounts for them."""
-        if self._g is None or self.g.peer is None:
-            return
-        if held is None:
-            held = self.g.peer_hold
-            if held is None:        # the peer has not reported since it (re)joined
-                return
-            if not self.g.peer_stable:      # given to it but maybe not started yet: wait for its
-                held &= self._peer_held     # stable report before counting them up
-        if held == self._peer_held:
-            return
-        if planned is None:         # given away by a standby exchange, or failed there
-            planned = self.g.standby is not None
-        extra = {} if since is None else {"since": since}
-        for key in sorted(self._peer_held - held):
-            gone = key not in self.g.by_key         # a reload removed it from haresources
-            self.journal.record("holding", group=key, holder=self.g.peer, state="down", planned=planned or gone,
-                                why="removed from haresources" if gone else why or "peer reports it no longer "
-                                "holds it", **extra)
-        for key in sorted(held - self._peer_held):
-            self.journal.record("holding", group=key, holder=self.g.peer, state="up", planned=False,
-                                why="peer reports it holds it")
-        self._peer_held = held
-
-    async def _op_worker(self) -> None:
-        while True:
-            a = await self._ops.get()
-            group = self.by_key[a.key]
-            if isinstance(a, StartGroup):
-                if self.fencing is not None:
-                    await self.fencing.wait_notified()     # replicad knows the peer is dead
-                self._log("info", f"group {a.key}: starting ({a.reason})")
-                ok = await self.runner.start_group(group)
-                self.g.group_started(a.key, ok, time.monotonic())
-            else:
-                self._log("info", f"group {a.key}: stopping ({a.reason})")
-                ok = await self.runner.stop_group(group)
-                self.g.group_stopped(a.key, ok, time.monotonic())
-            self.kick()
-
-    async def _fence(self, node: str) -> None:
-        self._log("warn", f"stonith: resetting node {node}")
-        ok, detail = await stonith.fence(self.devices, node)
-        self._log("info" if ok else "crit", detail)
-        self.journal.record("stonith", peer=node, result="ok" if ok else "failed", detail=detail)
-        if ok and self.fencing is not None:
-            self.fencing.node_fenced(node)
-        self.g.fence_done(node, ok, time.monotonic())
-        self.kick()
 
     # --- signals ------------------------------------------------------------------------------
     def request_shutdown(self) -> None:
@@ -540,13 +389,7 @@ class Daemon:
     # --- what a reload changes (hbd.reload.ReloadTarget) ---------------------------------------
     def swap_media(self, media: Media) -> None:
         """Serve the new (opened) media, then close the old ones."""
-        loop = asyncio.get_running_loop()
-        old, self.media = self.media, media
-        for s in media.socks:
-            loop.add_reader(s.fileno(), self._on_readable, s)
-        for s in old.socks:
-            loop.remove_reader(s.fileno())
-        old.close()
+        self.link.swap(media)
 
     def set_up_logging(self, cfg: HaConfig) -> None:
         setup_logging(cfg, self.node, self.foreground)

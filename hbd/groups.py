@@ -9,7 +9,10 @@ It owns the decision table (membership, fencing, timers, takeover, failback,
 shutdown) and the start/stop bookkeeping; what each peer message means and the
 standby exchange live in hbd.group_negotiation (``PeerNegotiation``, held as
 ``self.negotiation``; it calls back only through the public methods of the
-``GroupOwner`` protocol), the states and actions in hbd.group_actions (re-exported).
+``GroupOwner`` protocol), the group states and the operations in flight in
+hbd.group_table (``GroupTable``, held as ``self.table``: start/stop bookkeeping
+and the callbacks waiting for it), the states and actions in hbd.group_actions
+(re-exported).
 
 Inputs (the daemon calls these)::
 
@@ -65,7 +68,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from hacommon.errors import ConfigError
 
@@ -85,9 +88,10 @@ from .group_actions import (
     StopGroup,
 )
 from .group_negotiation import STANDBY_INIT_TIMEOUT_S, STANDBY_TOTAL_TIMEOUT_S, PeerNegotiation, Standby
+from .group_table import GroupSpec, GroupTable
 
 __all__ = ["GroupManager", "GroupState", "Phase", "Action", "StartGroup", "StopGroup", "SendMessage",
-           "FenceNode", "GroupChanged", "Notice", "ShutdownComplete", "Reannounce", "HOLD_VALUES",
+           "FenceNode", "GroupChanged", "GroupSpec", "Notice", "ShutdownComplete", "Reannounce", "HOLD_VALUES",
            "COMPLEMENT", "FENCE_RETRY_S", "STANDBY_INIT_TIMEOUT_S", "STANDBY_TOTAL_TIMEOUT_S",
            "FAILBACK_RETRY_S", "FAILED_START_HANDOFF_S", "LEGACY_ASK_WAIT_S", "INITIAL_REASON"]
 
@@ -98,15 +102,6 @@ LEGACY_ASK_WAIT_S = 5.0      # legacy: a returning node asks for its groups or t
 # the reason of the starts after initdead expired without ever hearing the peer (a takeover's
 # reason is "takeover from NODE": hbd.metrics counts those as failovers, not these)
 INITIAL_REASON = "initial acquisition after initdead"
-
-
-class GroupSpec(Protocol):
-    """What the manager reads of a group (hbd.haresources.ResourceGroup): its key and preferred node."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def node(self) -> str: ...
 
 
 @dataclass(slots=True)
@@ -134,13 +129,10 @@ class GroupManager:
         if auto_failback not in ("on", "off", "legacy"):
             raise ConfigError(f"groups: auto_failback must be on, off or legacy: got {auto_failback!r}")
         self.peer: str | None = peers[0] if peers else None
-        self.groups = tuple(groups)
-        self.by_key = {g.name: g for g in self.groups}
+        self.table = GroupTable(groups, self._emit, self._start_failed)
         self.auto_failback = auto_failback
         self.stonith_configured = stonith_configured
         self.phase = Phase.INIT
-        self.state = {g.name: GroupState.STOPPED for g in self.groups}
-        self._queued = {g.name: 0 for g in self.groups}   # StartGroup/StopGroup not yet reported
         self.peer_status = "unknown"            # unknown | up | dead
         self.peer_hold: frozenset[str] | None = None   # keys the peer reported holding
         self.peer_stable = False
@@ -152,7 +144,6 @@ class GroupManager:
         self._given_away: set[str] = set()       # released by standby: not adopted back as orphans
         self._failback_armed = False             # auto_failback acts when the peer (re)joins only
         self._legacy_release_at: float | None = None
-        self._after_ops: list[Callable[[], None]] = []
         self._actions: deque[Action] = deque()
         self._now = now
         self.negotiation = PeerNegotiation(self)
@@ -167,6 +158,18 @@ class GroupManager:
     # --- queries --------------------------------------------------------------------------
 
     @property
+    def groups(self) -> tuple[GroupSpec, ...]:
+        return self.table.groups
+
+    @property
+    def by_key(self) -> dict[str, GroupSpec]:
+        return self.table.by_key
+
+    @property
+    def state(self) -> dict[str, GroupState]:
+        return self.table.state
+
+    @property
     def standby(self) -> Standby | None:
         """The standby exchange in progress, if any (owned by the negotiation)."""
         return self.negotiation.standby
@@ -175,7 +178,7 @@ class GroupManager:
         return self.by_key[key].node == self.node
 
     def held_keys(self) -> tuple[str, ...]:
-        return tuple(k for k, s in self.state.items() if s in (GroupState.STARTED, GroupState.STARTING))
+        return self.table.held_keys()
 
     def rsc_hold(self) -> str:
         """What we hold, in Heartbeat's words (relative to us): none | local | foreign | all."""
@@ -393,10 +396,7 @@ class GroupManager:
         """A reload's new haresources table (hbd.reload): kept keys keep their state, new keys
         start stopped, gone keys are forgotten.  The caller has stopped every gone or changed
         group first and calls this with no operation queued on them."""
-        self.groups = tuple(groups)
-        self.by_key = {g.name: g for g in self.groups}
-        self.state = {g.name: self.state.get(g.name, GroupState.STOPPED) for g in self.groups}
-        self._queued = {g.name: self._queued.get(g.name, 0) for g in self.groups}
+        self.table.replace(groups)
         self._got_by_standby &= set(self.by_key)
         self._given_away &= set(self.by_key)
         if self.peer_hold is not None:
@@ -481,66 +481,32 @@ class GroupManager:
                                 "isstable": "1" if self.is_stable() else "0", "info": info})
 
     def _keys(self, pred: Callable[[GroupSpec], bool]) -> list[str]:
-        return [g.name for g in self.groups if pred(g)]
+        return self.table.keys(pred)
 
     def keys_for_hold(self, hold: str, relative_to: str) -> list[str]:
-        if hold == "all":
-            return self._keys(lambda g: True)
-        if hold == "local":
-            return self._keys(lambda g: g.node == relative_to)
-        if hold == "foreign":
-            return self._keys(lambda g: g.node != relative_to)
-        return []
-
-    def _set_state(self, key: str, new: GroupState, reason: str) -> None:
-        old = self.state[key]
-        if old is not new:
-            self.state[key] = new
-            self._emit(GroupChanged(key, old, new, reason))
+        return self.table.keys_for_hold(hold, relative_to)
 
     def start_keys(self, keys: Iterable[str], reason: str) -> bool:
-        any_started = False
-        for key in keys:
-            self._queued[key] += 1
-            self._set_state(key, GroupState.STARTING, reason)
-            self._emit(StartGroup(key, reason))
-            any_started = True
-        return any_started
+        return self.table.start_keys(keys, reason)
 
     def stop_keys(self, keys: Iterable[str], reason: str) -> None:
-        for key in keys:
-            self._queued[key] += 1
-            self._set_state(key, GroupState.STOPPING, reason)
-            self._emit(StopGroup(key, reason))
+        self.table.stop_keys(keys, reason)
 
     def _busy(self) -> bool:
-        return any(self._queued.values())
+        return self.table.busy()
 
     def after(self, fn: Callable[[], None]) -> None:
         """Run fn once no group operation is queued (now, if none is)."""
-        if self._busy():
-            self._after_ops.append(fn)
-        else:
-            fn()
+        self.table.after(fn)
 
     def _op_done(self, key: str, ok: bool, target: GroupState, now: float) -> None:
         self._now = now
-        if not self._queued.get(key):
-            return
-        self._queued[key] -= 1
-        if self._queued[key] == 0:
-            if ok:
-                self._set_state(key, target, "start succeeded" if target is GroupState.STARTED
-                                else "stop succeeded")
-            else:
-                what = "start" if target is GroupState.STARTED else "stop"
-                self._set_state(key, GroupState.FAILED, f"{what} failed")
-                if what == "start" and self.auto_failback != "legacy" and self.phase is not Phase.SHUTTING_DOWN:
-                    self._handoff_at = now + FAILED_START_HANDOFF_S
-        if not self._busy():
-            pending, self._after_ops = self._after_ops, []
-            for fn in pending:
-                fn()
+        self.table.complete(key, ok, target)
+
+    def _start_failed(self, key: str) -> None:
+        """A start failed here: offer the group to the peer later (not in legacy, not while stopping)."""
+        if self.auto_failback != "legacy" and self.phase is not Phase.SHUTTING_DOWN:
+            self._handoff_at = self._now + FAILED_START_HANDOFF_S
 
     def _become_stable_after(self, started: bool, info: str = "req_our_resources()") -> None:
         def finish() -> None:

@@ -3,8 +3,8 @@
 
 Owns socket set-up (one socket per device, bound to ``udpport`` and the device,
 IPTOS_LOWDELAY as heartbeat), multicast membership, and fan-out: every datagram
-membership produces goes out on every medium.  Receiving is the daemon's (it
-adds each socket to its loop).  Send errors are logged at most every 30 s per
+membership produces goes out on every medium.  Receiving is hbd.media_link's (it
+adds each socket to the daemon's loop).  Send errors are logged at most every 30 s per
 target so a dead link does not flood the log.
 """
 from __future__ import annotations
