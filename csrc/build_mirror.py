@@ -2,7 +2,8 @@
 """cffi builder for replica._mirror (out-of-line API mode): the cdef is csrc/mirror.h itself.
 
 The layers (mirror.h has the picture): nbd_frontend.c, fuse_frontend.c -> request.c/resource.c ->
-connection.c/device.c -> transport.c/transport_socket.c. Only the contract is exported
+connection.c/device.c -> transport.c/transport_socket.c/transport_tls.c
+(tls.c and digest.c: leaf libraries over OpenSSL). Only the contract is exported
 (mirror.map); our sources build with -Wall -Wextra -Wshadow -Wmissing-prototypes -Werror.
 
 `REPLICA_SANITIZE=address,undefined` (scripts/sanitize.sh, `make sanitize`) builds the same
@@ -20,7 +21,7 @@ from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
 SOURCES = ["nbd_frontend.c", "fuse_frontend.c", "request.c", "resource.c", "connection.c", "device.c", "transport.c",
-           "transport_socket.c", "digest.c"]
+           "transport_socket.c", "transport_tls.c", "tls.c", "digest.c"]
 SANITIZE = os.environ.get("REPLICA_SANITIZE", "")
 WARNINGS = ["-Wall", "-Wextra", "-Wshadow", "-Wmissing-prototypes", "-Werror"]
 
@@ -65,7 +66,8 @@ ffibuilder.set_source(
     sources=[str(HERE / name) for name in SOURCES],
     include_dirs=[str(HERE)],
     extra_compile_args=OPT + WARNINGS + ["-std=gnu11", "-pthread"] + FUSE_CFLAGS,
-    extra_link_args=["-pthread", f"-Wl,--version-script={HERE / 'mirror.map'}"] + FUSE_LIBS + ["-lcrypto"] + LINK,
+    extra_link_args=(["-pthread", f"-Wl,--version-script={HERE / 'mirror.map'}"] + FUSE_LIBS + ["-lssl", "-lcrypto"]
+                     + LINK),
 )
 
 if __name__ == "__main__":

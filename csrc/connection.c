@@ -45,6 +45,7 @@
 
 #include "connection.h"
 #include "digest.h"
+#include "tls.h"
 
 #define SBUF_SIZE (256 * 1024)
 #define SBUF_DIRECT 65536          /* larger payloads skip the send buffer (writev) */
@@ -993,7 +994,7 @@ static void *receiver_main(void *arg)
 
 /* ---- attach, detach, ping, resync, control frames ---- */
 
-int conn_attach(struct rm_connection *c, int fd, int protocol)
+static int attach(struct rm_connection *c, int fd, struct rm_tls *tls, int protocol)
 {
     int rc;
 
@@ -1002,7 +1003,10 @@ int conn_attach(struct rm_connection *c, int fd, int protocol)
     if (__atomic_load_n(&c->attached, __ATOMIC_ACQUIRE))
         return -EBUSY;
     pthread_mutex_lock(&c->send_lock);
-    transport_socket_init(&c->tp, fd);
+    if (tls)
+        transport_tls_init(&c->tp, tls);
+    else
+        transport_socket_init(&c->tp, fd);
     c->protocol = protocol;
     c->send_failed = 0;
     c->sbuf_len = 0;
@@ -1019,6 +1023,18 @@ int conn_attach(struct rm_connection *c, int fd, int protocol)
         return -rc;
     }
     return 0;
+}
+
+int conn_attach(struct rm_connection *c, int fd, int protocol)
+{
+    return attach(c, fd, NULL, protocol);
+}
+
+int conn_attach_tls(struct rm_connection *c, int fd, struct rm_tls *s, int protocol)
+{
+    if (!s || fd != tls_fd(s))
+        return -EINVAL;
+    return attach(c, fd, s, protocol);
 }
 
 int conn_detach(struct rm_connection *c)

@@ -101,6 +101,8 @@ struct rm_connection {
 int conn_init(struct rm_connection *c, struct rm_device *dev);
 void conn_destroy(struct rm_connection *c);
 int conn_attach(struct rm_connection *c, int fd, int protocol);
+/* the same over a TLS session on fd (transport_tls.c); the caller keeps and closes s */
+int conn_attach_tls(struct rm_connection *c, int fd, struct rm_tls *s, int protocol);
 int conn_detach(struct rm_connection *c);
 int conn_live(struct rm_connection *c);
 int conn_protocol(struct rm_connection *c);

@@ -16,7 +16,8 @@
  *   connection   connection.c: sender, receiver thread, pending slots, control frames
  *   device       device.c: local I/O, dirty bitmap, activity-log gate, events, counters
  *        v
- *   transport    transport_socket.c (plain socket; TLS next), transport.c helpers
+ *   transport    transport_socket.c (plain socket), transport_tls.c (TLS over tls.c, a leaf
+ *                library like digest.c), transport.c helpers
  *
  * Only PyInit__mirror and the rm_* names below leave the shared object (csrc/mirror.map).
  * The thread table and lock order are in csrc/request.h.
@@ -25,6 +26,8 @@
  * Python owns every decision (sockets, handshakes, roles, policy); C owns "this request, now". */
 
 typedef struct rm_engine rm_engine;
+typedef struct rm_tls_ctx rm_tls_ctx;   /* TLS settings: OpenSSL's SSL_CTX (csrc/tls.c) */
+typedef struct rm_tls rm_tls;           /* one TLS session on one socket */
 
 /* Counters, read by Python at any time (monotonic, relaxed atomics). */
 typedef struct rm_stats {
@@ -164,6 +167,9 @@ int rm_al_rescan(rm_engine *eng);
 /* Hand a connected, authenticated peer socket to C and start its receiver thread. From then on,
  * writes accepted by this engine are mirrored, and frames from the peer are applied here. */
 int rm_peer_attach(rm_engine *eng, int fd, int protocol);
+/* The same over a TLS session on fd (rm_tls_handshake): C reads and writes records through it
+ * from then on. Python keeps both: after rm_peer_detach it calls rm_tls_close, then closes fd. */
+int rm_peer_attach_tls(rm_engine *eng, int fd, rm_tls *s, int protocol);
 /* Drop the link (idempotent): shut the socket down, join the receiver, mark every unacknowledged
  * write out of sync and complete it locally. The fd stays open: Python owns and closes it. */
 int rm_peer_detach(rm_engine *eng);
@@ -273,3 +279,36 @@ int rm_fuse_start(rm_engine *eng, const char *mountpoint, const char *filename, 
                   uint32_t nthreads, int direct_io, rm_fuse **out);
 int rm_fuse_stop(rm_fuse *f);
 void rm_fuse_get_stats(rm_fuse *f, rm_fuse_stats *out);
+
+/* ---- TLS (csrc/tls.c, OpenSSL; this kernel has no kTLS, so records are sealed in user space)
+ * Python builds a context, runs the handshake on a connected socket (blocking, without the GIL)
+ * and hands the session to C with the fd (rm_peer_attach_tls, the NBD frontend). TLS 1.2 at
+ * least, 1.3 preferred; no session tickets. The fd stays the caller's: rm_tls_close sends
+ * close_notify and restores the fd's flags, so call it before closing the fd. */
+/* server: 1 for the accepting side. certfile/keyfile/cafile may be NULL (PSK only).
+ * verify_peer: require and verify the peer's certificate against cafile (mutual auth).
+ * psk_file: NULL, or a file of "identity:hexkey" lines (qemu/nbdkit psktool format);
+ * psk_identity: the client's identity in it (NULL: its first line).
+ * On error returns NULL and writes a one-line reason into err. */
+rm_tls_ctx *rm_tls_ctx_new(int server, const char *certfile, const char *keyfile, const char *cafile,
+                           int verify_peer, const char *psk_file, const char *psk_identity, char *err,
+                           size_t errlen);
+void rm_tls_ctx_free(rm_tls_ctx *ctx);
+/* Blocking handshake on fd (left non-blocking until rm_tls_close) within timeout_ms; NULL and a
+ * reason in err ("certificate verify failed: certificate has expired", "peer did not present
+ * a certificate", "handshake timed out after 5000 ms", "peer does not speak TLS: ...").
+ * expected_name: NULL, or the peer's name to find in its certificate (DNS name or IP address). */
+rm_tls *rm_tls_handshake(rm_tls_ctx *ctx, int fd, int timeout_ms, const char *expected_name, char *err,
+                         size_t errlen);
+/* Whole writes and reads for Python before C takes the session: 0 or -errno (-ECONNRESET at
+ * EOF, -ETIMEDOUT after timeout_ms; timeout_ms < 0 waits for ever). */
+int rm_tls_write_all(rm_tls *s, const void *buf, size_t len);
+int rm_tls_read_exact(rm_tls *s, void *buf, size_t len, int timeout_ms);
+/* "TLSv1.3 TLS_AES_256_GCM_SHA384 peer /CN=beta" (protocol, cipher, peer) for logs and status */
+void rm_tls_describe(rm_tls *s, char *out, size_t outlen);
+/* Why a read or write failed with -EPROTO after the handshake ("" if none did). With TLS 1.3
+ * the client finishes its handshake before the server has checked the client's certificate,
+ * so a refusal ("peer refused the handshake: alert certificate expired") reaches the client
+ * on its first read. */
+void rm_tls_error(rm_tls *s, char *out, size_t outlen);
+void rm_tls_close(rm_tls *s);

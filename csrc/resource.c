@@ -218,6 +218,11 @@ int rm_peer_attach(rm_engine *eng, int fd, int protocol)
     return conn_attach(&eng->conn, fd, protocol);
 }
 
+int rm_peer_attach_tls(rm_engine *eng, int fd, rm_tls *s, int protocol)
+{
+    return conn_attach_tls(&eng->conn, fd, s, protocol);
+}
+
 int rm_peer_detach(rm_engine *eng)
 {
     return conn_detach(&eng->conn);

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The transport seam: how the connection (peer link) and the frontends move bytes over a
  * stream, without knowing what carries them. transport_socket.c is the plain socket (TCP or
- * unix); a TLS transport (kTLS after a Python handshake) is one more ops table beside it.
+ * unix); transport_tls.c is TLS in user space (OpenSSL, tls.c: this kernel has no kTLS).
  *
  * Every op returns what the system call would (a count, 0 at EOF) or -errno; none retries on
  * EINTR (the helpers below do). Layer: the lowest; includes nothing from csrc/ above it. */
@@ -32,10 +32,14 @@ struct rm_transport_ops {
 struct rm_transport {
     const struct rm_transport_ops *ops;
     int fd;                 /* for poll(2); -1 when closed */
+    void *impl;             /* the transport's own state (transport_tls.c: the session) */
 };
 
 /* transport_socket.c */
 void transport_socket_init(struct rm_transport *t, int fd);
+/* transport_tls.c: over a session of tls.c (the caller keeps it and closes it after use) */
+struct rm_tls;
+void transport_tls_init(struct rm_transport *t, struct rm_tls *s);
 
 /* transport.c: helpers over any transport */
 /* Send every byte of iov (copied; the caller's array is left alone). 0 or -errno; *sent counts. */

@@ -63,4 +63,5 @@ void transport_socket_init(struct rm_transport *t, int fd)
 {
     t->ops = &socket_ops;
     t->fd = fd;
+    t->impl = NULL;
 }

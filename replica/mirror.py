@@ -74,6 +74,117 @@ ON_IO_ERROR_MODES = {"pass_on": lib.RM_ON_IO_ERROR_PASS_ON,
                      "fail_over": lib.RM_ON_IO_ERROR_FAIL_OVER}
 
 
+class TlsError(ConnectionError):
+    """A TLS context could not be built or a handshake failed: the message is C's one-line reason
+    ("certificate verify failed: certificate has expired", "handshake timed out after 5000 ms")."""
+
+
+TLS_ERRLEN = 512
+
+
+class TlsContext:
+    """TLS settings (OpenSSL's SSL_CTX in csrc/tls.c): our certificate and key, the CA to check the
+    peer's against, or a psk file ("identity:hexkey" lines, psktool's format). `verify_peer`
+    demands the peer's certificate and verifies it against `cafile` (mutual authentication)."""
+
+    def __init__(self, *, server: bool, certfile: str | None = None, keyfile: str | None = None,
+                 cafile: str | None = None, verify_peer: bool = False, psk_file: str | None = None,
+                 psk_identity: str | None = None):
+        self._handle = None
+        err = ffi.new("char[]", TLS_ERRLEN)
+        handle = lib.rm_tls_ctx_new(int(server), _cstr(certfile), _cstr(keyfile), _cstr(cafile), int(verify_peer),
+                                    _cstr(psk_file), _cstr(psk_identity), err, TLS_ERRLEN)
+        if handle == ffi.NULL:
+            raise TlsError(f"tls: {ffi.string(err).decode(errors='replace')}")
+        self._handle = handle
+        self.server = server
+
+    def handshake(self, fd: int, timeout_s: float, expected_name: str | None = None) -> "TlsSession":
+        return TlsSession.handshake(self, fd, timeout_s, expected_name)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            lib.rm_tls_ctx_free(handle)
+
+    def __del__(self):
+        self.close()
+
+
+def _cstr(value: str | None):
+    return ffi.NULL if value is None else value.encode()
+
+
+class TlsSession:
+    """One TLS session on a connected socket's fd (the fd stays the caller's). Python may read and
+    write whole messages with it (the rest of a handshake), then hand it to C (Engine.peer_attach
+    with tls=...). close() sends close_notify and restores the fd's flags: call it after C let go
+    (peer_detach) and before closing the socket."""
+
+    def __init__(self, context: TlsContext, handle, fd: int):
+        self._context = context          # the SSL_CTX outlives its sessions
+        self._handle = handle
+        self.fd = fd
+
+    @classmethod
+    def handshake(cls, context: TlsContext, fd: int, timeout_s: float,
+                  expected_name: str | None = None) -> "TlsSession":
+        """Run the TLS handshake on fd (blocking, without the GIL); TlsError with C's reason."""
+        if context._handle is None:
+            raise ValueError("tls: handshake: the context is closed")
+        err = ffi.new("char[]", TLS_ERRLEN)
+        handle = lib.rm_tls_handshake(context._handle, fd, max(0, int(timeout_s * 1000)), _cstr(expected_name),
+                                      err, TLS_ERRLEN)
+        if handle == ffi.NULL:
+            raise TlsError(f"tls: {ffi.string(err).decode(errors='replace')}")
+        return cls(context, handle, fd)
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            raise ValueError("tls: the session is closed")
+        return self._handle
+
+    def describe(self) -> str:
+        """"TLSv1.3 TLS_AES_256_GCM_SHA384 peer /CN=beta": protocol, cipher, peer."""
+        out = ffi.new("char[]", 512)
+        lib.rm_tls_describe(self.handle, out, 512)
+        return ffi.string(out).decode(errors="replace")
+
+    def error(self) -> str:
+        """Why the session failed after its handshake ("" if it has not): with TLS 1.3 a client
+        learns that the server refused its certificate only here, on its first read."""
+        out = ffi.new("char[]", 256)
+        lib.rm_tls_error(self.handle, out, 256)
+        return ffi.string(out).decode(errors="replace")
+
+    def _check_io(self, rc: int, what: str) -> None:
+        if rc == -errno.EPROTO and (reason := self.error()):
+            raise TlsError(f"tls: {reason}")
+        _check(rc, what)
+
+    def write_all(self, data) -> None:
+        self._check_io(lib.rm_tls_write_all(self.handle, ffi.from_buffer(data), len(data)),
+                       f"tls write: {len(data)} bytes")
+
+    def read_exact(self, n: int, timeout_s: float | None = None) -> bytes:
+        """Exactly n bytes; OSError ECONNRESET at EOF, ETIMEDOUT after timeout_s; TlsError with
+        the reason when the peer sent an alert (error())."""
+        buf = ffi.new("char[]", max(1, n))
+        timeout_ms = -1 if timeout_s is None else max(0, int(timeout_s * 1000))
+        self._check_io(lib.rm_tls_read_exact(self.handle, buf, n, timeout_ms), f"tls read: {n} bytes")
+        return ffi.buffer(buf, n)[:]
+
+    def close(self) -> None:
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            lib.rm_tls_close(handle)
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+
 def _check(rc, what):
     if rc < 0:
         raise OSError(-rc, f"mirror: {what}: {os.strerror(-rc)}")
@@ -286,10 +397,11 @@ class Engine:
         return True
 
     def peer_attach(self, fd: int, protocol: str, integrity_alg: str | None = None,
-                    max_buffers: int | None = None) -> None:
+                    max_buffers: int | None = None, tls: TlsSession | None = None) -> None:
         """Attach the peer socket; `integrity_alg` (data-integrity-alg, None = off) makes every
         DATA/RS_DATA frame carry a digest the receiver checks; `max_buffers` (net max-buffers)
-        caps the requests in flight to the peer."""
+        caps the requests in flight to the peer; `tls`: a session on fd, which C then reads and
+        writes through (the caller closes it after peer_detach)."""
         if protocol not in PROTOCOLS:
             raise ValueError(f"mirror: peer attach: protocol must be A, B or C, got {protocol!r}")
         alg = lib.RM_DIGEST_NONE
@@ -302,7 +414,11 @@ class Engine:
         _check(lib.rm_peer_set_integrity(self._handle, alg), f"data-integrity-alg {integrity_alg}")
         if max_buffers is not None:
             _check(lib.rm_peer_set_max_buffers(self._handle, max_buffers), f"max-buffers {max_buffers}")
-        _check(lib.rm_peer_attach(self._handle, fd, PROTOCOLS[protocol]), f"peer attach: fd {fd}")
+        if tls is not None:
+            _check(lib.rm_peer_attach_tls(self._handle, fd, tls.handle, PROTOCOLS[protocol]),
+                   f"peer attach: fd {fd} over TLS")
+        else:
+            _check(lib.rm_peer_attach(self._handle, fd, PROTOCOLS[protocol]), f"peer attach: fd {fd}")
 
     def peer_detach(self) -> None:
         """Drop the link; blocks until C's receiver has swept every pending request."""

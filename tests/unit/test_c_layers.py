@@ -9,8 +9,9 @@
         v
     device       device.h device.c
         v
-    transport    transport.h transport.c transport_socket.c
+    transport    transport.h transport.c transport_socket.c transport_tls.c
                  digest.h digest.c                      (block digests: calls no other layer)
+                 tls.h tls.c                            (OpenSSL sessions: calls no other layer)
     leaves       mirror.h byteorder.h nbd_wire.h repl_wire.h   (constants and inline helpers)
 
 A function is declared only in its layer's private header, so the include graph is the call
@@ -26,6 +27,7 @@ LEAF = -1
 LAYERS = {
     "mirror.h": LEAF, "byteorder.h": LEAF, "nbd_wire.h": LEAF, "repl_wire.h": LEAF,
     "transport.h": 0, "transport.c": 0, "transport_socket.c": 0, "digest.h": 0, "digest.c": 0,
+    "transport_tls.c": 0, "tls.h": 0, "tls.c": 0,
     "device.h": 1, "device.c": 1,
     "connection.h": 2, "connection.c": 2,
     "request.h": 3, "request.c": 3, "resource.c": 3,
@@ -125,3 +127,13 @@ def test_the_checker_catches_an_upward_include_and_a_cycle():
     assert find_cycle(graph) is not None
     assert layer_violations(include_graph({"new_frontend.c": '#include "request.h"\n'})) == [
         "new_frontend.c: not assigned to a layer"]
+
+
+LIBRARIES = {"digest.c": {"digest.h", "mirror.h"}, "tls.c": {"tls.h", "mirror.h"}}
+
+
+def test_the_openssl_libraries_call_no_other_layer():
+    """digest.c and tls.c wrap OpenSSL for any layer above; they see only the contract's types."""
+    graph = include_graph(read_sources())
+    for name, allowed in LIBRARIES.items():
+        assert set(graph[name]) <= allowed, name
