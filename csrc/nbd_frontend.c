@@ -449,14 +449,15 @@ static void drain_origin(struct conn *c)
     pthread_mutex_unlock(&c->rq_lock);
 }
 
-int rm_serve_nbd(rm_engine *eng, int client_fd, const char *initial, size_t initial_len, int *err)
+/* One connection on the transport `tp` (a socket, or a TLS session on it): the one serving loop. */
+static int serve_client(rm_engine *eng, const struct rm_transport *tp, const char *initial,
+                        size_t initial_len, int *err)
 {
-    struct conn c = { .eng = eng, .efd = -1 };
+    struct conn c = { .eng = eng, .efd = -1, .tp = *tp };
     int rc, end;
 
     c.origin.complete = origin_complete;
     c.origin.release = origin_release;
-    transport_socket_init(&c.tp, client_fd);
 
     *err = 0;
     if (initial_len > IN_SIZE) {
@@ -497,4 +498,34 @@ out:
     free(c.rq);
     free(c.rq_spare);
     return end;
+}
+
+int rm_serve_nbd(rm_engine *eng, int client_fd, const char *initial, size_t initial_len, int *err)
+{
+    struct rm_transport tp;
+
+    transport_socket_init(&tp, client_fd);
+    return serve_client(eng, &tp, initial, initial_len, err);
+}
+
+/* The same over a TLS session (NBD_OPT_STARTTLS): every byte goes through the session's records,
+ * so large reads and writes are copied through user space instead of sendfile/splice (this
+ * kernel has no kTLS; transport_tls.c). client_fd is the session's socket, kept for symmetry
+ * with rm_serve_nbd and checked against it. */
+int rm_serve_nbd_tls(rm_engine *eng, int client_fd, rm_tls *s, const char *initial, size_t initial_len,
+                     int *err)
+{
+    struct rm_transport tp;
+
+    *err = 0;
+    if (!s) {
+        *err = EINVAL;
+        return RM_END_SOCKET;
+    }
+    transport_tls_init(&tp, s);
+    if (tp.fd != client_fd) {
+        *err = EBADF;
+        return RM_END_SOCKET;
+    }
+    return serve_client(eng, &tp, initial, initial_len, err);
 }
