@@ -66,13 +66,15 @@ class Endpoint:
     host: str | None = None
     port: int | None = None
 
-    def nbd_uri(self, export_name: str) -> str:
-        """NBD URI (the NBD project's doc/uri.md) for `export_name` at this endpoint."""
+    def nbd_uri(self, export_name: str, tls: bool = False) -> str:
+        """NBD URI (the NBD project's doc/uri.md) for `export_name` at this endpoint; `tls`:
+        the nbds scheme (the client must use TLS)."""
         name = urllib.parse.quote(export_name, safe="")
+        scheme = "nbds" if tls else "nbd"
         if self.kind == "unix":
-            return f"nbd+unix:///{name}?socket={urllib.parse.quote(self.path or '', safe='/')}"
+            return f"{scheme}+unix:///{name}?socket={urllib.parse.quote(self.path or '', safe='/')}"
         host = f"[{self.host}]" if ":" in (self.host or "") else self.host
-        return f"nbd://{host}:{self.port}/{name}"
+        return f"{scheme}://{host}:{self.port}/{name}"
 
     def __str__(self) -> str:
         if self.kind == "unix":
