@@ -10,6 +10,8 @@ import struct
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from replica import nbd_server
 from replica.config import Endpoint
@@ -123,4 +125,38 @@ def test_tls_handshakes_past_the_cap_are_dropped(server, monkeypatch, caplog):
         for s in stalled:
             s.close()
     wait_for(lambda: not server._tls_socks, "the stalled handshakes to end", 10)
+    go_over_tls(server)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(stream=st.lists(st.tuples(st.sampled_from([1, 2, 3, 5, 6, 7, 8, 99]), st.binary(max_size=16)),
+                       max_size=5),
+       tail=st.binary(max_size=64))
+def test_fuzz_clear_text_options_against_a_require_server(server, stream, tail):
+    """Whatever a clear-text client sends to a FORCEDTLS export (STARTTLS included, followed by
+    anything but a TLS handshake), it gets no export, and the server goes on serving TLS."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    try:
+        s.connect(server.endpoint.path)
+        s.recv(18, socket.MSG_WAITALL)
+        s.sendall(struct.pack(">I", 3) + b"".join(struct.pack(">QII", IHAVEOPT, o, len(d)) + d
+                                                 for o, d in stream) + tail)
+        s.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := s.recv(65536):
+            received += chunk
+        # only option replies: ACK (STARTTLS/ABORT), ERR_TLS_REQD, ERR_INVALID (STARTTLS with
+        # data); never NBD_REP_INFO or the EXPORT_NAME reply that would describe the export
+        offset = 0
+        while offset + 20 <= len(received) and received[offset:offset + 8] == \
+                (0x3E889045565A9).to_bytes(8, "big"):
+            _, opt, rep, length = struct.unpack_from(">QIII", received, offset)
+            assert rep in (1, 2**31 + 5, 2**31 + 3), (opt, rep)
+            offset += 20 + length
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    finally:
+        s.close()
     go_over_tls(server)
