@@ -1,14 +1,16 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The TLS transport: the ops of transport.h over a session of tls.c. Without kTLS every byte
  * passes through user space, so the zero-copy ops become copies: sendfile is pread into a
- * buffer + SSL_write, splice_to_pipe is SSL_read + write into the pipe. Gathered sends are
- * packed into records of up to 16 KiB, so a 32-byte frame header does not cost a record of
- * its own (and its 22 bytes of overhead and one AEAD pass). `readable` is what the session has
+ * buffer + SSL_write, splice_to_pipe is SSL_read + write into the pipe. Gathered sends and
+ * MSG_MORE are packed into records of up to 16 KiB (tls_write's stage), so a 32-byte frame
+ * header shares its payload's first record and TCP segment: sent alone it woke the peer's
+ * receiver once for the header and once more for the payload. `readable` is what the session has
  * decrypted plus what the socket holds (a partial record counts: the spin it steers only
  * guesses whether more is coming).
  * Layer: transport (tls.c below it, like digest.c). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -18,45 +20,17 @@
 #include "tls.h"
 #include "transport.h"
 
-#define RECORD 16384            /* one TLS record's plaintext at most */
 #define FILE_CHUNK 65536        /* sendfile: bytes read from the disk per SSL_write */
+#define PIPE_CHUNK 65536        /* splice_to_pipe: at most this much per call (a pipe holds it) */
 
 static ssize_t tls_sendmsg(struct rm_transport *t, const struct iovec *iov, int iovcnt, int flags)
 {
-    unsigned char stage[RECORD];
-    size_t staged = 0;
-    ssize_t total = 0, n;
+    ssize_t total = 0;
 
-    (void)flags;     /* MSG_MORE: every call ends with its records sent */
     for (int i = 0; i < iovcnt; i++) {
-        const unsigned char *p = iov[i].iov_base;
-        size_t len = iov[i].iov_len;
-
-        while (len > 0) {
-            if (staged == 0 && len >= RECORD) {     /* whole records straight from the caller */
-                size_t whole = len - len % RECORD;
-                if ((n = tls_write(t->impl, p, whole)) < 0)
-                    return total ? total : n;
-                total += n;
-                p += whole;
-                len -= whole;
-                continue;
-            }
-            size_t take = RECORD - staged < len ? RECORD - staged : len;
-            memcpy(stage + staged, p, take);
-            staged += take;
-            p += take;
-            len -= take;
-            if (staged == RECORD) {
-                if ((n = tls_write(t->impl, stage, staged)) < 0)
-                    return total ? total : n;
-                total += n;
-                staged = 0;
-            }
-        }
-    }
-    if (staged) {
-        if ((n = tls_write(t->impl, stage, staged)) < 0)
+        int more = i < iovcnt - 1 || (flags & MSG_MORE);
+        ssize_t n = tls_write(t->impl, iov[i].iov_base, iov[i].iov_len, more);
+        if (n < 0)
             return total ? total : n;
         total += n;
     }
@@ -96,7 +70,7 @@ static ssize_t tls_sendfile(struct rm_transport *t, int in_fd, off_t *offset, si
                 total = -errno;
             break;
         }
-        ssize_t w = tls_write(t->impl, chunk, (size_t)r);
+        ssize_t w = tls_write(t->impl, chunk, (size_t)r, (size_t)(total + r) < count);
         if (w < 0) {
             if (!total)
                 total = w;
@@ -111,14 +85,29 @@ static ssize_t tls_sendfile(struct rm_transport *t, int in_fd, off_t *offset, si
 
 static ssize_t tls_splice_to_pipe(struct rm_transport *t, int pipe_wr, size_t len)
 {
-    unsigned char rec[RECORD];
-    ssize_t n = tls_read(t->impl, rec, len < RECORD ? len : RECORD, 0, -1);
+    unsigned char *rec = tls_pipe_buffer(t->impl, PIPE_CHUNK);
+    size_t want = len < PIPE_CHUNK ? len : PIPE_CHUNK;
+
+    if (!rec)
+        return -ENOMEM;
+    ssize_t n = tls_read(t->impl, rec, want, 0, -1);
 
     if (n <= 0)
         return n;
-    /* The caller drains the pipe after every call, and a pipe holds 64 KiB at least. */
+    /* then what has arrived already, without waiting: fewer trips through the pipe */
+    while ((size_t)n < want) {
+        ssize_t more = tls_read(t->impl, rec + n, want - (size_t)n, 1, -1);
+        if (more <= 0)
+            break;
+        n += more;
+    }
+    /* vmsplice hands the pipe references to these pages instead of copying them, so `rec` must
+     * outlive this call (the session's buffer, not the stack: the caller's next frames would
+     * overwrite it): the caller drains the pipe into the file (which copies) before it calls
+     * again. A pipe holds 64 KiB at least. */
     for (ssize_t off = 0; off < n;) {
-        ssize_t w = write(pipe_wr, rec + off, (size_t)(n - off));
+        struct iovec iov = { .iov_base = rec + off, .iov_len = (size_t)(n - off) };
+        ssize_t w = vmsplice(pipe_wr, &iov, 1, 0);
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0)
@@ -153,6 +142,12 @@ static const struct rm_transport_ops tls_ops = {
 
 void transport_tls_init(struct rm_transport *t, struct rm_tls *s)
 {
+    int flags = fcntl(tls_fd(s), F_GETFL);
+
+    /* tls.c waits in poll outside its lock: a blocking fd would sleep inside SSL_read with the
+     * lock held (a Python settimeout(None) after the handshake would do that) */
+    if (flags >= 0 && !(flags & O_NONBLOCK))
+        fcntl(tls_fd(s), F_SETFL, flags | O_NONBLOCK);
     t->ops = &tls_ops;
     t->fd = tls_fd(s);
     t->impl = s;

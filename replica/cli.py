@@ -303,8 +303,10 @@ def format_status(st: dict, verbose: bool = False) -> str:
 
     A Primary's block device gets a line: its name, the kernel device behind it, and who holds
     it (mounts, processes). Peer lines appear for replicated resources: `  <peer> connection:<C>` while not Connected,
-    else `  <peer> role:<R>` and `    [replication:<S> ]peer-disk:<D>[ done:<pct>]`
-    (replication only beyond Established, as drbdsetup prints it).
+    else `  <peer> role:<R>[ tls:<protocol>/<cipher>]` and `    [replication:<S> ]peer-disk:<D>[ done:<pct>]`
+    (replication only beyond Established, as drbdsetup prints it). DRBD 9.2 prints `tls:yes`; we
+    name what was negotiated. A refused TLS handshake shows as `    tls-error:<reason>` under
+    the connection line.
     """
     lines = [f"{st['name']} role:{st['role']}", f"  disk:{st['disk_state']}"]
     dev = st.get("device")
@@ -315,8 +317,11 @@ def format_status(st: dict, verbose: bool = False) -> str:
         return "\n".join(lines)
     if st["connection"] != "Connected":
         lines.append(f"  {st['peer']} connection:{st['connection']}")
+        if st.get("tls_error"):
+            lines.append(f"    tls-error:{st['tls_error']}")
         return "\n".join(lines)
-    lines.append(f"  {st['peer']} role:{st['peer_role']}")
+    tls = st.get("tls")
+    lines.append(f"  {st['peer']} role:{st['peer_role']}" + (" tls:" + "/".join(tls.split()[:2]) if tls else ""))
     words = []
     if st["replication"] != "Established":
         words.append(f"replication:{st['replication']}")

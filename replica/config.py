@@ -216,6 +216,13 @@ class NetOptions:
     on_congestion: str = option("on-congestion", EnumValue("block", "pull-ahead", "disconnect"), "block")
     congestion_fill: int = option("congestion-fill", SizeValue(0, 10 * K ** 3, 512), 0)  # bytes
     congestion_extents: int | None = option("congestion-extents", IntValue(67, 65534), None)  # None: al-extents
+    # TLS on the peer link (DRBD 9.2's `tls yes`; ours is TLS in C, with OpenSSL, over the peer's
+    # certificate checked against tls-cafile and naming the peer's `on` host): the three files
+    # are required with `tls yes` (PEM: the key, this node's certificate chain, the CA).
+    tls: bool = option("tls", FLAG, False)
+    tls_keyfile: str | None = option("tls-keyfile", StrValue(4096, None, "a file name"), None)
+    tls_certfile: str | None = option("tls-certfile", StrValue(4096, None, "a file name"), None)
+    tls_cafile: str | None = option("tls-cafile", StrValue(4096, None, "a file name"), None)
 
 
 @dataclass(frozen=True)
@@ -728,6 +735,11 @@ class _Builder:
                                f"({net.ping_int_s:g} s) and connect-int ({net.connect_int_s:g} s)")
         if (net.cram_hmac_alg is None) != (net.shared_secret is None):
             self.fail(st, ctx, "net: cram-hmac-alg and shared-secret must be set together")
+        if net.tls and (missing := [kw for kw, v in (("tls-keyfile", net.tls_keyfile), ("tls-certfile",
+                                                   net.tls_certfile), ("tls-cafile", net.tls_cafile)) if not v]):
+            line = sc.seen.get(("net", "tls"), st.line)     # the `tls` line when it is ours
+            raise ConfigError(f"{st.file}:{line}: {ctx[0]}: net: tls yes needs tls-keyfile, tls-certfile "
+                              f"and tls-cafile: missing {', '.join(missing)}")
         self.resources[name] = Resource(
             name=name, hosts=hosts, net=net, disk=DiskOptions(**{**common.disk, **sc.disk}),
             handlers={**common.handlers, **sc.handlers}, startup={**common.startup, **sc.startup},

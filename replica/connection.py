@@ -76,6 +76,16 @@ class PeerConnection:
     def last_error(self) -> str:
         return self.link.last_error if self.link else self.standalone_reason
 
+    @property
+    def tls_text(self) -> str:
+        """The TLS session of the link in use ("TLSv1.3 TLS_AES_128_GCM_SHA256 peer /CN=beta")."""
+        return self.link.tls_text if self.link else ""
+
+    @property
+    def tls_error(self) -> str:
+        """Why the last TLS handshake failed ("" once one succeeded)."""
+        return self.link.tls_error if self.link else ""
+
     # --- connect/disconnect ---------------------------------------------------------------------
 
     def connect(self, discard_my_data: bool = False) -> None:
@@ -294,7 +304,7 @@ class PeerConnection:
                                   peer_disk=done.peer.disk, sync_source=sync_source)
             disk.engine.peer_attach(sock.fileno(), rt.resource.net.protocol,
                                     rt.resource.net.data_integrity_alg,
-                                    max_buffers=rt.resource.net.max_buffers)
+                                    max_buffers=rt.resource.net.max_buffers, tls=self.link.tls_session)
             self._ping_sent_ns = 0
             self._attached_ns = time.monotonic_ns()
             hello_disk = rt.state.disk

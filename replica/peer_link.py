@@ -11,12 +11,16 @@ replica.sync.ResyncControl for the runner); this module moves bytes.
 
       ┌─► Connecting ── initiator: connect to the peer's address every connect-int s
       │                 acceptor:  accept on our own address
-      │     TCP up ──► handshake (replica.protocol.repl, frames read one by one so that no byte
+      │     TCP up ──► net { tls yes }: TLS handshake in C (the initiator is the TLS client),
+      │       each side verifying the other's certificate against tls-cafile and for the peer's
+      │       `on` name (mirror.TlsSession; fails: wrong CA, expired, no TLS ──► log, retry)
+      │     ──► handshake (replica.protocol.repl, frames read one by one so that no byte
       │                 of the data stream is consumed, bounded by HANDSHAKE_TIMEOUT_S)
       │       fails: refused, malformed, version ──► log naming the peer, close, retry
       │       fails for good: authentication, incompatible net settings (protocol...) ──►
       │         log naming the peer, owner.discard_network_config(): StandAlone, thread ends
       │         (DRBD: "Authentication of peer failed", "Discarding network configuration.")
+      │       (over the TLS session when there is one; C's data path then uses it too)
       │     HandshakeDone ──► owner.link_established(sock, done, peer_bitmap)
       │       False (split brain, unrelated data...) ──► StandAlone: the thread ends
       │       True  ──► Connected: wait for link_down() (peer lost, ping timeout, disconnect)
@@ -69,6 +73,7 @@ from replica.rate_control import STEP_S, AppIoThrottle, ControllerSettings, Rate
 from replica.uuids import SplitBrainPolicy
 
 HANDSHAKE_TIMEOUT_S = 30.0
+TLS_HANDSHAKE_TIMEOUT_S = 10.0           # a TLS handshake is two round trips; a silent peer is not TLS
 HANDSHAKE_FRAME_MAX = 4 * 1024 * 1024     # bitmap slices are 1 MiB; anything bigger is hostile
 ACK_WAIT_S = 60.0
 
@@ -87,10 +92,47 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 def read_frame(sock: socket.socket) -> bytes:
     """One whole frame (header + payload), or fewer bytes at EOF. Never reads past the frame."""
-    head = _recv_exact(sock, wire.HEADER_SIZE)
+    return _read_frame_with(lambda n: _recv_exact(sock, n))
+
+
+def _read_frame_with(recv_exact) -> bytes:
+    head = recv_exact(wire.HEADER_SIZE)
     if len(head) < wire.HEADER_SIZE:
         return head
-    return head + _recv_exact(sock, frame_length(head, HANDSHAKE_FRAME_MAX))
+    return head + recv_exact(frame_length(head, HANDSHAKE_FRAME_MAX))
+
+
+class _PlainStream:
+    """The replication handshake's I/O on the socket itself."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        sock.settimeout(HANDSHAKE_TIMEOUT_S)
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_frame(self) -> bytes:
+        return read_frame(self.sock)
+
+
+class _TlsStream:
+    """The replication handshake's I/O through the TLS session (C reads and writes the records)."""
+
+    def __init__(self, session: mirror.TlsSession):
+        self.session = session
+
+    def sendall(self, data: bytes) -> None:
+        self.session.write_all(data)
+
+    def _recv_exact(self, n: int) -> bytes:
+        try:
+            return self.session.read_exact(n, HANDSHAKE_TIMEOUT_S)
+        except ConnectionResetError:
+            return b""                  # EOF: the decoder reports the short frame
+
+    def read_frame(self) -> bytes:
+        return _read_frame_with(self._recv_exact)
 
 
 class PeerLink:
@@ -108,6 +150,18 @@ class PeerLink:
         self._auth = None
         if net.shared_secret is not None:
             self._auth = (net.cram_hmac_alg or "sha1", net.shared_secret.encode("utf-8"))
+        # net { tls yes }: the initiator is the TLS client; both demand and verify the other's
+        # certificate (mutual authentication) and check that it names the peer's `on` host
+        self._tls: mirror.TlsContext | None = None
+        if getattr(net, "tls", False):
+            try:
+                self._tls = mirror.TlsContext(server=not self.initiator, certfile=net.tls_certfile,
+                                              keyfile=net.tls_keyfile, cafile=net.tls_cafile, verify_peer=True)
+            except mirror.TlsError as exc:
+                raise mirror.TlsError(f"peer link: {self.name}: {exc}") from None
+        self.tls_session: mirror.TlsSession | None = None
+        self.tls_text = ""              # protocol, cipher, peer of the session in use
+        self.tls_error = ""             # why the last TLS handshake failed ("" after one succeeded)
         self._stopping = threading.Event()
         self._down = threading.Event()
         self._sock: socket.socket | None = None
@@ -197,6 +251,7 @@ class PeerLink:
                 keep = self._session(sock)
             finally:
                 self._sock = None
+                self._close_tls()           # C has let go of it (owner detached first)
                 sock.close()
             if not keep:                    # StandAlone: free the address for a new connect
                 if self._listener is not None:
@@ -213,8 +268,20 @@ class PeerLink:
                           (socket.SO_RCVBUF, self.net.rcvbuf_size)):
             if size:
                 sock.setsockopt(socket.SOL_SOCKET, opt, size)
+        stream: _PlainStream | _TlsStream = _PlainStream(sock)
+        if self._tls is not None:
+            try:
+                self.tls_session = self._tls.handshake(sock.fileno(), TLS_HANDSHAKE_TIMEOUT_S, self.peer)
+            except mirror.TlsError as exc:
+                return self._tls_failed(exc)
+            self.tls_text = self.tls_session.describe()
+            log.info("peer link: %s: peer %s: %s", self.name, self.peer_text, self.tls_text)
+            stream = _TlsStream(self.tls_session)
         try:
-            done, bitmap = self._handshake(sock)
+            done, bitmap = self._handshake(stream)
+        except mirror.TlsError as exc:
+            # TLS 1.3: a client learns that the server refused its certificate on its first read
+            return self._tls_failed(exc)
         except (OSError, RemoteProtocolError, LocalProtocolError) as exc:
             self.last_error = f"handshake with {self.peer_text}: {exc}"
             log.warning("peer link: %s: %s", self.name, self.last_error)
@@ -226,12 +293,30 @@ class PeerLink:
                 return False
             self._stopping.wait(self.net.connect_int_s)
             return True
-        sock.settimeout(None)
+        if self.tls_session is None:
+            sock.settimeout(None)       # (a TLS session keeps its fd non-blocking for C)
+        self.tls_error = ""
         self._down.clear()
         if not self.owner.link_established(sock, done, bitmap):
             return False
         self._down.wait()
         return True
+
+    def _tls_failed(self, exc: mirror.TlsError) -> bool:
+        """A refused TLS handshake: log it naming the peer, stay Connecting and retry (DRBD)."""
+        reason = str(exc).removeprefix("tls: ")
+        self.tls_error = reason
+        self.last_error = f"tls handshake with {self.peer_text} failed: {reason}"
+        log.error("peer link: %s: %s", self.name, self.last_error)
+        self._close_tls()
+        self._stopping.wait(min(1.0, self.net.connect_int_s))
+        return True
+
+    def _close_tls(self) -> None:
+        if self.tls_session is not None:
+            self.tls_session.close()
+            self.tls_session = None
+            self.tls_text = ""
 
     def _gives_up(self, event) -> bool:
         """Log a failed handshake naming the peer; True if it is final (go StandAlone)."""
@@ -247,9 +332,8 @@ class PeerLink:
         log.warning("peer link: %s: Discarding network configuration.", self.name)
         return True
 
-    def _handshake(self, sock: socket.socket) -> tuple[object, Bitmap | None]:
+    def _handshake(self, sock: "_PlainStream | _TlsStream") -> tuple[object, Bitmap | None]:
         """(HandshakeDone, the peer's bitmap) or (the failure event, None)."""
-        sock.settimeout(HANDSHAKE_TIMEOUT_S)
         alg, secret = self._auth if self._auth else (None, None)
         hs = ReplHandshake(self.owner.hello_info(), secret=secret, alg=alg, mac=hmac_digest,
                            challenge=new_challenge() if secret else b"",
@@ -263,7 +347,7 @@ class PeerLink:
             if out:
                 sock.sendall(out)
             if event is NEED_DATA:
-                hs.receive_data(read_frame(sock) or b"")
+                hs.receive_data(sock.read_frame() or b"")
             elif isinstance(event, PeerHello):
                 log.info("peer link: %s: peer %s: hello: role %s, disk %s, uuids %s", self.name,
                          self.peer_text, event.info.role, event.info.disk,

@@ -572,6 +572,8 @@ class ResourceRuntime:
             "last_verify": self.sync.verify.last_verify,
             "wfc_option": self.wfc_option,
             "link_error": self.conn.last_error,
+            "tls": self.conn.tls_text or None,
+            "tls_error": self.conn.tls_error or None,
         }
         if self.disk.has_md:
             out["uuids"] = self.disk.uuids.text()

@@ -647,8 +647,8 @@ def pacing_table(work: Path, servers: list):
 
 
 # --only names, in the order a full run prints them
-TABLES = ("unix", "limits", "tcp", "nbd-tls", "repl", "conn16", "pacing", "resync", "verify", "idle",
-          "ext4")
+TABLES = ("unix", "limits", "tcp", "nbd-tls", "repl", "conn16", "pacing", "resync", "verify", "tls",
+          "idle", "ext4")
 
 
 def main() -> int:
@@ -720,6 +720,9 @@ def main() -> int:
         if "verify" in only:
             from bench_verify import verify_table
             show(verify_table(work, servers, ReplicadPair, paired, mibs))
+        if "tls" in only:
+            from bench_tls import tls_table
+            show(tls_table(work, servers, paired, prewrite))
         if "idle" in only:
             show(idle_table(work, servers))
         if "ext4" in only:

@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 # make sanitize: the C data path built with AddressSanitizer + UndefinedBehaviorSanitizer, under
 # the tests that drive it hardest (clients vanishing with answers owed, connection churn against
-# a live replicad pair, the NBD loop and peer link unit tests, the FUSE file under ext4).
+# a live replicad pair, the NBD loop and peer link unit tests (plain and over TLS), the FUSE file
+# under ext4).
 #
 # The tree is copied to build/sanitize with the sanitized replica/_mirror*.so beside the sources;
 # PYTHONPATH puts that copy first, so the replicad/replicactl the tests start load it too. The
@@ -33,6 +34,7 @@ rc=0
 "$venv/bin/python" -m pytest -p no:cacheprovider -p no:faulthandler \
     tests/unit/test_mirror_churn.py tests/unit/test_mirror_engine.py tests/unit/test_mirror_peer.py \
     tests/unit/test_mirror_io_error.py tests/unit/test_mirror_stall.py tests/unit/test_mirror_verify.py \
+    tests/unit/test_tls_session.py tests/unit/test_tls_peer_link.py \
     tests/integration/test_nbd_churn.py \
     tests/integration/test_fuse_device.py \
     "$@" || rc=$?

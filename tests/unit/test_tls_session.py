@@ -4,6 +4,7 @@ the one-line reasons for every refusal, PSK, and whole reads and writes in both 
 once from several threads (one session, one mutex, poll outside it: csrc/tls.h)."""
 import hashlib
 import os
+import re
 import socket
 import threading
 
@@ -291,3 +292,33 @@ def test_psk_file_parser_fuzz(tmp_path, content):
         TlsContext(server=True, psk_file=str(path)).close()
     except TlsError as e:
         assert str(e).startswith(f"tls: psk file {path}")
+
+
+def test_interoperates_with_another_tls_stack_and_falls_back_to_tls12(pki):
+    """Python's ssl module as the peer (server capped at TLS 1.2, requiring our certificate)."""
+    import ssl
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(pki["beta"].certfile, pki["beta"].keyfile)
+    server.load_verify_locations(pki["ca"])
+    server.verify_mode = ssl.CERT_REQUIRED
+    server.maximum_version = ssl.TLSVersion.TLSv1_2
+    a, b = socket.socketpair()
+    seen = {}
+
+    def serve():
+        with server.wrap_socket(b, server_side=True) as ss:
+            seen["peer"] = dict(x[0] for x in ss.getpeercert()["subject"])["commonName"]
+            seen["got"] = ss.recv(5)
+            ss.sendall(b"pong!")
+    t = threading.Thread(target=serve)
+    t.start()
+    ours = None
+    try:
+        ours = ctx(pki, False, "alpha").handshake(a.fileno(), TIMEOUT_S, "beta")
+        ours.write_all(b"ping!")
+        assert ours.read_exact(5, TIMEOUT_S) == b"pong!"
+        assert re.fullmatch(r"TLSv1\.2 ECDHE-ECDSA-AES(128|256)-GCM-SHA(256|384) peer /CN=beta", ours.describe())
+    finally:
+        t.join(TIMEOUT_S)
+        close_all(ours, a)
+    assert seen == {"peer": "alpha", "got": b"ping!"}
