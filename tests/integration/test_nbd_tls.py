@@ -30,6 +30,7 @@ class Certs:
     server: Path          # ca-cert.pem, server-cert.pem, server-key.pem
     client: Path          # ca-cert.pem, client-cert.pem, client-key.pem (signed by the same CA)
     stranger: Path        # a client certificate from another CA (and that CA as ca-cert.pem)
+    expired: Path         # a client certificate of the right CA, expired yesterday
     no_cert: Path         # only the right ca-cert.pem: checks the server, presents nothing
 
 
@@ -51,9 +52,11 @@ def certs(tmp_path_factory) -> Certs:
     server = make_node_cert(d, ca, "localhost", ("127.0.0.1", "::1"), prefix="server-")
     client = make_node_cert(d, ca, "client", prefix="client-")
     stranger = make_node_cert(d, other, "client", prefix="stranger-")
+    expired = make_node_cert(d, ca, "client", expired=True, prefix="expired-")
     return Certs(server=qemu_layout(d / "server", ca.certfile, "server", server),
                  client=qemu_layout(d / "client", ca.certfile, "client", client),
                  stranger=qemu_layout(d / "stranger", ca.certfile, "client", stranger),
+                 expired=qemu_layout(d / "expired", ca.certfile, "client", expired),
                  no_cert=qemu_layout(d / "no-cert", ca.certfile, "client"))
 
 
@@ -183,6 +186,7 @@ def test_clear_text_client_is_refused_when_tls_is_required(x509_tcp):
 
 def test_client_certificate_from_a_wrong_ca_is_refused(x509_tcp, certs):
     for client_dir, why in ((certs.stranger, "certificate verify failed"),
+                            (certs.expired, "certificate has expired"),
                             (certs.no_cert, "did not present a certificate")):
         uri = with_query(x509_tcp.uri, f"tls-certificates={client_dir}")
         result = run("nbdinfo", uri, check=False)
