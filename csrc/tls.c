@@ -17,6 +17,10 @@
  * (nothing resumes) so no record is written behind a reader's back after the handshake.
  * Minimum TLS 1.2; TLS 1.3 is negotiated whenever both ends have it (OpenSSL 3 prefers it).
  *
+ * OpenSSL writes with write(2), not send(MSG_NOSIGNAL): a peer gone away raises SIGPIPE, which
+ * the Python interpreter ignores (SIG_IGN from its start), so the write fails with EPIPE. A
+ * program embedding this without Python must ignore SIGPIPE too.
+ *
  * Return convention as the rest of csrc/: 0, a count or -errno; only the handshake and
  * context constructors write a message, into the caller's buffer, for Python's log line. */
 #define _GNU_SOURCE
