@@ -148,6 +148,11 @@ int rm_engine_shutdown(rm_engine *eng);
  * the handshake already read past its end. Blocks; call it without the GIL (cffi does). Returns
  * one of RM_END_*; for RM_END_SOCKET/RM_END_PROTOCOL, *err gets an errno-style detail. */
 int rm_serve_nbd(rm_engine *eng, int client_fd, const char *initial, size_t initial_len, int *err);
+/* The same over a TLS session on client_fd (NBD_OPT_STARTTLS; rm_tls_handshake made it, and
+ * the option haggling that followed went through it). The session and the fd stay the caller's:
+ * rm_tls_close, then close the fd, after this returns. */
+int rm_serve_nbd_tls(rm_engine *eng, int client_fd, rm_tls *s, const char *initial, size_t initial_len,
+                     int *err);
 
 /* Requests from Python, through the same request layer as every frontend (range checks, AL
  * references, mirrored to the peer per protocol, completion): they block until the request is

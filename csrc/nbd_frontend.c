@@ -40,7 +40,8 @@
 struct conn {
     struct rm_origin origin;   /* first: the connection and the writer complete through it */
     rm_engine *eng;
-    struct rm_transport tp;    /* the client socket */
+    struct rm_transport tp;    /* the client socket, or a TLS session on it */
+    int zero_copy;             /* tp moves file pages itself (a socket: sendfile, splice) */
     int efd;                   /* eventfd: answers were queued while this thread slept */
     int sleeping;              /* atomic: this thread is (about to be) in poll() */
     int send_failed;
@@ -267,7 +268,7 @@ static int do_read(struct conn *c, const unsigned char *cookie, uint64_t offset,
     if ((rc = flush_replies(c)) < 0)
         return rc;
     fill_reply(hdr, 0, cookie);
-    if (len >= SPLICE_MIN) {
+    if (len >= SPLICE_MIN && c->zero_copy) {
         /* A large read: the reply header, then the data straight from the page cache. */
         rc = request_read_send(c->eng, &c->tp, hdr, sizeof hdr, offset, len, &fatal);
         if (rc == 0 || fatal) {
@@ -303,7 +304,7 @@ static int do_write(struct conn *c, struct rm_request *req, uint16_t flags, int 
         *end = RM_END_PROTOCOL;
         return -EOVERFLOW;
     }
-    if (!(flags & ~NBD_CMD_FLAG_FUA) && req->count >= SPLICE_MIN && have < req->count) {
+    if (!(flags & ~NBD_CMD_FLAG_FUA) && req->count >= SPLICE_MIN && have < req->count && c->zero_copy) {
         /* still arriving: the request layer streams it to the disk */
         struct rm_stream st = { .tp = &c->tp, .prefix = c->in + c->in_start, .have = (uint32_t)have };
         c->in_start = c->in_end;
@@ -449,14 +450,15 @@ static void drain_origin(struct conn *c)
     pthread_mutex_unlock(&c->rq_lock);
 }
 
-int rm_serve_nbd(rm_engine *eng, int client_fd, const char *initial, size_t initial_len, int *err)
+/* One connection on the transport `tp` (a socket, or a TLS session on it): the one serving loop. */
+static int serve_client(rm_engine *eng, const struct rm_transport *tp, int zero_copy, const char *initial,
+                        size_t initial_len, int *err)
 {
-    struct conn c = { .eng = eng, .efd = -1 };
+    struct conn c = { .eng = eng, .efd = -1, .tp = *tp, .zero_copy = zero_copy };
     int rc, end;
 
     c.origin.complete = origin_complete;
     c.origin.release = origin_release;
-    transport_socket_init(&c.tp, client_fd);
 
     *err = 0;
     if (initial_len > IN_SIZE) {
@@ -497,4 +499,36 @@ out:
     free(c.rq);
     free(c.rq_spare);
     return end;
+}
+
+int rm_serve_nbd(rm_engine *eng, int client_fd, const char *initial, size_t initial_len, int *err)
+{
+    struct rm_transport tp;
+
+    transport_socket_init(&tp, client_fd);
+    return serve_client(eng, &tp, 1, initial, initial_len, err);
+}
+
+/* The same over a TLS session (NBD_OPT_STARTTLS): every byte goes through the session's records
+ * (this kernel has no kTLS; transport_tls.c), so large reads and writes take the buffered paths:
+ * pread into the payload buffer and one gathered send (header + data sealed together), and the
+ * payload decrypted straight into its buffer, then written. The zero-copy paths would only be
+ * emulated over TLS, at one more copy (a pipe) and a 64 KiB bounce buffer per sendfile call.
+ * client_fd is the session's socket, kept for symmetry with rm_serve_nbd and checked. */
+int rm_serve_nbd_tls(rm_engine *eng, int client_fd, rm_tls *s, const char *initial, size_t initial_len,
+                     int *err)
+{
+    struct rm_transport tp;
+
+    *err = 0;
+    if (!s) {
+        *err = EINVAL;
+        return RM_END_SOCKET;
+    }
+    transport_tls_init(&tp, s);
+    if (tp.fd != client_fd) {
+        *err = EBADF;
+        return RM_END_SOCKET;
+    }
+    return serve_client(eng, &tp, 0, initial, initial_len, err);
 }

@@ -416,9 +416,10 @@ def cmd_nbd_uri(ctl: Ctl, name: str) -> int:
         resource = ctl.config.resource(res)
         host = resource.host(ctl.where.node)
         if host.export is not None:
-            print(host.export.nbd_uri(res))
+            print(host.export.nbd_uri(res, tls=host.export_tls.enabled))
         else:
-            print(f"nbd+unix:///{res}?socket={ctl.where.default_export_path(res)}")
+            scheme = "nbds" if host.export_tls.enabled else "nbd"
+            print(f"{scheme}+unix:///{res}?socket={ctl.where.default_export_path(res)}")
     return 0
 
 

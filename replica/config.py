@@ -20,7 +20,10 @@ K, M, G multiply by 1024, 1024**2, 1024**3 (bytes). Dataclass fields carry the u
 Our additions: `export unix:PATH|HOST:PORT` (NBD endpoint), `device-kind auto|nbd|fuse` (how the
 `device` is made: kernel NBD, or a FUSE file on a loop device; auto = NBD when the kernel has it,
 else FUSE), `meta-disk` defaulting to internal. A resource with one `on` section is standalone;
-with two it is replicated.
+with two it is replicated. TLS on the export, next to `export` (see ExportTls):
+`export-tls require|allow|off`, `export-tls-certs DIR`, `export-tls-verify-peer yes|no`,
+`export-tls-psk FILE`, and `export-insecure yes|no` (the explicit opt-out that lets a TCP export
+on a non-loopback address serve clear text).
 """
 from __future__ import annotations
 
@@ -63,18 +66,83 @@ class Endpoint:
     host: str | None = None
     port: int | None = None
 
-    def nbd_uri(self, export_name: str) -> str:
-        """NBD URI (the NBD project's doc/uri.md) for `export_name` at this endpoint."""
+    def nbd_uri(self, export_name: str, tls: bool = False) -> str:
+        """NBD URI (the NBD project's doc/uri.md) for `export_name` at this endpoint; `tls`:
+        the nbds scheme (the client must use TLS)."""
         name = urllib.parse.quote(export_name, safe="")
+        scheme = "nbds" if tls else "nbd"
         if self.kind == "unix":
-            return f"nbd+unix:///{name}?socket={urllib.parse.quote(self.path or '', safe='/')}"
+            return f"{scheme}+unix:///{name}?socket={urllib.parse.quote(self.path or '', safe='/')}"
         host = f"[{self.host}]" if ":" in (self.host or "") else self.host
-        return f"nbd://{host}:{self.port}/{name}"
+        return f"{scheme}://{host}:{self.port}/{name}"
 
     def __str__(self) -> str:
         if self.kind == "unix":
             return f"unix:{self.path}"
         return f"[{self.host}]:{self.port}" if ":" in (self.host or "") else f"{self.host}:{self.port}"
+
+
+EXPORT_TLS_MODES = ("require", "allow", "off")
+
+
+@dataclass(frozen=True)
+class ExportTls:
+    """TLS on the NBD export (nbdkit's --tls, --tls-certificates, --tls-verify-peer, --tls-psk).
+
+    `certs` is a directory in qemu's and nbdkit's layout (ca-cert.pem, server-cert.pem,
+    server-key.pem); `psk` a file of `identity:hexkey` lines (GnuTLS psktool's format). `mode`
+    is what was configured, or require when credentials are given and off otherwise. `where`
+    is the `file:line` of the `export` statement (of the `on` section without one)."""
+    mode: str = "off"
+    certs: str | None = None
+    verify_peer: bool = False
+    psk: str | None = None
+    insecure: bool = False
+    where: str = field(default="", compare=False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    @property
+    def ca_cert(self) -> str:
+        return os.path.join(self.certs or "", "ca-cert.pem")
+
+    @property
+    def server_cert(self) -> str:
+        return os.path.join(self.certs or "", "server-cert.pem")
+
+    @property
+    def server_key(self) -> str:
+        return os.path.join(self.certs or "", "server-key.pem")
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """An export host that only this machine can reach: a loopback address or `localhost`. Other
+    names count as reachable from the network (a name is not resolved to find out)."""
+    if host in ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"):
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
+def check_export_security(resource: str, node: str, endpoint: Endpoint, tls: ExportTls) -> None:
+    """Refuse (ConfigError, at `up`) an export that would serve the disk in clear text to the
+    network: TCP on a non-loopback address with TLS off, or with `export-tls allow` (which still
+    serves clear-text clients), unless `export-insecure yes` says so. Unix sockets and loopback
+    addresses stay as they are: only this machine can reach them."""
+    if endpoint.kind != "tcp" or is_loopback_host(endpoint.host) or tls.insecure \
+            or tls.mode == "require":
+        return
+    what = "without TLS" if tls.mode == "off" else "with export-tls allow (clear-text clients " \
+                                                   "are still served)"
+    raise ConfigError(
+        f"{tls.where}: resource '{resource}': on '{node}': export {endpoint}: refusing a TCP export "
+        f"on a non-loopback address {what}: anyone who reaches the port could read and write the "
+        f"whole disk in clear text: add TLS (export-tls-certs DIR; or export-tls-psk FILE;) or "
+        f"say 'export-insecure yes;'")
 
 
 @dataclass(frozen=True)
@@ -91,6 +159,7 @@ class HostSection:
     export: Endpoint | None
     node_id: int | None = None
     device_kind: str = "auto"
+    export_tls: ExportTls = ExportTls()
     volume: int | None = None
     line: int = field(default=0, compare=False)
     file: str = field(default="", compare=False)
@@ -280,7 +349,15 @@ HANDLERS = ("pri-on-incon-degr", "pri-lost-after-sb", "pri-lost", "fence-peer", 
             "local-io-error", "initial-split-brain", "split-brain", "before-resync-target",
             "after-resync-target", "before-resync-source", "out-of-sync", "quorum-lost", "disconnected")
 HOST_KEYWORDS = ("device", "device-kind", "disk", "meta-disk", "flexible-meta-disk", "address", "export",
-                 "node-id")
+                 "node-id", "export-tls", "export-tls-certs", "export-tls-verify-peer", "export-tls-psk",
+                 "export-insecure")
+# Keywords that may stand in common, resource or on (not volume): the export and how it is made.
+_EXPORT_KEYWORDS = ("export", "device-kind", "export-tls", "export-tls-certs", "export-tls-verify-peer",
+                    "export-tls-psk", "export-insecure")
+_EXPORT_TLS_FIELDS = {"export-tls": "mode", "export-tls-certs": "certs",
+                      "export-tls-verify-peer": "verify_peer", "export-tls-psk": "psk",
+                      "export-insecure": "insecure"}
+_ABSOLUTE_PATH = StrValue(4096, r"/.*", "an absolute path")
 DEVICE_KINDS = ("auto", "nbd", "fuse")
 _SECTIONS = ("net", "disk", "syncer", "handlers", "startup", "options")
 
@@ -426,6 +503,12 @@ def _parse_host_keyword(key, args, values):
         values["device_kind"] = kind
     elif key == "node-id":
         values["node_id"] = IntValue(0, 31).parse(args)
+    elif key == "export-tls":
+        values["tls:mode"] = EnumValue(*EXPORT_TLS_MODES).parse(args)
+    elif key in ("export-tls-certs", "export-tls-psk"):
+        values[f"tls:{_EXPORT_TLS_FIELDS[key]}"] = _ABSOLUTE_PATH.parse(args)
+    elif key in ("export-tls-verify-peer", "export-insecure"):
+        values[f"tls:{_EXPORT_TLS_FIELDS[key]}"] = FLAG.parse(args)
 
 
 # -- builder: statement tree -> Config -------------------------------------------------------------
@@ -547,10 +630,10 @@ class _Builder:
             elif st.key == "protocol" and level in ("common", "resource"):
                 self.value(st, ctx, NET_KEYWORDS, sc.net, sc.seen, "net")
             elif st.key in HOST_KEYWORDS and level != "common" \
-                    or st.key in ("disk", "meta-disk", "export", "device-kind"):
+                    or st.key in ("disk", "meta-disk", *_EXPORT_KEYWORDS):
                 if st.key in ("address", "node-id") and level in ("resource", "volume"):
                     self.fail(st, ctx, f"'{st.key}' belongs in an 'on HOST' section")
-                if st.key in ("export", "device-kind") and level == "volume":
+                if st.key in _EXPORT_KEYWORDS and level == "volume":
                     self.fail(st, ctx, f"'{st.key}' belongs in the resource or an 'on HOST' section")
                 self.host_option(sc, st, ctx)
             elif st.key == "volume" and level in ("resource", "on"):
@@ -592,6 +675,8 @@ class _Builder:
         except BadValue as e:
             self.fail(st, ctx, f"{st.key}: {e}")
         sc.seen["host", key] = st.line
+        if key == "export":
+            sc.host["tls:where"] = f"{st.file}:{st.line}"
         self.warn_if_not_yet(st, ctx, "host", None)
 
     def section_option(self, sc, section, st, ctx):
@@ -640,6 +725,8 @@ class _Builder:
                  **common.host, **sc.host, **hs.host}
             if "disk" not in v:
                 self.fail(on, hc, "missing required keyword 'disk'")
+            v["export_tls"] = self.export_tls(on, hc, {k[4:]: v.pop(k) for k in list(v)
+                                                       if k.startswith("tls:")})
             hosts[host] = HostSection(name=host, volume=hs.volume if hs.volume is not None else sc.volume,
                                       line=on.line, file=on.file,
                                       address_line=hs.seen.get(("host", "address"), 0), **v)
@@ -666,6 +753,22 @@ class _Builder:
             name=name, hosts=hosts, net=net, disk=DiskOptions(**{**common.disk, **sc.disk}),
             handlers={**common.handlers, **sc.handlers}, startup={**common.startup, **sc.startup},
             options={**common.options, **sc.options}, file=st.file, line=st.line)
+
+    def export_tls(self, on, ctx, values):
+        """ExportTls from the `export-tls*` keywords of one `on` section (after inheritance)."""
+        where = values.pop("where", f"{on.file}:{on.line}")
+        certs, psk = values.get("certs"), values.get("psk")
+        if certs and psk:
+            self.fail(on, ctx, "export-tls-certs and export-tls-psk exclude each other (X.509 "
+                               "or a pre-shared key, as nbdkit and qemu take one)")
+        mode = values.pop("mode", "require" if certs or psk else "off")
+        if mode != "off" and not (certs or psk):
+            self.fail(on, ctx, f"export-tls {mode}: needs export-tls-certs DIR or "
+                               f"export-tls-psk FILE")
+        if values.get("verify_peer") and not certs:
+            self.fail(on, ctx, "export-tls-verify-peer: needs export-tls-certs DIR (client "
+                               "certificates are checked against its ca-cert.pem)")
+        return ExportTls(mode=mode, where=where, **values)
 
     def finish(self, path):
         used: dict[tuple, Resource] = {}

@@ -67,6 +67,13 @@ def dump_config(config: Config) -> str:
             if h.export:
                 tcp = "tcp:" if h.export.kind == "tcp" and h.export.host == "unix" else ""
                 out.append(f"        export {quote(tcp + str(h.export))};")
+            tls = h.export_tls
+            if tls.certs or tls.psk:
+                out.append(f"        export-tls {tls.mode};")
+            out += [f"        {kw} {quote(path)};" for kw, path in (
+                ("export-tls-certs", tls.certs), ("export-tls-psk", tls.psk)) if path]
+            out += [f"        {kw} yes;" for kw, flag in (
+                ("export-tls-verify-peer", tls.verify_peer), ("export-insecure", tls.insecure)) if flag]
             out.append("    }")
         out += ["}", ""]
     return "\n".join(out)

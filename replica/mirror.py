@@ -319,10 +319,14 @@ class Engine:
         return {name: [int(v) for v in getattr(out, name)] if name in STAT_ARRAYS
                 else int(getattr(out, name)) for name in STAT_FIELDS}
 
-    def serve_nbd(self, sock_fd: int, initial: bytes = b"") -> ServeResult:
-        """Run the NBD transmission phase on sock_fd until the client leaves (blocks, GIL released)."""
+    def serve_nbd(self, sock_fd: int, initial: bytes = b"", tls: TlsSession | None = None) -> ServeResult:
+        """Run the NBD transmission phase on sock_fd until the client leaves (blocks, GIL released);
+        with `tls`, through that session on sock_fd (the caller closes it afterwards)."""
         err = ffi.new("int *")
-        end = lib.rm_serve_nbd(self._handle, sock_fd, initial, len(initial), err)
+        if tls is not None:
+            end = lib.rm_serve_nbd_tls(self._handle, sock_fd, tls.handle, initial, len(initial), err)
+        else:
+            end = lib.rm_serve_nbd(self._handle, sock_fd, initial, len(initial), err)
         return ServeResult(end, END_REASONS.get(end, f"end code {end}"), int(err[0]))
 
     def serve_fuse(self, mountpoint: str, filename: str, *, max_write: int, threads: int,

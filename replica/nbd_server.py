@@ -3,8 +3,11 @@
 
     listener ──► handshake loop (one thread, a selector: accepts and drives every handshake,
                  │                non-blocking, with replica.protocol.nbd, each bounded by a timeout)
-                 └─ EnterTransmission ──► serving thread: engine.serve_nbd(fd)
-                                          (C, GIL released, until the client leaves)
+                 ├─ EnterTransmission ──► serving thread: engine.serve_nbd(fd)
+                 │                        (C, GIL released, until the client leaves)
+                 └─ StartTls (ACK sent) ──► TLS thread: TLS handshake (C, GIL released), the rest
+                                            of the option haggling over the session (whole reads
+                                            of `bytes_needed`), then engine.serve_nbd(fd, tls=...)
 
 Why one loop for every handshake: a flood of short connections (10,000 connect/close in 0.1 s,
 or hundreds of clients sending garbage) costs one accept and a few microseconds of Python each,
@@ -14,6 +17,11 @@ overflowed unix-socket backlog as EAGAIN). Only a connection that reaches the tr
 phase gets its own thread, where the C loop blocks in recv/send without the GIL, so serving
 threads cost nothing per request and a misbehaving client only ever ends its own connection.
 When nothing happens the loop sleeps in the selector with no timeout.
+
+TLS (NBD_OPT_STARTTLS, `tls=ExportTlsSetup`): the handshake is blocking C, so a client gets its
+thread once its STARTTLS is acknowledged, and keeps it into the transmission phase, as a serving
+client does. Those threads are capped (MAX_TLS_HANDSHAKES: past it a STARTTLS client is dropped)
+and bounded by the same handshake deadline, and stop() shuts their sockets down to end them.
 """
 import collections
 import errno
@@ -23,9 +31,10 @@ import selectors
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
 from replica.errors import RemoteProtocolError
-from replica.mirror import Engine
+from replica.mirror import Engine, TlsContext, TlsSession
 from replica.protocol.nbd import (
     NEED_DATA,
     ClientAborted,
@@ -34,7 +43,10 @@ from replica.protocol.nbd import (
     ExportInfo,
     NbdServerConnection,
     OptionRefused,
+    StartTls,
+    TlsMode,
 )
+from replica.protocol.nbd_wire import NbdRep
 
 HANDSHAKE_TIMEOUT_S = 30.0
 RECV_CHUNK = 65536
@@ -43,6 +55,15 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 EMFILE_PAUSE_S = 0.1
 # Replies a client has not read yet, past which we stop reading its options.
 MAX_UNSENT = 65536
+# Clients between their STARTTLS and the transmission phase (each holds a thread meanwhile).
+MAX_TLS_HANDSHAKES = 64
+
+
+@dataclass(frozen=True)
+class ExportTlsSetup:
+    """How an export speaks TLS: the mode, and the server context (None with TlsMode.OFF)."""
+    mode: TlsMode = TlsMode.OFF
+    context: TlsContext | None = None
 
 log = logging.getLogger("replicad.nbd")
 
@@ -77,7 +98,7 @@ def open_listener(endpoint) -> socket.socket:
 class _Handshake:
     """One client in the handshake phase: its socket, codec, unsent bytes and deadline."""
 
-    __slots__ = ("sock", "peer", "conn", "out", "deadline", "initial", "done")
+    __slots__ = ("sock", "peer", "conn", "out", "deadline", "initial", "done", "starttls")
 
     def __init__(self, sock: socket.socket, peer, conn: NbdServerConnection, deadline: float):
         self.sock = sock
@@ -87,16 +108,22 @@ class _Handshake:
         self.deadline = deadline
         self.initial: bytes | None = None   # set once EnterTransmission arrived
         self.done = False                   # dropped or handed over
+        self.starttls = False               # STARTTLS acknowledged: TLS once the ACK is out
 
 
 class ExportServer:
     """Serves one resource's export on one endpoint until stop()."""
 
-    def __init__(self, name: str, endpoint, engine: Engine, export: ExportInfo):
+    def __init__(self, name: str, endpoint, engine: Engine, export: ExportInfo,
+                 tls: ExportTlsSetup | None = None):
         self.name = name
         self.endpoint = endpoint
         self.engine = engine
         self.export = export
+        self.tls = tls or ExportTlsSetup()
+        if self.tls.mode is not TlsMode.OFF and self.tls.context is None:
+            raise ValueError(f"nbd: {name}: TLS mode {self.tls.mode.value} needs a TLS context")
+        self._tls_socks: set[socket.socket] = set()   # clients in their TLS handshake threads
         self.listener = open_listener(endpoint)
         self._stopping = False
         self._threads: set[threading.Thread] = set()
@@ -122,6 +149,11 @@ class ExportServer:
         self._loop_thread.join(timeout=5)
         self.engine.shutdown()
         with self._lock:
+            for sock in self._tls_socks:     # wake handshakes blocked in C (poll on the fd)
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             threads = list(self._threads)
         for thread in threads:
             thread.join(timeout=5)
@@ -132,7 +164,8 @@ class ExportServer:
                 pass
 
     def _new_codec(self) -> NbdServerConnection:
-        return NbdServerConnection({self.export.name: self.export}, default_export=self.export.name)
+        return NbdServerConnection({self.export.name: self.export}, default_export=self.export.name,
+                                   tls=self.tls.mode)
 
     # --- the handshake loop ----------------------------------------------------------------
 
@@ -215,7 +248,7 @@ class ExportServer:
         """Read what the client sent (when `events` says so) and move its handshake on; a
         client that breaks the protocol or the connection is dropped, and only it."""
         try:
-            if events & selectors.EVENT_READ and hs.initial is None:
+            if events & selectors.EVENT_READ and hs.initial is None and not hs.starttls:
                 hs.conn.receive_data(hs.sock.recv(RECV_CHUNK))
             self._advance(hs)
         except BlockingIOError:
@@ -226,7 +259,7 @@ class ExportServer:
 
     def _advance(self, hs: _Handshake) -> None:
         """Run the codec until it needs data; send its replies; hand over on EnterTransmission."""
-        while hs.initial is None:
+        while hs.initial is None and not hs.starttls:
             event = hs.conn.next_event()
             hs.out += hs.conn.data_to_send()
             if event is NEED_DATA:
@@ -234,19 +267,27 @@ class ExportServer:
             if isinstance(event, EnterTransmission):
                 log.info("nbd: %s: client %s: connected", self.name, hs.peer)
                 hs.initial = hs.conn.trailing_data
+            elif isinstance(event, StartTls):
+                hs.starttls = True           # the next bytes are the client's TLS ClientHello
             elif isinstance(event, OptionRefused):
-                log.debug("nbd: %s: client %s: option refused: %s", self.name, hs.peer, event.reason)
+                # A clear-text client at a TLS-only export is worth a line; other refusals not.
+                level = logging.INFO if event.reply == NbdRep.ERR_TLS_REQD else logging.DEBUG
+                log.log(level, "nbd: %s: client %s: option refused: %s", self.name, hs.peer,
+                        event.reason)
             elif isinstance(event, (ClientAborted, ClientDisconnected)):
                 self._send_pending(hs)
                 self._drop(hs)
                 return
-        if self._send_pending(hs) and hs.initial is not None:
-            self._hand_over(hs)
+        if self._send_pending(hs) and (hs.initial is not None or hs.starttls):
+            if hs.starttls:
+                self._hand_over_tls(hs)
+            else:
+                self._hand_over(hs)
             return
         # Read more only while the client keeps up with our replies (a client that pipelines
         # options and never reads them must not grow our buffer).
         want = selectors.EVENT_WRITE if hs.out else 0
-        if hs.initial is None and len(hs.out) < MAX_UNSENT:
+        if hs.initial is None and not hs.starttls and len(hs.out) < MAX_UNSENT:
             want |= selectors.EVENT_READ
         if self._selector.get_key(hs.sock).events != want:
             self._selector.modify(hs.sock, want, hs)
@@ -274,8 +315,25 @@ class ExportServer:
 
     def _hand_over(self, hs: _Handshake) -> None:
         self._forget(hs)
-        thread = threading.Thread(target=self._serve_client, args=(hs.sock, hs.peer, hs.initial),
-                                  name=f"nbd[{self.name}]", daemon=True)
+        self._start_thread(hs, self._serve_client, (hs.sock, hs.peer, hs.initial))
+
+    def _hand_over_tls(self, hs: _Handshake) -> None:
+        self._forget(hs)
+        with self._lock:
+            busy = len(self._tls_socks) >= MAX_TLS_HANDSHAKES
+            if not busy:
+                self._tls_socks.add(hs.sock)
+        if busy:
+            log.warning("nbd: %s: client %s: %d TLS handshakes already in progress: dropped",
+                        self.name, hs.peer, MAX_TLS_HANDSHAKES)
+            hs.sock.close()
+            return
+        if not self._start_thread(hs, self._tls_client, (hs,)):
+            with self._lock:
+                self._tls_socks.discard(hs.sock)
+
+    def _start_thread(self, hs: _Handshake, target, args) -> bool:
+        thread = threading.Thread(target=target, args=args, name=f"nbd[{self.name}]", daemon=True)
         with self._lock:
             self._threads.add(thread)
         try:
@@ -285,23 +343,87 @@ class ExportServer:
             with self._lock:
                 self._threads.discard(thread)
             hs.sock.close()
+            return False
+        return True
+
+    # --- a TLS client: handshake and options over the session, then serving -----------------
+
+    def _tls_client(self, hs: _Handshake) -> None:
+        """After STARTTLS's ACK: the TLS handshake, the rest of the haggling through the session
+        (whole reads of what the codec still needs, so requests pipelined after NBD_OPT_GO stay
+        in the session for C), then the transmission phase over it."""
+        session: TlsSession | None = None
+        try:
+            assert self.tls.context is not None
+            hs.sock.setblocking(True)
+            session = self.tls.context.handshake(hs.sock.fileno(), self._left(hs))
+            hs.conn.tls_established()
+            log.info("nbd: %s: client %s: TLS: %s", self.name, hs.peer, session.describe())
+            initial = self._haggle_over_tls(hs, session)
+            with self._lock:
+                self._tls_socks.discard(hs.sock)
+            if initial is not None:
+                self._serve_client(hs.sock, hs.peer, initial, session)
+                return
+        except (OSError, RemoteProtocolError) as exc:
+            # TlsError (a ConnectionError) carries C's reason: "certificate verify failed: ..."
+            log.warning("nbd: %s: client %s: %s", self.name, hs.peer, exc)
+        finally:
+            with self._lock:
+                self._tls_socks.discard(hs.sock)
+                self._threads.discard(threading.current_thread())
+        if session is not None:
+            session.close()
+        hs.sock.close()
+
+    def _haggle_over_tls(self, hs: _Handshake, session: TlsSession) -> bytes | None:
+        """Drive the codec over the session: the bytes for C once in transmission, or None when
+        the client aborted."""
+        while True:
+            event = hs.conn.next_event()
+            out = hs.conn.data_to_send()
+            if out:
+                session.write_all(out)
+            if event is NEED_DATA:
+                hs.conn.receive_data(session.read_exact(hs.conn.bytes_needed, self._left(hs)))
+            elif isinstance(event, EnterTransmission):
+                log.info("nbd: %s: client %s: connected over TLS", self.name, hs.peer)
+                return hs.conn.trailing_data
+            elif isinstance(event, OptionRefused):
+                log.debug("nbd: %s: client %s: option refused: %s", self.name, hs.peer,
+                          event.reason)
+            else:       # ClientAborted, ClientDisconnected
+                return None
+
+    @staticmethod
+    def _left(hs: _Handshake) -> float:
+        """Seconds left of this client's handshake deadline; 0 has passed it (OSError)."""
+        left = hs.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(errno.ETIMEDOUT, f"handshake not finished after "
+                                                f"{HANDSHAKE_TIMEOUT_S:.0f} s")
+        return left
 
     # --- a serving thread ------------------------------------------------------------------
 
-    def _serve_client(self, client: socket.socket, peer, initial: bytes) -> None:
+    def _serve_client(self, client: socket.socket, peer, initial: bytes,
+                      session: TlsSession | None = None) -> None:
         try:
-            client.setblocking(True)
+            if session is None:
+                client.setblocking(True)   # (a TLS session keeps its fd non-blocking)
             if client.family != socket.AF_UNIX:
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # Room for a few 1 MiB replies in the socket, so the C loop is not woken per 200 KiB.
             client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-            result = self.engine.serve_nbd(client.fileno(), initial)
+            result = self.engine.serve_nbd(client.fileno(), initial, tls=session)
             detail = f": {os.strerror(result.errno)}" if result.errno else ""
             level = logging.INFO if result.clean else logging.WARNING
             log.log(level, "nbd: %s: client %s: %s%s", self.name, peer, result.reason, detail)
         except OSError as exc:
             log.warning("nbd: %s: client %s: %s", self.name, peer, exc)
         finally:
+            if session is not None:
+                session.close()          # close_notify, before the socket goes
             client.close()
             with self._lock:
                 self._threads.discard(threading.current_thread())

@@ -85,7 +85,7 @@ class ResourceRuntime:
         self.state = ResourceState(allow_two_primaries=resource.net.allow_two_primaries,
                                    fencing=resource.disk.fencing != "dont-care")
         self.disk = ResourceDisk(self.name, resource, self.host, rng)
-        self.frontend = NbdFrontend(self.name, self.endpoint)
+        self.frontend = NbdFrontend(self.name, self.endpoint, self.host.export_tls, self.host.name)
         configured = self.host.device is not None or self.host.minor is not None
         self.device = BlockDevice(self.name, self.host, run_dir or os.path.dirname(
             default_export_path)) if configured else None

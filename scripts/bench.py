@@ -170,10 +170,13 @@ class Nbdkit:
     """`nbdkit file` on a unix socket (one per `tag`: a stopped one's may linger), or on
     127.0.0.1:`port`."""
 
-    def __init__(self, work: Path, disk: Path, port: int | None = None, tag: str = "unix"):
+    def __init__(self, work: Path, disk: Path, port: int | None = None, tag: str = "unix",
+                 tls_certs: Path | None = None):
         self.sock = work / f"nbdkit-{tag}.sock"
         self.sock.unlink(missing_ok=True)
         listen = ["-i", "127.0.0.1", "-p", str(port)] if port else ["-U", str(self.sock)]
+        if tls_certs:
+            listen += ["--tls=require", f"--tls-certificates={tls_certs}"]
         self.proc = subprocess.Popen(["nbdkit", "-f", *listen, "file", str(disk)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.pid = self.proc.pid
@@ -188,7 +191,8 @@ class Nbdkit:
             elif self.sock.exists():
                 break
             time.sleep(0.05)
-        self.uri = f"nbd://127.0.0.1:{port}/" if port else f"nbd+unix:///?socket={self.sock}"
+        scheme = "nbds" if tls_certs else "nbd"
+        self.uri = f"{scheme}://127.0.0.1:{port}/" if port else f"{scheme}+unix:///?socket={self.sock}"
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -199,12 +203,13 @@ class Replicad:
     """A standalone resource (one `on` section) exported on a unix socket, or on `export`
     (e.g. 127.0.0.1:PORT)."""
 
-    def __init__(self, work: Path, disk: Path, export: str | None = None, tag: str = "unix"):
+    def __init__(self, work: Path, disk: Path, export: str | None = None, tag: str = "unix",
+                 extra: str = ""):
         self.work = work / f"replicad-{tag}"
         self.work.mkdir()
         self.conf = self.work / "replica.conf"
         self.conf.write_text(f"resource bench {{\n  on benchnode {{\n    disk {disk};\n"
-                             f"    export {export or f'unix:{self.work}/bench.sock'};\n  }}\n}}\n")
+                             f"    export {export or f'unix:{self.work}/bench.sock'};\n{extra}  }}\n}}\n")
         self.args = ["--config", str(self.conf), "--node", "benchnode", "--run-dir", str(self.work / "run")]
         subprocess.run([str(BIN / "replicactl"), *self.args, "up", "bench"], check=True)
         self.uri = subprocess.run([str(BIN / "replicactl"), *self.args, "nbd-uri", "bench"],
@@ -452,6 +457,73 @@ def tcp_table(work: Path, servers: list, ours_disk: Path, kit_disk: Path, unix_r
     return table, failures, targets
 
 
+TLS_JOBS = [
+    ("rand write 4 KiB QD1", "randwrite", "4k", 1, "latency"),
+    ("seq read 1 MiB QD16", "read", "1m", 16, "MiB/s"),
+    ("seq write 1 MiB QD16", "write", "1m", 16, "MiB/s"),
+]
+
+
+def nbd_tls_table(work: Path, servers: list, ours_disk: Path, kit_disk: Path):
+    """TLS on the export (NBD_OPT_STARTTLS; OpenSSL in C, no kTLS here): replicad over loopback
+    TCP without and with `export-tls-certs`, beside `nbdkit file` without and with
+    --tls=require and the same certificates (GnuTLS), one fio client (libnbd, GnuTLS). Each
+    round runs the four servers in turn; medians of REPEATS rounds. fio's libnbd may not read
+    client certificate files named in a URI, so the server checks no client certificate."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.tls_certs import make_ca, make_node_cert
+    certs = work / "tls"
+    certs.mkdir()
+    ca = make_ca(certs)
+    cert = make_node_cert(certs, ca, "localhost", ("127.0.0.1",), prefix="server-")
+    shutil.copy(ca.certfile, certs / "ca-cert.pem")
+    shutil.copy(cert.certfile, certs / "server-cert.pem")
+    shutil.copy(cert.keyfile, certs / "server-key.pem")
+    kit = {"clear": Nbdkit(work, kit_disk, port=free_port(), tag="tcp-clear"),
+           "tls": Nbdkit(work, kit_disk, port=free_port(), tag="tcp-tls", tls_certs=certs)}
+    servers.extend(kit.values())
+    table = Table(title=f"TLS on the NBD export, loopback TCP — fio {RUNTIME_S}s per job, median of "
+                        f"{REPEATS} rounds; CPU = server utime+stime per I/O")
+    for col in ("test", "replicad clear", "replicad TLS", "TLS / clear", "nbdkit clear",
+                "nbdkit TLS", "TLS / clear", "replicad TLS / nbdkit TLS", "CPU/IO replicad TLS",
+                "CPU/IO nbdkit TLS"):
+        table.add_column(col, justify="left" if col == "test" else "right")
+    runs: dict = {(label, who): [] for label, *_ in TLS_JOBS
+                  for who in ("ours clear", "ours tls", "kit clear", "kit tls")}
+    try:
+        for round_ in range(REPEATS):
+            # One backing file, which replicad opens exclusively: its two modes take turns.
+            for mode, extra in (("clear", ""), ("tls", f"    export-tls-certs {certs};\n")):
+                server = Replicad(work, ours_disk, export=f"127.0.0.1:{free_port()}",
+                                  tag=f"tcp-{mode}-{round_}", extra=extra)
+                servers.append(server)
+                try:
+                    for label, rw, bs, qd, _metric in TLS_JOBS:
+                        runs[label, f"ours {mode}"].append(fio_cpu(server.uri, [server.pid], rw, bs, qd))
+                        runs[label, f"kit {mode}"].append(fio_cpu(kit[mode].uri, [kit[mode].pid], rw, bs, qd))
+                finally:
+                    server.stop()
+                    servers.remove(server)
+    finally:
+        for server in kit.values():
+            server.stop()
+            servers.remove(server)
+
+    def median(label, who, key):
+        return statistics.median(r[key] for r in runs[label, who])
+    for label, _rw, _bs, _qd, metric in TLS_JOBS:
+        cpu = [fmt(median(label, "ours tls", "cpu_us"), "µs"), fmt(median(label, "kit tls", "cpu_us"), "µs")]
+        # QD1: the latency percentiles (lower is better), then IOPS, as the unix table shows them
+        rows = [(" p50", "p50", "µs"), (" p99", "p99", "µs"), (" IOPS", "IOPS", "")] \
+            if metric == "latency" else [("", metric, metric)]
+        for suffix, key, unit in rows:
+            oc, ot, kc, kt = (median(label, who, key) for who in ("ours clear", "ours tls", "kit clear", "kit tls"))
+            table.add_row(label + suffix, fmt(oc, unit), fmt(ot, unit), f"{ot / oc:.2f}×", fmt(kc, unit),
+                          fmt(kt, unit), f"{kt / kc:.2f}×", f"{ot / kt:.2f}×", *cpu)
+            cpu = ["", ""]
+    return table, 0, 0
+
+
 def conn16_table(work: Path, servers: list, kit_disk: Path):
     """Many client connections on one protocol C resource: IOPS vs nbdkit file with the same job,
     and CPU per write over both replicad (Primary + Secondary) vs nbdkit's own."""
@@ -575,7 +647,8 @@ def pacing_table(work: Path, servers: list):
 
 
 # --only names, in the order a full run prints them
-TABLES = ("unix", "limits", "tcp", "repl", "conn16", "pacing", "resync", "verify", "tls", "idle", "ext4")
+TABLES = ("unix", "limits", "tcp", "nbd-tls", "repl", "conn16", "pacing", "resync", "verify", "tls",
+          "idle", "ext4")
 
 
 def main() -> int:
@@ -604,7 +677,7 @@ def main() -> int:
 
     try:
         ours_disk, kit_disk = work / "ours.img", work / "nbdkit.img"
-        if set(only) & {"unix", "limits", "tcp", "repl", "conn16"}:
+        if set(only) & {"unix", "limits", "tcp", "nbd-tls", "repl", "conn16"}:
             console.print(f"bench: pre-writing two {FILE_SIZE >> 20} MiB backing files on tmpfs ({work})")
             prewrite(ours_disk)
             prewrite(kit_disk)
@@ -629,6 +702,8 @@ def main() -> int:
             console.print(limits)
         if "tcp" in only:
             show(tcp_table(work, servers, ours_disk, kit_disk, ours_results))
+        if "nbd-tls" in only:
+            show(nbd_tls_table(work, servers, ours_disk, kit_disk))
         if "repl" in only:
             kit = Nbdkit(work, kit_disk, tag="repl")
             servers.append(kit)

@@ -1,11 +1,12 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """Server side of the NBD fixed newstyle handshake, sans-I/O (bytes in, events out, like h11).
 
-Owns: the greeting, client flags, option haggling (EXPORT_NAME, ABORT, LIST, INFO, GO and the
-error replies for everything else) up to the start of the transmission phase. It does not own the
-transmission phase: that runs in C (csrc/) on the same socket, starting with `trailing_data`.
+Owns: the greeting, client flags, option haggling (EXPORT_NAME, ABORT, LIST, INFO, GO, STARTTLS
+and the error replies for everything else) up to the start of the transmission phase. It does not
+own the transmission phase: that runs in C (csrc/) on the same socket (or TLS session), starting
+with `trailing_data`; nor the TLS handshake itself, which the driver runs (in C) when told to.
 Spec: the NetworkBlockDevice project's doc/proto.md, sections "Newstyle negotiation", "Fixed
-newstyle negotiation", "Option types", "Option reply types" and "Size constraints".
+newstyle negotiation", "Option types", "Option reply types", "Size constraints" and "TLS support".
 
 Lifecycle (`conn.state`)::
 
@@ -13,15 +14,21 @@ Lifecycle (`conn.state`)::
     OPTIONS --LIST/INFO/unknown option--> OPTIONS            (replies queued)
     OPTIONS --EXPORT_NAME | GO+ACK--> TRANSMISSION           (event EnterTransmission)
     OPTIONS --ABORT--> CLOSED                                 (event ClientAborted, ACK queued)
+    OPTIONS --STARTTLS+ACK--> TLS_HANDSHAKE                   (event StartTls: the driver sends
+    TLS_HANDSHAKE --tls_established()--> OPTIONS               the ACK, runs the TLS handshake,
+                                                               then feeds decrypted bytes)
     any handshake state --EOF--> CLOSED                       (event ClientDisconnected)
     any handshake state --protocol violation--> ERROR         (RemoteProtocolError raised)
 
 Driver contract: feed bytes with `receive_data` (b"" for EOF), call `next_event` until it
-returns NEED_DATA or a terminal event (EnterTransmission, ClientAborted, ClientDisconnected), and
+returns NEED_DATA or a terminal event (EnterTransmission, ClientAborted, ClientDisconnected,
+StartTls), and
 send `data_to_send()` after each batch and before acting on a terminal event. On
 RemoteProtocolError the driver drops the connection (a "hard disconnect" in spec terms) without
-sending anything more. Nothing here reads unbounded data: an option header announcing more than
-`max_option_length` bytes is a protocol violation, raised as soon as the header is complete.
+sending anything more. A driver that reads exactly (a TLS session's whole reads) asks
+`bytes_needed` how many bytes the next message still lacks. Nothing here reads unbounded data:
+an option header announcing more than `max_option_length` bytes is a protocol violation, raised
+as soon as the header is complete.
 As the spec forbids a new option before the final reply to the previous one, a well-behaved
 client never has more than one option in flight; feed the connection in bounded chunks and call
 `next_event` after each, and at most one chunk plus one option is ever buffered.
@@ -29,9 +36,17 @@ client never has more than one option in flight; feed the connection in bounded 
 Policy (documented choices where the spec allows several):
 - Clients that do not set NBD_FLAG_C_FIXED_NEWSTYLE are still served fixed newstyle replies
   ("Servers MAY choose to honour fixed newstyle"); unknown client flag bits are a hard disconnect.
-- NOTLS mode: NBD_OPT_STARTTLS gets NBD_REP_ERR_UNSUP; structured replies, metadata contexts and
-  extended headers are not supported (NBD_REP_ERR_UNSUP), so the transmission phase uses simple
-  replies only.
+- TLS (`tls=TlsMode...`, nbdkit's --tls=off|on|require): OFF is the spec's NOTLS mode
+  (NBD_OPT_STARTTLS gets NBD_REP_ERR_UNSUP); REQUIRE is FORCEDTLS (before TLS every option but
+  STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD, and NBD_OPT_EXPORT_NAME, which cannot be refused,
+  is a hard disconnect); ALLOW is SELECTIVETLS with no TLS-only export (the client chooses).
+  STARTTLS once TLS is up, or with data, gets NBD_REP_ERR_INVALID. Bytes that arrive in clear
+  after STARTTLS, before our ACK was even read, are a hard disconnect: taken as part of the TLS
+  stream they would let a man in the middle inject options (the STARTTLS injection flaw of
+  SMTP/IMAP servers, CVE-2011-0411). A client without NBD_FLAG_C_FIXED_NEWSTYLE cannot do TLS
+  (spec: such a server "MUST operate in NOTLS mode"): REQUIRE drops it, ALLOW serves it NOTLS.
+- Structured replies, metadata contexts and extended headers are not supported
+  (NBD_REP_ERR_UNSUP), so the transmission phase uses simple replies only.
 - NBD_OPT_INFO/GO always send NBD_INFO_EXPORT and NBD_INFO_BLOCK_SIZE; NBD_INFO_NAME and
   NBD_INFO_DESCRIPTION when requested. Sizing is never required (no ERR_BLOCK_SIZE_REQD).
 - NBD_OPT_LIST sends each export's description after its name in NBD_REP_SERVER.
@@ -68,6 +83,7 @@ class NbdServerState(enum.Enum):
     GREETING_SENT = "greeting-sent"  # greeting queued, not yet taken by data_to_send()
     AWAIT_CLIENT_FLAGS = "await-client-flags"  # greeting handed out, waiting for client flags
     OPTIONS = "options"  # option haggling
+    TLS_HANDSHAKE = "tls-handshake"  # STARTTLS acknowledged; the driver runs the TLS handshake
     TRANSMISSION = "transmission"  # handshake done; the rest of the stream is transmission
     CLOSED = "closed"  # client aborted or disconnected
     ERROR = "error"  # the client violated the protocol; drop the connection
@@ -78,6 +94,14 @@ _HANDSHAKE_STATES = (
     NbdServerState.AWAIT_CLIENT_FLAGS,
     NbdServerState.OPTIONS,
 )
+
+
+class TlsMode(enum.Enum):
+    """The server's TLS mode for a connection (proto.md "Server-side requirements")."""
+
+    OFF = "off"          # NOTLS
+    ALLOW = "allow"      # SELECTIVETLS, no TLS-only export (nbdkit --tls=on)
+    REQUIRE = "require"  # FORCEDTLS (nbdkit --tls=require)
 
 # A plain int: `~` on an IntFlag keeps only the defined bits, which would hide unknown ones.
 _KNOWN_CLIENT_FLAGS = int(NbdClientFlag.FIXED_NEWSTYLE | NbdClientFlag.NO_ZEROES)
@@ -206,7 +230,13 @@ class OptionRefused:
     reason: str
 
 
-HandshakeEvent = EnterTransmission | ClientAborted | ClientDisconnected | OptionRefused
+@dataclass(frozen=True, slots=True)
+class StartTls:
+    """NBD_OPT_STARTTLS was acknowledged (the ACK is queued): send data_to_send() in clear, run
+    the TLS handshake, call tls_established(), then go on feeding the decrypted bytes."""
+
+
+HandshakeEvent = EnterTransmission | ClientAborted | ClientDisconnected | OptionRefused | StartTls
 
 
 def option_name(option: int) -> str:
@@ -221,7 +251,7 @@ class NbdServerConnection:
     """Server side of one NBD connection's handshake (see the module docstring)."""
 
     def __init__(self, exports: Mapping[str, ExportInfo], default_export: str | None = None,
-                 max_option_length: int = 4096) -> None:
+                 max_option_length: int = 4096, tls: TlsMode = TlsMode.OFF) -> None:
         for key, export in exports.items():
             if not isinstance(export, ExportInfo) or export.name != key:
                 raise LocalProtocolError(
@@ -233,6 +263,10 @@ class NbdServerConnection:
         if not isinstance(max_option_length, int) or max_option_length < 0:
             raise LocalProtocolError(
                 f"nbd handshake: invalid max_option_length: {max_option_length!r}")
+        if not isinstance(tls, TlsMode):
+            raise LocalProtocolError(f"nbd handshake: invalid tls: not a TlsMode: {tls!r}")
+        self._tls_mode = tls
+        self._tls_active = False
         self._exports = dict(exports)
         self._default_export = default_export
         self._max_option_length = max_option_length
@@ -253,6 +287,42 @@ class NbdServerConnection:
         return self._state
 
     @property
+    def tls_mode(self) -> TlsMode:
+        """The mode this connection runs in (ALLOW falls back to OFF for a non-fixed client)."""
+        return self._tls_mode
+
+    @property
+    def tls_active(self) -> bool:
+        """True once tls_established() was called: every later byte goes over TLS."""
+        return self._tls_active
+
+    @property
+    def bytes_needed(self) -> int:
+        """How many more bytes the next client message needs (0 outside the handshake states).
+
+        For drivers that read exactly (a TLS session): after NEED_DATA, reading this many bytes
+        always lets next_event make progress, and never reads past the message (so requests
+        pipelined after NBD_OPT_GO stay in the session for the transmission phase)."""
+        have = len(self._buffer)
+        if self._state in (NbdServerState.GREETING_SENT, NbdServerState.AWAIT_CLIENT_FLAGS):
+            return max(0, wire.CLIENT_FLAGS.size - have)
+        if self._state is not NbdServerState.OPTIONS:
+            return 0
+        if have < wire.OPTION_HEADER.size:
+            return wire.OPTION_HEADER.size - have
+        length: int = wire.OPTION_HEADER.unpack_from(self._buffer)[2]
+        return max(0, wire.OPTION_HEADER.size + length - have)
+
+    def tls_established(self) -> None:
+        """The driver finished the TLS handshake that StartTls asked for: haggling goes on."""
+        if self._state is not NbdServerState.TLS_HANDSHAKE:
+            raise LocalProtocolError(
+                f"nbd handshake: tls_established: no TLS handshake pending: state "
+                f"{self._state.name}")
+        self._tls_active = True
+        self._state = NbdServerState.OPTIONS
+
+    @property
     def trailing_data(self) -> bytes:
         """Bytes received after the handshake ended (e.g. requests pipelined after GO)."""
         return bytes(self._trailing)
@@ -266,6 +336,10 @@ class NbdServerConnection:
         """Feed bytes from the client; b"" means the client closed its side (EOF)."""
         if self._eof:
             raise LocalProtocolError("nbd handshake: receive_data: called after EOF")
+        if self._state is NbdServerState.TLS_HANDSHAKE:
+            raise LocalProtocolError(
+                "nbd handshake: receive_data: the TLS handshake is pending: these bytes belong "
+                "to it (call tls_established() first)")
         if not data:
             self._eof = True
         elif self._state is NbdServerState.TRANSMISSION:
@@ -286,6 +360,10 @@ class NbdServerConnection:
         """The next event, or NEED_DATA; raises RemoteProtocolError on a protocol violation."""
         if self._state is NbdServerState.ERROR:
             raise RemoteProtocolError(self._error)
+        if self._state is NbdServerState.TLS_HANDSHAKE:
+            raise LocalProtocolError(
+                "nbd handshake: next_event: the TLS handshake is pending: call "
+                "tls_established() first")
         if self._state not in _HANDSHAKE_STATES:
             raise LocalProtocolError(
                 f"nbd handshake: next_event: the handshake is over: state {self._state.name}")
@@ -330,6 +408,13 @@ class NbdServerConnection:
                 f"nbd handshake: client flags: unknown flag bits: 0x{unknown:08x} "
                 f"(client flags 0x{flags:08x})")
         self._no_zeroes = bool(flags & NbdClientFlag.NO_ZEROES)
+        if not flags & NbdClientFlag.FIXED_NEWSTYLE:
+            # proto.md "TLS support": NOTLS unless the client replied FIXED_NEWSTYLE.
+            if self._tls_mode is TlsMode.REQUIRE:
+                raise RemoteProtocolError(
+                    f"nbd handshake: client flags: TLS is required but the client did not set "
+                    f"NBD_FLAG_C_FIXED_NEWSTYLE (client flags 0x{flags:08x})")
+            self._tls_mode = TlsMode.OFF
         self._state = NbdServerState.OPTIONS
         return True
 
@@ -363,20 +448,28 @@ class NbdServerConnection:
     # --- option handlers ---
 
     def _handle_option(self, option: int, data: bytes) -> HandshakeEvent | None:
-        if option == NbdOpt.EXPORT_NAME:
-            return self._handle_export_name(data)
         if option == NbdOpt.ABORT:
             # proto.md: "The server MUST reply with NBD_REP_ACK"; data is to be ignored.
             self._queue_reply(option, NbdRep.ACK)
             self._state = NbdServerState.CLOSED
             self._buffer.clear()
             return ClientAborted()
+        if option == NbdOpt.STARTTLS:
+            return self._handle_starttls(data)
+        if self._tls_mode is TlsMode.REQUIRE and not self._tls_active:
+            label = option_name(option)
+            if option == NbdOpt.EXPORT_NAME:
+                raise RemoteProtocolError(
+                    f"nbd handshake: {label}: TLS is required: the client must send "
+                    f"NBD_OPT_STARTTLS first")
+            return self._refuse(option, NbdRep.ERR_TLS_REQD,
+                                f"{label}: TLS is required: send NBD_OPT_STARTTLS first")
+        if option == NbdOpt.EXPORT_NAME:
+            return self._handle_export_name(data)
         if option == NbdOpt.LIST:
             return self._handle_list(data)
         if option in (NbdOpt.INFO, NbdOpt.GO):
             return self._handle_info_go(option, data)
-        if option == NbdOpt.STARTTLS:
-            return self._refuse(option, NbdRep.ERR_UNSUP, "TLS is not supported by this server")
         if option == NbdOpt.STRUCTURED_REPLY:
             return self._refuse(option, NbdRep.ERR_UNSUP,
                                 "structured replies are not supported by this server")
@@ -385,6 +478,29 @@ class NbdServerConnection:
                                 "metadata contexts are not supported by this server")
         return self._refuse(option, NbdRep.ERR_UNSUP,
                             f"{option_name(option)} is not supported by this server")
+
+    def _handle_starttls(self, data: bytes) -> HandshakeEvent | None:
+        """NBD_OPT_STARTTLS (proto.md "TLS support"): ACK, and the TLS handshake follows."""
+        option = NbdOpt.STARTTLS
+        if self._tls_mode is TlsMode.OFF:
+            return self._refuse(option, NbdRep.ERR_UNSUP, "TLS is not supported by this server")
+        if self._tls_active:
+            return self._refuse(option, NbdRep.ERR_INVALID,
+                                "NBD_OPT_STARTTLS: TLS is already active on this connection")
+        if data:
+            return self._refuse(option, NbdRep.ERR_INVALID,
+                                f"NBD_OPT_STARTTLS must carry no data: length={len(data)}")
+        if self._eof:
+            # The client closed its side: no TLS handshake can follow.
+            self._state = NbdServerState.CLOSED
+            return ClientDisconnected()
+        if self._buffer:
+            raise RemoteProtocolError(
+                f"nbd handshake: NBD_OPT_STARTTLS: {len(self._buffer)} bytes sent in clear "
+                f"after it, before the TLS handshake")
+        self._queue_reply(option, NbdRep.ACK)
+        self._state = NbdServerState.TLS_HANDSHAKE
+        return StartTls()
 
     def _handle_export_name(self, data: bytes) -> HandshakeEvent | None:
         """NBD_OPT_EXPORT_NAME: no error reply exists, so a refusal is a hard disconnect."""
