@@ -135,7 +135,10 @@ def test_parser_takes_any_damaged_real_cib(at, length, insert):
         cib = parse_cib(text)
     except CibError:
         return
-    assert set(cib.clones.values()) <= {"ms_r0"} or cib.clones == {}
+    # damage may rename the clone (a character cut out of "ms_r0"), never invent one: every
+    # clone found is a name the damaged text really carries
+    for clone in cib.clones.values():
+        assert clone and clone in text, clone
 
 
 # --- the peer's state ----------------------------------------------------------------------------
