@@ -185,7 +185,9 @@ resource r0 {
     protocol C;
     device-kind auto;   # kernel NBD where the kernel has it, else a FUSE file on a loop device
     net { ping-int 1; ping-timeout 5; timeout 5; connect-int 2; cram-hmac-alg sha256; shared-secret "demo-secret"; }
-    disk { resync-rate 200M; fencing resource-only; }
+    # c-min-rate: the client writes on through the resync, and DRBD's throttle would hold the
+    # resync to its default 250 KiB/s while the application is busy (minutes for ha1's 64 MiB)
+    disk { resync-rate 200M; c-min-rate 50M; fencing resource-only; }
     handlers { fence-peer "$REPO/.venv/bin/replica-fence-peer"; unfence-peer "$REPO/.venv/bin/replica-unfence-peer"; }
     on ha1 { device $DEV; disk $DISKS/ha1.img; meta-disk internal; address 10.0.17.1:7789; export unix:$WORK/ha1/r0.sock; }
     on ha2 { device $DEV; disk $DISKS/ha2.img; meta-disk internal; address 10.0.17.2:7789; export unix:$WORK/ha2/r0.sock; }
