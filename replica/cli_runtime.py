@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""replicactl's runtime changes to an up resource: adjust (-d prints the plan), net-options,
-disk-options, resize, and wait-sync (the wait a resize or an adjust's reconnect is followed by).
+"""replicactl's runtime changes: adjust (the file's differences applied to the running
+resource, up if it is not; -d prints the plan), net-options and disk-options, resize, and
+wait-sync (the wait that follows a resize or an initial sync).
 """
 import sys
 import time
