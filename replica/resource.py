@@ -29,6 +29,10 @@ constructor and public interface (none calls another's private methods):
                                                 EventBus: `create`/`change`/`destroy` from here
                                                 (set_state, up/down), `call`/`response helper`
                                                 from the handler runner
+    handler_runner replica.handler_runner.HandlerRunner  `handlers { }`: DRBD's helpers and
+                                                their environment (run_handler... delegate)
+
+`status()` is replica.resource_status.status_of: it reads these parts and changes nothing.
 
 Threads: the daemon's command threads, the PeerLink, the ResyncRunner, the monitor's two.
 Lock order: `lock` (this runtime), then the disk's `md_lock`. Peer control frames after the
@@ -36,9 +40,7 @@ handshake: replica.protocol.repl_control.
 """
 import logging
 import os
-import subprocess
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -51,12 +53,14 @@ from replica.errors import ReplicaError
 from replica.events import EventBus
 from replica.fencing import PeerFencing, needs_fencing
 from replica.frontends import NbdFrontend
+from replica.handler_runner import HANDLER_TIMEOUT_S, HandlerRunner
 from replica.mirror import MirrorEvent
 from replica.monitor import ResourceMonitor
 from replica.protocol.nbd import ExportInfo, transmission_flags_for
 from replica.protocol.repl_control import FullSyncRequest, PeerUuids
 from replica.resize import ResizeControl
 from replica.resource_events import ResourceEvents
+from replica.resource_status import status_of
 from replica.roles import Request, ResourceState, needs_new_current_uuid, request, request_or_raise
 from replica.runtime_options import RuntimeOptions
 from replica.startup import wfc_option
@@ -67,8 +71,6 @@ from replica.uuids import UuidFlag
 __all__ = ["ResourceRuntime", "engine_io_error_mode"]
 
 log = logging.getLogger("replicad.resource")
-
-HANDLER_TIMEOUT_S = 60.0
 
 
 class ResourceRuntime:
@@ -97,6 +99,7 @@ class ResourceRuntime:
         self.options = RuntimeOptions(self)
         self.wfc_option = "wfc-timeout"      # which startup timeout `wait-connect` uses
         self.events = ResourceEvents(self, events if events is not None else EventBus())
+        self.handler_runner = HandlerRunner(self)
 
     # --- what the daemon asks -------------------------------------------------------------
 
@@ -389,77 +392,19 @@ class ResourceRuntime:
         if s.is_connected and s.peer_disk is DiskState.UpToDate:
             self.sync.request_full_resync("attach")
 
+    # --- handlers { } (replica.handler_runner) ----------------------------------------------
+
     def handler_env(self) -> dict[str, str]:
-        """The environment DRBD gives its helpers (drbdadm's khelper env, 8.4 and 9 names), and
-        REPLICA_ROLE, REPLICA_DISK, REPLICA_PEER_DISK."""
-        peer = self.peer_host
-        env = dict(os.environ, DRBD_RESOURCE=self.name, REPLICA_RESOURCE=self.name,
-                   DRBD_PEER=peer.name if peer else "", DRBD_PEERS=peer.name if peer else "",
-                   DRBD_MY_ADDRESS=self.host.address[0] if self.host.address else "",
-                   DRBD_MY_AF=self.host.address_family,
-                   DRBD_PEER_ADDRESS=peer.address[0] if peer and peer.address else "",
-                   DRBD_PEER_AF=peer.address_family if peer else "",
-                   DRBD_CONF=os.path.abspath(self.resource.file) if self.resource.file else "",
-                   DRBD_BACKING_DEV=self.host.disk, DRBD_VOLUME=str(self.host.volume or 0),
-                   DRBD_MINOR=str(self.host.minor) if self.host.minor is not None else "")
-        if self.host.minor is not None:
-            env[f"DRBD_MINOR_{self.host.volume or 0}"] = str(self.host.minor)
-        # the states at the call: a handler must not ask us (fence-peer runs under our lock),
-        # as DRBD's read /proc/drbd rather than netlink (replica/crm_fence.py)
-        s = self.state
-        env.update(REPLICA_ROLE=str(s.role), REPLICA_DISK=str(s.disk), REPLICA_PEER_DISK=str(s.peer_disk))
-        return env
+        return self.handler_runner.env()
 
     def call_handler(self, which: str, timeout_s: float = HANDLER_TIMEOUT_S) -> int | None:
-        """Run the `handlers { which }` command and wait for it: its exit code, None when it
-        could not run or timed out (DRBD's kernel waits for its usermode helper likewise)."""
-        cmd = self.resource.handlers.get(which)
-        if not cmd:
-            return None
-        log.info("%s: helper command: %s %s", self.name, which, cmd)
-        return self._call_handler(which, cmd, self.handler_env(), timeout_s)
-
-    def _call_handler(self, which: str, cmd: str, env: dict[str, str],
-                      timeout_s: float = HANDLER_TIMEOUT_S) -> int | None:
-        """Run one handler to its end: its exit code, None if it could not run or timed out.
-        Published as `call helper` and `response helper ... status:N` (N = -1: it could not
-        run or timed out)."""
-        self.events.helper(which)
-        try:
-            rc = subprocess.run(cmd, shell=True, env=env, stdin=subprocess.DEVNULL,
-                                timeout=timeout_s).returncode
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            log.error("%s: helper command: %s: %s", self.name, which, exc)
-            self.events.helper(which, -1)
-            return None
-        log.info("%s: helper command: %s exit code %d", self.name, which, rc)
-        self.events.helper(which, rc)
-        return rc
+        return self.handler_runner.call(which, timeout_s)
 
     def run_handler(self, which: str, *more: str) -> None:
-        """Run the `handlers { which }` commands in the background (DRBD's helpers), one after
-        the other in the order given; a handler that is not configured is skipped."""
-        todo = [(w, self.resource.handlers[w]) for w in (which, *more)
-                if self.resource.handlers.get(w)]
-        if not todo:
-            return
-        env = self.handler_env()
-        for w, cmd in todo:
-            log.info("%s: helper command: %s %s", self.name, w, cmd)
-
-        def run() -> None:
-            for w, cmd in todo:
-                self._call_handler(w, cmd, env)
-        threading.Thread(target=run, name=f"handler[{self.name}]", daemon=True).start()
+        self.handler_runner.run(which, *more)
 
     def run_handler_wait(self, which: str) -> int | None:
-        """Run `handlers { which }` and wait for it (DRBD's before-resync-target): its exit
-        code; 0 when it is not configured, None if it could not run or timed out."""
-        cmd = self.resource.handlers.get(which)
-        if not cmd:
-            return 0
-        log.info("%s: helper command: %s %s", self.name, which, cmd)
-        return self._call_handler(which, cmd, self.handler_env())
+        return self.handler_runner.run_wait(which)
 
     # --- user requests ------------------------------------------------------------------------
 
@@ -595,50 +540,4 @@ class ResourceRuntime:
     # --- status -----------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        s = self.state
-        engine = self.disk.engine
-        out: dict[str, Any] = {
-            "name": self.name,
-            "node": self.host.name,
-            "up": self.is_up,
-            "standalone": self.resource.standalone,
-            "role": self.role,
-            "peer_role": str(s.peer_role),
-            "disk": self.host.disk,
-            "disk_state": str(s.disk) if self.is_up else "Diskless",
-            "peer_disk_state": str(s.peer_disk),
-            "connection": "StandAlone" if self.resource.standalone else str(s.conn),
-            "replication": str(s.repl),
-            "cstate": s.cstate_text() if not self.resource.standalone else "StandAlone",
-            "peer": self.peer_host.name if self.peer_host else None,
-            "protocol": self.resource.net.protocol,
-            "size": self.disk.size,
-            "read_only": self.is_up and not self.resource.standalone
-            and s.role is not Role.Primary,
-            "nbd_uri": self.frontend.uri,
-            "device": self.device.status() if self.device is not None else None,
-            "device_path": self.device.path if self.device is not None else None,
-            "stats": engine.stats() if engine else None,
-            "last_resync": self.sync.last_resync,
-            "last_verify": self.sync.verify.last_verify,
-            "wfc_option": self.wfc_option,
-            "link_error": self.conn.last_error,
-            "io_suspended": self.fencing.suspended,
-            "al_writes": self.disk.al_writes,
-            "bm_writes": self.disk.bm_writes,
-            "tls": self.conn.tls_text or None,
-            "tls_error": self.conn.tls_error or None,
-        }
-        resize = self.resizer.status()
-        if resize is not None:
-            out["resize"] = resize
-        if self.disk.has_md:
-            out["uuids"] = self.disk.uuids.text()
-            out["out_of_sync_bytes"] = self.disk.out_of_sync_bytes()
-        resync = self.sync.status(time.monotonic())
-        if resync is not None:
-            out["resync"] = resync
-        verify = self.sync.verify.status(time.monotonic())
-        if verify is not None:
-            out["verify"] = verify
-        return out
+        return status_of(self)
