@@ -127,14 +127,54 @@ def print_config_warnings(ctl: Ctl) -> None:
         print(f"replicactl: warning: {warning}", file=sys.stderr)
 
 
+def daemon_missing(ctl: Ctl, name: str) -> bool:
+    """True, having said so for each resource named, when no replicad runs (the caller then
+    returns EXIT_NO_RESOURCE, as drbdsetup does for a resource the kernel does not know)."""
+    if ctl.daemon_running:
+        return False
+    for res in ctl.resource_names(name):
+        print(f"{res}: No such resource (replicad is not running)", file=sys.stderr)
+    return True
+
+
+def wait_each(ctl: Ctl, name: str, verb: str, verdict_of: Callable, timed_out: Callable,
+              timeout_rc: int) -> int:
+    """The loop of wait-connect and wait-sync: poll each resource's status until
+    `verdict_of(status, startup)` is done, within its startup{} timeout (wfc-timeout or
+    degr-wfc-timeout, the one replicad says applies; replica.startup). On timeout print
+    `RES: VERB: timed_out(status, timeout, option)` and count timeout_rc; a verdict done but
+    not ok prints its why and counts EXIT_ERROR."""
+    from replica.startup import wfc_timeout_s
+    if daemon_missing(ctl, name):
+        return EXIT_NO_RESOURCE
+    rc = 0
+    for res in ctl.resource_names(name):
+        startup = ctl.config.resource(res).startup
+        option = (ctl.status_of(res) or [{}])[0].get("wfc_option", "wfc-timeout")
+        timeout = wfc_timeout_s(startup, option)
+        deadline = time.monotonic() + timeout if timeout else None
+        while True:
+            st = (ctl.status_of(res) or [{}])[0]
+            verdict = verdict_of(st, startup)
+            if verdict.done:
+                if not verdict.ok:
+                    print(f"{res}: {verb}: {verdict.why}", file=sys.stderr)
+                    rc = rc or EXIT_ERROR
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                print(f"{res}: {verb}: {timed_out(st, timeout, option)}", file=sys.stderr)
+                rc = timeout_rc
+                break
+            time.sleep(0.2)
+    return rc
+
+
 def _verb(verb: str, start_daemon: bool = False, **flags: str) -> Callable:
     """A handler sending `verb` with the boolean options named in `flags` (arg -> request key)."""
     def handler(ctl: Ctl, name: str) -> int:
         if start_daemon:
             ctl.ensure_daemon(name)
-        elif not ctl.daemon_running:
-            for res in ctl.resource_names(name):
-                print(f"{res}: No such resource (replicad is not running)", file=sys.stderr)
+        elif daemon_missing(ctl, name):
             return EXIT_NO_RESOURCE
         for res in ctl.resource_names(name):
             ctl.call(verb, resource=res, **{key: bool(getattr(ctl.args, arg, False))

@@ -5,9 +5,8 @@ table). Each handler takes (ctl, name) and returns the exit code.
 """
 import os
 import sys
-import time
 
-from replica.cli_ctl import EXIT_ERROR, EXIT_NO_RESOURCE, Ctl, _verb, print_config_warnings
+from replica.cli_ctl import EXIT_ERROR, EXIT_NO_RESOURCE, Ctl, _verb, daemon_missing, print_config_warnings, wait_each
 from replica.errors import ReplicaError
 from replica.states import Refusal, Refused
 
@@ -23,33 +22,15 @@ def cmd_up(ctl: Ctl, name: str) -> int:
 def cmd_wait_connect(ctl: Ctl, name: str) -> int:
     """drbdadm wait-connect: block until each resource is Connected, for as long as its
     startup{} timeout allows (replica.startup says which and when to give up early)."""
-    from replica.startup import wait_verdict, wfc_timeout_s
-    if not ctl.daemon_running:
-        for res in ctl.resource_names(name):
-            print(f"{res}: No such resource (replicad is not running)", file=sys.stderr)
-        return EXIT_NO_RESOURCE
-    rc = 0
-    for res in ctl.resource_names(name):
-        startup = ctl.config.resource(res).startup
-        first = (ctl.status_of(res) or [{}])[0]
-        option = first.get("wfc_option", "wfc-timeout")
-        timeout = wfc_timeout_s(startup, option)
-        deadline = time.monotonic() + timeout if timeout else None
-        while True:
-            st = (ctl.status_of(res) or [{}])[0]
-            verdict = wait_verdict(st, wait_after_sb=startup.get("wait-after-sb", "no") != "no")
-            if verdict.done:
-                if not verdict.ok:
-                    print(f"{res}: wait-connect: {verdict.why}", file=sys.stderr)
-                    rc = EXIT_ERROR
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                print(f"{res}: wait-connect: not Connected after {timeout} s ({option}; now "
-                      f"{st.get('connection', 'unknown')})", file=sys.stderr)
-                rc = EXIT_ERROR
-                break
-            time.sleep(0.2)
-    return rc
+    from replica.startup import wait_verdict
+
+    def verdict_of(st: dict, startup: dict):
+        return wait_verdict(st, wait_after_sb=startup.get("wait-after-sb", "no") != "no")
+
+    def timed_out(st: dict, timeout: float, option: str) -> str:
+        return f"not Connected after {timeout} s ({option}; now {st.get('connection', 'unknown')})"
+
+    return wait_each(ctl, name, "wait-connect", verdict_of, timed_out, EXIT_ERROR)
 
 
 def cmd_startup(ctl: Ctl, name: str) -> int:
@@ -90,9 +71,7 @@ def cmd_verify(ctl: Ctl, name: str) -> int:
     from replica.verify import parse_sectors
     start = parse_sectors(ctl.args.start) if ctl.args.start else 0
     stop = parse_sectors(ctl.args.stop) if ctl.args.stop else None
-    if not ctl.daemon_running:
-        for res in ctl.resource_names(name):
-            print(f"{res}: No such resource (replicad is not running)", file=sys.stderr)
+    if daemon_missing(ctl, name):
         return EXIT_NO_RESOURCE
     for res in ctl.resource_names(name):
         ctl.call("verify", resource=res, start=start, stop=stop)

@@ -4,10 +4,17 @@ resource, up if it is not; -d prints the plan), net-options and disk-options, re
 wait-sync (the wait that follows a resize or an initial sync).
 """
 import sys
-import time
 from collections.abc import Callable
 
-from replica.cli_ctl import EXIT_ERROR, EXIT_NO_RESOURCE, EXIT_TIMEOUT, EXIT_USAGE, Ctl, print_config_warnings
+from replica.cli_ctl import (
+    EXIT_NO_RESOURCE,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    Ctl,
+    daemon_missing,
+    print_config_warnings,
+    wait_each,
+)
 from replica.errors import ReplicaError
 
 
@@ -75,9 +82,7 @@ def _options_command(section: str) -> Callable:
             print(f"replicactl: {verb}: {name}: no option given (--KEYWORD=VALUE...)",
                   file=sys.stderr)
             return EXIT_USAGE
-        if not ctl.daemon_running:
-            for res in ctl.resource_names(name):
-                print(f"{res}: No such resource (replicad is not running)", file=sys.stderr)
+        if daemon_missing(ctl, name):
             return EXIT_NO_RESOURCE
         for res in ctl.resource_names(name):
             reply = ctl.call(verb, resource=res, values=values, set_defaults=set_defaults)
@@ -101,9 +106,7 @@ def cmd_resize(ctl: Ctl, name: str) -> int:
         except BadValue as exc:
             print(f"replicactl: resize: {name}: --size: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    if not ctl.daemon_running:
-        for res in ctl.resource_names(name):
-            print(f"{res}: No such resource (replicad is not running)", file=sys.stderr)
+    if daemon_missing(ctl, name):
         return EXIT_NO_RESOURCE
     for res in ctl.resource_names(name):
         before = (ctl.status_of(res) or [{}])[0].get("size")
@@ -121,34 +124,15 @@ def cmd_wait_sync(ctl: Ctl, name: str) -> int:
     both disks UpToDate), all within the same startup{} timeout (wfc-timeout or
     degr-wfc-timeout, as wait-connect picks it). Exit 0 when synced, 5 on timeout
     (drbdsetup's wait-sync/wait-connect code), 1 when it cannot happen (StandAlone...)."""
-    from replica.startup import sync_verdict, wait_verdict, wfc_timeout_s
-    if not ctl.daemon_running:
-        for res in ctl.resource_names(name):
-            print(f"{res}: No such resource (replicad is not running)", file=sys.stderr)
-        return EXIT_NO_RESOURCE
-    rc = 0
-    for res in ctl.resource_names(name):
-        startup = ctl.config.resource(res).startup
-        first = (ctl.status_of(res) or [{}])[0]
-        option = first.get("wfc_option", "wfc-timeout")
-        timeout = wfc_timeout_s(startup, option)
-        deadline = time.monotonic() + timeout if timeout else None
-        while True:
-            st = (ctl.status_of(res) or [{}])[0]
-            verdict = wait_verdict(st, wait_after_sb=startup.get("wait-after-sb", "no") != "no")
-            if verdict.done and verdict.ok:
-                verdict = sync_verdict(st)
-            if verdict.done:
-                if not verdict.ok:
-                    print(f"{res}: wait-sync: {verdict.why}", file=sys.stderr)
-                    rc = rc or EXIT_ERROR
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                print(f"{res}: wait-sync: not in sync after {timeout} s ({option}; now "
-                      f"{st.get('cstate', st.get('connection', 'unknown'))} "
-                      f"{st.get('disk_state', '?')}/{st.get('peer_disk_state', '?')})",
-                      file=sys.stderr)
-                rc = EXIT_TIMEOUT
-                break
-            time.sleep(0.2)
-    return rc
+    from replica.startup import sync_verdict, wait_verdict
+
+    def verdict_of(st: dict, startup: dict):
+        verdict = wait_verdict(st, wait_after_sb=startup.get("wait-after-sb", "no") != "no")
+        return sync_verdict(st) if verdict.done and verdict.ok else verdict
+
+    def timed_out(st: dict, timeout: float, option: str) -> str:
+        return (f"not in sync after {timeout} s ({option}; now "
+                f"{st.get('cstate', st.get('connection', 'unknown'))} "
+                f"{st.get('disk_state', '?')}/{st.get('peer_disk_state', '?')})")
+
+    return wait_each(ctl, name, "wait-sync", verdict_of, timed_out, EXIT_TIMEOUT)
