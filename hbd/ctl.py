@@ -204,6 +204,20 @@ def print_hbmon_status(hbd_run_dir: str) -> None:
         return
 
 
+def _stops_answering(run_dir: str, within_s: float = 5.0) -> bool:
+    """After the watch broke: True once hbd no longer answers `status` (it is stopping), within
+    `within_s`; False if it still answers then (the error was something else)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            request(run_dir, {"cmd": "status"}, timeout_s=1.0)
+        except (NotRunning, ControlError, OSError):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
 def watch_status(run_dir: str) -> int:
     """status --watch: hbd streams its journal records (`watch`); each redraws the view from a
     fresh `status` (hbd.status_view, hacommon.live_view). hbd stopping ends the view as
@@ -233,7 +247,13 @@ def watch_status(run_dir: str) -> int:
         with redirect_stdout(buf):
             print_status(request(run_dir, {"cmd": "status"}))
         return buf.getvalue().rstrip("\n")
-    rc = watch(changes(), lambda: render(request(run_dir, {"cmd": "status"})), plain)
+    try:
+        rc = watch(changes(), lambda: render(request(run_dir, {"cmd": "status"})), plain)
+    except (ControlError, OSError):
+        # hbd stopping: its stream or a last status request broke midway (seen in CI: exit 1)
+        if not _stops_answering(run_dir):
+            raise
+        raise NotRunning("hbctl: hbd stopped") from None
     if ended:
         raise NotRunning("hbctl: hbd closed its control socket")
     return rc
