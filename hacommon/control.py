@@ -70,14 +70,8 @@ def exchange(path: str, req: Mapping[str, Any], timeout_s: float = 60.0) -> Repl
     """Send one request to the daemon at `path`; return its reply object, ``ok`` true or not.
 
     Raises NotListening, BadReply, ControlError (reply too large) or OSError (timeout, reset)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout_s)
+    sock = _send_request(path, req, timeout_s)
     try:
-        try:
-            sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise NotListening(path, exc.strerror or str(exc)) from exc
-        sock.sendall(json.dumps(dict(req)).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)
@@ -88,13 +82,35 @@ def exchange(path: str, req: Mapping[str, Any], timeout_s: float = 60.0) -> Repl
                 raise ControlError(f"control: reply from {path} is over {MAX_MESSAGE} bytes")
     finally:
         sock.close()
+    return _decode(path, data)
+
+
+def _send_request(path: str, req: Mapping[str, Any], timeout_s: float) -> socket.socket:
+    """Connect to the daemon at `path` (NotListening if nothing listens there) and send `req`;
+    the caller reads the answer and closes the socket."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
     try:
-        reply = json.loads(data)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise NotListening(path, exc.strerror or str(exc)) from exc
+        sock.sendall(json.dumps(dict(req)).encode() + b"\n")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _decode(path: str, line: bytes) -> Reply:
+    """One line from the daemon as a JSON object, else BadReply."""
+    try:
+        obj = json.loads(line)
     except ValueError:
-        raise BadReply(path, data) from None
-    if not isinstance(reply, dict):
-        raise BadReply(path, data)
-    return reply
+        raise BadReply(path, line) from None
+    if not isinstance(obj, dict):
+        raise BadReply(path, line)
+    return obj
 
 
 def is_answering(path: str) -> bool:
@@ -203,14 +219,8 @@ def open_stream(path: str, req: Mapping[str, Any], timeout_s: float = 60.0) -> I
     the stream may stay silent for as long as nothing happens (no timeout, no polling).
 
     Raises NotListening, BadReply (a line that is not a JSON object) or OSError."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout_s)
+    sock = _send_request(path, req, timeout_s)
     try:
-        try:
-            sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise NotListening(path, exc.strerror or str(exc)) from exc
-        sock.sendall(json.dumps(dict(req)).encode() + b"\n")
         buf = b""
         first = True
         while True:
@@ -222,12 +232,7 @@ def open_stream(path: str, req: Mapping[str, Any], timeout_s: float = 60.0) -> I
             buf += chunk
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    raise BadReply(path, line) from None
-                if not isinstance(obj, dict):
-                    raise BadReply(path, line)
+                obj = _decode(path, line)
                 if first:
                     sock.settimeout(None)
                     first = False
