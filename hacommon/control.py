@@ -153,21 +153,28 @@ class Mailbox:
             else:
                 self._items.append(item)
             if len(self._items) <= 1:
-                try:
-                    os.write(self._w, b"x")
-                except BlockingIOError:
-                    pass
+                self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        """Make fileno() readable (the caller holds the lock; a byte already there is enough)."""
+        try:
+            os.write(self._w, b"x")
+        except BlockingIOError:
+            pass
 
     def fileno(self) -> int:
         return self._r
 
     def take(self) -> list[Any]:
         with self._lock:
-            items, self._items = self._items, []
-            try:
-                os.read(self._r, 4096)
-            except BlockingIOError:
-                pass
+            return self._take_locked()
+
+    def _take_locked(self) -> list[Any]:
+        items, self._items = self._items, []
+        try:
+            os.read(self._r, 4096)
+        except BlockingIOError:
+            pass
         return items
 
     def close(self) -> None:

@@ -38,9 +38,7 @@ client socket, so neither side polls.
 """
 from __future__ import annotations
 
-import collections
 import datetime
-import os
 import select
 import socket
 import threading
@@ -49,7 +47,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from hacommon.control import Stream, send_line
+from hacommon.control import Mailbox, Stream, send_line
 
 ACTIONS = ("exists", "create", "change", "destroy", "call", "response")
 OBJECTS = ("resource", "connection", "device", "peer-device", "helper")
@@ -294,78 +292,41 @@ def helper_events(ident: Identity, helper: str, status: int | None = None) -> Ev
 
 # --- the bus ------------------------------------------------------------------------------------
 
-class Subscription:
-    """One reader of the bus: events queue here; `fileno()` is readable while some wait.
+class Subscription(Mailbox):
+    """One reader of the bus: events queue here (a Mailbox); `fileno()` is readable while some
+    wait, or once the daemon ends the stream.
 
     A reader that falls MAX_QUEUED events behind is cut off (`overflowed`): it must start
     over from the state (`exists`), as a drbdsetup that lost netlink messages does."""
 
     def __init__(self, bus: EventBus, resource: str | None, statistics: bool):
+        super().__init__(MAX_QUEUED)
         self.bus = bus
         self.resource = resource
         self.statistics = statistics
-        self.overflowed = False
         self.ending = False          # the daemon stops: send what is queued, then end
-        self._queue: collections.deque[Event] = collections.deque()
-        self._lock = threading.Lock()
-        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._signalled = False
 
     def wants(self, ev: Event) -> bool:
         if ev.periodic and not self.statistics:
             return False
         return self.resource is None or ev.resource == self.resource
 
-    def put(self, ev: Event) -> None:
-        with self._lock:
-            if self.overflowed:
-                return
-            if len(self._queue) >= MAX_QUEUED:
-                self.overflowed = True
-                self._queue.clear()
-            else:
-                self._queue.append(ev)
-            if not self._signalled and self._w >= 0:
-                self._signalled = True
-                try:
-                    os.write(self._w, b"x")
-                except BlockingIOError:
-                    pass
-
-    def fileno(self) -> int:
-        return self._r
-
     def end(self) -> None:
         """The daemon is stopping: the reader sends what is queued and ends its stream."""
         with self._lock:
             self.ending = True
-            if not self._signalled and self._w >= 0:
-                self._signalled = True
-                try:
-                    os.write(self._w, b"x")
-                except BlockingIOError:
-                    pass
+            if self._w >= 0:
+                self._wake_locked()
 
-    def take(self) -> list[Event]:
-        """Every queued event (and clear the pipe)."""
+    def take_with_ending(self) -> tuple[list[Event], bool]:
+        """Every queued event, and whether the stream ends after them, read together: an end()
+        after this wakes the reader again; one before it came after the daemon's last events."""
         with self._lock:
-            out = list(self._queue)
-            self._queue.clear()
-            if self._signalled:
-                try:
-                    os.read(self._r, 64)
-                except BlockingIOError:
-                    pass
-                self._signalled = False
-        return out
+            return self._take_locked(), self.ending
 
     def close(self) -> None:
         self.bus.unsubscribe(self)
-        with self._lock:
-            for fd in (self._r, self._w):
-                if fd >= 0:
-                    os.close(fd)
-            self._r = self._w = -1
+        super().close()
 
 
 class EventBus:
@@ -445,8 +406,7 @@ class EventStream(Stream):
                 ready, _, _ = select.select([conn.fileno(), self.sub.fileno()], [], [])
                 if conn.fileno() in ready:
                     return          # the client closed (or spoke out of turn): done
-                ending = self.sub.ending
-                events = self.sub.take()
+                events, ending = self.sub.take_with_ending()
                 if self.sub.overflowed:
                     send_line(conn, {"ok": False, "error": f"events: this reader fell more than "
                                      f"{MAX_QUEUED} events behind: start again"})
